@@ -1,0 +1,30 @@
+# The targets a newcomer uses. `make demo` and `make test` install what they
+# need (Debian packages, .venv) by themselves through scripts/bootstrap.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap demo test test-fast lint bench clean
+
+bootstrap:
+	@scripts/bootstrap
+
+demo: bootstrap
+	$(PY) -m meshroute.cli demo $(DEMO_ARGS)
+
+test: bootstrap
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: bootstrap
+	$(PY) -m pytest -q -m "not slow and not qemu" $(PYTEST_ARGS)
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+bench: bootstrap
+	$(PY) -m bench.ipam --json
+	$(PY) -m bench.routes --routes 100000 --json
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
