@@ -1,0 +1,106 @@
+"""The kernel state felix_lite owns, as plain frozen values.
+
+These types are shared by the pure planner (which produces them), the
+reconciler (which diffs desired against actual) and the netlink adapters
+(which write and read them). Devices are named, not indexed: the adapters
+resolve names to interface indexes at the I/O edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from netaddr import IPAddress, IPNetwork
+
+# Routes meshroute installs carry this rtnetlink protocol number; it is how a
+# restarted process recognises what it owns. 80 is what Calico's felix uses
+# ("felix"); nothing else common does. BIRD uses 12, zebra 11/186-196,
+# kernel 2, boot 3, static 4, dhcp 16.
+DEFAULT_PROTO = 80
+MAIN_TABLE = 254
+
+
+class RouteKind(enum.Enum):
+    """Why a route exists; derivable from the route itself (see ``kind_of``)."""
+
+    DIRECT = "direct"  # via a next hop on a connected subnet
+    IPIP = "ipip"  # via the remote node, dev tunl0 onlink
+    VXLAN = "vxlan"  # via the remote VTEP address, dev <vxlan device> onlink
+    FABRIC = "fabric"  # off-subnet next hop, no encapsulation: left to the fabric
+    BLACKHOLE = "blackhole"  # one of this host's own blocks
+
+
+@dataclass(frozen=True, order=True)
+class NextHop:
+    gateway: IPAddress
+    ifname: str
+    onlink: bool = False
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    """One route in the table felix_lite owns. ``nexthops`` is empty for a
+    blackhole, holds one entry for a plain route and several for ECMP."""
+
+    dst: IPNetwork
+    kind: RouteKind
+    nexthops: tuple[NextHop, ...] = ()
+    mtu: int | None = None
+    table: int = MAIN_TABLE
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """Identity in the kernel: one owned route per (table, prefix)."""
+        return (self.table, str(self.dst.cidr))
+
+
+@dataclass(frozen=True, order=True)
+class NeighborEntry:
+    """A permanent ARP/NDP entry (the remote VTEP's inner address -> MAC)."""
+
+    ifname: str
+    ip: IPAddress
+    lladdr: str
+
+
+@dataclass(frozen=True, order=True)
+class FdbEntry:
+    """A bridge FDB entry on the vxlan device (remote VTEP MAC -> node IP)."""
+
+    ifname: str
+    lladdr: str
+    dst: IPAddress
+
+
+@dataclass(frozen=True)
+class IpipDevice:
+    """tunl0 as meshroute wants it."""
+
+    address: IPAddress | None  # the host's tunnel address (/32), if any
+    mtu: int
+    name: str = "tunl0"
+
+
+@dataclass(frozen=True)
+class VxlanDevice:
+    name: str
+    vni: int
+    port: int
+    local: IPAddress  # underlay address the VTEP sends from
+    parent: str | None  # underlay interface, if pinned
+    address: IPAddress | None  # the host's VTEP (tunnel) address
+    mac: str | None
+    mtu: int
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """Everything felix_lite wants in the kernel (or found there)."""
+
+    routes: frozenset[KernelRoute] = field(default_factory=frozenset)
+    neighbors: frozenset[NeighborEntry] = field(default_factory=frozenset)
+    fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
+    ipip: IpipDevice | None = None
+    vxlan: VxlanDevice | None = None
