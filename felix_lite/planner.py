@@ -1,0 +1,343 @@
+"""The route planner: from the host, the pools and the best routes to the
+complete kernel state felix_lite wants. Pure: no I/O, no clock.
+
+Each rule lives once, here:
+
+``decide_encap``      which encapsulation a next hop needs (the pool-mode table
+                      ``_ENCAP_RULES``): ``Always`` always tunnels,
+                      ``CrossSubnet`` tunnels only off every connected subnet,
+                      ``Never`` never does.
+``plan_nexthop``      how a next hop is written for that decision:
+                      DIRECT  ``via NH dev IFACE``                (host-gw style)
+                      IPIP    ``via NH dev tunl0 onlink``
+                      VXLAN   ``via VTEP_IP dev vxlan.calico onlink`` plus a
+                              permanent neighbour VTEP_IP -> MAC and an FDB
+                              entry MAC -> NH on the vxlan device
+                      FABRIC  ``via GW dev IFACE`` where GW/IFACE come from the
+                              underlay route that covers NH (see below)
+``plan_route``        one route per prefix; several next hops make one ECMP
+                      multipath route. Mixed kinds keep only the best-ranked
+                      kind (``_KIND_RANK``: direct, then tunnel, then fabric).
+``plan_blackholes``   a blackhole route for each of the host's own blocks.
+``plan_tunnel_mtu``   underlay MTU minus 20 (IPIP) or 50 (VXLAN), unless overridden.
+
+``Never`` with an off-subnet next hop (FABRIC): Linux has no recursive next
+hops; a gateway must be reachable through a link-scope (connected) route or
+the kernel refuses the route with ENETUNREACH. Writing ``onlink`` instead
+would make the host ARP for a next hop that is not on its segment, which only
+works behind proxy-ARP. So, like BIRD's ``gateway recursive``, the planner
+resolves the next hop once through the underlay routes it is given
+(longest prefix match over ``PlanInput.underlay``, routes felix_lite does not
+own) and installs ``via <that route's gateway> dev <its device>``: the packet
+is handed to the fabric, which must know how to reach the pod block (the BGP
+fabric does, that is what ``Never`` means). A next hop that no underlay route
+covers is reported in ``PlanResult.unroutable`` and not installed.
+
+ECMP through tunnels: each next hop is its own ``via X dev tunl0 onlink`` (or
+``via VTEP dev vxlan onlink``) entry of one multipath route; the kernel hashes
+flows over them and each entry encapsulates towards its own remote node.
+
+Pools: a route belongs to the first pool whose cidr contains its prefix; a
+prefix in no known pool is routed with no encapsulation (direct or fabric).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from netaddr import IPAddress, IPNetwork
+
+from felix_lite.inputs import (
+    IPIP_DEVICE,
+    BestRoute,
+    EncapMode,
+    HostInterface,
+    MtuOverrides,
+    PlanInput,
+    Pool,
+    RemoteVtep,
+    UnderlayRoute,
+    VxlanParams,
+)
+from felix_lite.model import (
+    FdbEntry,
+    IpipDevice,
+    KernelRoute,
+    KernelState,
+    NeighborEntry,
+    NextHop,
+    RouteKind,
+    VxlanDevice,
+)
+
+IPIP_OVERHEAD = 20  # outer IPv4 header
+VXLAN_OVERHEAD = 50  # outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14)
+_DEFAULT_MTU = 1500
+
+# (mode, next hop on a connected subnet) -> does the pool's encapsulation apply?
+_ENCAP_RULES: dict[tuple[EncapMode, bool], bool] = {
+    (EncapMode.ALWAYS, True): True,
+    (EncapMode.ALWAYS, False): True,
+    (EncapMode.CROSS_SUBNET, True): False,
+    (EncapMode.CROSS_SUBNET, False): True,
+    (EncapMode.NEVER, True): False,
+    (EncapMode.NEVER, False): False,
+}
+
+# When the next hops of one prefix need different kinds, only the first kind
+# in this order is kept: a route has one kind, and the cheapest path wins.
+_KIND_RANK: tuple[RouteKind, ...] = (
+    RouteKind.DIRECT,
+    RouteKind.VXLAN,
+    RouteKind.IPIP,
+    RouteKind.FABRIC,
+)
+
+
+@dataclass(frozen=True)
+class Unroutable:
+    """A best route (or one of its next hops) the planner could not install."""
+
+    prefix: IPNetwork
+    nexthop: IPAddress | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    state: KernelState
+    unroutable: tuple[Unroutable, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedHop:
+    nexthop: NextHop
+    kind: RouteKind
+    neighbor: NeighborEntry | None = None
+    fdb: FdbEntry | None = None
+
+
+# --- small decisions ---------------------------------------------------------
+
+
+def decide_pool(prefix: IPNetwork, pools: Iterable[Pool]) -> Pool | None:
+    """The first pool whose cidr contains the whole prefix."""
+    for pool in pools:
+        if pool.cidr.version == prefix.version and prefix in pool.cidr:
+            return pool
+    return None
+
+
+def decide_connected(nh: IPAddress, interfaces: Iterable[HostInterface]) -> HostInterface | None:
+    """The up interface whose connected subnet holds ``nh`` (longest prefix wins)."""
+    # A /32 (or /128) address has no neighbours: it connects nothing.
+    matches = [
+        (addr.prefixlen, iface)
+        for iface in interfaces
+        if iface.up
+        for addr in iface.addresses
+        if addr.version == nh.version and addr.size > 1 and nh in addr.cidr
+    ]
+    return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def decide_encap(pool: Pool | None, on_subnet: bool) -> RouteKind:
+    """DIRECT, FABRIC, IPIP or VXLAN for one next hop."""
+    if pool is not None:
+        if _ENCAP_RULES[(pool.vxlan_mode, on_subnet)]:
+            return RouteKind.VXLAN
+        if _ENCAP_RULES[(pool.ipip_mode, on_subnet)]:
+            return RouteKind.IPIP
+    return RouteKind.DIRECT if on_subnet else RouteKind.FABRIC
+
+
+def decide_underlay(nh: IPAddress, underlay: Iterable[UnderlayRoute]) -> UnderlayRoute | None:
+    """Longest-prefix match of ``nh`` over the underlay routes."""
+    matches = [r for r in underlay if r.dst.version == nh.version and nh in r.dst]
+    return max(matches, key=lambda r: r.dst.prefixlen) if matches else None
+
+
+def decide_main_interface(inp: PlanInput) -> HostInterface | None:
+    """The interface that carries ``node_ip``; without one, the up interface
+    with an address and the smallest MTU (tunnels must fit the narrowest)."""
+    candidates = [
+        i
+        for i in inp.interfaces
+        if i.up and i.addresses and i.name not in (IPIP_DEVICE, inp.vxlan.name, "lo")
+    ]
+    if inp.node_ip is not None:
+        for i in candidates:
+            if any(a.ip == inp.node_ip for a in i.addresses):
+                return i
+    return min(candidates, key=lambda i: (i.mtu, i.name)) if candidates else None
+
+
+def plan_tunnel_mtu(kind: RouteKind, underlay_mtu: int, overrides: MtuOverrides) -> int:
+    if kind is RouteKind.IPIP:
+        return overrides.ipip if overrides.ipip is not None else underlay_mtu - IPIP_OVERHEAD
+    if kind is RouteKind.VXLAN:
+        return overrides.vxlan if overrides.vxlan is not None else underlay_mtu - VXLAN_OVERHEAD
+    raise ValueError(f"{kind} is not a tunnel")
+
+
+# --- next hops and routes ----------------------------------------------------
+
+
+def plan_nexthop(
+    nh: IPAddress,
+    kind: RouteKind,
+    connected: HostInterface | None,
+    inp: PlanInput,
+    vteps: dict[IPAddress, RemoteVtep],
+) -> PlannedHop | str:
+    """The kernel next hop for ``nh`` routed as ``kind``, or why there is none."""
+    if kind is RouteKind.DIRECT:
+        assert connected is not None
+        return PlannedHop(NextHop(nh, connected.name), kind)
+    if kind is RouteKind.IPIP:
+        return PlannedHop(NextHop(nh, IPIP_DEVICE, onlink=True), kind)
+    if kind is RouteKind.VXLAN:
+        vtep = vteps.get(nh)
+        if vtep is None:
+            return "no VTEP known for this next hop yet"
+        dev = inp.vxlan.name
+        return PlannedHop(
+            NextHop(vtep.vtep_ip, dev, onlink=True),
+            kind,
+            NeighborEntry(dev, vtep.vtep_ip, vtep.mac.lower()),
+            FdbEntry(dev, vtep.mac.lower(), vtep.node_ip),
+        )
+    if kind is RouteKind.FABRIC:
+        via = decide_underlay(nh, inp.underlay)
+        if via is None:
+            return "off every connected subnet, no tunnel, and no underlay route covers it"
+        return PlannedHop(NextHop(via.gateway if via.gateway is not None else nh, via.ifname), kind)
+    raise ValueError(f"no next hop for {kind}")
+
+
+def plan_route(
+    best: BestRoute,
+    inp: PlanInput,
+    vteps: dict[IPAddress, RemoteVtep],
+    mtus: dict[RouteKind, int],
+    own_addresses: frozenset[IPAddress],
+) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
+    pool = decide_pool(best.prefix, inp.pools)
+    hops: list[PlannedHop] = []
+    problems: list[Unroutable] = []
+    for nh in sorted(set(best.nexthops)):
+        if nh in own_addresses:
+            problems.append(Unroutable(best.prefix, nh, "next hop is this host"))
+            continue
+        connected = decide_connected(nh, inp.interfaces)
+        kind = decide_encap(pool, connected is not None)
+        hop = plan_nexthop(nh, kind, connected, inp, vteps)
+        if isinstance(hop, str):
+            problems.append(Unroutable(best.prefix, nh, hop))
+        else:
+            hops.append(hop)
+    if not hops:
+        if not best.nexthops:
+            problems.append(Unroutable(best.prefix, None, "no next hop"))
+        return None, [], problems
+    kind = min((h.kind for h in hops), key=_KIND_RANK.index)
+    for h in hops:
+        if h.kind is not kind:
+            problems.append(
+                Unroutable(
+                    best.prefix,
+                    h.nexthop.gateway,
+                    f"dropped {h.kind.value} hop from a {kind.value} route",
+                )
+            )
+    hops = [h for h in hops if h.kind is kind]
+    nexthops = tuple(sorted({h.nexthop for h in hops}))
+    route = KernelRoute(
+        dst=best.prefix.cidr,
+        kind=kind,
+        nexthops=nexthops,
+        mtu=mtus.get(kind),
+        table=inp.table,
+    )
+    return route, hops, problems
+
+
+def plan_blackholes(own_blocks: Iterable[IPNetwork], table: int) -> list[KernelRoute]:
+    return [KernelRoute(dst=b.cidr, kind=RouteKind.BLACKHOLE, table=table) for b in own_blocks]
+
+
+def plan_devices(
+    inp: PlanInput, main: HostInterface | None, mtus: dict[RouteKind, int]
+) -> tuple[IpipDevice | None, VxlanDevice | None]:
+    """tunl0 exists when any pool uses IPIP, the vxlan device when any uses VXLAN."""
+    ipip = vxlan = None
+    if any(p.ipip_mode is not EncapMode.NEVER for p in inp.pools):
+        ipip = IpipDevice(address=inp.ipip_tunnel_address, mtu=mtus[RouteKind.IPIP])
+    if any(p.vxlan_mode is not EncapMode.NEVER for p in inp.pools):
+        local = inp.node_ip
+        if local is None and main is not None:
+            local = next((a.ip for a in main.addresses if a.version == 4), None)
+        if local is not None:
+            params: VxlanParams = inp.vxlan
+            vxlan = VxlanDevice(
+                name=params.name,
+                vni=params.vni,
+                port=params.port,
+                local=local,
+                parent=params.parent,
+                address=inp.vxlan_tunnel_address,
+                mac=params.mac.lower() if params.mac else None,
+                mtu=mtus[RouteKind.VXLAN],
+            )
+    return ipip, vxlan
+
+
+# --- the whole plan ----------------------------------------------------------
+
+
+def plan_kernel(inp: PlanInput) -> PlanResult:
+    main = decide_main_interface(inp)
+    underlay_mtu = main.mtu if main is not None else _DEFAULT_MTU
+    mtus = {
+        RouteKind.IPIP: plan_tunnel_mtu(RouteKind.IPIP, underlay_mtu, inp.mtu),
+        RouteKind.VXLAN: plan_tunnel_mtu(RouteKind.VXLAN, underlay_mtu, inp.mtu),
+    }
+    vteps = {v.node_ip: v for v in inp.vteps}
+    own_addresses = frozenset(a.ip for i in inp.interfaces for a in i.addresses)
+    own_blocks = {b.cidr for b in inp.own_blocks}
+
+    routes: dict[IPNetwork, KernelRoute] = {
+        r.dst: r for r in plan_blackholes(inp.own_blocks, inp.table)
+    }
+    neighbors: set[NeighborEntry] = set()
+    fdb: set[FdbEntry] = set()
+    unroutable: list[Unroutable] = []
+    for best in sorted(inp.routes, key=lambda b: (b.prefix.version, b.prefix)):
+        if best.prefix.cidr in own_blocks:
+            # Our own block: the blackhole (plus the pods' /32s) is the truth.
+            continue
+        route, hops, problems = plan_route(best, inp, vteps, mtus, own_addresses)
+        unroutable.extend(problems)
+        if route is None:
+            continue
+        if route.dst in routes:
+            unroutable.append(Unroutable(best.prefix, None, "prefix given twice; first kept"))
+            continue
+        routes[route.dst] = route
+        neighbors.update(h.neighbor for h in hops if h.neighbor is not None)
+        fdb.update(h.fdb for h in hops if h.fdb is not None)
+
+    ipip, vxlan = plan_devices(inp, main, mtus)
+    state = KernelState(
+        routes=frozenset(routes.values()),
+        neighbors=frozenset(neighbors),
+        fdb=frozenset(fdb),
+        ipip=ipip,
+        vxlan=vxlan,
+    )
+    return PlanResult(state, tuple(unroutable))
+
+
+def plan_kernel_state(inp: PlanInput) -> KernelState:
+    return plan_kernel(inp).state
