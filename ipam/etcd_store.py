@@ -1,0 +1,102 @@
+"""The etcd KvStore on aetcd. It rotates over the configured endpoints when
+one cannot be reached, and turns client errors into ``StoreError`` at once
+(puts while etcd is down fail fast; nothing here blocks for long)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+
+from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
+
+_RETRYABLE = (
+    aetcd.exceptions.ConnectionFailedError,
+    aetcd.exceptions.ConnectionTimeoutError,
+    aetcd.exceptions.InternalError,
+)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` or ``http://host:port`` to (host, port)."""
+    e = endpoint.split("://", 1)[-1].rstrip("/")
+    host, _, port = e.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class EtcdStore:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self._endpoints = [parse_endpoint(e) for e in endpoints]
+        self._timeout = timeout
+        self._current = 0
+        self._client: aetcd.Client | None = None
+
+    def _open(self) -> aetcd.Client:
+        if self._client is None:
+            host, port = self._endpoints[self._current]
+            self._client = aetcd.Client(host=host, port=port, timeout=int(self._timeout) or 1)
+        return self._client
+
+    async def _rotate(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        self._current = (self._current + 1) % len(self._endpoints)
+
+    async def _call(self, what: str, fn: Any) -> Any:
+        last: Exception | None = None
+        for _ in range(len(self._endpoints)):
+            try:
+                return await fn(self._open())
+            except _RETRYABLE as e:
+                last = e
+                await self._rotate()
+            except aetcd.exceptions.ClientError as e:
+                raise StoreError(f"etcd {what}: {e}") from e
+        endpoints = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
+        raise StoreError(f"etcd unreachable at {endpoints} ({what}): {last}") from last
+
+    async def get(self, key: bytes) -> Versioned | None:
+        r = await self._call("get", lambda c: c.get(key))
+        return None if r is None else Versioned(r.value, r.mod_revision)
+
+    async def list(self, prefix: bytes) -> Listing:
+        r = await self._call("list", lambda c: c.get_prefix(prefix))
+        items = {kv.key: Versioned(kv.value, kv.mod_revision) for kv in r}
+        return Listing(items, int(r.header.revision))
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
+        async def run(c: aetcd.Client) -> bool:
+            t = c.transactions
+            cmp = [t.mod(x.key) == x.mod_revision for x in compares]
+            success = []
+            for op in ops:
+                if isinstance(op, Put):
+                    success.append(t.put(op.key, op.value, lease=op.lease))
+                elif isinstance(op, Delete):
+                    success.append(t.delete(op.key))
+            ok, _ = await c.transaction(compare=cmp, success=success, failure=[])
+            return bool(ok)
+
+        return bool(await self._call("transaction", run))
+
+    async def grant_lease(self, ttl: int) -> int:
+        lease = await self._call("lease", lambda c: c.lease(ttl))
+        return int(lease.id)
+
+    async def refresh_lease(self, lease: int) -> None:
+        await self._call("lease refresh", lambda c: c.refresh_lease(lease))
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self._call("lease revoke", lambda c: c.revoke_lease(lease))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,638 @@
+"""The IPAM shell: reads records from the KvStore, asks the pure allocator
+what to change, and writes it back with compare-and-swap transactions that
+retry only on conflict, a bounded number of times.
+
+A block claim spans two keys (the host's affinity and the block) and goes
+through a pending affinity so that a crash between the writes is visible and
+repairable: PENDING, then the block is created, then CONFIRMED. Releasing a
+block mirrors it with PENDING_DELETION. A block and the handle record of its
+allocations always change in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from netaddr import IPAddress, IPNetwork
+
+from ipam.allocator import (
+    IpamError,
+    PoolExhausted,
+    addresses_of,
+    block_cidr_of,
+    decide_block_releasable,
+    decide_pools_for_host,
+    decide_reserved_ordinals,
+    gateway_of,
+    plan_assign,
+    plan_assign_ip,
+    plan_free_block,
+    plan_handle_counts,
+    plan_new_block,
+    plan_release,
+    plan_release_handle,
+    pool_of,
+)
+from ipam.keys import Keys
+from ipam.model import (
+    Affinity,
+    AffinityState,
+    Block,
+    Handle,
+    IpamSettings,
+    Pool,
+    Use,
+    dumps,
+    loads,
+)
+from ipam.pool_rules import overlapping, pool_problems
+from ipam.store import Compare, Delete, KvStore, Op, Put
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A pending affinity younger than this may belong to a claim still running
+# in another task or process; only older ones are finished or undone.
+PENDING_GRACE_S = 30.0
+
+
+class Conflict(IpamError):
+    """Gave up after too many lost compare-and-swap races."""
+
+
+@dataclass(frozen=True)
+class AssignedAddress:
+    ip: IPAddress
+    block: IPNetwork
+    pool: str
+    gateway: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class AssignRequest:
+    host: str
+    handle: str
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    num_v4: int = 1
+    num_v6: int = 0
+    pools: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    use: Use = Use.WORKLOAD
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything IPAM keeps, read in one consistent listing."""
+
+    pools: dict[str, Pool]
+    blocks: dict[str, tuple[Block, int]]  # str(cidr) -> (block, mod_revision)
+    affinities: dict[tuple[str, str], tuple[Affinity, int]]  # (host, cidr)
+    handles: dict[str, tuple[Handle, int]]
+    settings: IpamSettings
+    revision: int
+
+
+class _Claim(enum.Enum):
+    CLAIMED = "claimed"
+    CONFLICT = "conflict"
+    LIMIT = "limit"
+    EXHAUSTED = "exhausted"
+
+
+class Ipam:
+    def __init__(
+        self,
+        store: KvStore,
+        *,
+        prefix: str = "/meshroute",
+        clock: Callable[[], float] = time.time,
+        l2_segment: bool = False,
+        max_conflicts: int = 64,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = Keys(prefix)
+        self.clock = clock
+        self.l2_segment = l2_segment
+        self.max_conflicts = max_conflicts
+        self.rng = rng or random.Random()
+        self.conflicts = 0  # lost CAS races, for metrics
+
+    # ---- reading ---------------------------------------------------------
+
+    async def _read(self, key: bytes, decode: Callable[[Any], T]) -> tuple[T | None, int]:
+        v = await self.store.get(key)
+        if v is None:
+            return None, 0
+        return decode(loads(v.value)), v.mod_revision
+
+    async def pools(self) -> list[Pool]:
+        listing = await self.store.list(self.keys.pools)
+        return [Pool.from_dict(loads(v.value)) for v in listing.items.values()]
+
+    async def settings(self) -> IpamSettings:
+        s, _ = await self._read(self.keys.settings, IpamSettings.from_dict)
+        return s or IpamSettings()
+
+    async def snapshot(self) -> Snapshot:
+        listing = await self.store.list(self.keys.root.encode() + b"/")
+        k = self.keys
+        snap = Snapshot({}, {}, {}, {}, IpamSettings(), listing.revision)
+        for key, v in listing.items.items():
+            d = loads(v.value)
+            if key.startswith(k.pools):
+                p = Pool.from_dict(d)
+                snap.pools[p.name] = p
+            elif key.startswith(k.blocks):
+                b = Block.from_dict(d)
+                snap.blocks[str(b.cidr)] = (b, v.mod_revision)
+            elif key.startswith(k.affinities):
+                a = Affinity.from_dict(d)
+                snap.affinities[(a.host, str(a.cidr))] = (a, v.mod_revision)
+            elif key.startswith(k.handles):
+                h = Handle.from_dict(d)
+                snap.handles[h.handle] = (h, v.mod_revision)
+            elif key == k.settings:
+                snap = Snapshot(
+                    snap.pools,
+                    snap.blocks,
+                    snap.affinities,
+                    snap.handles,
+                    IpamSettings.from_dict(d),
+                    snap.revision,
+                )
+        return snap
+
+    async def host_affinities(self, host: str) -> list[tuple[Affinity, int]]:
+        listing = await self.store.list(self.keys.host_affinities(host))
+        return [
+            (Affinity.from_dict(loads(v.value)), v.mod_revision) for v in listing.items.values()
+        ]
+
+    # ---- pools and settings ----------------------------------------------
+
+    async def apply_pool(self, pool: Pool) -> bool:
+        """Create or update a pool; True when it was created. Refuses invalid
+        or overlapping pools, and changes that would orphan existing blocks."""
+        problems = pool_problems(pool)
+        if problems:
+            raise IpamError(f"pool {pool.name}: " + "; ".join(map(str, problems)))
+        for _ in range(self.max_conflicts):
+            listing = await self.store.list(self.keys.pools)
+            others = [Pool.from_dict(loads(v.value)) for v in listing.items.values()]
+            clash = overlapping(pool, others)
+            if clash:
+                names = ", ".join(f"{o.name} ({o.cidr})" for o in clash)
+                raise IpamError(f"pool {pool.name} ({pool.cidr}) overlaps {names}")
+            cur = listing.items.get(self.keys.pool(pool.name))
+            if cur is not None:
+                old = Pool.from_dict(loads(cur.value))
+                changed = (old.cidr, old.block_size) != (pool.cidr, pool.block_size)
+                if changed and await self._pool_has_blocks(old):
+                    raise IpamError(
+                        f"pool {pool.name}: cidr and blockSize cannot change while "
+                        f"blocks are allocated from it (disable it and create another)"
+                    )
+            # Compare every pool key we saw so a concurrent overlapping create loses.
+            compares = [Compare(k, v.mod_revision) for k, v in listing.items.items()]
+            key = self.keys.pool(pool.name)
+            if cur is None:
+                compares.append(Compare(key, 0))
+            if await self.store.txn(compares, [Put(key, dumps(pool.to_dict()))]):
+                return cur is None
+            await self._backoff(1)
+        raise Conflict(f"pool {pool.name}: too many concurrent changes")
+
+    async def _pool_has_blocks(self, pool: Pool) -> bool:
+        listing = await self.store.list(self.keys.blocks)
+        blocks = (Block.from_dict(loads(v.value)) for v in listing.items.values())
+        return any(b.pool == pool.name for b in blocks)
+
+    async def delete_pool(self, name: str) -> None:
+        v = await self.store.get(self.keys.pool(name))
+        if v is None:
+            raise IpamError(f"pool {name} does not exist")
+        pool = Pool.from_dict(loads(v.value))
+        if await self._pool_has_blocks(pool):
+            raise IpamError(
+                f"pool {name} still has blocks; disable it (spec.disabled: true), "
+                f"let its pods go, run 'meshroute ipam gc', then delete it"
+            )
+        if not await self.store.txn(
+            [Compare(self.keys.pool(name), v.mod_revision)], [Delete(self.keys.pool(name))]
+        ):
+            raise Conflict(f"pool {name} changed while being deleted; try again")
+
+    async def apply_settings(self, settings: IpamSettings) -> None:
+        for _ in range(self.max_conflicts):
+            v = await self.store.get(self.keys.settings)
+            rev = v.mod_revision if v else 0
+            if await self.store.txn(
+                [Compare(self.keys.settings, rev)],
+                [Put(self.keys.settings, dumps(settings.to_dict()))],
+            ):
+                return
+        raise Conflict("IPAM settings: too many concurrent changes")
+
+    # ---- assignment ------------------------------------------------------
+
+    async def _backoff(self, attempt: int) -> None:
+        self.conflicts += 1
+        await asyncio.sleep(self.rng.uniform(0, 0.001 * (1 << min(attempt, 6))))
+
+    async def assign(self, req: AssignRequest) -> list[AssignedAddress]:
+        """Auto-assign addresses for a handle. All or nothing: when the second
+        family cannot be served, what the first got is released again."""
+        out: list[AssignedAddress] = []
+        all_pools = await self.pools()
+        settings = await self.settings()
+        try:
+            for version, n in ((4, req.num_v4), (6, req.num_v6)):
+                if n > 0:
+                    out += await self._assign_version(req, all_pools, settings, version, n)
+        except BaseException:
+            if out:
+                await self.release_ips([(a.ip, None) for a in out])
+            raise
+        return out
+
+    async def _assign_version(
+        self,
+        req: AssignRequest,
+        all_pools: list[Pool],
+        settings: IpamSettings,
+        version: int,
+        n: int,
+    ) -> list[AssignedAddress]:
+        pools = decide_pools_for_host(all_pools, req.labels, req.use, version, req.pools)
+        if not pools:
+            raise PoolExhausted(
+                f"no enabled IPv{version} pool for {req.use.value} matches host {req.host}"
+                + (f" among {', '.join(req.pools)}" if req.pools else "")
+            )
+        got: list[AssignedAddress] = []
+        conflicts = 0
+        while len(got) < n:
+            if conflicts > self.max_conflicts:
+                raise Conflict(f"assign for {req.handle}: lost {conflicts} races, giving up")
+            step = await self._assign_affine(req, pools, n - len(got))
+            if step is None:
+                claim = await self._claim(req.host, pools, settings)
+                if claim is _Claim.CLAIMED:
+                    continue
+                if claim is _Claim.CONFLICT:
+                    conflicts += 1
+                    await self._backoff(conflicts)
+                    continue
+                if settings.strict_affinity:
+                    why = "block limit reached" if claim is _Claim.LIMIT else "no free block"
+                    raise PoolExhausted(
+                        f"IPv{version} pools {', '.join(p.name for p in pools)}: {why} "
+                        f"for host {req.host} and strictAffinity forbids borrowing"
+                    )
+                step = await self._assign_borrowed(req, pools, n - len(got))
+                if step is None:
+                    raise PoolExhausted(
+                        f"IPv{version} pools {', '.join(p.name for p in pools)} are exhausted "
+                        f"({n - len(got)} of {n} addresses for {req.handle} not available)"
+                    )
+            if step == []:
+                conflicts += 1
+                await self._backoff(conflicts)
+                continue
+            got += step
+        return got
+
+    async def _assign_affine(
+        self, req: AssignRequest, pools: list[Pool], want: int
+    ) -> list[AssignedAddress] | None:
+        """Addresses from the host's own blocks; [] on a lost race, None when
+        they are full."""
+        by_name = {p.name: p for p in pools}
+        affs = await self.host_affinities(req.host)
+        for aff, rev in affs:
+            if aff.state is AffinityState.PENDING:
+                await self._finish_stale_claim(aff, rev)
+        cidrs = [a.cidr for a, _ in affs if a.state is AffinityState.CONFIRMED]
+        order = {p.name: i for i, p in enumerate(pools)}
+        candidates: list[tuple[int, int, Block, int]] = []
+        for cidr in cidrs:
+            pool = pool_of(pools, cidr.ip)
+            if pool is None:
+                continue
+            block, brev = await self._read(self.keys.block(cidr), Block.from_dict)
+            if block is None or block.affinity != req.host or block.free_count == 0:
+                continue
+            candidates.append((order[pool.name], int(cidr.first), block, brev))
+        for _, _, block, brev in sorted(candidates, key=lambda c: (c[0], c[1])):
+            return await self._write_assign(req, block, brev, by_name[block.pool], want)
+        return None
+
+    async def _assign_borrowed(
+        self, req: AssignRequest, pools: list[Pool], want: int
+    ) -> list[AssignedAddress] | None:
+        listing = await self.store.list(self.keys.blocks)
+        names = {p.name: p for p in pools}
+        for v in listing.items.values():
+            block = Block.from_dict(loads(v.value))
+            if block.pool in names and block.free_count > 0:
+                log.info(
+                    "host %s borrows from block %s (affine to %s)",
+                    req.host,
+                    block.cidr,
+                    block.affinity,
+                )
+                return await self._write_assign(req, block, v.mod_revision, names[block.pool], want)
+        return None
+
+    async def _write_assign(
+        self, req: AssignRequest, block: Block, brev: int, pool: Pool, want: int
+    ) -> list[AssignedAddress]:
+        res = plan_assign(block, want, req.handle, {**req.attrs, "node": req.host})
+        if not res.addresses:
+            return []
+        if not await self._write_block_and_handle(
+            block.cidr, brev, res.block, req.handle, len(res.addresses)
+        ):
+            return []
+        gw = gateway_of(res.block, self.l2_segment) if res.block.affinity == req.host else None
+        return [AssignedAddress(ip, block.cidr, pool.name, gw) for ip in res.addresses]
+
+    async def _write_block_and_handle(
+        self, cidr: IPNetwork, brev: int, block: Block | None, handle: str, delta: int
+    ) -> bool:
+        """One transaction: the block (None: delete it) and the handle's count
+        for this block, both compared on their mod_revision."""
+        h, hrev = await self._read(self.keys.handle(handle), Handle.from_dict)
+        counts = plan_handle_counts(h.blocks if h else {}, {str(cidr): delta})
+        ops: list[Op] = [
+            Put(self.keys.block(cidr), dumps(block.to_dict()))
+            if block is not None
+            else Delete(self.keys.block(cidr))
+        ]
+        if counts:
+            ops.append(Put(self.keys.handle(handle), dumps(Handle(handle, counts).to_dict())))
+        elif h is not None:
+            ops.append(Delete(self.keys.handle(handle)))
+        compares = [Compare(self.keys.block(cidr), brev), Compare(self.keys.handle(handle), hrev)]
+        return await self.store.txn(compares, ops)
+
+    async def assign_ip(
+        self, host: str, ip: IPAddress, handle: str, attrs: Mapping[str, str] | None = None
+    ) -> AssignedAddress:
+        """Assign one requested address (claiming its block for the host
+        when the block does not exist yet)."""
+        pools = await self.pools()
+        pool = pool_of(pools, ip)
+        if pool is None:
+            raise IpamError(f"{ip} is not in any pool")
+        if pool.disabled:
+            raise IpamError(f"{ip} is in pool {pool.name}, which is disabled")
+        cidr = block_cidr_of(pool, ip)
+        for attempt in range(self.max_conflicts):
+            block, brev = await self._read(self.keys.block(cidr), Block.from_dict)
+            if block is None:
+                await self._claim_cidr(host, pool, cidr)
+                continue
+            new = plan_assign_ip(block, ip, handle, {**(attrs or {}), "node": host})
+            if new is block:
+                return AssignedAddress(ip, cidr, pool.name, gateway_of(block, self.l2_segment))
+            if await self._write_block_and_handle(cidr, brev, new, handle, 1):
+                gw = gateway_of(new, self.l2_segment) if new.affinity == host else None
+                return AssignedAddress(ip, cidr, pool.name, gw)
+            await self._backoff(attempt)
+        raise Conflict(f"assign {ip}: too many concurrent changes")
+
+    async def addresses_of(self, handle: str) -> list[AssignedAddress]:
+        h, _ = await self._read(self.keys.handle(handle), Handle.from_dict)
+        if h is None:
+            return []
+        out = []
+        for cidr in h.blocks:
+            block, _ = await self._read(self.keys.block(IPNetwork(cidr)), Block.from_dict)
+            if block is not None:
+                out += [
+                    AssignedAddress(ip, block.cidr, block.pool, gateway_of(block, self.l2_segment))
+                    for ip in addresses_of(block, handle)
+                ]
+        return out
+
+    async def tunnel_address(
+        self, host: str, labels: Mapping[str, str], version: int = 4
+    ) -> AssignedAddress | None:
+        """The host's tunnel address (tunl0 / VTEP) from pools that allow
+        Tunnel; the same one every time. None when no pool allows it."""
+        handle = f"tunnel.{host}"
+        have = [a for a in await self.addresses_of(handle) if a.ip.version == version]
+        if have:
+            return have[0]
+        req = AssignRequest(
+            host=host,
+            handle=handle,
+            attrs={"type": "tunnel"},
+            labels=labels,
+            use=Use.TUNNEL,
+            num_v4=1 if version == 4 else 0,
+            num_v6=1 if version == 6 else 0,
+        )
+        try:
+            got = await self.assign(req)
+        except PoolExhausted:
+            if not decide_pools_for_host(await self.pools(), labels, Use.TUNNEL, version):
+                return None
+            raise
+        return got[0]
+
+    # ---- block claims ----------------------------------------------------
+
+    async def _claim(self, host: str, pools: list[Pool], settings: IpamSettings) -> _Claim:
+        affs = await self.host_affinities(host)
+        if settings.max_blocks_per_host and len(affs) >= settings.max_blocks_per_host:
+            return _Claim.LIMIT
+        listing = await self.store.list(self.keys.blocks)
+        taken = [Keys.cidr_from_key(k) for k in listing.items]
+        for pool in pools:
+            cidr = plan_free_block(pool, taken, host)
+            if cidr is not None:
+                return await self._claim_cidr(host, pool, cidr)
+        return _Claim.EXHAUSTED
+
+    async def _claim_cidr(self, host: str, pool: Pool, cidr: IPNetwork) -> _Claim:
+        now = self.clock()
+        akey, bkey = self.keys.affinity(host, cidr), self.keys.block(cidr)
+        pending = Affinity(host, cidr, AffinityState.PENDING, now)
+        if not await self.store.txn([Compare(akey, 0)], [Put(akey, dumps(pending.to_dict()))]):
+            return _Claim.CONFLICT
+        reserved = decide_reserved_ordinals(int(cidr.size), self.l2_segment)
+        block = plan_new_block(cidr, pool, host, now, reserved)
+        if not await self.store.txn([Compare(bkey, 0)], [Put(bkey, dumps(block.to_dict()))]):
+            # Another host created this block first: undo our half of the claim.
+            await self._settle_affinity(akey, None)
+            return _Claim.CONFLICT
+        await self._settle_affinity(akey, Affinity(host, cidr, AffinityState.CONFIRMED, now))
+        log.info("host %s claimed block %s from pool %s", host, cidr, pool.name)
+        return _Claim.CLAIMED
+
+    async def _settle_affinity(self, akey: bytes, final: Affinity | None) -> None:
+        """Move an affinity we own to its final state (None: delete it),
+        whatever revision it has now; a lost race is retried."""
+        for attempt in range(self.max_conflicts):
+            rev = (await self._rev(akey)) or 0
+            if final is None:
+                if rev == 0 or await self.store.txn([Compare(akey, rev)], [Delete(akey)]):
+                    return
+            elif await self.store.txn([Compare(akey, rev)], [Put(akey, dumps(final.to_dict()))]):
+                return
+            await self._backoff(attempt)
+        raise Conflict(f"{akey.decode()}: too many concurrent changes")
+
+    async def _rev(self, key: bytes) -> int | None:
+        v = await self.store.get(key)
+        return v.mod_revision if v else None
+
+    async def _finish_stale_claim(self, aff: Affinity, arev: int, *, force: bool = False) -> str:
+        """Finish or undo a claim or release that stopped half way (its
+        process died). Returns what was done."""
+        if not force and self.clock() - aff.since < PENDING_GRACE_S:
+            return "young"
+        akey, bkey = self.keys.affinity(aff.host, aff.cidr), self.keys.block(aff.cidr)
+        block, brev = await self._read(bkey, Block.from_dict)
+        if aff.state is AffinityState.PENDING:
+            if block is not None and block.affinity == aff.host:
+                done = Affinity(aff.host, aff.cidr, AffinityState.CONFIRMED, aff.since)
+                ok = await self.store.txn([Compare(akey, arev)], [Put(akey, dumps(done.to_dict()))])
+                return "confirmed" if ok else "conflict"
+            ok = await self.store.txn([Compare(akey, arev)], [Delete(akey)])
+            return "undone" if ok else "conflict"
+        if aff.state is AffinityState.PENDING_DELETION:
+            if block is not None and block.affinity == aff.host and block.workload_count:
+                back = Affinity(aff.host, aff.cidr, AffinityState.CONFIRMED, aff.since)
+                ok = await self.store.txn([Compare(akey, arev)], [Put(akey, dumps(back.to_dict()))])
+                return "restored" if ok else "conflict"
+            ops: list[Op] = [Delete(akey)]
+            compares = [Compare(akey, arev)]
+            if block is not None and block.affinity == aff.host:
+                ops.append(Delete(bkey))
+                compares.append(Compare(bkey, brev))
+            ok = await self.store.txn(compares, ops)
+            return "released" if ok else "conflict"
+        return "nothing"
+
+    async def release_empty_blocks(self, host: str) -> list[IPNetwork]:
+        """Give back the host's affine blocks that hold no workload and are
+        older than the configured minimum age."""
+        settings = await self.settings()
+        released = []
+        for aff, arev in await self.host_affinities(host):
+            if aff.state is not AffinityState.CONFIRMED:
+                continue
+            bkey, akey = self.keys.block(aff.cidr), self.keys.affinity(host, aff.cidr)
+            block, brev = await self._read(bkey, Block.from_dict)
+            if block is None or not decide_block_releasable(
+                block, self.clock(), settings.min_block_age_s
+            ):
+                continue
+            going = Affinity(host, aff.cidr, AffinityState.PENDING_DELETION, self.clock())
+            if not await self.store.txn([Compare(akey, arev)], [Put(akey, dumps(going.to_dict()))]):
+                continue
+            if await self.store.txn([Compare(bkey, brev)], [Delete(bkey)]):
+                await self._settle_affinity(akey, None)
+                released.append(aff.cidr)
+                log.info("host %s released empty block %s", host, aff.cidr)
+            else:
+                # Someone assigned into it meanwhile: keep it.
+                back = Affinity(host, aff.cidr, AffinityState.CONFIRMED, aff.since)
+                await self._settle_affinity(akey, back)
+        return released
+
+    # ---- release ---------------------------------------------------------
+
+    async def release_handle(self, handle: str) -> list[IPAddress]:
+        """Free every address of a handle. Idempotent: an unknown handle
+        frees nothing and returns []."""
+        freed: list[IPAddress] = []
+        conflicts = 0
+        while True:
+            h, _ = await self._read(self.keys.handle(handle), Handle.from_dict)
+            if h is None or not h.blocks:
+                return freed
+            # One block per round: each round either frees a block's share
+            # of the handle in one transaction or lost a race and retries.
+            cidr_s, count = next(iter(sorted(h.blocks.items())))
+            cidr = IPNetwork(cidr_s)
+            block, brev = await self._read(self.keys.block(cidr), Block.from_dict)
+            new: Block | None = None
+            addresses: tuple[IPAddress, ...] = ()
+            if block is not None:
+                res = plan_release_handle(block, handle)
+                new, addresses = res.block, res.addresses
+                if new.affinity is None and not new.allocations:
+                    new = None  # nobody's block and empty: drop it
+            if await self._write_block_and_handle(cidr, brev, new, handle, -count):
+                freed += addresses
+                continue
+            conflicts += 1
+            if conflicts > self.max_conflicts:
+                raise Conflict(f"release of {handle}: too many concurrent changes")
+            await self._backoff(conflicts)
+
+    async def release_ips(
+        self, targets: Sequence[tuple[IPAddress, int | None]]
+    ) -> tuple[list[IPAddress], list[IPAddress]]:
+        """Free addresses (each with an optional sequence number). Returns
+        (freed, not allocated). Addresses of one block change in one txn."""
+        pools = await self.pools()
+        by_block: dict[str, list[tuple[IPAddress, int | None]]] = {}
+        unknown: list[IPAddress] = []
+        for ip, seq in targets:
+            pool = pool_of(pools, ip)
+            if pool is None:
+                unknown.append(ip)
+                continue
+            by_block.setdefault(str(block_cidr_of(pool, ip)), []).append((ip, seq))
+        freed: list[IPAddress] = []
+        for cidr_s, ts in by_block.items():
+            cidr = IPNetwork(cidr_s)
+            for attempt in range(self.max_conflicts):
+                block, brev = await self._read(self.keys.block(cidr), Block.from_dict)
+                if block is None:
+                    unknown += [ip for ip, _ in ts]
+                    break
+                res = plan_release(block, ts)
+                if not res.addresses:
+                    unknown += [ip for ip, _ in ts]
+                    break
+                if await self._write_release(cidr, brev, res.block, res.per_handle):
+                    freed += res.addresses
+                    unknown += [ip for ip, _ in ts if ip not in res.addresses]
+                    break
+                await self._backoff(attempt)
+            else:
+                raise Conflict(f"release in {cidr}: too many concurrent changes")
+        return freed, unknown
+
+    async def _write_release(
+        self, cidr: IPNetwork, brev: int, block: Block, per_handle: Mapping[str, int]
+    ) -> bool:
+        compares = [Compare(self.keys.block(cidr), brev)]
+        ops: list[Op] = []
+        if block.affinity is None and not block.allocations:
+            ops.append(Delete(self.keys.block(cidr)))
+        else:
+            ops.append(Put(self.keys.block(cidr), dumps(block.to_dict())))
+        for handle, n in per_handle.items():
+            h, hrev = await self._read(self.keys.handle(handle), Handle.from_dict)
+            compares.append(Compare(self.keys.handle(handle), hrev))
+            counts = plan_handle_counts(h.blocks if h else {}, {str(cidr): -n})
+            if counts:
+                ops.append(Put(self.keys.handle(handle), dumps(Handle(handle, counts).to_dict())))
+            elif h is not None:
+                ops.append(Delete(self.keys.handle(handle)))
+        return await self.store.txn(compares, ops)

@@ -1,0 +1,96 @@
+"""An in-memory KvStore for unit tests of the IPAM shell. It can inject
+conflicts: a transaction fails as if another writer had won the race."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        *,
+        conflict_rate: float = 0.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.data: dict[bytes, Versioned] = {}
+        self.revision = 1
+        self.conflict_rate = conflict_rate
+        self.rng = rng or random.Random(0)
+        self.injected_conflicts = 0
+        self.down = False
+        self._leases: dict[int, set[bytes]] = {}
+        self._next_lease = 1
+        self.clock = clock
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise StoreError("memory store is down")
+
+    async def get(self, key: bytes) -> Versioned | None:
+        self._check_up()
+        return self.data.get(key)
+
+    async def list(self, prefix: bytes) -> Listing:
+        self._check_up()
+        items = {k: v for k, v in sorted(self.data.items()) if k.startswith(prefix)}
+        return Listing(items, self.revision)
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
+        self._check_up()
+        if self.conflict_rate and self.rng.random() < self.conflict_rate:
+            # Another writer won: bump a compared key so the caller's view is stale.
+            self.injected_conflicts += 1
+            for c in compares:
+                cur = self.data.get(c.key)
+                if cur is not None:
+                    self.revision += 1
+                    self.data[c.key] = Versioned(cur.value, self.revision)
+            return False
+        for c in compares:
+            cur = self.data.get(c.key)
+            if (cur.mod_revision if cur else 0) != c.mod_revision:
+                return False
+        self.revision += 1
+        for op in ops:
+            if isinstance(op, Put):
+                if op.lease is not None:
+                    if op.lease not in self._leases:
+                        raise StoreError(f"lease {op.lease} not found")
+                    self._leases[op.lease].add(op.key)
+                self.data[op.key] = Versioned(op.value, self.revision)
+            elif isinstance(op, Delete):
+                self.data.pop(op.key, None)
+        return True
+
+    async def grant_lease(self, ttl: int) -> int:
+        self._check_up()
+        lease = self._next_lease
+        self._next_lease += 1
+        self._leases[lease] = set()
+        return lease
+
+    async def refresh_lease(self, lease: int) -> None:
+        self._check_up()
+        if lease not in self._leases:
+            raise StoreError(f"lease {lease} not found")
+
+    async def revoke_lease(self, lease: int) -> None:
+        self._check_up()
+        for key in self._leases.pop(lease, set()):
+            if key in self.data:
+                self.revision += 1
+                del self.data[key]
+
+    def expire_lease(self, lease: int) -> None:
+        """What etcd does when a lease's holder stops refreshing it."""
+        for key in self._leases.pop(lease, set()):
+            self.data.pop(key, None)
+        self.revision += 1
+
+    async def close(self) -> None:
+        return None

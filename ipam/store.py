@@ -1,0 +1,66 @@
+"""The datastore port: a key-value store with compare-and-swap transactions,
+prefix listing and leases. etcd is the real one (``etcd_store``); the memory
+one (``memory_store``) can inject conflicts. Both pass one contract suite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The datastore could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    value: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    """The key's mod_revision must equal ``mod_revision`` (0: must not exist)."""
+
+    key: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    key: bytes
+    value: bytes
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: bytes
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class Listing:
+    items: dict[bytes, Versioned]
+    revision: int
+
+
+class KvStore(Protocol):
+    async def get(self, key: bytes) -> Versioned | None: ...
+
+    async def list(self, prefix: bytes) -> Listing: ...
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
+        """Apply every op atomically if every compare holds; say whether it did."""
+        ...
+
+    async def grant_lease(self, ttl: int) -> int: ...
+
+    async def refresh_lease(self, lease: int) -> None: ...
+
+    async def revoke_lease(self, lease: int) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,53 @@
+"""The ``meshroute`` command line: one entry point, one module per group of
+subcommands (``meshroute.cmd_*``), each exposing ``register(subparsers)``.
+Errors the operator can fix end the process with exit 1 and one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES = (
+    "meshroute.cmd_resources",
+    "meshroute.cmd_ipam",
+    "meshroute.cmd_demo",
+)
+
+
+class UserError(Exception):
+    """Something the operator asked for that cannot be done, with the reason."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshroute", description="A Calico-style pod network for bare-metal clusters."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"meshroute: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
