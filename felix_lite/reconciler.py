@@ -1,0 +1,431 @@
+"""The route table reconciler: owns desired and actual kernel state and
+applies the difference through the ports.
+
+- ``set_desired`` only stores the new state and marks the reconciler dirty;
+  the loop in ``run`` does the work, so a burst of updates costs one pass.
+- A *full* pass (at start, every ``resync_interval`` seconds, after a link or
+  address change, after a broken channel) re-reads what we own from the
+  kernel (mark and sweep): equal routes are left alone, missing ones added,
+  stale ones deleted. In between, *incremental* passes diff desired against
+  what the reconciler believes the kernel holds.
+- Nothing is swept before the first ``set_desired``: a restarted process
+  must not delete what it is about to want again.
+- Each failed item is retried with exponential backoff, keyed by what it
+  is (route key, neighbour, FDB entry); the rest of its batch and of the
+  pass goes on. A changed desire for that key cancels its backoff.
+- Every kernel call goes through the async ports, and diffs of big tables
+  run in a worker thread, so the event loop never stalls on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from felix_lite.delta import KernelDelta, RouteKey, index_routes, plan_delta
+from felix_lite.inputs import HostInterface
+from felix_lite.model import (
+    DEFAULT_PROTO,
+    MAIN_TABLE,
+    FdbEntry,
+    IpipDevice,
+    KernelRoute,
+    KernelState,
+    NeighborEntry,
+    VxlanDevice,
+)
+from felix_lite.ports import (
+    FdbOp,
+    HostLinks,
+    NeighborOp,
+    Op,
+    OpFailure,
+    RouteOp,
+    RouteTable,
+    TunnelDevices,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", RouteOp, NeighborOp, FdbOp)
+
+# A delete that finds nothing to delete has reached its goal.
+_GONE = frozenset({errno.ESRCH, errno.ENOENT})
+# Diffs bigger than this run in a worker thread.
+_THREAD_DIFF_ABOVE = 5000
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.2
+    factor: float = 2.0
+    maximum: float = 30.0
+
+    def delay(self, attempts: int) -> float:
+        return min(self.maximum, self.initial * self.factor ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True)
+class Retry:
+    item: Hashable  # the op (or device pair) that failed
+    attempts: int
+    not_before: float
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True)
+class PassReport:
+    full: bool
+    route_adds: int = 0
+    route_replaces: int = 0
+    route_deletes: int = 0
+    neighbor_ops: int = 0
+    fdb_ops: int = 0
+    device_ops: int = 0
+    failures: int = 0
+    held_back: int = 0
+
+    @property
+    def changes(self) -> int:
+        return (
+            self.route_adds
+            + self.route_replaces
+            + self.route_deletes
+            + self.neighbor_ops
+            + self.fdb_ops
+            + self.device_ops
+        )
+
+
+def _retry_key(op: RouteOp | NeighborOp | FdbOp) -> Hashable:
+    if isinstance(op, RouteOp):
+        return ("route", op.route.key)
+    if isinstance(op, NeighborOp):
+        return ("neigh", op.entry.ifname, str(op.entry.ip))
+    return ("fdb", op.entry)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        routes: RouteTable,
+        *,
+        tunnels: TunnelDevices | None = None,
+        links: HostLinks | None = None,
+        on_host_changed: Callable[[list[HostInterface]], None] | None = None,
+        proto: int = DEFAULT_PROTO,
+        table: int = MAIN_TABLE,
+        resync_interval: float = 90.0,
+        batch_size: int = 1000,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._routes = routes
+        self._tunnels = tunnels
+        self._links = links
+        self._on_host_changed = on_host_changed
+        self.proto = proto
+        self.table = table
+        self.resync_interval = resync_interval
+        self.batch_size = batch_size
+        self.backoff = backoff or Backoff()
+        self._clock = clock
+
+        self._desired: KernelState | None = None
+        self._desired_routes: dict[RouteKey, KernelRoute] = {}
+        self._actual_routes: dict[RouteKey, KernelRoute] = {}
+        self._actual_neighbors: set[NeighborEntry] = set()
+        self._actual_fdb: set[FdbEntry] = set()
+        self._applied_devices: tuple[IpipDevice | None, VxlanDevice | None] | None = None
+        self.retries: dict[Hashable, Retry] = {}
+        self._full_due = True
+        self._last_full = -math.inf
+        self._dirty = asyncio.Event()
+        self._converged = asyncio.Event()
+        self.last_report: PassReport | None = None
+        self.totals: Counter[str] = Counter()
+
+    # --- handlers: cheap, only mark dirty --------------------------------
+
+    def set_desired(self, state: KernelState) -> None:
+        foreign_tables = {r.table for r in state.routes} - {self.table}
+        if foreign_tables:
+            log.warning("ignoring desired routes in tables %s", sorted(foreign_tables))
+        self._desired = state
+        self._desired_routes = index_routes(r for r in state.routes if r.table == self.table)
+        self._converged.clear()
+        self._dirty.set()
+
+    def request_resync(self) -> None:
+        self._full_due = True
+        self._converged.clear()
+        self._dirty.set()
+
+    @property
+    def actual_routes(self) -> dict[RouteKey, KernelRoute]:
+        return dict(self._actual_routes)
+
+    async def wait_converged(self) -> None:
+        """Return once a pass ended with nothing left to do or retry."""
+        await self._converged.wait()
+
+    # --- the loop --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile until cancelled."""
+        watcher = asyncio.create_task(self._watch_links()) if self._links else None
+        failures = 0
+        try:
+            while True:
+                await self._wait_for_work()
+                if self._desired is None:
+                    continue
+                full = self._full_due or self._clock() - self._last_full >= self.resync_interval
+                try:
+                    await self.sync_once(full=full)
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # A broken channel: our belief about the kernel is suspect.
+                    failures += 1
+                    delay = self.backoff.delay(failures)
+                    log.exception("reconcile pass failed; full resync in %.1fs", delay)
+                    self._full_due = True
+                    await asyncio.sleep(delay)
+                    self._dirty.set()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _wait_for_work(self) -> None:
+        if self._desired is None:
+            await self._dirty.wait()
+            self._dirty.clear()
+            return
+        deadlines = [self._last_full + self.resync_interval]
+        deadlines += [r.not_before for r in self.retries.values()]
+        timeout = max(0.0, min(deadlines) - self._clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._dirty.wait(), timeout)
+        self._dirty.clear()
+
+    async def _watch_links(self) -> None:
+        assert self._links is not None
+        while True:
+            try:
+                async for _ in self._links.changes():
+                    interfaces = await self._links.interfaces()
+                    if self._on_host_changed is not None:
+                        self._on_host_changed(interfaces)
+                    # The kernel drops routes through a link that goes down.
+                    self.request_resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("link watch failed; restarting it")
+                self.request_resync()
+                await asyncio.sleep(1.0)
+
+    # --- one pass --------------------------------------------------------
+
+    async def sync_once(self, *, full: bool) -> PassReport:
+        """One reconcile pass. ``full`` re-reads the kernel first."""
+        desired = self._desired
+        if desired is None:
+            raise RuntimeError("sync_once before set_desired")
+        desired_routes = self._desired_routes
+        counts: Counter[str] = Counter()
+
+        await self._apply_devices(desired, full, counts)
+        if full:
+            await self._read_kernel(desired)
+            self._last_full = self._clock()
+            self._full_due = False
+
+        if len(desired_routes) + len(self._actual_routes) > _THREAD_DIFF_ABOVE:
+            delta = await asyncio.to_thread(self._plan, desired, desired_routes)
+        else:
+            delta = self._plan(desired, desired_routes)
+
+        await self._apply_fdb(delta.fdb_deletes, counts)
+        await self._apply_neighbors(delta.neighbor_upserts, counts)
+        await self._apply_fdb(delta.fdb_upserts, counts)
+        await self._apply_routes(delta.route_upserts, counts)
+        await self._apply_routes(delta.route_deletes, counts)
+        await self._apply_neighbors(delta.neighbor_deletes, counts)
+
+        report = PassReport(
+            full=full,
+            route_adds=counts["route_add"],
+            route_replaces=counts["route_replace"],
+            route_deletes=counts["route_delete"],
+            neighbor_ops=counts["neighbor"],
+            fdb_ops=counts["fdb"],
+            device_ops=counts["device"],
+            failures=counts["failure"],
+            held_back=counts["held_back"],
+        )
+        self.last_report = report
+        self.totals.update(counts)
+        if report.failures:
+            log.warning("pass left %d failed items (retrying with backoff)", len(self.retries))
+        if not self.retries and not self._dirty.is_set() and desired is self._desired:
+            self._converged.set()
+        return report
+
+    def _plan(
+        self, desired: KernelState, desired_routes: dict[RouteKey, KernelRoute]
+    ) -> KernelDelta:
+        return plan_delta(
+            desired_routes,
+            self._actual_routes,
+            desired.neighbors,
+            self._actual_neighbors,
+            desired.fdb,
+            self._actual_fdb,
+        )
+
+    async def _read_kernel(self, desired: KernelState) -> None:
+        routes: dict[RouteKey, KernelRoute] = {}
+        async for r in self._routes.dump_owned(self.proto, self.table):
+            routes[r.key] = r
+        devices = {n.ifname for n in desired.neighbors} | {e.ifname for e in desired.fdb}
+        devices |= {n.ifname for n in self._actual_neighbors}
+        devices |= {e.ifname for e in self._actual_fdb}
+        if desired.vxlan is not None:
+            devices.add(desired.vxlan.name)
+        neighbors: set[NeighborEntry] = set()
+        fdb: set[FdbEntry] = set()
+        for dev in sorted(devices):
+            neighbors.update(await self._routes.dump_neighbors(dev))
+            fdb.update(await self._routes.dump_fdb(dev))
+        self._actual_routes = routes
+        self._actual_neighbors = neighbors
+        self._actual_fdb = fdb
+
+    async def _apply_devices(self, desired: KernelState, full: bool, counts: Counter[str]) -> None:
+        if self._tunnels is None:
+            return
+        want = (desired.ipip, desired.vxlan)
+        if not full and self._applied_devices == want:
+            return
+        key = ("devices",)
+        if not self._ready(key, want, counts):
+            return
+        try:
+            await self._tunnels.apply_ipip(desired.ipip)
+            await self._tunnels.apply_vxlan(desired.vxlan)
+        except OSError as e:
+            self._failed(key, want, e.errno or 0, str(e), counts)
+            return
+        if self._applied_devices != want:
+            counts["device"] += 1
+        self._applied_devices = want
+        self.retries.pop(key, None)
+
+    # --- backoff bookkeeping ---------------------------------------------
+
+    def _ready(self, key: Hashable, item: Hashable, counts: Counter[str]) -> bool:
+        r = self.retries.get(key)
+        if r is None:
+            return True
+        if r.item != item:
+            del self.retries[key]  # the desire changed: try the new one now
+            return True
+        if self._clock() >= r.not_before:
+            return True
+        counts["held_back"] += 1
+        return False
+
+    def _failed(
+        self, key: Hashable, item: Hashable, err: int, message: str, counts: Counter[str]
+    ) -> None:
+        prev = self.retries.get(key)
+        attempts = prev.attempts + 1 if prev is not None and prev.item == item else 1
+        delay = self.backoff.delay(attempts)
+        self.retries[key] = Retry(item, attempts, self._clock() + delay, err, message)
+        counts["failure"] += 1
+        log.debug("%r failed (%s %s); retry %d in %.1fs", item, err, message, attempts, delay)
+
+    def _ready_ops(self, ops: Iterable[T], counts: Counter[str]) -> list[T]:
+        return [op for op in ops if self._ready(_retry_key(op), op, counts)]
+
+    # --- applying --------------------------------------------------------
+
+    async def _apply_routes(self, ops: Sequence[RouteOp], counts: Counter[str]) -> None:
+        ready = self._ready_ops(ops, counts)
+        for start in range(0, len(ready), self.batch_size):
+            batch = ready[start : start + self.batch_size]
+            failures = await self._routes.apply_routes(batch, self.proto)
+            failed = self._record(batch, failures, counts)
+            for op in batch:
+                key = op.route.key
+                if op in failed:
+                    continue
+                if op.op is Op.DELETE:
+                    self._actual_routes.pop(key, None)
+                else:
+                    self._actual_routes[key] = op.route
+                counts[f"route_{op.op.value}"] += 1
+
+    async def _apply_neighbors(self, ops: Sequence[NeighborOp], counts: Counter[str]) -> None:
+        ready = self._ready_ops(ops, counts)
+        if not ready:
+            return
+        failed = self._record(ready, await self._routes.apply_neighbors(ready), counts)
+        for op in ready:
+            if op in failed:
+                continue
+            n = op.entry
+            self._actual_neighbors = {
+                x for x in self._actual_neighbors if (x.ifname, x.ip) != (n.ifname, n.ip)
+            }
+            if op.op is not Op.DELETE:
+                self._actual_neighbors.add(n)
+            counts["neighbor"] += 1
+
+    async def _apply_fdb(self, ops: Sequence[FdbOp], counts: Counter[str]) -> None:
+        ready = self._ready_ops(ops, counts)
+        if not ready:
+            return
+        failed = self._record(ready, await self._routes.apply_fdb(ready), counts)
+        for op in ready:
+            if op in failed:
+                continue
+            e = op.entry
+            if op.op is Op.DELETE:
+                self._actual_fdb.discard(e)
+            else:
+                self._actual_fdb = {
+                    x for x in self._actual_fdb if (x.ifname, x.lladdr) != (e.ifname, e.lladdr)
+                }
+                self._actual_fdb.add(e)
+            counts["fdb"] += 1
+
+    def _record(
+        self, batch: Sequence[T], failures: Sequence[OpFailure[T]], counts: Counter[str]
+    ) -> set[T]:
+        """Note failures for backoff, clear retries of what succeeded, and
+        return the ops that did not reach their goal."""
+        failed: set[T] = set()
+        for f in failures:
+            if f.item.op is Op.DELETE and f.errno in _GONE:
+                continue  # already gone: the goal is reached
+            failed.add(f.item)
+            self._failed(_retry_key(f.item), f.item, f.errno, f.message, counts)
+        for op in batch:
+            if op not in failed:
+                self.retries.pop(_retry_key(op), None)
+        return failed

@@ -1,0 +1,244 @@
+"""The reconciler against the in-memory kernel: restart, ownership,
+per-route errors with backoff, devices, link changes, the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+
+from netaddr import IPAddress, IPNetwork
+
+from felix_lite.fake_table import FakeKernel, FakeLinks, FakeRouteTable, FakeTunnels
+from felix_lite.inputs import HostInterface
+from felix_lite.model import (
+    FdbEntry,
+    IpipDevice,
+    KernelRoute,
+    KernelState,
+    NeighborEntry,
+    NextHop,
+    RouteKind,
+    VxlanDevice,
+)
+from felix_lite.reconciler import Backoff, Reconciler
+
+A = IPAddress
+N = IPNetwork
+PROTO = 80
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def route(i: int, gw: str = "192.0.2.20", dev: str = "eth0") -> KernelRoute:
+    return KernelRoute(N(f"10.244.{i}.0/26"), RouteKind.DIRECT, (NextHop(A(gw), dev),))
+
+
+def state(*routes: KernelRoute, **kw: object) -> KernelState:
+    return KernelState(routes=frozenset(routes), **kw)  # type: ignore[arg-type]
+
+
+def test_fresh_install_then_restart_touches_nothing() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        want = state(*(route(i) for i in range(10)))
+        r1 = Reconciler(FakeRouteTable(k))
+        r1.set_desired(want)
+        rep = await r1.sync_once(full=True)
+        assert rep.route_adds == 10 and rep.failures == 0
+        assert k.owned(PROTO) == set(want.routes)
+        k.ops.clear()
+        r2 = Reconciler(FakeRouteTable(k))  # the restarted process
+        r2.set_desired(want)
+        rep = await r2.sync_once(full=True)
+        assert rep.changes == 0
+        assert set(k.ops) == {"dump"}
+
+    asyncio.run(go())
+
+
+def test_stale_owned_swept_changed_replaced_foreign_kept() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        foreign = route(50, gw="192.0.2.99")
+        k.add_foreign(foreign, proto=4)
+        k.add_foreign(route(1), PROTO)  # stale, from a previous run
+        k.add_foreign(route(2, gw="192.0.2.21"), PROTO)  # outdated next hop
+        rec = Reconciler(FakeRouteTable(k))
+        rec.set_desired(state(route(2), route(3)))
+        rep = await rec.sync_once(full=True)
+        assert (rep.route_adds, rep.route_replaces, rep.route_deletes) == (1, 1, 1)
+        assert k.owned(PROTO) == {route(2), route(3)}
+        assert k.foreign(PROTO) == {foreign.key: (4, foreign)}
+
+    asyncio.run(go())
+
+
+def test_never_overwrites_a_foreign_route_on_the_same_prefix() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        foreign = route(7, gw="192.0.2.99")
+        k.add_foreign(foreign, proto=4)
+        rec = Reconciler(FakeRouteTable(k))
+        rec.set_desired(state(route(7), route(8)))
+        rep = await rec.sync_once(full=True)
+        assert rep.failures == 1 and rep.route_adds == 1
+        assert k.routes[foreign.key] == (4, foreign)
+        assert rec.retries[("route", foreign.key)].errno == errno.EEXIST
+
+    asyncio.run(go())
+
+
+def test_one_bad_route_is_retried_with_backoff_and_blocks_nothing() -> None:
+    async def go() -> None:
+        clock = Clock()
+        k = FakeKernel()
+        k.inject("10.244.3.0/26", errno.EINVAL, times=2)
+        rec = Reconciler(FakeRouteTable(k), clock=clock, backoff=Backoff(1.0, 2.0, 10.0))
+        rec.set_desired(state(*(route(i) for i in range(6))))
+        rep = await rec.sync_once(full=True)
+        assert rep.route_adds == 5 and rep.failures == 1
+        retry = rec.retries[("route", route(3).key)]
+        assert (retry.attempts, retry.not_before) == (1, 1001.0)
+
+        rep = await rec.sync_once(full=False)  # too early: held back, no kernel call
+        assert rep.held_back == 1 and rep.changes == 0 and rep.failures == 0
+
+        clock.now = 1001.0
+        rep = await rec.sync_once(full=False)  # second injected failure
+        assert rep.failures == 1
+        assert rec.retries[("route", route(3).key)].not_before == 1003.0  # doubled
+
+        clock.now = 1003.0
+        rep = await rec.sync_once(full=False)
+        assert rep.route_adds == 1 and not rec.retries
+        assert k.owned(PROTO) == {route(i) for i in range(6)}
+
+    asyncio.run(go())
+
+
+def test_a_changed_desire_cancels_the_backoff_of_that_route() -> None:
+    async def go() -> None:
+        clock = Clock()
+        k = FakeKernel(devices={"eth0"})
+        rec = Reconciler(FakeRouteTable(k), clock=clock)
+        rec.set_desired(state(route(1, dev="eth9")))
+        rep = await rec.sync_once(full=True)
+        assert rep.failures == 1  # ENODEV
+        rec.set_desired(state(route(1)))
+        rep = await rec.sync_once(full=False)
+        assert rep.route_adds == 1 and not rec.retries
+
+    asyncio.run(go())
+
+
+def test_delete_of_an_already_gone_route_counts_as_done() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        rec = Reconciler(FakeRouteTable(k))
+        rec.set_desired(state(route(1), route(2)))
+        await rec.sync_once(full=True)
+        del k.routes[route(2).key]  # someone else removed it
+        rec.set_desired(state(route(1)))
+        rep = await rec.sync_once(full=False)
+        assert rep.route_deletes == 1 and rep.failures == 0 and not rec.retries
+
+    asyncio.run(go())
+
+
+def test_batches_respect_batch_size() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        rec = Reconciler(FakeRouteTable(k), batch_size=4)
+        rec.set_desired(state(*(route(i) for i in range(10))))
+        await rec.sync_once(full=True)
+        assert k.ops["route_batches"] == 3
+
+    asyncio.run(go())
+
+
+def test_vxlan_neighbors_and_fdb_are_reconciled() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        dev = "vxlan.calico"
+        n1 = NeighborEntry(dev, A("10.244.9.0"), "66:77:88:99:aa:01")
+        f1 = FdbEntry(dev, "66:77:88:99:aa:01", A("198.51.100.7"))
+        old_n = NeighborEntry(dev, A("10.244.8.0"), "66:77:88:99:aa:02")
+        old_f = FdbEntry(dev, "66:77:88:99:aa:02", A("198.51.100.8"))
+        k.neighbors[(dev, str(old_n.ip))] = old_n
+        k.fdb.add(old_f)
+        vx = VxlanDevice(dev, 4096, 4789, A("192.0.2.10"), None, None, None, 1450)
+        rec = Reconciler(FakeRouteTable(k))
+        rec.set_desired(state(neighbors=frozenset({n1}), fdb=frozenset({f1}), vxlan=vx))
+        rep = await rec.sync_once(full=True)
+        assert (rep.neighbor_ops, rep.fdb_ops) == (2, 2)
+        assert set(k.neighbors.values()) == {n1} and k.fdb == {f1}
+        again = Reconciler(FakeRouteTable(k))
+        again.set_desired(state(neighbors=frozenset({n1}), fdb=frozenset({f1}), vxlan=vx))
+        assert (await again.sync_once(full=True)).changes == 0
+
+    asyncio.run(go())
+
+
+def test_tunnel_devices_applied_once_retried_on_failure_and_removed_when_off() -> None:
+    async def go() -> None:
+        clock = Clock()
+        k = FakeKernel()
+        tunnels = FakeTunnels(k, fail=1)
+        rec = Reconciler(FakeRouteTable(k), tunnels=tunnels, clock=clock)
+        ipip = IpipDevice(A("10.244.1.1"), 1480)
+        tun_route = KernelRoute(
+            N("10.244.2.0/26"), RouteKind.IPIP, (NextHop(A("198.51.100.7"), "tunl0", True),), 1480
+        )
+        rec.set_desired(state(tun_route, ipip=ipip))
+        rep = await rec.sync_once(full=True)
+        assert rep.failures == 1 and k.ipip is None
+        clock.now += 1
+        rep = await rec.sync_once(full=False)
+        assert rep.device_ops == 1 and k.ipip == ipip
+        rep = await rec.sync_once(full=False)
+        assert rep.changes == 0 and k.ops["ipip"] == 1
+        rec.set_desired(state())
+        await rec.sync_once(full=False)
+        assert k.ipip is None and not k.owned(PROTO)
+
+    asyncio.run(go())
+
+
+def test_run_loop_waits_for_desired_resyncs_and_reacts_to_links() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        k.add_foreign(route(1), PROTO)  # owned, from a previous run
+        links = FakeLinks([HostInterface("eth0", (N("192.0.2.10/24"),), 1500)])
+        seen: list[list[HostInterface]] = []
+        rec = Reconciler(
+            FakeRouteTable(k), links=links, on_host_changed=seen.append, resync_interval=0.2
+        )
+        task = asyncio.create_task(rec.run())
+        await asyncio.sleep(0.05)
+        assert k.ops["dump"] == 0 and route(1).key in k.routes  # nothing swept yet
+        rec.set_desired(state(route(1), route(2)))
+        await asyncio.wait_for(rec.wait_converged(), 2)
+        assert k.owned(PROTO) == {route(1), route(2)}
+        assert rec.totals["route_add"] == 1 and rec.totals["route_delete"] == 0
+
+        del k.routes[route(2).key]  # a link flap took it; the periodic resync restores it
+        await asyncio.sleep(0.5)
+        assert route(2).key in k.routes
+
+        dumps = k.ops["dump"]
+        links.set([HostInterface("eth0", (N("192.0.2.10/24"),), 9000)])
+        await asyncio.sleep(0.05)
+        assert seen and seen[-1][0].mtu == 9000
+        assert k.ops["dump"] > dumps
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
