@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from felix_lite.delta import KernelDelta, RouteKey, index_routes, plan_delta
-from felix_lite.inputs import HostInterface
+from felix_lite.inputs import VXLAN_DEVICE, HostInterface
 from felix_lite.model import (
     DEFAULT_PROTO,
     MAIN_TABLE,
@@ -128,6 +128,7 @@ class Reconciler:
         batch_size: int = 1000,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        vxlan_devices: Iterable[str] = (VXLAN_DEVICE,),
     ) -> None:
         self._routes = routes
         self._tunnels = tunnels
@@ -139,6 +140,10 @@ class Reconciler:
         self.batch_size = batch_size
         self.backoff = backoff or Backoff()
         self._clock = clock
+        # Devices whose permanent neighbours and FDB entries are ours, read
+        # back on every full pass even when the desired state does not
+        # mention them, so a restart also sweeps what a previous run left.
+        self.vxlan_devices = frozenset(vxlan_devices)
 
         self._desired: KernelState | None = None
         self._desired_routes: dict[RouteKey, KernelRoute] = {}
@@ -301,7 +306,8 @@ class Reconciler:
         routes: dict[RouteKey, KernelRoute] = {}
         async for r in self._routes.dump_owned(self.proto, self.table):
             routes[r.key] = r
-        devices = {n.ifname for n in desired.neighbors} | {e.ifname for e in desired.fdb}
+        devices = set(self.vxlan_devices)
+        devices |= {n.ifname for n in desired.neighbors} | {e.ifname for e in desired.fdb}
         devices |= {n.ifname for n in self._actual_neighbors}
         devices |= {e.ifname for e in self._actual_fdb}
         if desired.vxlan is not None:
