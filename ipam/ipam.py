@@ -16,8 +16,8 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
@@ -40,14 +40,17 @@ from ipam.allocator import (
     plan_release_handle,
     pool_of,
 )
+from ipam.check import REPAIRABLE, Action, Issue, Repair, plan_check, plan_gc
 from ipam.keys import Keys
 from ipam.model import (
+    RESERVED_HANDLE_PREFIX,
     Affinity,
     AffinityState,
     Block,
     Handle,
     IpamSettings,
     Pool,
+    Snapshot,
     Use,
     dumps,
     loads,
@@ -85,18 +88,6 @@ class AssignRequest:
     pools: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     use: Use = Use.WORKLOAD
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything IPAM keeps, read in one consistent listing."""
-
-    pools: dict[str, Pool]
-    blocks: dict[str, tuple[Block, int]]  # str(cidr) -> (block, mod_revision)
-    affinities: dict[tuple[str, str], tuple[Affinity, int]]  # (host, cidr)
-    handles: dict[str, tuple[Handle, int]]
-    settings: IpamSettings
-    revision: int
 
 
 class _Claim(enum.Enum):
@@ -636,3 +627,108 @@ class Ipam:
             elif h is not None:
                 ops.append(Delete(self.keys.handle(handle)))
         return await self.store.txn(compares, ops)
+
+    # ---- check and repair ------------------------------------------------
+
+    async def check(
+        self, live_hosts: Set[str], pending_grace_s: float = PENDING_GRACE_S
+    ) -> list[Issue]:
+        return plan_check(await self.snapshot(), live_hosts, self.clock(), pending_grace_s)
+
+    async def gc(
+        self, live_hosts: Set[str], pending_grace_s: float = PENDING_GRACE_S, rounds: int = 4
+    ) -> list[tuple[Repair, str]]:
+        """Repair what ``check`` finds, re-checking after each round (a repair
+        can reveal the next one, e.g. a gone host's block empties once its
+        addresses are released)."""
+        done: list[tuple[Repair, str]] = []
+        for _ in range(rounds):
+            snap = await self.snapshot()
+            issues = [
+                i
+                for i in plan_check(snap, live_hosts, self.clock(), pending_grace_s)
+                if i.kind in REPAIRABLE
+            ]
+            repairs = plan_gc(snap, issues)
+            if not repairs:
+                break
+            for r in repairs:
+                done.append((r, await self._apply_repair(r)))
+        return done
+
+    async def _apply_repair(self, r: Repair) -> str:
+        if r.action is Action.RELEASE_ADDRESS:
+            freed, _ = await self.release_ips([(IPAddress(r.subject), r.seq or None)])
+            return "released" if freed else "skipped (changed since check)"
+        if r.action is Action.DROP_BLOCK_AFFINITY:
+            return await self._drop_block_affinity(IPNetwork(r.subject))
+        if r.action is Action.REBUILD_HANDLE:
+            return await self._rebuild_handle(r.subject)
+        host, _, cidr_s = r.subject.partition("/")
+        cidr = IPNetwork(cidr_s)
+        akey = self.keys.affinity(host, cidr)
+        aff, arev = await self._read(akey, Affinity.from_dict)
+        if r.action is Action.SETTLE_CLAIM:
+            return "gone" if aff is None else await self._finish_stale_claim(aff, arev, force=True)
+        if r.action is Action.DELETE_AFFINITY:
+            block, _ = await self._read(self.keys.block(cidr), Block.from_dict)
+            if aff is None or (block is not None and block.affinity == host):
+                return "skipped (changed since check)"
+            ok = await self.store.txn([Compare(akey, arev)], [Delete(akey)])
+            return "deleted" if ok else "conflict"
+        if r.action is Action.RESTORE_AFFINITY:
+            block, _ = await self._read(self.keys.block(cidr), Block.from_dict)
+            if aff is not None or block is None or block.affinity is None:
+                return "skipped (changed since check)"
+            restored = Affinity(block.affinity, cidr, AffinityState.CONFIRMED, self.clock())
+            akey = self.keys.affinity(block.affinity, cidr)
+            ok = await self.store.txn([Compare(akey, 0)], [Put(akey, dumps(restored.to_dict()))])
+            return "restored" if ok else "conflict"
+        raise AssertionError(r.action)  # pragma: no cover
+
+    async def _drop_block_affinity(self, cidr: IPNetwork) -> str:
+        """A gone host's block: deleted when no workload is left in it, else
+        kept for the addresses other hosts borrowed, without an owner."""
+        bkey = self.keys.block(cidr)
+        block, brev = await self._read(bkey, Block.from_dict)
+        if block is None or block.affinity is None:
+            return "skipped (changed since check)"
+        akey = self.keys.affinity(block.affinity, cidr)
+        arev = (await self._rev(akey)) or 0
+        compares = [Compare(bkey, brev), Compare(akey, arev)]
+        ops: list[Op] = [Delete(akey)] if arev else []
+        if block.workload_count == 0:
+            ops.append(Delete(bkey))
+            outcome = "block deleted"
+        else:
+            kept = {
+                o: a
+                for o, a in block.allocations.items()
+                if not a.handle.startswith(RESERVED_HANDLE_PREFIX)
+            }
+            orphan = replace(block.with_allocations(kept, block.seq), affinity=None)
+            ops.append(Put(bkey, dumps(orphan.to_dict())))
+            outcome = f"affinity dropped, {len(kept)} borrowed addresses kept"
+        ok = await self.store.txn(compares, ops)
+        return outcome if ok else "conflict"
+
+    async def _rebuild_handle(self, handle: str) -> str:
+        for attempt in range(self.max_conflicts):
+            listing = await self.store.list(self.keys.blocks)
+            counts: dict[str, int] = {}
+            compares = []
+            for k, v in listing.items.items():
+                b = Block.from_dict(loads(v.value))
+                n = sum(1 for a in b.allocations.values() if a.handle == handle)
+                if n:
+                    counts[str(b.cidr)] = n
+                    compares.append(Compare(k, v.mod_revision))
+            hkey = self.keys.handle(handle)
+            # A racing assignment writes the handle too, so comparing it (and
+            # the blocks counted) is enough to lose against it rather than undo it.
+            compares.append(Compare(hkey, (await self._rev(hkey)) or 0))
+            op: Op = Put(hkey, dumps(Handle(handle, counts).to_dict())) if counts else Delete(hkey)
+            if await self.store.txn(compares, [op]):
+                return f"rebuilt ({sum(counts.values())} addresses)" if counts else "deleted"
+            await self._backoff(attempt)
+        return "conflict"

@@ -226,6 +226,18 @@ class IpamSettings:
         )
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything IPAM keeps, read in one consistent listing."""
+
+    pools: dict[str, Pool]
+    blocks: dict[str, tuple[Block, int]]  # str(cidr) -> (block, mod_revision)
+    affinities: dict[tuple[str, str], tuple[Affinity, int]]  # (host, cidr)
+    handles: dict[str, tuple[Handle, int]]
+    settings: IpamSettings
+    revision: int
+
+
 def dumps(d: Mapping[str, Any]) -> bytes:
     return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
 

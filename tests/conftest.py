@@ -12,6 +12,8 @@ import pytest
 from tests.harness.etcd import EtcdCluster, start_etcd
 from tests.harness.netns import NetnsFactory, sweep_stale
 
+pytest_plugins = ["tests.store_fixtures"]
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.geteuid() == 0:

@@ -33,18 +33,30 @@ class EtcdMember:
     def start(self, *, new_cluster: bool = True) -> None:
         args = [
             ETCD,
-            "--name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{self.client_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-cluster", self.cluster,
-            "--initial-cluster-state", "new" if new_cluster else "existing",
-            "--initial-cluster-token", f"meshroute-test-{os.getpid()}",
-            "--heartbeat-interval", "50",
-            "--election-timeout", "500",
-            "--log-level", "warn",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{self.client_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{self.peer_port}",
+            "--initial-cluster",
+            self.cluster,
+            "--initial-cluster-state",
+            "new" if new_cluster else "existing",
+            "--initial-cluster-token",
+            f"meshroute-test-{os.getpid()}",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "warn",
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -97,9 +109,7 @@ class EtcdCluster:
                 return
             for m in self.members:
                 if m.proc is not None and m.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"etcd {m.name} exited: {m.log_path.read_text()[-2000:]}"
-                    )
+                    raise RuntimeError(f"etcd {m.name} exited: {m.log_path.read_text()[-2000:]}")
             time.sleep(0.05)
         raise TimeoutError("etcd did not become healthy")
 
@@ -111,9 +121,7 @@ class EtcdCluster:
 def start_etcd(workdir: Path, size: int = 1) -> EtcdCluster:
     ports = free_ports(2 * size)
     names = [f"m{i}" for i in range(size)]
-    cluster = ",".join(
-        f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names)
-    )
+    cluster = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
     members = []
     for i, name in enumerate(names):
         d = workdir / name

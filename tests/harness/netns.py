@@ -8,6 +8,7 @@ Nothing here touches the root namespace's links, addresses or routes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -34,8 +35,9 @@ class Netns:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def sh(self, cmd: str, *, check: bool = True, timeout: float = 30) -> str:
-        return run(["ip", "netns", "exec", self.name, "sh", "-c", cmd], check=check,
-                   timeout=timeout)
+        return run(
+            ["ip", "netns", "exec", self.name, "sh", "-c", cmd], check=check, timeout=timeout
+        )
 
     def ip(self, *args: str, check: bool = True) -> str:
         return run(["ip", "-n", self.name, *args], check=check)
@@ -88,10 +90,8 @@ def kill_pids_in(name: str) -> None:
     """End the processes still running inside a namespace we created."""
     out = run(["ip", "netns", "pids", name], check=False)
     for pid in out.split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
 
 
 def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:

@@ -1,0 +1,326 @@
+"""``meshroute-cni-ipam``: the CNI IPAM plugin (spec 1.0.0, also speaks
+0.3.0, 0.3.1 and 0.4.0).
+
+The runtime executes it once per pod and interface, so it must start fast:
+it imports only the standard library (never netaddr, the etcd client or the
+rest of ``ipam``) and asks the host's local IPAM service (``cni_service``,
+run by ``meshroute ipam serve``) over a unix socket, which holds the etcd
+connection. When the service is down or silent the plugin fails at once
+with a CNI error; it never hangs.
+
+Network configuration (``ipam`` section of the netconf on stdin)::
+
+    {"type": "meshroute-cni-ipam",
+     "socket": "/run/meshroute/ipam.sock",   # default
+     "assign_ipv4": true, "assign_ipv6": false,   # bools or "true"/"false"
+     "ipv4_pools": ["pool-a"], "ipv6_pools": [],  # pool names, optional
+     "ips": ["10.244.0.9"],                       # requested addresses, optional
+     "timeout": 30}                               # seconds for one request
+
+Requested addresses may also come from ``runtimeConfig.ips``,
+``args.cni.ips`` or ``IP=a,b`` in ``CNI_ARGS``; they replace auto-assignment.
+
+Errors are CNI error objects on stdout with exit status 1. Codes: the
+spec's 1 (incompatible version), 4 (invalid environment variables), 6
+(cannot decode stdin), 7 (invalid network config), 11 (try again later:
+etcd unreachable or too many concurrent changes), and ours: 100 pool
+exhausted, 101 IPAM service unavailable (not running or not answering),
+102 address request refused, 103 CHECK found a mismatch, 110 internal
+error of the service.
+
+Results: ``ips`` (address with prefix length, ``gateway`` when the service
+runs in L2-segment mode) and ``routes``: in L2-segment mode a default route
+via the block's gateway per address family; in routed mode none (the main
+plugin, e.g. ``ptp``, sets the pod's routes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, TextIO
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+CURRENT_VERSION = "1.0.0"
+DEFAULT_SOCKET = "/run/meshroute/ipam.sock"
+CONNECT_TIMEOUT_S = 1.0
+DEFAULT_TIMEOUT_S = 30.0
+MAX_REPLY = 1 << 20
+
+# CNI spec error codes
+ERR_INCOMPATIBLE_VERSION = 1
+ERR_INVALID_ENV = 4
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN = 11
+# meshroute's own codes (>= 100), shared with cni_service
+ERR_POOL_EXHAUSTED = 100
+ERR_SERVICE_UNAVAILABLE = 101
+ERR_ADDRESS_REFUSED = 102
+ERR_CHECK_FAILED = 103
+ERR_INTERNAL = 110
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except ValueError:
+        return (0,)
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """``K=V;K2=V2`` (CNI_ARGS) to a dict; malformed pairs are refused."""
+    out: dict[str, str] = {}
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {pair!r} is not KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def _flag(value: object, default: bool, name: str) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise CniError(ERR_INVALID_CONFIG, f"ipam.{name} must be true or false, not {value!r}")
+
+
+def _str_list(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return list(value)
+    raise CniError(ERR_INVALID_CONFIG, f"{name} must be a list of strings")
+
+
+def decode_config(stdin: bytes) -> dict[str, Any]:
+    try:
+        conf = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CniError(ERR_DECODE, "cannot decode the network configuration", str(e)) from e
+    if not isinstance(conf, dict):
+        raise CniError(ERR_DECODE, "the network configuration is not a JSON object")
+    return conf
+
+
+def check_version(conf: Mapping[str, Any]) -> str:
+    version = conf.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise CniError(ERR_INVALID_CONFIG, "network configuration has no cniVersion")
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"cniVersion {version} is not supported",
+            "supported: " + ", ".join(SUPPORTED_VERSIONS),
+        )
+    return version
+
+
+def _require_env(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise CniError(ERR_INVALID_ENV, f"{name} is not set")
+    return value
+
+
+def plan_request(command: str, env: Mapping[str, str], conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The service request for ADD, DEL or CHECK (pure)."""
+    version = check_version(conf)
+    if not isinstance(conf.get("name"), str) or not conf["name"]:
+        raise CniError(ERR_INVALID_CONFIG, "network configuration has no name")
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CniError(ERR_INVALID_CONFIG, "network configuration has no ipam section")
+    container_id = _require_env(env, "CNI_CONTAINERID")
+    ifname = _require_env(env, "CNI_IFNAME")
+    if command in ("ADD", "CHECK"):
+        _require_env(env, "CNI_NETNS")
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    req: dict[str, Any] = {
+        "op": command.lower(),
+        "containerId": container_id,
+        "ifname": ifname,
+        "network": conf["name"],
+        "namespace": args.get("K8S_POD_NAMESPACE", ""),
+        "pod": args.get("K8S_POD_NAME", ""),
+    }
+    if command == "ADD":
+        req["ipv4"] = _flag(ipam.get("assign_ipv4"), True, "assign_ipv4")
+        req["ipv6"] = _flag(ipam.get("assign_ipv6"), False, "assign_ipv6")
+        req["ipv4Pools"] = _str_list(ipam.get("ipv4_pools"), "ipam.ipv4_pools")
+        req["ipv6Pools"] = _str_list(ipam.get("ipv6_pools"), "ipam.ipv6_pools")
+        req["ips"] = _requested_ips(conf, ipam, args)
+        if not (req["ipv4"] or req["ipv6"] or req["ips"]):
+            raise CniError(ERR_INVALID_CONFIG, "assign_ipv4 and assign_ipv6 are both false")
+    elif command == "CHECK":
+        if _version_tuple(version) < (0, 4, 0):
+            raise CniError(
+                ERR_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {version}"
+            )
+        prev = conf.get("prevResult")
+        if not isinstance(prev, dict):
+            raise CniError(ERR_INVALID_CONFIG, "CHECK needs a prevResult")
+        ips = prev.get("ips", [])
+        if not isinstance(ips, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("address"), str) for x in ips
+        ):
+            raise CniError(ERR_INVALID_CONFIG, "prevResult.ips is malformed")
+        req["expect"] = [x["address"].split("/")[0] for x in ips]
+    return req
+
+
+def _requested_ips(
+    conf: Mapping[str, Any], ipam: Mapping[str, Any], args: Mapping[str, str]
+) -> list[str]:
+    ips = _str_list(ipam.get("ips"), "ipam.ips")
+    for section, name in (("runtimeConfig", "runtimeConfig.ips"), ("args", "args.cni.ips")):
+        sub = conf.get(section)
+        if section == "args" and isinstance(sub, dict):
+            sub = sub.get("cni")
+        if isinstance(sub, dict):
+            ips += _str_list(sub.get("ips"), name)
+    if args.get("IP"):
+        ips += [x.strip() for x in args["IP"].split(",") if x.strip()]
+    return [ip.split("/")[0] for ip in ips]
+
+
+def call_service(path: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    """One request, one newline-terminated JSON reply, on a fresh connection."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            s.connect(path)
+        except OSError as e:
+            raise CniError(
+                ERR_SERVICE_UNAVAILABLE,
+                f"the meshroute IPAM service is not running (cannot connect to {path})",
+                f"{e}; start it with 'meshroute ipam serve' (or 'meshroute node')",
+            ) from e
+        s.settimeout(timeout)
+        buf = b""
+        try:
+            s.sendall(json.dumps(request).encode() + b"\n")
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_REPLY:
+                    break
+        except OSError as e:
+            raise CniError(
+                ERR_SERVICE_UNAVAILABLE,
+                f"the meshroute IPAM service at {path} did not answer within {timeout:g} s",
+                str(e),
+            ) from e
+    finally:
+        s.close()
+    try:
+        reply = json.loads(buf)
+    except ValueError as e:
+        raise CniError(
+            ERR_SERVICE_UNAVAILABLE, f"the meshroute IPAM service at {path} sent a bad reply"
+        ) from e
+    if not isinstance(reply, dict):
+        raise CniError(ERR_SERVICE_UNAVAILABLE, f"the IPAM service at {path} sent a bad reply")
+    if not reply.get("ok"):
+        raise CniError(
+            int(reply.get("code", ERR_INTERNAL)),
+            str(reply.get("msg", "IPAM service error")),
+            str(reply.get("details", "")),
+        )
+    return reply
+
+
+def format_result(version: str, reply: Mapping[str, Any]) -> dict[str, Any]:
+    """The CNI result of ADD in the requested version (pure). Before 1.0.0
+    each entry of ``ips`` also names its IP version."""
+    ips = []
+    for entry in reply.get("ips", []):
+        ip: dict[str, Any] = {"address": entry["address"]}
+        if entry.get("gateway"):
+            ip["gateway"] = entry["gateway"]
+        if _version_tuple(version) < (1, 0, 0):
+            ip["version"] = "6" if ":" in entry["address"] else "4"
+        ips.append(ip)
+    routes = [{k: v for k, v in r.items() if k in ("dst", "gw")} for r in reply.get("routes", [])]
+    return {"cniVersion": version, "ips": ips, "routes": routes, "dns": {}}
+
+
+def error_object(version: str, err: CniError) -> dict[str, Any]:
+    out: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
+    if err.details:
+        out["details"] = err.details
+    return out
+
+
+def _timeout(conf: Mapping[str, Any]) -> float:
+    t = conf.get("ipam", {}).get("timeout", DEFAULT_TIMEOUT_S)
+    if isinstance(t, bool) or not isinstance(t, int | float) or t <= 0:
+        raise CniError(ERR_INVALID_CONFIG, "ipam.timeout must be a positive number of seconds")
+    return float(t)
+
+
+def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
+    """The whole plugin; returns the exit status."""
+    version = CURRENT_VERSION
+    try:
+        command = env.get("CNI_COMMAND", "")
+        if command == "VERSION":
+            json.dump(
+                {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)},
+                stdout,
+            )
+            return 0
+        if command not in ("ADD", "DEL", "CHECK"):
+            raise CniError(
+                ERR_INVALID_ENV,
+                f"CNI_COMMAND {command!r} is not ADD, DEL, CHECK or VERSION"
+                if command
+                else "CNI_COMMAND is not set",
+            )
+        conf = decode_config(stdin)
+        if isinstance(conf.get("cniVersion"), str) and conf["cniVersion"] in SUPPORTED_VERSIONS:
+            version = conf["cniVersion"]
+        request = plan_request(command, env, conf)
+        path = conf["ipam"].get("socket") or DEFAULT_SOCKET
+        if not isinstance(path, str):
+            raise CniError(ERR_INVALID_CONFIG, "ipam.socket must be a path")
+        reply = call_service(path, request, _timeout(conf))
+        if command == "ADD":
+            json.dump(format_result(version, reply), stdout)
+        return 0
+    except CniError as e:
+        json.dump(error_object(version, e), stdout)
+        return 1
+
+
+def main() -> int:
+    rc = run(os.environ, sys.stdin.buffer.read(), sys.stdout)
+    sys.stdout.flush()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

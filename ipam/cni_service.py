@@ -1,0 +1,368 @@
+"""The local IPAM service the CNI plugin talks to: one per host, holding the
+etcd connection (one ``Ipam``) and serving add / del / check for this host.
+
+Wire protocol (unix stream socket, 0600): each request is one JSON object
+on one line, each reply one JSON object on one line, in order; a client may
+send several requests on one connection (the plugin sends one). Requests::
+
+    {"op": "add", "containerId": "...", "ifname": "eth0", "namespace": "...",
+     "pod": "...", "ipv4": true, "ipv6": false, "ipv4Pools": [], "ipv6Pools": [],
+     "ips": ["10.244.0.9"]}
+    {"op": "del", "containerId": "...", "ifname": "eth0"}
+    {"op": "check", "containerId": "...", "ifname": "eth0", "expect": ["10.244.0.9"]}
+
+Replies are ``{"ok": true, "ips": [{"address", "gateway"?}], "routes": [...]}``
+or ``{"ok": false, "code", "msg", "details"}`` with the CNI error codes of
+``cni_plugin``. The handle of a pod's addresses is ``<containerId>.<ifname>``.
+
+Writes (add, del) run one at a time: this service is the only writer of
+this host's blocks, and serialising here turns what would be CAS conflicts
+between concurrent pods on the same block into a short queue. Checks run
+concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from netaddr import AddrFormatError, IPAddress
+
+from ipam.allocator import IpamError, PoolExhausted
+from ipam.cni_plugin import (
+    ERR_ADDRESS_REFUSED,
+    ERR_CHECK_FAILED,
+    ERR_INTERNAL,
+    ERR_INVALID_CONFIG,
+    ERR_POOL_EXHAUSTED,
+    ERR_TRY_AGAIN,
+)
+from ipam.ipam import AssignedAddress, AssignRequest, Conflict, Ipam
+from ipam.store import StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 1 << 20
+DRAIN_TIMEOUT_S = 10.0
+
+
+class BadRequest(Exception):
+    """A request the service cannot understand."""
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    container_id: str
+    ifname: str
+    namespace: str = ""
+    pod: str = ""
+    ipv4: bool = True
+    ipv6: bool = False
+    ipv4_pools: tuple[str, ...] = ()
+    ipv6_pools: tuple[str, ...] = ()
+    ips: tuple[IPAddress, ...] = ()
+    expect: tuple[IPAddress, ...] = ()
+
+    @property
+    def handle(self) -> str:
+        return f"{self.container_id}.{self.ifname}"
+
+
+def _strs(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    v = d.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise BadRequest(f"{key} must be a list of strings")
+    return tuple(v)
+
+
+def _ips(d: Mapping[str, Any], key: str) -> tuple[IPAddress, ...]:
+    out = []
+    for s in _strs(d, key):
+        try:
+            out.append(IPAddress(s.split("/")[0]))
+        except (AddrFormatError, ValueError) as e:
+            raise BadRequest(f"{key}: {s!r} is not an IP address") from e
+    return tuple(out)
+
+
+def decode_request(d: object) -> Request:
+    if not isinstance(d, dict):
+        raise BadRequest("request is not a JSON object")
+    op = d.get("op")
+    if op not in ("add", "del", "check"):
+        raise BadRequest(f"unknown op {op!r}")
+    for key in ("containerId", "ifname"):
+        if not isinstance(d.get(key), str) or not d[key]:
+            raise BadRequest(f"{key} is missing")
+    return Request(
+        op=op,
+        container_id=d["containerId"],
+        ifname=d["ifname"],
+        namespace=str(d.get("namespace", "")),
+        pod=str(d.get("pod", "")),
+        ipv4=bool(d.get("ipv4", True)),
+        ipv6=bool(d.get("ipv6", False)),
+        ipv4_pools=_strs(d, "ipv4Pools"),
+        ipv6_pools=_strs(d, "ipv6Pools"),
+        ips=_ips(d, "ips"),
+        expect=_ips(d, "expect"),
+    )
+
+
+def plan_reply(addresses: Sequence[AssignedAddress]) -> dict[str, Any]:
+    """The CNI view of a handle's addresses. With a gateway (L2-segment mode,
+    the host's own block) the address carries the block's prefix length and
+    the family gets a default route via the gateway; otherwise it is a host
+    route (/32, /128) and routing is the main plugin's business."""
+    ips: list[dict[str, Any]] = []
+    routes: list[dict[str, Any]] = []
+    for a in sorted(addresses, key=lambda a: (a.ip.version, int(a.ip))):
+        if a.gateway is not None:
+            entry = {"address": f"{a.ip}/{a.block.prefixlen}", "gateway": str(a.gateway)}
+            dst = "0.0.0.0/0" if a.ip.version == 4 else "::/0"
+            if not any(r["dst"] == dst for r in routes):
+                routes.append({"dst": dst, "gw": str(a.gateway)})
+        else:
+            entry = {"address": f"{a.ip}/{32 if a.ip.version == 4 else 128}"}
+        ips.append(entry)
+    return {"ok": True, "ips": ips, "routes": routes}
+
+
+def error_reply(code: int, msg: str, details: str = "") -> dict[str, Any]:
+    return {"ok": False, "code": code, "msg": msg, "details": details}
+
+
+def decide_error(e: Exception) -> dict[str, Any]:
+    """Map an IPAM failure to the CNI error the plugin reports."""
+    if isinstance(e, BadRequest):
+        return error_reply(ERR_INVALID_CONFIG, str(e))
+    if isinstance(e, StoreError):
+        return error_reply(ERR_TRY_AGAIN, "the IPAM datastore (etcd) is unreachable", str(e))
+    if isinstance(e, Conflict):
+        return error_reply(ERR_TRY_AGAIN, "too many concurrent IPAM changes", str(e))
+    if isinstance(e, PoolExhausted):
+        return error_reply(ERR_POOL_EXHAUSTED, str(e))
+    if isinstance(e, IpamError):
+        return error_reply(ERR_ADDRESS_REFUSED, str(e))
+    return error_reply(ERR_INTERNAL, "internal error of the IPAM service", repr(e))
+
+
+class IpamService:
+    def __init__(self, ipam: Ipam, host: HostIdentity) -> None:
+        self.ipam = ipam
+        self.host = host
+        self._writes = asyncio.Lock()
+        self._server: asyncio.AbstractServer | None = None
+        self._path: str | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    # ---- requests --------------------------------------------------------
+
+    async def handle(self, raw: object) -> dict[str, Any]:
+        try:
+            req = decode_request(raw)
+            if req.op == "add":
+                async with self._writes:
+                    return plan_reply(await self._add(req))
+            if req.op == "del":
+                async with self._writes:
+                    freed = await self.ipam.release_handle(req.handle)
+                log.info("released %s: %s", req.handle, ", ".join(map(str, freed)) or "nothing")
+                return {"ok": True}
+            return await self._check(req)
+        except Exception as e:
+            reply = decide_error(e)
+            level = logging.ERROR if reply["code"] == ERR_INTERNAL else logging.WARNING
+            log.log(level, "request failed: %s (%s)", reply["msg"], reply["details"], exc_info=True)
+            return reply
+
+    async def _add(self, req: Request) -> list[AssignedAddress]:
+        have = await self.ipam.addresses_of(req.handle)
+        if have:
+            return have  # a repeated ADD gets what the first one got
+        attrs = {
+            "namespace": req.namespace,
+            "pod": req.pod,
+            "containerId": req.container_id,
+            "node": self.host.name,
+        }
+        if req.ips:
+            return await self._assign_requested(req, attrs)
+        return await self._assign_auto(req, attrs)
+
+    async def _assign_requested(
+        self, req: Request, attrs: Mapping[str, str]
+    ) -> list[AssignedAddress]:
+        got = []
+        try:
+            for ip in req.ips:
+                got.append(await self.ipam.assign_ip(self.host.name, ip, req.handle, attrs))
+        except BaseException:
+            await self.ipam.release_handle(req.handle)
+            raise
+        return got
+
+    async def _assign_auto(self, req: Request, attrs: Mapping[str, str]) -> list[AssignedAddress]:
+        def ask(v4: bool, v6: bool, pools: Sequence[str]) -> AssignRequest:
+            return AssignRequest(
+                host=self.host.name,
+                handle=req.handle,
+                attrs=attrs,
+                num_v4=int(v4),
+                num_v6=int(v6),
+                pools=tuple(pools),
+                labels=self.host.labels,
+            )
+
+        both = req.ipv4 and req.ipv6
+        if not both or bool(req.ipv4_pools) == bool(req.ipv6_pools):
+            # One call: the pool filter works per IP version, so the two lists can be joined.
+            return await self.ipam.assign(
+                ask(req.ipv4, req.ipv6, req.ipv4_pools + req.ipv6_pools)
+            )
+        # Only one family names pools: two calls, so the other family is not
+        # narrowed to nothing. All or nothing, as in one call.
+        got = await self.ipam.assign(ask(True, False, req.ipv4_pools))
+        try:
+            got += await self.ipam.assign(ask(False, True, req.ipv6_pools))
+        except BaseException:
+            await self.ipam.release_handle(req.handle)
+            raise
+        return got
+
+    async def _check(self, req: Request) -> dict[str, Any]:
+        owned = {a.ip for a in await self.ipam.addresses_of(req.handle)}
+        missing = [ip for ip in req.expect if ip not in owned]
+        if missing:
+            return error_reply(
+                ERR_CHECK_FAILED,
+                f"{', '.join(map(str, missing))} no longer assigned to {req.handle}",
+                f"IPAM holds {', '.join(map(str, sorted(owned))) or 'nothing'} for it",
+            )
+        return {"ok": True}
+
+    # ---- the socket ------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(_encode(error_reply(ERR_INVALID_CONFIG, "request too long")))
+                    break
+                if not line:
+                    break
+                try:
+                    raw = json.loads(line)
+                except ValueError:
+                    reply = error_reply(ERR_INVALID_CONFIG, "request is not JSON")
+                else:
+                    reply = await self.handle(raw)
+                writer.write(_encode(reply))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def start(self, path: str) -> None:
+        """Check etcd answers (fail fast otherwise), then listen on ``path``."""
+        await self.ipam.pools()
+        remove_stale_socket(path)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        old = os.umask(0o177)  # the socket is born 0600: no window for others
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._connection, path, limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._path = path
+
+    async def stop(self) -> None:
+        """Stop listening, let running requests finish (bounded), remove the socket."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._conns:
+            _, pending = await asyncio.wait(set(self._conns), timeout=DRAIN_TIMEOUT_S)
+            for t in pending:
+                t.cancel()
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+            self._path = None
+
+
+def _encode(reply: Mapping[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead service; refuse to start when a
+    live one answers there or the path is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise IpamError(f"{path} exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise IpamError(f"{path}: {e}") from e
+    else:
+        raise IpamError(f"another IPAM service is listening on {path}")
+    finally:
+        s.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    log.info("removed stale socket %s", path)
+
+
+async def serve(
+    ipam: Ipam,
+    host: HostIdentity,
+    path: str,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run the service until ``stop`` is set; raises StoreError at once when
+    etcd cannot be reached at start."""
+    service = IpamService(ipam, host)
+    await service.start(path)
+    try:
+        if ready is not None:
+            ready()
+        await stop.wait()
+    finally:
+        await service.stop()

@@ -1,0 +1,75 @@
+"""One contract for every KvStore: the memory fake and real etcd must agree
+on compare-and-swap, prefix listing, atomicity and leases."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ipam.store import Compare, Delete, KvStore, Put
+
+pytestmark = pytest.mark.etcd
+
+
+def _p() -> bytes:
+    return f"/contract/{os.urandom(4).hex()}/".encode()
+
+
+async def test_get_missing_is_none(kv: KvStore) -> None:
+    assert await kv.get(_p() + b"nothing") is None
+
+
+async def test_create_only_if_absent(kv: KvStore) -> None:
+    k = _p() + b"a"
+    assert await kv.txn([Compare(k, 0)], [Put(k, b"1")])
+    assert not await kv.txn([Compare(k, 0)], [Put(k, b"2")])
+    v = await kv.get(k)
+    assert v is not None and v.value == b"1" and v.mod_revision > 0
+
+
+async def test_cas_on_mod_revision(kv: KvStore) -> None:
+    k = _p() + b"a"
+    await kv.txn([], [Put(k, b"1")])
+    v1 = await kv.get(k)
+    assert v1 is not None
+    assert await kv.txn([Compare(k, v1.mod_revision)], [Put(k, b"2")])
+    assert not await kv.txn([Compare(k, v1.mod_revision)], [Put(k, b"3")])
+    v2 = await kv.get(k)
+    assert v2 is not None and v2.value == b"2" and v2.mod_revision > v1.mod_revision
+
+
+async def test_txn_is_atomic_over_keys(kv: KvStore) -> None:
+    p = _p()
+    a, b = p + b"a", p + b"b"
+    await kv.txn([], [Put(a, b"1")])
+    va = await kv.get(a)
+    assert va is not None
+    # One compare fails: neither op happens.
+    assert not await kv.txn(
+        [Compare(a, va.mod_revision), Compare(b, 12345)], [Put(a, b"x"), Put(b, b"y")]
+    )
+    assert (await kv.get(a)).value == b"1"  # type: ignore[union-attr]
+    assert await kv.get(b) is None
+    assert await kv.txn([Compare(a, va.mod_revision), Compare(b, 0)], [Delete(a), Put(b, b"y")])
+    assert await kv.get(a) is None
+    assert (await kv.get(b)).value == b"y"  # type: ignore[union-attr]
+
+
+async def test_list_prefix_only(kv: KvStore) -> None:
+    p = _p()
+    for name in (b"x/1", b"x/2", b"y/1"):
+        await kv.txn([], [Put(p + name, name)])
+    listing = await kv.list(p + b"x/")
+    assert sorted(listing.items) == [p + b"x/1", p + b"x/2"]
+    assert listing.revision >= max(v.mod_revision for v in listing.items.values())
+
+
+async def test_lease_revoke_removes_keys(kv: KvStore) -> None:
+    k = _p() + b"alive"
+    lease = await kv.grant_lease(30)
+    assert await kv.txn([], [Put(k, b"1", lease=lease)])
+    await kv.refresh_lease(lease)
+    assert await kv.get(k) is not None
+    await kv.revoke_lease(lease)
+    assert await kv.get(k) is None

@@ -1,0 +1,25 @@
+"""The KvStore implementations the contract suites run against."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ipam.etcd_store import EtcdStore
+from ipam.memory_store import MemoryStore
+from ipam.store import KvStore
+
+
+@pytest.fixture(params=["memory", "etcd"])
+async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KvStore]:
+    store: KvStore
+    if request.param == "memory":
+        store = MemoryStore()
+    else:
+        server = request.getfixturevalue("etcd_server")
+        store = EtcdStore([server.endpoint])
+    try:
+        yield store
+    finally:
+        await store.close()
