@@ -1,0 +1,415 @@
+"""The real ``RouteTable`` and ``HostLinks`` ports, over netlink.
+
+This module owns the translation between the ports' named, typed values and
+the kernel: interface names resolved to indexes (and back) at this edge,
+routes written and streamed through ``netlink_bulk`` (the fast path), and
+the few neighbour, FDB, link and address operations through pyroute2.
+
+All netlink work runs on one worker thread per adapter (a single-thread
+executor), so the event loop never blocks and the sockets are never used
+by two threads at once. Link and address changes arrive on a multicast
+netlink socket watched by the event loop itself (``add_reader``): the
+handler only drains the socket and marks "changed".
+
+A namespace name (``netns``) makes every socket live in that namespace
+(see ``netlink_bulk.netlink_socket``; pyroute2 is opened with its own
+``netns`` support). The process itself stays where it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from netaddr import IPAddress, IPNetwork
+
+from felix_lite import netlink_codec as nc
+from felix_lite.inputs import IPIP_DEVICE, VXLAN_DEVICE, HostInterface
+from felix_lite.model import FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
+from felix_lite.netlink_bulk import (
+    OP_ADD,
+    OP_DELETE,
+    OP_REPLACE,
+    BulkRoutes,
+    netlink_socket,
+)
+from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
+
+T = TypeVar("T")
+
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+
+_OP_CODE = {Op.ADD: OP_ADD, Op.REPLACE: OP_REPLACE, Op.DELETE: OP_DELETE}
+
+
+def _open_ipr(netns: str | None) -> Any:
+    from pyroute2 import IPRoute
+
+    if netns is None:
+        return IPRoute()
+    return IPRoute(netns=netns, flags=0)  # flags=0: never create the namespace
+
+
+def _netlink_errno(e: BaseException) -> int:
+    code = getattr(e, "code", None)
+    if isinstance(code, int) and code > 0:
+        return code
+    return getattr(e, "errno", None) or errno.EIO
+
+
+class _Worker:
+    """One thread that owns the sockets of an adapter."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._pool.submit(fn, *args).result()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class WireTranslator:
+    """KernelRoute <-> WireRoute with the caches that make 100k routes cheap:
+    few distinct next hops exist, so they are built once."""
+
+    def __init__(self, ipip_name: str = IPIP_DEVICE, vxlan_name: str = VXLAN_DEVICE) -> None:
+        self.ipip_name = ipip_name
+        self.vxlan_name = vxlan_name
+        self.index: dict[str, int] = {}
+        self.name: dict[int, str] = {}
+        self._nh_out: dict[NextHop, tuple[str, str]] = {}
+        self._nh_in: dict[tuple[str | None, int, int, int], NextHop] = {}
+
+    def set_links(self, index: dict[str, int]) -> None:
+        if index != self.index:
+            self.index = dict(index)
+            self.name = {i: n for n, i in index.items()}
+            self._nh_in.clear()
+
+    def kind_of(self, route: nc.WireRoute, nexthops: tuple[NextHop, ...]) -> RouteKind:
+        if route.type == nc.RTN_BLACKHOLE:
+            return RouteKind.BLACKHOLE
+        devices = {nh.ifname for nh in nexthops}
+        if devices == {self.ipip_name}:
+            return RouteKind.IPIP
+        if devices == {self.vxlan_name}:
+            return RouteKind.VXLAN
+        return RouteKind.DIRECT
+
+    def to_wire(self, route: KernelRoute, proto: int) -> nc.WireRoute:
+        """KeyError(ifname) for an unknown device."""
+        dst = route.dst
+        if dst.version == 4:
+            family = nc.AF_INET
+            net = socket.inet_ntop(family, dst.first.to_bytes(4, "big"))
+        else:
+            family = nc.AF_INET6
+            net = socket.inet_ntop(family, dst.first.to_bytes(16, "big"))
+        plen = dst.prefixlen
+        hops = route.nexthops
+        if route.kind is RouteKind.BLACKHOLE or not hops:
+            return nc.WireRoute(family, net, plen, nc.RTN_BLACKHOLE, mtu=route.mtu, proto=proto,
+                                table=route.table)  # fmt: skip
+        if len(hops) == 1:
+            gw, dev = self._out(hops[0])
+            return nc.WireRoute(family, net, plen, nc.RTN_UNICAST, gw, self.index[dev],
+                                nc.RTNH_F_ONLINK if hops[0].onlink else 0, mtu=route.mtu,
+                                proto=proto, table=route.table)  # fmt: skip
+        multipath = tuple(
+            nc.WireNexthop(
+                self._out(nh)[0],
+                self.index[nh.ifname],
+                nc.RTNH_F_ONLINK if nh.onlink else 0,
+                max(nh.weight, 1) - 1,
+            )
+            for nh in hops
+        )
+        return nc.WireRoute(family, net, plen, multipath=multipath, mtu=route.mtu, proto=proto,
+                            table=route.table)  # fmt: skip
+
+    def _out(self, nh: NextHop) -> tuple[str, str]:
+        got = self._nh_out.get(nh)
+        if got is None:
+            if len(self._nh_out) > 4096:
+                self._nh_out.clear()
+            got = self._nh_out[nh] = (str(nh.gateway), nh.ifname)
+        return got
+
+    def _in(self, gateway: str | None, oif: int, flags: int, hops: int) -> NextHop:
+        key = (gateway, oif, flags & nc.RTNH_F_ONLINK, hops)
+        nh = self._nh_in.get(key)
+        if nh is None:
+            if len(self._nh_in) > 4096:
+                self._nh_in.clear()
+            nh = self._nh_in[key] = NextHop(
+                gateway=IPAddress(gateway),
+                ifname=self.name.get(oif) or f"if{oif}",
+                onlink=bool(flags & nc.RTNH_F_ONLINK),
+                weight=hops + 1,
+            )
+        return nh
+
+    def from_wire(self, route: nc.WireRoute) -> KernelRoute:
+        if route.type == nc.RTN_BLACKHOLE:
+            nexthops: tuple[NextHop, ...] = ()
+        elif route.multipath:
+            nexthops = tuple(
+                self._in(h.gateway, h.oif, h.flags, h.hops)
+                for h in route.multipath
+                if h.gateway is not None
+            )
+        elif route.gateway is not None and route.oif is not None:
+            nexthops = (self._in(route.gateway, route.oif, route.flags, 0),)
+        else:
+            nexthops = ()
+        family = route.family
+        version = 4 if family == nc.AF_INET else 6
+        value = int.from_bytes(socket.inet_pton(family, route.dst), "big")
+        return KernelRoute(
+            dst=IPNetwork((value, route.dst_len), version=version),
+            kind=self.kind_of(route, nexthops),
+            nexthops=nexthops,
+            mtu=route.mtu,
+            table=route.table,
+        )
+
+
+class NetlinkRouteTable:
+    """``ports.RouteTable`` on the real kernel (optionally in ``netns``)."""
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        ipip_name: str = IPIP_DEVICE,
+        vxlan_name: str = VXLAN_DEVICE,
+    ) -> None:
+        self.netns = netns
+        self._worker = _Worker("felix-netlink")
+        self._tr = WireTranslator(ipip_name, vxlan_name)
+        self._bulk: BulkRoutes = self._worker.call(BulkRoutes, netns)
+        self._ipr: Any = self._worker.call(_open_ipr, netns)
+
+    def close(self) -> None:
+        def shut() -> None:
+            self._bulk.close()
+            self._ipr.close()
+
+        self._worker.call(shut)
+        self._worker.shutdown()
+
+    async def __aenter__(self) -> NetlinkRouteTable:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    # ----------------------------------------------------- on the worker
+
+    def _refresh_links(self) -> None:
+        index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in self._ipr.get_links()}
+        self._tr.set_links(index)
+
+    def _ifindex(self, ifname: str) -> int | None:
+        found = self._ipr.link_lookup(ifname=ifname)
+        return int(found[0]) if found else None
+
+    def _apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
+        self._refresh_links()
+        failures: list[OpFailure[RouteOp]] = []
+        wire: list[tuple[int, nc.WireRoute]] = []
+        sent: list[RouteOp] = []
+        to_wire = self._tr.to_wire
+        for op in ops:
+            try:
+                w = to_wire(op.route, proto)
+            except KeyError as e:
+                failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
+                continue
+            wire.append((_OP_CODE[op.op], w))
+            sent.append(op)
+        for f in self._bulk.apply(wire):
+            failures.append(OpFailure(sent[f.index], f.errno, f.message or _strerror(f.errno)))
+        return failures
+
+    def _dump_chunks(self, proto: int, table: int) -> Generator[list[KernelRoute], None, None]:
+        self._refresh_links()
+        from_wire = self._tr.from_wire
+        for batch in self._bulk.dump(proto, table):
+            yield [
+                from_wire(w)
+                for w in batch
+                if w.type == nc.RTN_BLACKHOLE or w.gateway is not None or w.multipath
+            ]
+
+    def _dump_neighbors(self, ifname: str) -> list[NeighborEntry]:
+        idx = self._ifindex(ifname)
+        if idx is None:
+            return []
+        out = []
+        for m in self._ipr.get_neighbours(ifindex=idx):
+            dst, lladdr = m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR")
+            if m["state"] & NUD_PERMANENT and dst and lladdr:
+                out.append(NeighborEntry(ifname, IPAddress(dst), lladdr))
+        return out
+
+    def _apply_neighbors(self, ops: Sequence[NeighborOp]) -> list[OpFailure[NeighborOp]]:
+        failures: list[OpFailure[NeighborOp]] = []
+        for op in ops:
+            e = op.entry
+            idx = self._ifindex(e.ifname)
+            if idx is None:
+                failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.ifname}"))
+                continue
+            try:
+                if op.op is Op.DELETE:
+                    self._ipr.neigh("del", dst=str(e.ip), ifindex=idx)
+                else:
+                    self._ipr.neigh("replace", dst=str(e.ip), lladdr=e.lladdr, ifindex=idx,
+                                    state=NUD_PERMANENT)  # fmt: skip
+            except Exception as exc:  # pyroute2's NetlinkError carries the errno
+                failures.append(OpFailure(op, _netlink_errno(exc), str(exc)))
+        return failures
+
+    def _dump_fdb(self, ifname: str) -> list[FdbEntry]:
+        idx = self._ifindex(ifname)
+        if idx is None:
+            return []
+        out = []
+        for m in self._ipr.fdb("dump", ifindex=idx):
+            dst, lladdr = m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR")
+            if dst and lladdr and m["ifindex"] == idx:
+                out.append(FdbEntry(ifname, lladdr, IPAddress(dst)))
+        return out
+
+    def _apply_fdb(self, ops: Sequence[FdbOp]) -> list[OpFailure[FdbOp]]:
+        failures: list[OpFailure[FdbOp]] = []
+        for op in ops:
+            e = op.entry
+            idx = self._ifindex(e.ifname)
+            if idx is None:
+                failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.ifname}"))
+                continue
+            try:
+                if op.op is Op.DELETE:
+                    self._ipr.fdb("del", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst))
+                else:
+                    # pyroute2's defaults for "replace" are refused (EOPNOTSUPP)
+                    # by vxlan: say permanent, noarp, self explicitly.
+                    self._ipr.fdb("replace", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst),
+                                  state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)  # fmt: skip
+            except Exception as exc:
+                failures.append(OpFailure(op, _netlink_errno(exc), str(exc)))
+        return failures
+
+    # ------------------------------------------------------------ the port
+
+    async def dump_owned(self, proto: int, table: int) -> AsyncIterator[KernelRoute]:
+        chunks = self._dump_chunks(proto, table)
+        try:
+            while True:
+                chunk = await self._worker.run(next, chunks, None)
+                if chunk is None:
+                    return
+                for route in chunk:
+                    yield route
+        finally:
+            await self._worker.run(chunks.close)
+
+    async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
+        return await self._worker.run(self._apply_routes, ops, proto)
+
+    async def dump_neighbors(self, ifname: str) -> list[NeighborEntry]:
+        return await self._worker.run(self._dump_neighbors, ifname)
+
+    async def apply_neighbors(self, ops: Sequence[NeighborOp]) -> list[OpFailure[NeighborOp]]:
+        return await self._worker.run(self._apply_neighbors, ops)
+
+    async def dump_fdb(self, ifname: str) -> list[FdbEntry]:
+        return await self._worker.run(self._dump_fdb, ifname)
+
+    async def apply_fdb(self, ops: Sequence[FdbOp]) -> list[OpFailure[FdbOp]]:
+        return await self._worker.run(self._apply_fdb, ops)
+
+
+def _strerror(err: int) -> str:
+    return os.strerror(err)
+
+
+class NetlinkHostLinks:
+    """``ports.HostLinks``: the interfaces with their addresses and MTUs, and
+    a change signal from the link/address multicast groups."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._worker = _Worker("felix-links")
+        self._ipr: Any = self._worker.call(_open_ipr, netns)
+
+    def close(self) -> None:
+        self._worker.call(self._ipr.close)
+        self._worker.shutdown()
+
+    def _interfaces(self) -> list[HostInterface]:
+        addrs: dict[int, list[IPNetwork]] = {}
+        for a in self._ipr.get_addr():
+            ip = a.get_attr("IFA_ADDRESS")
+            if a.get_attr("IFA_LOCAL"):
+                ip = a.get_attr("IFA_LOCAL")  # point-to-point: LOCAL is ours
+            if ip:
+                addrs.setdefault(a["index"], []).append(IPNetwork(f"{ip}/{a['prefixlen']}"))
+        out = []
+        for link in self._ipr.get_links():
+            out.append(
+                HostInterface(
+                    name=link.get_attr("IFLA_IFNAME"),
+                    addresses=tuple(addrs.get(link["index"], ())),
+                    mtu=int(link.get_attr("IFLA_MTU") or 0),
+                    up=bool(link["flags"] & 1),  # IFF_UP
+                )
+            )
+        return out
+
+    async def interfaces(self) -> list[HostInterface]:
+        return await self._worker.run(self._interfaces)
+
+    async def changes(self) -> AsyncIterator[None]:
+        groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        sock = await self._worker.run(lambda: netlink_socket(self.netns, groups=groups))
+        sock.setblocking(False)
+        changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_readable() -> None:
+            try:
+                while sock.recv(65536):
+                    pass
+            except BlockingIOError:
+                pass
+            except OSError:  # ENOBUFS: events were lost, which still means "changed"
+                pass
+            changed.set()
+
+        loop.add_reader(sock.fileno(), on_readable)
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                yield None
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
