@@ -1,0 +1,415 @@
+"""The tunnel devices: ``tunl0`` (IPIP) and the VXLAN device.
+
+This module owns creating, configuring and removing them. The decision is
+pure: ``plan_tunnel_changes(desired, links)`` compares what meshroute wants
+with the devices found and returns the few steps that close the gap
+(nothing when they agree). ``NetlinkTunnels`` (the ``ports.TunnelDevices``
+adapter) observes, plans and applies those steps with pyroute2.
+
+Ownership survives restarts without memory: every device meshroute creates
+or adopts carries the ifalias ``OWNER_ALIAS``. Turning a mode off removes
+only such devices. ``tunl0`` is the kernel's fallback device of the ``ipip``
+module and cannot be deleted; "off" brings it down and strips the addresses
+and alias meshroute gave it. A device of our name but of another kind is
+never touched: that is a conflict for the operator.
+
+VXLAN settings the kernel cannot change on a live device (VNI, port, local
+address, parent, learning) are fixed by deleting and recreating the device,
+as Calico does; MTU, MAC, addresses and up/down are changed in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from netaddr import IPAddress, IPNetwork
+
+from felix_lite.model import IpipDevice, VxlanDevice
+
+OWNER_ALIAS = "meshroute:felix_lite"
+IPIP_MODULE = "ipip"
+
+
+class TunnelError(RuntimeError):
+    """A tunnel device could not be brought to the desired state."""
+
+
+@dataclass(frozen=True)
+class ObservedLink:
+    """A link as found in the kernel (only the fields tunnels care about)."""
+
+    name: str
+    kind: str | None
+    up: bool
+    mtu: int
+    alias: str | None = None
+    mac: str | None = None
+    addresses: tuple[IPNetwork, ...] = ()
+    vni: int | None = None
+    port: int | None = None
+    local: IPAddress | None = None
+    parent: str | None = None
+    learning: bool | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self.alias == OWNER_ALIAS
+
+
+# ------------------------------------------------------------------ steps
+
+
+@dataclass(frozen=True)
+class CreateIpip:
+    name: str
+
+
+@dataclass(frozen=True)
+class CreateVxlan:
+    spec: VxlanDevice
+
+
+@dataclass(frozen=True)
+class DeleteLink:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetAlias:
+    name: str
+    alias: str  # "" clears it
+
+
+@dataclass(frozen=True)
+class SetMtu:
+    name: str
+    mtu: int
+
+
+@dataclass(frozen=True)
+class SetMac:
+    name: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class SetUp:
+    name: str
+    up: bool
+
+
+@dataclass(frozen=True)
+class AddAddress:
+    name: str
+    address: IPNetwork
+
+
+@dataclass(frozen=True)
+class DelAddress:
+    name: str
+    address: IPNetwork
+
+
+TunnelChange = (
+    CreateIpip | CreateVxlan | DeleteLink | SetAlias | SetMtu | SetMac | SetUp | AddAddress
+    | DelAddress
+)  # fmt: skip
+
+
+# --------------------------------------------------------- pure decisions
+
+
+def host_prefix(address: IPAddress) -> IPNetwork:
+    """A tunnel address is a single host: /32 or /128."""
+    return IPNetwork(f"{address}/{32 if address.version == 4 else 128}")
+
+
+def _ours_to_manage(addr: IPNetwork) -> bool:
+    # The kernel's own IPv6 link-local address is not ours to remove.
+    return not (addr.version == 6 and addr.ip.is_link_local())
+
+
+def _converge(
+    name: str, link: ObservedLink | None, mtu: int, mac: str | None, address: IPAddress | None
+) -> list[TunnelChange]:
+    """Steps that make an existing (or just created: ``link`` None) device
+    ours, with this MTU, MAC and single tunnel address, and up."""
+    steps: list[TunnelChange] = []
+    if link is None or not link.owned:
+        steps.append(SetAlias(name, OWNER_ALIAS))
+    if link is None or link.mtu != mtu:
+        steps.append(SetMtu(name, mtu))
+    if mac is not None and (link is None or (link.mac or "").lower() != mac.lower()):
+        steps.append(SetMac(name, mac))
+    want = {host_prefix(address)} if address is not None else set()
+    have = {a for a in (link.addresses if link else ()) if _ours_to_manage(a)}
+    steps += [DelAddress(name, a) for a in sorted(have - want)]
+    steps += [AddAddress(name, a) for a in sorted(want - have)]
+    if link is None or not link.up:
+        steps.append(SetUp(name, True))
+    return steps
+
+
+def _strip(link: ObservedLink) -> list[TunnelChange]:
+    """Undo what meshroute did to a device it cannot delete."""
+    steps: list[TunnelChange] = [
+        DelAddress(link.name, a) for a in sorted(link.addresses) if _ours_to_manage(a)
+    ]
+    if link.up:
+        steps.append(SetUp(link.name, False))
+    steps.append(SetAlias(link.name, ""))
+    return steps
+
+
+def _by_name(links: Sequence[ObservedLink]) -> dict[str, ObservedLink]:
+    return {link.name: link for link in links}
+
+
+def plan_ipip_changes(
+    desired: IpipDevice | None, links: Sequence[ObservedLink], name: str = "tunl0"
+) -> tuple[TunnelChange, ...]:
+    name = desired.name if desired is not None else name
+    link = _by_name(links).get(name)
+    if desired is None:
+        return tuple(_strip(link)) if link is not None and link.owned else ()
+    if link is not None and link.kind != "ipip":
+        raise TunnelError(f"{name} exists but is a {link.kind or 'plain'} device, not ipip")
+    steps: list[TunnelChange] = [] if link is not None else [CreateIpip(name)]
+    return tuple(steps + _converge(name, link, desired.mtu, None, desired.address))
+
+
+def _vxlan_mismatch(spec: VxlanDevice, link: ObservedLink) -> str | None:
+    """What differs that only a recreate can change, or None."""
+    checks = (
+        ("VNI", spec.vni, link.vni),
+        ("port", spec.port, link.port),
+        ("local address", spec.local, link.local),
+        ("parent", spec.parent, link.parent),
+        ("learning", False, link.learning),
+    )
+    for what, want, have in checks:
+        if want != have:
+            return f"{what} {have} -> {want}"
+    return None
+
+
+def plan_vxlan_changes(
+    desired: VxlanDevice | None, links: Sequence[ObservedLink]
+) -> tuple[TunnelChange, ...]:
+    steps: list[TunnelChange] = []
+    # Our VXLAN devices under another name (the configured name changed) go.
+    for link in links:
+        if link.owned and link.kind == "vxlan" and (desired is None or link.name != desired.name):
+            steps.append(DeleteLink(link.name, "vxlan mode off or device renamed"))
+    if desired is None:
+        return tuple(steps)
+    existing: ObservedLink | None = _by_name(links).get(desired.name)
+    if existing is not None and existing.kind != "vxlan":
+        raise TunnelError(
+            f"{desired.name} exists but is a {existing.kind or 'plain'} device, not vxlan"
+        )
+    if existing is not None:
+        mismatch = _vxlan_mismatch(desired, existing)
+        if mismatch is not None:
+            steps.append(DeleteLink(desired.name, f"recreate: {mismatch}"))
+            existing = None
+    if existing is None:
+        steps.append(CreateVxlan(desired))
+    return tuple(
+        steps + _converge(desired.name, existing, desired.mtu, desired.mac, desired.address)
+    )
+
+
+def plan_tunnel_changes(
+    desired: IpipDevice | VxlanDevice | None,
+    links: Sequence[ObservedLink],
+    *,
+    kind: str,
+) -> tuple[TunnelChange, ...]:
+    """The steps that take ``links`` to ``desired`` for the ``kind``
+    ("ipip" or "vxlan") of tunnel; empty when nothing differs."""
+    if kind == "ipip":
+        if isinstance(desired, VxlanDevice):
+            raise TypeError("a VxlanDevice is not an ipip tunnel")
+        return plan_ipip_changes(desired, links)
+    if kind == "vxlan":
+        if isinstance(desired, IpipDevice):
+            raise TypeError("an IpipDevice is not a vxlan tunnel")
+        return plan_vxlan_changes(desired, links)
+    raise ValueError(f"unknown tunnel kind {kind!r}")
+
+
+# ------------------------------------------------------------- the adapter
+
+
+def _netlink_code(e: BaseException) -> int | None:
+    code = getattr(e, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def _default_load_module(name: str) -> str | None:
+    """Load a kernel module; None on success, else why it failed."""
+    try:
+        p = subprocess.run(["modprobe", name], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return None if p.returncode == 0 else (p.stderr.strip() or f"exit {p.returncode}")
+
+
+class NetlinkTunnels:
+    """``ports.TunnelDevices`` on the real kernel (optionally in ``netns``).
+    ``load_module`` is how a missing kernel module is asked for (modprobe)."""
+
+    def __init__(self, netns: str | None = None, *, load_module: Any = None) -> None:
+        self.netns = netns
+        self._load_module = load_module or _default_load_module
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="felix-tunnels")
+        self._ipr: Any = self._pool.submit(self._open).result()
+
+    def _open(self) -> Any:
+        from pyroute2 import IPRoute
+
+        return IPRoute() if self.netns is None else IPRoute(netns=self.netns, flags=0)
+
+    def close(self) -> None:
+        self._pool.submit(self._ipr.close).result()
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def apply_ipip(self, desired: IpipDevice | None) -> None:
+        await self._run(self._apply, desired, "ipip")
+
+    async def apply_vxlan(self, desired: VxlanDevice | None) -> None:
+        await self._run(self._apply, desired, "vxlan")
+
+    # ------------------------------------------------------ on the worker
+
+    def observe(self) -> list[ObservedLink]:
+        """Tunnel-kind links and every link carrying our alias."""
+        addrs: dict[int, list[IPNetwork]] = {}
+        for a in self._ipr.get_addr():
+            ip = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+            if ip:
+                addrs.setdefault(a["index"], []).append(IPNetwork(f"{ip}/{a['prefixlen']}"))
+        links = self._ipr.get_links()
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+        out = []
+        for link in links:
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            alias = link.get_attr("IFLA_IFALIAS")
+            if kind not in ("ipip", "vxlan") and alias != OWNER_ALIAS:
+                continue
+            fields: dict[str, Any] = {}
+            data = info.get_attr("IFLA_INFO_DATA") if info else None
+            if kind == "vxlan" and data is not None:
+                local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
+                parent = data.get_attr("IFLA_VXLAN_LINK")
+                fields = {
+                    "vni": data.get_attr("IFLA_VXLAN_ID"),
+                    "port": data.get_attr("IFLA_VXLAN_PORT"),
+                    "local": IPAddress(local) if local else None,
+                    "parent": names.get(parent) if parent else None,
+                    "learning": bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                }
+            out.append(
+                ObservedLink(
+                    name=link.get_attr("IFLA_IFNAME"),
+                    kind=kind,
+                    up=bool(link["flags"] & 1),
+                    mtu=int(link.get_attr("IFLA_MTU") or 0),
+                    alias=alias,
+                    mac=link.get_attr("IFLA_ADDRESS"),
+                    addresses=tuple(addrs.get(link["index"], ())),
+                    **fields,
+                )
+            )
+        return out
+
+    def _apply(self, desired: IpipDevice | VxlanDevice | None, kind: str) -> None:
+        for step in plan_tunnel_changes(desired, self.observe(), kind=kind):
+            try:
+                self._step(step)
+            except TunnelError:
+                raise
+            except Exception as e:
+                raise TunnelError(f"{step}: {e}") from e
+
+    def _index(self, name: str) -> int:
+        found = self._ipr.link_lookup(ifname=name)
+        if not found:
+            raise TunnelError(f"no such device: {name}")
+        return int(found[0])
+
+    def _step(self, step: TunnelChange) -> None:
+        ipr = self._ipr
+        match step:
+            case CreateIpip(name):
+                self._create_ipip(name)
+            case CreateVxlan(spec):
+                kw: dict[str, Any] = {
+                    "ifname": spec.name,
+                    "kind": "vxlan",
+                    "vxlan_id": spec.vni,
+                    "vxlan_port": spec.port,
+                    "vxlan_learning": 0,
+                }
+                kw["vxlan_local" if spec.local.version == 4 else "vxlan_local6"] = str(spec.local)
+                if spec.parent is not None:
+                    kw["vxlan_link"] = self._index(spec.parent)
+                ipr.link("add", **kw)
+            case DeleteLink(name, _reason):
+                ipr.link("del", index=self._index(name))
+            case SetAlias(name, alias):
+                ipr.link("set", index=self._index(name), ifalias=alias)
+            case SetMtu(name, mtu):
+                ipr.link("set", index=self._index(name), mtu=mtu)
+            case SetMac(name, mac):
+                idx = self._index(name)
+                try:
+                    ipr.link("set", index=idx, address=mac)
+                except Exception as e:  # some devices refuse while up
+                    if _netlink_code(e) != errno.EBUSY:
+                        raise
+                    ipr.link("set", index=idx, state="down")
+                    ipr.link("set", index=idx, address=mac)
+            case SetUp(name, up):
+                ipr.link("set", index=self._index(name), state="up" if up else "down")
+            case AddAddress(name, net):
+                ipr.addr("add", index=self._index(name), address=str(net.ip),
+                         prefixlen=net.prefixlen)  # fmt: skip
+            case DelAddress(name, net):
+                ipr.addr("del", index=self._index(name), address=str(net.ip),
+                         prefixlen=net.prefixlen)  # fmt: skip
+
+    def _create_ipip(self, name: str) -> None:
+        """tunl0 appears by itself in every namespace once the ``ipip``
+        module is loaded; load it if it is not."""
+        if not os.path.exists(f"/sys/module/{IPIP_MODULE}"):
+            why = self._load_module(IPIP_MODULE)
+            if why is not None:
+                raise TunnelError(
+                    f"IPIP needs the kernel module '{IPIP_MODULE}', which could not be loaded "
+                    f"on kernel {platform.release()}: {why}. Use VXLAN, or a kernel with "
+                    "CONFIG_NET_IPIP."
+                )
+        if self._ipr.link_lookup(ifname=name):
+            return
+        try:
+            # fb_tunnels_only_for_init_net: no fallback here; make one of our own.
+            self._ipr.link("add", ifname=name, kind="ipip")
+        except Exception as e:
+            raise TunnelError(
+                f"cannot create {name} (kernel module '{IPIP_MODULE}' loaded?): {e}"
+            ) from e
