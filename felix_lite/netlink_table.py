@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -48,6 +50,7 @@ NTF_SELF = 0x02
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
+LINKS_MAX_AGE = 1.0
 
 _OP_CODE = {Op.ADD: OP_ADD, Op.REPLACE: OP_REPLACE, Op.DELETE: OP_DELETE}
 
@@ -204,6 +207,7 @@ class NetlinkRouteTable:
         self._tr = WireTranslator(ipip_name, vxlan_name)
         self._bulk: BulkRoutes = self._worker.call(BulkRoutes, netns)
         self._ipr: Any = self._worker.call(_open_ipr, netns)
+        self._links_read_at = -math.inf
 
     def close(self) -> None:
         def shut() -> None:
@@ -221,23 +225,39 @@ class NetlinkRouteTable:
 
     # ----------------------------------------------------- on the worker
 
-    def _refresh_links(self) -> None:
+    def _refresh_links(self, *, max_age: float = 0.0) -> bool:
+        """Re-read name <-> index unless read less than ``max_age`` s ago
+        (True if it did). A stale index is harmless: the kernel refuses that
+        route (ENODEV) and the reconciler retries it after a later refresh."""
+        now = time.monotonic()
+        if now - self._links_read_at < max_age:
+            return False
         index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in self._ipr.get_links()}
         self._tr.set_links(index)
+        self._links_read_at = now
+        return True
 
     def _ifindex(self, ifname: str) -> int | None:
         found = self._ipr.link_lookup(ifname=ifname)
         return int(found[0]) if found else None
 
     def _apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
-        self._refresh_links()
+        # The reconciler sends a big change as many batches: reading the
+        # links once a second is plenty, and an unknown name forces a read.
+        fresh = self._refresh_links(max_age=LINKS_MAX_AGE)
         failures: list[OpFailure[RouteOp]] = []
         wire: list[tuple[int, nc.WireRoute]] = []
         sent: list[RouteOp] = []
         to_wire = self._tr.to_wire
         for op in ops:
             try:
-                w = to_wire(op.route, proto)
+                try:
+                    w = to_wire(op.route, proto)
+                except KeyError:
+                    if fresh:
+                        raise
+                    fresh = self._refresh_links()
+                    w = to_wire(op.route, proto)
             except KeyError as e:
                 failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
                 continue

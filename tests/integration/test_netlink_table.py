@@ -186,3 +186,27 @@ def test_host_links_lists_interfaces_and_signals_changes(netns):
             await asyncio.to_thread(links.close)
 
     asyncio.run(scenario())
+
+
+def test_a_device_created_after_the_last_link_read_is_found(netns):
+    ns = _host(netns)
+
+    async def scenario() -> None:
+        async with NetlinkRouteTable(ns.name) as t:
+            first = RouteOp(Op.ADD, ROUTES[0])
+            assert await t.apply_routes([first], PROTO) == []
+            # within the link cache's lifetime a new device appears
+            await asyncio.to_thread(
+                ns.ip, "link", "add", "v2", "type", "veth", "peer", "name", "v3"
+            )
+            await asyncio.to_thread(ns.ip, "link", "set", "v2", "up")
+            late = KernelRoute(
+                IPNetwork("10.244.20.0/26"),
+                RouteKind.DIRECT,
+                (_nh("192.0.2.7", "v2", onlink=True),),
+            )
+            assert await t.apply_routes([RouteOp(Op.ADD, late)], PROTO) == []
+            got = {r.key: r for r in await _dump(t)}
+            assert decide_route_equal(late, got[late.key])
+
+    asyncio.run(scenario())
