@@ -233,9 +233,7 @@ class IpamService:
         both = req.ipv4 and req.ipv6
         if not both or bool(req.ipv4_pools) == bool(req.ipv6_pools):
             # One call: the pool filter works per IP version, so the two lists can be joined.
-            return await self.ipam.assign(
-                ask(req.ipv4, req.ipv6, req.ipv4_pools + req.ipv6_pools)
-            )
+            return await self.ipam.assign(ask(req.ipv4, req.ipv6, req.ipv4_pools + req.ipv6_pools))
         # Only one family names pools: two calls, so the other family is not
         # narrowed to nothing. All or nothing, as in one call.
         got = await self.ipam.assign(ask(True, False, req.ipv4_pools))
