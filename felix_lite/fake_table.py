@@ -180,7 +180,7 @@ class FakeTunnels:
     def _maybe_fail(self) -> None:
         if self.fail > 0:
             self.fail -= 1
-            raise OSError(errno.EBUSY, "injected tunnel failure")
+            raise RuntimeError("injected tunnel failure")
 
     async def apply_ipip(self, desired: IpipDevice | None) -> None:
         self._maybe_fail()

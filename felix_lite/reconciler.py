@@ -333,8 +333,9 @@ class Reconciler:
         try:
             await self._tunnels.apply_ipip(desired.ipip)
             await self._tunnels.apply_vxlan(desired.vxlan)
-        except OSError as e:
-            self._failed(key, want, e.errno or 0, str(e), counts)
+        except Exception as e:  # one device failing must not hold up the routes
+            err = getattr(e, "errno", None) or getattr(e, "code", None)
+            self._failed(key, want, err if isinstance(err, int) else 0, str(e), counts)
             return
         if self._applied_devices != want:
             counts["device"] += 1

@@ -10,7 +10,8 @@ Pool 10.244.0.0/16 with ``vxlanMode: CrossSubnet``: A<->B direct
 has two pods wired the way Calico does it (veth ``caliXX``, a /32 route to
 the pod on the host, ``default via 169.254.1.1`` in the pod answered by
 proxy ARP). One reconciler per host runs in this process, each with its own
-adapter opened inside the host's namespace.
+adapters opened inside the host's namespace; the VXLAN device (VNI 4096,
+port 4789, the planned MAC and VTEP address) is created by the tunnel adapter.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from felix_lite.model import DEFAULT_PROTO, KernelState
 from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
 from felix_lite.planner import plan_kernel
 from felix_lite.reconciler import Reconciler
+from felix_lite.tunnels import NetlinkTunnels
 from tests.harness.netns import Netns, NetnsFactory, veth
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -67,6 +69,7 @@ class Felix:
     """One host's running reconciler and its adapter."""
 
     table: NetlinkRouteTable
+    tunnels: NetlinkTunnels
     rec: Reconciler
     task: asyncio.Task[None]
 
@@ -75,6 +78,7 @@ class Felix:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         await asyncio.to_thread(self.table.close)
+        await asyncio.to_thread(self.tunnels.close)
 
 
 def build(netns: NetnsFactory) -> tuple[Netns, list[Host]]:
@@ -101,13 +105,6 @@ def build(netns: NetnsFactory) -> tuple[Netns, list[Host]]:
             rtr.ip("link", "set", f"v{label}", "master", "br0")
             h.ns.ip("addr", "add", f"{ip}/24", "dev", "eth0")
             h.ns.ip("route", "add", "default", "via", "192.0.2.1")
-        # The VXLAN device as the tunnel adapter would make it; the
-        # reconciler here owns routes, neighbours and FDB entries.
-        h.ns.ip("link", "add", VX, "address", mac, "mtu", "1450", "type", "vxlan",
-                "id", "4096", "dstport", "4789", "local", ip, "dev", "eth0",
-                "nolearning")  # fmt: skip
-        h.ns.ip("addr", "add", f"{h.vtep}/32", "dev", VX)
-        h.ns.ip("link", "set", VX, "up")
         for i in (2, 3):
             pod = netns.new(f"pod{label}{i}")
             pod_ip = IPAddress(h.block.first + i)
@@ -148,11 +145,12 @@ async def plan_for(h: Host, hosts: list[Host]) -> KernelState:
 
 async def start(h: Host, desired: KernelState) -> Felix:
     table = await asyncio.to_thread(NetlinkRouteTable, h.ns.name)
-    rec = Reconciler(table, resync_interval=30.0)
+    tunnels = await asyncio.to_thread(NetlinkTunnels, h.ns.name)
+    rec = Reconciler(table, tunnels=tunnels, resync_interval=30.0)
     rec.set_desired(desired)
     task = asyncio.create_task(rec.run())
     await asyncio.wait_for(rec.wait_converged(), 10)
-    return Felix(table, rec, task)
+    return Felix(table, tunnels, rec, task)
 
 
 def routes(h: Host) -> dict[str, dict[str, Any]]:

@@ -189,24 +189,26 @@ def test_vxlan_neighbors_and_fdb_are_reconciled() -> None:
 def test_tunnel_devices_applied_once_retried_on_failure_and_removed_when_off() -> None:
     async def go() -> None:
         clock = Clock()
-        k = FakeKernel()
+        k = FakeKernel(devices={"eth0"})
         tunnels = FakeTunnels(k, fail=1)
         rec = Reconciler(FakeRouteTable(k), tunnels=tunnels, clock=clock)
         ipip = IpipDevice(A("10.244.1.1"), 1480)
         tun_route = KernelRoute(
             N("10.244.2.0/26"), RouteKind.IPIP, (NextHop(A("198.51.100.7"), "tunl0", True),), 1480
         )
-        rec.set_desired(state(tun_route, ipip=ipip))
+        rec.set_desired(state(tun_route, route(3), ipip=ipip))
         rep = await rec.sync_once(full=True)
-        assert rep.failures == 1 and k.ipip is None
+        # The device failed; the route through it too (ENODEV), the other went in.
+        assert rep.failures == 2 and k.ipip is None
+        assert k.owned(PROTO) == {route(3)}
         clock.now += 1
         rep = await rec.sync_once(full=False)
-        assert rep.device_ops == 1 and k.ipip == ipip
+        assert rep.device_ops == 1 and k.ipip == ipip and rep.route_adds == 1
         rep = await rec.sync_once(full=False)
         assert rep.changes == 0 and k.ops["ipip"] == 1
         rec.set_desired(state())
         await rec.sync_once(full=False)
-        assert k.ipip is None and not k.owned(PROTO)
+        assert k.ipip is None and not k.owned(PROTO) and not rec.retries
 
     asyncio.run(go())
 
