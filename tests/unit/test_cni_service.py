@@ -1,0 +1,205 @@
+"""The local IPAM service on a memory store, driven through its real unix
+socket by the real plugin process: idempotent ADD, DEL and CHECK, errors
+mapped to CNI codes, socket permissions and stale sockets, concurrent pods."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from netaddr import IPAddress, IPNetwork
+
+from ipam.allocator import IpamError
+from ipam.cni_service import HostIdentity, IpamService
+from ipam.ipam import Ipam
+from ipam.memory_store import MemoryStore
+from ipam.model import Pool
+from tests.harness.cni import cni_env, netconf, run_plugin_async
+
+POOL = Pool("pods", IPNetwork("10.244.0.0/16"), 26)
+
+
+@dataclass
+class Running:
+    service: IpamService
+    ipam: Ipam
+    store: MemoryStore
+    path: str
+
+    async def plugin(self, command: str, cid: str, conf: dict | None = None, **env: str):
+        return await run_plugin_async(
+            cni_env(command, cid, **env), conf if conf is not None else netconf(self.path)
+        )
+
+
+async def start(tmp_path: Path, *, l2: bool = True, pools: tuple[Pool, ...] = (POOL,)) -> Running:
+    store = MemoryStore()
+    ipam = Ipam(store, prefix="/svc", l2_segment=l2)
+    for p in pools:
+        await ipam.apply_pool(p)
+    service = IpamService(ipam, HostIdentity("node-a", {"rack": "r1"}))
+    path = str(tmp_path / "run" / "ipam.sock")
+    await service.start(path)
+    return Running(service, ipam, store, path)
+
+
+@pytest.fixture
+async def svc(tmp_path: Path) -> AsyncIterator[Running]:
+    r = await start(tmp_path)
+    try:
+        yield r
+    finally:
+        await r.service.stop()
+
+
+async def test_add_is_idempotent_and_del_releases(svc: Running) -> None:
+    args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0"
+    first = await svc.plugin("ADD", "c1", CNI_ARGS=args)
+    assert first.rc == 0, first.raw
+    assert first.out is not None
+    [ip] = first.out["ips"]
+    addr, _, plen = ip["address"].partition("/")
+    block = IPNetwork(f"{addr}/{plen}").cidr
+    assert plen == "26" and IPAddress(addr) in POOL.cidr
+    assert ip["gateway"] == str(block[1]) and IPAddress(addr) not in (block[0], block[1], block[-1])
+    assert first.out["routes"] == [{"dst": "0.0.0.0/0", "gw": str(block[1])}]
+
+    again = await svc.plugin("ADD", "c1", CNI_ARGS=args)
+    assert again.out == first.out
+    other = await svc.plugin("ADD", "c2")
+    assert other.out is not None and other.out["ips"][0]["address"] != ip["address"]
+
+    [owned] = await svc.ipam.addresses_of("c1.eth0")
+    assert str(owned.ip) == addr
+    snap = await svc.ipam.snapshot()
+    b, _ = snap.blocks[str(block)]
+    attrs = b.allocations[b.ordinal(IPAddress(addr))].attrs
+    assert dict(attrs) == {
+        "namespace": "shop",
+        "pod": "web-0",
+        "containerId": "c1",
+        "node": "node-a",
+    }
+
+    for _ in range(2):
+        d = await svc.plugin("DEL", "c1")
+        assert (d.rc, d.raw) == (0, b"")
+    assert await svc.ipam.addresses_of("c1.eth0") == []
+    unknown = await svc.plugin("DEL", "never-added")
+    assert unknown.rc == 0
+
+
+async def test_check_compares_with_the_prev_result(svc: Running) -> None:
+    add = await svc.plugin("ADD", "c1")
+    assert add.out is not None
+    conf = netconf(svc.path)
+    conf["prevResult"] = add.out
+    ok = await svc.plugin("CHECK", "c1", conf)
+    assert (ok.rc, ok.raw) == (0, b"")
+    await svc.plugin("DEL", "c1")
+    gone = await svc.plugin("CHECK", "c1", conf)
+    assert gone.rc == 1 and gone.out is not None and gone.out["code"] == 103
+    assert add.out["ips"][0]["address"].split("/")[0] in gone.out["msg"]
+
+
+async def test_requested_address_and_refusal(svc: Running) -> None:
+    r = await svc.plugin("ADD", "c1", CNI_ARGS="IP=10.244.9.10")
+    assert r.out is not None and r.out["ips"][0]["address"] == "10.244.9.10/26"
+    taken = await svc.plugin("ADD", "c2", CNI_ARGS="IP=10.244.9.10")
+    assert taken.out is not None and taken.out["code"] == 102, taken.out
+    outside = await svc.plugin("ADD", "c3", CNI_ARGS="IP=192.0.2.7")
+    assert outside.out is not None and outside.out["code"] == 102
+    assert "192.0.2.7" in outside.out["msg"]
+    # a refused request leaves nothing behind
+    assert await svc.ipam.addresses_of("c2.eth0") == []
+    assert await svc.ipam.addresses_of("c3.eth0") == []
+
+
+async def test_pool_exhausted_and_datastore_down(tmp_path: Path) -> None:
+    # /29 in /30 blocks on an L2 segment: each block keeps 3 of its 4
+    # addresses (network, gateway, broadcast), so the pool holds two pods.
+    tiny = Pool("tiny", IPNetwork("10.9.0.0/29"), 30)
+    r = await start(tmp_path, pools=(tiny,))
+    try:
+        for cid in ("a", "b"):
+            ok = await r.plugin("ADD", cid)
+            assert ok.rc == 0, ok.raw
+        full = await r.plugin("ADD", "c")
+        assert full.out is not None and full.out["code"] == 100, full.out
+        assert "tiny" in full.out["msg"]
+        assert await r.ipam.addresses_of("c.eth0") == []
+
+        r.store.down = True
+        down = await r.plugin("ADD", "d")
+        assert down.out is not None and down.out["code"] == 11
+        assert "etcd" in down.out["msg"]
+        assert (await r.plugin("DEL", "a")).out["code"] == 11
+    finally:
+        await r.service.stop()
+
+
+async def test_routed_mode_hands_out_host_addresses(tmp_path: Path) -> None:
+    r = await start(tmp_path, l2=False)
+    try:
+        add = await r.plugin("ADD", "c1", netconf(r.path, version="0.3.1"))
+        assert add.out is not None
+        [ip] = add.out["ips"]
+        assert ip["address"].endswith("/32") and "gateway" not in ip and ip["version"] == "4"
+        assert add.out["routes"] == [] and add.out["cniVersion"] == "0.3.1"
+    finally:
+        await r.service.stop()
+
+
+async def test_concurrent_pods_get_distinct_addresses(svc: Running) -> None:
+    runs = await asyncio.gather(*(svc.plugin("ADD", f"p{i}") for i in range(24)))
+    assert all(r.rc == 0 for r in runs), [r.raw for r in runs if r.rc]
+    addresses = [r.out["ips"][0]["address"] for r in runs]
+    assert len(set(addresses)) == 24
+    dels = await asyncio.gather(*(svc.plugin("DEL", f"p{i}") for i in range(24)))
+    assert all(d.rc == 0 for d in dels)
+    snap = await svc.ipam.snapshot()
+    assert snap.handles == {}
+
+
+async def test_socket_is_private_stale_one_replaced_live_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "ipam.sock"
+    path.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    r = await start(tmp_path)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert (await r.plugin("ADD", "c1")).rc == 0
+        second = IpamService(r.ipam, HostIdentity("node-a"))
+        with pytest.raises(IpamError, match="another IPAM service"):
+            await second.start(str(path))
+    finally:
+        await r.service.stop()
+    assert not path.exists()
+
+
+async def test_malformed_requests_on_the_socket(svc: Running) -> None:
+    reader, writer = await asyncio.open_unix_connection(svc.path)
+    try:
+        for line, code in (
+            (b"nonsense\n", 7),
+            (b'{"op": "explode", "containerId": "c", "ifname": "e"}\n', 7),
+            (b'{"op": "add", "ifname": "e"}\n', 7),
+            (b'{"op": "add", "containerId": "c", "ifname": "e", "ips": ["x"]}\n', 7),
+        ):
+            writer.write(line)
+            reply = await reader.readline()
+            assert b'"ok":false' in reply and f'"code":{code}'.encode() in reply, reply
+        # the connection still serves a good request afterwards
+        writer.write(b'{"op": "del", "containerId": "c", "ifname": "e"}\n')
+        assert await reader.readline() == b'{"ok":true}\n'
+    finally:
+        writer.close()
+        await writer.wait_closed()
