@@ -8,6 +8,9 @@ import asyncio
 import os
 import socket
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from ipam.ipam import Ipam
 from ipam.memory_store import MemoryStore
 from ipam.model import Pool
 from tests.harness.cni import cni_env, netconf, run_plugin_async
+from tests.harness.ports import free_ports
 
 POOL = Pool("pods", IPNetwork("10.244.0.0/16"), 26)
 
@@ -203,3 +207,21 @@ async def test_malformed_requests_on_the_socket(svc: Running) -> None:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def test_serve_fails_fast_when_etcd_is_unreachable(tmp_path: Path) -> None:
+    [port] = free_ports(1)  # nothing listens there
+    sock = tmp_path / "ipam.sock"
+    t = time.monotonic()
+    args = ["--host", "n1", "--socket", str(sock), "--etcd", f"127.0.0.1:{port}"]
+    p = subprocess.run(
+        [sys.executable, "-m", "meshroute.cmd_ipam_serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 1
+    assert f"etcd unreachable at 127.0.0.1:{port}" in p.stderr
+    assert p.stderr.startswith("meshroute: cannot start")
+    assert time.monotonic() - t < 10
+    assert not sock.exists()
