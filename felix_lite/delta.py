@@ -89,14 +89,17 @@ def plan_route_ops(
 ) -> tuple[list[RouteOp], list[RouteOp]]:
     """(adds and replaces, deletes), each sorted by key for stable batches."""
     upserts: list[RouteOp] = []
-    for key in sorted(desired):
-        want = desired[key]
+    for key, want in desired.items():
         have = actual.get(key)
         if have is None:
             upserts.append(RouteOp(Op.ADD, want))
-        elif not decide_route_equal(want, have):
+        # Identity and plain equality first: after our own writes, and for
+        # most routes read back, they settle it without building signatures.
+        elif have is not want and have != want and not decide_route_equal(want, have):
             upserts.append(RouteOp(Op.REPLACE, want))
-    deletes = [RouteOp(Op.DELETE, actual[k]) for k in sorted(actual) if k not in desired]
+    deletes = [RouteOp(Op.DELETE, have) for key, have in actual.items() if key not in desired]
+    upserts.sort(key=lambda op: op.route.key)
+    deletes.sort(key=lambda op: op.route.key)
     return upserts, deletes
 
 

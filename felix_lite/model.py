@@ -9,6 +9,7 @@ resolve names to interface indexes at the I/O edge.
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass, field
 
 from netaddr import IPAddress, IPNetwork
@@ -31,6 +32,15 @@ class RouteKind(enum.Enum):
     BLACKHOLE = "blackhole"  # one of this host's own blocks
 
 
+def prefix_text(net: IPNetwork) -> str:
+    """``str(net.cidr)``, without building a second IPNetwork."""
+    if net.version == 4:
+        text = socket.inet_ntop(socket.AF_INET, net.first.to_bytes(4, "big"))
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, net.first.to_bytes(16, "big"))
+    return f"{text}/{net.prefixlen}"
+
+
 @dataclass(frozen=True, order=True)
 class NextHop:
     gateway: IPAddress
@@ -50,10 +60,18 @@ class KernelRoute:
     mtu: int | None = None
     table: int = MAIN_TABLE
 
+    # Computed once in __post_init__: diffs of 100k routes look it up several
+    # times per route, and netaddr's str(cidr) costs ~1.5 us each time.
+    _key: tuple[int, str] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", (self.table, prefix_text(self.dst)))
+
     @property
     def key(self) -> tuple[int, str]:
-        """Identity in the kernel: one owned route per (table, prefix)."""
-        return (self.table, str(self.dst.cidr))
+        """Identity in the kernel: one owned route per (table, prefix), the
+        prefix spelled ``network/len`` (as ``str(dst.cidr)`` would)."""
+        return self._key
 
 
 @dataclass(frozen=True, order=True)

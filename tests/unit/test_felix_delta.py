@@ -70,3 +70,11 @@ def test_fdb_entries_are_whole_values() -> None:
     assert [o.entry for o in d.fdb_upserts] == [moved]
     assert [o.entry for o in d.fdb_deletes] == [a]
     assert d.size == 2
+
+
+def test_route_key_is_table_and_normalised_prefix_and_not_part_of_equality() -> None:
+    for text in ("10.244.2.7/26", "0.0.0.0/0", "2001:db8::1/64", "::/0"):
+        r = KernelRoute(N(text), RouteKind.BLACKHOLE, table=7)
+        assert r.key == (7, str(N(text).cidr))
+    assert replace(R, table=9).key == (9, "10.244.2.0/26")
+    assert hash(R) == hash(replace(R)) and replace(R) == R
