@@ -37,8 +37,9 @@ import errno as errno_mod
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from felix_lite import netlink_codec as nc
 
@@ -49,6 +50,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 OP_ADD = 0  # create only: EEXIST if the key is taken (by anyone)
 OP_REPLACE = 1  # create or replace
@@ -188,46 +190,51 @@ class BulkRoutes:
     def apply(self, ops: Sequence[tuple[int, nc.WireRoute]]) -> list[BulkFailure]:
         """Apply ``(OP_*, route)`` items in order; return one failure per item
         the kernel refused (index into ``ops``). Every other item is applied."""
+        encode_new = nc.encode_route_body
+        encode_del = nc.encode_delete_body
+        return self.apply_encoded(
+            [(op, encode_del(r) if op == OP_DELETE else encode_new(r)) for op, r in ops]
+        )
+
+    def apply_encoded(self, items: Sequence[tuple[int, bytes]]) -> list[BulkFailure]:
+        """``apply`` for message bodies already encoded (rtmsg + attributes,
+        see ``netlink_codec.RouteEncoder``)."""
         failures: list[BulkFailure] = []
-        n = len(ops)
+        n = len(items)
         i = 0
         while i < n:
-            i = self._send_batch(ops, i, failures)
+            i = self._send_batch(items, i, failures)
         return failures
 
     def _send_batch(
-        self, ops: Sequence[tuple[int, nc.WireRoute]], first: int, failures: list[BulkFailure]
+        self, items: Sequence[tuple[int, bytes]], first: int, failures: list[BulkFailure]
     ) -> int:
-        """Encode, send and account for one batch starting at ``first``;
+        """Frame, send and account for one batch starting at ``first``;
         returns the index after its last item."""
-        n = len(ops)
-        limit = min(n, first + self.batch_msgs)
+        limit = min(len(items), first + self.batch_msgs)
         base = self._next_seq_block(limit - first)
         buf = bytearray()
         pack_hdr = nc._HDR.pack
-        encode_new = nc.encode_route_body
-        encode_del = nc.encode_delete_body
-        add_flags, rep_flags, del_flags = (
-            nc.ADD_ROUTE_FLAGS,
-            nc.REPLACE_ROUTE_FLAGS,
-            nc.DEL_ROUTE_FLAGS,
-        )
+        hdr_len = nc.HDR_LEN
+        kinds = {
+            OP_ADD: (nc.RTM_NEWROUTE, nc.ADD_ROUTE_FLAGS),
+            OP_REPLACE: (nc.RTM_NEWROUTE, nc.REPLACE_ROUTE_FLAGS),
+            OP_DELETE: (nc.RTM_DELROUTE, nc.DEL_ROUTE_FLAGS),
+        }
+        batch_bytes = self.batch_bytes
         i = first
         last_off = 0
-        while i < limit and len(buf) < self.batch_bytes:
-            op, route = ops[i]
-            if op == OP_DELETE:
-                body = encode_del(route)
-                mtype, flags = nc.RTM_DELROUTE, del_flags
-            else:
-                body = encode_new(route)
-                mtype, flags = nc.RTM_NEWROUTE, rep_flags if op == OP_REPLACE else add_flags
+        seq = base
+        while i < limit and len(buf) < batch_bytes:
+            op, body = items[i]
+            mtype, flags = kinds[op]
             last_off = len(buf)
-            buf += pack_hdr(nc.HDR_LEN + len(body), mtype, flags, base + i - first, 0)
+            buf += pack_hdr(hdr_len + len(body), mtype, flags, seq, 0)
             buf += body
             i += 1
+            seq += 1
         nc.set_ack(buf, last_off)
-        last_seq = base + i - 1 - first
+        last_seq = seq - 1
         try:
             self._sock.send(buf)
         except OSError as e:
@@ -288,12 +295,31 @@ class BulkRoutes:
         families: Sequence[int] = (nc.AF_INET, nc.AF_INET6),
     ) -> Iterator[list[nc.WireRoute]]:
         """Stream the routes of ``proto`` (in ``table``; 0: every table), one
-        list per kernel dump buffer (a few hundred routes). A dump has its own
-        socket, so abandoning the iterator leaves the write socket clean."""
-        for family in families:
-            yield from self._dump_family(family, proto, table)
+        list per kernel dump buffer (a few hundred routes)."""
 
-    def _dump_family(self, family: int, proto: int, table: int) -> Iterator[list[nc.WireRoute]]:
+        def parse(buf: bytes, start: int, end: int) -> nc.WireRoute | None:
+            r = nc.parse_route(buf, start, end, proto=proto)
+            return r if r is not None and (not table or r.table == table) else None
+
+        return self.dump_parsed(parse, proto, table, families)
+
+    def dump_parsed(
+        self,
+        parse: Callable[[bytes, int, int], T | None],
+        proto: int,
+        table: int = 0,
+        families: Sequence[int] = (nc.AF_INET, nc.AF_INET6),
+    ) -> Iterator[list[T]]:
+        """``dump`` with the caller's parser (``parse(buf, start, end)``, None
+        to skip); it must check the protocol and table itself, as ``dump``
+        does, for kernels without strict dump filtering. A dump has its own socket,
+        so abandoning the iterator leaves the write socket clean."""
+        for family in families:
+            yield from self._dump_family(parse, family, proto, table)
+
+    def _dump_family(
+        self, parse: Callable[[bytes, int, int], T | None], family: int, proto: int, table: int
+    ) -> Iterator[list[T]]:
         s = netlink_socket(self.netns)
         try:
             s.settimeout(self.timeout)
@@ -301,31 +327,27 @@ class BulkRoutes:
             _try_opt(s, NETLINK_EXT_ACK)
             seq = self._next_seq_block(1)
             s.send(nc.encode_dump_request(family, seq, proto=proto, table=table))
-            rbuf = bytearray(RECV_SIZE)
-            parse = nc.parse_route
             newroute = nc.RTM_NEWROUTE
             while True:
-                got = s.recv_into(rbuf)
-                view = memoryview(rbuf)[:got]
-                batch: list[nc.WireRoute] = []
+                data = s.recv(RECV_SIZE)
+                batch: list[T] = []
                 finished = False
-                for mtype, flags, mseq, start, end in nc.iter_messages(view):
+                for mtype, flags, mseq, start, end in nc.iter_messages(data):
                     if mseq != seq:
                         continue
                     if mtype == newroute:
-                        r = parse(view, start, end, proto=proto)
-                        if r is not None and (not table or r.table == table):
+                        r = parse(data, start, end)
+                        if r is not None:
                             batch.append(r)
                     elif mtype == nc.NLMSG_DONE:
                         finished = True
                     elif mtype == nc.NLMSG_ERROR:
-                        reply = nc.parse_error(view, mseq, flags, start, end)
+                        reply = nc.parse_error(data, mseq, flags, start, end)
                         if reply.error:
                             raise NetlinkChannelError(
                                 reply.error, f"route dump: {os.strerror(reply.error)}"
                             )
                         finished = True
-                view.release()
                 if batch:
                     yield batch
                 if finished:
@@ -334,6 +356,6 @@ class BulkRoutes:
             s.close()
 
     def dump_all(self, proto: int, table: int = 0) -> Iterator[nc.WireRoute]:
-        """``dump`` flattened to one route at a time."""
+        """``dump`` flattened to one route at a time (table 0: all tables)."""
         for batch in self.dump(proto, table):
             yield from batch

@@ -463,3 +463,229 @@ def kernel_from_wire(
         mtu=route.mtu,
         table=route.table,
     )
+
+
+# ------------------------------------- KernelRoute straight to/from bytes
+#
+# The hot paths (installing and re-reading 100k routes) skip WireRoute:
+# building a dataclass per route and formatting/parsing addresses as text
+# cost more than the kernel's own work. The result is the same bytes (and
+# the same KernelRoute) as going through WireRoute; tests check that.
+
+
+class RouteEncoder:
+    """Encodes KernelRoutes with next-hop attributes cached: a cluster has
+    a few distinct next-hop sets and 100k routes share them."""
+
+    def __init__(self, ifindex: Mapping[str, int], proto: int) -> None:
+        self.ifindex = ifindex
+        self.proto = proto
+        self._hops: dict[tuple[NextHop, ...], tuple[bytes, int, int]] = {}
+        self._last_key: tuple[NextHop, ...] | None = None
+        self._last: tuple[bytes, int, int] = (b"", 0, RTN_BLACKHOLE)
+
+    def _encode_hops(self, hops: tuple[NextHop, ...]) -> tuple[bytes, int, int]:
+        """(attribute bytes, rtm_flags, rtm_type); KeyError for an unknown device."""
+        if not hops:
+            return b"", 0, RTN_BLACKHOLE
+        family = AF_INET if hops[0].gateway.version == 4 else AF_INET6
+        if len(hops) == 1:
+            nh = hops[0]
+            gw = (_RTA_GW4 if family == AF_INET else _RTA_GW6) + nh.gateway.packed
+            attrs = gw + _RTA_U32.pack(8, RTA_OIF, self.ifindex[nh.ifname])
+            return attrs, RTNH_F_ONLINK if nh.onlink else 0, RTN_UNICAST
+        wire = tuple(
+            WireNexthop(str(nh.gateway), self.ifindex[nh.ifname],
+                        RTNH_F_ONLINK if nh.onlink else 0, max(nh.weight, 1) - 1)
+            for nh in hops
+        )  # fmt: skip
+        return _multipath_attr(family, wire), 0, RTN_UNICAST
+
+    def _hops_of(self, route: KernelRoute) -> tuple[bytes, int, int]:
+        hops = route.nexthops
+        if route.kind is RouteKind.BLACKHOLE:
+            hops = ()
+        if hops is self._last_key:
+            return self._last
+        got = self._hops.get(hops)
+        if got is None:
+            got = self._encode_hops(hops)
+            if len(self._hops) > 65536:
+                self._hops.clear()
+            self._hops[hops] = got
+        self._last_key, self._last = hops, got
+        return got
+
+    def new_body(self, route: KernelRoute) -> bytes:
+        """What ``encode_route_body(wire_from_kernel(route))`` returns."""
+        dst = route.dst
+        v4 = dst.version == 4
+        plen = dst.prefixlen
+        attrs, flags, rtype = self._hops_of(route)
+        table = route.table
+        parts = [
+            _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
+                        self.proto, RT_SCOPE_UNIVERSE, rtype, flags),
+        ]  # fmt: skip
+        if table >= 256:
+            parts.append(_RTA_U32.pack(8, RTA_TABLE, table))
+        if plen:
+            if v4:
+                parts.append(_RTA_DST4 + dst.first.to_bytes(4, "big"))
+            else:
+                parts.append(_RTA_DST6 + dst.first.to_bytes(16, "big"))
+        parts.append(attrs)
+        if route.mtu is not None:
+            parts.append(_RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu))
+        return b"".join(parts)
+
+    def delete_body(self, route: KernelRoute) -> bytes:
+        """What ``encode_delete_body(wire_from_kernel(route))`` returns."""
+        dst = route.dst
+        v4 = dst.version == 4
+        plen = dst.prefixlen
+        table = route.table
+        head = _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
+                           self.proto, RT_SCOPE_NOWHERE, RTN_UNSPEC, 0)  # fmt: skip
+        if table >= 256:
+            head += _RTA_U32.pack(8, RTA_TABLE, table)
+        if not plen:
+            return head
+        if v4:
+            return head + _RTA_DST4 + dst.first.to_bytes(4, "big")
+        return head + _RTA_DST6 + dst.first.to_bytes(16, "big")
+
+
+_FAST_V4 = struct.Struct("=BBBBBBBBIHHIHH4sHH4sHHI")
+_FAST_V4_MTU = struct.Struct("=BBBBBBBBIHHIHH4sHHHHIHH4sHHI")
+_FAST_V4_TYPES = (8, RTA_TABLE, 8, RTA_DST, 8, RTA_GATEWAY, 8, RTA_OIF)
+
+
+class RouteDecoder:
+    """Parses dump messages straight into KernelRoutes (see ``parse_route``
+    for the rules), with next hops built once per distinct value."""
+
+    def __init__(self, ifname: Mapping[int, str], kind_of: KindOf = default_kind_of) -> None:
+        self.ifname = ifname
+        self.kind_of = kind_of
+        self._nh: dict[tuple[bytes, int, int, int], NextHop] = {}
+        self._kind: dict[tuple[NextHop, ...], RouteKind] = {}
+
+    def _nexthop(self, family: int, gw: bytes, oif: int, flags: int, hops: int) -> NextHop:
+        key = (gw, oif, flags & RTNH_F_ONLINK, hops)
+        nh = self._nh.get(key)
+        if nh is None:
+            if len(self._nh) > 65536:
+                self._nh.clear()
+            nh = self._nh[key] = NextHop(
+                gateway=IPAddress(int.from_bytes(gw, "big"), 4 if family == AF_INET else 6),
+                ifname=self.ifname.get(oif) or f"if{oif}",
+                onlink=bool(flags & RTNH_F_ONLINK),
+                weight=hops + 1,
+            )
+        return nh
+
+    def _fast_v4(self, buf: bytes, start: int, end: int, proto: int | None) -> KernelRoute | None:
+        """The shape of nearly every route felix_lite reads back: IPv4, one
+        gateway, as the kernel lays it out (TABLE, DST, [METRICS{MTU}],
+        GATEWAY, OIF), decoded with one unpack. None: not that shape."""
+        size = end - start
+        if size == _FAST_V4.size:
+            fields = _FAST_V4.unpack_from(buf, start)
+            mtu = None
+            attrs = fields[9:]
+        elif size == _FAST_V4_MTU.size:
+            fields = _FAST_V4_MTU.unpack_from(buf, start)
+            if fields[15:19] != (12, RTA_METRICS, 8, RTAX_MTU):
+                return None
+            mtu = fields[19]
+            attrs = fields[9:15] + fields[20:]
+        else:
+            return None
+        family, dst_len, _s, _t, _tb, rproto, _sc, rtype, rflags = fields[:9]
+        l1, t1, table, l2, t2, dst, l3, t3, gw, l4, t4, oif = attrs
+        if (
+            family != AF_INET
+            or rtype != RTN_UNICAST
+            or (l1, t1, l2, t2, l3, t3, l4, t4) != _FAST_V4_TYPES
+            or (proto is not None and rproto != proto)
+            or rflags & RTM_F_CLONED
+        ):
+            return None
+        nexthops = (self._nexthop(AF_INET, gw, oif, rflags, 0),)
+        kind = self._kind.get(nexthops)
+        if kind is None:
+            kind = self._kind[nexthops] = self.kind_of(WireRoute(family, "", dst_len), nexthops)
+        return KernelRoute(
+            dst=IPNetwork((int.from_bytes(dst, "big"), dst_len), version=4),
+            kind=kind,
+            nexthops=nexthops,
+            mtu=mtu,
+            table=table,
+        )
+
+    def parse(
+        self, buf: bytes, start: int, end: int, proto: int | None = None
+    ) -> KernelRoute | None:
+        """None for a clone, another protocol's route, or a unicast route
+        without a gateway (felix_lite never writes those)."""
+        fast = self._fast_v4(buf, start, end, proto)
+        if fast is not None:
+            return fast
+        family, dst_len, _s, _t, table, rproto, _sc, rtype, rflags = _RTMSG.unpack_from(buf, start)
+        if (proto is not None and rproto != proto) or rflags & RTM_F_CLONED:
+            return None
+        if family == AF_INET:
+            alen = 4
+        elif family == AF_INET6:
+            alen = 16
+        else:
+            return None
+        dst = 0
+        gw: bytes | None = None
+        oif = 0
+        mp: tuple[NextHop, ...] = ()
+        mtu: int | None = None
+        off = start + _RTMSG_LEN
+        unpack = _RTA.unpack_from
+        while off + 4 <= end:
+            rlen, atype = unpack(buf, off)
+            if rlen < 4:
+                break
+            if atype == RTA_DST:
+                dst = int.from_bytes(buf[off + 4 : off + 4 + alen], "big")
+            elif atype == RTA_GATEWAY:
+                gw = buf[off + 4 : off + 4 + alen]
+            elif atype == RTA_OIF:
+                oif = _U32.unpack_from(buf, off + 4)[0]
+            elif atype == RTA_TABLE:
+                table = _U32.unpack_from(buf, off + 4)[0]
+            elif atype == RTA_MULTIPATH:
+                mp = tuple(
+                    self._nexthop(family, socket.inet_pton(family, h.gateway), h.oif, h.flags,
+                                  h.hops)
+                    for h in _parse_multipath(buf, family, off + 4, off + rlen)
+                    if h.gateway is not None
+                )  # fmt: skip
+            elif atype == RTA_METRICS:
+                mtu = _parse_mtu(buf, off + 4, off + rlen)
+            off += (rlen + 3) & ~3
+        if rtype == RTN_BLACKHOLE:
+            nexthops: tuple[NextHop, ...] = ()
+        elif mp:
+            nexthops = mp
+        elif gw is not None:
+            nexthops = (self._nexthop(family, gw, oif, rflags, 0),)
+        else:
+            return None
+        kind = self._kind.get(nexthops) if rtype != RTN_BLACKHOLE else RouteKind.BLACKHOLE
+        if kind is None:
+            wire = WireRoute(family, "", dst_len, rtype)  # the kind depends on type and devices
+            kind = self._kind[nexthops] = self.kind_of(wire, nexthops)
+        return KernelRoute(
+            dst=IPNetwork((dst, dst_len), version=4 if family == AF_INET else 6),
+            kind=kind,
+            nexthops=nexthops,
+            mtu=mtu,
+            table=table,
+        )

@@ -22,7 +22,6 @@ import asyncio
 import errno
 import math
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,25 +85,15 @@ class _Worker:
         self._pool.shutdown(wait=True)
 
 
-class WireTranslator:
-    """KernelRoute <-> WireRoute with the caches that make 100k routes cheap:
-    few distinct next hops exist, so they are built once."""
+class DeviceKinds:
+    """The reason a route read back exists, guessed from its devices (the
+    kernel does not store it; only blackhole-or-not matters to the delta)."""
 
     def __init__(self, ipip_name: str = IPIP_DEVICE, vxlan_name: str = VXLAN_DEVICE) -> None:
         self.ipip_name = ipip_name
         self.vxlan_name = vxlan_name
-        self.index: dict[str, int] = {}
-        self.name: dict[int, str] = {}
-        self._nh_out: dict[NextHop, tuple[str, str]] = {}
-        self._nh_in: dict[tuple[str | None, int, int, int], NextHop] = {}
 
-    def set_links(self, index: dict[str, int]) -> None:
-        if index != self.index:
-            self.index = dict(index)
-            self.name = {i: n for n, i in index.items()}
-            self._nh_in.clear()
-
-    def kind_of(self, route: nc.WireRoute, nexthops: tuple[NextHop, ...]) -> RouteKind:
+    def __call__(self, route: nc.WireRoute, nexthops: tuple[NextHop, ...]) -> RouteKind:
         if route.type == nc.RTN_BLACKHOLE:
             return RouteKind.BLACKHOLE
         devices = {nh.ifname for nh in nexthops}
@@ -113,83 +102,6 @@ class WireTranslator:
         if devices == {self.vxlan_name}:
             return RouteKind.VXLAN
         return RouteKind.DIRECT
-
-    def to_wire(self, route: KernelRoute, proto: int) -> nc.WireRoute:
-        """KeyError(ifname) for an unknown device."""
-        dst = route.dst
-        if dst.version == 4:
-            family = nc.AF_INET
-            net = socket.inet_ntop(family, dst.first.to_bytes(4, "big"))
-        else:
-            family = nc.AF_INET6
-            net = socket.inet_ntop(family, dst.first.to_bytes(16, "big"))
-        plen = dst.prefixlen
-        hops = route.nexthops
-        if route.kind is RouteKind.BLACKHOLE or not hops:
-            return nc.WireRoute(family, net, plen, nc.RTN_BLACKHOLE, mtu=route.mtu, proto=proto,
-                                table=route.table)  # fmt: skip
-        if len(hops) == 1:
-            gw, dev = self._out(hops[0])
-            return nc.WireRoute(family, net, plen, nc.RTN_UNICAST, gw, self.index[dev],
-                                nc.RTNH_F_ONLINK if hops[0].onlink else 0, mtu=route.mtu,
-                                proto=proto, table=route.table)  # fmt: skip
-        multipath = tuple(
-            nc.WireNexthop(
-                self._out(nh)[0],
-                self.index[nh.ifname],
-                nc.RTNH_F_ONLINK if nh.onlink else 0,
-                max(nh.weight, 1) - 1,
-            )
-            for nh in hops
-        )
-        return nc.WireRoute(family, net, plen, multipath=multipath, mtu=route.mtu, proto=proto,
-                            table=route.table)  # fmt: skip
-
-    def _out(self, nh: NextHop) -> tuple[str, str]:
-        got = self._nh_out.get(nh)
-        if got is None:
-            if len(self._nh_out) > 4096:
-                self._nh_out.clear()
-            got = self._nh_out[nh] = (str(nh.gateway), nh.ifname)
-        return got
-
-    def _in(self, gateway: str | None, oif: int, flags: int, hops: int) -> NextHop:
-        key = (gateway, oif, flags & nc.RTNH_F_ONLINK, hops)
-        nh = self._nh_in.get(key)
-        if nh is None:
-            if len(self._nh_in) > 4096:
-                self._nh_in.clear()
-            nh = self._nh_in[key] = NextHop(
-                gateway=IPAddress(gateway),
-                ifname=self.name.get(oif) or f"if{oif}",
-                onlink=bool(flags & nc.RTNH_F_ONLINK),
-                weight=hops + 1,
-            )
-        return nh
-
-    def from_wire(self, route: nc.WireRoute) -> KernelRoute:
-        if route.type == nc.RTN_BLACKHOLE:
-            nexthops: tuple[NextHop, ...] = ()
-        elif route.multipath:
-            nexthops = tuple(
-                self._in(h.gateway, h.oif, h.flags, h.hops)
-                for h in route.multipath
-                if h.gateway is not None
-            )
-        elif route.gateway is not None and route.oif is not None:
-            nexthops = (self._in(route.gateway, route.oif, route.flags, 0),)
-        else:
-            nexthops = ()
-        family = route.family
-        version = 4 if family == nc.AF_INET else 6
-        value = int.from_bytes(socket.inet_pton(family, route.dst), "big")
-        return KernelRoute(
-            dst=IPNetwork((value, route.dst_len), version=version),
-            kind=self.kind_of(route, nexthops),
-            nexthops=nexthops,
-            mtu=route.mtu,
-            table=route.table,
-        )
 
 
 class NetlinkRouteTable:
@@ -204,7 +116,9 @@ class NetlinkRouteTable:
     ) -> None:
         self.netns = netns
         self._worker = _Worker("felix-netlink")
-        self._tr = WireTranslator(ipip_name, vxlan_name)
+        self._kinds = DeviceKinds(ipip_name, vxlan_name)
+        self._index: dict[str, int] = {}
+        self._encoders: dict[int, nc.RouteEncoder] = {}  # per protocol
         self._bulk: BulkRoutes = self._worker.call(BulkRoutes, netns)
         self._ipr: Any = self._worker.call(_open_ipr, netns)
         self._links_read_at = -math.inf
@@ -233,7 +147,9 @@ class NetlinkRouteTable:
         if now - self._links_read_at < max_age:
             return False
         index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in self._ipr.get_links()}
-        self._tr.set_links(index)
+        if index != self._index:
+            self._index = index
+            self._encoders.clear()  # their cached next hops carry old indexes
         self._links_read_at = now
         return True
 
@@ -246,36 +162,44 @@ class NetlinkRouteTable:
         # links once a second is plenty, and an unknown name forces a read.
         fresh = self._refresh_links(max_age=LINKS_MAX_AGE)
         failures: list[OpFailure[RouteOp]] = []
-        wire: list[tuple[int, nc.WireRoute]] = []
+        items: list[tuple[int, bytes]] = []
         sent: list[RouteOp] = []
-        to_wire = self._tr.to_wire
         for op in ops:
             try:
                 try:
-                    w = to_wire(op.route, proto)
+                    item = self._encode(op, proto)
                 except KeyError:
                     if fresh:
                         raise
                     fresh = self._refresh_links()
-                    w = to_wire(op.route, proto)
+                    item = self._encode(op, proto)
             except KeyError as e:
                 failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
                 continue
-            wire.append((_OP_CODE[op.op], w))
+            items.append(item)
             sent.append(op)
-        for f in self._bulk.apply(wire):
+        for f in self._bulk.apply_encoded(items):
             failures.append(OpFailure(sent[f.index], f.errno, f.message or _strerror(f.errno)))
         return failures
 
+    def _encode(self, op: RouteOp, proto: int) -> tuple[int, bytes]:
+        enc = self._encoders.get(proto)
+        if enc is None:
+            enc = self._encoders[proto] = nc.RouteEncoder(self._index, proto)
+        if op.op is Op.DELETE:
+            return OP_DELETE, enc.delete_body(op.route)
+        return _OP_CODE[op.op], enc.new_body(op.route)
+
     def _dump_chunks(self, proto: int, table: int) -> Generator[list[KernelRoute], None, None]:
         self._refresh_links()
-        from_wire = self._tr.from_wire
-        for batch in self._bulk.dump(proto, table):
-            yield [
-                from_wire(w)
-                for w in batch
-                if w.type == nc.RTN_BLACKHOLE or w.gateway is not None or w.multipath
-            ]
+        decoder = nc.RouteDecoder({i: n for n, i in self._index.items()}, self._kinds)
+        decode = decoder.parse
+
+        def parse(buf: bytes, start: int, end: int) -> KernelRoute | None:
+            r = decode(buf, start, end, proto)
+            return r if r is not None and (not table or r.table == table) else None
+
+        yield from self._bulk.dump_parsed(parse, proto, table)
 
     def _dump_neighbors(self, ifname: str) -> list[NeighborEntry]:
         idx = self._ifindex(ifname)

@@ -125,12 +125,16 @@ def _to_pyroute2(r: nc.WireRoute) -> bytes:
             (
                 "RTA_MULTIPATH",
                 [
-                    {"oif": h.oif, "hops": h.hops, "flags": h.flags,
-                     "attrs": [("RTA_GATEWAY", h.gateway)]}
+                    {
+                        "oif": h.oif,
+                        "hops": h.hops,
+                        "flags": h.flags,
+                        "attrs": [("RTA_GATEWAY", h.gateway)],
+                    }
                     for h in r.multipath
                 ],
             )
-        )  # fmt: skip
+        )
     if r.mtu is not None:
         attrs.append(("RTA_METRICS", {"attrs": [("RTAX_MTU", r.mtu)]}))
     m["attrs"] = attrs
@@ -167,8 +171,12 @@ def test_pyroute2_decodes_our_delete_to_prefix_table_and_proto_only(
     assert m["scope"] == nc.RT_SCOPE_NOWHERE and m["type"] == nc.RTN_UNSPEC
     got = _from_pyroute2(m)
     assert (got.family, got.dst, got.dst_len, got.proto, got.table) == (
-        route.family, route.dst, route.dst_len, route.proto, route.table
-    )  # fmt: skip
+        route.family,
+        route.dst,
+        route.dst_len,
+        route.proto,
+        route.table,
+    )
     assert got.gateway is None and got.oif is None and not got.multipath and got.mtu is None
 
 
@@ -190,15 +198,28 @@ def test_our_encoding_parses_back_to_the_route(route: nc.WireRoute) -> None:
 
 
 def test_single_route_bytes_match_pyroute2_encoding_exactly() -> None:
-    r = nc.WireRoute(nc.AF_INET, "10.244.1.0", 26, gateway="192.0.2.2", oif=3,
-                     flags=nc.RTNH_F_ONLINK, mtu=1430, proto=80, table=254)  # fmt: skip
+    r = nc.WireRoute(
+        nc.AF_INET,
+        "10.244.1.0",
+        26,
+        gateway="192.0.2.2",
+        oif=3,
+        flags=nc.RTNH_F_ONLINK,
+        mtu=1430,
+        proto=80,
+        table=254,
+    )
     m = rtmsg()
     m["header"]["type"] = nc.RTM_NEWROUTE
     m["header"]["flags"] = nc.REPLACE_ROUTE_FLAGS | nc.NLM_F_ACK
     m["header"]["sequence_number"] = 42
     m.update({"family": 2, "dst_len": 26, "table": 254, "proto": 80, "type": 1, "flags": 4})
-    m["attrs"] = [("RTA_DST", "10.244.1.0"), ("RTA_GATEWAY", "192.0.2.2"), ("RTA_OIF", 3),
-                  ("RTA_METRICS", {"attrs": [("RTAX_MTU", 1430)]})]  # fmt: skip
+    m["attrs"] = [
+        ("RTA_DST", "10.244.1.0"),
+        ("RTA_GATEWAY", "192.0.2.2"),
+        ("RTA_OIF", 3),
+        ("RTA_METRICS", {"attrs": [("RTAX_MTU", 1430)]}),
+    ]
     m.encode()
     assert nc.encode_new_route(r, 42) == bytes(m.data)
 
@@ -248,19 +269,34 @@ def test_kernel_route_translation_both_ways() -> None:
     idx = {"eth0": 2, "vxlan.calico": 7, "tunl0": 5}
     names = {v: k for k, v in idx.items()}
     routes = [
-        KernelRoute(IPNetwork("10.244.1.0/26"), RouteKind.DIRECT,
-                    (NextHop(IPAddress("192.0.2.2"), "eth0"),)),
-        KernelRoute(IPNetwork("10.244.2.0/26"), RouteKind.IPIP,
-                    (NextHop(IPAddress("198.51.100.2"), "tunl0", onlink=True),), mtu=1480),
-        KernelRoute(IPNetwork("10.244.3.0/26"), RouteKind.VXLAN,
-                    (NextHop(IPAddress("10.244.3.0"), "vxlan.calico", onlink=True),), mtu=1450),
-        KernelRoute(IPNetwork("10.244.4.0/26"), RouteKind.DIRECT,
-                    (NextHop(IPAddress("192.0.2.2"), "eth0"),
-                     NextHop(IPAddress("192.0.2.3"), "eth0", weight=3))),
+        KernelRoute(
+            IPNetwork("10.244.1.0/26"), RouteKind.DIRECT, (NextHop(IPAddress("192.0.2.2"), "eth0"),)
+        ),
+        KernelRoute(
+            IPNetwork("10.244.2.0/26"),
+            RouteKind.IPIP,
+            (NextHop(IPAddress("198.51.100.2"), "tunl0", onlink=True),),
+            mtu=1480,
+        ),
+        KernelRoute(
+            IPNetwork("10.244.3.0/26"),
+            RouteKind.VXLAN,
+            (NextHop(IPAddress("10.244.3.0"), "vxlan.calico", onlink=True),),
+            mtu=1450,
+        ),
+        KernelRoute(
+            IPNetwork("10.244.4.0/26"),
+            RouteKind.DIRECT,
+            (
+                NextHop(IPAddress("192.0.2.2"), "eth0"),
+                NextHop(IPAddress("192.0.2.3"), "eth0", weight=3),
+            ),
+        ),
         KernelRoute(IPNetwork("10.244.0.0/26"), RouteKind.BLACKHOLE, table=1000),
-        KernelRoute(IPNetwork("fd00:244::/122"), RouteKind.DIRECT,
-                    (NextHop(IPAddress("fe80::2"), "eth0"),)),
-    ]  # fmt: skip
+        KernelRoute(
+            IPNetwork("fd00:244::/122"), RouteKind.DIRECT, (NextHop(IPAddress("fe80::2"), "eth0"),)
+        ),
+    ]
     for r in routes:
         w = nc.wire_from_kernel(r, idx, proto=80)
         assert w.proto == 80
@@ -278,3 +314,84 @@ def test_dump_request_carries_the_protocol_filter() -> None:
     m.decode()
     assert m["header"]["flags"] == nc.NLM_F_REQUEST | nc.NLM_F_DUMP
     assert (m["family"], m["proto"], m["table"], m.get_attr("RTA_TABLE")) == (10, 80, 0, 1000)
+
+
+IDX = {"eth0": 2, "tunl0": 5, "vxlan.calico": 7}
+NAMES = {v: k for k, v in IDX.items()}
+
+
+@st.composite
+def kernel_routes(draw: st.DrawFn) -> KernelRoute:
+    family = draw(st.sampled_from([nc.AF_INET, nc.AF_INET6]))
+    dst, plen = draw(_net(family))
+    shape = draw(st.sampled_from(["one", "ecmp", "blackhole"]))
+    mtu = draw(st.none() | st.integers(68, 9000))
+    table = draw(st.sampled_from([254, 100, 1000]))
+    if shape == "blackhole":
+        return KernelRoute(IPNetwork(f"{dst}/{plen}"), RouteKind.BLACKHOLE, mtu=mtu, table=table)
+    hop = st.builds(
+        NextHop,
+        gateway=_addr(family).map(IPAddress),
+        ifname=st.sampled_from(sorted(IDX)),
+        onlink=st.booleans(),
+        weight=st.just(1) if shape == "one" else st.integers(1, 256),
+    )
+    hops = draw(
+        st.lists(hop, min_size=1 if shape == "one" else 2, max_size=1 if shape == "one" else 4)
+    )
+    return KernelRoute(IPNetwork(f"{dst}/{plen}"), RouteKind.DIRECT, tuple(hops), mtu, table)
+
+
+@given(kernel_routes(), st.integers(1, 255))
+def test_route_encoder_writes_the_same_bytes_as_the_wire_route_path(
+    route: KernelRoute, proto: int
+) -> None:
+    enc = nc.RouteEncoder(IDX, proto)
+    wire = nc.wire_from_kernel(route, IDX, proto=proto)
+    assert enc.new_body(route) == nc.encode_route_body(wire)
+    assert enc.delete_body(route) == nc.encode_delete_body(wire)
+    assert enc.new_body(route) == nc.encode_route_body(wire)  # from its cache
+
+
+@given(kernel_routes(), st.integers(1, 255))
+def test_route_decoder_reads_the_same_route_as_the_wire_route_path(
+    route: KernelRoute, proto: int
+) -> None:
+    dec = nc.RouteDecoder(NAMES)
+    data = _to_pyroute2(nc.wire_from_kernel(route, IDX, proto=proto))
+    [(_t, _f, _s, start, end)] = list(nc.iter_messages(data))
+    got = dec.parse(data, start, end, proto)
+    assert got == nc.kernel_from_wire(nc.parse_route(data, start, end), NAMES)
+    assert got is not None and got.key == route.key
+    assert got.nexthops == route.nexthops and got.mtu == route.mtu
+    assert dec.parse(data, start, end, (proto % 255) + 1) is None
+
+
+def test_route_decoder_fast_path_on_the_kernels_own_layout() -> None:
+    # Captured from `ip route add 10.0.1.0/26 via 192.0.2.2 proto 80 mtu 1400`
+    # and the same with `via 198.51.100.2 dev v0 onlink` (flags 0x10 =
+    # RTNH_F_LINKDOWN: the veth's peer was down).
+    with_mtu = bytes.fromhex(
+        "021a0000fe5000011000000008000f00fe000000080001000a0001000c00080008000200"
+        "7805000008000500c00002020800040003000000"
+    )
+    onlink = bytes.fromhex(
+        "021a0000fe5000011400000008000f00fe000000080001000a00020008000500c63364020800040003000000"
+    )
+    dec = nc.RouteDecoder({3: "v0"})
+    assert dec.parse(with_mtu, 0, len(with_mtu), 80) == KernelRoute(
+        IPNetwork("10.0.1.0/26"),
+        RouteKind.DIRECT,
+        (NextHop(IPAddress("192.0.2.2"), "v0"),),
+        mtu=1400,
+    )
+    assert dec.parse(onlink, 0, len(onlink), 80) == KernelRoute(
+        IPNetwork("10.0.2.0/26"),
+        RouteKind.DIRECT,
+        (NextHop(IPAddress("198.51.100.2"), "v0", onlink=True),),
+    )
+    for data in (with_mtu, onlink):
+        assert dec.parse(data, 0, len(data), 81) is None
+        assert dec.parse(data, 0, len(data)) == nc.kernel_from_wire(
+            nc.parse_route(data, 0, len(data)), {3: "v0"}
+        )
