@@ -37,9 +37,10 @@ plugin, e.g. ``ptp``, sets the pod's routes).
 from __future__ import annotations
 
 import _socket  # not ``socket``: its enums and selectors cost ~2 ms of start time
-import json
 import os
 import sys
+
+from ipam import cni_json  # not ``json``: see there
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def _str_list(value: object, name: str) -> list[str]:
 
 def decode_config(stdin: bytes) -> dict[str, Any]:
     try:
-        conf = json.loads(stdin)
+        conf = cni_json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(ERR_DECODE, "cannot decode the network configuration", str(e)) from e
     if not isinstance(conf, dict):
@@ -220,7 +221,7 @@ def call_service(path: str, request: Mapping[str, Any], timeout: float) -> dict[
         s.settimeout(timeout)
         buf = b""
         try:
-            s.sendall(json.dumps(request).encode() + b"\n")
+            s.sendall(cni_json.dumps(request).encode() + b"\n")
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
                 if not chunk:
@@ -237,7 +238,7 @@ def call_service(path: str, request: Mapping[str, Any], timeout: float) -> dict[
     finally:
         s.close()
     try:
-        reply = json.loads(buf)
+        reply = cni_json.loads(buf)
     except ValueError as e:
         raise CniError(
             ERR_SERVICE_UNAVAILABLE, f"the meshroute IPAM service at {path} sent a bad reply"
@@ -288,10 +289,8 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
     try:
         command = env.get("CNI_COMMAND", "")
         if command == "VERSION":
-            json.dump(
-                {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)},
-                stdout,
-            )
+            info = {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
+            stdout.write(cni_json.dumps(info))
             return 0
         if command not in ("ADD", "DEL", "CHECK"):
             raise CniError(
@@ -309,10 +308,10 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
             raise CniError(ERR_INVALID_CONFIG, "ipam.socket must be a path")
         reply = call_service(path, request, _timeout(conf))
         if command == "ADD":
-            json.dump(format_result(version, reply), stdout)
+            stdout.write(cni_json.dumps(format_result(version, reply)))
         return 0
     except CniError as e:
-        json.dump(error_object(version, e), stdout)
+        stdout.write(cni_json.dumps(error_object(version, e)))
         return 1
 
 

@@ -77,7 +77,7 @@ def service(
             sel.register(p.stdout, selectors.EVENT_READ)
             assert sel.select(timeout=15), "ipam serve printed nothing"
         line = p.stdout.readline()
-        assert "ready" in line, (line, p.stderr.read() if p.poll() is not None else "")
+        assert "ready" in line, (line, p.stderr.read() if p.stderr and p.poll() is not None else "")
         yield sock, etcd_prefix
     finally:
         p.terminate()

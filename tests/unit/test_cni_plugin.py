@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ipam.cni_install import install_plugin
 from ipam.cni_plugin import (
     CniError,
     format_result,
@@ -131,10 +132,10 @@ def test_plugin_start_imports_no_heavy_module() -> None:
     )
     modules = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if "|" in line}
     assert "ipam.cni_plugin" in modules
-    heavy = {"netaddr", "aetcd", "grpc", "google.protobuf", "asyncio", "typing", "dataclasses"}
+    heavy = {"netaddr", "aetcd", "grpc", "asyncio", "typing", "dataclasses", "json"}
     ours = {m for m in modules if m.split(".")[0] in ("ipam", "meshroute", "bgpd", "felix_lite")}
     assert not (modules & heavy), modules & heavy
-    assert ours == {"ipam", "ipam.cni_plugin"}
+    assert ours == {"ipam", "ipam.cni_plugin", "ipam.cni_json"}
 
 
 # ---- the pure parts ---------------------------------------------------------
@@ -201,3 +202,30 @@ def test_result_shape_per_version() -> None:
     old = format_result("0.3.1", reply)
     assert [ip["version"] for ip in old["ips"]] == ["4", "6"]
     json.dumps(old)
+
+
+def test_installed_launcher_runs_the_plugin_without_site(tmp_path: Path) -> None:
+    launcher = install_plugin(tmp_path / "opt-cni-bin")
+    assert launcher.name == "meshroute-cni-ipam"
+    assert launcher.stat().st_mode & 0o777 == 0o755
+    assert launcher.read_text().startswith(f"#!{sys.executable} -IS\n")
+    install_plugin(tmp_path / "opt-cni-bin")  # again: replaced in place
+    assert [p.name for p in launcher.parent.iterdir()] == ["meshroute-cni-ipam"]
+
+    env = cni_env("VERSION", None, None, None, PYTHONPATH="/nonexistent")
+    p = subprocess.run([str(launcher)], input=b"", env=env, capture_output=True, timeout=20)
+    assert p.returncode == 0 and json.loads(p.stdout)["supportedVersions"][-1] == "1.0.0"
+
+    p = subprocess.run(
+        [sys.executable, "-IS", "-X", "importtime", str(launcher)],
+        input=json.dumps(netconf(MISSING)).encode(),
+        env=cni_env("ADD"),
+        capture_output=True,
+        timeout=20,
+    )
+    assert json.loads(p.stdout)["code"] == 101
+    modules = {
+        line.split("|")[-1].strip() for line in p.stderr.decode().splitlines() if "|" in line
+    }
+    assert "ipam.cni_plugin" in modules
+    assert not modules & {"re", "json", "enum", "site", "typing"}, modules
