@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from felix_lite.delta import KernelDelta, RouteKey, index_routes, plan_delta
+from felix_lite.delta import KernelDelta, RouteKey, decide_route_equal, index_routes, plan_delta
 from felix_lite.inputs import VXLAN_DEVICE, HostInterface
 from felix_lite.model import (
     DEFAULT_PROTO,
@@ -304,8 +304,13 @@ class Reconciler:
 
     async def _read_kernel(self, desired: KernelState) -> None:
         routes: dict[RouteKey, KernelRoute] = {}
+        desired_routes = self._desired_routes
         async for r in self._routes.dump_owned(self.proto, self.table):
-            routes[r.key] = r
+            want = desired_routes.get(r.key)
+            # Keep the desired object when the kernel's route equals it: the
+            # dumped copy is freed at once (a 100k-route table is held once,
+            # not twice) and the diff settles it by identity.
+            routes[r.key] = want if want is not None and decide_route_equal(want, r) else r
         devices = set(self.vxlan_devices)
         devices |= {n.ifname for n in desired.neighbors} | {e.ifname for e in desired.fdb}
         devices |= {n.ifname for n in self._actual_neighbors}
