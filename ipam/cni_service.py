@@ -32,7 +32,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
@@ -47,6 +47,7 @@ from ipam.cni_plugin import (
     ERR_TRY_AGAIN,
 )
 from ipam.ipam import AssignedAddress, AssignRequest, Conflict, Ipam
+from ipam.model import AffinityState
 from ipam.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class IpamService:
     async def _add(self, req: Request) -> list[AssignedAddress]:
         have = await self.ipam.addresses_of(req.handle)
         if have:
-            return have  # a repeated ADD gets what the first one got
+            return await self._as_first_returned(have)
         attrs = {
             "namespace": req.namespace,
             "pod": req.pod,
@@ -205,6 +206,17 @@ class IpamService:
         if req.ips:
             return await self._assign_requested(req, attrs)
         return await self._assign_auto(req, attrs)
+
+    async def _as_first_returned(self, have: list[AssignedAddress]) -> list[AssignedAddress]:
+        """A repeated ADD gets what the first one got. ``addresses_of`` names
+        a gateway for every block; assignment names one only for this host's
+        own blocks (a borrowed address is a host route), so drop the others."""
+        own = {
+            a.cidr
+            for a, _ in await self.ipam.host_affinities(self.host.name)
+            if a.state is AffinityState.CONFIRMED
+        }
+        return [a if a.block in own else replace(a, gateway=None) for a in have]
 
     async def _assign_requested(
         self, req: Request, attrs: Mapping[str, str]

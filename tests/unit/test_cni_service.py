@@ -225,3 +225,22 @@ def test_serve_fails_fast_when_etcd_is_unreachable(tmp_path: Path) -> None:
     assert p.stderr.startswith("meshroute: cannot start")
     assert time.monotonic() - t < 10
     assert not sock.exists()
+
+
+async def test_borrowed_address_is_a_host_route_on_every_add(tmp_path: Path) -> None:
+    one_block = Pool("one", IPNetwork("10.9.0.0/26"), 26)
+    a = await start(tmp_path / "a", pools=(one_block,))
+    b = IpamService(Ipam(a.store, prefix="/svc", l2_segment=True), HostIdentity("node-b"))
+    b_path = str(tmp_path / "b" / "ipam.sock")
+    await b.start(b_path)
+    try:
+        assert (await a.plugin("ADD", "on-a")).rc == 0  # node-a takes the pool's only block
+        first = await run_plugin_async(cni_env("ADD", "on-b"), netconf(b_path))
+        again = await run_plugin_async(cni_env("ADD", "on-b"), netconf(b_path))
+        assert first.out is not None and first.out == again.out
+        [ip] = first.out["ips"]
+        assert ip["address"].endswith("/32") and "gateway" not in ip
+        assert first.out["routes"] == []
+    finally:
+        await b.stop()
+        await a.service.stop()
