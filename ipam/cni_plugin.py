@@ -2,11 +2,12 @@
 0.3.0, 0.3.1 and 0.4.0).
 
 The runtime executes it once per pod and interface, so it must start fast:
-it imports only the standard library (never netaddr, the etcd client or the
-rest of ``ipam``) and asks the host's local IPAM service (``cni_service``,
-run by ``meshroute ipam serve``) over a unix socket, which holds the etcd
-connection. When the service is down or silent the plugin fails at once
-with a CNI error; it never hangs.
+it imports only the standard library and ``cni_json`` (never netaddr, the
+etcd client or the rest of ``ipam``) and asks the host's local IPAM service
+(``cni_service``, run by ``meshroute ipam serve``) over a unix socket, which
+holds the etcd connection. When the service is down or silent the plugin
+fails at once with a CNI error; it never hangs. ``cni_install`` puts it
+into a runtime's plugin directory as a launcher that starts in ~10 ms.
 
 Network configuration (``ipam`` section of the netconf on stdin)::
 
@@ -28,10 +29,14 @@ exhausted, 101 IPAM service unavailable (not running or not answering),
 102 address request refused, 103 CHECK found a mismatch, 110 internal
 error of the service.
 
-Results: ``ips`` (address with prefix length, ``gateway`` when the service
-runs in L2-segment mode) and ``routes``: in L2-segment mode a default route
-via the block's gateway per address family; in routed mode none (the main
-plugin, e.g. ``ptp``, sets the pod's routes).
+Results: ``ips`` and ``routes``. In L2-segment mode (``meshroute ipam serve
+--l2-segment``: pods on a bridge whose subnet is the block) an address from
+this host's block carries the block's prefix length and its ``gateway``
+(the block's first host address, which the bridge plugin puts on the
+bridge with ``isGateway``), plus a default route via it per address family.
+In routed mode, and for an address borrowed from another host's block, the
+address is a host route (/32, /128) with no gateway and no routes: the main
+plugin (e.g. ``ptp``) sets the pod's routes.
 """
 
 from __future__ import annotations
