@@ -225,12 +225,16 @@ class BulkRoutes:
         i = first
         last_off = 0
         seq = base
-        while i < limit and len(buf) < batch_bytes:
+        size = 0
+        while i < limit and size < batch_bytes:
             op, body = items[i]
             mtype, flags = kinds[op]
-            last_off = len(buf)
-            buf += pack_hdr(hdr_len + len(body), mtype, flags, seq, 0)
-            buf += body
+            last_off = size
+            blen = len(body)
+            if blen & 3:  # route bodies never need it; keep the next header aligned
+                body += bytes(4 - (blen & 3))
+            buf += pack_hdr(hdr_len + blen, mtype, flags, seq, 0) + body
+            size += hdr_len + len(body)
             i += 1
             seq += 1
         nc.set_ack(buf, last_off)

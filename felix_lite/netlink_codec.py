@@ -473,6 +473,9 @@ def kernel_from_wire(
 # the same KernelRoute) as going through WireRoute; tests check that.
 
 
+_V4_HEAD = struct.Struct("=BBBBBBBBIHH4s")  # rtmsg, then RTA_DST
+
+
 class RouteEncoder:
     """Encodes KernelRoutes with next-hop attributes cached: a cluster has
     a few distinct next-hop sets and 100k routes share them."""
@@ -519,10 +522,19 @@ class RouteEncoder:
     def new_body(self, route: KernelRoute) -> bytes:
         """What ``encode_route_body(wire_from_kernel(route))`` returns."""
         dst = route.dst
-        v4 = dst.version == 4
         plen = dst.prefixlen
-        attrs, flags, rtype = self._hops_of(route)
         table = route.table
+        attrs, flags, rtype = self._hops_of(route)
+        if dst.version == 4 and plen > 0 and table < 256:
+            # The common case in one pack: rtmsg + RTA_DST.
+            net = (dst.value & (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF).to_bytes(4, "big")
+            head = _V4_HEAD.pack(AF_INET, plen, 0, 0, table, self.proto, RT_SCOPE_UNIVERSE,
+                                 rtype, flags, 8, RTA_DST, net)  # fmt: skip
+            body = head + attrs
+            if route.mtu is None:
+                return body
+            return body + _RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu)
+        v4 = dst.version == 4
         parts = [
             _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
                         self.proto, RT_SCOPE_UNIVERSE, rtype, flags),

@@ -164,15 +164,22 @@ class NetlinkRouteTable:
         failures: list[OpFailure[RouteOp]] = []
         items: list[tuple[int, bytes]] = []
         sent: list[RouteOp] = []
+        enc = self._encoder(proto)
+        add, delete = Op.ADD, Op.DELETE
         for op in ops:
+            kind = op.op
             try:
                 try:
-                    item = self._encode(op, proto)
+                    if kind is delete:
+                        item = (OP_DELETE, enc.delete_body(op.route))
+                    else:
+                        item = (OP_ADD if kind is add else OP_REPLACE, enc.new_body(op.route))
                 except KeyError:
                     if fresh:
                         raise
                     fresh = self._refresh_links()
-                    item = self._encode(op, proto)
+                    enc = self._encoder(proto)
+                    item = self._encode(enc, op)
             except KeyError as e:
                 failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
                 continue
@@ -182,10 +189,14 @@ class NetlinkRouteTable:
             failures.append(OpFailure(sent[f.index], f.errno, f.message or _strerror(f.errno)))
         return failures
 
-    def _encode(self, op: RouteOp, proto: int) -> tuple[int, bytes]:
+    def _encoder(self, proto: int) -> nc.RouteEncoder:
         enc = self._encoders.get(proto)
         if enc is None:
             enc = self._encoders[proto] = nc.RouteEncoder(self._index, proto)
+        return enc
+
+    @staticmethod
+    def _encode(enc: nc.RouteEncoder, op: RouteOp) -> tuple[int, bytes]:
         if op.op is Op.DELETE:
             return OP_DELETE, enc.delete_body(op.route)
         return _OP_CODE[op.op], enc.new_body(op.route)
