@@ -269,6 +269,23 @@ class Ipam:
                 + (f" among {', '.join(req.pools)}" if req.pools else "")
             )
         got: list[AssignedAddress] = []
+        try:
+            await self._assign_more(req, pools, settings, version, n, got)
+        except BaseException:
+            if got:  # all or nothing: give back what this request already took
+                await self.release_ips([(a.ip, None) for a in got])
+            raise
+        return got
+
+    async def _assign_more(
+        self,
+        req: AssignRequest,
+        pools: list[Pool],
+        settings: IpamSettings,
+        version: int,
+        n: int,
+        got: list[AssignedAddress],
+    ) -> None:
         conflicts = 0
         while len(got) < n:
             if conflicts > self.max_conflicts:
@@ -299,7 +316,6 @@ class Ipam:
                 await self._backoff(conflicts)
                 continue
             got += step
-        return got
 
     async def _assign_affine(
         self, req: AssignRequest, pools: list[Pool], want: int

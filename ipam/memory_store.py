@@ -3,8 +3,9 @@ conflicts: a transaction fails as if another writer had won the race."""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
 
@@ -14,34 +15,38 @@ class MemoryStore:
         self,
         *,
         conflict_rate: float = 0.0,
+        interleave: bool = False,
         rng: random.Random | None = None,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.data: dict[bytes, Versioned] = {}
         self.revision = 1
         self.conflict_rate = conflict_rate
+        self.interleave = interleave
         self.rng = rng or random.Random(0)
         self.injected_conflicts = 0
         self.down = False
         self._leases: dict[int, set[bytes]] = {}
         self._next_lease = 1
-        self.clock = clock
 
-    def _check_up(self) -> None:
+    async def _enter(self) -> None:
+        # Yielding before every operation lets concurrent tasks interleave
+        # between a read and the write that depends on it, as with etcd.
+        if self.interleave:
+            await asyncio.sleep(0)
         if self.down:
             raise StoreError("memory store is down")
 
     async def get(self, key: bytes) -> Versioned | None:
-        self._check_up()
+        await self._enter()
         return self.data.get(key)
 
     async def list(self, prefix: bytes) -> Listing:
-        self._check_up()
+        await self._enter()
         items = {k: v for k, v in sorted(self.data.items()) if k.startswith(prefix)}
         return Listing(items, self.revision)
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
-        self._check_up()
+        await self._enter()
         if self.conflict_rate and self.rng.random() < self.conflict_rate:
             # Another writer won: bump a compared key so the caller's view is stale.
             self.injected_conflicts += 1
@@ -68,19 +73,19 @@ class MemoryStore:
         return True
 
     async def grant_lease(self, ttl: int) -> int:
-        self._check_up()
+        await self._enter()
         lease = self._next_lease
         self._next_lease += 1
         self._leases[lease] = set()
         return lease
 
     async def refresh_lease(self, lease: int) -> None:
-        self._check_up()
+        await self._enter()
         if lease not in self._leases:
             raise StoreError(f"lease {lease} not found")
 
     async def revoke_lease(self, lease: int) -> None:
-        self._check_up()
+        await self._enter()
         for key in self._leases.pop(lease, set()):
             if key in self.data:
                 self.revision += 1
