@@ -150,6 +150,7 @@ class Reconciler:
         self._actual_routes: dict[RouteKey, KernelRoute] = {}
         self._actual_neighbors: set[NeighborEntry] = set()
         self._actual_fdb: set[FdbEntry] = set()
+        self._read_all_equal = False
         self._applied_devices: tuple[IpipDevice | None, VxlanDevice | None] | None = None
         self.retries: dict[Hashable, Retry] = {}
         self._full_due = True
@@ -259,7 +260,11 @@ class Reconciler:
             self._last_full = self._clock()
             self._full_due = False
 
-        if len(desired_routes) + len(self._actual_routes) > _THREAD_DIFF_ABOVE:
+        if full and self._read_all_equal and desired_routes is self._desired_routes:
+            # The read found every desired route, equal, and nothing else:
+            # no route operation to plan (the common resync).
+            delta = self._plan(desired, {}, {})
+        elif len(desired_routes) + len(self._actual_routes) > _THREAD_DIFF_ABOVE:
             delta = await asyncio.to_thread(self._plan, desired, desired_routes)
         else:
             delta = self._plan(desired, desired_routes)
@@ -291,11 +296,14 @@ class Reconciler:
         return report
 
     def _plan(
-        self, desired: KernelState, desired_routes: dict[RouteKey, KernelRoute]
+        self,
+        desired: KernelState,
+        desired_routes: dict[RouteKey, KernelRoute],
+        actual_routes: dict[RouteKey, KernelRoute] | None = None,
     ) -> KernelDelta:
         return plan_delta(
             desired_routes,
-            self._actual_routes,
+            self._actual_routes if actual_routes is None else actual_routes,
             desired.neighbors,
             self._actual_neighbors,
             desired.fdb,
@@ -305,12 +313,18 @@ class Reconciler:
     async def _read_kernel(self, desired: KernelState) -> None:
         routes: dict[RouteKey, KernelRoute] = {}
         desired_routes = self._desired_routes
+        equal = 0
         async for r in self._routes.dump_owned(self.proto, self.table):
             want = desired_routes.get(r.key)
             # Keep the desired object when the kernel's route equals it: the
             # dumped copy is freed at once (a 100k-route table is held once,
             # not twice) and the diff settles it by identity.
-            routes[r.key] = want if want is not None and decide_route_equal(want, r) else r
+            if want is not None and decide_route_equal(want, r):
+                routes[r.key] = want
+                equal += 1
+            else:
+                routes[r.key] = r
+        self._read_all_equal = equal == len(desired_routes) == len(routes)
         devices = set(self.vxlan_devices)
         devices |= {n.ifname for n in desired.neighbors} | {e.ifname for e in desired.fdb}
         devices |= {n.ifname for n in self._actual_neighbors}
