@@ -582,6 +582,9 @@ class RouteDecoder:
         self.kind_of = kind_of
         self._nh: dict[tuple[bytes, int, int, int], NextHop] = {}
         self._kind: dict[tuple[NextHop, ...], RouteKind] = {}
+        # (gateway, oif, onlink) of a single-gateway IPv4 route -> its next
+        # hops and kind, shared by every route through that gateway.
+        self._single: dict[tuple[bytes, int, int], tuple[tuple[NextHop, ...], RouteKind]] = {}
 
     def _nexthop(self, family: int, gw: bytes, oif: int, flags: int, hops: int) -> NextHop:
         key = (gw, oif, flags & RTNH_F_ONLINK, hops)
@@ -624,16 +627,18 @@ class RouteDecoder:
             or rflags & RTM_F_CLONED
         ):
             return None
-        nexthops = (self._nexthop(AF_INET, gw, oif, rflags, 0),)
-        kind = self._kind.get(nexthops)
-        if kind is None:
-            kind = self._kind[nexthops] = self.kind_of(WireRoute(family, "", dst_len), nexthops)
+        single = self._single.get((gw, oif, rflags & RTNH_F_ONLINK))
+        if single is None:
+            hops = (self._nexthop(AF_INET, gw, oif, rflags, 0),)
+            if len(self._single) > 65536:
+                self._single.clear()
+            single = self._single[(gw, oif, rflags & RTNH_F_ONLINK)] = (
+                hops,
+                self.kind_of(WireRoute(family, "", dst_len), hops),
+            )
+        nexthops, kind = single
         return KernelRoute(
-            dst=IPNetwork((int.from_bytes(dst, "big"), dst_len), version=4),
-            kind=kind,
-            nexthops=nexthops,
-            mtu=mtu,
-            table=table,
+            IPNetwork((int.from_bytes(dst, "big"), dst_len), version=4), kind, nexthops, mtu, table
         )
 
     def parse(
