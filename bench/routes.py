@@ -139,11 +139,13 @@ async def _child_table(n: int, batch: int) -> dict[str, Any]:
             ops = [RouteOp(Op.ADD, r) for r in routes[i : i + batch]]
             failures += len(await table.apply_routes(ops, PROTO))
         install_s = time.perf_counter() - t0
+        hwm_before_dump = _vm_hwm_mb()
         t0 = time.perf_counter()
         dumped = 0
         async for _ in table.dump_owned(PROTO, 254):
             dumped += 1
         dump_s = time.perf_counter() - t0
+        dump_growth = _vm_hwm_mb() - hwm_before_dump
         t0 = time.perf_counter()
         for i in range(0, n, batch):
             ops = [RouteOp(Op.DELETE, r) for r in routes[i : i + batch]]
@@ -158,6 +160,7 @@ async def _child_table(n: int, batch: int) -> dict[str, Any]:
         "failures": failures,
         "dumped": dumped,
         "rss_mb": _vm_hwm_mb(),
+        "dump_peak_growth_mb": dump_growth,
     }
 
 
@@ -258,6 +261,7 @@ def bench(n: int, repeat: int, pyroute2_n: int) -> dict[str, Any]:
             "dump_owned_s",
             "delete_table_s",
             "rss_table_mb",
+            "dump_owned_peak_growth_mb",
         )
     }
     checks: list[str] = []
@@ -284,6 +288,7 @@ def bench(n: int, repeat: int, pyroute2_n: int) -> dict[str, Any]:
                 samples["dump_owned_s"].append(t["dump_s"])
                 samples["delete_table_s"].append(t["delete_s"])
                 samples["rss_table_mb"].append(t["rss_mb"])
+                samples["dump_owned_peak_growth_mb"].append(t["dump_peak_growth_mb"])
                 left = _route_count(ns)
                 if left:
                     checks.append(f"{left} routes left after netlink_table's delete")
@@ -335,6 +340,8 @@ def bench(n: int, repeat: int, pyroute2_n: int) -> dict[str, Any]:
         "delete_all_s": "Reconciler.sync_once(full=False) after set_desired(empty)",
         "rss_mb": "VmHWM of the reconciler child (desired state + reconciler + adapter)",
         "rss_table_mb": "VmHWM of the netlink_table child",
+        "dump_owned_s": "NetlinkRouteTable.dump_owned streamed and counted",
+        "dump_owned_peak_growth_mb": "VmHWM growth while streaming the whole dump",
     }
     result["checks"] = checks or "ok"
     result["kernel"] = os.uname().release
