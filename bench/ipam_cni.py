@@ -160,6 +160,9 @@ def measure(
 
     with ThreadPoolExecutor(parallel) as pool:
         t = time.perf_counter()
+        list(pool.map(lambda i: call("VERSION", f"v-{i}"), range(pods)))
+        starts_s = time.perf_counter() - t
+        t = time.perf_counter()
         addresses = list(pool.map(add, range(pods)))
         pods_s = time.perf_counter() - t
         list(pool.map(lambda i: call("DEL", f"pod-{i}"), range(pods)))
@@ -170,6 +173,9 @@ def measure(
         # the anchor: the same executable answering VERSION (no service call)
         f"cni_plugin_start_p50_ms{suffix}": _median_ms(version),
         f"pods_{pods}_s{suffix}": round(pods_s, 3),
+        # its anchor: the same number of plugin processes, as many at a time,
+        # answering VERSION: what starting processes alone costs on this machine now
+        f"pods_{pods}_process_starts_s{suffix}": round(starts_s, 3),
         f"pods_duplicate_addresses{suffix}": pods - len(set(addresses)),
     }
 
@@ -194,7 +200,7 @@ def run_cni_bench(endpoint: str | None = None, runs: int = 30) -> dict[str, Any]
             try:
                 result = measure(launcher, sock, runs)
                 result |= measure(CONSOLE_SCRIPT, sock, runs, suffix="_console_script")
-                return {**result, "pods_parallel": 8}
+                return {**result, "pods_parallel": 8, "loadavg_1m": os.getloadavg()[0]}
             finally:
                 stop_service(service)
         finally:
