@@ -1,0 +1,187 @@
+"""``meshroute apply -f``, ``get`` and ``delete``: cluster resources (IP
+pools, IPAM configuration, nodes) managed from YAML, kubectl-style."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from ipam.ipam import Ipam
+from ipam.pool_rules import overlapping
+from ipam.store import KvStore
+from meshroute.cli import UserError
+from meshroute.cli_support import print_json, print_table, run_with_store
+from meshroute.datastore import add_etcd_options
+from meshroute.registry import Registry
+from meshroute.resources import (
+    API_VERSION,
+    IPAMConfigurationResource,
+    IPPoolResource,
+    ResourceError,
+    iter_pools,
+    load_files,
+    pool_to_resource,
+)
+
+POOL_COLUMNS = ["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "SELECTOR", "USES"]
+NODE_COLUMNS = ["NAME", "IPV4", "ASN", "ALIVE", "LABELS"]
+Rows = tuple[list[str], list[list[Any]]] | None
+
+GET_KINDS = {
+    "pools": "pools",
+    "pool": "pools",
+    "ippools": "pools",
+    "ippool": "pools",
+    "ipamconfig": "ipamconfig",
+    "ipamconfiguration": "ipamconfig",
+    "nodes": "nodes",
+    "node": "nodes",
+}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("apply", help="create or update resources from YAML files")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="a YAML file with one or more resources ('-' for stdin); repeatable",
+    )
+    add_etcd_options(p)
+    p.set_defaults(func=cmd_apply)
+
+    g = sub.add_parser("get", help="list resources")
+    g.add_argument("kind", choices=sorted(GET_KINDS), help="what to list")
+    g.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    add_etcd_options(g)
+    g.set_defaults(func=cmd_get)
+
+    d = sub.add_parser("delete", help="delete a resource")
+    d.add_argument("kind", choices=("pool", "ippool", "node"))
+    d.add_argument("name")
+    add_etcd_options(d)
+    d.set_defaults(func=cmd_delete)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    stdin = sys.stdin.read() if "-" in args.filename else None
+    try:
+        loaded = load_files(args.filename, stdin)
+    except ResourceError as e:
+        raise UserError(f"nothing applied:\n{e}") from e
+    new_pools = list(iter_pools(loaded))
+    for i, p in enumerate(new_pools):
+        clash = overlapping(p, new_pools[i + 1 :])
+        if clash:
+            raise UserError(
+                f"nothing applied: pool {p.name} ({p.cidr}) overlaps "
+                + ", ".join(f"{o.name} ({o.cidr})" for o in clash)
+            )
+
+    async def body(store: KvStore, ipam: Ipam, reg: Registry) -> list[str]:
+        existing = {p.name: p for p in await ipam.pools()}
+        for p in new_pools:  # refuse before writing anything
+            clash = overlapping(p, [e for n, e in existing.items() if n != p.name])
+            if clash:
+                raise UserError(
+                    f"nothing applied: pool {p.name} ({p.cidr}) overlaps existing "
+                    + ", ".join(f"{o.name} ({o.cidr})" for o in clash)
+                )
+        out = []
+        for item in loaded:
+            r = item.resource
+            if isinstance(r, IPPoolResource):
+                created = await ipam.apply_pool(r.to_pool())
+                out.append(f"ippool/{r.metadata.name} {'created' if created else 'configured'}")
+            elif isinstance(r, IPAMConfigurationResource):
+                await ipam.apply_settings(r.to_settings())
+                out.append(f"ipamconfiguration/{r.metadata.name} configured")
+        return out
+
+    for line in run_with_store(args, body):
+        print(line)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    kind = GET_KINDS[args.kind]
+
+    async def body(store: KvStore, ipam: Ipam, reg: Registry) -> tuple[list[dict[str, Any]], Rows]:
+        if kind == "pools":
+            pools = sorted(await ipam.pools(), key=lambda p: p.name)
+            rows = [
+                [
+                    p.name,
+                    p.cidr,
+                    p.block_size,
+                    p.ipip_mode.value,
+                    p.vxlan_mode.value,
+                    p.nat_outgoing,
+                    p.disabled,
+                    p.node_selector,
+                    ",".join(u.value for u in p.allowed_uses),
+                ]
+                for p in pools
+            ]
+            return [pool_to_resource(p) for p in pools], (POOL_COLUMNS, rows)
+        if kind == "ipamconfig":
+            s = await ipam.settings()
+            doc = {
+                "apiVersion": API_VERSION,
+                "kind": "IPAMConfiguration",
+                "metadata": {"name": "default"},
+                "spec": s.to_dict(),
+            }
+            return [doc], None
+        alive = await reg.alive()
+        nodes = sorted((await reg.nodes()).values(), key=lambda n: n.name)
+        docs = [
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Node",
+                "metadata": {"name": n.name},
+                "spec": n.to_dict(),
+                "status": {"alive": n.name in alive},
+            }
+            for n in nodes
+        ]
+        rows = [
+            [
+                n.name,
+                n.ipv4,
+                n.asn,
+                n.name in alive,
+                ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())),
+            ]
+            for n in nodes
+        ]
+        return docs, (NODE_COLUMNS, rows)
+
+    docs, table = run_with_store(args, body)
+    if args.output == "json":
+        print_json(docs)
+    elif args.output == "yaml" or table is None:
+        print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    else:
+        print_table(*table)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    async def body(store: KvStore, ipam: Ipam, reg: Registry) -> str:
+        if args.kind in ("pool", "ippool"):
+            await ipam.delete_pool(args.name)
+            return f"ippool/{args.name} deleted"
+        if not await reg.delete(args.name):
+            raise UserError(f"node {args.name} does not exist")
+        return (
+            f"node/{args.name} deleted; 'meshroute ipam check' now lists its blocks "
+            f"and 'meshroute ipam gc' releases them"
+        )
+
+    print(run_with_store(args, body))
+    return 0

@@ -1,0 +1,140 @@
+"""Real etcd servers: one member or a three-member cluster on
+loopback, each with a temporary data dir, stopped by the PID we started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshroute.lab.ports import free_ports
+
+ETCD = "/usr/bin/etcd"
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    cluster: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, *, new_cluster: bool = True) -> None:
+        args = [
+            ETCD,
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{self.client_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{self.peer_port}",
+            "--initial-cluster",
+            self.cluster,
+            "--initial-cluster-state",
+            "new" if new_cluster else "existing",
+            "--initial-cluster-token",
+            f"meshroute-test-{os.getpid()}",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "warn",
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.client_port}/health", timeout=0.5
+            ) as r:
+                return b'"true"' in r.read()
+        except OSError:
+            return False
+
+
+@dataclass
+class EtcdCluster:
+    members: list[EtcdMember] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def endpoint(self) -> str:
+        return self.members[0].endpoint
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.members[0].client_port
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(m.proc is None or m.healthy() for m in self.members):
+                return
+            for m in self.members:
+                if m.proc is not None and m.proc.poll() is not None:
+                    raise RuntimeError(f"etcd {m.name} exited: {m.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise TimeoutError("etcd did not become healthy")
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.kill(signal.SIGTERM)
+
+
+def start_etcd(workdir: Path, size: int = 1) -> EtcdCluster:
+    ports = free_ports(2 * size)
+    names = [f"m{i}" for i in range(size)]
+    cluster = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
+    members = []
+    for i, name in enumerate(names):
+        d = workdir / name
+        d.mkdir(parents=True, exist_ok=True)
+        members.append(
+            EtcdMember(name, ports[2 * i], ports[2 * i + 1], d / "data", d / "log", cluster)
+        )
+    c = EtcdCluster(members)
+    try:
+        for m in members:
+            m.start()
+        c.wait_healthy()
+    except BaseException:
+        c.stop()
+        raise
+    return c

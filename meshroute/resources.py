@@ -1,0 +1,186 @@
+"""The resources operators write in YAML (``meshroute apply -f``): their
+schema, and loading that names the file, the document and the field of
+every problem. A file is validated whole before anything is applied."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from netaddr import AddrFormatError, IPNetwork
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from ipam.model import EncapMode, IpamSettings, Pool, Use
+from ipam.pool_rules import DEFAULT_BLOCK_SIZE, pool_problems
+
+API_VERSION = "meshroute.io/v1"
+
+
+class ResourceError(Exception):
+    """Invalid resources; the message names file, document and field."""
+
+
+def _cidr(v: Any) -> IPNetwork:
+    if isinstance(v, IPNetwork):
+        return v
+    if not isinstance(v, str) or "/" not in v:
+        raise ValueError(f"{v!r} is not a CIDR (address/prefix length)")
+    try:
+        return IPNetwork(v)
+    except (AddrFormatError, ValueError, TypeError) as e:
+        raise ValueError(f"{v!r} is not a valid CIDR") from e
+
+
+Cidr = Annotated[IPNetwork, BeforeValidator(_cidr)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, arbitrary_types_allowed=True, populate_by_name=True
+    )
+
+
+class Metadata(_Strict):
+    name: str = Field(min_length=1, max_length=253)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class IPPoolSpec(_Strict):
+    cidr: Cidr
+    block_size: int | None = Field(default=None, alias="blockSize")
+    ipip_mode: EncapMode = Field(default=EncapMode.NEVER, alias="ipipMode")
+    vxlan_mode: EncapMode = Field(default=EncapMode.NEVER, alias="vxlanMode")
+    nat_outgoing: bool = Field(default=False, alias="natOutgoing")
+    disabled: bool = False
+    node_selector: str = Field(default="all()", alias="nodeSelector")
+    allowed_uses: tuple[Use, ...] = Field(default=(Use.WORKLOAD, Use.TUNNEL), alias="allowedUses")
+
+
+class IPPoolResource(_Strict):
+    api_version: Literal["meshroute.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["IPPool"]
+    metadata: Metadata
+    spec: IPPoolSpec
+
+    def to_pool(self) -> Pool:
+        s = self.spec
+        return Pool(
+            name=self.metadata.name,
+            cidr=s.cidr,
+            block_size=s.block_size or DEFAULT_BLOCK_SIZE[int(s.cidr.version)],
+            ipip_mode=s.ipip_mode,
+            vxlan_mode=s.vxlan_mode,
+            nat_outgoing=s.nat_outgoing,
+            disabled=s.disabled,
+            node_selector=s.node_selector,
+            allowed_uses=s.allowed_uses,
+        )
+
+
+class IPAMConfigurationSpec(_Strict):
+    strict_affinity: bool = Field(default=False, alias="strictAffinity")
+    max_blocks_per_host: int = Field(default=0, ge=0, alias="maxBlocksPerHost")
+    min_block_age_seconds: float = Field(default=300.0, ge=0, alias="minBlockAgeSeconds")
+
+
+class IPAMConfigurationResource(_Strict):
+    api_version: Literal["meshroute.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["IPAMConfiguration"]
+    metadata: Metadata
+    spec: IPAMConfigurationSpec
+
+    def to_settings(self) -> IpamSettings:
+        s = self.spec
+        return IpamSettings(s.strict_affinity, s.max_blocks_per_host, s.min_block_age_seconds)
+
+
+Resource = IPPoolResource | IPAMConfigurationResource
+KINDS: dict[str, type[BaseModel]] = {
+    "IPPool": IPPoolResource,
+    "IPAMConfiguration": IPAMConfigurationResource,
+}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    source: str  # "file.yaml: document 2 (IPPool default)"
+    resource: Resource
+
+
+def _where(source: str, index: int, doc: Any) -> str:
+    kind = doc.get("kind", "?") if isinstance(doc, dict) else "?"
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+    return f"{source}: document {index} ({kind} {name})"
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(document)"
+
+
+def parse_documents(text: str, source: str) -> list[Loaded]:
+    """Parse and validate every document; raise one ResourceError listing
+    all problems, each with its place."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise ResourceError(f"{source}: not valid YAML: {e}") from e
+    if not docs:
+        raise ResourceError(f"{source}: no resources found")
+    problems: list[str] = []
+    out: list[Loaded] = []
+    for i, doc in enumerate(docs, start=1):
+        where = _where(source, i, doc)
+        if not isinstance(doc, dict):
+            problems.append(f"{where}: a resource must be a mapping")
+            continue
+        kind = doc.get("kind")
+        model = KINDS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            problems.append(f"{where}: kind: {kind!r} is not one of {', '.join(KINDS)}")
+            continue
+        try:
+            res = model.model_validate(doc)
+        except ValidationError as e:
+            problems += [f"{where}: {_field(err['loc'])}: {err['msg']}" for err in e.errors()]
+            continue
+        if isinstance(res, IPPoolResource):
+            problems += [f"{where}: {p}" for p in pool_problems(res.to_pool())]
+        out.append(Loaded(where, res))  # type: ignore[arg-type]
+    if problems:
+        raise ResourceError("\n".join(problems))
+    return out
+
+
+def load_files(paths: list[str], stdin_text: str | None = None) -> list[Loaded]:
+    out: list[Loaded] = []
+    problems: list[str] = []
+    for p in paths:
+        try:
+            if p == "-":
+                text, source = stdin_text or "", "<stdin>"
+            else:
+                text, source = Path(p).read_text(), p
+            out += parse_documents(text, source)
+        except OSError as e:
+            problems.append(f"{p}: cannot read: {e.strerror}")
+        except ResourceError as e:
+            problems.append(str(e))
+    if problems:
+        raise ResourceError("\n".join(problems))
+    return out
+
+
+def pool_to_resource(pool: Pool) -> dict[str, Any]:
+    d = pool.to_dict()
+    name = d.pop("name")
+    return {"apiVersion": API_VERSION, "kind": "IPPool", "metadata": {"name": name}, "spec": d}
+
+
+def iter_pools(loaded: list[Loaded]) -> Iterator[Pool]:
+    for item in loaded:
+        if isinstance(item.resource, IPPoolResource):
+            yield item.resource.to_pool()
