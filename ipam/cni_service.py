@@ -189,8 +189,14 @@ class IpamService:
             return await self._check(req)
         except Exception as e:
             reply = decide_error(e)
-            level = logging.ERROR if reply["code"] == ERR_INTERNAL else logging.WARNING
-            log.log(level, "request failed: %s (%s)", reply["msg"], reply["details"], exc_info=True)
+            internal = reply["code"] == ERR_INTERNAL
+            log.log(
+                logging.ERROR if internal else logging.WARNING,
+                "request failed: %s (%s)",
+                reply["msg"],
+                reply["details"],
+                exc_info=internal,  # a traceback only for what is our bug
+            )
             return reply
 
     async def _add(self, req: Request) -> list[AssignedAddress]:
