@@ -2,11 +2,20 @@
 
 Two hosts on different subnets joined by a router (all network namespaces of
 the guest), each with one pod (namespace + veth, Calico style: a /32 on the
-pod, a default route via 169.254.1.1 answered by proxy ARP). Each host gets
-tunl0 (its tunnel /32, MTU = underlay - 20), the IPIP route to the other
-host's block (``via <remote node> dev tunl0 onlink``) and a blackhole for its
-own block. The router knows nothing about pod addresses, so a pod-to-pod
-reply can only come back encapsulated.
+pod, a default route via 169.254.1.1 answered by proxy ARP). On each host
+felix_lite does the real work: the planner gets the host's interfaces (read
+by ``NetlinkHostLinks``), the pool 10.244.0.0/16 with ``ipipMode:
+CrossSubnet``, the host's block and tunnel address and the best route to the
+other host's block; the reconciler, through ``NetlinkTunnels`` and
+``NetlinkRouteTable`` opened in the host's namespace, configures tunl0 (the
+tunnel /32, MTU = underlay - 20) and installs ``via <remote node> dev tunl0
+onlink`` plus a blackhole for the host's own block. The router knows nothing
+about pod addresses, so a pod-to-pod reply can only come back encapsulated;
+tunl0's counters on both hosts must show it. Finally IPIP is turned off
+again: felix_lite must strip tunl0 and drop the tunnel route.
+
+``--programmer ip`` does the same programming with ip(8) instead: the
+control that tells a harness or kernel problem from a felix_lite one.
 
 Prints one ``IPIP-CHECK {json}`` line and exits non-zero on any failure.
 Run as ``python -m tests.integration.ipip_guest_check`` from the checkout.
@@ -14,11 +23,14 @@ Run as ``python -m tests.integration.ipip_guest_check`` from the checkout.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tests.harness.netns import Netns, NetnsFactory, veth
 
@@ -116,6 +128,7 @@ def check(router: Netns, hosts: dict[str, Netns], pods: dict[str, Netns]) -> dic
             and r.get("dev") == "tunl0"
             and "onlink" in (r.get("flags") or [])  # type: ignore[operator]
             and str(r.get("protocol")) in (str(PROTO), "felix")
+            and r.get("metrics") == [{"mtu": TUNNEL_MTU}]
         ):
             failures.append(f"host {me.label}: route to {peer.block} is {r}")
         bh = route_of(host, me.block)
@@ -159,24 +172,143 @@ def check(router: Netns, hosts: dict[str, Netns], pods: dict[str, Netns]) -> dic
     return result
 
 
+async def program_with_felix(hosts: dict[str, Netns]) -> dict[str, object]:
+    """Plan and apply each host's kernel state with felix_lite, check that a
+    second full pass changes nothing, and read the owned routes back."""
+    from netaddr import IPAddress, IPNetwork
+
+    from felix_lite.inputs import BestRoute, EncapMode, PlanInput, Pool
+    from felix_lite.model import DEFAULT_PROTO, MAIN_TABLE, IpipDevice, KernelRoute
+    from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
+    from felix_lite.planner import plan_kernel
+    from felix_lite.reconciler import Reconciler
+    from felix_lite.tunnels import NetlinkTunnels
+
+    log("felix_lite imported")
+    assert DEFAULT_PROTO == PROTO
+    out: dict[str, object] = {}
+    for me, peer in ((A, B), (B, A)):
+        ns = hosts[me.label].name
+        links = NetlinkHostLinks(netns=ns)
+        try:
+            interfaces = await links.interfaces()
+        finally:
+            links.close()
+        result = plan_kernel(
+            PlanInput(
+                interfaces=tuple(interfaces),
+                pools=(Pool(IPNetwork("10.244.0.0/16"), ipip_mode=EncapMode.CROSS_SUBNET),),
+                own_blocks=(IPNetwork(me.block),),
+                routes=(BestRoute(IPNetwork(peer.block), (IPAddress(peer.ip),)),),
+                node_ip=IPAddress(me.ip),
+                ipip_tunnel_address=IPAddress(me.tunnel_ip),
+            )
+        )
+        if result.unroutable:
+            raise AssertionError(f"host {me.label}: planner left {result.unroutable}")
+        want_dev = IpipDevice(address=IPAddress(me.tunnel_ip), mtu=TUNNEL_MTU)
+        if result.state.ipip != want_dev:
+            raise AssertionError(f"host {me.label}: planned tunl0 {result.state.ipip}")
+
+        table = NetlinkRouteTable(ns)
+        tunnels = NetlinkTunnels(ns)
+        try:
+            rec = Reconciler(table, tunnels=tunnels)
+            rec.set_desired(result.state)
+            first = await rec.sync_once(full=True)
+            again = await rec.sync_once(full=True)
+            owned: list[KernelRoute] = [r async for r in table.dump_owned(PROTO, MAIN_TABLE)]
+        finally:
+            table.close()
+            tunnels.close()
+        if first.failures or rec.retries:
+            raise AssertionError(f"host {me.label}: first pass {first}, retries {rec.retries}")
+        if again.changes or again.failures:
+            raise AssertionError(f"host {me.label}: second full pass was not a no-op: {again}")
+        if {r.key for r in owned} != {r.key for r in result.state.routes}:
+            raise AssertionError(f"host {me.label}: owned {owned} != planned {result.state}")
+        out[f"felix_{me.label}"] = {
+            "first_pass": _report(first),
+            "planned": sorted(_route(r) for r in result.state.routes),
+            "read_back": sorted(_route(r) for r in owned),
+        }
+        log(f"host {me.label} programmed by felix_lite")
+    return out
+
+
+async def turn_ipip_off(host: Netns, me: Node) -> list[str]:
+    """The pool goes to ipipMode Never: felix_lite strips tunl0 (the kernel's
+    fallback device cannot be deleted) and drops the tunnel route."""
+    from netaddr import IPNetwork
+
+    from felix_lite.model import KernelState
+    from felix_lite.netlink_table import NetlinkRouteTable
+    from felix_lite.planner import plan_blackholes
+    from felix_lite.reconciler import Reconciler
+    from felix_lite.tunnels import OWNER_ALIAS, NetlinkTunnels
+
+    table = NetlinkRouteTable(host.name)
+    tunnels = NetlinkTunnels(host.name)
+    try:
+        rec = Reconciler(table, tunnels=tunnels)
+        state = KernelState(routes=frozenset(plan_blackholes([IPNetwork(me.block)], 254)))
+        rec.set_desired(state)
+        report = await rec.sync_once(full=True)
+    finally:
+        table.close()
+        tunnels.close()
+    failures = []
+    if report.failures:
+        failures.append(f"host {me.label}: turning IPIP off failed: {report}")
+    (link,) = json.loads(host.ip("-j", "-d", "link", "show", "dev", "tunl0"))
+    addrs = json.loads(host.ip("-j", "addr", "show", "dev", "tunl0"))[0]["addr_info"]
+    if "UP" in link["flags"] or addrs or link.get("ifalias") == OWNER_ALIAS:
+        failures.append(f"host {me.label}: tunl0 not stripped: {link} {addrs}")
+    left = host.ip("route", "show", "dev", "tunl0")
+    if left.strip():
+        failures.append(f"host {me.label}: routes left on tunl0: {left}")
+    if route_of(host, me.block).get("type") != "blackhole":
+        failures.append(f"host {me.label}: own blackhole gone after turning IPIP off")
+    return failures
+
+
+def _report(r: Any) -> dict[str, int]:
+    return {"changes": r.changes, "device_ops": r.device_ops, "failures": r.failures}
+
+
+def _route(r: Any) -> str:
+    hops = ",".join(f"{h.gateway}@{h.ifname}{'/onlink' if h.onlink else ''}" for h in r.nexthops)
+    return f"{r.dst} {r.kind.value} {hops} mtu={r.mtu}"
+
+
 def main() -> int:
     if os.environ.get("MESHROUTE_IN_QEMU_GUEST") != "1":
         print("refusing to run outside the QEMU guest (see test_ipip_qemu.py)", file=sys.stderr)
         return 2
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--programmer", choices=("felix", "ip"), default="felix")
+    args = parser.parse_args()
     nsf = NetnsFactory()
+    result: dict[str, object] = {"programmer": args.programmer}
     try:
         router, hosts, pods = build(nsf)
         log("topology built")
-        program_with_ip(hosts["a"], A, B)
-        program_with_ip(hosts["b"], B, A)
-        log("tunl0 and routes programmed with ip(8)")
-        result = check(router, hosts, pods)
-        log("checked")
+        if args.programmer == "ip":
+            program_with_ip(hosts["a"], A, B)
+            program_with_ip(hosts["b"], B, A)
+        else:
+            result.update(asyncio.run(program_with_felix(hosts)))
+        log(f"tunl0 and routes programmed ({args.programmer})")
+        result.update(check(router, hosts, pods))
+        log("pod-to-pod over IPIP checked")
+        if args.programmer == "felix":
+            off = asyncio.run(turn_ipip_off(hosts["a"], A))
+            result["failures"] = [*result["failures"], *off]  # type: ignore[misc]
+            log("IPIP turned off on host a")
     finally:
         nsf.cleanup()
-    result["programmer"] = "ip"
     result["elapsed_s"] = round(time.monotonic() - T0, 2)
-    print("IPIP-CHECK " + json.dumps(result, sort_keys=True), flush=True)
+    print("IPIP-CHECK " + json.dumps(result, sort_keys=True, default=str), flush=True)
     failures = result["failures"]
     assert isinstance(failures, list)
     for f in failures:

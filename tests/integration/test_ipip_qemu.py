@@ -1,7 +1,9 @@
 """Real IPIP, pod to pod across subnets, in a QEMU guest with Debian's stock kernel.
 
-The host kernel has no ipip module, so the whole check (ipip_guest_check.py)
-runs in one guest boot (tests/harness/qemu_guest.py). The test skips only
+The host kernel has no ipip module, so the whole check (ipip_guest_check.py:
+felix_lite plans and programs tunl0 and the routes on two hosts on different
+subnets, a pod pings the pod on the other host through tunl0) runs in one
+guest boot (tests/harness/qemu_guest.py). The test skips only
 when QEMU cannot start at all; anything going wrong inside the guest fails it.
 """
 
@@ -47,6 +49,11 @@ def test_pod_to_pod_over_ipip_in_guest(qemu_ready: None) -> None:
     assert len(lines) == 1, r.describe()
     result = json.loads(lines[0].removeprefix("IPIP-CHECK "))
     assert result["failures"] == []
+    assert result["programmer"] == "felix"
+    assert (
+        "10.244.2.0/26 ipip 198.51.100.10@tunl0/onlink mtu=1480" in result["felix_a"]["read_back"]
+    )
+    assert "10.244.1.0/26 ipip 192.0.2.10@tunl0/onlink mtu=1480" in result["felix_b"]["read_back"]
     for node, peer_ip in (("a", "198.51.100.10"), ("b", "192.0.2.10")):
         route = result[f"route_{node}"]
         assert (route["dev"], route["gateway"], "onlink" in route["flags"]) == (
