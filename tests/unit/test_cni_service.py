@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from ipam.allocator import IpamError
-from ipam.cni_service import HostIdentity, IpamService
-from ipam.ipam import Ipam
+from ipam.allocator import IpamError, PoolExhausted
+from ipam.cni_service import BadRequest, HostIdentity, IpamService, decide_error
+from ipam.ipam import Conflict, Ipam
 from ipam.memory_store import MemoryStore
 from ipam.model import Pool
+from ipam.store import StoreError
 from tests.harness.cni import cni_env, netconf, run_plugin_async
 from tests.harness.ports import free_ports
 
@@ -244,3 +245,19 @@ async def test_borrowed_address_is_a_host_route_on_every_add(tmp_path: Path) -> 
     finally:
         await b.stop()
         await a.service.stop()
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (BadRequest("x"), 7),
+        (StoreError("etcd unreachable"), 11),
+        (Conflict("lost races"), 11),
+        (PoolExhausted("full"), 100),
+        (IpamError("10.0.0.1 is not in any pool"), 102),
+        (KeyError("bug"), 110),
+    ],
+)
+def test_failures_map_to_cni_codes(error: Exception, code: int) -> None:
+    reply = decide_error(error)
+    assert reply["ok"] is False and reply["code"] == code and reply["msg"]
