@@ -19,6 +19,7 @@ from ipam.cni_service import HostIdentity, serve
 from ipam.ipam import Ipam
 from ipam.store import StoreError
 from meshroute.datastore import add_etcd_options, store_from_args
+from meshroute.registry import NodeRecord, Registry
 
 
 class ServeError(Exception):
@@ -86,6 +87,8 @@ async def _serve(args: argparse.Namespace) -> None:
         )
 
     try:
+        # The host exists for IPAM check/gc from now on, until it is deleted.
+        await Registry(store, args.prefix).upsert(NodeRecord(args.host, args.labels))
         await serve(ipam, HostIdentity(args.host, args.labels), args.socket, stop=stop, ready=ready)
     except StoreError as e:
         raise ServeError(f"cannot start: {e}") from e
