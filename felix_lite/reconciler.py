@@ -386,6 +386,8 @@ class Reconciler:
         log.debug("%r failed (%s %s); retry %d in %.1fs", item, err, message, attempts, delay)
 
     def _ready_ops(self, ops: Iterable[T], counts: Counter[str]) -> list[T]:
+        if not self.retries:  # the usual case; 100k route keys are not free
+            return list(ops)
         return [op for op in ops if self._ready(_retry_key(op), op, counts)]
 
     # --- applying --------------------------------------------------------
@@ -396,15 +398,19 @@ class Reconciler:
             batch = ready[start : start + self.batch_size]
             failures = await self._routes.apply_routes(batch, self.proto)
             failed = self._record(batch, failures, counts)
+            actual = self._actual_routes
+            done: Counter[Op] = Counter()
             for op in batch:
-                key = op.route.key
-                if op in failed:
+                # Hashing a route is costly: only look when something failed.
+                if failed and op in failed:
                     continue
                 if op.op is Op.DELETE:
-                    self._actual_routes.pop(key, None)
+                    actual.pop(op.route.key, None)
                 else:
-                    self._actual_routes[key] = op.route
-                counts[f"route_{op.op.value}"] += 1
+                    actual[op.route.key] = op.route
+                done[op.op] += 1
+            for kind, n in done.items():
+                counts[f"route_{kind.value}"] += n
 
     async def _apply_neighbors(self, ops: Sequence[NeighborOp], counts: Counter[str]) -> None:
         ready = self._ready_ops(ops, counts)
@@ -412,7 +418,7 @@ class Reconciler:
             return
         failed = self._record(ready, await self._routes.apply_neighbors(ready), counts)
         for op in ready:
-            if op in failed:
+            if failed and op in failed:
                 continue
             n = op.entry
             self._actual_neighbors = {
@@ -428,7 +434,7 @@ class Reconciler:
             return
         failed = self._record(ready, await self._routes.apply_fdb(ready), counts)
         for op in ready:
-            if op in failed:
+            if failed and op in failed:
                 continue
             e = op.entry
             if op.op is Op.DELETE:
@@ -451,7 +457,8 @@ class Reconciler:
                 continue  # already gone: the goal is reached
             failed.add(f.item)
             self._failed(_retry_key(f.item), f.item, f.errno, f.message, counts)
-        for op in batch:
-            if op not in failed:
-                self.retries.pop(_retry_key(op), None)
+        if self.retries:
+            for op in batch:
+                if not (failed and op in failed):
+                    self.retries.pop(_retry_key(op), None)
         return failed
