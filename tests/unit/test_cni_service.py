@@ -261,3 +261,25 @@ async def test_borrowed_address_is_a_host_route_on_every_add(tmp_path: Path) -> 
 def test_failures_map_to_cni_codes(error: Exception, code: int) -> None:
     reply = decide_error(error)
     assert reply["ok"] is False and reply["code"] == code and reply["msg"]
+
+
+async def test_dual_stack_with_pools_named_for_one_family(tmp_path: Path) -> None:
+    v4b = Pool("v4-b", IPNetwork("10.245.0.0/16"), 26)
+    v6 = Pool("v6", IPNetwork("fd00:10::/112"), 122)
+    r = await start(tmp_path, pools=(POOL, v4b, v6))
+    try:
+        conf = netconf(r.path, assign_ipv6=True, ipv4_pools=["v4-b"])
+        add = await r.plugin("ADD", "c1", conf)
+        assert add.out is not None, add.raw
+        v4_ip, v6_ip = (IPNetwork(i["address"]) for i in add.out["ips"])
+        assert v4_ip.ip in v4b.cidr and v4_ip.prefixlen == 26
+        assert v6_ip.ip in v6.cidr and v6_ip.prefixlen == 122
+        assert [x["dst"] for x in add.out["routes"]] == ["0.0.0.0/0", "::/0"]
+        assert add.out["routes"][1]["gw"] == str(v6_ip.cidr[1])
+        # a family that cannot be served gives back what the other one got
+        conf6 = netconf(r.path, assign_ipv6=True, ipv6_pools=["missing"])
+        fail = await r.plugin("ADD", "c2", conf6)
+        assert fail.out is not None and fail.out["code"] == 100
+        assert await r.ipam.addresses_of("c2.eth0") == []
+    finally:
+        await r.service.stop()
