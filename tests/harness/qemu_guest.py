@@ -17,6 +17,12 @@ kernel-related on the host (see /work/shared/notes/ipip-in-qemu.md):
   results folder, runs the command chrooted there and returns its exit code
   (from a verdict line on the serial console) and output. QEMU runs under a
   deadline and is killed by PID whatever happens.
+
+By hand: ``.venv/bin/python -m tests.harness.qemu_guest -- ip -br link``.
+Kernels and initramfs images are cached in ``cache_dir()``
+(``$MESHROUTE_QEMU_CACHE``, else /var/cache/meshroute-qemu when writable).
+Python in the guest: the checkout is read-only, so run pytest there with
+``-p no:cacheprovider``; importing pyroute2 under TCG takes several seconds.
 """
 
 from __future__ import annotations
@@ -346,17 +352,14 @@ def build_initramfs(kernel: Kernel, modules: Sequence[str], out_dir: Path) -> Pa
 # --- running -----------------------------------------------------------------
 
 
-def python_prefix() -> Path:
-    """The Python installation the checkout's venv runs on (shared into the guest)."""
-    venv_python = REPO / ".venv" / "bin" / "python"
-    exe = venv_python.resolve() if venv_python.exists() else Path(sys.executable).resolve()
-    return exe.parent.parent
-
-
 def default_shares() -> list[Path]:
-    shares = [Path("/usr"), Path("/etc"), python_prefix(), REPO]
-    # A prefix under /usr is already there.
-    return [s for s in dict.fromkeys(shares) if s == Path("/usr") or not s.is_relative_to("/usr")]
+    """The host's /usr and /etc, the running Python (its base installation and
+    its venv) and the checkout, each mounted at the same path in the guest."""
+    shares = [Path("/usr"), Path("/etc"), Path(sys.base_prefix).resolve()]
+    shares += [Path(sys.prefix).resolve(), REPO]
+    unique = list(dict.fromkeys(shares))
+    # A folder inside another share is already there.
+    return [s for s in unique if not any(o != s and s.is_relative_to(o) for o in unique)]
 
 
 def _die_with_parent() -> None:
@@ -501,3 +504,34 @@ def _boot(argv: list[str], timeout: float) -> GuestResult:
         timed_out=timed_out,
         marks={k: float(v) for k, v in MARK_RE.findall(console)},
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.harness.qemu_guest [--timeout S] -- CMD...``: run CMD
+    in a guest (from the checkout), print its output and timing, exit with its
+    exit code (124 without a verdict)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.qemu_guest")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--console", action="store_true", help="print the whole serial console")
+    parser.add_argument("command", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        r = run_in_guest(args.command, timeout=args.timeout)
+    except QemuUnavailable as e:
+        print(f"QEMU cannot start: {e}", file=sys.stderr)
+        return 125
+    print(r.console if args.console else r.output)
+    print(
+        f"exit={r.exit_code} boot-to-verdict={r.verdict_s}s qemu-total={r.total_s}s "
+        f"timed_out={r.timed_out} guest-uptime-marks={r.marks}",
+        file=sys.stderr,
+    )
+    if r.exit_code is None and not args.console:
+        print(r.describe(), file=sys.stderr)
+    return r.exit_code if r.exit_code is not None else 124
+
+
+if __name__ == "__main__":
+    sys.exit(main())

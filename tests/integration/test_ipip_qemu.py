@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -37,9 +38,8 @@ def qemu_ready() -> None:
 
 
 def test_pod_to_pod_over_ipip_in_guest(qemu_ready: None) -> None:
-    python = qemu_guest.REPO / ".venv" / "bin" / "python"
     r = qemu_guest.run_in_guest(
-        [str(python), "-m", "tests.integration.ipip_guest_check"], timeout=BOOT_TIMEOUT_S
+        [sys.executable, "-m", "tests.integration.ipip_guest_check"], timeout=BOOT_TIMEOUT_S
     )
     print(f"qemu boot-to-verdict {r.verdict_s}s, QEMU total {r.total_s}s, guest marks {r.marks}")
     print(r.output)
