@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROTO = 80
+from felix_lite.model import DEFAULT_PROTO
+
+PROTO = DEFAULT_PROTO
 # What the reconciler hands the table per call (its default batch_size).
 TABLE_BATCH = 1000
 GATEWAY = "192.0.2.2"

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from netaddr import IPAddress, IPNetwork
 
 # Routes meshroute installs carry this rtnetlink protocol number; it is how a
-# restarted process recognises what it owns. 80 is what Calico's felix uses
-# ("felix"); nothing else common does. BIRD uses 12, zebra 11/186-196,
-# kernel 2, boot 3, static 4, dhcp 16.
-DEFAULT_PROTO = 80
+# restarted process recognises what it owns. 213 is in no iproute2 list and
+# clear of the daemons a node may also run: Calico's felix (80), BIRD (12),
+# zebra/FRR (11, 186-192), keepalived (18), babel (42), dhcp (16), and the
+# kernel's own (0-4). configs/iproute2/rt_protos.d/meshroute.conf names it.
+DEFAULT_PROTO = 213
 MAIN_TABLE = 254
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from tests.harness.netns import Netns, NetnsFactory, veth
 
 T0 = time.monotonic()
-PROTO = 80
+PROTO = 213  # felix_lite.model.DEFAULT_PROTO (imported late in the guest)
 UNDERLAY_MTU = 1500
 TUNNEL_MTU = UNDERLAY_MTU - 20
 

@@ -13,6 +13,7 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.inputs import BestRoute, HostInterface, PlanInput, Pool
+from felix_lite.model import DEFAULT_PROTO
 from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
 from felix_lite.planner import plan_kernel_state
 from felix_lite.reconciler import Reconciler
@@ -46,7 +47,9 @@ def test_address_and_link_changes_replan_and_resync(netns: NetnsFactory) -> None
     ns.ip("link", "set", "peer1", "up")
 
     def route_dev() -> str | None:
-        out = json.loads(ns.ip("-j", "route", "show", "exact", str(BLOCK), "proto", "80") or "[]")
+        out = json.loads(
+            ns.ip("-j", "route", "show", "exact", str(BLOCK), "proto", str(DEFAULT_PROTO)) or "[]"
+        )
         return out[0]["dev"] if out else None
 
     async def go() -> None:

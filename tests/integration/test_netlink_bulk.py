@@ -10,11 +10,12 @@ import pytest
 from pyroute2 import IPRoute
 
 from felix_lite import netlink_codec as nc
+from felix_lite.model import DEFAULT_PROTO
 from felix_lite.netlink_bulk import OP_ADD, OP_DELETE, OP_REPLACE, BulkRoutes
 from tests.harness.netns import Netns, NetnsFactory
 
 pytestmark = pytest.mark.netns
-PROTO = 80
+PROTO = DEFAULT_PROTO
 
 
 def _host(netns: NetnsFactory) -> tuple[Netns, int]:
@@ -126,7 +127,7 @@ IpRow = tuple[str, str, str, tuple[str, ...], int | None]
 
 
 def _ip_view(ns: Netns) -> set[IpRow]:
-    """(dst, type, table, gateways, mtu) as ``ip route show proto 80`` prints them."""
+    """(dst, type, table, gateways, mtu) as ``ip route show proto PROTO`` prints them."""
     out = set()
     for fam in ("-4", "-6"):
         for r in json.loads(ns.ip("-j", fam, "route", "show", "proto", str(PROTO), "table", "all")):

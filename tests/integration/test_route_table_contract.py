@@ -17,14 +17,22 @@ from netaddr import IPAddress, IPNetwork
 
 from felix_lite.delta import decide_route_equal
 from felix_lite.fake_table import FakeKernel, FakeRouteTable
-from felix_lite.model import FdbEntry, KernelRoute, KernelState, NeighborEntry, NextHop, RouteKind
+from felix_lite.model import (
+    DEFAULT_PROTO,
+    FdbEntry,
+    KernelRoute,
+    KernelState,
+    NeighborEntry,
+    NextHop,
+    RouteKind,
+)
 from felix_lite.ports import FdbOp, NeighborOp, Op, RouteOp, RouteTable
 from felix_lite.reconciler import Reconciler
 from tests.harness.netns import NetnsFactory
 
 A = IPAddress
 N = IPNetwork
-PROTO = 80
+PROTO = DEFAULT_PROTO
 VX = "vxlan.calico"
 GW = A("192.0.2.2")
 REMOTE = A("198.51.100.7")

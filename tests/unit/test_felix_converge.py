@@ -13,10 +13,17 @@ from netaddr import IPAddress, IPNetwork
 
 from felix_lite.delta import route_signature
 from felix_lite.fake_table import FakeKernel, FakeRouteTable
-from felix_lite.model import KernelRoute, KernelState, NeighborEntry, NextHop, RouteKind
+from felix_lite.model import (
+    DEFAULT_PROTO,
+    KernelRoute,
+    KernelState,
+    NeighborEntry,
+    NextHop,
+    RouteKind,
+)
 from felix_lite.reconciler import Reconciler
 
-PROTO = 80
+PROTO = DEFAULT_PROTO
 FOREIGN_PROTOS = (2, 4, 12, 16, 186)
 MUTATING = ("add", "replace", "delete", "neigh_replace", "neigh_delete", "fdb_replace")
 

@@ -12,6 +12,7 @@ from netaddr import IPAddress, IPNetwork
 from felix_lite.fake_table import FakeKernel, FakeLinks, FakeRouteTable, FakeTunnels
 from felix_lite.inputs import HostInterface
 from felix_lite.model import (
+    DEFAULT_PROTO,
     FdbEntry,
     IpipDevice,
     KernelRoute,
@@ -25,7 +26,7 @@ from felix_lite.reconciler import Backoff, Reconciler
 
 A = IPAddress
 N = IPNetwork
-PROTO = 80
+PROTO = DEFAULT_PROTO
 
 
 class Clock:
