@@ -74,7 +74,7 @@ mark mounted
 
 echo "MESHROUTE-QEMU-BEGIN"
 env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin HOME=/root LANG=C.UTF-8 \
-  MESHROUTE_IN_QEMU_GUEST=1 PYTHONDONTWRITEBYTECODE=1 \
+  MESHROUTE_IN_QEMU_GUEST=1 PYTHONDONTWRITEBYTECODE=1 TERM=dumb NO_COLOR=1 \
   chroot "$R" /bin/sh /mnt/results/command.sh </dev/null 2>&1
 rc=$?
 echo "MESHROUTE-QEMU-END"
