@@ -109,7 +109,8 @@ def tunl0_counters(host: Netns) -> dict[str, int]:
 
 
 def route_of(host: Netns, prefix: str) -> dict[str, object]:
-    routes = json.loads(host.ip("-j", "-d", "route", "show", "exact", prefix))
+    # -N: numbers, whatever names /etc/iproute2 gives protocols and types.
+    routes = json.loads(host.ip("-N", "-j", "-d", "route", "show", "exact", prefix))
     if len(routes) != 1:
         raise AssertionError(f"expected one route for {prefix}, got {routes}")
     route: dict[str, object] = routes[0]
@@ -127,12 +128,12 @@ def check(router: Netns, hosts: dict[str, Netns], pods: dict[str, Netns]) -> dic
             r.get("gateway") == peer.ip
             and r.get("dev") == "tunl0"
             and "onlink" in (r.get("flags") or [])  # type: ignore[operator]
-            and str(r.get("protocol")) in (str(PROTO), "felix")
+            and str(r.get("protocol")) == str(PROTO)
             and r.get("metrics") == [{"mtu": TUNNEL_MTU}]
         ):
             failures.append(f"host {me.label}: route to {peer.block} is {r}")
         bh = route_of(host, me.block)
-        if bh.get("type") != "blackhole":
+        if bh.get("type") not in ("blackhole", "6"):
             failures.append(f"host {me.label}: own block route is {bh}")
         (link,) = json.loads(host.ip("-j", "-d", "link", "show", "dev", "tunl0"))
         addrs = json.loads(host.ip("-j", "addr", "show", "dev", "tunl0"))[0]["addr_info"]
@@ -267,7 +268,7 @@ async def turn_ipip_off(host: Netns, me: Node) -> list[str]:
     left = host.ip("route", "show", "dev", "tunl0")
     if left.strip():
         failures.append(f"host {me.label}: routes left on tunl0: {left}")
-    if route_of(host, me.block).get("type") != "blackhole":
+    if route_of(host, me.block).get("type") not in ("blackhole", "6"):
         failures.append(f"host {me.label}: own blackhole gone after turning IPIP off")
     return failures
 
