@@ -115,6 +115,7 @@ class Ipam:
         self.max_conflicts = max_conflicts
         self.rng = rng or random.Random()
         self.conflicts = 0  # lost CAS races, for metrics
+        self._claim_locks: dict[str, asyncio.Lock] = {}
 
     # ---- reading ---------------------------------------------------------
 
@@ -290,32 +291,50 @@ class Ipam:
         while len(got) < n:
             if conflicts > self.max_conflicts:
                 raise Conflict(f"assign for {req.handle}: lost {conflicts} races, giving up")
-            step = await self._assign_affine(req, pools, n - len(got))
+            want = n - len(got)
+            step = await self._assign_affine(req, pools, want)
             if step is None:
-                claim = await self._claim(req.host, pools, settings)
-                if claim is _Claim.CLAIMED:
-                    continue
-                if claim is _Claim.CONFLICT:
-                    conflicts += 1
-                    await self._backoff(conflicts)
-                    continue
-                if settings.strict_affinity:
-                    why = "block limit reached" if claim is _Claim.LIMIT else "no free block"
-                    raise PoolExhausted(
-                        f"IPv{version} pools {', '.join(p.name for p in pools)}: {why} "
-                        f"for host {req.host} and strictAffinity forbids borrowing"
-                    )
-                step = await self._assign_borrowed(req, pools, n - len(got))
-                if step is None:
-                    raise PoolExhausted(
-                        f"IPv{version} pools {', '.join(p.name for p in pools)} are exhausted "
-                        f"({n - len(got)} of {n} addresses for {req.handle} not available)"
-                    )
-            if step == []:
+                step = await self._claim_or_borrow(req, pools, settings, version, want)
+            if not step:  # lost a race: read again
                 conflicts += 1
                 await self._backoff(conflicts)
                 continue
             got += step
+
+    async def _claim_or_borrow(
+        self,
+        req: AssignRequest,
+        pools: list[Pool],
+        settings: IpamSettings,
+        version: int,
+        want: int,
+    ) -> list[AssignedAddress]:
+        """The host's blocks are full: claim a new one, or borrow. Tasks of
+        one host that find its blocks full together claim one block between
+        them, not one each."""
+        async with self._claim_locks.setdefault(req.host, asyncio.Lock()):
+            step = await self._assign_affine(req, pools, want)
+            if step is not None:
+                return step
+            claim = await self._claim(req.host, pools, settings)
+            if claim is _Claim.CLAIMED:
+                return (await self._assign_affine(req, pools, want)) or []
+            if claim is _Claim.CONFLICT:
+                return []
+        names = ", ".join(p.name for p in pools)
+        if settings.strict_affinity:
+            why = "block limit reached" if claim is _Claim.LIMIT else "no free block"
+            raise PoolExhausted(
+                f"IPv{version} pools {names}: {why} for host {req.host} "
+                f"and strictAffinity forbids borrowing"
+            )
+        step = await self._assign_borrowed(req, pools, want)
+        if step is None:
+            raise PoolExhausted(
+                f"IPv{version} pools {names} are exhausted "
+                f"({want} addresses for {req.handle} not available)"
+            )
+        return step
 
     async def _assign_affine(
         self, req: AssignRequest, pools: list[Pool], want: int
