@@ -28,6 +28,16 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _revision_of(responses: Sequence[Any]) -> int:
+    """The revision a successful transaction produced, from the header of
+    its first response (aetcd does not return the transaction's header)."""
+    for r in responses:
+        kind = r.WhichOneof("response")
+        if kind:
+            return int(getattr(r, kind).header.revision)
+    return 1  # no ops: nothing was written; any true value will do
+
+
 class EtcdStore:
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
         if not endpoints:
@@ -71,8 +81,8 @@ class EtcdStore:
         items = {kv.key: Versioned(kv.value, kv.mod_revision) for kv in r}
         return Listing(items, int(r.header.revision))
 
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
-        async def run(c: aetcd.Client) -> bool:
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
+        async def run(c: aetcd.Client) -> int:
             t = c.transactions
             cmp = [t.mod(x.key) == x.mod_revision for x in compares]
             success = []
@@ -81,10 +91,12 @@ class EtcdStore:
                     success.append(t.put(op.key, op.value, lease=op.lease))
                 elif isinstance(op, Delete):
                     success.append(t.delete(op.key))
-            ok, _ = await c.transaction(compare=cmp, success=success, failure=[])
-            return bool(ok)
+            ok, responses = await c.transaction(compare=cmp, success=success, failure=[])
+            if not ok:
+                return 0
+            return _revision_of(responses)
 
-        return bool(await self._call("transaction", run))
+        return int(await self._call("transaction", run))
 
     async def grant_lease(self, ttl: int) -> int:
         lease = await self._call("lease", lambda c: c.lease(ttl))

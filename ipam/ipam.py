@@ -90,6 +90,15 @@ class AssignRequest:
     use: Use = Use.WORKLOAD
 
 
+@dataclass
+class _KnownHandle:
+    """What one assignment knows of its handle record between its writes."""
+
+    handle: Handle | None = None
+    rev: int = 0
+    trusted: bool = True
+
+
 class _Claim(enum.Enum):
     CLAIMED = "claimed"
     CONFLICT = "conflict"
@@ -107,6 +116,7 @@ class Ipam:
         l2_segment: bool = False,
         max_conflicts: int = 64,
         rng: random.Random | None = None,
+        config_ttl_s: float = 1.0,
     ) -> None:
         self.store = store
         self.keys = Keys(prefix)
@@ -116,6 +126,9 @@ class Ipam:
         self.rng = rng or random.Random()
         self.conflicts = 0  # lost CAS races, for metrics
         self._claim_locks: dict[str, asyncio.Lock] = {}
+        self._host_blocks: dict[str, dict[str, tuple[Block, int]]] = {}
+        self.config_ttl_s = config_ttl_s
+        self._config_cache: tuple[float, list[Pool], IpamSettings] | None = None
 
     # ---- reading ---------------------------------------------------------
 
@@ -198,6 +211,7 @@ class Ipam:
             if cur is None:
                 compares.append(Compare(key, 0))
             if await self.store.txn(compares, [Put(key, dumps(pool.to_dict()))]):
+                self._config_cache = None
                 return cur is None
             await self._backoff(1)
         raise Conflict(f"pool {pool.name}: too many concurrent changes")
@@ -221,6 +235,7 @@ class Ipam:
             [Compare(self.keys.pool(name), v.mod_revision)], [Delete(self.keys.pool(name))]
         ):
             raise Conflict(f"pool {name} changed while being deleted; try again")
+        self._config_cache = None
 
     async def apply_settings(self, settings: IpamSettings) -> None:
         for _ in range(self.max_conflicts):
@@ -230,6 +245,7 @@ class Ipam:
                 [Compare(self.keys.settings, rev)],
                 [Put(self.keys.settings, dumps(settings.to_dict()))],
             ):
+                self._config_cache = None
                 return
         raise Conflict("IPAM settings: too many concurrent changes")
 
@@ -242,18 +258,36 @@ class Ipam:
     async def assign(self, req: AssignRequest) -> list[AssignedAddress]:
         """Auto-assign addresses for a handle. All or nothing: when the second
         family cannot be served, what the first got is released again."""
-        out: list[AssignedAddress] = []
-        all_pools = await self.pools()
-        settings = await self.settings()
-        try:
-            for version, n in ((4, req.num_v4), (6, req.num_v6)):
-                if n > 0:
-                    out += await self._assign_version(req, all_pools, settings, version, n)
-        except BaseException:
-            if out:
-                await self.release_ips([(a.ip, None) for a in out])
-            raise
-        return out
+        for fresh in (False, True):
+            all_pools, settings, cached = await self._config(fresh)
+            out: list[AssignedAddress] = []
+            try:
+                for version, n in ((4, req.num_v4), (6, req.num_v6)):
+                    if n > 0:
+                        out += await self._assign_version(req, all_pools, settings, version, n)
+                return out
+            except PoolExhausted:
+                if out:
+                    await self.release_ips([(a.ip, None) for a in out])
+                if not cached:
+                    raise
+                # The pools may have changed since they were cached: ask again.
+            except BaseException:
+                if out:
+                    await self.release_ips([(a.ip, None) for a in out])
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _config(self, fresh: bool) -> tuple[list[Pool], IpamSettings, bool]:
+        """Pools and settings, re-read at most every ``config_ttl_s``; the
+        flag says whether the answer came from the cache."""
+        now = time.monotonic()
+        c = self._config_cache
+        if not fresh and c is not None and now - c[0] < self.config_ttl_s:
+            return c[1], c[2], True
+        pools, settings = await self.pools(), await self.settings()
+        self._config_cache = (now, pools, settings)
+        return pools, settings, False
 
     async def _assign_version(
         self,
@@ -288,13 +322,15 @@ class Ipam:
         got: list[AssignedAddress],
     ) -> None:
         conflicts = 0
+        # A handle is normally new: try the first write without reading it.
+        known = _KnownHandle()
         while len(got) < n:
             if conflicts > self.max_conflicts:
                 raise Conflict(f"assign for {req.handle}: lost {conflicts} races, giving up")
             want = n - len(got)
-            step = await self._assign_affine(req, pools, want)
+            step = await self._assign_affine(req, pools, want, known)
             if step is None:
-                step = await self._claim_or_borrow(req, pools, settings, version, want)
+                step = await self._claim_or_borrow(req, pools, settings, version, want, known)
             if not step:  # lost a race: read again
                 conflicts += 1
                 await self._backoff(conflicts)
@@ -308,17 +344,19 @@ class Ipam:
         settings: IpamSettings,
         version: int,
         want: int,
+        known: _KnownHandle,
     ) -> list[AssignedAddress]:
         """The host's blocks are full: claim a new one, or borrow. Tasks of
         one host that find its blocks full together claim one block between
         them, not one each."""
         async with self._claim_locks.setdefault(req.host, asyncio.Lock()):
-            step = await self._assign_affine(req, pools, want)
+            step = await self._assign_affine(req, pools, want, known)
             if step is not None:
                 return step
             claim = await self._claim(req.host, pools, settings)
             if claim is _Claim.CLAIMED:
-                return (await self._assign_affine(req, pools, want)) or []
+                self._forget_host_blocks(req.host)
+                return (await self._assign_affine(req, pools, want, known)) or []
             if claim is _Claim.CONFLICT:
                 return []
         names = ", ".join(p.name for p in pools)
@@ -328,7 +366,7 @@ class Ipam:
                 f"IPv{version} pools {names}: {why} for host {req.host} "
                 f"and strictAffinity forbids borrowing"
             )
-        step = await self._assign_borrowed(req, pools, want)
+        step = await self._assign_borrowed(req, pools, want, known)
         if step is None:
             raise PoolExhausted(
                 f"IPv{version} pools {names} are exhausted "
@@ -336,33 +374,54 @@ class Ipam:
             )
         return step
 
-    async def _assign_affine(
-        self, req: AssignRequest, pools: list[Pool], want: int
-    ) -> list[AssignedAddress] | None:
-        """Addresses from the host's own blocks; [] on a lost race, None when
-        they are full."""
-        by_name = {p.name: p for p in pools}
-        affs = await self.host_affinities(req.host)
+    async def _affine_blocks(self, host: str) -> dict[str, tuple[Block, int]]:
+        """The host's confirmed blocks with their revisions: cached, since
+        this process is their main writer; every write compares the cached
+        revision, and a lost race drops the cache."""
+        cached = self._host_blocks.get(host)
+        if cached is not None:
+            return cached
+        affs = await self.host_affinities(host)
         for aff, rev in affs:
             if aff.state is AffinityState.PENDING:
                 await self._finish_stale_claim(aff, rev)
-        cidrs = [a.cidr for a, _ in affs if a.state is AffinityState.CONFIRMED]
+        blocks: dict[str, tuple[Block, int]] = {}
+        for aff, _ in affs:
+            if aff.state is not AffinityState.CONFIRMED:
+                continue
+            block, brev = await self._read(self.keys.block(aff.cidr), Block.from_dict)
+            if block is not None and block.affinity == host:
+                blocks[str(aff.cidr)] = (block, brev)
+        self._host_blocks[host] = blocks
+        return blocks
+
+    def _forget_host_blocks(self, host: str | None) -> None:
+        if host is not None:
+            self._host_blocks.pop(host, None)
+
+    async def _assign_affine(
+        self, req: AssignRequest, pools: list[Pool], want: int, known: _KnownHandle
+    ) -> list[AssignedAddress] | None:
+        """Addresses from the host's own blocks; [] on a lost race, None when
+        they are full (checked against a fresh read, not only the cache)."""
         order = {p.name: i for i, p in enumerate(pools)}
-        candidates: list[tuple[int, int, Block, int]] = []
-        for cidr in cidrs:
-            pool = pool_of(pools, cidr.ip)
-            if pool is None:
-                continue
-            block, brev = await self._read(self.keys.block(cidr), Block.from_dict)
-            if block is None or block.affinity != req.host or block.free_count == 0:
-                continue
-            candidates.append((order[pool.name], int(cidr.first), block, brev))
-        for _, _, block, brev in sorted(candidates, key=lambda c: (c[0], c[1])):
-            return await self._write_assign(req, block, brev, by_name[block.pool], want)
+        for fresh in (False, True):
+            if fresh:
+                self._forget_host_blocks(req.host)
+            blocks = await self._affine_blocks(req.host)
+            candidates = sorted(
+                (order[b.pool], int(b.cidr.first), b, rev)
+                for b, rev in blocks.values()
+                if b.pool in order and b.free_count > 0
+            )
+            if candidates:
+                _, _, block, brev = candidates[0]
+                pool = pools[order[block.pool]]
+                return await self._write_assign(req, block, brev, pool, want, known)
         return None
 
     async def _assign_borrowed(
-        self, req: AssignRequest, pools: list[Pool], want: int
+        self, req: AssignRequest, pools: list[Pool], want: int, known: _KnownHandle
     ) -> list[AssignedAddress] | None:
         listing = await self.store.list(self.keys.blocks)
         names = {p.name: p for p in pools}
@@ -375,40 +434,69 @@ class Ipam:
                     block.cidr,
                     block.affinity,
                 )
-                return await self._write_assign(req, block, v.mod_revision, names[block.pool], want)
+                return await self._write_assign(
+                    req, block, v.mod_revision, names[block.pool], want, known
+                )
         return None
 
     async def _write_assign(
-        self, req: AssignRequest, block: Block, brev: int, pool: Pool, want: int
+        self,
+        req: AssignRequest,
+        block: Block,
+        brev: int,
+        pool: Pool,
+        want: int,
+        known: _KnownHandle,
     ) -> list[AssignedAddress]:
         res = plan_assign(block, want, req.handle, {**req.attrs, "node": req.host})
         if not res.addresses:
             return []
-        if not await self._write_block_and_handle(
-            block.cidr, brev, res.block, req.handle, len(res.addresses)
-        ):
+        rev = await self._write_block_and_handle(
+            block.cidr, brev, res.block, req.handle, len(res.addresses), known
+        )
+        if not rev:
+            self._forget_host_blocks(block.affinity)
             return []
+        if block.affinity in self._host_blocks:
+            self._host_blocks[block.affinity][str(block.cidr)] = (res.block, rev)
         gw = gateway_of(res.block, self.l2_segment) if res.block.affinity == req.host else None
         return [AssignedAddress(ip, block.cidr, pool.name, gw) for ip in res.addresses]
 
     async def _write_block_and_handle(
-        self, cidr: IPNetwork, brev: int, block: Block | None, handle: str, delta: int
-    ) -> bool:
+        self,
+        cidr: IPNetwork,
+        brev: int,
+        block: Block | None,
+        handle: str,
+        delta: int,
+        known: _KnownHandle | None = None,
+    ) -> int:
         """One transaction: the block (None: delete it) and the handle's count
-        for this block, both compared on their mod_revision."""
-        h, hrev = await self._read(self.keys.handle(handle), Handle.from_dict)
+        for this block, both compared on their mod_revision. ``known`` saves
+        reading the handle when its state is known (a new handle does not
+        exist yet); it is updated, or marked unknown after a lost race."""
+        if known is not None and known.trusted:
+            h, hrev = known.handle, known.rev
+        else:
+            h, hrev = await self._read(self.keys.handle(handle), Handle.from_dict)
         counts = plan_handle_counts(h.blocks if h else {}, {str(cidr): delta})
+        new_h = Handle(handle, counts) if counts else None
         ops: list[Op] = [
             Put(self.keys.block(cidr), dumps(block.to_dict()))
             if block is not None
             else Delete(self.keys.block(cidr))
         ]
-        if counts:
-            ops.append(Put(self.keys.handle(handle), dumps(Handle(handle, counts).to_dict())))
+        if new_h is not None:
+            ops.append(Put(self.keys.handle(handle), dumps(new_h.to_dict())))
         elif h is not None:
             ops.append(Delete(self.keys.handle(handle)))
         compares = [Compare(self.keys.block(cidr), brev), Compare(self.keys.handle(handle), hrev)]
-        return await self.store.txn(compares, ops)
+        rev = await self.store.txn(compares, ops)
+        if known is not None:
+            known.trusted = bool(rev)
+            if rev:
+                known.handle, known.rev = new_h, (rev if new_h is not None else 0)
+        return rev
 
     async def assign_ip(
         self, host: str, ip: IPAddress, handle: str, attrs: Mapping[str, str] | None = None
@@ -427,6 +515,7 @@ class Ipam:
             if block is None:
                 await self._claim_cidr(host, pool, cidr)
                 continue
+            self._forget_host_blocks(block.affinity)
             new = plan_assign_ip(block, ip, handle, {**(attrs or {}), "node": host})
             if new is block:
                 return AssignedAddress(ip, cidr, pool.name, gateway_of(block, self.l2_segment))
@@ -491,6 +580,7 @@ class Ipam:
         return _Claim.EXHAUSTED
 
     async def _claim_cidr(self, host: str, pool: Pool, cidr: IPNetwork) -> _Claim:
+        self._forget_host_blocks(host)
         now = self.clock()
         akey, bkey = self.keys.affinity(host, cidr), self.keys.block(cidr)
         pending = Affinity(host, cidr, AffinityState.PENDING, now)
@@ -556,6 +646,7 @@ class Ipam:
         older than the configured minimum age."""
         settings = await self.settings()
         released = []
+        self._forget_host_blocks(host)
         for aff, arev in await self.host_affinities(host):
             if aff.state is not AffinityState.CONFIRMED:
                 continue
@@ -597,6 +688,7 @@ class Ipam:
             new: Block | None = None
             addresses: tuple[IPAddress, ...] = ()
             if block is not None:
+                self._forget_host_blocks(block.affinity)
                 res = plan_release_handle(block, handle)
                 new, addresses = res.block, res.addresses
                 if new.affinity is None and not new.allocations:
@@ -646,7 +738,8 @@ class Ipam:
 
     async def _write_release(
         self, cidr: IPNetwork, brev: int, block: Block, per_handle: Mapping[str, int]
-    ) -> bool:
+    ) -> int:
+        self._forget_host_blocks(block.affinity)
         compares = [Compare(self.keys.block(cidr), brev)]
         ops: list[Op] = []
         if block.affinity is None and not block.allocations:
@@ -677,6 +770,7 @@ class Ipam:
         can reveal the next one, e.g. a gone host's block empties once its
         addresses are released)."""
         done: list[tuple[Repair, str]] = []
+        self._host_blocks.clear()
         for _ in range(rounds):
             snap = await self.snapshot()
             issues = [

@@ -45,7 +45,7 @@ class MemoryStore:
         items = {k: v for k, v in sorted(self.data.items()) if k.startswith(prefix)}
         return Listing(items, self.revision)
 
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
         await self._enter()
         if self.conflict_rate and self.rng.random() < self.conflict_rate:
             # Another writer won: bump a compared key so the caller's view is stale.
@@ -55,11 +55,11 @@ class MemoryStore:
                 if cur is not None:
                     self.revision += 1
                     self.data[c.key] = Versioned(cur.value, self.revision)
-            return False
+            return 0
         for c in compares:
             cur = self.data.get(c.key)
             if (cur.mod_revision if cur else 0) != c.mod_revision:
-                return False
+                return 0
         self.revision += 1
         for op in ops:
             if isinstance(op, Put):
@@ -70,7 +70,7 @@ class MemoryStore:
                 self.data[op.key] = Versioned(op.value, self.revision)
             elif isinstance(op, Delete):
                 self.data.pop(op.key, None)
-        return True
+        return self.revision
 
     async def grant_lease(self, ttl: int) -> int:
         await self._enter()

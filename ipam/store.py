@@ -53,8 +53,10 @@ class KvStore(Protocol):
 
     async def list(self, prefix: bytes) -> Listing: ...
 
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> bool:
-        """Apply every op atomically if every compare holds; say whether it did."""
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
+        """Apply every op atomically if every compare holds. Returns the
+        store's revision after the transaction (the mod_revision of every key
+        it put) when it was applied, 0 when a compare failed."""
         ...
 
     async def grant_lease(self, ttl: int) -> int: ...

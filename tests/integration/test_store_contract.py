@@ -73,3 +73,15 @@ async def test_lease_revoke_removes_keys(kv: KvStore) -> None:
     assert await kv.get(k) is not None
     await kv.revoke_lease(lease)
     assert await kv.get(k) is None
+
+
+async def test_txn_returns_the_revision_it_wrote(kv: KvStore) -> None:
+    p = _p()
+    rev = await kv.txn([Compare(p + b"a", 0)], [Put(p + b"a", b"1"), Put(p + b"b", b"2")])
+    assert rev > 0
+    for k in (p + b"a", p + b"b"):
+        v = await kv.get(k)
+        assert v is not None and v.mod_revision == rev
+    rev2 = await kv.txn([Compare(p + b"a", rev)], [Delete(p + b"a")])
+    assert rev2 > rev
+    assert await kv.txn([Compare(p + b"a", rev)], [Put(p + b"a", b"x")]) == 0
