@@ -65,7 +65,9 @@ async def one_host(endpoint: str, prefix: str, n: int) -> tuple[float, list[floa
     return rate, lat, ips
 
 
-async def many_hosts(endpoint: str, prefix: str, hosts: int, per_host: int) -> tuple[float, list[str]]:
+async def many_hosts(
+    endpoint: str, prefix: str, hosts: int, per_host: int
+) -> tuple[float, list[str]]:
     store = EtcdStore([endpoint])
     ipam = Ipam(store, prefix=prefix)
     await ipam.apply_pool(Pool("bench", IPNetwork("10.0.0.0/12"), 26))

@@ -89,6 +89,7 @@ class Registry:
         cur = await self.store.get(self._key(name))
         if cur is None:
             return False
-        return await self.store.txn(
+        deleted = await self.store.txn(
             [Compare(self._key(name), cur.mod_revision)], [Delete(self._key(name))]
         )
+        return bool(deleted)
