@@ -10,15 +10,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from meshroute.errors import UserError
+
 COMMAND_MODULES = (
     "meshroute.cmd_resources",
     "meshroute.cmd_ipam",
     "meshroute.cmd_demo",
 )
-
-
-class UserError(Exception):
-    """Something the operator asked for that cannot be done, with the reason."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,4 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package module so that every subcommand raises the
+    # same UserError class this main catches.
+    from meshroute.cli import main as package_main
+
+    sys.exit(package_main())

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from ipam.allocator import IpamError
 from ipam.ipam import Ipam
 from ipam.store import KvStore, StoreError
-from meshroute.cli import UserError
 from meshroute.datastore import store_from_args
+from meshroute.errors import UserError
 from meshroute.registry import Registry
 
 T = TypeVar("T")

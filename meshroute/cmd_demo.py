@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from meshroute.cli import UserError
+from meshroute.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

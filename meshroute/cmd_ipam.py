@@ -13,10 +13,10 @@ from ipam.check import REPAIRABLE, plan_gc
 from ipam.ipam import PENDING_GRACE_S, Ipam
 from ipam.model import Snapshot
 from ipam.store import KvStore
-from meshroute.cli import UserError
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.cmd_ipam_serve import add_serve_parser
 from meshroute.datastore import add_etcd_options
+from meshroute.errors import UserError
 from meshroute.registry import Registry
 
 EXIT_ISSUES = 3

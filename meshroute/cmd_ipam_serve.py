@@ -102,7 +102,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(args))
     except ServeError as e:
-        from meshroute.cli import UserError
+        from meshroute.errors import UserError
 
         raise UserError(str(e)) from e
     return 0

@@ -10,19 +10,18 @@ from typing import Any
 import yaml
 
 from ipam.ipam import Ipam
-from ipam.pool_rules import overlapping
 from ipam.store import KvStore
-from meshroute.cli import UserError
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.datastore import add_etcd_options
+from meshroute.errors import UserError
 from meshroute.registry import Registry
 from meshroute.resources import (
     API_VERSION,
     IPAMConfigurationResource,
     IPPoolResource,
     ResourceError,
-    iter_pools,
     load_files,
+    overlap_problems,
     pool_to_resource,
 )
 
@@ -73,24 +72,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         loaded = load_files(args.filename, stdin)
     except ResourceError as e:
         raise UserError(f"nothing applied:\n{e}") from e
-    new_pools = list(iter_pools(loaded))
-    for i, p in enumerate(new_pools):
-        clash = overlapping(p, new_pools[i + 1 :])
-        if clash:
-            raise UserError(
-                f"nothing applied: pool {p.name} ({p.cidr}) overlaps "
-                + ", ".join(f"{o.name} ({o.cidr})" for o in clash)
-            )
+    if problems := overlap_problems(loaded, []):
+        raise UserError("nothing applied:\n" + "\n".join(problems))
 
     async def body(store: KvStore, ipam: Ipam, reg: Registry) -> list[str]:
-        existing = {p.name: p for p in await ipam.pools()}
-        for p in new_pools:  # refuse before writing anything
-            clash = overlapping(p, [e for n, e in existing.items() if n != p.name])
-            if clash:
-                raise UserError(
-                    f"nothing applied: pool {p.name} ({p.cidr}) overlaps existing "
-                    + ", ".join(f"{o.name} ({o.cidr})" for o in clash)
-                )
+        if problems := overlap_problems(loaded, await ipam.pools()):
+            raise UserError("nothing applied:\n" + "\n".join(problems))
         out = []
         for item in loaded:
             r = item.resource

@@ -14,7 +14,7 @@ from netaddr import AddrFormatError, IPNetwork
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ipam.model import EncapMode, IpamSettings, Pool, Use
-from ipam.pool_rules import DEFAULT_BLOCK_SIZE, pool_problems
+from ipam.pool_rules import DEFAULT_BLOCK_SIZE, overlapping, pool_problems
 
 API_VERSION = "meshroute.io/v1"
 
@@ -180,7 +180,24 @@ def pool_to_resource(pool: Pool) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "IPPool", "metadata": {"name": name}, "spec": d}
 
 
-def iter_pools(loaded: list[Loaded]) -> Iterator[Pool]:
+def iter_pools(loaded: list[Loaded]) -> Iterator[tuple[str, Pool]]:
     for item in loaded:
         if isinstance(item.resource, IPPoolResource):
-            yield item.resource.to_pool()
+            yield item.source, item.resource.to_pool()
+
+
+def overlap_problems(loaded: list[Loaded], existing: list[Pool]) -> list[str]:
+    """Pools of these files that overlap each other or an existing pool
+    (one being replaced by its own new version does not count)."""
+    new = list(iter_pools(loaded))
+    replaced = {p.name for _, p in new}
+    problems = []
+    for i, (where, p) in enumerate(new):
+        for _, o in new[:i]:
+            if overlapping(p, [o]):
+                problems.append(f"{where}: spec.cidr: {p.cidr} overlaps pool {o.name} ({o.cidr})")
+        for o in overlapping(p, [e for e in existing if e.name not in replaced]):
+            problems.append(
+                f"{where}: spec.cidr: {p.cidr} overlaps existing pool {o.name} ({o.cidr})"
+            )
+    return problems

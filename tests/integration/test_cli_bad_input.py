@@ -1,0 +1,147 @@
+"""Bad input through the CLI: a clear message naming the file and field,
+a non-zero exit, and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness.etcd import EtcdCluster
+
+pytestmark = pytest.mark.etcd
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(
+    server: EtcdCluster | str, prefix: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    endpoint = server if isinstance(server, str) else server.endpoint
+    env = {**os.environ, "MESHROUTE_ETCD": endpoint, "MESHROUTE_PREFIX": prefix}
+    return subprocess.run(
+        [sys.executable, "-m", "meshroute.cli", *args],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def pool(name: str, cidr: str, extra: str = "") -> str:
+    return (
+        f"apiVersion: meshroute.io/v1\nkind: IPPool\nmetadata: {{name: {name}}}\n"
+        f"spec: {{cidr: {cidr}{extra}}}\n"
+    )
+
+
+def pools_in(server: EtcdCluster, prefix: str) -> list[str]:
+    out = cli(server, prefix, "get", "pools", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    return [p["metadata"]["name"] for p in json.loads(out.stdout)]
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            pool("bad", "10.300.0.0/16"),
+            "document 2 (IPPool bad): spec.cidr: Value error, '10.300.0.0/16' is not a valid CIDR",
+        ),
+        (pool("bad", "10.9.0.0"), "spec.cidr: Value error, '10.9.0.0' is not a CIDR"),
+        (
+            pool("bad", "10.9.0.0/16", ", blockSize: 33"),
+            "document 2 (IPPool bad): spec.blockSize: 33 is out of range 20..32 for IPv4",
+        ),
+        (
+            pool("bad", "10.9.0.0/16", ", ipipMode: Always, vxlanMode: Always"),
+            "spec.ipipMode: ipipMode and vxlanMode cannot both be enabled",
+        ),
+        (pool("bad", "10.9.0.0/16", ", nodeSelector: \"rack = 'x'\""), "spec.nodeSelector"),
+        (pool("bad", "10.9.0.0/16", ", colour: blue"), "spec.colour: Extra inputs"),
+        (
+            pool("bad", "10.244.128.0/17"),
+            "document 2 (IPPool bad): spec.cidr: 10.244.128.0/17 "
+            "overlaps pool good (10.244.0.0/16)",
+        ),
+        ("kind: IPPool\n", "apiVersion: Field required"),
+        ("a: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_pool_file_names_file_and_field_and_applies_nothing(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path, doc: str, expected: str
+) -> None:
+    f = tmp_path / "pools.yaml"
+    f.write_text(pool("good", "10.244.0.0/16") + "---\n" + doc)
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", str(f))
+    assert r.returncode == 1
+    assert "nothing applied" in r.stderr and expected in r.stderr, r.stderr
+    if "YAML" not in expected:
+        assert str(f) in r.stderr
+    assert pools_in(etcd_server, etcd_prefix) == []
+
+
+def test_overlap_with_an_existing_pool_is_refused(
+    etcd_server: EtcdCluster, etcd_prefix: str
+) -> None:
+    assert (
+        cli(
+            etcd_server, etcd_prefix, "apply", "-f", "-", stdin=pool("a", "10.244.0.0/16")
+        ).returncode
+        == 0
+    )
+    r = cli(
+        etcd_server,
+        etcd_prefix,
+        "apply",
+        "-f",
+        "-",
+        stdin=pool("c", "10.1.0.0/16") + "---\n" + pool("b", "10.244.64.0/18"),
+    )
+    assert r.returncode == 1
+    assert "document 2 (IPPool b): spec.cidr: 10.244.64.0/18 overlaps existing pool a" in r.stderr
+    assert pools_in(etcd_server, etcd_prefix) == ["a"]  # c was not applied either
+
+
+def test_unreachable_etcd_fails_fast(etcd_prefix: str) -> None:
+    t = time.monotonic()
+    r = cli("127.0.0.1:1", etcd_prefix, "get", "pools")
+    assert r.returncode == 1
+    assert "etcd unreachable at 127.0.0.1:1" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert time.monotonic() - t < 10
+
+
+def test_release_of_unknown_handle_and_address(etcd_server: EtcdCluster, etcd_prefix: str) -> None:
+    assert (
+        cli(
+            etcd_server, etcd_prefix, "apply", "-f", "-", stdin=pool("a", "10.244.0.0/16")
+        ).returncode
+        == 0
+    )
+    r = cli(etcd_server, etcd_prefix, "ipam", "release", "--handle", "nope.eth0")
+    assert r.returncode == 1 and "handle 'nope.eth0' is unknown: nothing released" in r.stderr
+    r = cli(etcd_server, etcd_prefix, "ipam", "release", "--ip", "10.244.3.3")
+    assert r.returncode == 1 and "not allocated, nothing released: 10.244.3.3" in r.stderr
+    r = cli(etcd_server, etcd_prefix, "ipam", "release", "--ip", "10.244.3.300")
+    assert r.returncode == 1 and "--ip" in r.stderr
+
+
+def test_delete_pool_in_use_is_refused_with_the_way_out(
+    etcd_server: EtcdCluster, etcd_prefix: str
+) -> None:
+    assert cli(etcd_server, etcd_prefix, "delete", "pool", "ghost").returncode == 1
+    assert (
+        cli(
+            etcd_server, etcd_prefix, "apply", "-f", "-", stdin=pool("a", "10.244.0.0/16")
+        ).returncode
+        == 0
+    )
+    assert cli(etcd_server, etcd_prefix, "delete", "pool", "a").returncode == 0
+    assert pools_in(etcd_server, etcd_prefix) == []
