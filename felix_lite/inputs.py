@@ -17,7 +17,7 @@ from felix_lite.model import MAIN_TABLE
 
 IPIP_DEVICE = "tunl0"
 # Calico's names and numbers, so a host migrated from Calico keeps its VTEP.
-VXLAN_DEVICE = "vxlan.calico"
+VXLAN_DEVICE = "vxlan.mesh"
 VXLAN_VNI = 4096
 VXLAN_PORT = 4789
 

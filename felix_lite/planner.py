@@ -10,7 +10,7 @@ Each rule lives once, here:
 ``plan_nexthop``      how a next hop is written for that decision:
                       DIRECT  ``via NH dev IFACE``                (host-gw style)
                       IPIP    ``via NH dev tunl0 onlink``
-                      VXLAN   ``via VTEP_IP dev vxlan.calico onlink`` plus a
+                      VXLAN   ``via VTEP_IP dev vxlan.mesh onlink`` plus a
                               permanent neighbour VTEP_IP -> MAC and an FDB
                               entry MAC -> NH on the vxlan device
                       FABRIC  ``via GW dev IFACE`` where GW/IFACE come from the

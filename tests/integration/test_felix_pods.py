@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 Popen = subprocess.Popen[bytes]
 
 POOL = IPNetwork("10.244.0.0/16")
-VX = "vxlan.calico"
+VX = "vxlan.mesh"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from tests.harness.netns import Netns, NetnsFactory
 
 pytestmark = pytest.mark.netns
 PROTO = DEFAULT_PROTO
-VX = "vxlan.calico"
+VX = "vxlan.mesh"
 
 
 def _host(netns: NetnsFactory) -> Netns:

@@ -33,7 +33,7 @@ from tests.harness.netns import NetnsFactory
 A = IPAddress
 N = IPNetwork
 PROTO = DEFAULT_PROTO
-VX = "vxlan.calico"
+VX = "vxlan.mesh"
 GW = A("192.0.2.2")
 REMOTE = A("198.51.100.7")
 

@@ -28,7 +28,7 @@ def _host(netns: NetnsFactory) -> Netns:
 
 def _vx(**kw: object) -> VxlanDevice:
     base: dict[str, object] = {
-        "name": "vxlan.calico",
+        "name": "vxlan.mesh",
         "vni": 4096,
         "port": 4789,
         "local": IPAddress("192.0.2.1"),
@@ -67,7 +67,7 @@ def test_vxlan_device_create_idempotent_change_and_remove(netns):
         t = NetlinkTunnels(ns.name)
         try:
             await t.apply_vxlan(_vx())
-            d = _link(ns, "vxlan.calico")
+            d = _link(ns, "vxlan.mesh")
             info = d["linkinfo"]["info_data"]
             assert (info["id"], info["port"], info["local"], info["learning"]) == (
                 4096,
@@ -91,20 +91,20 @@ def test_vxlan_device_create_idempotent_change_and_remove(netns):
             links = await t._run(t.observe)
             assert plan_tunnel_changes(_vx(), links, kind="vxlan") == ()
             await t.apply_vxlan(_vx())
-            assert _link(ns, "vxlan.calico")["ifindex"] == index
+            assert _link(ns, "vxlan.mesh")["ifindex"] == index
 
             # MTU changes in place; a new VNI recreates the device
             await t.apply_vxlan(_vx(mtu=1400))
-            assert _link(ns, "vxlan.calico")["ifindex"] == index
-            assert _link(ns, "vxlan.calico")["mtu"] == 1400
+            assert _link(ns, "vxlan.mesh")["ifindex"] == index
+            assert _link(ns, "vxlan.mesh")["mtu"] == 1400
             await t.apply_vxlan(_vx(vni=4097, mtu=1400))
-            d = _link(ns, "vxlan.calico")
+            d = _link(ns, "vxlan.mesh")
             assert d["linkinfo"]["info_data"]["id"] == 4097 and d["ifindex"] != index
 
             # off: our device goes, the foreign one stays
             await t.apply_vxlan(None)
             names = {x["ifname"] for x in json.loads(ns.ip("-j", "link", "show"))}
-            assert "vxlan.calico" not in names and "vxlan.other" in names
+            assert "vxlan.mesh" not in names and "vxlan.other" in names
             await t.apply_vxlan(None)  # nothing of ours left: a no-op
         finally:
             await asyncio.to_thread(t.close)

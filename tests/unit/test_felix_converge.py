@@ -59,7 +59,7 @@ def route_sets(draw: st.DrawFn) -> list[KernelRoute]:
 neighbors = st.frozensets(
     st.builds(
         NeighborEntry,
-        ifname=st.just("vxlan.calico"),
+        ifname=st.just("vxlan.mesh"),
         ip=st.sampled_from(["10.244.100.0", "10.244.101.0"]).map(IPAddress),
         lladdr=st.sampled_from(["66:77:88:99:aa:01", "66:77:88:99:aa:02"]),
     ),

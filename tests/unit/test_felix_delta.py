@@ -55,16 +55,16 @@ def test_delta_adds_missing_replaces_changed_deletes_stale_and_skips_equal() -> 
 
 
 def test_neighbor_with_new_mac_is_one_upsert_and_unwanted_ones_are_deleted() -> None:
-    old = NeighborEntry("vxlan.calico", A("10.244.9.0"), "66:77:88:99:aa:bb")
+    old = NeighborEntry("vxlan.mesh", A("10.244.9.0"), "66:77:88:99:aa:bb")
     moved = replace(old, lladdr="66:77:88:99:aa:cc")
-    gone = NeighborEntry("vxlan.calico", A("10.244.8.0"), "66:77:88:99:aa:01")
+    gone = NeighborEntry("vxlan.mesh", A("10.244.8.0"), "66:77:88:99:aa:01")
     d = plan_delta({}, {}, [moved], [old, gone])
     assert [(o.op, o.entry) for o in d.neighbor_upserts] == [(Op.REPLACE, moved)]
     assert [(o.op, o.entry) for o in d.neighbor_deletes] == [(Op.DELETE, gone)]
 
 
 def test_fdb_entries_are_whole_values() -> None:
-    a = FdbEntry("vxlan.calico", "66:77:88:99:aa:bb", A("198.51.100.7"))
+    a = FdbEntry("vxlan.mesh", "66:77:88:99:aa:bb", A("198.51.100.7"))
     moved = replace(a, dst=A("198.51.100.8"))
     d = plan_delta({}, {}, desired_fdb=[moved], actual_fdb=[a])
     assert [o.entry for o in d.fdb_upserts] == [moved]

@@ -136,11 +136,11 @@ def test_vxlan_route_via_vtep_with_neighbor_and_fdb(mode: str, vtep: RemoteVtep)
     st = plan_kernel_state(inp(mode_vxlan=mode, routes=best(vtep.node_ip)))
     (r,) = st.routes
     assert r.kind is RouteKind.VXLAN
-    assert r.nexthops == (NextHop(vtep.vtep_ip, "vxlan.calico", onlink=True),)
+    assert r.nexthops == (NextHop(vtep.vtep_ip, "vxlan.mesh", onlink=True),)
     assert r.mtu == 1450
     mac = vtep.mac.lower()
-    assert st.neighbors == {NeighborEntry("vxlan.calico", vtep.vtep_ip, mac)}
-    assert st.fdb == {FdbEntry("vxlan.calico", mac, vtep.node_ip)}
+    assert st.neighbors == {NeighborEntry("vxlan.mesh", vtep.vtep_ip, mac)}
+    assert st.fdb == {FdbEntry("vxlan.mesh", mac, vtep.node_ip)}
 
 
 def test_vxlan_without_vtep_data_is_reported_not_installed() -> None:
@@ -258,7 +258,7 @@ def test_tunnel_devices_exist_only_for_modes_in_use() -> None:
     assert st.ipip is not None and st.ipip.address == A("10.244.1.1") and st.vxlan is None
     st = plan_kernel_state(inp(mode_vxlan="Always", vxlan_tunnel_address=A("10.244.1.0")))
     assert st.ipip is None and st.vxlan is not None
-    assert (st.vxlan.name, st.vxlan.vni, st.vxlan.port) == ("vxlan.calico", 4096, 4789)
+    assert (st.vxlan.name, st.vxlan.vni, st.vxlan.port) == ("vxlan.mesh", 4096, 4789)
     assert st.vxlan.local == A("192.0.2.10") and st.vxlan.address == A("10.244.1.0")
 
 
@@ -274,5 +274,5 @@ def test_plan_is_deterministic_and_order_independent() -> None:
     by_dst = {str(r.dst): r for r in a.state.routes}
     assert sorted(by_dst) == ["10.244.2.0/26", "10.244.3.0/26", "10.244.4.0/26"]
     # OTHER2 has no VTEP yet: 10.244.4.0/26 goes through OTHER's VTEP only.
-    assert by_dst["10.244.4.0/26"].nexthops == (NextHop(VTEP.vtep_ip, "vxlan.calico", onlink=True),)
+    assert by_dst["10.244.4.0/26"].nexthops == (NextHop(VTEP.vtep_ip, "vxlan.mesh", onlink=True),)
     assert [u.nexthop for u in a.unroutable] == [OTHER2]

@@ -167,7 +167,7 @@ def test_batches_respect_batch_size() -> None:
 def test_vxlan_neighbors_and_fdb_are_reconciled() -> None:
     async def go() -> None:
         k = FakeKernel()
-        dev = "vxlan.calico"
+        dev = "vxlan.mesh"
         n1 = NeighborEntry(dev, A("10.244.9.0"), "66:77:88:99:aa:01")
         f1 = FdbEntry(dev, "66:77:88:99:aa:01", A("198.51.100.7"))
         old_n = NeighborEntry(dev, A("10.244.8.0"), "66:77:88:99:aa:02")

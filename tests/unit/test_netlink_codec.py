@@ -266,7 +266,7 @@ def test_truncated_buffer_is_refused() -> None:
 
 
 def test_kernel_route_translation_both_ways() -> None:
-    idx = {"eth0": 2, "vxlan.calico": 7, "tunl0": 5}
+    idx = {"eth0": 2, "vxlan.mesh": 7, "tunl0": 5}
     names = {v: k for k, v in idx.items()}
     routes = [
         KernelRoute(
@@ -281,7 +281,7 @@ def test_kernel_route_translation_both_ways() -> None:
         KernelRoute(
             IPNetwork("10.244.3.0/26"),
             RouteKind.VXLAN,
-            (NextHop(IPAddress("10.244.3.0"), "vxlan.calico", onlink=True),),
+            (NextHop(IPAddress("10.244.3.0"), "vxlan.mesh", onlink=True),),
             mtu=1450,
         ),
         KernelRoute(
@@ -316,7 +316,7 @@ def test_dump_request_carries_the_protocol_filter() -> None:
     assert (m["family"], m["proto"], m["table"], m.get_attr("RTA_TABLE")) == (10, 80, 0, 1000)
 
 
-IDX = {"eth0": 2, "tunl0": 5, "vxlan.calico": 7}
+IDX = {"eth0": 2, "tunl0": 5, "vxlan.mesh": 7}
 NAMES = {v: k for k, v in IDX.items()}
 
 

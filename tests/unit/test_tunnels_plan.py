@@ -23,7 +23,7 @@ from felix_lite.tunnels import (
 )
 
 VX = VxlanDevice(
-    name="vxlan.calico",
+    name="vxlan.mesh",
     vni=4096,
     port=4789,
     local=IPAddress("192.0.2.1"),
@@ -37,7 +37,7 @@ IPIP = IpipDevice(address=IPAddress("10.244.0.1"), mtu=1480)
 
 def _vx_link(**kw: object) -> ObservedLink:
     base: dict[str, object] = {
-        "name": "vxlan.calico",
+        "name": "vxlan.mesh",
         "kind": "vxlan",
         "up": True,
         "mtu": 1450,
@@ -70,11 +70,11 @@ def _tunl0(**kw: object) -> ObservedLink:
 def test_vxlan_missing_is_created_and_fully_configured() -> None:
     assert plan_tunnel_changes(VX, [], kind="vxlan") == (
         CreateVxlan(VX),
-        SetAlias("vxlan.calico", OWNER_ALIAS),
-        SetMtu("vxlan.calico", 1450),
-        SetMac("vxlan.calico", "66:00:00:00:00:01"),
-        AddAddress("vxlan.calico", IPNetwork("10.244.0.0/32")),
-        SetUp("vxlan.calico", True),
+        SetAlias("vxlan.mesh", OWNER_ALIAS),
+        SetMtu("vxlan.mesh", 1450),
+        SetMac("vxlan.mesh", "66:00:00:00:00:01"),
+        AddAddress("vxlan.mesh", IPNetwork("10.244.0.0/32")),
+        SetUp("vxlan.mesh", True),
     )
 
 
@@ -87,11 +87,11 @@ def test_vxlan_live_settings_change_in_place() -> None:
         mtu=1500, mac="66:00:00:00:00:09", up=False, addresses=(IPNetwork("10.244.9.0/32"),)
     )
     assert plan_tunnel_changes(VX, [link], kind="vxlan") == (
-        SetMtu("vxlan.calico", 1450),
-        SetMac("vxlan.calico", "66:00:00:00:00:01"),
-        DelAddress("vxlan.calico", IPNetwork("10.244.9.0/32")),
-        AddAddress("vxlan.calico", IPNetwork("10.244.0.0/32")),
-        SetUp("vxlan.calico", True),
+        SetMtu("vxlan.mesh", 1450),
+        SetMac("vxlan.mesh", "66:00:00:00:00:01"),
+        DelAddress("vxlan.mesh", IPNetwork("10.244.9.0/32")),
+        AddAddress("vxlan.mesh", IPNetwork("10.244.0.0/32")),
+        SetUp("vxlan.mesh", True),
     )
 
 
@@ -113,7 +113,7 @@ def test_vxlan_fixed_settings_force_a_recreate(field: str, value: object, why: s
 
 def test_vxlan_of_calico_is_adopted_by_setting_our_alias() -> None:
     assert plan_tunnel_changes(VX, [_vx_link(alias=None)], kind="vxlan") == (
-        SetAlias("vxlan.calico", OWNER_ALIAS),
+        SetAlias("vxlan.mesh", OWNER_ALIAS),
     )
 
 
@@ -121,7 +121,7 @@ def test_vxlan_off_deletes_only_our_devices() -> None:
     ours_renamed = _vx_link(name="vxlan.old")
     foreign = _vx_link(name="vxlan.other", alias=None)
     assert plan_tunnel_changes(None, [_vx_link(), ours_renamed, foreign], kind="vxlan") == (
-        DeleteLink("vxlan.calico", "vxlan mode off or device renamed"),
+        DeleteLink("vxlan.mesh", "vxlan mode off or device renamed"),
         DeleteLink("vxlan.old", "vxlan mode off or device renamed"),
     )
     # a renamed device is removed while the new one is created
