@@ -110,7 +110,7 @@ def start_service(endpoint: str, prefix: str, sock: str) -> subprocess.Popen[str
         prefix,
     ]
     p = subprocess.Popen(
-        [sys.executable, "-m", "meshroute.cmd_ipam_serve", *args],
+        [sys.executable, "-m", "meshroute.cli", "ipam", "serve", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

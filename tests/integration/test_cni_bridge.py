@@ -56,7 +56,9 @@ def service(
         [
             sys.executable,
             "-m",
-            "meshroute.cmd_ipam_serve",
+            "meshroute.cli",
+            "ipam",
+            "serve",
             "--host",
             HOST,
             "--socket",

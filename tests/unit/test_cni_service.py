@@ -216,7 +216,7 @@ def test_serve_fails_fast_when_etcd_is_unreachable(tmp_path: Path) -> None:
     t = time.monotonic()
     args = ["--host", "n1", "--socket", str(sock), "--etcd", f"127.0.0.1:{port}"]
     p = subprocess.run(
-        [sys.executable, "-m", "meshroute.cmd_ipam_serve", *args],
+        [sys.executable, "-m", "meshroute.cli", "ipam", "serve", *args],
         capture_output=True,
         text=True,
         timeout=30,
