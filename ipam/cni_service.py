@@ -32,7 +32,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
@@ -47,7 +47,6 @@ from ipam.cni_plugin import (
     ERR_TRY_AGAIN,
 )
 from ipam.ipam import AssignedAddress, AssignRequest, Conflict, Ipam
-from ipam.model import AffinityState
 from ipam.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -173,6 +172,18 @@ class IpamService:
         self._path: str | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
+    async def housekeeping(self) -> None:
+        """Give back the host's empty blocks, between requests (under the
+        write lock, so no ADD races the release)."""
+        try:
+            async with self._writes:
+                released = await self.ipam.release_empty_blocks(self.host.name)
+        except (StoreError, IpamError) as e:
+            log.warning("releasing empty blocks failed, will retry: %s", e)
+            return
+        for cidr in released:
+            log.info("released empty block %s", cidr)
+
     # ---- requests --------------------------------------------------------
 
     async def handle(self, raw: object) -> dict[str, Any]:
@@ -200,9 +211,9 @@ class IpamService:
             return reply
 
     async def _add(self, req: Request) -> list[AssignedAddress]:
-        have = await self.ipam.addresses_of(req.handle)
+        have = await self.ipam.addresses_of(req.handle, self.host.name)
         if have:
-            return await self._as_first_returned(have)
+            return have  # a repeated ADD gets what the first one got
         attrs = {
             "namespace": req.namespace,
             "pod": req.pod,
@@ -212,17 +223,6 @@ class IpamService:
         if req.ips:
             return await self._assign_requested(req, attrs)
         return await self._assign_auto(req, attrs)
-
-    async def _as_first_returned(self, have: list[AssignedAddress]) -> list[AssignedAddress]:
-        """A repeated ADD gets what the first one got. ``addresses_of`` names
-        a gateway for every block; assignment names one only for this host's
-        own blocks (a borrowed address is a host route), so drop the others."""
-        own = {
-            a.cidr
-            for a, _ in await self.ipam.host_affinities(self.host.name)
-            if a.state is AffinityState.CONFIRMED
-        }
-        return [a if a.block in own else replace(a, gateway=None) for a in have]
 
     async def _assign_requested(
         self, req: Request, attrs: Mapping[str, str]
@@ -371,14 +371,20 @@ async def serve(
     *,
     stop: asyncio.Event,
     ready: Callable[[], None] | None = None,
+    housekeeping_s: float = 60.0,
 ) -> None:
     """Run the service until ``stop`` is set; raises StoreError at once when
-    etcd cannot be reached at start."""
+    etcd cannot be reached at start. Every ``housekeeping_s`` it gives back
+    the host's empty blocks that reached the configured minimum age."""
     service = IpamService(ipam, host)
     await service.start(path)
     try:
         if ready is not None:
             ready()
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), housekeeping_s)
+            if not stop.is_set():
+                await service.housekeeping()
     finally:
         await service.stop()

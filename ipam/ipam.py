@@ -525,18 +525,23 @@ class Ipam:
             await self._backoff(attempt)
         raise Conflict(f"assign {ip}: too many concurrent changes")
 
-    async def addresses_of(self, handle: str) -> list[AssignedAddress]:
+    async def addresses_of(self, handle: str, host: str | None = None) -> list[AssignedAddress]:
+        """A handle's addresses, described as ``assign`` described them to
+        ``host``: a gateway only for addresses in that host's own blocks."""
         h, _ = await self._read(self.keys.handle(handle), Handle.from_dict)
         if h is None:
             return []
         out = []
         for cidr in h.blocks:
             block, _ = await self._read(self.keys.block(IPNetwork(cidr)), Block.from_dict)
-            if block is not None:
-                out += [
-                    AssignedAddress(ip, block.cidr, block.pool, gateway_of(block, self.l2_segment))
-                    for ip in addresses_of(block, handle)
-                ]
+            if block is None:
+                continue
+            mine = host is None or block.affinity == host
+            gw = gateway_of(block, self.l2_segment) if mine else None
+            out += [
+                AssignedAddress(ip, block.cidr, block.pool, gw)
+                for ip in addresses_of(block, handle)
+            ]
         return out
 
     async def tunnel_address(

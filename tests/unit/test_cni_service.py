@@ -22,7 +22,7 @@ from ipam.allocator import IpamError, PoolExhausted
 from ipam.cni_service import BadRequest, HostIdentity, IpamService, decide_error
 from ipam.ipam import Conflict, Ipam
 from ipam.memory_store import MemoryStore
-from ipam.model import Pool
+from ipam.model import IpamSettings, Pool
 from ipam.store import StoreError
 from tests.harness.cni import cni_env, netconf, run_plugin_async
 from tests.harness.ports import free_ports
@@ -283,3 +283,16 @@ async def test_dual_stack_with_pools_named_for_one_family(tmp_path: Path) -> Non
         assert await r.ipam.addresses_of("c2.eth0") == []
     finally:
         await r.service.stop()
+
+
+async def test_housekeeping_gives_back_empty_blocks_once_old_enough(svc: Running) -> None:
+    assert (await svc.plugin("ADD", "c1")).rc == 0
+    await svc.service.housekeeping()
+    assert len((await svc.ipam.snapshot()).blocks) == 1  # in use: kept
+    assert (await svc.plugin("DEL", "c1")).rc == 0
+    await svc.service.housekeeping()
+    assert len((await svc.ipam.snapshot()).blocks) == 1  # empty but young: kept
+    await svc.ipam.apply_settings(IpamSettings(min_block_age_s=0))
+    await svc.service.housekeeping()
+    snap = await svc.ipam.snapshot()
+    assert snap.blocks == {} and snap.affinities == {}
