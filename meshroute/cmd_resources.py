@@ -11,12 +11,15 @@ import yaml
 
 from ipam.ipam import Ipam
 from ipam.store import KvStore
+from meshroute.bgp_store import BgpStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.datastore import add_etcd_options
 from meshroute.errors import UserError
 from meshroute.registry import Registry
 from meshroute.resources import (
     API_VERSION,
+    BGPConfigurationResource,
+    BGPPeerResource,
     IPAMConfigurationResource,
     IPPoolResource,
     ResourceError,
@@ -27,6 +30,7 @@ from meshroute.resources import (
 
 POOL_COLUMNS = ["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "SELECTOR", "USES"]
 NODE_COLUMNS = ["NAME", "IPV4", "ASN", "ALIVE", "LABELS"]
+PEER_COLUMNS = ["NAME", "NODES", "PEER", "ASN", "PASSWORD", "PASSIVE"]
 Rows = tuple[list[str], list[list[Any]]] | None
 
 GET_KINDS = {
@@ -38,6 +42,10 @@ GET_KINDS = {
     "ipamconfiguration": "ipamconfig",
     "nodes": "nodes",
     "node": "nodes",
+    "bgpconfig": "bgpconfig",
+    "bgpconfiguration": "bgpconfig",
+    "bgppeers": "bgppeers",
+    "bgppeer": "bgppeers",
 }
 
 
@@ -60,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.set_defaults(func=cmd_get)
 
     d = sub.add_parser("delete", help="delete a resource")
-    d.add_argument("kind", choices=("pool", "ippool", "node"))
+    d.add_argument("kind", choices=("pool", "ippool", "node", "bgppeer"))
     d.add_argument("name")
     add_etcd_options(d)
     d.set_defaults(func=cmd_delete)
@@ -87,6 +95,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
             elif isinstance(r, IPAMConfigurationResource):
                 await ipam.apply_settings(r.to_settings())
                 out.append(f"ipamconfiguration/{r.metadata.name} configured")
+            elif isinstance(r, BGPConfigurationResource):
+                await BgpStore(store, args.prefix).apply_config(r.spec)
+                out.append(f"bgpconfiguration/{r.metadata.name} configured")
+            elif isinstance(r, BGPPeerResource):
+                created = await BgpStore(store, args.prefix).apply_peer(r.metadata.name, r.spec)
+                out.append(f"bgppeer/{r.metadata.name} {'created' if created else 'configured'}")
         return out
 
     for line in run_with_store(args, body):
@@ -115,6 +129,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                 for p in pools
             ]
             return [pool_to_resource(p) for p in pools], (POOL_COLUMNS, rows)
+        if kind in ("bgpconfig", "bgppeers"):
+            return await _bgp_docs(BgpStore(store, args.prefix), kind)
         if kind == "ipamconfig":
             s = await ipam.settings()
             doc = {
@@ -158,11 +174,42 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _bgp_docs(bgp: BgpStore, kind: str) -> tuple[list[dict[str, Any]], Rows]:
+    if kind == "bgpconfig":
+        spec = (await bgp.config()).model_dump(mode="json", by_alias=True)
+        return [_doc("BGPConfiguration", "default", spec)], None
+    peers = await bgp.peers()
+    docs = [
+        _doc("BGPPeer", name, spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+        for name, spec in sorted(peers.items())
+    ]
+    rows = [
+        [
+            name,
+            p.node or p.node_selector or "(all)",
+            p.peer_ip or p.peer_selector,
+            p.as_number,
+            "yes" if p.password else "",
+            p.passive,
+        ]
+        for name, p in sorted(peers.items())
+    ]
+    return docs, (PEER_COLUMNS, rows)
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     async def body(store: KvStore, ipam: Ipam, reg: Registry) -> str:
         if args.kind in ("pool", "ippool"):
             await ipam.delete_pool(args.name)
             return f"ippool/{args.name} deleted"
+        if args.kind == "bgppeer":
+            if not await BgpStore(store, args.prefix).delete_peer(args.name):
+                raise UserError(f"bgppeer {args.name} does not exist")
+            return f"bgppeer/{args.name} deleted"
         if not await reg.delete(args.name):
             raise UserError(f"node {args.name} does not exist")
         return (

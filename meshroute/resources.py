@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from netaddr import AddrFormatError, IPNetwork
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from netaddr import AddrFormatError, IPAddress, IPNetwork
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
 
 from ipam.model import EncapMode, IpamSettings, Pool, Use
 from ipam.pool_rules import DEFAULT_BLOCK_SIZE, overlapping, pool_problems
+from ipam.selector import SelectorError, parse_selector
 
 API_VERSION = "meshroute.io/v1"
 
@@ -34,7 +42,31 @@ def _cidr(v: Any) -> IPNetwork:
         raise ValueError(f"{v!r} is not a valid CIDR") from e
 
 
-Cidr = Annotated[IPNetwork, BeforeValidator(_cidr)]
+Cidr = Annotated[IPNetwork, BeforeValidator(_cidr), PlainSerializer(str)]
+
+
+def _address(v: Any) -> IPAddress:
+    if isinstance(v, IPAddress):
+        return v
+    try:
+        return IPAddress(str(v))
+    except (AddrFormatError, ValueError, TypeError) as e:
+        raise ValueError(f"{v!r} is not an IP address") from e
+
+
+def _community(v: Any) -> tuple[int, int]:
+    if isinstance(v, tuple | list) and len(v) == 2:
+        v = f"{v[0]}:{v[1]}"
+    parts = str(v).split(":")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) <= 65535 for p in parts):
+        raise ValueError(f"{v!r} is not a community ASN:VALUE with both in 0..65535")
+    return int(parts[0]), int(parts[1])
+
+
+Address = Annotated[IPAddress, BeforeValidator(_address), PlainSerializer(str)]
+Community = Annotated[
+    tuple[int, int], BeforeValidator(_community), PlainSerializer(lambda c: f"{c[0]}:{c[1]}")
+]
 
 
 class _Strict(BaseModel):
@@ -97,11 +129,76 @@ class IPAMConfigurationResource(_Strict):
         return IpamSettings(s.strict_affinity, s.max_blocks_per_host, s.min_block_age_seconds)
 
 
-Resource = IPPoolResource | IPAMConfigurationResource
+class BGPConfigurationSpec(_Strict):
+    as_number: int = Field(default=64512, ge=1, le=4294967295, alias="asNumber")
+    node_to_node_mesh_enabled: bool = Field(default=True, alias="nodeToNodeMeshEnabled")
+    listen_port: int = Field(default=179, ge=1, le=65535, alias="listenPort")
+    communities: tuple[Community, ...] = ()
+    node_as_numbers: dict[str, int] = Field(default_factory=dict, alias="nodeASNumbers")
+
+
+class BGPConfigurationResource(_Strict):
+    api_version: Literal["meshroute.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["BGPConfiguration"]
+    metadata: Metadata
+    spec: BGPConfigurationSpec
+
+
+class BGPPeerSpec(_Strict):
+    node: str | None = None  # this peering applies to one node by name ...
+    node_selector: str | None = Field(default=None, alias="nodeSelector")  # ... or by labels
+    peer_ip: Address | None = Field(default=None, alias="peerIP")  # the peer is an address ...
+    peer_selector: str | None = Field(default=None, alias="peerSelector")  # ... or nodes
+    as_number: int | None = Field(default=None, ge=1, le=4294967295, alias="asNumber")
+    password: str | None = Field(default=None, min_length=1, max_length=80)
+    ttl_security: int | None = Field(default=None, ge=1, le=254, alias="ttlSecurity")
+    hold_time: int = Field(default=90, alias="holdTime")
+    graceful_restart_time: int = Field(default=120, ge=0, le=4095, alias="gracefulRestartTime")
+    passive: bool = False
+    keep_next_hop: bool = Field(default=False, alias="keepNextHop")
+    max_prefix: int | None = Field(default=None, ge=1, alias="maxPrefix")
+    max_prefix_action: Literal["drop", "close"] = Field(default="drop", alias="maxPrefixAction")
+
+
+class BGPPeerResource(_Strict):
+    api_version: Literal["meshroute.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["BGPPeer"]
+    metadata: Metadata
+    spec: BGPPeerSpec
+
+
+Resource = IPPoolResource | IPAMConfigurationResource | BGPConfigurationResource | BGPPeerResource
 KINDS: dict[str, type[BaseModel]] = {
     "IPPool": IPPoolResource,
     "IPAMConfiguration": IPAMConfigurationResource,
+    "BGPConfiguration": BGPConfigurationResource,
+    "BGPPeer": BGPPeerResource,
 }
+
+
+def bgp_peer_problems(spec: BGPPeerSpec) -> list[str]:
+    """Rules across fields, as 'field: message'."""
+    out = []
+    if spec.node is not None and spec.node_selector is not None:
+        out.append("spec.nodeSelector: give node or nodeSelector, not both")
+    if (spec.peer_ip is None) == (spec.peer_selector is None):
+        out.append("spec.peerIP: give exactly one of peerIP and peerSelector")
+    if spec.peer_ip is not None and spec.as_number is None:
+        out.append("spec.asNumber: required with peerIP")
+    if spec.hold_time != 0 and not 3 <= spec.hold_time <= 65535:
+        out.append(f"spec.holdTime: {spec.hold_time} must be 0 or 3..65535 (RFC 4271)")
+    if spec.password is not None and not spec.password.isprintable():
+        out.append("spec.password: only printable characters")
+    for f, sel in (
+        ("spec.nodeSelector", spec.node_selector),
+        ("spec.peerSelector", spec.peer_selector),
+    ):
+        if sel is not None:
+            try:
+                parse_selector(sel)
+            except SelectorError as e:
+                out.append(f"{f}: {e}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -149,6 +246,8 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
             continue
         if isinstance(res, IPPoolResource):
             problems += [f"{where}: {p}" for p in pool_problems(res.to_pool())]
+        elif isinstance(res, BGPPeerResource):
+            problems += [f"{where}: {p}" for p in bgp_peer_problems(res.spec)]
         out.append(Loaded(where, res))  # type: ignore[arg-type]
     if problems:
         raise ResourceError("\n".join(problems))

@@ -145,3 +145,35 @@ def test_delete_pool_in_use_is_refused_with_the_way_out(
     )
     assert cli(etcd_server, etcd_prefix, "delete", "pool", "a").returncode == 0
     assert pools_in(etcd_server, etcd_prefix) == []
+
+
+def test_bgp_resources_round_trip_and_bad_ones_are_refused(
+    etcd_server: EtcdCluster, etcd_prefix: str
+) -> None:
+    ok = cli(etcd_server, etcd_prefix, "apply", "-f", str(REPO / "configs" / "bgp.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "bgppeer/rack1-tor created" in ok.stdout
+    peers = json.loads(cli(etcd_server, etcd_prefix, "get", "bgppeers", "-o", "json").stdout)
+    assert [p["metadata"]["name"] for p in peers] == ["rack1-tor", "to-reflectors"]
+    assert peers[0]["spec"]["peerIP"] == "192.0.2.1" and peers[0]["spec"]["asNumber"] == 65001
+    conf = json.loads(cli(etcd_server, etcd_prefix, "get", "bgpconfig", "-o", "json").stdout)
+    assert conf[0]["spec"]["communities"] == ["64512:100"]
+    bad = (
+        "apiVersion: meshroute.io/v1\nkind: BGPPeer\nmetadata: {name: x}\n"
+        "spec: {peerIP: 192.0.2.9, peerSelector: \"a == 'b'\", asNumber: 4294967296,"
+        " holdTime: 2, nodeSelector: 'rack ~ 1'}\n"
+    )
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=bad)
+    assert r.returncode == 1
+    for expected in ("spec.asNumber: Input should be less than or equal to 4294967295",):
+        assert expected in r.stderr, r.stderr
+    bad2 = bad.replace(" asNumber: 4294967296,", " asNumber: 65000,")
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=bad2)
+    for expected in (
+        "spec.peerIP: give exactly one of peerIP and peerSelector",
+        "spec.holdTime: 2 must be 0 or 3..65535",
+        "spec.nodeSelector: unexpected",
+    ):
+        assert expected in r.stderr, r.stderr
+    assert cli(etcd_server, etcd_prefix, "delete", "bgppeer", "rack1-tor").returncode == 0
+    assert cli(etcd_server, etcd_prefix, "delete", "bgppeer", "rack1-tor").returncode == 1
