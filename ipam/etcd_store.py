@@ -4,13 +4,17 @@ one cannot be reached, and turns client errors into ``StoreError`` at once
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aetcd
 import aetcd.exceptions
 
 from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
+
+log = logging.getLogger(__name__)
 
 _RETRYABLE = (
     aetcd.exceptions.ConnectionFailedError,
@@ -97,6 +101,31 @@ class EtcdStore:
             return _revision_of(responses)
 
         return int(await self._call("transaction", run))
+
+    async def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
+        """etcd ends a watch when the member goes away: re-watch from the last
+        revision seen (a compacted one means "re-read everything", which the
+        caller does on the revision yielded right after reconnecting)."""
+        last = after_revision
+        failures = 0
+        while True:
+            try:
+                client = self._open()
+                watch = await client.watch_prefix(prefix, start_revision=last + 1)
+                if failures:
+                    failures = 0
+                    yield last  # whatever happened while we were away: re-read
+                async for event in watch:
+                    last = max(last, int(event.kv.mod_revision))
+                    yield last
+            except aetcd.exceptions.RevisionCompactedError:
+                last = (await self.list(prefix)).revision
+                yield last
+            except (*_RETRYABLE, aetcd.exceptions.WatchTimeoutError) as e:
+                failures += 1
+                log.info("etcd watch on %s broke (%s); resuming", prefix.decode(), e)
+                await self._rotate()
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
     async def grant_lease(self, ttl: int) -> int:
         lease = await self._call("lease", lambda c: c.lease(ttl))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
 
@@ -26,6 +26,7 @@ class MemoryStore:
         self.injected_conflicts = 0
         self.down = False
         self._leases: dict[int, set[bytes]] = {}
+        self._watchers: list[tuple[bytes, asyncio.Queue[int]]] = []
         self._next_lease = 1
 
     async def _enter(self) -> None:
@@ -70,7 +71,28 @@ class MemoryStore:
                 self.data[op.key] = Versioned(op.value, self.revision)
             elif isinstance(op, Delete):
                 self.data.pop(op.key, None)
+        self._notify([op.key for op in ops])
         return self.revision
+
+    def _notify(self, keys: Sequence[bytes]) -> None:
+        for prefix, q in self._watchers:
+            if any(k.startswith(prefix) for k in keys):
+                q.put_nowait(self.revision)
+
+    async def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
+        q: asyncio.Queue[int] = asyncio.Queue()
+        entry = (prefix, q)
+        self._watchers.append(entry)
+        try:
+            if any(
+                k.startswith(prefix) and v.mod_revision > after_revision
+                for k, v in self.data.items()
+            ):
+                yield self.revision
+            while True:
+                yield await q.get()
+        finally:
+            self._watchers.remove(entry)
 
     async def grant_lease(self, ttl: int) -> int:
         await self._enter()
@@ -86,16 +108,20 @@ class MemoryStore:
 
     async def revoke_lease(self, lease: int) -> None:
         await self._enter()
-        for key in self._leases.pop(lease, set()):
+        keys = self._leases.pop(lease, set())
+        for key in keys:
             if key in self.data:
                 self.revision += 1
                 del self.data[key]
+        self._notify(list(keys))
 
     def expire_lease(self, lease: int) -> None:
         """What etcd does when a lease's holder stops refreshing it."""
-        for key in self._leases.pop(lease, set()):
+        keys = self._leases.pop(lease, set())
+        for key in keys:
             self.data.pop(key, None)
         self.revision += 1
+        self._notify(list(keys))
 
     async def close(self) -> None:
         return None

@@ -4,7 +4,7 @@ one (``memory_store``) can inject conflicts. Both pass one contract suite."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +57,12 @@ class KvStore(Protocol):
         """Apply every op atomically if every compare holds. Returns the
         store's revision after the transaction (the mod_revision of every key
         it put) when it was applied, 0 when a compare failed."""
+        ...
+
+    def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
+        """Revisions at which keys under ``prefix`` changed, from
+        ``after_revision`` on. Level-triggered use: re-read on each one. After
+        a broken connection it resumes and yields once, whatever was missed."""
         ...
 
     async def grant_lease(self, ttl: int) -> int: ...

@@ -3,6 +3,7 @@ on compare-and-swap, prefix listing, atomicity and leases."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -85,3 +86,19 @@ async def test_txn_returns_the_revision_it_wrote(kv: KvStore) -> None:
     rev2 = await kv.txn([Compare(p + b"a", rev)], [Delete(p + b"a")])
     assert rev2 > rev
     assert await kv.txn([Compare(p + b"a", rev)], [Put(p + b"a", b"x")]) == 0
+
+
+async def test_changes_under_a_prefix_are_reported(kv: KvStore) -> None:
+    p = _p()
+    start = (await kv.list(p)).revision
+    stream = kv.changes(p + b"watched/", start)
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.1)
+    await kv.txn([], [Put(p + b"other", b"x")])  # outside the prefix
+    await asyncio.sleep(0.2)
+    assert not first.done()
+    rev = await kv.txn([], [Put(p + b"watched/a", b"1")])
+    assert await asyncio.wait_for(first, 5) >= rev
+    rev2 = await kv.txn([], [Delete(p + b"watched/a")])
+    assert await asyncio.wait_for(anext(stream), 5) >= rev2
+    await stream.aclose()  # type: ignore[attr-defined]
