@@ -23,6 +23,7 @@ class NodeRecord:
     ipv6: str | None = None
     asn: int | None = None
     tunnel_address: str | None = None
+    vtep_mac: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +33,7 @@ class NodeRecord:
             "ipv6": self.ipv6,
             "asn": self.asn,
             "tunnelAddress": self.tunnel_address,
+            "vtepMAC": self.vtep_mac,
         }
 
     @classmethod
@@ -43,6 +45,7 @@ class NodeRecord:
             ipv6=d.get("ipv6"),
             asn=d.get("asn"),
             tunnel_address=d.get("tunnelAddress"),
+            vtep_mac=d.get("vtepMAC"),
         )
 
 

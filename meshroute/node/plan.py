@@ -1,0 +1,117 @@
+"""The node's decisions over a ClusterView, all pure: what to announce,
+what felix_lite should plan with, the tunnel settings and the VTEP MAC."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from netaddr import IPAddress, IPNetwork
+
+from felix_lite.inputs import (
+    BestRoute,
+    EncapMode,
+    HostInterface,
+    MtuOverrides,
+    PlanInput,
+    RemoteVtep,
+    UnderlayRoute,
+    VxlanParams,
+)
+from felix_lite.inputs import (
+    Pool as FelixPool,
+)
+from ipam.model import AffinityState
+from ipam.model import EncapMode as IpamEncap
+from meshroute.config import NodeConfig
+from meshroute.node.view import ClusterView
+from meshroute.registry import NodeRecord
+
+
+def decide_vtep_mac(node_name: str) -> str:
+    """A stable, locally administered unicast MAC for this node's VXLAN
+    device, so that a restart (or another node's FDB) never sees it change."""
+    d = bytearray(hashlib.sha256(node_name.encode()).digest()[:6])
+    d[0] = (d[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in d)
+
+
+def own_blocks(view: ClusterView, host: str) -> list[IPNetwork]:
+    """Blocks confirmed as this host's (the affinity and the block agree)."""
+    out = []
+    for (h, cidr), (aff, _) in view.ipam.affinities.items():
+        if h != host or aff.state is not AffinityState.CONFIRMED:
+            continue
+        entry = view.ipam.blocks.get(cidr)
+        if entry is not None and entry[0].affinity == host:
+            out.append(IPNetwork(cidr))
+    return sorted(out, key=lambda c: (c.version, c.first))
+
+
+def borrowed_addresses(view: ClusterView, host: str) -> list[IPNetwork]:
+    """This host's pods' addresses in blocks that are not its own: announced
+    as host routes so the cluster reaches them here, not at the block owner."""
+    out = []
+    for block, _ in view.ipam.blocks.values():
+        if block.affinity == host:
+            continue
+        for o, a in block.allocations.items():
+            if a.attrs.get("node") == host and not a.handle.startswith("reserved:"):
+                ip = block.address(o)
+                out.append(IPNetwork(f"{ip}/{32 if ip.version == 4 else 128}"))
+    return sorted(out, key=lambda c: (c.version, c.first))
+
+
+def plan_announcements(view: ClusterView, host: str) -> list[IPNetwork]:
+    return own_blocks(view, host) + borrowed_addresses(view, host)
+
+
+def decide_encap_in_use(view: ClusterView) -> tuple[bool, bool]:
+    """Whether any enabled pool uses IPIP, VXLAN."""
+    pools = [p for p in view.ipam.pools.values() if not p.disabled]
+    return (
+        any(p.ipip_mode is not IpamEncap.NEVER for p in pools),
+        any(p.vxlan_mode is not IpamEncap.NEVER for p in pools),
+    )
+
+
+def remote_vteps(nodes: Mapping[str, NodeRecord], me: str) -> list[RemoteVtep]:
+    out = []
+    for n in nodes.values():
+        if n.name == me or not (n.ipv4 and n.tunnel_address and n.vtep_mac):
+            continue
+        out.append(RemoteVtep(IPNetwork(n.ipv4).ip, IPAddress(n.tunnel_address), n.vtep_mac))
+    return sorted(out, key=lambda v: v.node_ip)
+
+
+def plan_felix_input(
+    config: NodeConfig,
+    view: ClusterView,
+    interfaces: Iterable[HostInterface],
+    best: Iterable[BestRoute],
+    tunnel_address: IPAddress | None,
+    underlay: Iterable[UnderlayRoute] = (),
+) -> PlanInput:
+    ipip, vxlan = decide_encap_in_use(view)
+    pools = tuple(
+        FelixPool(p.cidr, EncapMode(p.ipip_mode.value), EncapMode(p.vxlan_mode.value))
+        for p in sorted(view.ipam.pools.values(), key=lambda p: p.name)
+        if not p.disabled
+    )
+    f = config.felix
+    return PlanInput(
+        interfaces=tuple(interfaces),
+        pools=pools,
+        own_blocks=tuple(own_blocks(view, config.node_name)),
+        routes=tuple(best),
+        node_ip=config.ipv4.ip,
+        ipip_tunnel_address=tunnel_address if ipip else None,
+        vxlan_tunnel_address=tunnel_address if vxlan else None,
+        vteps=tuple(remote_vteps(view.nodes, config.node_name)) if vxlan else (),
+        underlay=tuple(underlay),
+        vxlan=VxlanParams(
+            vni=f.vxlan_vni, port=f.vxlan_port, mac=decide_vtep_mac(config.node_name)
+        ),
+        mtu=MtuOverrides(ipip=f.ipip_mtu, vxlan=f.vxlan_mtu),
+        table=f.route_table,
+    )

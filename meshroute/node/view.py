@@ -1,0 +1,30 @@
+"""What a node knows of the cluster, read from etcd in one pass: the node
+registry, IP pools and IPAM records, BGP resources. Re-read whenever etcd
+reports a change under the cluster prefix (level-triggered)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ipam.ipam import Ipam
+from ipam.model import Snapshot
+from meshroute.bgp_store import BgpStore
+from meshroute.registry import NodeRecord, Registry
+from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    nodes: dict[str, NodeRecord]
+    ipam: Snapshot
+    bgp_config: BGPConfigurationSpec
+    bgp_peers: dict[str, BGPPeerSpec]
+
+
+async def load_view(ipam: Ipam, registry: Registry, bgp: BgpStore) -> ClusterView:
+    return ClusterView(
+        nodes=await registry.nodes(),
+        ipam=await ipam.snapshot(),
+        bgp_config=await bgp.config(),
+        bgp_peers=await bgp.peers(),
+    )
