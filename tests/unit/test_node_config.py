@@ -46,5 +46,5 @@ def test_config_errors_name_file_and_field(text: str, expected: str) -> None:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="/nonexistent/node.yaml: cannot read"):
+    with pytest.raises(ConfigError, match=r"/nonexistent/node\.yaml: cannot read"):
         load_node_config("/nonexistent/node.yaml")
