@@ -1,0 +1,279 @@
+"""The ExaBGP codec against lines captured from a real ExaBGP 5 talking to
+BIRD 2 and GoBGP (tests/fixtures/exabgp/, re-captured with
+``python -m tests.interop.capture_exabgp``), plus Hypothesis on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from netaddr import IPAddress, IPNetwork
+
+from bgpd.codec import decode_line, decode_lines, encode_bulk, encode_command, parse_command
+from bgpd.model import (
+    AckEvent,
+    Announce,
+    EorEvent,
+    MalformedLine,
+    NotificationEvent,
+    OpenEvent,
+    Origin,
+    RouteRefresh,
+    SendEor,
+    SessionState,
+    StateEvent,
+    UpdateEvent,
+    Withdraw,
+)
+
+FIX = Path(__file__).parent.parent / "fixtures" / "exabgp"
+BIRD4, BIRD6, GOBGP = IPAddress("192.0.2.2"), IPAddress("2001:db8:12::2"), IPAddress("192.0.2.6")
+
+
+def captured() -> list[str]:
+    return [ln for ln in (FIX / "session.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def test_every_captured_line_decodes_to_a_real_event() -> None:
+    events = decode_lines(captured())
+    assert events, "fixture is empty"
+    bad = [e for e in events if isinstance(e, MalformedLine)]
+    assert bad == []
+
+
+def test_states_opens_and_eors_from_bird_and_gobgp() -> None:
+    events = decode_lines(captured())
+    ups = {
+        e.peer for e in events if isinstance(e, StateEvent) and e.state is SessionState.ESTABLISHED
+    }
+    assert ups == {BIRD4, BIRD6, GOBGP}
+    opens = {e.peer: e for e in events if isinstance(e, OpenEvent)}
+    assert opens[BIRD4].router_id == IPAddress("192.0.2.2")
+    assert opens[BIRD4].peer_as == 64513 and opens[GOBGP].peer_as == 64514
+    eors = {(e.peer, e.family) for e in events if isinstance(e, EorEvent)}
+    assert {(BIRD4, "ipv4 unicast"), (BIRD6, "ipv6 unicast"), (GOBGP, "ipv4 unicast")} <= eors
+
+
+def test_updates_carry_prefixes_next_hops_and_attributes() -> None:
+    events = decode_lines(captured())
+    ann = {(e.peer, p): a for e in events if isinstance(e, UpdateEvent) for p, a in e.announced}
+    bird = ann[(BIRD4, IPNetwork("203.0.113.0/26"))]
+    assert bird.next_hop == BIRD4 and bird.as_path == (64513,) and bird.origin is Origin.IGP
+    v6 = ann[(BIRD6, IPNetwork("2001:db8:100::/48"))]
+    assert v6.next_hop == BIRD6
+    gob = ann[(GOBGP, IPNetwork("198.51.100.0/24"))]
+    assert gob.med == 10 and gob.communities == ((64514, 7),) and gob.origin is Origin.INCOMPLETE
+    withdrawn = {(e.peer, p) for e in events if isinstance(e, UpdateEvent) for p in e.withdrawn}
+    assert withdrawn == {
+        (GOBGP, IPNetwork("198.51.100.0/24")),
+        (BIRD4, IPNetwork("203.0.113.64/26")),
+    }
+
+
+def test_notification_then_down_with_reason() -> None:
+    events = decode_lines(captured())
+    n = [e for e in events if isinstance(e, NotificationEvent)]
+    assert n == [NotificationEvent(BIRD4, 6, 2, "0x")]
+    downs = [e for e in events if isinstance(e, StateEvent) and e.state is SessionState.DOWN]
+    assert downs and downs[0].peer == BIRD4 and "(6,2)" in downs[0].reason
+
+
+def test_acks_one_per_command_and_the_bad_command_is_an_error() -> None:
+    commands = (FIX / "commands.txt").read_text().splitlines()
+    acks = [e for e in decode_lines(captured()) if isinstance(e, AckEvent)]
+    assert len(acks) == len(commands)
+    assert [a.ok for a in acks] == [c != "this is not a command" for c in commands]
+
+
+def test_captured_commands_are_what_the_encoder_writes() -> None:
+    commands = (FIX / "commands.txt").read_text().splitlines()
+    for text in commands:
+        cmd = parse_command(text)
+        if cmd is not None:
+            assert encode_command(cmd) == text
+    assert (
+        commands[2]
+        == encode_bulk(
+            [
+                Announce(IPNetwork(p), IPAddress("192.0.2.1"), ((64512, 100), (64512, 200)))
+                for p in ("10.244.2.0/26", "10.244.2.64/26", "10.244.2.128/26")
+            ]
+        )[0]
+    )
+
+
+def test_ipv4_update_with_reflector_attributes() -> None:
+    line = json.dumps(
+        {
+            "type": "update",
+            "neighbor": {
+                "address": {"local": "192.0.2.1", "peer": "192.0.2.9"},
+                "asn": {"local": 64512, "peer": 64512},
+                "direction": "receive",
+                "message": {
+                    "update": {
+                        "attribute": {
+                            "origin": "igp",
+                            "local-preference": 200,
+                            "originator-id": "192.0.2.33",
+                            "cluster-list": ["192.0.2.9"],
+                        },
+                        "announce": {"ipv4 unicast": {"192.0.2.33": [{"nlri": "10.244.7.0/26"}]}},
+                    }
+                },
+            },
+        }
+    )
+    e = decode_line(line)
+    assert isinstance(e, UpdateEvent)
+    ((_p, a),) = e.announced
+    assert a.local_pref == 200 and a.originator_id == IPAddress("192.0.2.33")
+    assert a.cluster_list == (IPAddress("192.0.2.9"),) and a.as_path == ()
+
+
+def test_some_bad_lines() -> None:
+    for line in (
+        "",
+        "{",
+        "[]",
+        '{"type": "update"}',
+        '{"type": "state", "neighbor": {"address": {"peer": "x"}, "state": "up"}}',
+        '{"type": "notification", "notification": "shutdown"}',
+        b"\xff\xfe",
+        '{"type": "update", "neighbor": {"address": {"peer": "192.0.2.2"}, "asn": {"peer": 1},'
+        ' "message": {"update": {"announce": {"ipv4 unicast": {"192.0.2.2": [{"nlri": "1"}]}}}}}}',
+    ):
+        assert isinstance(decode_line(line), MalformedLine), line
+
+
+# ---- Hypothesis --------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "neighbor",
+                    "address",
+                    "peer",
+                    "asn",
+                    "state",
+                    "message",
+                    "update",
+                    "announce",
+                    "withdraw",
+                    "nlri",
+                    "attribute",
+                    "eor",
+                    "afi",
+                    "safi",
+                    "open",
+                    "router_id",
+                    "direction",
+                    "notification",
+                    "code",
+                    "subcode",
+                    "ipv4 unicast",
+                ]
+            )
+            | st.text(max_size=8),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_arbitrary_text_never_raises(line: str | bytes) -> None:
+    e = decode_line(line)
+    stripped = line.strip()
+    if stripped in ("done", b"done"):
+        assert e == AckEvent(True)
+    elif isinstance(e, AckEvent):
+        assert stripped.startswith("error" if isinstance(stripped, str) else b"error")
+    else:
+        # random text is at best a JSON scalar, never a neighbour message
+        assert isinstance(e, MalformedLine)
+
+
+@settings(max_examples=300)
+@given(json_values)
+def test_arbitrary_json_never_raises(v: object) -> None:
+    e = decode_line(json.dumps(v))
+    if not (isinstance(v, dict) and isinstance(v.get("neighbor"), dict)):
+        assert isinstance(e, MalformedLine)
+    else:
+        kinds = (MalformedLine, StateEvent, OpenEvent, UpdateEvent, EorEvent, NotificationEvent)
+        assert isinstance(e, kinds)
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=0, max_value=len(captured()) - 1), st.data())
+def test_mutilated_captured_lines_never_raise(i: int, data: st.DataObject) -> None:
+    line = captured()[i]
+    cut = data.draw(st.integers(min_value=0, max_value=len(line) - 1))
+    e = decode_line(line[:cut])
+    # a truncated JSON object is never valid JSON (the closing brace is gone)
+    assert isinstance(e, MalformedLine) or line[:cut].strip() in ("done", "")
+
+
+v4nets = st.builds(
+    lambda a, n: IPNetwork(f"{IPAddress(a, 4)}/{n}").cidr,
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 32),
+)
+v6nets = st.builds(
+    lambda a, n: IPNetwork(f"{IPAddress(a, 6)}/{n}").cidr,
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 128),
+)
+addrs = st.builds(lambda a: IPAddress(a, 4), st.integers(0, 2**32 - 1))
+communities = st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)), max_size=3).map(
+    tuple
+)
+commands = st.one_of(
+    st.builds(
+        Announce,
+        v4nets | v6nets,
+        st.none() | addrs,
+        communities,
+        st.none() | st.integers(0, 2**32 - 1),
+        st.none() | addrs,
+    ),
+    st.builds(Withdraw, v4nets | v6nets, st.none() | addrs),
+    st.builds(SendEor, st.sampled_from(["ipv4 unicast", "ipv6 unicast"]), st.none() | addrs),
+    st.builds(RouteRefresh, st.sampled_from(["ipv4 unicast", "ipv6 unicast"]), st.none() | addrs),
+)
+
+
+@given(commands)
+def test_command_text_round_trips(cmd: object) -> None:
+    text = encode_command(cmd)  # type: ignore[arg-type]
+    assert "\n" not in text
+    assert parse_command(text) == cmd
+
+
+@given(st.lists(commands, max_size=40), st.integers(1, 7))
+def test_bulk_carries_every_prefix_exactly_once(cmds: list[object], chunk: int) -> None:
+    lines = encode_bulk(cmds, chunk=chunk)  # type: ignore[arg-type]
+    announced = [
+        p
+        for ln in lines
+        if " announce attributes " in f" {ln}"
+        for p in ln.split(" nlri ")[1].split()
+    ]
+    want = [str(c.prefix) for c in cmds if isinstance(c, Announce)]
+    assert sorted(announced) == sorted(want)
+    others = [ln for ln in lines if "announce attributes" not in ln]
+    assert others == [encode_command(c) for c in cmds if not isinstance(c, Announce)]  # type: ignore[arg-type]
+    for ln in lines:
+        if "nlri" in ln:
+            assert len(ln.split(" nlri ")[1].split()) <= chunk
