@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshroute.lab.netns import call_in_netns
 from meshroute.lab.ports import free_ports
 
 ETCD = "/usr/bin/etcd"
@@ -25,26 +26,32 @@ class EtcdMember:
     log_path: Path
     cluster: str
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    # run inside this network namespace (the lab's management namespace);
+    # such a member outlives the process that started it
+    netns: str | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     def start(self, *, new_cluster: bool = True) -> None:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         args = [
+            *prefix,
             ETCD,
             "--name",
             self.name,
             "--data-dir",
             str(self.data_dir),
             "--listen-client-urls",
-            f"http://127.0.0.1:{self.client_port}",
+            f"http://{self.host}:{self.client_port}",
             "--advertise-client-urls",
-            f"http://127.0.0.1:{self.client_port}",
+            f"http://{self.host}:{self.client_port}",
             "--listen-peer-urls",
-            f"http://127.0.0.1:{self.peer_port}",
+            f"http://{self.host}:{self.peer_port}",
             "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{self.peer_port}",
+            f"http://{self.host}:{self.peer_port}",
             "--initial-cluster",
             self.cluster,
             "--initial-cluster-state",
@@ -59,7 +66,9 @@ class EtcdMember:
             "warn",
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.netns is not None
+        )
         log.close()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -73,13 +82,16 @@ class EtcdMember:
         self.proc = None
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.client_port}/health", timeout=0.5
-            ) as r:
-                return b'"true"' in r.read()
-        except OSError:
-            return False
+        def probe() -> bool:
+            try:
+                with urllib.request.urlopen(
+                    f"http://{self.host}:{self.client_port}/health", timeout=0.5
+                ) as r:
+                    return b'"true"' in r.read()
+            except OSError:
+                return False
+
+        return probe() if self.netns is None else call_in_netns(self.netns, probe)
 
 
 @dataclass
@@ -118,16 +130,29 @@ class EtcdCluster:
             m.kill(signal.SIGTERM)
 
 
-def start_etcd(workdir: Path, size: int = 1) -> EtcdCluster:
-    ports = free_ports(2 * size)
+def start_etcd(
+    workdir: Path, size: int = 1, *, netns: str | None = None, host: str = "127.0.0.1"
+) -> EtcdCluster:
+    """Start and wait until healthy. With ``netns``, the members run in that
+    (fresh, empty) namespace on ``host`` from port 2379 up."""
+    ports = free_ports(2 * size) if netns is None else list(range(2379, 2379 + 2 * size))
     names = [f"m{i}" for i in range(size)]
-    cluster = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
+    cluster = ",".join(f"{n}=http://{host}:{ports[2 * i + 1]}" for i, n in enumerate(names))
     members = []
     for i, name in enumerate(names):
         d = workdir / name
         d.mkdir(parents=True, exist_ok=True)
         members.append(
-            EtcdMember(name, ports[2 * i], ports[2 * i + 1], d / "data", d / "log", cluster)
+            EtcdMember(
+                name,
+                ports[2 * i],
+                ports[2 * i + 1],
+                d / "data",
+                d / "log",
+                cluster,
+                host=host,
+                netns=netns,
+            )
         )
     c = EtcdCluster(members)
     try:

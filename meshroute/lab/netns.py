@@ -10,16 +10,22 @@ Nothing here touches the root namespace's links, addresses or routes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import re
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 TEST_PREFIX = "mrt"
 _counter = itertools.count()
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def run(args: Sequence[str], *, check: bool = True, timeout: float = 30) -> str:
@@ -85,6 +91,34 @@ class NetnsFactory:
             kill_pids_in(ns.name)
             run(["ip", "netns", "del", ns.name], check=False)
         self.created.clear()
+
+
+def call_in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a short-lived thread that entered namespace ``name``
+    (setns changes only the calling thread's network namespace), e.g. to
+    open a socket to a daemon listening inside a lab namespace."""
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run_inside() -> None:
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {name}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box.append(fn())
+        except BaseException as e:  # handed to the caller
+            errors.append(e)
+
+    t = threading.Thread(target=run_inside, name=f"netns-{name}", daemon=True)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return box[0]
 
 
 def kill_pids_in(name: str) -> None:

@@ -1,0 +1,202 @@
+"""BIRD 2 configuration for the lab's routers (top-of-rack, the router that
+joins the racks, route reflectors), rendered from a typed frozen view model.
+
+The view model says what a router does; ``render_bird`` is the only place
+that knows BIRD's syntax. Rendering is pure and deterministic (golden-file
+tested); ``bird -p -c FILE`` validates the result before BIRD runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netaddr import IPAddress, IPNetwork
+
+
+class BirdConfigError(ValueError):
+    """A view model BIRD would reject or misread."""
+
+
+@dataclass(frozen=True)
+class PrefixRange:
+    """``cidr`` and every more specific prefix of length ``low..high``
+    (BIRD's ``10.244.0.0/16{26,32}``); without a range, the prefix itself."""
+
+    cidr: str
+    low: int | None = None
+    high: int | None = None
+
+    def render(self) -> str:
+        net = IPNetwork(self.cidr)
+        if self.low is None and self.high is None:
+            return str(net.cidr)
+        low = self.low if self.low is not None else net.prefixlen
+        high = self.high if self.high is not None else 32
+        if not net.prefixlen <= low <= high <= 32:
+            raise BirdConfigError(f"{self.cidr}{{{low},{high}}}: bad length range")
+        return f"{net.cidr}{{{low},{high}}}"
+
+
+@dataclass(frozen=True)
+class PrefixFilter:
+    """A named BIRD filter accepting only routes inside ``accept``
+    (every other route is rejected)."""
+
+    name: str
+    accept: tuple[PrefixRange, ...]
+
+
+@dataclass(frozen=True)
+class BgpNeighbor:
+    name: str  # the BIRD protocol name
+    address: str
+    peer_as: int
+    local_address: str
+    import_filter: str  # a PrefixFilter name, or "all" / "none"
+    export_filter: str
+    passive: bool = False
+    password: str | None = None  # TCP-MD5
+    rr_client: bool = False
+    hold_time: int = 90
+    graceful_restart: bool = True
+    graceful_restart_time: int = 120
+    # BIRD waits 5 s before connecting, 120 s between attempts and 60-300 s
+    # after an error; a lab whose peers restart on purpose wants seconds
+    connect_delay: int | None = None
+    connect_retry: int | None = None
+    error_wait: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class BirdConfig:
+    router_id: str
+    local_as: int
+    neighbors: tuple[BgpNeighbor, ...]
+    filters: tuple[PrefixFilter, ...] = ()
+    # connected networks of these interfaces become routes (to export them)
+    direct_interfaces: tuple[str, ...] = ()
+    # export BGP-learned routes to the namespace's kernel table: a router
+    # that forwards pod traffic needs them there
+    kernel_export_bgp: bool = False
+    # import the kernel's own routes (default route, connected subnets) so a
+    # reflector can resolve the next hops of iBGP routes it does not install
+    kernel_learn: bool = False
+    rr_cluster_id: str | None = None  # for the neighbors marked rr_client
+    log_file: str | None = None
+
+
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def _name(kind: str, name: str) -> str:
+    if not name or not set(name) <= _NAME_OK or name[0].isdigit():
+        raise BirdConfigError(f"{kind} name {name!r}: letters, digits and _ only")
+    return name
+
+
+def _asn(v: int) -> int:
+    if not 1 <= v <= 4294967295:
+        raise BirdConfigError(f"AS {v} out of range")
+    return v
+
+
+def _filter_ref(v: str, known: set[str]) -> str:
+    if v in ("all", "none"):
+        return v
+    if v not in known:
+        raise BirdConfigError(f"filter {v!r} is not defined")
+    return f"filter {v}"
+
+
+def _password(v: str) -> str:
+    if not v.isprintable() or '"' in v or "\\" in v or len(v) > 80:
+        raise BirdConfigError("password: printable, at most 80 characters, no quote or backslash")
+    return v
+
+
+def _render_filter(f: PrefixFilter) -> list[str]:
+    ranges = ", ".join(p.render() for p in f.accept)
+    return [
+        f"filter {_name('filter', f.name)} {{",
+        f"  if net ~ [ {ranges} ] then accept;",
+        "  reject;",
+        "}",
+    ]
+
+
+def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list[str]:
+    IPAddress(n.address)
+    IPAddress(n.local_address)
+    if n.hold_time != 0 and not 3 <= n.hold_time <= 65535:
+        raise BirdConfigError(f"{n.name}: hold time {n.hold_time} must be 0 or 3..65535")
+    out = [
+        f"protocol bgp {_name('protocol', n.name)} {{",
+        f"  local {n.local_address} as {_asn(cfg.local_as)};",
+        f"  neighbor {n.address} as {_asn(n.peer_as)};",
+        f"  hold time {n.hold_time};",
+    ]
+    if n.passive:
+        out.append("  passive on;")
+    if n.password is not None:
+        out.append(f'  password "{_password(n.password)}";')
+    if n.rr_client:
+        out.append("  rr client;")
+        if cfg.rr_cluster_id is not None:
+            out.append(f"  rr cluster id {IPAddress(cfg.rr_cluster_id)};")
+    if n.connect_delay is not None:
+        out.append(f"  connect delay time {n.connect_delay};")
+    if n.connect_retry is not None:
+        out.append(f"  connect retry time {n.connect_retry};")
+    if n.error_wait is not None:
+        low, high = n.error_wait
+        if not 0 < low <= high:
+            raise BirdConfigError(f"{n.name}: error wait {low},{high}: need 0 < low <= high")
+        out.append(f"  error wait time {low},{high};")
+    if n.graceful_restart:
+        out += ["  graceful restart on;", f"  graceful restart time {n.graceful_restart_time};"]
+    else:
+        out.append("  graceful restart off;")
+    out += [
+        "  ipv4 {",
+        f"    import {_filter_ref(n.import_filter, filters)};",
+        f"    export {_filter_ref(n.export_filter, filters)};",
+        "  };",
+        "}",
+    ]
+    return out
+
+
+def render_bird(cfg: BirdConfig) -> str:
+    """BIRD 2 configuration text for ``cfg`` (raises BirdConfigError)."""
+    IPAddress(cfg.router_id)
+    lines = ["# rendered by meshroute.lab.bird_config; edits are overwritten"]
+    if cfg.log_file is not None:
+        lines.append(f'log "{cfg.log_file}" all;')
+    lines += [f"router id {IPAddress(cfg.router_id)};", "", "protocol device {", "}"]
+    if cfg.direct_interfaces:
+        names = ", ".join(f'"{i}"' for i in cfg.direct_interfaces)
+        lines += ["", "protocol direct {", "  ipv4;", f"  interface {names};", "}"]
+    if cfg.kernel_export_bgp or cfg.kernel_learn:
+        export = "where source = RTS_BGP" if cfg.kernel_export_bgp else "none"
+        lines += ["", "protocol kernel {"]
+        if cfg.kernel_learn:
+            lines.append("  learn;")
+        lines += [
+            "  ipv4 {",
+            f"    import {'all' if cfg.kernel_learn else 'none'};",
+            f"    export {export};",
+            "  };",
+            "}",
+        ]
+    filter_names = {f.name for f in cfg.filters}
+    if len(filter_names) != len(cfg.filters):
+        raise BirdConfigError("filter names must be unique")
+    for f in cfg.filters:
+        lines += ["", *_render_filter(f)]
+    seen: set[str] = set()
+    for n in cfg.neighbors:
+        if n.name in seen:
+            raise BirdConfigError(f"protocol {n.name!r} defined twice")
+        seen.add(n.name)
+        lines += ["", *_render_neighbor(n, cfg, filter_names)]
+    return "\n".join(lines) + "\n"

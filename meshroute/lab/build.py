@@ -1,0 +1,283 @@
+"""Applying a ``LabPlan`` to the machine, and taking it away again.
+
+``build_underlay`` makes the namespaces (prefix ``mrlab``), bridges, veths,
+addresses, default routes and forwarding sysctls (only inside the lab's
+namespaces), starts etcd in the management namespace and BIRD in every
+router namespace, each by PID and recorded in the state file as soon as it
+exists. ``start_nodes`` starts every node through a callable the caller
+passes (``start_meshroute_node`` runs ``meshroute node --config``).
+``teardown`` ends what the state file names; ``down_after_crash`` also
+removes every namespace with the lab prefix, whoever made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from meshroute.lab.bird_config import render_bird
+from meshroute.lab.etcd import start_etcd
+from meshroute.lab.netns import Netns, NetnsFactory, kill_pids_in, run, sweep_stale
+from meshroute.lab.state import (
+    LabState,
+    ProcessRecord,
+    alive,
+    end_processes,
+    load_state,
+    record_process,
+)
+from meshroute.lab.topology import MGMT_NET, LabPlan, NodePlan, SpeakerPlan
+
+LAB_PREFIX = "mrlab"
+Say = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Lab:
+    """A built lab: its plan and its (saved) state."""
+
+    plan: LabPlan
+    state: LabState
+
+    def netns(self, label: str) -> Netns:
+        return Netns(self.state.ns(label))
+
+    def record(self, rec: ProcessRecord) -> None:
+        self.state.processes.append(rec)
+        self.state.save()
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What a node starter needs: the node's plan, the real name of its
+    namespace and its config file (already written)."""
+
+    node: NodePlan
+    netns: str
+    config_path: Path
+    log_path: Path
+
+
+StartNode = Callable[[NodeLaunch], "subprocess.Popen[bytes]"]
+
+
+def _spawn(ns: str, argv: list[str], log_path: str | Path) -> subprocess.Popen[bytes]:
+    """A daemon in namespace ``ns``, in its own session so it outlives the
+    process that builds the lab (``lab up`` returns, the lab stays)."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def start_meshroute_node(launch: NodeLaunch) -> subprocess.Popen[bytes]:
+    """The node starter ``meshroute lab up`` uses: ``meshroute node`` in
+    the node's namespace."""
+    argv = [sys.executable, "-m", "meshroute.cli", "node", "--config", str(launch.config_path)]
+    return _spawn(launch.netns, argv, launch.log_path)
+
+
+# ---- underlay ----------------------------------------------------------------
+
+
+def _apply_links(lab: Lab) -> None:
+    plan, ns = lab.plan, lab.state.ns
+    for br in plan.bridges:
+        run(["ip", "-n", ns(br.ns), "link", "add", br.name, "type", "bridge"])
+        if br.address:
+            run(["ip", "-n", ns(br.ns), "addr", "add", br.address, "dev", br.name])
+        run(["ip", "-n", ns(br.ns), "link", "set", br.name, "up"])
+    for v in plan.veths:
+        a, b = ns(v.a_ns), ns(v.b_ns)
+        veth = ["link", "add", v.a_if, "type", "veth", "peer", "name", v.b_if, "netns", b]
+        run(["ip", "-n", a, *veth])
+        for n, ifname, addr, bridge in (
+            (a, v.a_if, v.a_address, v.a_bridge),
+            (b, v.b_if, v.b_address, v.b_bridge),
+        ):
+            if bridge:
+                run(["ip", "-n", n, "link", "set", ifname, "master", bridge])
+            if addr:
+                run(["ip", "-n", n, "addr", "add", addr, "dev", ifname])
+            run(["ip", "-n", n, "link", "set", ifname, "up"])
+    for p in plan.namespaces:
+        if p.forwarding:
+            # only inside our own namespace: each has its own sysctl copy
+            run(["ip", "netns", "exec", ns(p.label), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if p.default_via:
+            run(["ip", "-n", ns(p.label), "route", "add", "default", "via", p.default_via])
+
+
+def _start_bird(lab: Lab, sp: SpeakerPlan) -> None:
+    conf = Path(sp.config_path)
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(render_bird(sp.bird))
+    check = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"{conf}: BIRD rejects it: {check.stderr.strip()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sp.socket_path)
+    argv = ["bird", "-f", "-c", str(conf), "-s", sp.socket_path, "-P", f"{conf.parent}/bird.pid"]
+    p = _spawn(lab.state.ns(sp.ns), argv, f"{conf.parent}/bird.out")
+    lab.record(record_process("bird", sp.ns, p.pid, p.args))  # type: ignore[arg-type]
+
+
+def _wait_sockets(lab: Lab, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for sp in lab.plan.speakers:
+        while not os.path.exists(sp.socket_path):
+            rec = next(r for r in lab.state.processes if r.label == sp.ns and r.role == "bird")
+            if not alive(rec):
+                log = Path(sp.config_path).parent / "bird.out"
+                raise RuntimeError(f"BIRD in {sp.ns} exited: {log.read_text()[-1000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"BIRD in {sp.ns}: no control socket {sp.socket_path}")
+            time.sleep(0.05)
+
+
+def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet) -> Lab:
+    """Namespaces, links, etcd and BIRD; on failure everything made so far
+    is removed again and the error raised."""
+    run_dir = Path(plan.run_dir)
+    if (run_dir / "state.json").exists():
+        raise RuntimeError(f"{run_dir}: a lab is already up here (run lab down first)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = LabState(str(run_dir), prefix, plan.params.topology, etcd_endpoint=plan.etcd_endpoint)
+    lab = Lab(plan, state)
+    state.save()
+    try:
+        say(f"creating {len(plan.namespaces)} namespaces ({prefix}*)")
+        factory = NetnsFactory(prefix=prefix)
+        for p in plan.namespaces:
+            state.namespaces[p.label] = factory.new(p.label).name
+            state.save()
+        say(f"{len(plan.bridges)} bridges, {len(plan.veths)} veth pairs, addresses, routes")
+        _apply_links(lab)
+        say(f"etcd in the management namespace on {plan.etcd_endpoint}")
+        etcd = start_etcd(run_dir / "etcd", netns=state.ns("mgmt"), host=str(MGMT_NET[1]))
+        member = etcd.members[0]
+        assert member.proc is not None
+        lab.record(record_process("etcd", "mgmt", member.proc.pid, member.proc.args))  # type: ignore[arg-type]
+        say(f"BIRD in {', '.join(sp.ns for sp in plan.speakers)}")
+        for sp in plan.speakers:
+            _start_bird(lab, sp)
+        _wait_sockets(lab, timeout=10)
+    except BaseException:
+        teardown(state)
+        raise
+    return lab
+
+
+# ---- resources and nodes -------------------------------------------------------
+
+
+def meshroute_in_mgmt(
+    lab: Lab, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The ``meshroute`` CLI run where etcd is reachable (the management
+    namespace), pointed at the lab's etcd."""
+    env = {
+        **os.environ,
+        "MESHROUTE_ETCD": lab.plan.etcd_endpoint,
+        "MESHROUTE_PREFIX": lab.plan.params.etcd_prefix,
+    }
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.state.ns("mgmt"), sys.executable, "-m", "meshroute.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def apply_resources(lab: Lab) -> None:
+    """Apply the plan's IPPool and BGP resources (``meshroute apply -f``)."""
+    path = Path(lab.plan.run_dir) / "resources.yaml"
+    path.write_text(lab.plan.resources_yaml)
+    p = meshroute_in_mgmt(lab, "apply", "-f", str(path))
+    if p.returncode != 0:
+        raise RuntimeError(f"meshroute apply -f {path} failed: {p.stdout}{p.stderr}")
+
+
+def write_node_config(node: NodePlan) -> Path:
+    path = Path(node.config_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(node.config["bgp"]["workDir"]).mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(node.config, sort_keys=False))
+    return path
+
+
+def start_nodes(lab: Lab, start_node: StartNode, *, say: Say = _quiet) -> None:
+    """Write each node's ``node.yaml`` and start it with ``start_node``;
+    the process it returns is recorded (and ended by ``teardown``)."""
+    for node in lab.plan.nodes:
+        launch = NodeLaunch(
+            node, lab.state.ns(node.ns), write_node_config(node), Path(node.log_path)
+        )
+        say(f"starting {node.name} in {launch.netns}")
+        p = start_node(launch)
+        lab.record(record_process("node", node.ns, p.pid, p.args))  # type: ignore[arg-type]
+
+
+def wait_nodes_ready(lab: Lab, timeout: float = 30.0) -> None:
+    """Until every node's IPAM socket exists (what the CNI plugin needs);
+    a node that exits meanwhile fails at once, with its log's tail."""
+    deadline = time.monotonic() + timeout
+    for node in lab.plan.nodes:
+        rec = next(r for r in lab.state.processes if r.role == "node" and r.label == node.ns)
+        while not os.path.exists(node.ipam_socket):
+            if not alive(rec):
+                tail = (
+                    Path(node.log_path).read_text()[-2000:] if Path(node.log_path).exists() else ""
+                )
+                raise RuntimeError(f"{node.name} exited before it was ready:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.name}: no IPAM socket {node.ipam_socket}")
+            time.sleep(0.1)
+
+
+# ---- down ----------------------------------------------------------------------
+
+
+def teardown(state: LabState, *, remove_run_dir: bool = False) -> None:
+    """End the processes the lab recorded (nodes first, etcd last), then
+    whatever still runs inside its namespaces, then the namespaces."""
+    order = {"node": 0, "bird": 1, "etcd": 2}
+    for role in sorted({r.role for r in state.processes}, key=lambda r: order.get(r, 0)):
+        end_processes([r for r in state.processes if r.role == role])
+    names = [p.netns for p in state.pods] + list(reversed(state.namespaces.values()))
+    for name in names:
+        kill_pids_in(name)
+        run(["ip", "netns", "del", name], check=False)
+    with contextlib.suppress(FileNotFoundError):
+        state.path.unlink()
+    if remove_run_dir:
+        shutil.rmtree(state.run_dir, ignore_errors=True)
+
+
+def down_after_crash(run_dir: str | os.PathLike[str], prefix: str = LAB_PREFIX) -> list[str]:
+    """``lab down`` that trusts nothing: tear down what the state file
+    names (if there is one), then remove every namespace with the lab's
+    prefix and end what runs inside. Returns the namespaces swept."""
+    state = load_state(run_dir)
+    if state is not None:
+        teardown(state)
+    return sweep_stale(prefix, all_of_them=True)

@@ -1,0 +1,251 @@
+"""Pods, pings and router status in a built lab: pods made by Debian's CNI
+``bridge`` plugin with ``meshroute-cni-ipam`` against their node's IPAM
+socket; a ping matrix run from inside each source namespace, in parallel;
+BIRD's protocol table through ``birdc``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from meshroute.lab.build import Lab
+from meshroute.lab.netns import NetnsFactory
+from meshroute.lab.state import PodRecord
+from meshroute.lab.topology import NodePlan
+
+BRIDGE_PLUGIN = "/usr/lib/cni/bridge"
+POD_BRIDGE = "cni0"
+
+
+def pod_netconf(node: NodePlan) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "meshroute-lab",
+        "type": "bridge",
+        "bridge": POD_BRIDGE,
+        "isGateway": True,
+        "ipam": {"type": "meshroute-cni-ipam", "socket": node.ipam_socket},
+    }
+
+
+def run_cni(
+    node_netns: str,
+    command: str,
+    pod_netns: str,
+    container_id: str,
+    conf: dict[str, Any],
+    cni_path: str,
+) -> dict[str, Any]:
+    """The bridge plugin as a runtime on the node would run it."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": f"/var/run/netns/{pod_netns}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": cni_path,
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={container_id}",
+    }
+    p = subprocess.run(
+        ["ip", "netns", "exec", node_netns, BRIDGE_PLUGIN],
+        input=json.dumps(conf),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(
+            f"CNI {command} {container_id} failed: {p.stdout.strip()} {p.stderr.strip()}"
+        )
+    out = json.loads(p.stdout) if p.stdout.strip() else {}
+    return out if isinstance(out, dict) else {}
+
+
+def create_pods(lab: Lab, node: NodePlan, cni_bin_dir: str | os.PathLike[str]) -> list[PodRecord]:
+    """Create the node's pods (its IPAM service must be running); each pod
+    is recorded in the lab state before its CNI ADD, so ``teardown`` removes
+    it even when the ADD fails half way."""
+    factory = NetnsFactory(prefix=lab.state.prefix)
+    cni_path = f"{cni_bin_dir}:{os.path.dirname(BRIDGE_PLUGIN)}"
+    conf = pod_netconf(node)
+    made = []
+    for pod in node.pods:
+        ns = factory.new(pod.label).name
+        rec = PodRecord(pod.label, node.name, ns, pod.container_id, "")
+        lab.state.pods.append(rec)
+        lab.state.save()
+        res = run_cni(lab.state.ns(node.ns), "ADD", ns, pod.container_id, conf, cni_path)
+        address = str(res["ips"][0]["address"]).split("/")[0]
+        rec = PodRecord(pod.label, node.name, ns, pod.container_id, address)
+        lab.state.pods[-1] = rec
+        lab.state.save()
+        made.append(rec)
+    return made
+
+
+def delete_pods(lab: Lab, cni_bin_dir: str | os.PathLike[str]) -> None:
+    """CNI DEL for every pod with an address (gives the addresses back)."""
+    cni_path = f"{cni_bin_dir}:{os.path.dirname(BRIDGE_PLUGIN)}"
+    for rec in lab.state.pods:
+        if rec.address:
+            node = lab.plan.node(rec.node)
+            conf = pod_netconf(node)
+            run_cni(lab.state.ns(node.ns), "DEL", rec.netns, rec.container_id, conf, cni_path)
+
+
+# ---- ping matrix ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    label: str
+    netns: str
+    address: str
+
+
+@dataclass(frozen=True)
+class PingMatrix:
+    labels: tuple[str, ...]
+    ok: frozenset[tuple[str, str]]  # (source, destination) pairs that answered
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        return [(a, b) for a in self.labels for b in self.labels if (a, b) not in self.ok]
+
+    @property
+    def all_ok(self) -> bool:
+        return not self.failures
+
+
+def ping_once(netns: str, address: str, timeout_s: int = 1, count: int = 1) -> bool:
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            str(count),
+            "-W",
+            str(timeout_s),
+            address,
+        ],
+        capture_output=True,
+        timeout=timeout_s * count + 5,
+    )
+    return p.returncode == 0
+
+
+def ping_matrix(
+    endpoints: Sequence[Endpoint],
+    *,
+    timeout_s: int = 1,
+    workers: int = 16,
+    ping: Callable[[str, str, int], bool] | None = None,
+) -> PingMatrix:
+    """Every endpoint pings every endpoint (itself too) from inside its
+    own namespace; a failed ping is retried once, so one lost first packet
+    (ARP, a route a moment late) is not a failure."""
+    probe = ping or (lambda ns, addr, t: ping_once(ns, addr, t))
+    pairs = [(a, b) for a in endpoints for b in endpoints]
+
+    def one(pair: tuple[Endpoint, Endpoint]) -> bool:
+        a, b = pair
+        return probe(a.netns, b.address, timeout_s) or probe(a.netns, b.address, timeout_s)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, pairs))
+    ok = frozenset((a.label, b.label) for (a, b), r in zip(pairs, results, strict=True) if r)
+    return PingMatrix(tuple(e.label for e in endpoints), ok)
+
+
+def format_matrix(m: PingMatrix) -> str:
+    width = max([len(x) for x in m.labels] + [4])
+    head = " " * width + " " + " ".join(f"{x:>{width}}" for x in m.labels)
+    rows = [head]
+    for a in m.labels:
+        cells = ["ok" if (a, b) in m.ok else "FAIL" for b in m.labels]
+        rows.append(f"{a:<{width}} " + " ".join(f"{c:>{width}}" for c in cells))
+    n = len(m.labels) ** 2
+    rows.append(f"{n - len(m.failures)}/{n} pairs answered")
+    return "\n".join(rows)
+
+
+def pod_endpoints(lab: Lab) -> list[Endpoint]:
+    return [Endpoint(p.label, p.netns, p.address) for p in lab.state.pods if p.address]
+
+
+def node_endpoints(lab: Lab) -> list[Endpoint]:
+    return [Endpoint(n.ns, lab.state.ns(n.ns), n.ip) for n in lab.plan.nodes]
+
+
+# ---- BIRD status ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BirdProtocol:
+    name: str
+    proto: str
+    state: str
+    info: str
+
+    @property
+    def established(self) -> bool:
+        return self.proto == "BGP" and self.info.startswith("Established")
+
+
+def parse_protocols(text: str) -> list[BirdProtocol]:
+    """``birdc show protocols`` output to rows (header and banner skipped)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[0] in ("BIRD", "Name") or line.startswith(" "):
+            continue
+        # Since is "hh:mm:ss.mmm" or "YYYY-MM-DD hh:mm:ss"; Info follows it
+        rest = parts[5:]
+        if rest and ":" in rest[0] and "-" in parts[4]:
+            rest = rest[1:]
+        out.append(BirdProtocol(parts[0], parts[1], parts[3], " ".join(rest)))
+    return out
+
+
+def bird_protocols(socket_path: str) -> list[BirdProtocol]:
+    p = subprocess.run(
+        ["birdc", "-s", socket_path, "show", "protocols"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"birdc -s {socket_path}: {p.stderr.strip() or p.stdout.strip()}")
+    return parse_protocols(p.stdout)
+
+
+def format_sessions(lab: Lab) -> str:
+    rows = [f"{'router':<8} {'peer':<12} {'state':<6} info"]
+    for sp in lab.plan.speakers:
+        try:
+            protos = bird_protocols(sp.socket_path)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            rows.append(f"{sp.ns:<8} {'-':<12} {'-':<6} {e}")
+            continue
+        for pr in protos:
+            if pr.proto == "BGP":
+                rows.append(f"{sp.ns:<8} {pr.name:<12} {pr.state:<6} {pr.info}")
+    return "\n".join(rows)
+
+
+def summary(lab: Lab, matrix: PingMatrix | None = None) -> str:
+    parts = [f"lab {lab.plan.params.topology} in {lab.plan.run_dir}", format_sessions(lab)]
+    if matrix is not None:
+        parts.append(format_matrix(matrix))
+    return "\n\n".join(parts)

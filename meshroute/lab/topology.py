@@ -1,0 +1,552 @@
+"""The lab's plan, pure: from a few parameters (racks, nodes per rack, pods per
+node, topology) every namespace, link, address, route, AS number, BIRD
+configuration, node config (``node.yaml``) and resource YAML the lab needs.
+``meshroute.lab.build`` applies it; nothing here touches the machine.
+
+Picture (racks=2, nodes_per_rack=2; addresses are documentation ranges and
+exist only inside the lab's namespaces)::
+
+                         +-----------------------+
+                         |  router   AS 65000    |  BIRD: eBGP to every ToR,
+                         |  (spine, forwards)    |  kernel export of BGP routes
+                         +-----------------------+
+               198.51.100.1/30 |         | 198.51.100.5/30
+               198.51.100.2/30 |         | 198.51.100.6/30
+             +-----------------+--+   +--+-----------------+
+             | r1-tor  AS 65001   |   | r2-tor  AS 65002   |  BIRD; the rack's
+             | bridge "rack"      |   | bridge "rack"      |  gateway (.1),
+             | 192.0.2.1/26       |   | 192.0.2.65/26      |  forwards
+             +---+-------------+--+   +--+-------------+---+
+                 |    (rr1)    |         |    (rr2)    |     reflectors: rr mode
+              r1-n1         r1-n2      r2-n1         r2-n2   only (.5 of a rack)
+           192.0.2.10    192.0.2.11  192.0.2.74    192.0.2.75
+              eth0 (default via the ToR), mgmt0 203.0.113.x/24
+                 \\_____________ mgmt bridge ______________/
+                        mgmt: etcd on 203.0.113.1:2379
+
+- Underlay: each rack is one L2 segment (a bridge in its ToR's namespace);
+  the ToR exports its rack subnet to the router over eBGP and the router
+  passes it on to the other ToRs, so nodes reach other racks only while
+  BIRD's sessions are up (as in a routed fabric). Pods come from
+  10.244.0.0/16 in /26 blocks.
+- Management: an out-of-band bridge in the ``mgmt`` namespace, where etcd
+  listens; the nodes reach it on ``mgmt0`` whatever BGP does.
+- ``mesh``: nodes in the cluster AS 64512, full iBGP mesh. Cross-rack
+  next hops are not on the node's subnet, so the pool uses VXLAN
+  CrossSubnet; the fabric only carries node addresses.
+- ``tor``: Calico's "AS per compute server" model: every node its own AS
+  (64600 + 20 * (rack - 1) + n), eBGP to its rack's ToR (AS 65000 + rack),
+  ToRs eBGP to the router. Calico's "AS per rack" puts a rack's nodes in the
+  ToR's AS with iBGP; with eBGP to the ToR a shared rack AS would make each
+  node drop its rack mates' routes as AS-path loops. The fabric carries pod
+  routes, so the pool needs no encapsulation. The ToR is passive towards
+  its nodes (the nodes connect; no collisions on restarts).
+- ``rr``: nodes in AS 64512 with the mesh off, clients of a BIRD route
+  reflector pair (one reflector on each of the first two racks, one cluster
+  id, an iBGP session between the two); reflectors forward nothing, so as in
+  ``mesh`` the pool uses VXLAN CrossSubnet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import yaml
+from netaddr import IPNetwork
+
+from meshroute.lab.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
+
+Topology = Literal["mesh", "tor", "rr"]
+TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr")
+Role = Literal["mgmt", "router", "tor", "reflector", "node"]
+
+CLUSTER_AS = 64512
+ROUTER_AS = 65000
+RACK_SPACE = IPNetwork("192.0.2.0/24")  # one /26 per rack
+TRANSIT_SPACE = IPNetwork("198.51.100.0/24")  # one /30 per ToR-router link
+MGMT_NET = IPNetwork("203.0.113.0/24")
+POOL_CIDR = IPNetwork("10.244.0.0/16")
+POOL_BLOCK = 26
+ETCD_PORT = 2379
+RR_CLUSTER_ID = "244.0.0.1"
+MAX_RACKS = 4
+MAX_NODES_PER_RACK = 19
+NODE_HOST_OFFSET = 10
+REFLECTOR_HOST_OFFSET = 5
+HTTP_BASE_PORT = 9100
+RACK_BRIDGE = "rack"
+MGMT_BRIDGE = "mgmt"
+
+
+def tor_as(rack: int) -> int:
+    return ROUTER_AS + rack
+
+
+def node_as(topology: Topology, rack: int, index: int) -> int:
+    if topology == "tor":
+        return 64600 + 20 * (rack - 1) + index
+    return CLUSTER_AS
+
+
+@dataclass(frozen=True)
+class LabParams:
+    topology: Topology = "mesh"
+    racks: int = 2
+    nodes_per_rack: int = 2
+    pods_per_node: int = 2
+    run_dir: str = "/run/meshroute-lab"
+    etcd_prefix: str = "/meshroute"
+    bgp_password: str | None = None  # TCP-MD5 on the node-facing sessions
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.topology not in TOPOLOGIES:
+            out.append(f"topology {self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
+        if not 1 <= self.racks <= MAX_RACKS:
+            out.append(f"racks {self.racks}: 1..{MAX_RACKS}")
+        if not 1 <= self.nodes_per_rack <= MAX_NODES_PER_RACK:
+            out.append(f"nodes_per_rack {self.nodes_per_rack}: 1..{MAX_NODES_PER_RACK}")
+        if not 0 <= self.pods_per_node <= 60:
+            out.append(f"pods_per_node {self.pods_per_node}: 0..60 (one /26 block)")
+        return out
+
+
+@dataclass(frozen=True)
+class NamespacePlan:
+    label: str  # the namespace's real name is <prefix><pid>-<n>-<label>
+    role: Role
+    rack: int | None = None
+    forwarding: bool = False
+    default_via: str | None = None
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    ns: str  # namespace label
+    name: str
+    address: str | None  # with prefix length
+
+
+@dataclass(frozen=True)
+class VethPlan:
+    """A veth pair: ``a_if`` in ``a_ns``, ``b_if`` in ``b_ns``; an end with
+    a bridge is enslaved to that bridge in its namespace."""
+
+    a_ns: str
+    a_if: str
+    b_ns: str
+    b_if: str
+    a_address: str | None = None
+    b_address: str | None = None
+    a_bridge: str | None = None
+    b_bridge: str | None = None
+
+
+@dataclass(frozen=True)
+class SpeakerPlan:
+    """A BIRD instance (ToR, router or reflector) in namespace ``ns``."""
+
+    ns: str
+    role: Role
+    bird: BirdConfig
+    config_path: str
+    socket_path: str
+    log_path: str
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    label: str  # also the pod namespace's label
+    container_id: str
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str  # the node name, e.g. rack1-node1
+    ns: str  # namespace label, e.g. r1-n1
+    rack: int
+    index: int
+    address: str  # underlay, with prefix length
+    gateway: str  # the ToR's rack address
+    mgmt_address: str
+    as_number: int
+    labels: dict[str, str] = field(hash=False)
+    run_dir: str
+    pods: tuple[PodPlan, ...]
+    http_port: int
+    config: dict[str, Any] = field(hash=False)
+
+    @property
+    def config_path(self) -> str:
+        return f"{self.run_dir}/node.yaml"
+
+    @property
+    def log_path(self) -> str:
+        return f"{self.run_dir}/node.log"
+
+    @property
+    def ipam_socket(self) -> str:
+        return str(self.config["ipam"]["socket"])
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    params: LabParams
+    namespaces: tuple[NamespacePlan, ...]
+    bridges: tuple[BridgePlan, ...]
+    veths: tuple[VethPlan, ...]
+    speakers: tuple[SpeakerPlan, ...]
+    nodes: tuple[NodePlan, ...]
+    etcd_endpoint: str
+    resources_yaml: str
+
+    @property
+    def run_dir(self) -> str:
+        return self.params.run_dir
+
+    def node(self, name: str) -> NodePlan:
+        for n in self.nodes:
+            if n.name == name or n.ns == name:
+                return n
+        raise KeyError(name)
+
+
+def rack_subnet(rack: int) -> IPNetwork:
+    return list(RACK_SPACE.subnet(26))[rack - 1]
+
+
+def transit_subnet(rack: int) -> IPNetwork:
+    return list(TRANSIT_SPACE.subnet(30))[rack - 1]
+
+
+def _host(net: IPNetwork, offset: int) -> str:
+    return f"{net[offset]}/{net.prefixlen}"
+
+
+def _ip(addr: str) -> str:
+    return addr.split("/")[0]
+
+
+def plan_node_config(
+    *,
+    name: str,
+    address: str,
+    as_number: int,
+    labels: dict[str, str],
+    run_dir: str,
+    http_port: int,
+    etcd_endpoint: str,
+    etcd_prefix: str,
+) -> dict[str, Any]:
+    """A ``node.yaml`` as a dict (``meshroute.config.NodeConfig`` schema)."""
+    return {
+        "nodeName": name,
+        "ipv4": address,
+        "asNumber": as_number,
+        "labels": dict(labels),
+        "etcd": {"endpoints": [etcd_endpoint], "prefix": etcd_prefix},
+        "ipam": {"socket": f"{run_dir}/ipam.sock", "l2Segment": True},
+        "bgp": {"workDir": f"{run_dir}/bgp"},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+    }
+
+
+def _filters(params: LabParams) -> tuple[PrefixFilter, PrefixFilter]:
+    pods = PrefixFilter("pods", (PrefixRange(str(POOL_CIDR), POOL_BLOCK, 32),))
+    fabric = PrefixFilter(
+        "fabric",
+        (
+            *(PrefixRange(str(rack_subnet(r))) for r in range(1, params.racks + 1)),
+            PrefixRange(str(POOL_CIDR), POOL_BLOCK, 32),
+        ),
+    )
+    return pods, fabric
+
+
+def _lab_neighbor(**kw: Any) -> BgpNeighbor:
+    """The lab restarts peers on purpose: reconnect within seconds, not the
+    minutes BIRD waits by default."""
+    return BgpNeighbor(**{"connect_delay": 1, "connect_retry": 3, "error_wait": (1, 5), **kw})
+
+
+def _node_protocol(n: NodePlan) -> str:
+    return "node_" + n.ns.replace("-", "_")
+
+
+def _speaker(ns: str, role: Role, bird: BirdConfig, run_dir: str) -> SpeakerPlan:
+    d = f"{run_dir}/{ns}"
+    bird = replace(bird, log_file=f"{d}/bird.log")
+    return SpeakerPlan(ns, role, bird, f"{d}/bird.conf", f"{d}/bird.ctl", f"{d}/bird.log")
+
+
+def plan_resources(params: LabParams, nodes: tuple[NodePlan, ...], reflectors: list[str]) -> str:
+    """The IPPool and BGP resources the lab applies, as multi-document YAML."""
+    encap = "Never" if params.topology == "tor" else "CrossSubnet"
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "meshroute.io/v1",
+            "kind": "IPPool",
+            "metadata": {"name": "lab-pods"},
+            "spec": {
+                "cidr": str(POOL_CIDR),
+                "blockSize": POOL_BLOCK,
+                "ipipMode": "Never",
+                "vxlanMode": encap,
+                "nodeSelector": "all()",
+            },
+        },
+        {
+            "apiVersion": "meshroute.io/v1",
+            "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {
+                "asNumber": CLUSTER_AS,
+                "nodeToNodeMeshEnabled": params.topology == "mesh",
+                "nodeASNumbers": (
+                    {n.name: n.as_number for n in nodes} if params.topology == "tor" else {}
+                ),
+            },
+        },
+    ]
+    password = {"password": params.bgp_password} if params.bgp_password else {}
+    if params.topology == "tor":
+        for r in range(1, params.racks + 1):
+            docs.append(
+                {
+                    "apiVersion": "meshroute.io/v1",
+                    "kind": "BGPPeer",
+                    "metadata": {"name": f"rack{r}-tor"},
+                    "spec": {
+                        "nodeSelector": f"rack == 'r{r}'",
+                        "peerIP": str(rack_subnet(r)[1]),
+                        "asNumber": tor_as(r),
+                        **password,
+                    },
+                }
+            )
+    elif params.topology == "rr":
+        for i, addr in enumerate(reflectors, start=1):
+            docs.append(
+                {
+                    "apiVersion": "meshroute.io/v1",
+                    "kind": "BGPPeer",
+                    "metadata": {"name": f"reflector{i}"},
+                    "spec": {"peerIP": addr, "asNumber": CLUSTER_AS, **password},
+                }
+            )
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def plan_lab(params: LabParams) -> LabPlan:
+    """The whole lab for ``params`` (raises ValueError on bad parameters)."""
+    bad = params.problems()
+    if bad:
+        raise ValueError("; ".join(bad))
+    run = params.run_dir.rstrip("/")
+    pods_filter, fabric_filter = _filters(params)
+    namespaces: list[NamespacePlan] = [
+        NamespacePlan("mgmt", "mgmt"),
+        NamespacePlan("router", "router", forwarding=True),
+    ]
+    bridges: list[BridgePlan] = [BridgePlan("mgmt", MGMT_BRIDGE, _host(MGMT_NET, 1))]
+    veths: list[VethPlan] = []
+    etcd_endpoint = f"{MGMT_NET[1]}:{ETCD_PORT}"
+
+    # nodes first: the ToRs' and reflectors' neighbours are made from them
+    nodes: list[NodePlan] = []
+    mgmt_host = NODE_HOST_OFFSET
+    for r in range(1, params.racks + 1):
+        subnet = rack_subnet(r)
+        for i in range(1, params.nodes_per_rack + 1):
+            name = f"rack{r}-node{i}"
+            ns = f"r{r}-n{i}"
+            address = _host(subnet, NODE_HOST_OFFSET + i - 1)
+            labels = {"rack": f"r{r}"}
+            asn = node_as(params.topology, r, i)
+            port = HTTP_BASE_PORT + len(nodes)
+            node_dir = f"{run}/{ns}"
+            pods = tuple(
+                PodPlan(f"{ns}-p{p}", f"lab-{ns}-p{p}") for p in range(1, params.pods_per_node + 1)
+            )
+            config = plan_node_config(
+                name=name,
+                address=address,
+                as_number=asn,
+                labels=labels,
+                run_dir=node_dir,
+                http_port=port,
+                etcd_endpoint=etcd_endpoint,
+                etcd_prefix=params.etcd_prefix,
+            )
+            nodes.append(
+                NodePlan(
+                    name=name,
+                    ns=ns,
+                    rack=r,
+                    index=i,
+                    address=address,
+                    gateway=str(subnet[1]),
+                    mgmt_address=_host(MGMT_NET, mgmt_host),
+                    as_number=asn,
+                    labels=labels,
+                    run_dir=node_dir,
+                    pods=pods,
+                    http_port=port,
+                    config=config,
+                )
+            )
+            mgmt_host += 1
+
+    reflectors: list[tuple[str, int, str]] = []  # (ns label, rack, address)
+    if params.topology == "rr":
+        for k in (1, 2):
+            rack = (k - 1) % params.racks + 1
+            offset = REFLECTOR_HOST_OFFSET + (k - 1) // params.racks
+            reflectors.append((f"rr{k}", rack, _host(rack_subnet(rack), offset)))
+
+    speakers: list[SpeakerPlan] = []
+    router_neighbors: list[BgpNeighbor] = []
+    for r in range(1, params.racks + 1):
+        subnet, transit = rack_subnet(r), transit_subnet(r)
+        tor = f"r{r}-tor"
+        namespaces.append(NamespacePlan(tor, "tor", rack=r, forwarding=True))
+        bridges.append(BridgePlan(tor, RACK_BRIDGE, _host(subnet, 1)))
+        veths.append(
+            VethPlan("router", f"to-r{r}", tor, "uplink", _host(transit, 1), _host(transit, 2))
+        )
+        router_neighbors.append(
+            _lab_neighbor(
+                name=f"tor{r}",
+                address=str(transit[2]),
+                peer_as=tor_as(r),
+                local_address=str(transit[1]),
+                import_filter="fabric",
+                export_filter="fabric",
+            )
+        )
+        tor_neighbors = [
+            _lab_neighbor(
+                name="spine",
+                address=str(transit[1]),
+                peer_as=ROUTER_AS,
+                local_address=str(transit[2]),
+                import_filter="fabric",
+                export_filter="fabric",
+            )
+        ]
+        if params.topology == "tor":
+            tor_neighbors += [
+                _lab_neighbor(
+                    name=_node_protocol(n),
+                    address=n.ip,
+                    peer_as=n.as_number,
+                    local_address=str(subnet[1]),
+                    import_filter="pods",
+                    export_filter="pods",
+                    passive=True,
+                    password=params.bgp_password,
+                )
+                for n in nodes
+                if n.rack == r
+            ]
+        bird = BirdConfig(
+            router_id=str(subnet[1]),
+            local_as=tor_as(r),
+            neighbors=tuple(tor_neighbors),
+            filters=(pods_filter, fabric_filter),
+            direct_interfaces=(RACK_BRIDGE,),
+            kernel_export_bgp=True,
+        )
+        speakers.append(_speaker(tor, "tor", bird, run))
+        for n in nodes:
+            if n.rack == r:
+                namespaces.append(
+                    NamespacePlan(n.ns, "node", rack=r, forwarding=True, default_via=n.gateway)
+                )
+                veths.append(
+                    VethPlan(n.ns, "eth0", tor, f"p-{n.ns}", a_address=n.address, b_bridge="rack")
+                )
+                veths.append(
+                    VethPlan(
+                        n.ns,
+                        "mgmt0",
+                        "mgmt",
+                        f"m-{n.ns}",
+                        a_address=n.mgmt_address,
+                        b_bridge="mgmt",
+                    )
+                )
+        for label, rack, addr in reflectors:
+            if rack == r:
+                namespaces.append(
+                    NamespacePlan(label, "reflector", rack=r, default_via=str(subnet[1]))
+                )
+                veths.append(VethPlan(label, "eth0", tor, f"p-{label}", addr, b_bridge="rack"))
+
+    speakers.insert(
+        0,
+        _speaker(
+            "router",
+            "router",
+            BirdConfig(
+                router_id=str(transit_subnet(1)[1]),
+                local_as=ROUTER_AS,
+                neighbors=tuple(router_neighbors),
+                filters=(fabric_filter,),
+                kernel_export_bgp=True,
+            ),
+            run,
+        ),
+    )
+    for label, _rack, addr in reflectors:
+        others = [(lb, a) for lb, _r, a in reflectors if lb != label]
+        neighbors = [
+            _lab_neighbor(
+                name=_node_protocol(n),
+                address=n.ip,
+                peer_as=CLUSTER_AS,
+                local_address=_ip(addr),
+                import_filter="pods",
+                export_filter="pods",
+                passive=True,
+                password=params.bgp_password,
+                rr_client=True,
+            )
+            for n in nodes
+        ] + [
+            _lab_neighbor(
+                name=lb,
+                address=_ip(a),
+                peer_as=CLUSTER_AS,
+                local_address=_ip(addr),
+                import_filter="pods",
+                export_filter="pods",
+            )
+            for lb, a in others
+        ]
+        bird = BirdConfig(
+            router_id=_ip(addr),
+            local_as=CLUSTER_AS,
+            neighbors=tuple(neighbors),
+            filters=(pods_filter,),
+            kernel_learn=True,
+            rr_cluster_id=RR_CLUSTER_ID,
+        )
+        speakers.append(_speaker(label, "reflector", bird, run))
+
+    node_tuple = tuple(nodes)
+    return LabPlan(
+        params=params,
+        namespaces=tuple(namespaces),
+        bridges=tuple(bridges),
+        veths=tuple(veths),
+        speakers=tuple(speakers),
+        nodes=node_tuple,
+        etcd_endpoint=etcd_endpoint,
+        resources_yaml=plan_resources(params, node_tuple, [_ip(a) for _, _, a in reflectors]),
+    )
