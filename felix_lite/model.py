@@ -42,7 +42,7 @@ def prefix_text(net: IPNetwork) -> str:
     return f"{text}/{net.prefixlen}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class NextHop:
     gateway: IPAddress
     ifname: str
@@ -50,7 +50,7 @@ class NextHop:
     weight: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelRoute:
     """One route in the table felix_lite owns. ``nexthops`` is empty for a
     blackhole, holds one entry for a plain route and several for ECMP."""
