@@ -16,6 +16,8 @@ Rules it keeps:
   restarted node learns which sessions are up.
 - Acks (``done``/``error``) for commands sent by a node that went away are
   swallowed, so a new node's first ack answers its own first command.
+- After replay and buffer, a ``{"relay": "synced", "dropped": N, ...}`` line
+  tells the node it is now live (the speaker then refreshes if needed).
 - A node that stops reading (more than ``--max-queued-bytes`` unsent) is
   disconnected rather than letting memory grow; it reconnects and refreshes.
 - Exits when ExaBGP closes our stdin.
@@ -70,6 +72,7 @@ class RelayState:
     outstanding: int = 0  # commands written to ExaBGP, not yet acked
     stale_acks: int = 0  # acks still due to a node that went away
     dropped: int = 0
+    dropped_reported: int = 0  # dropped as of the last node connection
 
     def on_command_sent(self) -> None:
         self.outstanding += 1
@@ -98,10 +101,19 @@ class RelayState:
         return None
 
     def on_node_connected(self) -> list[bytes]:
-        """Lines to send a node that just connected: replay, then the buffer."""
+        """Lines to send a node that just connected: the replay, the buffer,
+        then one ``{"relay": "synced", ...}`` line saying how many lines were
+        dropped since the last node went away."""
         out = list(self.replay.values()) + list(self.buffer)
+        mark = {
+            "relay": "synced",
+            "replayed": len(self.replay),
+            "buffered": len(self.buffer),
+            "dropped": self.dropped - self.dropped_reported,
+        }
+        self.dropped_reported = self.dropped
         self.buffer.clear()
-        return out
+        return [*out, json.dumps(mark).encode() + b"\n"]
 
 
 def _log(msg: str) -> None:

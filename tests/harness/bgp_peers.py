@@ -115,12 +115,12 @@ class Bird:
     def start(self) -> Bird:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(bird_conf(self.spec))
-        log = open(self.workdir / "bird.log", "wb")  # noqa: SIM115 - owned by the child
-        self.proc = self.ns.popen(
-            ["bird", "-c", str(self.conf), "-s", str(self.sock), "-f"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.workdir / "bird.log", "wb") as log:
+            self.proc = self.ns.popen(
+                ["bird", "-c", str(self.conf), "-s", str(self.sock), "-f"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(lambda: self.sock.exists(), 10, "BIRD control socket")
         return self
 
@@ -252,20 +252,11 @@ class Gobgp:
     def start(self) -> Gobgp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(gobgp_conf(self.spec))
-        log = open(self.workdir / "gobgpd.log", "wb")  # noqa: SIM115 - owned by the child
-        self.proc = self.ns.popen(
-            [
-                "gobgpd",
-                "-f",
-                str(self.conf),
-                "--api-hosts",
-                f"127.0.0.1:{self.spec.api_port}",
-                "--pprof-disable",
-                "-p",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = ["gobgpd", "-f", str(self.conf), "--api-hosts", f"127.0.0.1:{self.spec.api_port}"]
+        with open(self.workdir / "gobgpd.log", "wb") as log:
+            self.proc = self.ns.popen(
+                [*argv, "--pprof-disable", "-p"], stdout=log, stderr=subprocess.STDOUT
+            )
         wait_for(lambda: self._cli_ok(), 15, "gobgpd API")
         return self
 

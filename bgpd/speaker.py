@@ -1,0 +1,532 @@
+"""The BGP speaker the node owns: supervises ``exabgp server`` as a child,
+serves the unix socket bgpd.relay connects to, drains and decodes everything
+ExaBGP says, and keeps ExaBGP's announcements equal to the desired set with
+flow control (at most ``max_in_flight`` commands awaiting ``done``/``error``).
+
+Decisions are pure functions (``plan_commands``, ``decide_restart_delay``,
+``decide_refresh``); ``Speaker`` only moves bytes and processes.
+
+Lifecycle facts it relies on (see /work/shared/notes/exabgp.md):
+- ExaBGP keeps no RIB: a new ExaBGP process knows no announcements, so
+  ``announced`` is forgotten whenever the speaker starts a new one.
+- manual-eor: after a peer comes up the speaker re-applies the desired set
+  and then sends End-of-RIB to that peer (``auto_eor``), so a graceful-restart
+  peer replaces its stale routes without a flap.
+- After the node (or the relay) reconnects to a running ExaBGP, learned
+  routes are recovered by asking every established peer for a route refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from netaddr import IPAddress, IPNetwork
+
+from bgpd.codec import decode_line, encode_bulk, encode_command
+from bgpd.exabgp_config import ExabgpConfig, render, render_env
+from bgpd.model import (
+    AckEvent,
+    Announce,
+    Command,
+    Event,
+    MalformedLine,
+    RouteRefresh,
+    SendEor,
+    SessionState,
+    StateEvent,
+    Withdraw,
+)
+
+log = logging.getLogger("bgpd.speaker")
+
+MAX_IN_FLIGHT = 200
+STABLE_AFTER_S = 60.0  # an ExaBGP that lived this long resets the backoff
+RELAY_MARK = b'{"relay"'
+
+
+# ---- pure decisions ------------------------------------------------------------
+
+
+def decide_restart_delay(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds to wait before starting ExaBGP again after ``failures``
+    consecutive early deaths: 0 for the first start, then exponential."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap, base * (2 ** min(failures - 1, 30))))
+
+
+def plan_commands(
+    desired: Mapping[IPNetwork, Announce], announced: Mapping[IPNetwork, Announce]
+) -> list[Command]:
+    """What to tell ExaBGP so that what it announces becomes ``desired``:
+    withdrawals first (a prefix moving to another neighbour scope is
+    withdrawn and announced again), then new or changed announcements."""
+    out: list[Command] = []
+    for p, a in announced.items():
+        d = desired.get(p)
+        if d is None or d.neighbor != a.neighbor:
+            out.append(Withdraw(p, a.neighbor))
+    for p, d in desired.items():
+        if announced.get(p) != d:
+            out.append(d)
+    return out
+
+
+def decide_refresh(
+    *, fresh_process: bool, first_connection: bool, dropped: int, established: Sequence[IPAddress]
+) -> list[RouteRefresh]:
+    """Route refreshes to send after the relay connected. A freshly started
+    ExaBGP whose first relay connection lost nothing tells us everything as
+    its sessions come up; any other connection may have missed updates."""
+    if fresh_process and first_connection and dropped == 0:
+        return []
+    return [
+        RouteRefresh("ipv6 unicast" if p.version == 6 else "ipv4 unicast", p)
+        for p in sorted(established)
+    ]
+
+
+# ---- the speaker ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeakerSettings:
+    workdir: Path  # config, socket, pid file and ExaBGP's log live here
+    exabgp: tuple[str, ...] = (str(Path(sys.executable).parent / "exabgp"),)
+    python: str = sys.executable
+    wrap: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NAME) in tests and the lab
+    max_in_flight: int = MAX_IN_FLIGHT
+    auto_eor: bool = True
+    restart_base_s: float = 0.5
+    restart_cap_s: float = 30.0
+    log_level: str = "INFO"
+    # how a changed peer set is applied; see bgpd/README-exabgp.md for what
+    # ExaBGP 5.0.15 does on reload
+    reload_with_signal: bool = True
+
+
+@dataclass
+class SpeakerStats:
+    exabgp_starts: int = 0
+    relay_connections: int = 0
+    commands_sent: int = 0
+    acks_ok: int = 0
+    acks_error: int = 0
+    acks_lost: int = 0
+    unexpected_acks: int = 0
+    malformed: int = 0
+    max_in_flight_seen: int = 0
+    relay_dropped: int = 0
+
+
+@dataclass
+class _Conn:
+    writer: asyncio.StreamWriter
+    pending: collections.deque[asyncio.Future[AckEvent]] = field(default_factory=collections.deque)
+    synced: bool = False
+
+
+EventCallback = Callable[[Event], None]
+
+
+class Speaker:
+    def __init__(
+        self, cfg: ExabgpConfig, settings: SpeakerSettings, on_event: EventCallback | None = None
+    ) -> None:
+        self.settings = settings
+        self.on_event = on_event or (lambda e: None)
+        self.stats = SpeakerStats()
+        self.peer_state: dict[IPAddress, SessionState] = {}
+        self.announced: dict[IPNetwork, Announce] = {}
+        self.desired: dict[IPNetwork, Announce] = {}
+        self.cfg = self._with_relay(cfg)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exabgp_pid: int | None = None
+        self._conn: _Conn | None = None
+        self._connected = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight = 0
+        self._dirty = asyncio.Event()
+        self._eor_due: set[IPAddress] = set()
+        self._fresh_process = False
+        self._connections_this_process = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._stopping = False
+        self._exited = asyncio.Event()
+        self._synced_waiters: list[asyncio.Future[None]] = []
+
+    # ---- paths ----
+
+    @property
+    def socket_path(self) -> Path:
+        return self.settings.workdir / "exabgp.sock"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.settings.workdir / "exabgp.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.settings.workdir / "exabgp.log"
+
+    def _with_relay(self, cfg: ExabgpConfig) -> ExabgpConfig:
+        run = (self.settings.python, "-m", "bgpd.relay", "--socket", str(self.socket_path))
+        return replace(cfg, api_run=run)
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(render(self.cfg))
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(
+            self._on_relay, str(self.socket_path), limit=64 * 1024 * 1024
+        )
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="exabgp-supervisor"),
+            asyncio.create_task(self._reconcile_loop(), name="exabgp-reconcile"),
+        ]
+
+    async def stop(self, *, terminate_exabgp: bool = True) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if terminate_exabgp:
+            await self._terminate_exabgp()
+        if self._conn is not None:
+            self._conn_lost(self._conn)
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _terminate_exabgp(self) -> None:
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            await asyncio.to_thread(p.wait, 10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            await asyncio.to_thread(p.wait)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = render_env(self.cfg, log_level=self.settings.log_level, base=os.environ)
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            p = subprocess.Popen(
+                [*self.settings.wrap, *self.settings.exabgp, "server", str(self.conf_path)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C to the node is not a Ctrl-C to ExaBGP
+            )
+        finally:
+            logf.close()
+        return p
+
+    @property
+    def pid_path(self) -> Path:
+        return self.settings.workdir / "exabgp.pid"
+
+    def _end_previous_exabgp(self) -> None:
+        """An ExaBGP left behind by a previous node process (kill -9) would
+        fight the new one over every session: end it, by its recorded PID,
+        only if that PID still runs ExaBGP on our config file."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if str(self.conf_path).encode() not in cmdline:
+            return
+        log.warning("ending ExaBGP pid %d left by a previous run", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                time.sleep(0.05)
+                os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+
+    async def _supervise(self) -> None:
+        failures = 0
+        await asyncio.to_thread(self._end_previous_exabgp)
+        while not self._stopping:
+            delay = decide_restart_delay(
+                failures, self.settings.restart_base_s, self.settings.restart_cap_s
+            )
+            if delay:
+                log.warning("ExaBGP: restarting in %.1f s (%d early exits)", delay, failures)
+                await asyncio.sleep(delay)
+            self.conf_path.write_text(render(self.cfg))
+            self.proc = self._spawn()
+            self.exabgp_pid = self.proc.pid
+            self.pid_path.write_text(f"{self.proc.pid}\n")
+            self.stats.exabgp_starts += 1
+            self._fresh_process = True
+            self._connections_this_process = 0
+            self.announced.clear()  # a new ExaBGP knows none of our routes
+            self.peer_state.clear()
+            started = time.monotonic()
+            log.info("ExaBGP started, pid %d", self.proc.pid)
+            rc = await asyncio.to_thread(self.proc.wait)
+            lived = time.monotonic() - started
+            if self._stopping:
+                return
+            log.warning("ExaBGP pid %d exited with %s after %.1f s", self.proc.pid, rc, lived)
+            for peer, st in list(self.peer_state.items()):
+                if st is not SessionState.DOWN:
+                    self.peer_state[peer] = SessionState.DOWN
+                    self.on_event(StateEvent(peer, None, SessionState.DOWN, "ExaBGP exited"))
+            failures = 1 if lived >= STABLE_AFTER_S else failures + 1
+
+    async def apply_config(self, cfg: ExabgpConfig) -> None:
+        """Apply a changed peer set. With ``reload_with_signal`` ExaBGP is
+        told to re-read its config (SIGUSR1), which keeps unchanged sessions
+        up; otherwise it is restarted."""
+        new = self._with_relay(cfg)
+        if new == self.cfg:
+            return
+        self.cfg = new
+        self.conf_path.write_text(render(self.cfg))
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return  # the supervisor starts it with the new file
+        if self.settings.reload_with_signal:
+            p.send_signal(signal.SIGUSR1)
+            # removed peers: forget them (ExaBGP closes their sessions)
+            keep = {n.address for n in cfg.neighbors}
+            for peer in [x for x in self.peer_state if x not in keep]:
+                del self.peer_state[peer]
+            self._dirty.set()
+        else:
+            p.terminate()  # the supervisor starts the new one at once
+
+    # ---- relay connection: the reader ----
+
+    async def _on_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        old = self._conn
+        if old is not None:
+            self._conn_lost(old)
+            old.writer.close()
+        conn = _Conn(writer)
+        self._conn = conn
+        self._connections_this_process += 1
+        self.stats.relay_connections += 1
+        self._connected.set()
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:
+                    self.stats.malformed += 1
+                    log.warning("dropped an over-long line from the relay")
+                    continue
+                except ConnectionError:
+                    break
+                if not line:
+                    break
+                self._on_line(conn, line)
+        finally:
+            if self._conn is conn:
+                self._conn_lost(conn)
+            writer.close()
+
+    def _on_line(self, conn: _Conn, line: bytes) -> None:
+        if line.startswith(RELAY_MARK):
+            self._on_relay_synced(conn, line)
+            return
+        ev = decode_line(line)
+        if isinstance(ev, AckEvent):
+            if conn.pending:
+                self._in_flight -= 1
+                self._slots.release()
+                fut = conn.pending.popleft()
+                if not fut.done():
+                    fut.set_result(ev)
+            else:
+                self.stats.unexpected_acks += 1
+            return
+        if isinstance(ev, MalformedLine) and "'shutdown'" in ev.reason:
+            log.info("ExaBGP is shutting down")
+        elif isinstance(ev, MalformedLine):
+            self.stats.malformed += 1
+            log.warning("ExaBGP line not understood (%s): %.200s", ev.reason, ev.line)
+        elif isinstance(ev, StateEvent):
+            prev = self.peer_state.get(ev.peer)
+            self.peer_state[ev.peer] = ev.state
+            came_up = ev.state is SessionState.ESTABLISHED and prev is not SessionState.ESTABLISHED
+            if came_up and conn.synced and self.settings.auto_eor:
+                self._eor_due.add(ev.peer)
+                self._dirty.set()
+        self.on_event(ev)
+
+    def _on_relay_synced(self, conn: _Conn, line: bytes) -> None:
+        try:
+            info = json.loads(line)
+            dropped = int(info.get("dropped", 0))
+        except (ValueError, TypeError, AttributeError):
+            dropped = 0
+        self.stats.relay_dropped += dropped
+        conn.synced = True
+        established = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        refresh = decide_refresh(
+            fresh_process=self._fresh_process,
+            first_connection=self._connections_this_process == 1,
+            dropped=dropped,
+            established=established,
+        )
+        if self.settings.auto_eor:
+            # sessions that were already up when we connected get our routes
+            # and an End-of-RIB too (a restarted node re-announces, then EoR)
+            self._eor_due.update(established)
+        self._dirty.set()
+        if refresh:
+            log.info("asking %d peers for a route refresh", len(refresh))
+            asyncio.get_running_loop().create_task(self.send(refresh))
+        for w in self._synced_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._synced_waiters.clear()
+
+    def _conn_lost(self, conn: _Conn) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self._connected.clear()
+        while conn.pending:
+            fut = conn.pending.popleft()
+            self._in_flight -= 1
+            self._slots.release()
+            self.stats.acks_lost += 1
+            if not fut.done():
+                fut.set_result(AckEvent(False, "connection lost"))
+
+    # ---- the command sender ----
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def send_lines(self, lines: Sequence[str]) -> list[AckEvent]:
+        """Send API lines with at most ``max_in_flight`` awaiting acks; returns
+        the ack of each line, in order (``ok=False, "connection lost"`` for
+        lines whose connection went away)."""
+        futs: list[asyncio.Future[AckEvent]] = []
+        loop = asyncio.get_running_loop()
+        for i, text in enumerate(lines):
+            await self._slots.acquire()
+            conn = self._conn
+            while conn is None:
+                self._slots.release()
+                await self._connected.wait()
+                await self._slots.acquire()
+                conn = self._conn
+            fut: asyncio.Future[AckEvent] = loop.create_future()
+            conn.pending.append(fut)
+            self._in_flight += 1
+            self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self._in_flight)
+            conn.writer.write(text.encode() + b"\n")
+            self.stats.commands_sent += 1
+            futs.append(fut)
+            if i % 64 == 63:
+                with contextlib.suppress(ConnectionError):
+                    await conn.writer.drain()
+        acks = list(await asyncio.gather(*futs))
+        for a in acks:
+            if a.ok:
+                self.stats.acks_ok += 1
+            elif a.text != "connection lost":
+                self.stats.acks_error += 1
+        return acks
+
+    async def send(self, cmds: Sequence[Command]) -> list[AckEvent]:
+        return await self.send_lines([encode_command(c) for c in cmds])
+
+    async def send_eor(self, peer: IPAddress | None = None, family: str = "ipv4 unicast") -> bool:
+        (ack,) = await self.send([SendEor(family, peer)])
+        return ack.ok
+
+    # ---- desired announcements ----
+
+    def set_desired(self, announcements: Mapping[IPNetwork, Announce]) -> None:
+        """The complete set of routes to announce; applied in the background."""
+        self.desired = dict(announcements)
+        self._dirty.set()
+
+    async def reconcile(self) -> bool:
+        """Apply ``desired`` now; True when ExaBGP acknowledged all of it."""
+        cmds = plan_commands(self.desired, self.announced)
+        if not cmds:
+            return True
+        acks = await self.send(cmds)
+        ok = True
+        for c, a in zip(cmds, acks, strict=True):
+            if not a.ok:
+                ok = False
+                continue
+            if isinstance(c, Withdraw):
+                if self.announced.get(c.prefix, None) is not None:
+                    self.announced.pop(c.prefix, None)
+            elif isinstance(c, Announce):
+                self.announced[c.prefix] = c
+        return ok
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self._conn is None or not self._conn.synced:
+                await self._connected.wait()
+                if self._conn is None or not self._conn.synced:
+                    await asyncio.sleep(0.05)
+                    self._dirty.set()
+                    continue
+            ok = await self.reconcile()
+            up = SessionState.ESTABLISHED
+            due = sorted(p for p in self._eor_due if self.peer_state.get(p) is up)
+            self._eor_due.clear()
+            if not ok:
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+            for p in due:
+                fam = "ipv6 unicast" if p.version == 6 else "ipv4 unicast"
+                if not await self.send_eor(p, fam):
+                    log.warning("End-of-RIB to %s not acknowledged", p)
+
+    async def wait_synced(self) -> None:
+        """Until a relay connection has delivered its replay."""
+        if self._conn is not None and self._conn.synced:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._synced_waiters.append(fut)
+        await fut
+
+    async def withdraw_all(self) -> bool:
+        """Withdraw everything announced (a node being removed: with graceful
+        restart, peers would otherwise keep its routes for the restart time)."""
+        self.desired = {}
+        for _ in range(3):
+            if await self.reconcile() and not self.announced:
+                return True
+        return not self.announced
+
+    def bulk_lines(self, cmds: Sequence[Command]) -> list[str]:
+        return encode_bulk(cmds)

@@ -1,0 +1,256 @@
+"""bgpd.speaker driving a real ExaBGP 5 against real BIRD 2 and GoBGP peers,
+each test in its own network namespaces (documentation addresses only)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from netaddr import IPAddress, IPNetwork
+
+from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
+from bgpd.model import Announce, EorEvent, Event, SessionState, StateEvent, UpdateEvent
+from bgpd.speaker import Speaker, SpeakerSettings
+from tests.harness.bgp_peers import (
+    Bird,
+    BirdNeighbor,
+    BirdSpec,
+    Gobgp,
+    GobgpNeighbor,
+    GobgpSpec,
+    link,
+    start_bird,
+    start_gobgp,
+)
+from tests.harness.netns import Netns, NetnsFactory
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+EXA_AS, BIRD_AS, GOBGP_AS = 64512, 64513, 64514
+SELF = IPAddress("192.0.2.1")
+
+
+@dataclass
+class Recorder:
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, e: Event) -> None:
+        self.events.append(e)
+
+    def states(self, peer: IPAddress) -> list[SessionState]:
+        return [e.state for e in self.events if isinstance(e, StateEvent) and e.peer == peer]
+
+    def prefixes_from(self, peer: IPAddress) -> set[IPNetwork]:
+        got: set[IPNetwork] = set()
+        for e in self.events:
+            if isinstance(e, UpdateEvent) and e.peer == peer:
+                got |= {p for p, _a in e.announced}
+                got -= set(e.withdrawn)
+        return got
+
+
+async def until(cond: Callable[[], bool], limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def bird_until(bird: Bird, cond: Callable[[Bird], bool], limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await asyncio.to_thread(cond, bird):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s: {what}")
+        await asyncio.sleep(0.2)
+
+
+@dataclass
+class Lab:
+    exa: Netns
+    tmp: Path
+    factory: NetnsFactory
+    speakers: list[Speaker] = field(default_factory=list)
+    n_links: int = 0
+
+    def peer_ns(self, label: str) -> tuple[Netns, IPAddress, IPAddress]:
+        """A namespace linked to the ExaBGP one; (ns, our address, its address)."""
+        i = self.n_links
+        self.n_links += 1
+        ns = self.factory.new(label)
+        ours, theirs = IPAddress(f"192.0.2.{4 * i + 1}"), IPAddress(f"192.0.2.{4 * i + 2}")
+        link(self.exa, f"p{i}", f"{ours}/30", ns, "exa", f"{theirs}/30")
+        return ns, ours, theirs
+
+    async def speaker(self, cfg: ExabgpConfig, rec: Recorder, **kw: object) -> Speaker:
+        s = Speaker(
+            cfg,
+            SpeakerSettings(
+                workdir=self.tmp / f"speaker{len(self.speakers)}",
+                wrap=("ip", "netns", "exec", self.exa.name),
+                **kw,  # type: ignore[arg-type]
+            ),
+            rec,
+        )
+        self.speakers.append(s)
+        await s.start()
+        return s
+
+
+@pytest.fixture
+async def lab(netns: NetnsFactory, tmp_path: Path) -> AsyncIterator[Lab]:
+    lab = Lab(netns.new("exa"), tmp_path, netns)
+    try:
+        yield lab
+    finally:
+        for s in lab.speakers:
+            await s.stop()
+
+
+def cfg_for(*neighbors: NeighborConfig) -> ExabgpConfig:
+    return ExabgpConfig(router_id=SELF, local_as=EXA_AS, neighbors=neighbors, api_run=("x",))
+
+
+def bird_spec(exa_addr: IPAddress, router_id: IPAddress, **kw: object) -> BirdSpec:
+    return BirdSpec(
+        router_id=str(router_id),
+        local_as=BIRD_AS,
+        neighbors=(BirdNeighbor("exa", str(exa_addr), EXA_AS, **kw),),  # type: ignore[arg-type]
+        static4=("203.0.113.0/26", "203.0.113.64/26"),
+    )
+
+
+MINE = {
+    IPNetwork("10.244.1.0/26"): Announce(IPNetwork("10.244.1.0/26"), None, ((EXA_AS, 100),)),
+    IPNetwork("10.244.1.64/26"): Announce(IPNetwork("10.244.1.64/26"), None),
+}
+
+
+async def test_bird_and_gobgp_learn_ours_and_we_learn_theirs(lab: Lab) -> None:
+    bns, b_ours, b_addr = lab.peer_ns("bird")
+    gns, g_ours, g_addr = lab.peer_ns("gobgp")
+    bird = await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", bird_spec(b_ours, b_addr))
+    gobgp: Gobgp = await asyncio.to_thread(
+        start_gobgp,
+        gns,
+        lab.tmp / "gobgp",
+        GobgpSpec(str(g_addr), GOBGP_AS, (GobgpNeighbor(str(g_ours), EXA_AS),)),
+    )
+    await asyncio.to_thread(gobgp.add_route, "198.51.100.0/24", extra=("nexthop", str(g_addr)))
+    rec = Recorder()
+    sp = await lab.speaker(
+        cfg_for(
+            NeighborConfig(b_addr, BIRD_AS, b_ours),
+            NeighborConfig(g_addr, GOBGP_AS, g_ours),
+        ),
+        rec,
+    )
+    sp.set_desired(MINE)
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(b_addr) is up, 30, "BIRD session up")
+    await until(lambda: sp.peer_state.get(g_addr) is up, 30, "GoBGP session up")
+    want = {"10.244.1.0/26", "10.244.1.64/26"}
+    await bird_until(bird, lambda b: want <= b.routes_from("exa"), 20, "BIRD has our /26s")
+    deadline = time.monotonic() + 20
+    while not want <= await asyncio.to_thread(gobgp.rib):
+        assert time.monotonic() < deadline, "GoBGP never showed our /26s"
+        await asyncio.sleep(0.2)
+    await until(
+        lambda: (
+            rec.prefixes_from(b_addr) == {IPNetwork("203.0.113.0/26"), IPNetwork("203.0.113.64/26")}
+        ),
+        20,
+        "BIRD's prefixes as UpdateEvents",
+    )
+    await until(
+        lambda: IPNetwork("198.51.100.0/24") in rec.prefixes_from(g_addr), 20, "GoBGP's prefix"
+    )
+    eors = {e.peer for e in rec.events if isinstance(e, EorEvent)}
+    await until(
+        lambda: {e.peer for e in rec.events if isinstance(e, EorEvent)} >= {b_addr, g_addr},
+        20,
+        f"End-of-RIB from both (have {eors})",
+    )
+    # BIRD saw our End-of-RIB (manual-eor: sent by the speaker after our routes)
+    show = await asyncio.to_thread(bird.birdc, "show protocols all exa")
+    assert "Established" in show
+    assert sp.stats.malformed == 0 and sp.stats.acks_error == 0
+    # and a withdraw reaches BIRD
+    sp.set_desired({k: v for k, v in MINE.items() if str(k) == "10.244.1.0/26"})
+    await bird_until(
+        bird, lambda b: b.routes_from("exa") == {"10.244.1.0/26"}, 20, "withdraw at BIRD"
+    )
+
+
+async def test_md5_right_password_up_wrong_never(lab: Lab) -> None:
+    good_ns, g_ours, g_addr = lab.peer_ns("md5ok")
+    bad_ns, x_ours, x_addr = lab.peer_ns("md5bad")
+    await asyncio.to_thread(
+        start_bird, good_ns, lab.tmp / "good", bird_spec(g_ours, g_addr, password="right one")
+    )
+    bad = await asyncio.to_thread(
+        start_bird, bad_ns, lab.tmp / "bad", bird_spec(x_ours, x_addr, password="wrong one")
+    )
+    rec = Recorder()
+    sp = await lab.speaker(
+        cfg_for(
+            NeighborConfig(g_addr, BIRD_AS, g_ours, password="right one"),
+            NeighborConfig(x_addr, BIRD_AS, x_ours, password="right one"),
+        ),
+        rec,
+    )
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(g_addr) is up, 30, "right password comes up")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        assert up not in rec.states(x_addr)
+        assert not await asyncio.to_thread(bad.established, "exa")
+        await asyncio.sleep(0.5)
+
+
+async def test_exabgp_killed_is_restarted_and_sessions_return(lab: Lab) -> None:
+    bns, b_ours, b_addr = lab.peer_ns("bird")
+    bird = await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", bird_spec(b_ours, b_addr))
+    rec = Recorder()
+    sp = await lab.speaker(
+        cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours)), rec, restart_base_s=0.2
+    )
+    sp.set_desired(MINE)
+    want = {"10.244.1.0/26", "10.244.1.64/26"}
+    await bird_until(bird, lambda b: want <= b.routes_from("exa"), 30, "routes at BIRD")
+    first = sp.exabgp_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await until(lambda: sp.exabgp_pid != first and sp.stats.exabgp_starts == 2, 20, "restart")
+    up = SessionState.ESTABLISHED
+    await until(lambda: rec.states(b_addr).count(up) >= 2, 60, "session up again")
+    await bird_until(bird, lambda b: want <= b.routes_from("exa"), 30, "routes back at BIRD")
+
+
+async def test_flow_control_5000_prefixes_reach_bird(lab: Lab) -> None:
+    bns, b_ours, b_addr = lab.peer_ns("bird")
+    bird = await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", bird_spec(b_ours, b_addr))
+    rec = Recorder()
+    sp = await lab.speaker(cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours)), rec)
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(b_addr) is up, 30, "session up")
+    base = int(IPAddress("10.128.0.0"))
+    desired = {}
+    for i in range(5000):
+        p = IPNetwork(f"{IPAddress(base + 64 * i)}/26")
+        desired[p] = Announce(p, None)
+    t0 = time.monotonic()
+    sp.set_desired(desired)
+    await until(lambda: len(sp.announced) == 5000, 120, "5000 acks")
+    acked_s = time.monotonic() - t0
+    await bird_until(bird, lambda b: b.count_from("exa") >= 5000, 120, "5000 routes at BIRD")
+    total_s = time.monotonic() - t0
+    assert 1 < sp.stats.max_in_flight_seen <= 200
+    assert sp.stats.acks_error == 0
+    print(f"\n5000 announces: acked {acked_s:.2f} s, at BIRD {total_s:.2f} s")
