@@ -1,0 +1,301 @@
+"""The RIB: an Adj-RIB-In per peer (accepted paths only), the Loc-RIB (the
+best route and its ECMP next hops per prefix), graceful-restart stale marks,
+import policy and max-prefix on the way in. Pure: no I/O, no clock (the node
+owns the graceful-restart timer and calls ``peer_gr_expired``).
+
+Every mutating call returns the prefixes whose best route changed (appeared,
+disappeared, or got other next hops) as a tuple of distinct prefixes; the
+work done is proportional to the prefixes the call touches, never to the
+table size.
+
+Internally prefixes are keyed by ``(version, network number, length)``
+integers: hashing a netaddr ``IPNetwork`` costs ~1.5 us (it recomputes its
+first and last address), about as much as everything else the RIB does per
+prefix. For the same reason ``changed`` is a tuple, not a set.
+
+Import: each announced prefix is checked by ``policy.decide_import``; a
+refused path is counted per peer and reason, not stored, and withdraws the
+path the peer had for that prefix before (RFC 7606 "treat-as-withdraw": the
+newest announcement replaces the old one, and the newest is unusable). A new
+prefix beyond the peer's max-prefix limit is refused with ``max-prefix``; with
+the ``close`` action the result also says to close the session.
+
+Graceful restart (RFC 4724, receiving side): ``peer_down(peer, graceful=True)``
+keeps the peer's paths and marks them stale; re-announcements clear the mark;
+``peer_eor`` (End-of-RIB after the restart) or ``peer_gr_expired`` (the
+restart timer ran out) drop whatever is still stale. Stale paths compete in
+best path like fresh ones (BIRD does the same unless told otherwise).
+
+Policy changes: ``set_context`` re-checks stored paths against the new
+context and drops what it now refuses. Paths refused earlier were not kept,
+so a context that accepts more (a pool enabled, a block released) needs a
+route refresh from the peers to learn them: ``set_context`` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from netaddr import IPAddress, IPNetwork
+
+from bgpd import bestpath
+from bgpd.model import BestRoute, Path, UpdateEvent
+from bgpd.policy import (
+    ImportContext,
+    MaxPrefixAction,
+    MaxPrefixDecision,
+    RejectCounts,
+    RejectReason,
+    decide_import,
+    decide_max_prefix,
+)
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What the RIB needs to know about a peer beyond its updates."""
+
+    address: IPAddress
+    asn: int
+    router_id: IPAddress | None
+    ebgp: bool
+    max_prefix: int | None = None
+    max_prefix_action: MaxPrefixAction = MaxPrefixAction.DROP
+
+
+Changed = tuple[IPNetwork, ...]
+
+# (version, network number, prefix length): hashes ~20x faster than IPNetwork
+Key = tuple[int, int, int]
+
+
+def prefix_key(prefix: IPNetwork) -> Key:
+    """The RIB's key for a prefix; host bits (10.0.0.1/24) are ignored as
+    IPNetwork equality ignores them."""
+    shift = (32 if prefix.version == 4 else 128) - prefix.prefixlen
+    return (prefix.version, prefix.value >> shift, prefix.prefixlen)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: Changed
+    rejected: tuple[tuple[IPNetwork, RejectReason], ...] = ()  # for the node to log
+    close_session: bool = False  # max-prefix exceeded with the close action
+
+
+@dataclass(frozen=True)
+class ContextResult:
+    changed: Changed
+    refresh_needed: bool  # the new context may accept paths refused before
+
+
+class Rib:
+    def __init__(self, context: ImportContext, max_paths: int = 1) -> None:
+        if max_paths < 1:
+            raise ValueError("max_paths must be at least 1")
+        self._ctx = context
+        self._max_paths = max_paths
+        self._adj_in: dict[IPAddress, dict[Key, Path]] = {}
+        # prefix -> peer -> path: the candidates best path chooses from
+        self._candidates: dict[Key, dict[IPAddress, Path]] = {}
+        self._best: dict[Key, BestRoute] = {}
+        self._stale: dict[IPAddress, set[Key]] = {}
+        self.rejects = RejectCounts()
+
+    # ---- reading ------------------------------------------------------------
+
+    @property
+    def context(self) -> ImportContext:
+        return self._ctx
+
+    def best_routes(self) -> dict[IPNetwork, BestRoute]:
+        """The whole Loc-RIB (a new dict each call). For incremental work use
+        ``best`` with the changed prefixes each call returns."""
+        return {route.prefix: route for route in self._best.values()}
+
+    def best(self, prefix: IPNetwork) -> BestRoute | None:
+        return self._best.get(prefix_key(prefix))
+
+    def adj_rib_in(self, peer: IPAddress) -> dict[IPNetwork, Path]:
+        return {path.prefix: path for path in self._adj_in.get(peer, {}).values()}
+
+    def candidates(self, prefix: IPNetwork) -> tuple[Path, ...]:
+        return tuple(self._candidates.get(prefix_key(prefix), {}).values())
+
+    def accepted_count(self, peer: IPAddress) -> int:
+        return len(self._adj_in.get(peer, ()))
+
+    def stale_count(self, peer: IPAddress) -> int:
+        return len(self._stale.get(peer, ()))
+
+    def peers(self) -> frozenset[IPAddress]:
+        return frozenset(self._adj_in)
+
+    # ---- writing ------------------------------------------------------------
+
+    def apply_update(self, event: UpdateEvent, peer: PeerInfo) -> ApplyResult:
+        if event.peer != peer.address:
+            raise ValueError(f"update from {event.peer} applied as peer {peer.address}")
+        touched: list[Key] = []
+        rejected: list[tuple[IPNetwork, RejectReason]] = []
+        close = False
+        address = peer.address
+        adj = self._adj_in.setdefault(address, {})
+        stale = self._stale.get(address)
+        for prefix in event.withdrawn:
+            key = prefix_key(prefix)
+            if self._remove(address, key, adj):
+                touched.append(key)
+            if stale:
+                stale.discard(key)
+        ctx, candidates = self._ctx, self._candidates
+        for prefix, attrs in event.announced:
+            key = prefix_key(prefix)
+            path = Path(prefix, address, event.peer_as, peer.router_id, peer.ebgp, attrs)
+            reason = decide_import(ctx, path)
+            if reason is None and key not in adj:
+                decision = decide_max_prefix(len(adj) + 1, peer.max_prefix, peer.max_prefix_action)
+                if decision is not MaxPrefixDecision.ACCEPT:
+                    reason = RejectReason.MAX_PREFIX
+                    close = close or decision is MaxPrefixDecision.CLOSE
+            if stale:
+                stale.discard(key)
+            if reason is not None:
+                self.rejects.add(address, reason)
+                rejected.append((prefix, reason))
+                if self._remove(address, key, adj):
+                    touched.append(key)
+                continue
+            adj[key] = path
+            per_peer = candidates.get(key)
+            if per_peer is None:
+                candidates[key] = {address: path}
+            else:
+                per_peer[address] = path
+            touched.append(key)
+        return ApplyResult(self._recompute(touched), tuple(rejected), close)
+
+    def peer_down(self, peer: IPAddress, graceful: bool = False) -> Changed:
+        """The session went down. ``graceful``: GR was negotiated and the peer
+        may come back: keep its paths, marked stale."""
+        adj = self._adj_in.get(peer)
+        if not adj:
+            self._adj_in.pop(peer, None)
+            self._stale.pop(peer, None)
+            return ()
+        if graceful:
+            self._stale.setdefault(peer, set()).update(adj)
+            return ()
+        return self._drop_peer(peer)
+
+    def peer_eor(self, peer: IPAddress) -> Changed:
+        """End-of-RIB from the peer: what it did not re-announce is gone."""
+        return self._sweep_stale(peer)
+
+    def peer_gr_expired(self, peer: IPAddress) -> Changed:
+        """The restart timer ran out before End-of-RIB: drop the stale paths."""
+        return self._sweep_stale(peer)
+
+    def set_context(self, context: ImportContext) -> ContextResult:
+        old, self._ctx = self._ctx, context
+        if _only_own_blocks_grew(old, context):
+            # The common case (this node claimed a block): only paths for the
+            # new blocks themselves can be refused now.
+            new_blocks = (prefix_key(b) for b in context.own_blocks - old.own_blocks)
+            suspects: list[Key] = [k for k in new_blocks if k in self._candidates]
+        else:
+            suspects = list(self._candidates)
+        touched: list[Key] = []
+        for key in suspects:
+            for peer, path in list(self._candidates[key].items()):
+                if decide_import(context, path) is not None:
+                    self._remove(peer, key, self._adj_in[peer])
+                    stale = self._stale.get(peer)
+                    if stale:
+                        stale.discard(key)
+                    touched.append(key)
+        return ContextResult(self._recompute(touched), _may_accept_more(old, context))
+
+    # ---- internals ----------------------------------------------------------
+
+    def _remove(self, peer: IPAddress, key: Key, adj: dict[Key, Path]) -> bool:
+        if adj.pop(key, None) is None:
+            return False
+        candidates = self._candidates[key]
+        del candidates[peer]
+        if not candidates:
+            del self._candidates[key]
+        return True
+
+    def _drop_peer(self, peer: IPAddress) -> Changed:
+        adj = self._adj_in.pop(peer, {})
+        self._stale.pop(peer, None)
+        for key in adj:
+            candidates = self._candidates[key]
+            del candidates[peer]
+            if not candidates:
+                del self._candidates[key]
+        return self._recompute(adj)
+
+    def _sweep_stale(self, peer: IPAddress) -> Changed:
+        stale = self._stale.pop(peer, None)
+        if not stale:
+            return ()
+        adj = self._adj_in.get(peer, {})
+        touched = [k for k in stale if self._remove(peer, k, adj)]
+        return self._recompute(touched)
+
+    def _recompute(self, keys: Iterable[Key]) -> Changed:
+        changed: list[IPNetwork] = []
+        seen: set[Key] = set()
+        best_map, candidates = self._best, self._candidates
+        for key in keys:
+            if key in seen:
+                continue
+            seen.add(key)
+            old = best_map.get(key)
+            paths = candidates.get(key)
+            if not paths:
+                if old is not None:
+                    del best_map[key]
+                    changed.append(old.prefix)
+                continue
+            new = self._decide(paths)
+            best_map[key] = new
+            if old is None or old.next_hops != new.next_hops:
+                changed.append(new.prefix)
+        return tuple(changed)
+
+    def _decide(self, candidates: dict[IPAddress, Path]) -> BestRoute:
+        if len(candidates) == 1:
+            (path,) = candidates.values()
+            return BestRoute(path.prefix, (path.attrs.next_hop,), "only path")
+        ranking = bestpath.rank(list(candidates.values()))
+        next_hops = [ranking.best.attrs.next_hop]
+        for path in ranking.equal_cost[1:]:
+            if len(next_hops) >= self._max_paths:
+                break
+            if path.attrs.next_hop not in next_hops:
+                next_hops.append(path.attrs.next_hop)
+        return BestRoute(ranking.best.prefix, tuple(next_hops), ranking.reason)
+
+
+def _only_own_blocks_grew(old: ImportContext, new: ImportContext) -> bool:
+    return (
+        old.pools == new.pools
+        and old.allow == new.allow
+        and old.allow_default == new.allow_default
+        and old.own_addresses == new.own_addresses
+        and old.own_blocks <= new.own_blocks
+    )
+
+
+def _may_accept_more(old: ImportContext, new: ImportContext) -> bool:
+    return not (
+        set(new.pools) <= set(old.pools)
+        and set(new.allow) <= set(old.allow)
+        and (old.allow_default or not new.allow_default)
+        and old.own_blocks <= new.own_blocks
+        and old.own_addresses <= new.own_addresses
+    )
