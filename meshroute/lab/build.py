@@ -18,14 +18,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from meshroute.lab.bird_config import render_bird
-from meshroute.lab.etcd import start_etcd
+from meshroute.lab.etcd import lab_member
 from meshroute.lab.netns import Netns, NetnsFactory, kill_pids_in, run, sweep_stale
 from meshroute.lab.state import (
     LabState,
@@ -35,7 +35,7 @@ from meshroute.lab.state import (
     load_state,
     record_process,
 )
-from meshroute.lab.topology import MGMT_NET, LabPlan, NodePlan, SpeakerPlan
+from meshroute.lab.topology import LabPlan, NodePlan, SpeakerPlan
 
 LAB_PREFIX = "mrlab"
 Say = Callable[[str], None]
@@ -71,28 +71,45 @@ class NodeLaunch:
     log_path: Path
 
 
-StartNode = Callable[[NodeLaunch], "subprocess.Popen[bytes]"]
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+    argv: tuple[str, ...]  # as started, ``ip netns exec NS ...`` included
 
 
-def _spawn(ns: str, argv: list[str], log_path: str | Path) -> subprocess.Popen[bytes]:
-    """A daemon in namespace ``ns``, in its own session so it outlives the
-    process that builds the lab (``lab up`` returns, the lab stays)."""
+StartNode = Callable[[NodeLaunch], Spawned]
+
+
+def spawn_in_netns(ns: str, argv: Sequence[str], log_path: str | Path) -> Spawned:
+    """A daemon in namespace ``ns`` (``ip netns exec`` execs it, so the PID
+    is the daemon's), in its own session, stdout and stderr to ``log_path``.
+    No ``Popen`` object: the daemon outlives the process that builds the lab
+    (``lab up`` returns, the lab stays) and ``teardown`` ends it by PID."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    full = ("ip", "netns", "exec", ns, *argv)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        pid = os.posix_spawnp(
+            full[0],
+            full,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, fd, 1),
+                (os.POSIX_SPAWN_DUP2, fd, 2),
+            ],
+            setsid=True,
         )
+    finally:
+        os.close(fd)
+    return Spawned(pid, full)
 
 
-def start_meshroute_node(launch: NodeLaunch) -> subprocess.Popen[bytes]:
+def start_meshroute_node(launch: NodeLaunch) -> Spawned:
     """The node starter ``meshroute lab up`` uses: ``meshroute node`` in
     the node's namespace."""
     argv = [sys.executable, "-m", "meshroute.cli", "node", "--config", str(launch.config_path)]
-    return _spawn(launch.netns, argv, launch.log_path)
+    return spawn_in_netns(launch.netns, argv, launch.log_path)
 
 
 # ---- underlay ----------------------------------------------------------------
@@ -136,8 +153,8 @@ def _start_bird(lab: Lab, sp: SpeakerPlan) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sp.socket_path)
     argv = ["bird", "-f", "-c", str(conf), "-s", sp.socket_path, "-P", f"{conf.parent}/bird.pid"]
-    p = _spawn(lab.state.ns(sp.ns), argv, f"{conf.parent}/bird.out")
-    lab.record(record_process("bird", sp.ns, p.pid, p.args))  # type: ignore[arg-type]
+    p = spawn_in_netns(lab.state.ns(sp.ns), argv, f"{conf.parent}/bird.out")
+    lab.record(record_process("bird", sp.ns, p.pid, p.argv))
 
 
 def _wait_sockets(lab: Lab, timeout: float) -> None:
@@ -151,6 +168,21 @@ def _wait_sockets(lab: Lab, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"BIRD in {sp.ns}: no control socket {sp.socket_path}")
             time.sleep(0.05)
+
+
+def _start_etcd(lab: Lab, timeout: float = 20.0) -> None:
+    host, port = lab.plan.etcd_endpoint.split(":")
+    member = lab_member(Path(lab.plan.run_dir) / "etcd", lab.state.ns("mgmt"), host, int(port))
+    p = spawn_in_netns(lab.state.ns("mgmt"), member.argv()[4:], member.log_path)
+    rec = record_process("etcd", "mgmt", p.pid, p.argv)
+    lab.record(rec)
+    deadline = time.monotonic() + timeout
+    while not member.healthy():
+        if not alive(rec):
+            raise RuntimeError(f"etcd exited: {member.log_path.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"etcd in the management namespace: not healthy in {timeout} s")
+        time.sleep(0.05)
 
 
 def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet) -> Lab:
@@ -172,10 +204,7 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
         say(f"{len(plan.bridges)} bridges, {len(plan.veths)} veth pairs, addresses, routes")
         _apply_links(lab)
         say(f"etcd in the management namespace on {plan.etcd_endpoint}")
-        etcd = start_etcd(run_dir / "etcd", netns=state.ns("mgmt"), host=str(MGMT_NET[1]))
-        member = etcd.members[0]
-        assert member.proc is not None
-        lab.record(record_process("etcd", "mgmt", member.proc.pid, member.proc.args))  # type: ignore[arg-type]
+        _start_etcd(lab)
         say(f"BIRD in {', '.join(sp.ns for sp in plan.speakers)}")
         for sp in plan.speakers:
             _start_bird(lab, sp)
@@ -234,7 +263,7 @@ def start_nodes(lab: Lab, start_node: StartNode, *, say: Say = _quiet) -> None:
         )
         say(f"starting {node.name} in {launch.netns}")
         p = start_node(launch)
-        lab.record(record_process("node", node.ns, p.pid, p.args))  # type: ignore[arg-type]
+        lab.record(record_process("node", node.ns, p.pid, p.argv))
 
 
 def wait_nodes_ready(lab: Lab, timeout: float = 30.0) -> None:

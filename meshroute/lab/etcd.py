@@ -27,17 +27,17 @@ class EtcdMember:
     cluster: str
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
-    # run inside this network namespace (the lab's management namespace);
-    # such a member outlives the process that started it
+    # run inside this network namespace (the lab's management namespace,
+    # which starts the member itself from ``argv``)
     netns: str | None = None
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
-    def start(self, *, new_cluster: bool = True) -> None:
+    def argv(self, *, new_cluster: bool = True) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        args = [
+        return [
             *prefix,
             ETCD,
             "--name",
@@ -65,9 +65,11 @@ class EtcdMember:
             "--log-level",
             "warn",
         ]
+
+    def start(self, *, new_cluster: bool = True) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.netns is not None
+            self.argv(new_cluster=new_cluster), stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
 
@@ -130,14 +132,10 @@ class EtcdCluster:
             m.kill(signal.SIGTERM)
 
 
-def start_etcd(
-    workdir: Path, size: int = 1, *, netns: str | None = None, host: str = "127.0.0.1"
-) -> EtcdCluster:
-    """Start and wait until healthy. With ``netns``, the members run in that
-    (fresh, empty) namespace on ``host`` from port 2379 up."""
-    ports = free_ports(2 * size) if netns is None else list(range(2379, 2379 + 2 * size))
+def start_etcd(workdir: Path, size: int = 1) -> EtcdCluster:
+    ports = free_ports(2 * size)
     names = [f"m{i}" for i in range(size)]
-    cluster = ",".join(f"{n}=http://{host}:{ports[2 * i + 1]}" for i, n in enumerate(names))
+    cluster = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
     members = []
     for i, name in enumerate(names):
         d = workdir / name
@@ -150,8 +148,6 @@ def start_etcd(
                 d / "data",
                 d / "log",
                 cluster,
-                host=host,
-                netns=netns,
             )
         )
     c = EtcdCluster(members)
@@ -163,3 +159,12 @@ def start_etcd(
         c.stop()
         raise
     return c
+
+
+def lab_member(workdir: Path, netns: str, host: str, port: int = 2379) -> EtcdMember:
+    """A one-member cluster for the lab, in its (fresh) namespace ``netns``
+    on ``host``; the lab starts ``argv()`` itself, detached."""
+    d = workdir / "m0"
+    d.mkdir(parents=True, exist_ok=True)
+    cluster = f"m0=http://{host}:{port + 1}"
+    return EtcdMember("m0", port, port + 1, d / "data", d / "log", cluster, host=host, netns=netns)

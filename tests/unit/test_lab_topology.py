@@ -1,0 +1,170 @@
+"""The lab's plan: every address unique and inside the documentation or pool
+ranges, names the kernel accepts, node configs and resources that meshroute's
+own loaders accept, and the BGP wiring each topology promises."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from netaddr import IPNetwork
+
+from meshroute.config import parse_node_config
+from meshroute.lab.topology import (
+    CLUSTER_AS,
+    MGMT_NET,
+    RACK_SPACE,
+    RR_CLUSTER_ID,
+    TOPOLOGIES,
+    TRANSIT_SPACE,
+    LabParams,
+    LabPlan,
+    plan_lab,
+    tor_as,
+)
+from meshroute.resources import (
+    BGPConfigurationResource,
+    BGPPeerResource,
+    IPPoolResource,
+    parse_documents,
+)
+
+SHAPES = [(1, 1), (2, 2), (3, 4), (4, 19)]
+
+
+def _addresses(plan: LabPlan) -> list[str]:
+    out = [b.address for b in plan.bridges if b.address]
+    for v in plan.veths:
+        out += [a for a in (v.a_address, v.b_address) if a]
+    return out
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize(("racks", "per_rack"), SHAPES)
+def test_addresses_names_and_configs(topology: str, racks: int, per_rack: int) -> None:
+    plan = plan_lab(
+        LabParams(topology=topology, racks=racks, nodes_per_rack=per_rack, run_dir="/run/x")  # type: ignore[arg-type]
+    )
+    assert len(plan.nodes) == racks * per_rack
+    addrs = _addresses(plan)
+    assert len({a.split("/")[0] for a in addrs}) == len(addrs)
+    allowed = (RACK_SPACE, TRANSIT_SPACE, MGMT_NET)
+    assert all(any(IPNetwork(a).ip in net for net in allowed) for a in addrs)
+
+    labels = [n.label for n in plan.namespaces]
+    assert len(set(labels)) == len(labels)
+    for v in plan.veths:
+        assert {v.a_ns, v.b_ns} <= set(labels)
+        assert max(len(v.a_if), len(v.b_if)) <= 15  # IFNAMSIZ
+    per_ns_ifs = [(v.a_ns, v.a_if) for v in plan.veths] + [(v.b_ns, v.b_if) for v in plan.veths]
+    assert len(set(per_ns_ifs)) == len(per_ns_ifs)
+
+    configs = [parse_node_config(yaml.safe_dump(n.config), n.name) for n in plan.nodes]
+    for key in (
+        lambda c: c.ipam.socket,
+        lambda c: c.bgp.work_dir,
+        lambda c: c.http.listen,
+        lambda c: c.node_name,
+    ):
+        assert len({key(c) for c in configs}) == len(configs)
+    for n, c in zip(plan.nodes, configs, strict=True):
+        assert c.labels == {"rack": f"r{n.rack}"}
+        assert c.ipam.l2_segment is True
+        assert c.etcd.endpoints == [plan.etcd_endpoint]
+        assert c.ipam.socket.startswith("/run/x/") and c.bgp.work_dir.startswith("/run/x/")
+        assert str(c.ipv4) == n.address
+        # a node's gateway is its ToR, on its own subnet
+        assert IPNetwork(f"{n.gateway}/26") == IPNetwork(n.address).cidr
+    assert plan.etcd_endpoint.split(":")[0] in MGMT_NET
+
+    loaded = parse_documents(plan.resources_yaml, "lab.yaml")
+    kinds = [type(x.resource) for x in loaded]
+    assert kinds.count(IPPoolResource) == 1 and kinds.count(BGPConfigurationResource) == 1
+
+
+def test_tor_topology_peers_each_node_with_its_own_tor() -> None:
+    plan = plan_lab(LabParams(topology="tor", racks=2, nodes_per_rack=3, bgp_password="pw"))
+    ases = [n.as_number for n in plan.nodes]
+    assert len(set(ases)) == len(ases) and CLUSTER_AS not in ases
+    docs = {x.resource.metadata.name: x.resource for x in parse_documents(plan.resources_yaml, "y")}
+    bgpconf = docs["default"]
+    assert isinstance(bgpconf, BGPConfigurationResource)
+    assert bgpconf.spec.node_to_node_mesh_enabled is False
+    assert bgpconf.spec.node_as_numbers == {n.name: n.as_number for n in plan.nodes}
+    pool = docs["lab-pods"]
+    assert isinstance(pool, IPPoolResource) and pool.spec.vxlan_mode.value == "Never"
+    for r in (1, 2):
+        tor = next(s for s in plan.speakers if s.ns == f"r{r}-tor")
+        assert tor.bird.local_as == tor_as(r)
+        node_peers = {nb.address: nb for nb in tor.bird.neighbors if nb.name.startswith("node_")}
+        rack_nodes = [n for n in plan.nodes if n.rack == r]
+        assert set(node_peers) == {n.ip for n in rack_nodes}
+        for n in rack_nodes:
+            nb = node_peers[n.ip]
+            assert nb.peer_as == n.as_number and nb.password == "pw" and nb.passive
+        peer = docs[f"rack{r}-tor"]
+        assert isinstance(peer, BGPPeerResource)
+        assert str(peer.spec.peer_ip) == rack_nodes[0].gateway == tor.bird.router_id
+        assert peer.spec.as_number == tor_as(r) and peer.spec.node_selector == f"rack == 'r{r}'"
+        assert peer.spec.password == "pw"
+        # ToRs carry pod routes to the fabric and into their kernel
+        assert tor.bird.kernel_export_bgp and any(nb.name == "spine" for nb in tor.bird.neighbors)
+
+
+@pytest.mark.parametrize("racks", [1, 2, 3])
+def test_rr_topology_has_a_reflector_pair_with_one_cluster_id(racks: int) -> None:
+    plan = plan_lab(LabParams(topology="rr", racks=racks))
+    rrs = [s for s in plan.speakers if s.role == "reflector"]
+    assert len(rrs) == 2
+    assert {s.bird.rr_cluster_id for s in rrs} == {RR_CLUSTER_ID}
+    assert rrs[0].bird.router_id != rrs[1].bird.router_id
+    for s in rrs:
+        clients = [nb for nb in s.bird.neighbors if nb.rr_client]
+        assert {nb.address for nb in clients} == {n.ip for n in plan.nodes}
+        assert all(nb.peer_as == CLUSTER_AS for nb in s.bird.neighbors)
+        assert not s.bird.kernel_export_bgp  # a reflector forwards nothing
+    docs = [x.resource for x in parse_documents(plan.resources_yaml, "y")]
+    peers = [d for d in docs if isinstance(d, BGPPeerResource)]
+    assert {str(p.spec.peer_ip) for p in peers} == {s.bird.router_id for s in rrs}
+    conf = next(d for d in docs if isinstance(d, BGPConfigurationResource))
+    assert conf.spec.node_to_node_mesh_enabled is False
+
+
+def test_mesh_topology_leaves_bgp_to_the_nodes() -> None:
+    plan = plan_lab(LabParams(topology="mesh"))
+    for s in plan.speakers:
+        assert not any(nb.name.startswith("node_") for nb in s.bird.neighbors)
+    docs = [x.resource for x in parse_documents(plan.resources_yaml, "y")]
+    conf = next(d for d in docs if isinstance(d, BGPConfigurationResource))
+    pool = next(d for d in docs if isinstance(d, IPPoolResource))
+    assert conf.spec.node_to_node_mesh_enabled and not conf.spec.node_as_numbers
+    assert pool.spec.vxlan_mode.value == "CrossSubnet"  # other racks are other subnets
+    assert not any(isinstance(d, BGPPeerResource) for d in docs)
+    assert {n.as_number for n in plan.nodes} == {CLUSTER_AS}
+
+
+def test_pods_and_http_ports() -> None:
+    plan = plan_lab(LabParams(racks=2, nodes_per_rack=2, pods_per_node=3))
+    pods = [p for n in plan.nodes for p in n.pods]
+    assert len(pods) == 12
+    assert len({p.label for p in pods}) == 12 and len({p.container_id for p in pods}) == 12
+    assert len({n.http_port for n in plan.nodes}) == 4
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        (LabParams(topology="star"), "topology"),  # type: ignore[arg-type]
+        (LabParams(racks=0), "racks"),
+        (LabParams(racks=5), "racks"),
+        (LabParams(nodes_per_rack=20), "nodes_per_rack"),
+        (LabParams(pods_per_node=61), "pods_per_node"),
+    ],
+)
+def test_bad_parameters_are_named(params: LabParams, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        plan_lab(params)
+
+
+def test_plan_is_deterministic() -> None:
+    a, b = (plan_lab(LabParams(topology="rr", racks=3)) for _ in range(2))
+    assert a == b
