@@ -104,10 +104,14 @@ class RelayState:
         """Lines to send a node that just connected: the replay, the buffer,
         then one ``{"relay": "synced", ...}`` line saying how many lines were
         dropped since the last node went away."""
-        out = list(self.replay.values()) + list(self.buffer)
+        # a peer whose latest state/open is still in the buffer gets it from
+        # there, in order, rather than a replay that would run ahead of it
+        buffered = {id(b) for b in self.buffer}
+        replay = [r for r in self.replay.values() if id(r) not in buffered]
+        out = replay + list(self.buffer)
         mark = {
             "relay": "synced",
-            "replayed": len(self.replay),
+            "replayed": len(replay),
             "buffered": len(self.buffer),
             "dropped": self.dropped - self.dropped_reported,
         }

@@ -152,6 +152,7 @@ class Speaker:
         self.announced: dict[IPNetwork, Announce] = {}
         self.desired: dict[IPNetwork, Announce] = {}
         self.cfg = self._with_relay(cfg)
+        self._known_peers = {n.address for n in cfg.neighbors}
         self.proc: subprocess.Popen[bytes] | None = None
         self.exabgp_pid: int | None = None
         self._conn: _Conn | None = None
@@ -160,11 +161,16 @@ class Speaker:
         self._in_flight = 0
         self._dirty = asyncio.Event()
         self._eor_due: set[IPAddress] = set()
+        # peers added by a reload: ExaBGP does not give them the routes it was
+        # told before they existed, so they get per-neighbour copies once up
+        self._needs_full: set[IPAddress] = set()
+        self._full_due: set[IPAddress] = set()
         self._fresh_process = False
         self._connections_this_process = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
+        self._restart_requested = False
         self._exited = asyncio.Event()
         self._synced_waiters: list[asyncio.Future[None]] = []
 
@@ -285,6 +291,7 @@ class Speaker:
             self._fresh_process = True
             self._connections_this_process = 0
             self.announced.clear()  # a new ExaBGP knows none of our routes
+            self._needs_full.clear()
             self.peer_state.clear()
             started = time.monotonic()
             log.info("ExaBGP started, pid %d", self.proc.pid)
@@ -297,7 +304,11 @@ class Speaker:
                 if st is not SessionState.DOWN:
                     self.peer_state[peer] = SessionState.DOWN
                     self.on_event(StateEvent(peer, None, SessionState.DOWN, "ExaBGP exited"))
-            failures = 1 if lived >= STABLE_AFTER_S else failures + 1
+            if self._restart_requested:
+                self._restart_requested = False
+                failures = 0
+            else:
+                failures = 1 if lived >= STABLE_AFTER_S else failures + 1
 
     async def apply_config(self, cfg: ExabgpConfig) -> None:
         """Apply a changed peer set. With ``reload_with_signal`` ExaBGP is
@@ -315,10 +326,13 @@ class Speaker:
             p.send_signal(signal.SIGUSR1)
             # removed peers: forget them (ExaBGP closes their sessions)
             keep = {n.address for n in cfg.neighbors}
+            self._needs_full |= keep - set(self.peer_state) - self._known_peers
+            self._known_peers = set(keep)
             for peer in [x for x in self.peer_state if x not in keep]:
                 del self.peer_state[peer]
             self._dirty.set()
         else:
+            self._restart_requested = True
             p.terminate()  # the supervisor starts the new one at once
 
     # ---- relay connection: the reader ----
@@ -377,6 +391,9 @@ class Speaker:
             came_up = ev.state is SessionState.ESTABLISHED and prev is not SessionState.ESTABLISHED
             if came_up and conn.synced and self.settings.auto_eor:
                 self._eor_due.add(ev.peer)
+                self._dirty.set()
+            if came_up and ev.peer in self._needs_full:
+                self._full_due.add(ev.peer)
                 self._dirty.set()
         self.on_event(ev)
 
@@ -501,6 +518,13 @@ class Speaker:
                     continue
             ok = await self.reconcile()
             up = SessionState.ESTABLISHED
+            for p in sorted(x for x in self._full_due if self.peer_state.get(x) is up):
+                copies = [
+                    replace(a, neighbor=p) for a in self.announced.values() if a.neighbor is None
+                ]
+                if all(a.ok for a in await self.send(copies)):
+                    self._needs_full.discard(p)
+            self._full_due.clear()
             due = sorted(p for p in self._eor_due if self.peer_state.get(p) is up)
             self._eor_due.clear()
             if not ok:

@@ -57,7 +57,8 @@ class Recorder:
         self.connected.set()
         try:
             while line := await r.readline():
-                self.lines.append(line.decode().rstrip("\n"))
+                if not line.startswith(b'{"relay"'):  # the relay's own marker
+                    self.lines.append(line.decode().rstrip("\n"))
         except (asyncio.CancelledError, ConnectionError):
             pass
 

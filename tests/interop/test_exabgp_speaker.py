@@ -254,3 +254,29 @@ async def test_flow_control_5000_prefixes_reach_bird(lab: Lab) -> None:
     assert 1 < sp.stats.max_in_flight_seen <= 200
     assert sp.stats.acks_error == 0
     print(f"\n5000 announces: acked {acked_s:.2f} s, at BIRD {total_s:.2f} s")
+
+
+async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: Lab) -> None:
+    """Measured behaviour of ExaBGP 5.0.15 on SIGUSR1 (see bgpd/speaker.py)."""
+    ans, a_ours, a_addr = lab.peer_ns("birda")
+    bns, b_ours, b_addr = lab.peer_ns("birdb")
+    bird_a = await asyncio.to_thread(start_bird, ans, lab.tmp / "a", bird_spec(a_ours, a_addr))
+    bird_b = await asyncio.to_thread(start_bird, bns, lab.tmp / "b", bird_spec(b_ours, b_addr))
+    rec = Recorder()
+    na, nb = NeighborConfig(a_addr, BIRD_AS, a_ours), NeighborConfig(b_addr, BIRD_AS, b_ours)
+    sp = await lab.speaker(cfg_for(na), rec)
+    sp.set_desired(MINE)
+    want = {"10.244.1.0/26", "10.244.1.64/26"}
+    await bird_until(bird_a, lambda b: want <= b.routes_from("exa"), 30, "routes at BIRD a")
+    pid = sp.exabgp_pid
+    await sp.apply_config(cfg_for(na, nb))
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(b_addr) is up, 30, "added peer comes up")
+    await bird_until(bird_b, lambda b: want <= b.routes_from("exa"), 30, "routes at the new peer")
+    assert rec.states(a_addr).count(SessionState.DOWN) == 0, "adding a peer reset another"
+    await sp.apply_config(cfg_for(nb))
+    await bird_until(bird_a, lambda b: not b.established("exa"), 30, "removed peer goes down")
+    await asyncio.sleep(2)
+    assert sp.exabgp_pid == pid
+    assert rec.states(b_addr).count(SessionState.DOWN) == 0, "an unchanged session was reset"
+    assert want <= await asyncio.to_thread(bird_b.routes_from, "exa")

@@ -1,0 +1,176 @@
+"""The relay's bookkeeping and the speaker's pure decisions; then the real
+relay process between a pipe (standing in for ExaBGP) and a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from netaddr import IPAddress, IPNetwork
+
+from bgpd.model import Announce, RouteRefresh, Withdraw
+from bgpd.relay import RelayState
+from bgpd.speaker import decide_refresh, decide_restart_delay, plan_commands
+
+FIX = Path(__file__).parent.parent / "fixtures" / "exabgp"
+
+
+def state_line(peer: str, state: str) -> bytes:
+    msg = {
+        "type": "state",
+        "neighbor": {"address": {"peer": peer}, "asn": {"peer": 1}, "state": state},
+    }
+    return json.dumps(msg).encode() + b"\n"
+
+
+def test_relay_buffers_bounded_and_counts_drops() -> None:
+    s = RelayState(max_lines=3)
+    for i in range(5):
+        assert s.on_exabgp_line(f'{{"n": {i}}}\n'.encode(), node_connected=False) is None
+    out = s.on_node_connected()
+    assert out[:-1] == [b'{"n": 2}\n', b'{"n": 3}\n', b'{"n": 4}\n']
+    assert json.loads(out[-1]) == {"relay": "synced", "replayed": 0, "buffered": 3, "dropped": 2}
+    assert json.loads(s.on_node_connected()[-1])["dropped"] == 0
+
+
+def test_relay_replays_latest_state_unless_still_buffered() -> None:
+    s = RelayState()
+    s.on_exabgp_line(state_line("192.0.2.2", "up"), node_connected=True)
+    s.on_exabgp_line(state_line("192.0.2.3", "up"), node_connected=True)
+    down = state_line("192.0.2.3", "down")
+    s.on_exabgp_line(down, node_connected=False)
+    out = s.on_node_connected()
+    assert out[:-1] == [state_line("192.0.2.2", "up"), down]
+
+
+def test_relay_swallows_acks_owed_to_a_node_that_left() -> None:
+    s = RelayState()
+    s.on_command_sent()
+    s.on_command_sent()
+    s.on_node_gone()
+    s.on_node_connected()
+    s.on_command_sent()  # the new node's first command
+    assert s.on_exabgp_line(b"done\n", node_connected=True) is None
+    assert s.on_exabgp_line(b"error\n", node_connected=True) is None
+    assert s.on_exabgp_line(b"done\n", node_connected=True) == b"done\n"
+
+
+def test_restart_delay_grows_and_is_capped() -> None:
+    delays = [decide_restart_delay(n, 0.5, 30) for n in range(12)]
+    assert delays[0] == 0 and delays[1] == 0.5 and delays[2] == 1.0
+    assert delays == sorted(delays) and max(delays) == 30
+    assert decide_restart_delay(10**6) == 30
+
+
+def test_refresh_only_when_something_may_have_been_missed() -> None:
+    up = [IPAddress("192.0.2.2"), IPAddress("2001:db8::2")]
+    kw = {"established": up}
+    assert decide_refresh(fresh_process=True, first_connection=True, dropped=0, **kw) == []
+    want = [
+        RouteRefresh("ipv4 unicast", IPAddress("192.0.2.2")),
+        RouteRefresh("ipv6 unicast", IPAddress("2001:db8::2")),
+    ]
+    assert decide_refresh(fresh_process=True, first_connection=False, dropped=0, **kw) == want
+    assert decide_refresh(fresh_process=True, first_connection=True, dropped=5, **kw) == want
+    assert decide_refresh(fresh_process=False, first_connection=True, dropped=0, **kw) == want
+
+
+prefixes = st.integers(0, 50).map(lambda i: IPNetwork(f"10.244.{i}.0/26"))
+anns = st.dictionaries(
+    prefixes,
+    st.tuples(st.sampled_from([None, IPAddress("192.0.2.1")]), st.sampled_from([None, 100])),
+    max_size=20,
+).map(lambda d: {p: Announce(p, nh, (), lp) for p, (nh, lp) in d.items()})
+
+
+@given(anns, anns)
+def test_plan_makes_announced_equal_desired(desired: dict, announced: dict) -> None:
+    cmds = plan_commands(desired, announced)
+    state = dict(announced)
+    for c in cmds:
+        if isinstance(c, Withdraw):
+            state.pop(c.prefix)
+        else:
+            state[c.prefix] = c
+    assert state == desired
+    assert plan_commands(desired, state) == []
+    # withdrawals come first, so a moving prefix is never withdrawn after its announce
+    kinds = [isinstance(c, Withdraw) for c in cmds]
+    assert kinds == sorted(kinds, reverse=True)
+
+
+async def test_relay_process_between_pipe_and_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "node.sock"
+    relay = subprocess.Popen(  # noqa: ASYNC220 - starting it is quick
+        [sys.executable, "-m", "bgpd.relay", "--socket", str(sock), "--buffer", "1000"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert relay.stdin is not None and relay.stdout is not None
+    try:
+        # no node yet: the relay keeps reading (ExaBGP must never block)
+        captured = (FIX / "session.jsonl").read_bytes()
+        lines = [ln + b"\n" for ln in captured.splitlines() if not ln.startswith(b"done")]
+        lines = [ln for ln in lines if not ln.startswith(b"error")]
+        reps = 100
+        for _ in range(reps):
+            relay.stdin.write(b"".join(lines))
+        relay.stdin.flush()
+        got: list[bytes] = []
+        connected = asyncio.Event()
+        node_w: list[asyncio.StreamWriter] = []
+
+        async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            node_w.append(w)
+            connected.set()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                while line := await r.readline():
+                    got.append(line)
+
+        server = await asyncio.start_unix_server(on_conn, str(sock))
+        await asyncio.wait_for(connected.wait(), 10)
+        total = reps * len(lines)
+
+        def marks() -> list[dict]:
+            return [json.loads(g) for g in got if g.startswith(b'{"relay"')]
+
+        for _ in range(200):
+            if marks() and len(got) - 1 - marks()[0]["replayed"] + marks()[0]["dropped"] >= total:
+                break
+            await asyncio.sleep(0.05)
+        (mark,) = marks()
+        # every line ExaBGP wrote was either delivered or counted as dropped;
+        # the pipe (64 KiB) may hold a tail that arrives after the connection
+        assert len(got) - 1 - mark["replayed"] + mark["dropped"] == total
+        assert mark["buffered"] == 1000 and mark["dropped"] >= total - 1000 - 200
+        # a command goes through to ExaBGP's stdin (our pipe)
+        node_w[0].write(b"announce eor ipv4 unicast\n")
+        await node_w[0].drain()
+        assert await asyncio.to_thread(relay.stdout.readline) == b"announce eor ipv4 unicast\n"
+        relay.stdin.write(b"done\n")
+        relay.stdin.flush()
+        for _ in range(100):
+            if got[-1] == b"done\n":
+                break
+            await asyncio.sleep(0.05)
+        assert got[-1] == b"done\n"
+        relay.stdin.close()  # ExaBGP went away: the relay exits
+        assert await asyncio.to_thread(relay.wait, 10) == 0
+        for w in node_w:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+        relay.wait()
+        for f in (relay.stdout, relay.stderr):
+            if f is not None:
+                f.close()
