@@ -31,7 +31,7 @@ class PeerKey:
     local_address: IPAddress | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PathAttrs:
     next_hop: IPAddress
     as_path: tuple[int, ...] = ()
@@ -43,9 +43,11 @@ class PathAttrs:
     cluster_list: tuple[IPAddress, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Path:
-    """One route as received from one peer."""
+    """One route as received from one peer. Slots on the per-prefix values
+    (Path, PathAttrs, BestRoute): the RIB holds one Path and one BestRoute per
+    prefix, ~350 bytes each with a __dict__, ~100 without."""
 
     prefix: IPNetwork
     peer: IPAddress
@@ -155,7 +157,7 @@ Command = Announce | Withdraw | SendEor | RouteRefresh
 # ---- what bgpd hands its user ---------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BestRoute:
     """The winning next hops for one prefix (several: ECMP) and why."""
 

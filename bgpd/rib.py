@@ -66,6 +66,16 @@ class PeerInfo:
 
 Changed = tuple[IPNetwork, ...]
 
+# The paths best path chooses from for one prefix: the Path itself while one
+# peer has the prefix (the common case; a dict per prefix costs ~200 bytes),
+# else peer -> Path.
+Candidates = Path | dict[IPAddress, Path]
+
+
+def _paths(candidates: Candidates) -> list[Path]:
+    return list(candidates.values()) if isinstance(candidates, dict) else [candidates]
+
+
 # (version, network number, prefix length): hashes ~20x faster than IPNetwork
 Key = tuple[int, int, int]
 
@@ -97,10 +107,12 @@ class Rib:
         self._ctx = context
         self._max_paths = max_paths
         self._adj_in: dict[IPAddress, dict[Key, Path]] = {}
-        # prefix -> peer -> path: the candidates best path chooses from
-        self._candidates: dict[Key, dict[IPAddress, Path]] = {}
+        self._candidates: dict[Key, Candidates] = {}
         self._best: dict[Key, BestRoute] = {}
         self._stale: dict[IPAddress, set[Key]] = {}
+        # one (next_hop,) tuple per next hop, shared by every single-path
+        # BestRoute through it (~5 MB at 100k prefixes)
+        self._single_hops: dict[IPAddress, tuple[IPAddress]] = {}
         self.rejects = RejectCounts()
 
     # ---- reading ------------------------------------------------------------
@@ -121,7 +133,8 @@ class Rib:
         return {path.prefix: path for path in self._adj_in.get(peer, {}).values()}
 
     def candidates(self, prefix: IPNetwork) -> tuple[Path, ...]:
-        return tuple(self._candidates.get(prefix_key(prefix), {}).values())
+        found = self._candidates.get(prefix_key(prefix))
+        return () if found is None else tuple(_paths(found))
 
     def accepted_count(self, peer: IPAddress) -> int:
         return len(self._adj_in.get(peer, ()))
@@ -149,7 +162,7 @@ class Rib:
                 touched.append(key)
             if stale:
                 stale.discard(key)
-        ctx, candidates = self._ctx, self._candidates
+        ctx = self._ctx
         for prefix, attrs in event.announced:
             key = prefix_key(prefix)
             path = Path(prefix, address, event.peer_as, peer.router_id, peer.ebgp, attrs)
@@ -168,11 +181,7 @@ class Rib:
                     touched.append(key)
                 continue
             adj[key] = path
-            per_peer = candidates.get(key)
-            if per_peer is None:
-                candidates[key] = {address: path}
-            else:
-                per_peer[address] = path
+            self._add_candidate(key, path)
             touched.append(key)
         return ApplyResult(self._recompute(touched), tuple(rejected), close)
 
@@ -208,8 +217,9 @@ class Rib:
             suspects = list(self._candidates)
         touched: list[Key] = []
         for key in suspects:
-            for peer, path in list(self._candidates[key].items()):
+            for path in _paths(self._candidates[key]):
                 if decide_import(context, path) is not None:
+                    peer = path.peer
                     self._remove(peer, key, self._adj_in[peer])
                     stale = self._stale.get(peer)
                     if stale:
@@ -222,20 +232,35 @@ class Rib:
     def _remove(self, peer: IPAddress, key: Key, adj: dict[Key, Path]) -> bool:
         if adj.pop(key, None) is None:
             return False
-        candidates = self._candidates[key]
-        del candidates[peer]
-        if not candidates:
-            del self._candidates[key]
+        self._drop_candidate(key, peer)
         return True
+
+    def _add_candidate(self, key: Key, path: Path) -> None:
+        found = self._candidates.get(key)
+        if found is None:
+            self._candidates[key] = path
+        elif isinstance(found, dict):
+            found[path.peer] = path
+        elif found.peer == path.peer:
+            self._candidates[key] = path
+        else:
+            self._candidates[key] = {found.peer: found, path.peer: path}
+
+    def _drop_candidate(self, key: Key, peer: IPAddress) -> None:
+        """Drop ``peer``'s candidate for ``key`` (the caller knows it is there)."""
+        found = self._candidates[key]
+        if not isinstance(found, dict):
+            del self._candidates[key]
+            return
+        del found[peer]
+        if len(found) == 1:
+            (self._candidates[key],) = found.values()
 
     def _drop_peer(self, peer: IPAddress) -> Changed:
         adj = self._adj_in.pop(peer, {})
         self._stale.pop(peer, None)
         for key in adj:
-            candidates = self._candidates[key]
-            del candidates[peer]
-            if not candidates:
-                del self._candidates[key]
+            self._drop_candidate(key, peer)
         return self._recompute(adj)
 
     def _sweep_stale(self, peer: IPAddress) -> Changed:
@@ -256,7 +281,7 @@ class Rib:
             seen.add(key)
             old = best_map.get(key)
             paths = candidates.get(key)
-            if not paths:
+            if paths is None:
                 if old is not None:
                     del best_map[key]
                     changed.append(old.prefix)
@@ -267,10 +292,13 @@ class Rib:
                 changed.append(new.prefix)
         return tuple(changed)
 
-    def _decide(self, candidates: dict[IPAddress, Path]) -> BestRoute:
-        if len(candidates) == 1:
-            (path,) = candidates.values()
-            return BestRoute(path.prefix, (path.attrs.next_hop,), "only path")
+    def _decide(self, candidates: Candidates) -> BestRoute:
+        if not isinstance(candidates, dict):
+            nh = candidates.attrs.next_hop
+            hops = self._single_hops.get(nh)
+            if hops is None:
+                hops = self._single_hops[nh] = (nh,)
+            return BestRoute(candidates.prefix, hops, "only path")
         ranking = bestpath.rank(list(candidates.values()))
         next_hops = [ranking.best.attrs.next_hop]
         for path in ranking.equal_cost[1:]:

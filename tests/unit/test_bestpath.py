@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -252,7 +253,7 @@ def test_without_med_groups_the_best_beats_every_other_pairwise(ps: list[Path]) 
             65001,
             p.peer_router_id,
             p.ebgp,
-            PathAttrs(**{**p.attrs.__dict__, "as_path": (65001,) * len(p.attrs.as_path or (1,))}),
+            dataclasses.replace(p.attrs, as_path=(65001,) * len(p.attrs.as_path or (1,))),
         )
         for p in ps
     ]
