@@ -282,25 +282,44 @@ def encode_command(cmd: Command) -> str:
     raise TypeError(f"not a command: {cmd!r}")
 
 
-def encode_bulk(cmds: Sequence[Command], chunk: int = BULK_CHUNK) -> list[str]:
-    """Lines for many commands: announcements with equal attributes (and the
+def encode_batches(
+    cmds: Sequence[Command], chunk: int = BULK_CHUNK
+) -> list[tuple[str, tuple[Command, ...]]]:
+    """Lines for many commands, each with the commands it carries. Within a
+    run of consecutive announcements, those with equal attributes (and the
     same neighbour and address family) share ``announce attributes ... nlri``
-    lines of up to ``chunk`` prefixes; everything else is one line each, in
-    the order given. The announcements go first."""
-    groups: dict[tuple[object, ...], list[IPNetwork]] = {}
-    rest: list[str] = []
+    lines of up to ``chunk`` prefixes; any other command is one line, in its
+    place, so a withdrawal planned before an announcement stays before it."""
+    out: list[tuple[str, tuple[Command, ...]]] = []
+    run: dict[tuple[object, ...], list[Announce]] = {}
+
+    def flush() -> None:
+        for group in run.values():
+            a0 = group[0]
+            attrs = _attr_text(a0.next_hop, a0.communities, a0.local_pref)
+            head = f"{_prefix_nb(a0.neighbor)}announce attributes {attrs} nlri"
+            for i in range(0, len(group), chunk):
+                part = group[i : i + chunk]
+                if len(part) == 1:
+                    out.append((encode_command(part[0]), (part[0],)))
+                else:
+                    out.append((head + " " + " ".join(str(a.prefix) for a in part), tuple(part)))
+        run.clear()
+
     for c in cmds:
         if isinstance(c, Announce):
             key = (c.neighbor, c.next_hop, c.communities, c.local_pref, c.prefix.version)
-            groups.setdefault(key, []).append(c.prefix)
+            run.setdefault(key, []).append(c)
         else:
-            rest.append(encode_command(c))
-    lines: list[str] = []
-    for (neighbor, nh, cs, lp, _v), prefixes in groups.items():
-        head = f"{_prefix_nb(neighbor)}announce attributes {_attr_text(nh, cs, lp)} nlri"  # type: ignore[arg-type]
-        for i in range(0, len(prefixes), chunk):
-            lines.append(head + " " + " ".join(str(p) for p in prefixes[i : i + chunk]))
-    return lines + rest
+            flush()
+            out.append((encode_command(c), (c,)))
+    flush()
+    return out
+
+
+def encode_bulk(cmds: Sequence[Command], chunk: int = BULK_CHUNK) -> list[str]:
+    """``encode_batches`` without the bookkeeping."""
+    return [line for line, _ in encode_batches(cmds, chunk)]
 
 
 _ANNOUNCE_TAIL = re.compile(r"^(?:community \[([0-9: ]*)\]\s*)?(?:local-preference (\d+))?$")

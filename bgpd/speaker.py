@@ -34,7 +34,7 @@ from pathlib import Path
 
 from netaddr import IPAddress, IPNetwork
 
-from bgpd.codec import decode_line, encode_bulk, encode_command
+from bgpd.codec import BULK_CHUNK, decode_line, encode_batches, encode_command
 from bgpd.exabgp_config import ExabgpConfig, render, render_env
 from bgpd.model import (
     AckEvent,
@@ -108,6 +108,9 @@ class SpeakerSettings:
     python: str = sys.executable
     wrap: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NAME) in tests and the lab
     max_in_flight: int = MAX_IN_FLIGHT
+    # announcements with equal attributes share "announce attributes ... nlri"
+    # lines of this many prefixes; 1 sends one line per route
+    bulk_chunk: int = BULK_CHUNK
     auto_eor: bool = True
     restart_base_s: float = 0.5
     restart_cap_s: float = 30.0
@@ -493,17 +496,21 @@ class Speaker:
         cmds = plan_commands(self.desired, self.announced)
         if not cmds:
             return True
-        acks = await self.send(cmds)
+        if self.settings.bulk_chunk > 1:
+            batches = encode_batches(cmds, self.settings.bulk_chunk)
+        else:
+            batches = [(encode_command(c), (c,)) for c in cmds]
+        acks = await self.send_lines([line for line, _ in batches])
         ok = True
-        for c, a in zip(cmds, acks, strict=True):
+        for (_line, carried), a in zip(batches, acks, strict=True):
             if not a.ok:
                 ok = False
                 continue
-            if isinstance(c, Withdraw):
-                if self.announced.get(c.prefix, None) is not None:
+            for c in carried:
+                if isinstance(c, Withdraw):
                     self.announced.pop(c.prefix, None)
-            elif isinstance(c, Announce):
-                self.announced[c.prefix] = c
+                elif isinstance(c, Announce):
+                    self.announced[c.prefix] = c
         return ok
 
     async def _reconcile_loop(self) -> None:
@@ -551,6 +558,3 @@ class Speaker:
             if await self.reconcile() and not self.announced:
                 return True
         return not self.announced
-
-    def bulk_lines(self, cmds: Sequence[Command]) -> list[str]:
-        return encode_bulk(cmds)

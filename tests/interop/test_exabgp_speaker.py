@@ -233,11 +233,14 @@ async def test_exabgp_killed_is_restarted_and_sessions_return(lab: Lab) -> None:
     await bird_until(bird, lambda b: want <= b.routes_from("exa"), 30, "routes back at BIRD")
 
 
-async def test_flow_control_5000_prefixes_reach_bird(lab: Lab) -> None:
+@pytest.mark.parametrize("chunk", [1, 500], ids=["one-per-line", "bulk"])
+async def test_flow_control_5000_prefixes_reach_bird_then_withdraw_all(
+    lab: Lab, chunk: int
+) -> None:
     bns, b_ours, b_addr = lab.peer_ns("bird")
     bird = await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", bird_spec(b_ours, b_addr))
     rec = Recorder()
-    sp = await lab.speaker(cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours)), rec)
+    sp = await lab.speaker(cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours)), rec, bulk_chunk=chunk)
     up = SessionState.ESTABLISHED
     await until(lambda: sp.peer_state.get(b_addr) is up, 30, "session up")
     base = int(IPAddress("10.128.0.0"))
@@ -251,9 +254,14 @@ async def test_flow_control_5000_prefixes_reach_bird(lab: Lab) -> None:
     acked_s = time.monotonic() - t0
     await bird_until(bird, lambda b: b.count_from("exa") >= 5000, 120, "5000 routes at BIRD")
     total_s = time.monotonic() - t0
-    assert 1 < sp.stats.max_in_flight_seen <= 200
+    assert sp.stats.max_in_flight_seen <= 200
+    if chunk == 1:
+        assert sp.stats.max_in_flight_seen > 1, "commands were not pipelined"
     assert sp.stats.acks_error == 0
-    print(f"\n5000 announces: acked {acked_s:.2f} s, at BIRD {total_s:.2f} s")
+    print(f"\n5000 announces, chunk {chunk}: acked {acked_s:.2f} s, at BIRD {total_s:.2f} s")
+    # a node being removed withdraws explicitly (GR peers would keep them)
+    assert await sp.withdraw_all()
+    await bird_until(bird, lambda b: b.count_from("exa") == 0, 60, "all withdrawn at BIRD")
 
 
 async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: Lab) -> None:

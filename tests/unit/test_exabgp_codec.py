@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
-from bgpd.codec import decode_line, decode_lines, encode_bulk, encode_command, parse_command
+from bgpd.codec import (
+    decode_line,
+    decode_lines,
+    encode_batches,
+    encode_bulk,
+    encode_command,
+    parse_command,
+)
 from bgpd.model import (
     AckEvent,
     Announce,
@@ -264,16 +271,37 @@ def test_command_text_round_trips(cmd: object) -> None:
 @given(st.lists(commands, max_size=40), st.integers(1, 7))
 def test_bulk_carries_every_prefix_exactly_once(cmds: list[object], chunk: int) -> None:
     lines = encode_bulk(cmds, chunk=chunk)  # type: ignore[arg-type]
-    announced = [
-        p
-        for ln in lines
-        if " announce attributes " in f" {ln}"
-        for p in ln.split(" nlri ")[1].split()
-    ]
+    bulk = [ln for ln in lines if "announce attributes " in ln]
+    single = [parse_command(ln) for ln in lines if "announce route " in ln]
+    announced = [p for ln in bulk for p in ln.split(" nlri ")[1].split()]
+    announced += [str(c.prefix) for c in single if isinstance(c, Announce)]
     want = [str(c.prefix) for c in cmds if isinstance(c, Announce)]
     assert sorted(announced) == sorted(want)
-    others = [ln for ln in lines if "announce attributes" not in ln]
-    assert others == [encode_command(c) for c in cmds if not isinstance(c, Announce)]  # type: ignore[arg-type]
+    others = [ln for ln in lines if "announce attributes" not in ln and "announce route " not in ln]
+    not_ann = [c for c in cmds if not isinstance(c, Announce)]
+    assert others == [encode_command(c) for c in not_ann]  # type: ignore[arg-type]
     for ln in lines:
         if "nlri" in ln:
             assert len(ln.split(" nlri ")[1].split()) <= chunk
+
+
+@given(st.lists(commands, max_size=40), st.integers(1, 7))
+def test_batches_keep_every_command_once_and_in_its_segment(cmds: list, chunk: int) -> None:
+    """Announcements are only regrouped between two other commands, so a
+    withdrawal planned before an announcement is still sent before it."""
+    segment: dict[int, int] = {}
+    seg = 0
+    for c in cmds:
+        if not isinstance(c, Announce):
+            seg += 1
+        segment[id(c)] = seg
+        if not isinstance(c, Announce):
+            seg += 1
+    batches = encode_batches(cmds, chunk)
+    flat = [c for _line, cs in batches for c in cs]
+    assert sorted(map(id, flat)) == sorted(map(id, cmds))
+    segs = [segment[id(c)] for c in flat]
+    assert segs == sorted(segs)
+    for line, cs in batches:
+        if len(cs) == 1:
+            assert line == encode_command(cs[0])
