@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
 from bgpd.model import Path, PathAttrs
@@ -163,3 +165,69 @@ def test_reject_counts_per_peer_and_reason() -> None:
     ]
     with pytest.raises(ValueError):
         counts.add(PEER, RejectReason.OWN_BLOCK, -1)
+
+
+# ---- Hypothesis: the integer rules agree with a netaddr reference ------------
+
+
+def reference(ctx: ImportContext, p: Path) -> RejectReason | None:
+    """The same policy written the slow, obvious way with netaddr."""
+    nh, prefix = p.attrs.next_hop, p.prefix.cidr
+    if (
+        nh.is_loopback()
+        or nh.is_multicast()
+        or int(nh) == 0
+        or (nh.version == 4 and (nh in IPNetwork("0.0.0.0/8") or nh in IPNetwork("240.0.0.0/4")))
+        or (nh.version == 4 and nh in IPNetwork("169.254.0.0/16"))
+    ):
+        return RejectReason.BAD_NEXT_HOP
+    if nh in ctx.own_addresses:
+        return RejectReason.NEXT_HOP_IS_SELF
+    if prefix.prefixlen == 0:
+        return None if ctx.allow_default else RejectReason.DEFAULT_ROUTE
+    if prefix in ctx.own_blocks:
+        return RejectReason.OWN_BLOCK
+    pools = [r for r in ctx.pools if r.cidr.version == prefix.version and prefix in r.cidr]
+    allowed = [a for a in ctx.allow if a.version == prefix.version and prefix in a]
+    if not pools and not allowed:
+        return RejectReason.NOT_IN_POOL
+    host = 32 if prefix.version == 4 else 128
+    if prefix.prefixlen == host or allowed:
+        return None
+    if any(prefix.prefixlen <= r.block_size for r in pools):
+        return None
+    return RejectReason.TOO_SPECIFIC
+
+
+v4_prefixes = st.builds(
+    lambda value, length: IPNetwork((value, length)),
+    st.one_of(
+        st.integers(0, 2**32 - 1),
+        st.integers(0x0AF40000, 0x0AF4FFFF),  # inside the pool, mostly
+        st.integers(0xC6336400, 0xC63364FF),  # the allow-list
+    ),
+    st.integers(0, 32),
+)
+v6_prefixes = st.builds(
+    lambda value, length: IPNetwork((value, length), version=6),
+    st.integers(0xFD000010 << 96, (0xFD000010 << 96) + 2**80),
+    st.integers(40, 128),
+)
+next_hops = st.one_of(
+    st.sampled_from(["192.0.2.1", "192.0.2.2", "127.0.0.1", "0.0.0.0", "224.0.0.1"]).map(IPAddress),
+    st.integers(0, 2**32 - 1).map(lambda v: IPAddress(v, 4)),
+    st.sampled_from(["2001:db8::1", "2001:db8::2", "::", "::1", "ff02::1"]).map(IPAddress),
+)
+
+
+@given(st.one_of(v4_prefixes, v6_prefixes), next_hops, st.booleans())
+def test_rules_agree_with_a_netaddr_reference(prefix, next_hop, allow_default) -> None:
+    ctx = ImportContext(
+        pools=CTX.pools,
+        allow=CTX.allow,
+        own_blocks=CTX.own_blocks | {IPNetwork("fd00:10::80/122")},
+        own_addresses=CTX.own_addresses,
+        allow_default=allow_default,
+    )
+    p = Path(prefix, PEER, 64512, PEER, False, PathAttrs(next_hop=next_hop))
+    assert decide_import(ctx, p) is reference(ctx, p)

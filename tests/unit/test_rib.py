@@ -216,6 +216,44 @@ def test_disabling_a_pool_drops_its_paths() -> None:
     assert set(rib.best_routes()) == {other}
 
 
+def test_our_new_address_as_next_hop_drops_those_paths() -> None:
+    rib = Rib(CTX)
+    moved = IPAddress("192.0.2.50")
+    rib.apply_update(UpdateEvent(A.address, A.asn, ((P1, PathAttrs(moved)),)), A)
+    rib.apply_update(announce(A, P2), A)
+    r = rib.set_context(
+        ImportContext(CTX.pools, own_blocks=CTX.own_blocks, own_addresses=frozenset({moved}))
+    )
+    assert r.changed == (P1,)
+    assert r.refresh_needed  # SELF is no longer ours: paths through it may come back
+    assert set(rib.best_routes()) == {P2}
+
+
+def test_ipv6_and_ipv4_side_by_side() -> None:
+    ctx = ImportContext(
+        pools=(*CTX.pools, PoolRule(IPNetwork("fd00:10::/48"), 122)),
+        own_addresses=frozenset({SELF}),
+    )
+    v6 = PeerInfo(IPAddress("2001:db8::2"), 64512, IPAddress("192.0.2.20"), ebgp=False)
+    p6 = IPNetwork("fd00:10::40/122")
+    rib = Rib(ctx, max_paths=2)
+    rib.apply_update(announce(v6, p6), v6)
+    rib.apply_update(announce(A, P1), A)
+    # the same v4 prefix from the v6 session (RFC 8950 next hop): ECMP with A
+    ev = UpdateEvent(v6.address, v6.asn, ((P1, PathAttrs(IPAddress("2001:db8::2"))),))
+    assert rib.apply_update(ev, v6).changed == (P1,)
+    assert rib.best(P1).next_hops == (A.address, IPAddress("2001:db8::2"))  # type: ignore[union-attr]
+    assert rib.best(p6).next_hops == (v6.address,)  # type: ignore[union-attr]
+    assert set(rib.peer_down(v6.address)) == {p6, P1}
+
+
+def test_host_bits_name_the_same_prefix() -> None:
+    rib = Rib(CTX)
+    rib.apply_update(announce(A, IPNetwork("10.244.1.5/26")), A)
+    assert rib.best(P1) is not None
+    assert rib.apply_update(withdraw(A, P1), A).changed == (IPNetwork("10.244.1.5/26"),)
+
+
 def test_update_from_the_wrong_peer_is_an_error() -> None:
     with pytest.raises(ValueError):
         Rib(CTX).apply_update(announce(A, P1), B)
