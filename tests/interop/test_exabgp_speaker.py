@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -282,9 +282,46 @@ async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: La
     await until(lambda: sp.peer_state.get(b_addr) is up, 30, "added peer comes up")
     await bird_until(bird_b, lambda b: want <= b.routes_from("exa"), 30, "routes at the new peer")
     assert rec.states(a_addr).count(SessionState.DOWN) == 0, "adding a peer reset another"
+    # a changed neighbour is reset by the reload and comes back with our routes
+    b_ups = rec.states(b_addr).count(up)
+    nb = replace(nb, hold_time=60)
+    await sp.apply_config(cfg_for(na, nb))
+    await until(lambda: rec.states(b_addr).count(up) > b_ups, 30, "changed peer reset and up")
+    await bird_until(bird_b, lambda b: want <= b.routes_from("exa"), 30, "routes after the reset")
+    assert rec.states(a_addr).count(SessionState.DOWN) == 0, "changing a peer reset another"
+    b_downs = rec.states(b_addr).count(SessionState.DOWN)
     await sp.apply_config(cfg_for(nb))
     await bird_until(bird_a, lambda b: not b.established("exa"), 30, "removed peer goes down")
     await asyncio.sleep(2)
     assert sp.exabgp_pid == pid
-    assert rec.states(b_addr).count(SessionState.DOWN) == 0, "an unchanged session was reset"
+    assert rec.states(b_addr).count(SessionState.DOWN) == b_downs, "removing a peer reset another"
     assert want <= await asyncio.to_thread(bird_b.routes_from, "exa")
+
+
+async def test_ttl_security_enforced_and_passive_with_listener(lab: Lab) -> None:
+    """ExaBGP 5.0.15 sets IP_MINTTL for incoming-ttl: a GTSM peer (BIRD
+    ``ttl security on`` sends TTL 255) comes up; a peer sending TTL 64 never
+    does. The GTSM session is passive on our side: BIRD connects to the
+    listener the speaker configured."""
+    gns, g_ours, g_addr = lab.peer_ns("gtsm")
+    pns, p_ours, p_addr = lab.peer_ns("plain")
+    await asyncio.to_thread(
+        start_bird, gns, lab.tmp / "g", bird_spec(g_ours, g_addr, extra="  ttl security on;")
+    )
+    plain = await asyncio.to_thread(start_bird, pns, lab.tmp / "p", bird_spec(p_ours, p_addr))
+    rec = Recorder()
+    cfg = replace(
+        cfg_for(
+            NeighborConfig(g_addr, BIRD_AS, g_ours, ttl_security=1, passive=True),
+            NeighborConfig(p_addr, BIRD_AS, p_ours, ttl_security=1),
+        ),
+        listen=(g_ours, 179),
+    )
+    sp = await lab.speaker(cfg, rec)
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(g_addr) is up, 30, "GTSM peer comes up")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 6:
+        assert up not in rec.states(p_addr)
+        assert not await asyncio.to_thread(plain.established, "exa")
+        await asyncio.sleep(0.5)
