@@ -27,15 +27,17 @@ import yaml
 from meshroute.lab.bird_config import render_bird
 from meshroute.lab.etcd import lab_member
 from meshroute.lab.netns import Netns, NetnsFactory, kill_pids_in, run, sweep_stale
+from meshroute.lab.ports import free_ports
 from meshroute.lab.state import (
     LabState,
     ProcessRecord,
     alive,
     end_processes,
     load_state,
+    processes_under,
     record_process,
 )
-from meshroute.lab.topology import LabPlan, NodePlan, SpeakerPlan
+from meshroute.lab.topology import LabPlan, NodePlan, SpeakerPlan, finish_node_config
 
 LAB_PREFIX = "mrlab"
 Say = Callable[[str], None]
@@ -55,6 +57,10 @@ class Lab:
     def netns(self, label: str) -> Netns:
         return Netns(self.state.ns(label))
 
+    @property
+    def etcd_endpoint(self) -> str:
+        return self.state.etcd_endpoint
+
     def record(self, rec: ProcessRecord) -> None:
         self.state.processes.append(rec)
         self.state.save()
@@ -69,6 +75,9 @@ class NodeLaunch:
     netns: str
     config_path: Path
     log_path: Path
+    # True: run the process in the root namespace (node.yaml names the
+    # namespace it drives); False: run it inside ``netns``
+    in_root: bool
 
 
 @dataclass(frozen=True)
@@ -80,13 +89,14 @@ class Spawned:
 StartNode = Callable[[NodeLaunch], Spawned]
 
 
-def spawn_in_netns(ns: str, argv: Sequence[str], log_path: str | Path) -> Spawned:
+def spawn_in_netns(ns: str | None, argv: Sequence[str], log_path: str | Path) -> Spawned:
     """A daemon in namespace ``ns`` (``ip netns exec`` execs it, so the PID
-    is the daemon's), in its own session, stdout and stderr to ``log_path``.
+    is the daemon's; None: where we run), in its own session, stdout and
+    stderr to ``log_path``.
     No ``Popen`` object: the daemon outlives the process that builds the lab
     (``lab up`` returns, the lab stays) and ``teardown`` ends it by PID."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    full = ("ip", "netns", "exec", ns, *argv)
+    full = ("ip", "netns", "exec", ns, *argv) if ns else tuple(argv)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         pid = os.posix_spawnp(
@@ -106,10 +116,10 @@ def spawn_in_netns(ns: str, argv: Sequence[str], log_path: str | Path) -> Spawne
 
 
 def start_meshroute_node(launch: NodeLaunch) -> Spawned:
-    """The node starter ``meshroute lab up`` uses: ``meshroute node`` in
-    the node's namespace."""
+    """The node starter ``meshroute lab up`` uses: ``meshroute node``, in
+    the root namespace or inside the node's, as the lab was planned."""
     argv = [sys.executable, "-m", "meshroute.cli", "node", "--config", str(launch.config_path)]
-    return spawn_in_netns(launch.netns, argv, launch.log_path)
+    return spawn_in_netns(None if launch.in_root else launch.netns, argv, launch.log_path)
 
 
 # ---- underlay ----------------------------------------------------------------
@@ -171,10 +181,17 @@ def _wait_sockets(lab: Lab, timeout: float) -> None:
 
 
 def _start_etcd(lab: Lab, timeout: float = 20.0) -> None:
-    host, port = lab.plan.etcd_endpoint.split(":")
-    member = lab_member(Path(lab.plan.run_dir) / "etcd", lab.state.ns("mgmt"), host, int(port))
-    p = spawn_in_netns(lab.state.ns("mgmt"), member.argv()[4:], member.log_path)
-    rec = record_process("etcd", "mgmt", p.pid, p.argv)
+    workdir = Path(lab.plan.run_dir) / "etcd"
+    if lab.plan.etcd_endpoint is not None:  # in the management namespace
+        host, port = lab.plan.etcd_endpoint.split(":")
+        member = lab_member(workdir, lab.state.ns("mgmt"), host, int(port))
+        argv = member.argv()[4:]
+    else:
+        member = lab_member(workdir, None, "127.0.0.1", free_ports(1)[0])
+        argv = member.argv()
+    p = spawn_in_netns(member.netns, argv, member.log_path)
+    rec = record_process("etcd", "mgmt" if member.netns else "", p.pid, p.argv)
+    lab.state.etcd_endpoint = member.endpoint
     lab.record(rec)
     deadline = time.monotonic() + timeout
     while not member.healthy():
@@ -192,7 +209,7 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
     if (run_dir / "state.json").exists():
         raise RuntimeError(f"{run_dir}: a lab is already up here (run lab down first)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = LabState(str(run_dir), prefix, plan.params.topology, etcd_endpoint=plan.etcd_endpoint)
+    state = LabState(str(run_dir), prefix, plan.params.topology)
     lab = Lab(plan, state)
     state.save()
     try:
@@ -203,8 +220,8 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
             state.save()
         say(f"{len(plan.bridges)} bridges, {len(plan.veths)} veth pairs, addresses, routes")
         _apply_links(lab)
-        say(f"etcd in the management namespace on {plan.etcd_endpoint}")
         _start_etcd(lab)
+        say(f"etcd on {lab.etcd_endpoint}")
         say(f"BIRD in {', '.join(sp.ns for sp in plan.speakers)}")
         for sp in plan.speakers:
             _start_bird(lab, sp)
@@ -218,18 +235,18 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
 # ---- resources and nodes -------------------------------------------------------
 
 
-def meshroute_in_mgmt(
-    lab: Lab, *args: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """The ``meshroute`` CLI run where etcd is reachable (the management
-    namespace), pointed at the lab's etcd."""
+def meshroute_cli(lab: Lab, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The ``meshroute`` CLI pointed at the lab's etcd, run where etcd is
+    reachable (the management namespace with netns placement)."""
     env = {
         **os.environ,
-        "MESHROUTE_ETCD": lab.plan.etcd_endpoint,
+        "MESHROUTE_ETCD": lab.etcd_endpoint,
         "MESHROUTE_PREFIX": lab.plan.params.etcd_prefix,
     }
+    mgmt = lab.state.namespaces.get("mgmt")
+    where = ["ip", "netns", "exec", mgmt] if mgmt else []
     return subprocess.run(
-        ["ip", "netns", "exec", lab.state.ns("mgmt"), sys.executable, "-m", "meshroute.cli", *args],
+        [*where, sys.executable, "-m", "meshroute.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -241,26 +258,34 @@ def apply_resources(lab: Lab) -> None:
     """Apply the plan's IPPool and BGP resources (``meshroute apply -f``)."""
     path = Path(lab.plan.run_dir) / "resources.yaml"
     path.write_text(lab.plan.resources_yaml)
-    p = meshroute_in_mgmt(lab, "apply", "-f", str(path))
+    p = meshroute_cli(lab, "apply", "-f", str(path))
     if p.returncode != 0:
         raise RuntimeError(f"meshroute apply -f {path} failed: {p.stdout}{p.stderr}")
 
 
-def write_node_config(node: NodePlan) -> Path:
+def write_node_config(lab: Lab, node: NodePlan, http_port: int | None = None) -> Path:
+    cfg = finish_node_config(
+        node,
+        lab.plan.params.node_placement,
+        etcd_endpoint=lab.etcd_endpoint,
+        netns=lab.state.ns(node.ns),
+        http_port=http_port,
+    )
     path = Path(node.config_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Path(node.config["bgp"]["workDir"]).mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(node.config, sort_keys=False))
+    Path(cfg["bgp"]["workDir"]).mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
 def start_nodes(lab: Lab, start_node: StartNode, *, say: Say = _quiet) -> None:
     """Write each node's ``node.yaml`` and start it with ``start_node``;
     the process it returns is recorded (and ended by ``teardown``)."""
-    for node in lab.plan.nodes:
-        launch = NodeLaunch(
-            node, lab.state.ns(node.ns), write_node_config(node), Path(node.log_path)
-        )
+    root = lab.plan.params.node_placement == "root"
+    ports = free_ports(len(lab.plan.nodes)) if root else [None] * len(lab.plan.nodes)
+    for node, port in zip(lab.plan.nodes, ports, strict=True):
+        config = write_node_config(lab, node, port)
+        launch = NodeLaunch(node, lab.state.ns(node.ns), config, Path(node.log_path), root)
         say(f"starting {node.name} in {launch.netns}")
         p = start_node(launch)
         lab.record(record_process("node", node.ns, p.pid, p.argv))
@@ -304,9 +329,12 @@ def teardown(state: LabState, *, remove_run_dir: bool = False) -> None:
 
 def down_after_crash(run_dir: str | os.PathLike[str], prefix: str = LAB_PREFIX) -> list[str]:
     """``lab down`` that trusts nothing: tear down what the state file
-    names (if there is one), then remove every namespace with the lab's
-    prefix and end what runs inside. Returns the namespaces swept."""
+    names (if there is one); end the processes whose command line names a
+    path under the lab's run dir (etcd's data dir, a node's config: ours
+    even when the state file is lost); then remove every namespace with
+    the lab's prefix and end what runs inside. Returns the namespaces swept."""
     state = load_state(run_dir)
     if state is not None:
         teardown(state)
+    end_processes(processes_under(run_dir))
     return sweep_stale(prefix, all_of_them=True)

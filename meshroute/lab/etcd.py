@@ -161,9 +161,9 @@ def start_etcd(workdir: Path, size: int = 1) -> EtcdCluster:
     return c
 
 
-def lab_member(workdir: Path, netns: str, host: str, port: int = 2379) -> EtcdMember:
-    """A one-member cluster for the lab, in its (fresh) namespace ``netns``
-    on ``host``; the lab starts ``argv()`` itself, detached."""
+def lab_member(workdir: Path, netns: str | None, host: str, port: int = 2379) -> EtcdMember:
+    """A one-member cluster for the lab on ``host`` (in namespace ``netns``
+    if given); the lab starts ``argv()`` itself, detached."""
     d = workdir / "m0"
     d.mkdir(parents=True, exist_ok=True)
     cluster = f"m0=http://{host}:{port + 1}"

@@ -145,6 +145,28 @@ def _reap(records: Sequence[ProcessRecord]) -> None:
             os.waitpid(r.pid, os.WNOHANG)
 
 
+# what the lab starts; a shell or ``tail -f`` reading the lab's logs is not
+LAB_PROGRAMS = ("etcd", "bird", "exabgp", "python", "meshroute")
+
+
+def processes_under(run_dir: str | os.PathLike[str]) -> list[ProcessRecord]:
+    """Processes of the kinds the lab starts with an argument that is a path
+    inside ``run_dir`` (the lab's own directory)."""
+    root = str(Path(run_dir).resolve()).rstrip("/") + "/"
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        line = cmdline(pid)
+        t = start_time(pid)
+        if not line or t is None or not os.path.basename(line[0]).startswith(LAB_PROGRAMS):
+            continue
+        if any(a.startswith(root) for a in line):
+            out.append(ProcessRecord("found", "", pid, t, line))
+    return out
+
+
 def alive(rec: ProcessRecord) -> bool:
     if not still_ours(rec):
         return False

@@ -20,17 +20,20 @@ exist only inside the lab's namespaces)::
                  |    (rr1)    |         |    (rr2)    |     reflectors: rr mode
               r1-n1         r1-n2      r2-n1         r2-n2   only (.5 of a rack)
            192.0.2.10    192.0.2.11  192.0.2.74    192.0.2.75
-              eth0 (default via the ToR), mgmt0 203.0.113.x/24
-                 \\_____________ mgmt bridge ______________/
-                        mgmt: etcd on 203.0.113.1:2379
+              eth0 (default via the ToR)     [netns placement only:]
+              mgmt0 203.0.113.x/24 --- mgmt bridge --- etcd on 203.0.113.1:2379
 
 - Underlay: each rack is one L2 segment (a bridge in its ToR's namespace);
   the ToR exports its rack subnet to the router over eBGP and the router
   passes it on to the other ToRs, so nodes reach other racks only while
   BIRD's sessions are up (as in a routed fabric). Pods come from
   10.244.0.0/16 in /26 blocks.
-- Management: an out-of-band bridge in the ``mgmt`` namespace, where etcd
-  listens; the nodes reach it on ``mgmt0`` whatever BGP does.
+- Where the node processes run (``node_placement``): ``root`` (default):
+  in the root namespace, driving their namespace by name (node.yaml
+  ``netns``; ExaBGP runs inside it), with etcd on the root loopback.
+  ``netns``: inside their namespace; etcd then lives in a ``mgmt``
+  namespace on an out-of-band bridge that the nodes reach on ``mgmt0``
+  whatever BGP does. Nothing is ever added to the root namespace.
 - ``mesh``: nodes in the cluster AS 64512, full iBGP mesh. Cross-rack
   next hops are not on the node's subnet, so the pool uses VXLAN
   CrossSubnet; the fabric only carries node addresses.
@@ -60,6 +63,10 @@ from meshroute.lab.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, Pre
 Topology = Literal["mesh", "tor", "rr"]
 TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr")
 Role = Literal["mgmt", "router", "tor", "reflector", "node"]
+# where a node's process runs: in the root namespace, driving its namespace
+# by name (node.yaml ``netns``), etcd on the root loopback; or inside its
+# namespace (``ip netns exec``), etcd on the management network
+Placement = Literal["root", "netns"]
 
 CLUSTER_AS = 64512
 ROUTER_AS = 65000
@@ -74,7 +81,7 @@ MAX_RACKS = 4
 MAX_NODES_PER_RACK = 19
 NODE_HOST_OFFSET = 10
 REFLECTOR_HOST_OFFSET = 5
-HTTP_BASE_PORT = 9100
+HTTP_BASE_PORT = 19100  # per node; root placement picks free ports at build
 RACK_BRIDGE = "rack"
 MGMT_BRIDGE = "mgmt"
 
@@ -98,6 +105,7 @@ class LabParams:
     run_dir: str = "/run/meshroute-lab"
     etcd_prefix: str = "/meshroute"
     bgp_password: str | None = None  # TCP-MD5 on the node-facing sessions
+    node_placement: Placement = "root"
 
     def problems(self) -> list[str]:
         out = []
@@ -107,6 +115,8 @@ class LabParams:
             out.append(f"racks {self.racks}: 1..{MAX_RACKS}")
         if not 1 <= self.nodes_per_rack <= MAX_NODES_PER_RACK:
             out.append(f"nodes_per_rack {self.nodes_per_rack}: 1..{MAX_NODES_PER_RACK}")
+        if self.node_placement not in ("root", "netns"):
+            out.append(f"node_placement {self.node_placement!r}: root or netns")
         if not 0 <= self.pods_per_node <= 60:
             out.append(f"pods_per_node {self.pods_per_node}: 0..60 (one /26 block)")
         return out
@@ -169,7 +179,7 @@ class NodePlan:
     index: int
     address: str  # underlay, with prefix length
     gateway: str  # the ToR's rack address
-    mgmt_address: str
+    mgmt_address: str | None  # only with node_placement "netns"
     as_number: int
     labels: dict[str, str] = field(hash=False)
     run_dir: str
@@ -202,7 +212,7 @@ class LabPlan:
     veths: tuple[VethPlan, ...]
     speakers: tuple[SpeakerPlan, ...]
     nodes: tuple[NodePlan, ...]
-    etcd_endpoint: str
+    etcd_endpoint: str | None  # None: on the root loopback, port chosen at build
     resources_yaml: str
 
     @property
@@ -240,20 +250,44 @@ def plan_node_config(
     labels: dict[str, str],
     run_dir: str,
     http_port: int,
-    etcd_endpoint: str,
+    etcd_endpoint: str | None,
     etcd_prefix: str,
 ) -> dict[str, Any]:
-    """A ``node.yaml`` as a dict (``meshroute.config.NodeConfig`` schema)."""
+    """A ``node.yaml`` as a dict (``meshroute.config.NodeConfig`` schema);
+    what only the build knows is filled in by ``finish_node_config``."""
+    etcd: dict[str, Any] = {"prefix": etcd_prefix}
+    if etcd_endpoint is not None:
+        etcd["endpoints"] = [etcd_endpoint]
     return {
         "nodeName": name,
         "ipv4": address,
         "asNumber": as_number,
         "labels": dict(labels),
-        "etcd": {"endpoints": [etcd_endpoint], "prefix": etcd_prefix},
+        "etcd": etcd,
         "ipam": {"socket": f"{run_dir}/ipam.sock", "l2Segment": True},
         "bgp": {"workDir": f"{run_dir}/bgp"},
         "http": {"listen": f"127.0.0.1:{http_port}"},
     }
+
+
+def finish_node_config(
+    node: NodePlan,
+    placement: Placement,
+    *,
+    etcd_endpoint: str,
+    netns: str,
+    http_port: int | None = None,
+) -> dict[str, Any]:
+    """The node's config with what the build decided: etcd's endpoint, the
+    namespace's real name (when the process runs in the root namespace) and
+    a free HTTP port (the root namespace's ports are shared)."""
+    cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in node.config.items()}
+    cfg["etcd"]["endpoints"] = [etcd_endpoint]
+    if placement == "root":
+        cfg["netns"] = netns
+    if http_port is not None:
+        cfg["http"]["listen"] = f"127.0.0.1:{http_port}"
+    return cfg
 
 
 def _filters(params: LabParams) -> tuple[PrefixFilter, PrefixFilter]:
@@ -349,13 +383,15 @@ def plan_lab(params: LabParams) -> LabPlan:
         raise ValueError("; ".join(bad))
     run = params.run_dir.rstrip("/")
     pods_filter, fabric_filter = _filters(params)
-    namespaces: list[NamespacePlan] = [
-        NamespacePlan("mgmt", "mgmt"),
-        NamespacePlan("router", "router", forwarding=True),
-    ]
-    bridges: list[BridgePlan] = [BridgePlan("mgmt", MGMT_BRIDGE, _host(MGMT_NET, 1))]
+    mgmt = params.node_placement == "netns"
+    namespaces: list[NamespacePlan] = [NamespacePlan("router", "router", forwarding=True)]
+    bridges: list[BridgePlan] = []
+    etcd_endpoint = None
+    if mgmt:
+        namespaces.insert(0, NamespacePlan("mgmt", "mgmt"))
+        bridges.append(BridgePlan("mgmt", MGMT_BRIDGE, _host(MGMT_NET, 1)))
+        etcd_endpoint = f"{MGMT_NET[1]}:{ETCD_PORT}"
     veths: list[VethPlan] = []
-    etcd_endpoint = f"{MGMT_NET[1]}:{ETCD_PORT}"
 
     # nodes first: the ToRs' and reflectors' neighbours are made from them
     nodes: list[NodePlan] = []
@@ -391,7 +427,7 @@ def plan_lab(params: LabParams) -> LabPlan:
                     index=i,
                     address=address,
                     gateway=str(subnet[1]),
-                    mgmt_address=_host(MGMT_NET, mgmt_host),
+                    mgmt_address=_host(MGMT_NET, mgmt_host) if mgmt else None,
                     as_number=asn,
                     labels=labels,
                     run_dir=node_dir,
@@ -471,16 +507,17 @@ def plan_lab(params: LabParams) -> LabPlan:
                 veths.append(
                     VethPlan(n.ns, "eth0", tor, f"p-{n.ns}", a_address=n.address, b_bridge="rack")
                 )
-                veths.append(
-                    VethPlan(
-                        n.ns,
-                        "mgmt0",
-                        "mgmt",
-                        f"m-{n.ns}",
-                        a_address=n.mgmt_address,
-                        b_bridge="mgmt",
+                if n.mgmt_address is not None:
+                    veths.append(
+                        VethPlan(
+                            n.ns,
+                            "mgmt0",
+                            "mgmt",
+                            f"m-{n.ns}",
+                            a_address=n.mgmt_address,
+                            b_bridge=MGMT_BRIDGE,
+                        )
                     )
-                )
         for label, rack, addr in reflectors:
             if rack == r:
                 namespaces.append(

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +50,13 @@ def lab_factory(tmp_path: Path) -> Iterator[object]:
         pytest.skip("network namespaces need root")
     built: list[Lab] = []
 
-    def make(topology: str) -> Lab:
-        plan = plan_lab(LabParams(topology=topology, run_dir=str(tmp_path / topology)))  # type: ignore[arg-type]
+    def make(topology: str, placement: str = "root") -> Lab:
+        params = LabParams(
+            topology=topology,  # type: ignore[arg-type]
+            run_dir=str(tmp_path / topology),
+            node_placement=placement,  # type: ignore[arg-type]
+        )
+        plan = plan_lab(params)
         lab = build_underlay(plan, prefix=PREFIX)
         built.append(lab)
         return lab
@@ -70,9 +76,18 @@ def _fabric_sessions(lab: Lab) -> dict[tuple[str, str], bool]:
     return out
 
 
-@pytest.mark.parametrize("topology", ["tor", "mesh", "rr"])
-def test_underlay_routes_across_racks_and_tears_down(lab_factory, topology: str) -> None:
-    lab: Lab = lab_factory(topology)  # type: ignore[operator]
+def _etcd_health(endpoint: str) -> bytes:
+    with urllib.request.urlopen(f"http://{endpoint}/health", timeout=2) as r:
+        return r.read()
+
+
+@pytest.mark.parametrize(
+    ("topology", "placement"), [("tor", "root"), ("mesh", "netns"), ("rr", "root")]
+)
+def test_underlay_routes_across_racks_and_tears_down(
+    lab_factory, topology: str, placement: str
+) -> None:
+    lab: Lab = lab_factory(topology, placement)  # type: ignore[operator]
     procs = list(lab.state.processes)
     assert {p.role for p in procs} == {"etcd", "bird"}
     assert len(_our_namespaces()) == len(lab.plan.namespaces)
@@ -90,17 +105,14 @@ def test_underlay_routes_across_racks_and_tears_down(lab_factory, topology: str)
     m = ping_matrix(node_endpoints(lab))
     assert m.all_ok, m.failures
 
-    # etcd answers from inside a node namespace on the management network
-    node_ns = lab.state.ns(lab.plan.nodes[-1].ns)
-    ip, port = lab.plan.etcd_endpoint.split(":")
-
-    def health() -> bytes:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://{ip}:{port}/health", timeout=2) as r:
-            return r.read()
-
-    assert b'"true"' in call_in_netns(node_ns, health)
+    # etcd answers where the node processes will run: the root namespace,
+    # or inside a node namespace over the management network
+    if placement == "root":
+        assert lab.etcd_endpoint.startswith("127.0.0.1:")
+        assert b'"true"' in _etcd_health(lab.etcd_endpoint)
+    else:
+        node_ns = lab.state.ns(lab.plan.nodes[-1].ns)
+        assert b'"true"' in call_in_netns(node_ns, lambda: _etcd_health(lab.etcd_endpoint))
 
     teardown(lab.state)
     assert _our_namespaces() == []

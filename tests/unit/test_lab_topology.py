@@ -18,6 +18,7 @@ from meshroute.lab.topology import (
     TRANSIT_SPACE,
     LabParams,
     LabPlan,
+    finish_node_config,
     plan_lab,
     tor_as,
 )
@@ -38,12 +39,23 @@ def _addresses(plan: LabPlan) -> list[str]:
     return out
 
 
+@pytest.mark.parametrize("placement", ["root", "netns"])
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 @pytest.mark.parametrize(("racks", "per_rack"), SHAPES)
-def test_addresses_names_and_configs(topology: str, racks: int, per_rack: int) -> None:
+def test_addresses_names_and_configs(
+    topology: str, racks: int, per_rack: int, placement: str
+) -> None:
     plan = plan_lab(
-        LabParams(topology=topology, racks=racks, nodes_per_rack=per_rack, run_dir="/run/x")  # type: ignore[arg-type]
+        LabParams(
+            topology=topology,  # type: ignore[arg-type]
+            racks=racks,
+            nodes_per_rack=per_rack,
+            run_dir="/run/x",
+            node_placement=placement,  # type: ignore[arg-type]
+        )
     )
+    assert ("mgmt" in [n.label for n in plan.namespaces]) == (placement == "netns")
+    assert (plan.etcd_endpoint is None) == (placement == "root")
     assert len(plan.nodes) == racks * per_rack
     addrs = _addresses(plan)
     assert len({a.split("/")[0] for a in addrs}) == len(addrs)
@@ -58,7 +70,22 @@ def test_addresses_names_and_configs(topology: str, racks: int, per_rack: int) -
     per_ns_ifs = [(v.a_ns, v.a_if) for v in plan.veths] + [(v.b_ns, v.b_if) for v in plan.veths]
     assert len(set(per_ns_ifs)) == len(per_ns_ifs)
 
-    configs = [parse_node_config(yaml.safe_dump(n.config), n.name) for n in plan.nodes]
+    etcd = plan.etcd_endpoint or "127.0.0.1:40000"
+    configs = [
+        parse_node_config(
+            yaml.safe_dump(
+                finish_node_config(
+                    n,
+                    plan.params.node_placement,
+                    etcd_endpoint=etcd,
+                    netns=f"mrlab1-{i}-{n.ns}",
+                    http_port=None if placement == "netns" else 40001 + i,
+                )
+            ),
+            n.name,
+        )
+        for i, n in enumerate(plan.nodes)
+    ]
     for key in (
         lambda c: c.ipam.socket,
         lambda c: c.bgp.work_dir,
@@ -69,12 +96,14 @@ def test_addresses_names_and_configs(topology: str, racks: int, per_rack: int) -
     for n, c in zip(plan.nodes, configs, strict=True):
         assert c.labels == {"rack": f"r{n.rack}"}
         assert c.ipam.l2_segment is True
-        assert c.etcd.endpoints == [plan.etcd_endpoint]
+        assert c.etcd.endpoints == [etcd]
+        assert (c.netns is not None) == (placement == "root")
         assert c.ipam.socket.startswith("/run/x/") and c.bgp.work_dir.startswith("/run/x/")
         assert str(c.ipv4) == n.address
         # a node's gateway is its ToR, on its own subnet
         assert IPNetwork(f"{n.gateway}/26") == IPNetwork(n.address).cidr
-    assert plan.etcd_endpoint.split(":")[0] in MGMT_NET
+    if plan.etcd_endpoint:
+        assert plan.etcd_endpoint.split(":")[0] in MGMT_NET
 
     loaded = parse_documents(plan.resources_yaml, "lab.yaml")
     kinds = [type(x.resource) for x in loaded]
@@ -158,6 +187,7 @@ def test_pods_and_http_ports() -> None:
         (LabParams(racks=5), "racks"),
         (LabParams(nodes_per_rack=20), "nodes_per_rack"),
         (LabParams(pods_per_node=61), "pods_per_node"),
+        (LabParams(node_placement="vm"), "node_placement"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_parameters_are_named(params: LabParams, words: str) -> None:

@@ -1,0 +1,111 @@
+"""Pods in the lab, before ``meshroute node`` exists: the lab starts its
+nodes through the starter callable it is given; here a stand-in starter
+runs only the node's IPAM service (``meshroute ipam serve``) from the
+node's ``node.yaml``. Pods come from Debian's bridge plugin with
+``meshroute-cni-ipam``; pods on one node reach each other and their node;
+CNI DEL gives every address back; teardown removes the pods too."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from netaddr import IPAddress, IPNetwork
+
+from ipam.cni_install import install_plugin
+from meshroute.lab.build import (
+    NodeLaunch,
+    Spawned,
+    apply_resources,
+    build_underlay,
+    meshroute_cli,
+    spawn_in_netns,
+    start_nodes,
+    teardown,
+    wait_nodes_ready,
+)
+from meshroute.lab.netns import run
+from meshroute.lab.pods import Endpoint, create_pods, delete_pods, ping_matrix, summary
+from meshroute.lab.state import still_ours
+from meshroute.lab.topology import POOL_BLOCK, LabParams, plan_lab
+
+pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
+PREFIX = "mrlabt"
+
+
+def ipam_only(launch: NodeLaunch) -> Spawned:
+    """A stand-in for ``meshroute node``: the IPAM part, from node.yaml."""
+    cfg = yaml.safe_load(launch.config_path.read_text())
+    labels = ",".join(f"{k}={v}" for k, v in cfg["labels"].items())
+    argv = [
+        sys.executable, "-m", "meshroute.cli", "ipam", "serve",
+        "--host", cfg["nodeName"], "--labels", labels,
+        "--socket", cfg["ipam"]["socket"], "--l2-segment",
+        "--etcd", ",".join(cfg["etcd"]["endpoints"]), "--prefix", cfg["etcd"]["prefix"],
+    ]  # fmt: skip
+    return spawn_in_netns(None if launch.in_root else launch.netns, argv, launch.log_path)
+
+
+@pytest.mark.parametrize("placement", ["root", "netns"])
+def test_pods_through_the_bridge_plugin(tmp_path: Path, placement: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    params = LabParams(
+        topology="tor",
+        racks=2,
+        nodes_per_rack=1,
+        pods_per_node=2,
+        run_dir=str(tmp_path / "lab"),
+        node_placement=placement,  # type: ignore[arg-type]
+    )
+    lab = build_underlay(plan_lab(params), prefix=PREFIX)
+    try:
+        apply_resources(lab)
+        got = json.loads(meshroute_cli(lab, "get", "pools", "-o", "json").stdout or "null")
+        assert got is not None and "lab-pods" in json.dumps(got)
+
+        start_nodes(lab, ipam_only)
+        wait_nodes_ready(lab, timeout=30)
+        cfg = yaml.safe_load(Path(lab.plan.nodes[0].config_path).read_text())
+        assert cfg["etcd"]["endpoints"] == [lab.etcd_endpoint]
+        assert ("netns" in cfg) == (placement == "root")
+
+        cni_bin = tmp_path / "cni-bin"
+        install_plugin(cni_bin)
+        by_node = {n.name: create_pods(lab, n, cni_bin) for n in lab.plan.nodes}
+        pods = [p for ps in by_node.values() for p in ps]
+        assert len({p.address for p in pods}) == len(pods) == 4
+        blocks = {
+            name: {IPNetwork(f"{p.address}/{POOL_BLOCK}").cidr for p in ps}
+            for name, ps in by_node.items()
+        }
+        # each node's pods come from its own block
+        assert all(len(b) == 1 for b in blocks.values())
+        assert len(set.union(*blocks.values())) == len(lab.plan.nodes)
+
+        for node in lab.plan.nodes:
+            eps = [Endpoint(p.label, p.netns, p.address) for p in by_node[node.name]]
+            eps.append(Endpoint(node.ns, lab.state.ns(node.ns), node.ip))
+            m = ping_matrix(eps)
+            assert m.all_ok, m.failures
+            assert all(IPAddress(p.address) in IPNetwork("10.244.0.0/16") for p in pods)
+
+        text = summary(lab, m)
+        assert "Established" in text and "9/9 pairs answered" in text
+
+        delete_pods(lab, cni_bin)
+        show = json.loads(meshroute_cli(lab, "ipam", "show", "--json").stdout)
+        assert sum(p["allocated"] for p in show["pools"].values()) == 0
+    finally:
+        procs = list(lab.state.processes)
+        pod_ns = [p.netns for p in lab.state.pods]
+        teardown(lab.state)
+    names = run(["ip", "netns", "list"]).split()
+    assert not any(n.startswith(PREFIX) for n in names)
+    assert pod_ns and not set(pod_ns) & set(names)
+    assert {p.role for p in procs} == {"etcd", "bird", "node"}
+    assert not any(still_ours(p) for p in procs)
