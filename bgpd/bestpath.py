@@ -21,9 +21,11 @@ naming the winner (or a tie) and a reason:
 
 Equal cost: paths that tie through steps 1-5 (local-pref, as-path, origin,
 med, ebgp) are equal; steps 6-8 only break the tie to name one best path.
-That is ``ECMP_STEPS``, the same cut BIRD's ``merge paths`` makes
+That is ``ECMP_STEPS``, the cut BIRD's ``merge paths`` makes
 (``bgp_rte_mergable``: preference, AS path length, origin, MED, eBGP/iBGP)
-and GoBGP's multipath makes.
+and FRR's ``maximum-paths`` makes (equal up to, not including, router id).
+Paths through different neighbour ASes with AS paths of the same length
+share traffic, as in BIRD and FRR's ``bestpath as-path multipath-relax``.
 
 Why elimination and not a pairwise sort: with MED compared only inside one
 neighbour AS the pairwise order is not transitive (A beats B on MED, B beats
