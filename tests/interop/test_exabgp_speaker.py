@@ -4,6 +4,7 @@ each test in its own network namespaces (documentation addresses only)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -325,3 +326,35 @@ async def test_ttl_security_enforced_and_passive_with_listener(lab: Lab) -> None
         assert up not in rec.states(p_addr)
         assert not await asyncio.to_thread(plain.established, "exa")
         await asyncio.sleep(0.5)
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+async def test_relay_killed_exabgp_respawns_it_and_we_refresh(lab: Lab) -> None:
+    """The relay dies under a running ExaBGP: ExaBGP starts a new one, the
+    session stays up, and the speaker asks the peer for a route refresh so
+    the routes learned meanwhile are not missed."""
+    bns, b_ours, b_addr = lab.peer_ns("bird")
+    await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", bird_spec(b_ours, b_addr))
+    rec = Recorder()
+    sp = await lab.speaker(cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours)), rec)
+    theirs = {IPNetwork("203.0.113.0/26"), IPNetwork("203.0.113.64/26")}
+    await until(lambda: rec.prefixes_from(b_addr) == theirs, 30, "BIRD's routes")
+    assert sp.exabgp_pid is not None
+    (relay,) = children_of(sp.exabgp_pid)
+    updates_before = sum(isinstance(e, UpdateEvent) for e in rec.events)
+    os.kill(relay, signal.SIGKILL)
+    await until(lambda: sp.stats.relay_connections == 2, 30, "the new relay connects")
+    await until(
+        lambda: sum(isinstance(e, UpdateEvent) for e in rec.events) > updates_before,
+        20,
+        "routes resent after the route refresh",
+    )
+    assert SessionState.DOWN not in rec.states(b_addr)
+    assert rec.prefixes_from(b_addr) == theirs
