@@ -1,7 +1,6 @@
-"""Pods, pings and router status in a built lab: pods made by Debian's CNI
-``bridge`` plugin with ``meshroute-cni-ipam`` against their node's IPAM
-socket; a ping matrix run from inside each source namespace, in parallel;
-BIRD's protocol table through ``birdc``."""
+"""Pods and pings in a built lab: pods made by Debian's CNI ``bridge``
+plugin with ``meshroute-cni-ipam`` against their node's IPAM socket; a ping
+matrix run from inside each source namespace, in parallel."""
 
 from __future__ import annotations
 
@@ -186,66 +185,3 @@ def pod_endpoints(lab: Lab) -> list[Endpoint]:
 
 def node_endpoints(lab: Lab) -> list[Endpoint]:
     return [Endpoint(n.ns, lab.state.ns(n.ns), n.ip) for n in lab.plan.nodes]
-
-
-# ---- BIRD status ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BirdProtocol:
-    name: str
-    proto: str
-    state: str
-    info: str
-
-    @property
-    def established(self) -> bool:
-        return self.proto == "BGP" and self.info.startswith("Established")
-
-
-def parse_protocols(text: str) -> list[BirdProtocol]:
-    """``birdc show protocols`` output to rows (header and banner skipped)."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 5 or parts[0] in ("BIRD", "Name") or line.startswith(" "):
-            continue
-        # Since is "hh:mm:ss.mmm" or "YYYY-MM-DD hh:mm:ss"; Info follows it
-        rest = parts[5:]
-        if rest and ":" in rest[0] and "-" in parts[4]:
-            rest = rest[1:]
-        out.append(BirdProtocol(parts[0], parts[1], parts[3], " ".join(rest)))
-    return out
-
-
-def bird_protocols(socket_path: str) -> list[BirdProtocol]:
-    p = subprocess.run(
-        ["birdc", "-s", socket_path, "show", "protocols"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    if p.returncode != 0:
-        raise RuntimeError(f"birdc -s {socket_path}: {p.stderr.strip() or p.stdout.strip()}")
-    return parse_protocols(p.stdout)
-
-
-def format_sessions(lab: Lab) -> str:
-    rows = [f"{'router':<8} {'peer':<12} {'state':<6} info"]
-    for sp in lab.plan.speakers:
-        try:
-            protos = bird_protocols(sp.socket_path)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-            rows.append(f"{sp.ns:<8} {'-':<12} {'-':<6} {e}")
-            continue
-        for pr in protos:
-            if pr.proto == "BGP":
-                rows.append(f"{sp.ns:<8} {pr.name:<12} {pr.state:<6} {pr.info}")
-    return "\n".join(rows)
-
-
-def summary(lab: Lab, matrix: PingMatrix | None = None) -> str:
-    parts = [f"lab {lab.plan.params.topology} in {lab.plan.run_dir}", format_sessions(lab)]
-    if matrix is not None:
-        parts.append(format_matrix(matrix))
-    return "\n\n".join(parts)

@@ -29,9 +29,11 @@ from meshroute.lab.build import (
     wait_nodes_ready,
 )
 from meshroute.lab.netns import run
-from meshroute.lab.pods import Endpoint, create_pods, delete_pods, ping_matrix, summary
+from meshroute.lab.pods import Endpoint, create_pods, delete_pods, ping_matrix
 from meshroute.lab.state import still_ours
+from meshroute.lab.status import summary
 from meshroute.lab.topology import POOL_BLOCK, LabParams, plan_lab
+from meshroute.lab.up import lab_down, lab_up
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
 PREFIX = "mrlabt"
@@ -109,3 +111,39 @@ def test_pods_through_the_bridge_plugin(tmp_path: Path, placement: str) -> None:
     assert pod_ns and not set(pod_ns) & set(names)
     assert {p.role for p in procs} == {"etcd", "bird", "node"}
     assert not any(still_ours(p) for p in procs)
+
+
+def _no_lab_left() -> bool:
+    return not any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).split())
+
+
+def test_lab_up_and_down(tmp_path: Path) -> None:
+    """The whole sequence as ``meshroute lab up`` runs it, with the
+    stand-in starter: one node, two pods that reach each other."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    params = LabParams(topology="tor", racks=1, nodes_per_rack=1, run_dir=str(tmp_path / "lab"))
+    said: list[str] = []
+    res = lab_up(params, ipam_only, prefix=PREFIX, say=said.append, converge_timeout=0)
+    try:
+        assert res.matrix is not None and res.matrix.all_ok, res.matrix
+        assert len(res.matrix.labels) == 2
+        assert any("pods" in s for s in said)
+    finally:
+        lab_down(str(tmp_path / "lab"), prefix=PREFIX, say=said.append)
+    assert _no_lab_left()
+    assert not (tmp_path / "lab" / "state.json").exists()
+
+
+def test_lab_up_with_a_node_that_dies_cleans_up(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+
+    def dies(launch: NodeLaunch) -> Spawned:
+        argv = [sys.executable, "-c", "import sys; print('no such node'); sys.exit(3)"]
+        return spawn_in_netns(None, argv, launch.log_path)
+
+    params = LabParams(topology="mesh", racks=1, nodes_per_rack=1, run_dir=str(tmp_path))
+    with pytest.raises((RuntimeError, ProcessLookupError), match=r"exited|no such node"):
+        lab_up(params, dies, prefix=PREFIX, say=lambda _m: None)
+    assert _no_lab_left()

@@ -17,8 +17,9 @@ import pytest
 
 from meshroute.lab.build import Lab, build_underlay, down_after_crash, teardown
 from meshroute.lab.netns import call_in_netns, run
-from meshroute.lab.pods import bird_protocols, node_endpoints, ping_matrix
+from meshroute.lab.pods import node_endpoints, ping_matrix
 from meshroute.lab.state import ProcessRecord, load_state, still_ours
+from meshroute.lab.status import bird_protocols
 from meshroute.lab.topology import LabParams, plan_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -1,0 +1,138 @@
+"""What a running lab shows: BIRD's sessions (``birdc show protocols``),
+each node's routes as felix_lite programmed them (direct, vxlan, ipip,
+blackhole), IPAM use, and the summary printed after ``lab up``. Parsing and
+classifying are pure; reading calls ``birdc``, ``ip`` and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshroute.lab.build import Lab, meshroute_cli
+from meshroute.lab.netns import run
+from meshroute.lab.pods import PingMatrix, format_matrix
+
+FELIX_PROTO = 213  # felix_lite's route protocol (node.yaml felix.routeProtocol)
+VXLAN_PREFIX = "vxlan"
+IPIP_DEVICE = "tunl0"
+ROUTE_KINDS = ("direct", "vxlan", "ipip", "blackhole")
+
+
+@dataclass(frozen=True)
+class BirdProtocol:
+    name: str
+    proto: str
+    state: str
+    info: str
+
+    @property
+    def established(self) -> bool:
+        return self.proto == "BGP" and self.info.startswith("Established")
+
+
+def parse_protocols(text: str) -> list[BirdProtocol]:
+    """``birdc show protocols`` output to rows (banner and header skipped)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[0] in ("BIRD", "Name") or line.startswith(" "):
+            continue
+        # Since is "hh:mm:ss.mmm" or "YYYY-MM-DD hh:mm:ss"; Info follows it
+        rest = parts[5:]
+        if rest and ":" in rest[0] and "-" in parts[4]:
+            rest = rest[1:]
+        out.append(BirdProtocol(parts[0], parts[1], parts[3], " ".join(rest)))
+    return out
+
+
+def bird_protocols(socket_path: str) -> list[BirdProtocol]:
+    p = subprocess.run(
+        ["birdc", "-s", socket_path, "show", "protocols"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"birdc -s {socket_path}: {p.stderr.strip() or p.stdout.strip()}")
+    return parse_protocols(p.stdout)
+
+
+@dataclass(frozen=True)
+class NodeRoute:
+    dst: str
+    kind: str  # one of ROUTE_KINDS
+    via: str | None
+    dev: str | None
+
+
+def classify_route(r: Mapping[str, Any]) -> NodeRoute:
+    """One entry of ``ip -j route`` (felix_lite's protocol) as a kind."""
+    dev = r.get("dev")
+    via = r.get("gateway")
+    if r.get("type") == "blackhole":
+        kind = "blackhole"
+    elif dev == IPIP_DEVICE:
+        kind = "ipip"
+    elif isinstance(dev, str) and dev.startswith(VXLAN_PREFIX):
+        kind = "vxlan"
+    else:
+        kind = "direct"
+    if via is None and r.get("nexthops"):
+        via = ",".join(str(h.get("gateway")) for h in r["nexthops"])
+    return NodeRoute(str(r.get("dst")), kind, via, dev if isinstance(dev, str) else None)
+
+
+def node_routes(netns: str, proto: int = FELIX_PROTO) -> list[NodeRoute]:
+    out = run(["ip", "-n", netns, "-j", "route", "show", "proto", str(proto)], check=False)
+    entries = json.loads(out) if out.strip() else []
+    return [classify_route(e) for e in entries]
+
+
+def format_routes(routes_by_node: Mapping[str, Iterable[NodeRoute]]) -> str:
+    rows = []
+    for node, routes in routes_by_node.items():
+        rs = sorted(routes, key=lambda r: r.dst)
+        counts = Counter(r.kind for r in rs)
+        rows.append(f"{node}: " + ", ".join(f"{counts[k]} {k}" for k in ROUTE_KINDS))
+        for r in rs:
+            where = f"via {r.via} " if r.via else ""
+            rows.append(f"  {r.dst:<18} {r.kind:<9} {where}{'dev ' + r.dev if r.dev else ''}")
+    return "\n".join(rows)
+
+
+def format_sessions(lab: Lab) -> str:
+    rows = [f"{'router':<8} {'peer':<12} {'state':<6} info"]
+    for sp in lab.plan.speakers:
+        try:
+            protos = bird_protocols(sp.socket_path)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            rows.append(f"{sp.ns:<8} {'-':<12} {'-':<6} {e}")
+            continue
+        for pr in protos:
+            if pr.proto == "BGP":
+                rows.append(f"{sp.ns:<8} {pr.name:<12} {pr.state:<6} {pr.info}")
+    return "\n".join(rows)
+
+
+def ipam_use(lab: Lab) -> str:
+    p = meshroute_cli(lab, "ipam", "show")
+    return (p.stdout or p.stderr).rstrip()
+
+
+def summary(lab: Lab, matrix: PingMatrix | None = None, *, with_ipam: bool = True) -> str:
+    parts = [
+        f"lab: {lab.plan.params.topology}, {len(lab.plan.nodes)} nodes, run dir "
+        f"{lab.plan.run_dir}, etcd {lab.etcd_endpoint}",
+        "BGP sessions of the fabric's routers:\n" + format_sessions(lab),
+        "routes programmed on the nodes:\n"
+        + format_routes({n.name: node_routes(lab.state.ns(n.ns)) for n in lab.plan.nodes}),
+    ]
+    if with_ipam:
+        parts.append("IPAM:\n" + ipam_use(lab))
+    if matrix is not None:
+        parts.append("pod to pod (row pings column):\n" + format_matrix(matrix))
+    return "\n\n".join(parts)

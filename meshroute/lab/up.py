@@ -1,0 +1,115 @@
+"""``lab up`` and ``lab down`` as one call each: the order of the steps and
+their progress messages. The node process is whatever ``start_node``
+starts (``build.start_meshroute_node`` runs ``meshroute node``), so this
+module never needs to know how a node works.
+
+    underlay (namespaces, links, etcd, BIRD) -> resources (pools, BGP)
+    -> nodes (start_node per node, wait for their IPAM sockets)
+    -> pods (bridge plugin + meshroute-cni-ipam) -> sessions up -> ping matrix
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipam.cni_install import install_plugin
+from meshroute.lab.build import (
+    LAB_PREFIX,
+    Lab,
+    Say,
+    StartNode,
+    apply_resources,
+    build_underlay,
+    down_after_crash,
+    start_nodes,
+    teardown,
+    wait_nodes_ready,
+)
+from meshroute.lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
+from meshroute.lab.state import load_state
+from meshroute.lab.status import bird_protocols
+from meshroute.lab.topology import LabParams, plan_lab
+
+
+def _say(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class UpResult:
+    lab: Lab
+    matrix: PingMatrix | None
+
+
+def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> bool:
+    """Until every BGP session of the lab's BIRD routers is Established
+    (with ``nodes_too``, also those towards the nodes); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [
+            pr.established
+            for sp in lab.plan.speakers
+            for pr in bird_protocols(sp.socket_path)
+            if pr.proto == "BGP" and (nodes_too or not pr.name.startswith("node_"))
+        ]
+        if all(states):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def lab_up(
+    params: LabParams,
+    start_node: StartNode,
+    *,
+    prefix: str = LAB_PREFIX,
+    say: Say = _say,
+    converge: Callable[[Lab], bool] | None = None,
+    converge_timeout: float = 30.0,
+) -> UpResult:
+    """Build the whole lab; on any failure everything is torn down again.
+    ``converge`` (default: every router session Established) is polled
+    before the ping matrix, up to ``converge_timeout`` seconds."""
+    plan = plan_lab(params)
+    t0 = time.monotonic()
+    lab = build_underlay(plan, prefix=prefix, say=say)
+    try:
+        apply_resources(lab)
+        say(f"applied {Path(plan.run_dir) / 'resources.yaml'} (pool, BGP configuration, peers)")
+        start_nodes(lab, start_node, say=say)
+        wait_nodes_ready(lab)
+        say("every node serves IPAM")
+        cni_bin = Path(plan.run_dir) / "cni-bin"
+        install_plugin(cni_bin)
+        for node in plan.nodes:
+            pods = create_pods(lab, node, cni_bin)
+            say(f"{node.name}: pods " + ", ".join(f"{p.label} {p.address}" for p in pods))
+        ready = converge or (lambda lb: wait_fabric(lb, timeout=0, nodes_too=True))
+        deadline = time.monotonic() + converge_timeout
+        while not ready(lab) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        say(f"built in {time.monotonic() - t0:.1f} s; ping matrix")
+        matrix = ping_matrix(pod_endpoints(lab)) if lab.state.pods else None
+    except BaseException:
+        say("failed: tearing down what was built")
+        teardown(lab.state)
+        raise
+    return UpResult(lab, matrix)
+
+
+def lab_down(run_dir: str, prefix: str = LAB_PREFIX, say: Say = _say) -> None:
+    """Remove the lab in ``run_dir``, also after a crash (see
+    ``down_after_crash``)."""
+    state = load_state(run_dir)
+    if state is not None:
+        say(
+            f"ending {len(state.processes)} processes, removing {len(state.namespaces)} "
+            f"namespaces and {len(state.pods)} pods"
+        )
+    swept = down_after_crash(run_dir, prefix)
+    if swept:
+        say(f"swept {len(swept)} leftover namespaces")
