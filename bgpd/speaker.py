@@ -200,6 +200,8 @@ class Speaker:
     async def start(self) -> None:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(render(self.cfg))
+        # before serving the socket: the old ExaBGP's relay would connect to it
+        await asyncio.to_thread(self._end_previous_exabgp)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(
@@ -278,7 +280,6 @@ class Speaker:
 
     async def _supervise(self) -> None:
         failures = 0
-        await asyncio.to_thread(self._end_previous_exabgp)
         while not self._stopping:
             delay = decide_restart_delay(
                 failures, self.settings.restart_base_s, self.settings.restart_cap_s

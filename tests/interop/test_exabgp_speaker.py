@@ -328,6 +328,13 @@ async def test_ttl_security_enforced_and_passive_with_listener(lab: Lab) -> None
         await asyncio.sleep(0.5)
 
 
+def gone_or_zombie(pid: int) -> bool:
+    try:
+        return b"zombie" in Path(f"/proc/{pid}/status").read_bytes()
+    except FileNotFoundError:
+        return True
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -358,3 +365,54 @@ async def test_relay_killed_exabgp_respawns_it_and_we_refresh(lab: Lab) -> None:
     )
     assert SessionState.DOWN not in rec.states(b_addr)
     assert rec.prefixes_from(b_addr) == theirs
+
+
+async def test_node_restart_replaces_leftover_exabgp_and_peer_keeps_routes(lab: Lab) -> None:
+    """A node process that dies leaves ExaBGP running; the next speaker on the
+    same workdir ends it, starts its own, re-announces, sends End-of-RIB. BIRD
+    keeps our routes all along (graceful restart), and the new ExaBGP reports
+    BIRD's routes again."""
+    bns, b_ours, b_addr = lab.peer_ns("bird")
+    bird = await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", bird_spec(b_ours, b_addr))
+    cfg = cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours))
+    want = {"10.244.1.0/26", "10.244.1.64/26"}
+    first = Speaker(
+        cfg, SpeakerSettings(lab.tmp / "node", wrap=("ip", "netns", "exec", lab.exa.name))
+    )
+    await first.start()
+    first.set_desired(MINE)
+    await bird_until(bird, lambda b: want <= b.routes_from("exa"), 30, "routes at BIRD")
+    old_pid = first.exabgp_pid
+    assert old_pid is not None
+    await first.stop(terminate_exabgp=False)  # the node "dies"; ExaBGP stays
+    os.kill(old_pid, 0)
+    rec = Recorder()
+    second = Speaker(
+        cfg, SpeakerSettings(lab.tmp / "node", wrap=("ip", "netns", "exec", lab.exa.name)), rec
+    )
+    lab.speakers.append(second)
+    await second.start()
+    second.set_desired(MINE)
+    theirs = {IPNetwork("203.0.113.0/26"), IPNetwork("203.0.113.64/26")}
+    t0 = time.monotonic()
+    while rec.prefixes_from(b_addr) != theirs or not any(
+        isinstance(e, StateEvent) and e.state is SessionState.ESTABLISHED for e in rec.events
+    ):
+        assert time.monotonic() - t0 < 30, "new ExaBGP never relearned BIRD's routes"
+        assert want <= await asyncio.to_thread(bird.routes_from, "exa"), "BIRD lost our routes"
+        await asyncio.sleep(0.2)
+    assert second.exabgp_pid != old_pid
+    assert gone_or_zombie(old_pid)
+    # our End-of-RIB ends BIRD's graceful restart (it would wait 120 s otherwise)
+    await bird_until(
+        bird,
+        lambda b: (
+            "graceful restart active" not in b.birdc("show protocols all exa")
+            and b.established("exa")
+        ),
+        10,
+        "BIRD's graceful restart ended by our End-of-RIB",
+    )
+    assert want <= await asyncio.to_thread(bird.routes_from, "exa")
+    assert first.proc is not None
+    await asyncio.to_thread(first.proc.wait, 5)  # reap the old ExaBGP (our child here)
