@@ -82,6 +82,8 @@ class BirdConfig:
     # reflector can resolve the next hops of iBGP routes it does not install
     kernel_learn: bool = False
     rr_cluster_id: str | None = None  # for the neighbors marked rr_client
+    # prefixes this router originates (blackhole statics, for export only)
+    originate: tuple[str, ...] = ()
     log_file: str | None = None
 
 
@@ -188,6 +190,10 @@ def render_bird(cfg: BirdConfig) -> str:
             "  };",
             "}",
         ]
+    if cfg.originate:
+        lines += ["", "protocol static {", "  ipv4;"]
+        lines += [f"  route {IPNetwork(p).cidr} blackhole;" for p in cfg.originate]
+        lines.append("}")
     filter_names = {f.name for f in cfg.filters}
     if len(filter_names) != len(cfg.filters):
         raise BirdConfigError("filter names must be unique")

@@ -63,6 +63,7 @@ FULL = BirdConfig(
     direct_interfaces=("rack", "uplink"),
     kernel_learn=True,
     rr_cluster_id="244.0.0.1",
+    originate=("10.244.7.0/26",),
     log_file="/run/meshroute-lab/rr1/bird.log",
 )
 
