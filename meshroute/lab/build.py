@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -37,7 +37,14 @@ from meshroute.lab.state import (
     processes_under,
     record_process,
 )
-from meshroute.lab.topology import LabPlan, NodePlan, SpeakerPlan, finish_node_config
+from meshroute.lab.topology import (
+    LabParams,
+    LabPlan,
+    NodePlan,
+    SpeakerPlan,
+    finish_node_config,
+    plan_lab,
+)
 
 LAB_PREFIX = "mrlab"
 Say = Callable[[str], None]
@@ -209,7 +216,7 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
     if (run_dir / "state.json").exists():
         raise RuntimeError(f"{run_dir}: a lab is already up here (run lab down first)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = LabState(str(run_dir), prefix, plan.params.topology)
+    state = LabState(str(run_dir), prefix, plan.params.topology, params=asdict(plan.params))
     lab = Lab(plan, state)
     state.save()
     try:
@@ -309,6 +316,15 @@ def wait_nodes_ready(lab: Lab, timeout: float = 30.0) -> None:
 
 
 # ---- down ----------------------------------------------------------------------
+
+
+def load_lab(run_dir: str | os.PathLike[str]) -> Lab | None:
+    """The lab running in ``run_dir`` (None when there is none), with its
+    plan rebuilt from the parameters it was built with."""
+    state = load_state(run_dir)
+    if state is None:
+        return None
+    return Lab(plan_lab(LabParams(**state.params)), state)
 
 
 def teardown(state: LabState, *, remove_run_dir: bool = False) -> None:

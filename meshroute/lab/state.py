@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 STATE_FILE = "state.json"
 
@@ -45,6 +46,7 @@ class LabState:
     processes: list[ProcessRecord] = field(default_factory=list)
     pods: list[PodRecord] = field(default_factory=list)
     etcd_endpoint: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # the LabParams it was built from
 
     @property
     def path(self) -> Path:
@@ -75,6 +77,7 @@ def load_state(run_dir: str | os.PathLike[str]) -> LabState | None:
         processes=[ProcessRecord(**{**p, "argv": tuple(p["argv"])}) for p in raw["processes"]],
         pods=[PodRecord(**p) for p in raw["pods"]],
         etcd_endpoint=raw.get("etcd_endpoint", ""),
+        params=dict(raw.get("params", {})),
     )
 
 

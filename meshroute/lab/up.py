@@ -72,8 +72,9 @@ def lab_up(
     converge_timeout: float = 30.0,
 ) -> UpResult:
     """Build the whole lab; on any failure everything is torn down again.
-    ``converge`` (default: every router session Established) is polled
-    before the ping matrix, up to ``converge_timeout`` seconds."""
+    Before the ping matrix, the routers' sessions among themselves get up
+    to 20 s, then ``converge`` (default: every BIRD session Established,
+    those with the nodes too) is polled up to ``converge_timeout`` s."""
     plan = plan_lab(params)
     t0 = time.monotonic()
     lab = build_underlay(plan, prefix=prefix, say=say)
@@ -88,6 +89,8 @@ def lab_up(
         for node in plan.nodes:
             pods = create_pods(lab, node, cni_bin)
             say(f"{node.name}: pods " + ", ".join(f"{p.label} {p.address}" for p in pods))
+        if not wait_fabric(lab, timeout=20):
+            say("warning: some sessions between the routers are not Established")
         ready = converge or (lambda lb: wait_fabric(lb, timeout=0, nodes_too=True))
         deadline = time.monotonic() + converge_timeout
         while not ready(lab) and time.monotonic() < deadline:
