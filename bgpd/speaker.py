@@ -171,6 +171,10 @@ class Speaker:
         self._fresh_process = False
         self._connections_this_process = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # no End-of-RIB before the user said what to announce: an early one
+        # would make graceful-restart peers flush our stale routes
+        self._desired_given = False
+        self._handlers: set[asyncio.Task[object]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
         self._restart_requested = False
@@ -223,6 +227,11 @@ class Speaker:
             await self._terminate_exabgp()
         if self._conn is not None:
             self._conn_lost(self._conn)
+        for h in list(self._handlers):
+            h.cancel()
+        for h in list(self._handlers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await h
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -351,6 +360,9 @@ class Speaker:
         self._connections_this_process += 1
         self.stats.relay_connections += 1
         self._connected.set()
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             while True:
                 try:
@@ -364,7 +376,13 @@ class Speaker:
                 if not line:
                     break
                 self._on_line(conn, line)
+        except asyncio.CancelledError:
+            # asyncio (3.11) calls exception() on a finished handler task,
+            # which raises for a cancelled one: end normally instead
+            pass
         finally:
+            if task is not None:
+                self._handlers.discard(task)
             if self._conn is conn:
                 self._conn_lost(conn)
             writer.close()
@@ -490,6 +508,7 @@ class Speaker:
     def set_desired(self, announcements: Mapping[IPNetwork, Announce]) -> None:
         """The complete set of routes to announce; applied in the background."""
         self.desired = dict(announcements)
+        self._desired_given = True
         self._dirty.set()
 
     async def reconcile(self) -> bool:
@@ -533,6 +552,8 @@ class Speaker:
                 if all(a.ok for a in await self.send(copies)):
                     self._needs_full.discard(p)
             self._full_due.clear()
+            if not self._desired_given:
+                continue  # End-of-RIB waits for the user's first desired set
             due = sorted(p for p in self._eor_due if self.peer_state.get(p) is up)
             self._eor_due.clear()
             if not ok:
@@ -555,6 +576,7 @@ class Speaker:
         """Withdraw everything announced (a node being removed: with graceful
         restart, peers would otherwise keep its routes for the restart time)."""
         self.desired = {}
+        self._desired_given = True
         for _ in range(3):
             if await self.reconcile() and not self.announced:
                 return True

@@ -1,0 +1,88 @@
+"""A stand-in for ``exabgp server CONFIG`` that needs no root and no peers:
+it starts the API process named in the config (bgpd.relay), says every
+configured neighbour is up, and answers each command with ``done`` (or
+``error`` for text it does not know), acking in bursts to let commands pile
+up. It records what it saw in ``<config>.fake.json`` after every burst.
+
+    python -m tests.harness.fake_exabgp server CONFIG
+
+Env: FAKE_EXABGP_EXIT_AFTER=seconds makes it exit (code 3) after that long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KNOWN = re.compile(r"^(neighbor \S+ )?(announce|withdraw) (route|attributes|eor|route-refresh) ")
+
+
+def state_line(peer: str, local: str, state: str) -> str:
+    return json.dumps(
+        {
+            "exabgp": "5.0.0",
+            "type": "state",
+            "neighbor": {
+                "address": {"local": local, "peer": peer},
+                "asn": {"local": 64512, "peer": 64513},
+                "state": state,
+            },
+        }
+    )
+
+
+def main() -> int:
+    conf = Path(sys.argv[-1])
+    text = conf.read_text()
+    run = re.search(r"^\s*run (.+);$", text, re.M)
+    assert run is not None
+    peers = re.findall(r"^neighbor (\S+) \{", text, re.M)
+    relay = subprocess.Popen(run.group(1).split(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert relay.stdin is not None and relay.stdout is not None
+    out, inp = relay.stdin, relay.stdout
+    for p in peers:
+        out.write((state_line(p, "192.0.2.1", "up") + "\n").encode())
+    out.flush()
+    exit_after = float(os.environ.get("FAKE_EXABGP_EXIT_AFTER", "0") or 0)
+    started = time.monotonic()
+    seen = {"commands": [], "max_unacked": 0}
+    buf = b""
+    while True:
+        if exit_after and time.monotonic() - started > exit_after:
+            return 3
+        r, _, _ = select.select([inp], [], [], 0.02)
+        if not r:
+            continue
+        chunk = os.read(inp.fileno(), 1 << 20)
+        if not chunk:
+            return 0
+        buf += chunk
+        time.sleep(0.01)  # let more commands arrive before acking: a burst
+        more = select.select([inp], [], [], 0)[0]
+        while more:
+            extra = os.read(inp.fileno(), 1 << 20)
+            if not extra:
+                break
+            buf += extra
+            more = select.select([inp], [], [], 0)[0]
+        *lines, buf = buf.split(b"\n")
+        seen["max_unacked"] = max(seen["max_unacked"], len(lines))  # type: ignore[call-overload]
+        acks = []
+        for ln in lines:
+            cmd = ln.decode()
+            seen["commands"].append(cmd)  # type: ignore[attr-defined]
+            acks.append("done" if KNOWN.match(cmd) else "error")
+        if acks:
+            out.write(("\n".join(acks) + "\n").encode())
+            out.flush()
+        Path(str(conf) + ".fake.json").write_text(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
