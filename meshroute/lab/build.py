@@ -209,6 +209,17 @@ def _start_etcd(lab: Lab, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def _clear_previous_run(plan: LabPlan) -> None:
+    """A previous lab's files in the run dir go (its etcd data would bring
+    back its pools and blocks); only the paths the lab itself writes."""
+    run_dir = Path(plan.run_dir)
+    labels = [p.label for p in plan.namespaces] + [n.ns for n in plan.nodes]
+    for name in ["etcd", "cni-bin", *labels]:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / "resources.yaml").unlink()
+
+
 def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet) -> Lab:
     """Namespaces, links, etcd and BIRD; on failure everything made so far
     is removed again and the error raised."""
@@ -216,6 +227,7 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
     if (run_dir / "state.json").exists():
         raise RuntimeError(f"{run_dir}: a lab is already up here (run lab down first)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    _clear_previous_run(plan)
     state = LabState(str(run_dir), prefix, plan.params.topology, params=asdict(plan.params))
     lab = Lab(plan, state)
     state.save()

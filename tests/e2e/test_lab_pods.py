@@ -117,22 +117,35 @@ def _no_lab_left() -> bool:
     return not any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).split())
 
 
-def test_lab_up_and_down(tmp_path: Path) -> None:
+def test_lab_up_and_down_twice_in_one_run_dir(tmp_path: Path) -> None:
     """The whole sequence as ``meshroute lab up`` runs it, with the
-    stand-in starter: one node, two pods that reach each other."""
+    stand-in starter: one node, two pods that reach each other. The second
+    lab in the same run dir starts from an empty etcd."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     params = LabParams(topology="tor", racks=1, nodes_per_rack=1, run_dir=str(tmp_path / "lab"))
     said: list[str] = []
-    res = lab_up(params, ipam_only, prefix=PREFIX, say=said.append, converge_timeout=0)
-    try:
-        assert res.matrix is not None and res.matrix.all_ok, res.matrix
-        assert len(res.matrix.labels) == 2
-        assert any("pods" in s for s in said)
-    finally:
-        lab_down(str(tmp_path / "lab"), prefix=PREFIX, say=said.append)
-    assert _no_lab_left()
-    assert not (tmp_path / "lab" / "state.json").exists()
+    marker = tmp_path / "marker.yaml"
+    marker.write_text(
+        "apiVersion: meshroute.io/v1\nkind: IPPool\nmetadata: {name: from-the-first-lab}\n"
+        "spec: {cidr: 10.99.0.0/16}\n"
+    )
+    for round_ in range(2):
+        res = lab_up(params, ipam_only, prefix=PREFIX, say=said.append, converge_timeout=0)
+        try:
+            assert res.matrix is not None and res.matrix.all_ok, res.matrix
+            assert len(res.matrix.labels) == 2
+            assert any("pods" in s for s in said)
+            pools = meshroute_cli(res.lab, "get", "pools").stdout
+            assert "lab-pods" in pools
+            if round_ == 0:
+                assert meshroute_cli(res.lab, "apply", "-f", str(marker)).returncode == 0
+            else:
+                assert "from-the-first-lab" not in pools
+        finally:
+            lab_down(str(tmp_path / "lab"), prefix=PREFIX, say=said.append)
+        assert _no_lab_left()
+        assert not (tmp_path / "lab" / "state.json").exists()
 
 
 def test_lab_up_with_a_node_that_dies_cleans_up(tmp_path: Path) -> None:
