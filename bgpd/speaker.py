@@ -85,17 +85,27 @@ def plan_commands(
 
 
 def decide_refresh(
-    *, fresh_process: bool, first_connection: bool, dropped: int, established: Sequence[IPAddress]
+    *,
+    fresh_process: bool,
+    first_connection: bool,
+    dropped: int,
+    established: Mapping[IPAddress, Sequence[str]],
 ) -> list[RouteRefresh]:
-    """Route refreshes to send after the relay connected. A freshly started
-    ExaBGP whose first relay connection lost nothing tells us everything as
-    its sessions come up; any other connection may have missed updates."""
+    """Route refreshes (one per established peer and family) to send after
+    the relay connected. A freshly started ExaBGP whose first relay
+    connection lost nothing tells us everything as its sessions come up; any
+    other connection may have missed updates."""
     if fresh_process and first_connection and dropped == 0:
         return []
-    return [
-        RouteRefresh("ipv6 unicast" if p.version == 6 else "ipv4 unicast", p)
-        for p in sorted(established)
-    ]
+    return [RouteRefresh(f, p) for p in sorted(established) for f in established[p]]
+
+
+def families_of(cfg: ExabgpConfig) -> dict[IPAddress, tuple[str, ...]]:
+    """The address families configured per neighbour, as ExaBGP names them."""
+    return {
+        n.address: tuple(f for f, on in (("ipv4 unicast", n.ipv4), ("ipv6 unicast", n.ipv6)) if on)
+        for n in cfg.neighbors
+    }
 
 
 # ---- the speaker ---------------------------------------------------------------
@@ -428,11 +438,12 @@ class Speaker:
         self.stats.relay_dropped += dropped
         conn.synced = True
         established = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        fams = families_of(self.cfg)
         refresh = decide_refresh(
             fresh_process=self._fresh_process,
             first_connection=self._connections_this_process == 1,
             dropped=dropped,
-            established=established,
+            established={p: fams.get(p, ("ipv4 unicast",)) for p in established},
         )
         if self.settings.auto_eor:
             # sessions that were already up when we connected get our routes
@@ -559,10 +570,11 @@ class Speaker:
             if not ok:
                 await asyncio.sleep(0.5)
                 self._dirty.set()
+            fams = families_of(self.cfg)
             for p in due:
-                fam = "ipv6 unicast" if p.version == 6 else "ipv4 unicast"
-                if not await self.send_eor(p, fam):
-                    log.warning("End-of-RIB to %s not acknowledged", p)
+                for fam in fams.get(p, ()):
+                    if not await self.send_eor(p, fam):
+                        log.warning("End-of-RIB (%s) to %s not acknowledged", fam, p)
 
     async def wait_synced(self) -> None:
         """Until a relay connection has delivered its replay."""

@@ -416,3 +416,29 @@ async def test_node_restart_replaces_leftover_exabgp_and_peer_keeps_routes(lab: 
     assert want <= await asyncio.to_thread(bird.routes_from, "exa")
     assert first.proc is not None
     await asyncio.to_thread(first.proc.wait, 5)  # reap the old ExaBGP (our child here)
+
+
+async def test_ipv6_session_both_ways(lab: Lab) -> None:
+    bns, _ours4, _addr4 = lab.peer_ns("bird6")
+    ours, theirs = IPAddress("2001:db8:12::1"), IPAddress("2001:db8:12::2")
+    lab.exa.ip("addr", "add", f"{ours}/64", "dev", f"p{lab.n_links - 1}", "nodad")
+    bns.ip("addr", "add", f"{theirs}/64", "dev", "exa", "nodad")
+    spec = BirdSpec(
+        router_id="192.0.2.2",
+        local_as=BIRD_AS,
+        neighbors=(BirdNeighbor("exa", str(ours), EXA_AS, ipv6=True),),
+        static6=("2001:db8:100::/48",),
+    )
+    bird = await asyncio.to_thread(start_bird, bns, lab.tmp / "bird", spec)
+    rec = Recorder()
+    sp = await lab.speaker(
+        cfg_for(NeighborConfig(theirs, BIRD_AS, ours, ipv4=False, ipv6=True)), rec
+    )
+    mine = IPNetwork("2001:db8:244::/64")
+    sp.set_desired({mine: Announce(mine, None)})
+    await bird_until(bird, lambda b: str(mine) in b.routes_from("exa"), 30, "our /64 at BIRD")
+    await until(
+        lambda: IPNetwork("2001:db8:100::/48") in rec.prefixes_from(theirs), 20, "BIRD's /48"
+    )
+    (path,) = [a for e in rec.events if isinstance(e, UpdateEvent) for _p, a in e.announced]
+    assert path.next_hop == theirs

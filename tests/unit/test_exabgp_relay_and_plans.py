@@ -69,7 +69,10 @@ def test_restart_delay_grows_and_is_capped() -> None:
 
 
 def test_refresh_only_when_something_may_have_been_missed() -> None:
-    up = [IPAddress("192.0.2.2"), IPAddress("2001:db8::2")]
+    up = {
+        IPAddress("2001:db8::2"): ("ipv6 unicast",),
+        IPAddress("192.0.2.2"): ("ipv4 unicast",),
+    }
     kw = {"established": up}
     assert decide_refresh(fresh_process=True, first_connection=True, dropped=0, **kw) == []
     want = [
