@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from meshroute.lab.build import Lab, meshroute_cli
-from meshroute.lab.netns import run
+from meshroute.lab.netns import call_in_netns, run
 from meshroute.lab.pods import PingMatrix, format_matrix
+from meshroute.lab.topology import NodePlan
 
 FELIX_PROTO = 213  # felix_lite's route protocol (node.yaml felix.routeProtocol)
 VXLAN_PREFIX = "vxlan"
@@ -116,6 +121,28 @@ def format_sessions(lab: Lab) -> str:
             if pr.proto == "BGP":
                 rows.append(f"{sp.ns:<8} {pr.name:<12} {pr.state:<6} {pr.info}")
     return "\n".join(rows)
+
+
+def node_ready(lab: Lab, node: NodePlan, timeout: float = 1.0) -> bool:
+    """The node's ``/readiness`` answers 200 (at ``http.listen`` of the
+    node.yaml the lab wrote; inside the node's namespace with netns
+    placement)."""
+    try:
+        cfg = yaml.safe_load(Path(node.config_path).read_text())
+        url = f"http://{cfg['http']['listen']}/readiness"
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return False
+
+    def get() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return int(r.status) == 200
+        except (OSError, ValueError):
+            return False
+
+    if lab.plan.params.node_placement == "netns":
+        return call_in_netns(lab.state.ns(node.ns), get)
+    return get()
 
 
 def ipam_use(lab: Lab) -> str:

@@ -30,7 +30,7 @@ from meshroute.lab.build import (
 )
 from meshroute.lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
 from meshroute.lab.state import load_state
-from meshroute.lab.status import bird_protocols
+from meshroute.lab.status import bird_protocols, node_ready
 from meshroute.lab.topology import LabParams, plan_lab
 
 
@@ -62,6 +62,14 @@ def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> 
         time.sleep(0.2)
 
 
+def converged(lab: Lab) -> bool:
+    """Every BIRD session Established (those with the nodes too) and every
+    node's ``/readiness`` 200."""
+    return wait_fabric(lab, timeout=0, nodes_too=True) and all(
+        node_ready(lab, n) for n in lab.plan.nodes
+    )
+
+
 def lab_up(
     params: LabParams,
     start_node: StartNode,
@@ -74,7 +82,8 @@ def lab_up(
     """Build the whole lab; on any failure everything is torn down again.
     Before the ping matrix, the routers' sessions among themselves get up
     to 20 s, then ``converge`` (default: every BIRD session Established,
-    those with the nodes too) is polled up to ``converge_timeout`` s."""
+    those with the nodes too, and every node's ``/readiness``) is polled up
+    to ``converge_timeout`` s."""
     plan = plan_lab(params)
     t0 = time.monotonic()
     lab = build_underlay(plan, prefix=prefix, say=say)
@@ -91,7 +100,7 @@ def lab_up(
             say(f"{node.name}: pods " + ", ".join(f"{p.label} {p.address}" for p in pods))
         if not wait_fabric(lab, timeout=20):
             say("warning: some sessions between the routers are not Established")
-        ready = converge or (lambda lb: wait_fabric(lb, timeout=0, nodes_too=True))
+        ready = converge or converged
         deadline = time.monotonic() + converge_timeout
         while not ready(lab) and time.monotonic() < deadline:
             time.sleep(0.5)

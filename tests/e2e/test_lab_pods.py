@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,8 @@ from meshroute.lab.build import (
 )
 from meshroute.lab.netns import run
 from meshroute.lab.pods import Endpoint, create_pods, delete_pods, ping_matrix
-from meshroute.lab.state import still_ours
-from meshroute.lab.status import summary
+from meshroute.lab.state import record_process, still_ours
+from meshroute.lab.status import node_ready, summary
 from meshroute.lab.topology import POOL_BLOCK, LabParams, plan_lab
 from meshroute.lab.up import lab_down, lab_up
 
@@ -76,6 +77,22 @@ def test_pods_through_the_bridge_plugin(tmp_path: Path, placement: str) -> None:
         assert cfg["etcd"]["endpoints"] == [lab.etcd_endpoint]
         assert ("netns" in cfg) == (placement == "root")
 
+        # /readiness where node.yaml says (a static file stands in for the node)
+        node = lab.plan.nodes[0]
+        assert not node_ready(lab, node)
+        (tmp_path / "www").mkdir()
+        (tmp_path / "www" / "readiness").write_text("ok")
+        port = cfg["http"]["listen"].split(":")[1]
+        web = [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"]
+        web += ["--directory", str(tmp_path / "www")]
+        ns = None if placement == "root" else lab.state.ns(node.ns)
+        sp = spawn_in_netns(ns, web, tmp_path / "www.log")
+        lab.record(record_process("web", node.ns, sp.pid, sp.argv))
+        deadline = time.monotonic() + 10
+        while not node_ready(lab, node) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node_ready(lab, node)
+
         cni_bin = tmp_path / "cni-bin"
         install_plugin(cni_bin)
         by_node = {n.name: create_pods(lab, n, cni_bin) for n in lab.plan.nodes}
@@ -109,7 +126,7 @@ def test_pods_through_the_bridge_plugin(tmp_path: Path, placement: str) -> None:
     names = run(["ip", "netns", "list"]).split()
     assert not any(n.startswith(PREFIX) for n in names)
     assert pod_ns and not set(pod_ns) & set(names)
-    assert {p.role for p in procs} == {"etcd", "bird", "node"}
+    assert {p.role for p in procs} == {"etcd", "bird", "node", "web"}
     assert not any(still_ours(p) for p in procs)
 
 
