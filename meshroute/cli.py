@@ -15,6 +15,7 @@ from meshroute.errors import UserError
 COMMAND_MODULES = (
     "meshroute.cmd_resources",
     "meshroute.cmd_ipam",
+    "meshroute.cmd_node",
     "meshroute.cmd_demo",
 )
 

@@ -92,6 +92,9 @@ class NodeConfig(_Section):
     bgp: BgpSection = Field(default_factory=BgpSection)
     felix: FelixSection = Field(default_factory=FelixSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    # Lab and tests: BGP, routes and links live in this network namespace
+    # while the process itself (etcd, HTTP, the IPAM socket) stays where it runs.
+    netns: str | None = None
 
     @property
     def router_id(self) -> IPAddress:

@@ -99,10 +99,16 @@ def plan_felix_input(
         if not p.disabled
     )
     f = config.felix
+    # On an L2 segment each block is the bridge's connected subnet, a kernel
+    # route for the same prefix that a blackhole could not coexist with (felix
+    # never replaces a foreign route). The bridge plugin puts the gateway
+    # address on the bridge with the block's first pod, so the window in which
+    # traffic for a just-claimed block has no route here is that ADD's.
+    blackholed = () if config.ipam.l2_segment else tuple(own_blocks(view, config.node_name))
     return PlanInput(
         interfaces=tuple(interfaces),
         pools=pools,
-        own_blocks=tuple(own_blocks(view, config.node_name)),
+        own_blocks=blackholed,
         routes=tuple(best),
         node_ip=config.ipv4.ip,
         ipip_tunnel_address=tunnel_address if ipip else None,

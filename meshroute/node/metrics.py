@@ -1,0 +1,108 @@
+"""Prometheus metrics of the node, computed at scrape time from the state
+its parts own (a collector, not counters sprinkled through the code)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bgpd.model import SessionState
+
+if TYPE_CHECKING:
+    from meshroute.node.process import NodeProcess
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: NodeProcess) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        n = self.node
+        peers = GaugeMetricFamily(
+            "meshroute_bgp_peers", "BGP peers by session state", labels=["state"]
+        )
+        states = Counter(n.peer_state.get(p, SessionState.IDLE) for p in n.peers)
+        for s in SessionState:
+            peers.add_metric([s.value], states.get(s, 0))
+        yield peers
+
+        received = CounterMetricFamily(
+            "meshroute_bgp_prefixes_received", "prefixes announced by each peer", labels=["peer"]
+        )
+        accepted = GaugeMetricFamily(
+            "meshroute_bgp_prefixes_accepted", "prefixes held from each peer", labels=["peer"]
+        )
+        for p in sorted(n.peers):
+            received.add_metric([str(p)], n.received.get(p, 0))
+            accepted.add_metric([str(p)], n.rib.accepted_count(p))
+        yield received
+        yield accepted
+
+        rejected = CounterMetricFamily(
+            "meshroute_bgp_prefixes_rejected",
+            "prefixes refused by import policy",
+            labels=["peer", "reason"],
+        )
+        for peer, reason, count in n.rib.rejects.items():
+            rejected.add_metric([str(peer), reason.value], count)
+        yield rejected
+
+        malformed = CounterMetricFamily(
+            "meshroute_bgp_malformed_lines", "lines from ExaBGP that could not be decoded"
+        )
+        malformed.add_metric([], n.malformed)
+        yield malformed
+
+        routes = GaugeMetricFamily(
+            "meshroute_routes_programmed", "kernel routes meshroute owns, by kind", labels=["kind"]
+        )
+        if n.reconciler is not None:
+            kinds = Counter(r.kind.value for r in n.reconciler.actual_routes.values())
+            for kind, count in sorted(kinds.items()):
+                routes.add_metric([kind], count)
+            totals = n.reconciler.totals
+            passes = CounterMetricFamily(
+                "meshroute_reconcile_ops", "kernel operations by the reconciler", labels=["op"]
+            )
+            for op, count in sorted(totals.items()):
+                passes.add_metric([op], count)
+            yield passes
+        yield routes
+
+        unroutable = GaugeMetricFamily(
+            "meshroute_routes_unroutable", "best routes the planner could not install"
+        )
+        unroutable.add_metric([], n.unroutable)
+        yield unroutable
+
+        if n.view is not None:
+            blocks = GaugeMetricFamily(
+                "meshroute_ipam_blocks", "IPAM blocks affine to this node", labels=["pool"]
+            )
+            used = GaugeMetricFamily(
+                "meshroute_ipam_addresses_allocated",
+                "workload addresses in this node's blocks",
+                labels=["pool"],
+            )
+            per_pool: Counter[str] = Counter()
+            per_pool_used: Counter[str] = Counter()
+            for b, _ in n.view.ipam.blocks.values():
+                if b.affinity == n.config.node_name:
+                    per_pool[b.pool] += 1
+                    per_pool_used[b.pool] += b.workload_count
+            for pool in sorted(per_pool):
+                blocks.add_metric([pool], per_pool[pool])
+                used.add_metric([pool], per_pool_used[pool])
+            yield blocks
+            yield used
+
+
+def render_metrics(collector: Collector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

@@ -1,0 +1,492 @@
+"""The node process: one asyncio program that owns this host's part of the
+cluster. Each long-lived part is a task that owns its state; handlers only
+mark work dirty, loops do the work (level-triggered):
+
+- etcd changes -> ``_view_loop``: re-read the cluster view, re-plan peers
+  (ExaBGP's config), announcements (own blocks, borrowed /32s) and bgpd's
+  import context;
+- ExaBGP events -> ``_on_bgp_event``: the RIB (policy, best path);
+- best routes, the view, the host's links -> ``_felix_loop``: the planner's
+  desired kernel state for the reconciler, which owns the kernel table;
+- the IPAM service answers the CNI plugin on its socket.
+
+Stopping (SIGTERM) leaves the kernel routes in place and lets ExaBGP close
+without NOTIFICATION, so graceful-restart peers keep our routes while a new
+process starts (``systemctl restart``); ``decommission`` withdraws first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from netaddr import IPAddress
+
+from bgpd.model import (
+    EorEvent,
+    Event,
+    MalformedLine,
+    NotificationEvent,
+    OpenEvent,
+    RouteRefresh,
+    SessionState,
+    StateEvent,
+    UpdateEvent,
+)
+from bgpd.policy import ImportContext
+from bgpd.rib import Rib
+from bgpd.speaker import Speaker, SpeakerSettings
+from felix_lite.inputs import HostInterface, UnderlayRoute
+from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
+from felix_lite.planner import plan_kernel
+from felix_lite.reconciler import Reconciler
+from felix_lite.tunnels import NetlinkTunnels
+from ipam.cni_service import HostIdentity, IpamService
+from ipam.etcd_store import EtcdStore
+from ipam.ipam import Ipam
+from meshroute.bgp_store import BgpStore
+from meshroute.config import NodeConfig
+from meshroute.node.bgp_plan import (
+    peer_info,
+    plan_bgp_announcements,
+    plan_exabgp_config,
+    plan_import_context,
+    to_felix_routes,
+)
+from meshroute.node.http import Endpoints, Health, serve_http
+from meshroute.node.metrics import NodeCollector, render_metrics
+from meshroute.node.plan import (
+    decide_encap_in_use,
+    decide_vtep_mac,
+    plan_announcements,
+    plan_felix_input,
+)
+from meshroute.node.systemd import Notifier
+from meshroute.node.underlay import read_underlay
+from meshroute.node.view import ClusterView, load_view
+from meshroute.peering import PeerPlan, decide_node_as, plan_peers
+from meshroute.registry import NodeRecord, Registry
+
+log = logging.getLogger("meshroute.node")
+
+LEASE_TTL_S = 30
+# After a restart the kernel still holds the last run's routes. The first
+# desired state is held back until every peer has sent End-of-RIB (or this
+# long), so a route is never withdrawn just because BGP has not re-learned it.
+BGP_SYNC_TIMEOUT_S = 30.0
+STARTUP_GRACE_S = 60.0  # readiness wants every peer up this long after start, then one
+DEBOUNCE_S = 0.02
+
+
+def exabgp_argv(name: str) -> tuple[str, ...]:
+    """ExaBGP from this Python's environment first, then PATH."""
+    if "/" in name:
+        return (name,)
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return (str(beside),)
+    found = shutil.which(name)
+    return (found or name,)
+
+
+class NodeProcess:
+    def __init__(self, config: NodeConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.store = EtcdStore(config.etcd.endpoints, timeout=config.etcd.timeout_seconds)
+        prefix = config.etcd.prefix
+        self.ipam = Ipam(self.store, prefix=prefix, l2_segment=config.ipam.l2_segment)
+        self.registry = Registry(self.store, prefix)
+        self.bgp_store = BgpStore(self.store, prefix)
+        self.started = time.monotonic()
+        self.view: ClusterView | None = None
+        self.tunnel_address: IPAddress | None = None
+        self.peers: dict[IPAddress, PeerPlan] = {}
+        self.peer_since: dict[IPAddress, float] = {}
+        self.peer_state: dict[IPAddress, SessionState] = {}
+        self.peer_router_id: dict[IPAddress, IPAddress] = {}
+        self.received: Counter[IPAddress] = Counter()
+        self.malformed = 0
+        self.rib = Rib(ImportContext(), max_paths=8)
+        self.interfaces: list[HostInterface] = []
+        self.underlay: list[UnderlayRoute] = []
+        self.unroutable = 0
+        self._ready = asyncio.Event()
+        self.local_as = 0
+        self._bgp_synced = asyncio.Event()
+        self._eor_from: set[IPAddress] = set()
+        self._gr_timers: dict[IPAddress, asyncio.TimerHandle] = {}
+        self._view_dirty = asyncio.Event()
+        self._felix_dirty = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.reconciler: Reconciler | None = None
+        self.speaker: Speaker | None = None
+        self.service: IpamService | None = None
+
+    # ---- start and stop --------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        c = self.config
+        self.notifier.notify("STATUS=connecting to etcd")
+        view = await load_view(self.ipam, self.registry, self.bgp_store)  # fails fast
+        await self._register(view)
+        lease = await self.store.grant_lease(LEASE_TTL_S)
+        await self.registry.mark_alive(c.node_name, lease)
+
+        table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
+        links = await asyncio.to_thread(NetlinkHostLinks, c.netns)
+        self.reconciler = Reconciler(
+            table,
+            tunnels=await asyncio.to_thread(NetlinkTunnels, c.netns),
+            links=links,
+            on_host_changed=self._on_host_changed,
+            proto=c.felix.route_protocol,
+            table=c.felix.route_table,
+            resync_interval=c.felix.resync_seconds,
+        )
+        self.interfaces = await links.interfaces()
+        self.underlay = await read_underlay(c.felix.route_protocol, c.felix.route_table, c.netns)
+
+        self.service = IpamService(self.ipam, HostIdentity(c.node_name, dict(c.labels)))
+        await self.service.start(c.ipam.socket)
+
+        self.local_as = decide_node_as(self._me(view), view.bgp_config)
+        exa = plan_exabgp_config(c, self.local_as, view.bgp_config.listen_port, [])
+        self.speaker = Speaker(
+            exa,
+            SpeakerSettings(
+                workdir=Path(c.bgp.work_dir),
+                exabgp=exabgp_argv(c.bgp.exabgp),
+                wrap=("ip", "netns", "exec", c.netns) if c.netns else (),
+            ),
+            on_event=self._on_bgp_event,
+        )
+        await self.speaker.start()
+        await self._apply_view(view)
+
+        http = await serve_http(
+            Endpoints(self.liveness, self.readiness, self.metrics, self.status), c.http.listen
+        )
+        self._spawn("watch", self._watch_etcd(view))
+        self._spawn("view", self._view_loop())
+        self._spawn("felix", self._felix_loop())
+        self._spawn("reconciler", self.reconciler.run())
+        self._spawn("lease", self._keep_lease(lease))
+        self._spawn("housekeeping", self._housekeeping())
+        ready = asyncio.create_task(self._become_ready(), name="ready")  # ends by design
+        sync_timer = asyncio.get_running_loop().call_later(BGP_SYNC_TIMEOUT_S, self._bgp_sync_due)
+        if self.notifier.watchdog_interval_s:
+            self._spawn("watchdog", self._watchdog(self.notifier.watchdog_interval_s))
+        try:
+            await self._until_stopped_or_failed(stop)
+        finally:
+            self.notifier.notify("STOPPING=1")
+            http.close()
+            sync_timer.cancel()
+            for t in (ready, *self._tasks.values()):
+                t.cancel()
+            await asyncio.gather(ready, *self._tasks.values(), return_exceptions=True)
+            await self.service.stop()
+            # Without terminating it, ExaBGP would outlive us; terminated, it
+            # closes without NOTIFICATION and GR peers keep our routes.
+            await self.speaker.stop(terminate_exabgp=True)
+            await self.store.close()
+
+    async def decommission(self) -> None:
+        """Withdraw everything before the node goes away for good."""
+        if self.speaker is not None:
+            await self.speaker.withdraw_all()
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks[name] = asyncio.create_task(coro, name=name)
+
+    async def _until_stopped_or_failed(self, stop: asyncio.Event) -> None:
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                [stopper, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+        for t in done:
+            if t is stopper:
+                log.info("stopping on request")
+                continue
+            # Every long-lived task runs until cancelled: ending is a failure.
+            cause = None if t.cancelled() else t.exception()
+            raise RuntimeError(f"task {t.get_name()} ended") from cause
+
+    def _me(self, view: ClusterView) -> NodeRecord:
+        c = self.config
+        existing = view.nodes.get(c.node_name)
+        return NodeRecord(
+            name=c.node_name,
+            labels=dict(c.labels),
+            ipv4=str(c.ipv4),
+            ipv6=str(c.ipv6) if c.ipv6 else None,
+            asn=c.as_number,
+            tunnel_address=str(self.tunnel_address)
+            if self.tunnel_address
+            else (existing.tunnel_address if existing else None),
+            vtep_mac=decide_vtep_mac(c.node_name),
+        )
+
+    async def _register(self, view: ClusterView) -> None:
+        ipip, vxlan = decide_encap_in_use(view)
+        if ipip or vxlan:
+            got = await self.ipam.tunnel_address(self.config.node_name, dict(self.config.labels))
+            self.tunnel_address = got.ip if got else None
+        await self.registry.upsert(self._me(view))
+
+    async def _keep_lease(self, lease: int) -> None:
+        while True:
+            await asyncio.sleep(LEASE_TTL_S / 3)
+            try:
+                await self.store.refresh_lease(lease)
+            except Exception as e:  # keep trying: etcd may come back
+                log.warning("liveness lease refresh failed: %s", e)
+                with contextlib.suppress(Exception):
+                    lease = await self.store.grant_lease(LEASE_TTL_S)
+                    await self.registry.mark_alive(self.config.node_name, lease)
+
+    async def _housekeeping(self) -> None:
+        assert self.service is not None
+        while True:
+            await asyncio.sleep(self.config.ipam.housekeeping_seconds)
+            await self.service.housekeeping()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            if all(not t.done() for t in self._tasks.values()):
+                self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _become_ready(self) -> None:
+        assert self.reconciler is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reconciler.wait_converged(), 30)
+        self._ready.set()
+        self.notifier.notify("READY=1", f"STATUS=serving {len(self.peers)} BGP peers")
+
+    # ---- etcd -> view ----------------------------------------------------
+
+    async def _watch_etcd(self, view: ClusterView) -> None:
+        prefix = (self.config.etcd.prefix.rstrip("/") + "/").encode()
+        async for _ in self.store.changes(prefix, view.ipam.revision):
+            self._view_dirty.set()
+
+    async def _view_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._view_dirty.wait()
+            await asyncio.sleep(DEBOUNCE_S)
+            self._view_dirty.clear()
+            try:
+                view = await load_view(self.ipam, self.registry, self.bgp_store)
+                if self.tunnel_address is None and any(decide_encap_in_use(view)):
+                    await self._register(view)
+                await self._apply_view(view)
+                failures = 0
+            except Exception as e:
+                failures += 1
+                log.warning("cannot refresh the cluster view (%s); retrying", e)
+                await asyncio.sleep(min(10.0, 0.2 * 2**failures))
+                self._view_dirty.set()
+
+    async def _apply_view(self, view: ClusterView) -> None:
+        assert self.speaker is not None
+        self.view = view
+        me = self._me(view)
+        self.local_as = decide_node_as(me, view.bgp_config)
+        peers = plan_peers(me, view.nodes, view.bgp_config, view.bgp_peers)
+        self.peers = {p.address: p for p in peers}
+        for p in peers:
+            self.peer_state.setdefault(p.address, SessionState.IDLE)
+            self.peer_since.setdefault(p.address, time.time())
+        for gone in set(self.peer_state) - set(self.peers):
+            self.peer_state.pop(gone, None)
+            self.rib.peer_down(gone)  # unconfigured: its routes go at once
+            timer = self._gr_timers.pop(gone, None)
+            if timer is not None:
+                timer.cancel()
+        exa = plan_exabgp_config(self.config, self.local_as, view.bgp_config.listen_port, peers)
+        await self.speaker.apply_config(exa)
+        announce = plan_announcements(view, self.config.node_name)
+        self.speaker.set_desired(plan_bgp_announcements(announce, view.bgp_config.communities))
+        ctx = plan_import_context(view, self.config, self.tunnel_address)
+        if ctx != self.rib.context:
+            result = self.rib.set_context(ctx)
+            if result.refresh_needed:
+                await self._refresh_peers()
+        self._felix_dirty.set()
+
+    async def _refresh_peers(self) -> None:
+        """The import policy now accepts more: ask peers to send again."""
+
+        assert self.speaker is not None
+        up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        if up:
+            fam = {4: "ipv4 unicast", 6: "ipv6 unicast"}
+            await self.speaker.send([RouteRefresh(fam[p.version], p) for p in up])
+
+    # ---- ExaBGP events -> RIB --------------------------------------------
+
+    def _on_bgp_event(self, e: Event) -> None:
+        if isinstance(e, UpdateEvent):
+            plan = self.peers.get(e.peer)
+            if plan is None:
+                return
+            self.received[e.peer] += len(e.announced)
+            res = self.rib.apply_update(e, peer_info(plan, self.peer_router_id.get(e.peer)))
+            for prefix, reason in res.rejected:  # counted by the RIB
+                log.info("rejected %s from %s: %s", prefix, e.peer, reason.value)
+            if res.close_session:
+                log.warning("peer %s exceeded max-prefix %s", e.peer, plan.max_prefix)
+            if res.changed:
+                self._felix_dirty.set()
+        elif isinstance(e, StateEvent):
+            old = self.peer_state.get(e.peer)
+            self.peer_state[e.peer] = e.state
+            if old is not e.state:
+                self.peer_since[e.peer] = time.time()
+            if e.state is SessionState.DOWN:
+                self._peer_down(e.peer)
+            elif e.state is SessionState.ESTABLISHED:
+                timer = self._gr_timers.pop(e.peer, None)
+                if timer is not None:
+                    timer.cancel()
+        elif isinstance(e, OpenEvent) and e.direction == "receive":
+            self.peer_router_id[e.peer] = e.router_id
+        elif isinstance(e, EorEvent):
+            self._eor_from.add(e.peer)
+            if self.rib.peer_eor(e.peer):
+                self._felix_dirty.set()
+            if set(self.peers) <= self._eor_from:
+                self._bgp_sync_due()
+        elif isinstance(e, NotificationEvent):
+            log.warning("NOTIFICATION from %s: %d/%d %s", e.peer, e.code, e.subcode, e.data)
+        elif isinstance(e, MalformedLine):
+            self.malformed += 1
+            log.warning("malformed line from ExaBGP (%s): %.200s", e.reason, e.line)
+
+    def _peer_down(self, peer: IPAddress) -> None:
+        """Graceful restart (RFC 4724) as the receiving speaker: keep the
+        peer's paths, marked stale, for its restart time; its End-of-RIB
+        after coming back sweeps what it did not re-announce, the timer
+        sweeps everything if it does not come back."""
+        plan = self.peers.get(peer)
+        gr = plan.graceful_restart_time if plan is not None else 0
+        changed = self.rib.peer_down(peer, graceful=gr > 0)
+        if gr > 0 and peer not in self._gr_timers:
+            self._gr_timers[peer] = asyncio.get_running_loop().call_later(
+                gr, self._gr_expired, peer
+            )
+        if changed:
+            self._felix_dirty.set()
+
+    def _gr_expired(self, peer: IPAddress) -> None:
+        self._gr_timers.pop(peer, None)
+        if self.rib.peer_gr_expired(peer):
+            log.info("peer %s did not come back within its restart time", peer)
+            self._felix_dirty.set()
+
+    # ---- RIB + view + links -> kernel -------------------------------------
+
+    def _bgp_sync_due(self) -> None:
+        if not self._bgp_synced.is_set():
+            missing = sorted(set(self.peers) - self._eor_from)
+            if missing:
+                log.warning("programming routes without End-of-RIB from %s", missing)
+            self._bgp_synced.set()
+            self._felix_dirty.set()
+
+    def _on_host_changed(self, interfaces: list[HostInterface]) -> None:
+        self.interfaces = interfaces
+        self._felix_dirty.set()
+
+    async def _felix_loop(self) -> None:
+        assert self.reconciler is not None
+        if self.peers:
+            await self._bgp_synced.wait()
+        while True:
+            await self._felix_dirty.wait()
+            await asyncio.sleep(DEBOUNCE_S)
+            self._felix_dirty.clear()
+            if self.view is None:
+                continue
+            f = self.config.felix
+            self.underlay = await read_underlay(f.route_protocol, f.route_table, self.config.netns)
+            inp = plan_felix_input(
+                self.config,
+                self.view,
+                self.interfaces,
+                to_felix_routes(self.rib.best_routes()),
+                self.tunnel_address,
+                self.underlay,
+            )
+            result = plan_kernel(inp)
+            self.unroutable = len(result.unroutable)
+            for u in result.unroutable:
+                log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
+            self.reconciler.set_desired(result.state)
+
+    # ---- operator-facing state -------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def liveness(self) -> Health:
+        dead = [n for n, t in self._tasks.items() if t.done()]
+        return Health(not dead, f"stopped: {', '.join(dead)}" if dead else "alive")
+
+    def readiness(self) -> Health:
+        if not self.ready:
+            return Health(False, "starting: kernel routes not yet converged")
+        if not self.peers:
+            return Health(True, "ready (no BGP peers configured)")
+        up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        if time.monotonic() - self.started < STARTUP_GRACE_S:
+            missing = sorted(set(self.peers) - set(up))
+            if missing:
+                return Health(False, f"waiting for peers: {', '.join(map(str, missing))}")
+        elif not up:
+            return Health(False, "no BGP peer is established")
+        return Health(True, f"ready: {len(up)}/{len(self.peers)} BGP peers established")
+
+    def status(self) -> dict[str, Any]:
+        peers = []
+        for addr, p in sorted(self.peers.items()):
+            peers.append(
+                {
+                    "peer": str(addr),
+                    "asn": p.peer_as,
+                    "type": p.kind,
+                    "state": self.peer_state.get(addr, SessionState.IDLE).value,
+                    "since": self.peer_since.get(addr, 0.0),
+                    "accepted": self.rib.accepted_count(addr),
+                    "received": self.received.get(addr, 0),
+                    "rejected": self.rib.rejects.for_peer(addr),
+                }
+            )
+        return {
+            "node": self.config.node_name,
+            "asn": self.local_as,
+            "routerId": str(self.config.router_id),
+            "ready": self.readiness().ok,
+            "peers": peers,
+        }
+
+    def metrics(self) -> bytes:
+        return render_metrics(NodeCollector(self))
