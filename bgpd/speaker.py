@@ -185,6 +185,7 @@ class Speaker:
         # would make graceful-restart peers flush our stale routes
         self._desired_given = False
         self._handlers: set[asyncio.Task[object]] = set()
+        self._background: set[asyncio.Task[list[AckEvent]]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
         self._restart_requested = False
@@ -228,9 +229,10 @@ class Speaker:
 
     async def stop(self, *, terminate_exabgp: bool = True) -> None:
         self._stopping = True
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         if terminate_exabgp:
@@ -452,7 +454,9 @@ class Speaker:
         self._dirty.set()
         if refresh:
             log.info("asking %d peers for a route refresh", len(refresh))
-            asyncio.get_running_loop().create_task(self.send(refresh))
+            t = asyncio.get_running_loop().create_task(self.send(refresh))
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
         for w in self._synced_waiters:
             if not w.done():
                 w.set_result(None)
