@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -108,11 +109,24 @@ def _addr(v: Any, what: str) -> IPAddress:
 def _net(v: Any, what: str) -> IPNetwork:
     if not isinstance(v, str) or "/" not in v:
         raise _Bad(f"{what}: bad prefix {v!r}")
+    addr, _, plen = v.partition("/")
+    if ":" not in addr and plen.isdigit() and len(plen) <= 2:
+        # the IPv4 fast path: a full table arrives here 100k times, and
+        # netaddr's string parsing (plus .cidr) was most of the decode time
+        try:
+            ip = int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+        except OSError as e:
+            raise _Bad(f"{what}: bad prefix {v!r}") from e
+        n = int(plen)
+        if n > 32:
+            raise _Bad(f"{what}: bad prefix {v!r}")
+        mask = (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF
+        return IPNetwork((ip & mask, n), version=4)
     try:
-        n = IPNetwork(v)
+        net = IPNetwork(v)
     except (AddrFormatError, ValueError, TypeError) as e:
         raise _Bad(f"{what}: bad prefix {v!r}") from e
-    return n.cidr
+    return net.cidr
 
 
 def _decode_message(msg: Any) -> Event:

@@ -305,3 +305,22 @@ def test_batches_keep_every_command_once_and_in_its_segment(cmds: list, chunk: i
     for line, cs in batches:
         if len(cs) == 1:
             assert line == encode_command(cs[0])
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_ipv4_prefix_fast_path_agrees_with_netaddr(addr: int, plen: int) -> None:
+    text = f"{IPAddress(addr, 4)}/{plen}"
+    line = json.dumps(
+        {
+            "type": "update",
+            "neighbor": {
+                "address": {"peer": "192.0.2.2"},
+                "asn": {"peer": 64513},
+                "message": {"update": {"withdraw": {"ipv4 unicast": [{"nlri": text}]}}},
+            },
+        }
+    )
+    e = decode_line(line)
+    assert isinstance(e, UpdateEvent)
+    assert e.withdrawn == (IPNetwork(text).cidr,)
+    assert e.withdrawn[0].version == 4
