@@ -13,7 +13,9 @@ from meshroute import cmd_lab
 from meshroute.lab.netns import run
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-PREFIX = "mrlabt"
+# "mrlab" is the real lab's; one prefix per test process so that concurrent
+# runs never sweep each other's namespaces
+PREFIX = f"mrlabt{os.getpid()}x"
 STARTER = "tests.e2e.test_lab_pods:ipam_only"
 
 

@@ -37,7 +37,9 @@ from meshroute.lab.topology import CLUSTER_AS, LabParams, NodePlan, plan_lab, to
 from meshroute.lab.up import wait_fabric
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-PREFIX = "mrlabt"
+# "mrlab" is the real lab's; one prefix per test process so that concurrent
+# runs never sweep each other's namespaces
+PREFIX = f"mrlabt{os.getpid()}x"
 PODS = PrefixFilter("pods", (PrefixRange("10.244.0.0/16", 26, 32),))
 
 
@@ -124,8 +126,11 @@ def test_tor_fabric_carries_pod_blocks_between_racks(tmp_path: Path) -> None:
         )
         n1, n2 = lab.plan.nodes
         ns1 = lab.netns(n1.ns)
+        ns2 = lab.netns(n2.ns)
         deadline = time.monotonic() + 10
-        while _block(n2) not in ns1.ip("route") and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            _block(n2) in ns1.ip("route") and _block(n1) in ns2.ip("route")
+        ):
             time.sleep(0.2)
         # learned through rack 1's ToR, which is on the node's subnet
         assert f"{_block(n2)} via {n1.gateway}" in ns1.ip("route", "show", "proto", "bird")

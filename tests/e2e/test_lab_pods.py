@@ -37,7 +37,9 @@ from meshroute.lab.topology import POOL_BLOCK, LabParams, plan_lab
 from meshroute.lab.up import lab_down, lab_up
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
-PREFIX = "mrlabt"
+# "mrlab" is the real lab's; one prefix per test process so that concurrent
+# runs never sweep each other's namespaces
+PREFIX = f"mrlabt{os.getpid()}x"
 
 
 def ipam_only(launch: NodeLaunch) -> Spawned:

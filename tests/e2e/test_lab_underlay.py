@@ -24,8 +24,9 @@ from meshroute.lab.topology import LabParams, plan_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-# distinct from "mrlab" so a test never sweeps a lab someone is running
-PREFIX = "mrlabt"
+# "mrlab" is the real lab's; one prefix per test process so that concurrent
+# runs never sweep each other's namespaces
+PREFIX = f"mrlabt{os.getpid()}x"
 
 
 def _our_namespaces() -> list[str]:
@@ -137,7 +138,9 @@ def test_the_cross_rack_underlay_is_what_bird_learned(lab_factory) -> None:
     assert ping_matrix([a, b]).failures
 
     run(["birdc", "-s", tor2.socket_path, "enable", "spine"])
+    r2_tor = lab.netns("r2-tor")
     _wait(lambda: "192.0.2.64/26" in r1_tor.ip("route"), 15, "route back")
+    _wait(lambda: "192.0.2.0/26" in r2_tor.ip("route"), 15, "return route back")
     assert ping_matrix([a, b]).all_ok
 
 
