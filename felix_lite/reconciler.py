@@ -93,6 +93,7 @@ class PassReport:
     device_ops: int = 0
     failures: int = 0
     held_back: int = 0
+    seconds: float = 0.0  # wall time of the pass
 
     @property
     def changes(self) -> int:
@@ -159,6 +160,8 @@ class Reconciler:
         self._converged = asyncio.Event()
         self.last_report: PassReport | None = None
         self.totals: Counter[str] = Counter()
+        self.pass_count: Counter[str] = Counter()  # by "full" / "incremental"
+        self.pass_seconds: dict[str, float] = {"full": 0.0, "incremental": 0.0}
 
     # --- handlers: cheap, only mark dirty --------------------------------
 
@@ -253,6 +256,7 @@ class Reconciler:
             raise RuntimeError("sync_once before set_desired")
         desired_routes = self._desired_routes
         counts: Counter[str] = Counter()
+        started = time.perf_counter()
 
         await self._apply_devices(desired, full, counts)
         if full:
@@ -286,9 +290,13 @@ class Reconciler:
             device_ops=counts["device"],
             failures=counts["failure"],
             held_back=counts["held_back"],
+            seconds=time.perf_counter() - started,
         )
         self.last_report = report
         self.totals.update(counts)
+        kind = "full" if full else "incremental"
+        self.pass_count[kind] += 1
+        self.pass_seconds[kind] += report.seconds
         if report.failures:
             log.warning("pass left %d failed items (retrying with backoff)", len(self.retries))
         if not self.retries and not self._dirty.is_set() and desired is self._desired:

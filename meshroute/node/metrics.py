@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from bgpd.model import SessionState
@@ -21,7 +21,7 @@ class NodeCollector(Collector):
     def __init__(self, node: NodeProcess) -> None:
         self.node = node
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
         n = self.node
         peers = GaugeMetricFamily(
             "meshroute_bgp_peers", "BGP peers by session state", labels=["state"]
@@ -72,6 +72,16 @@ class NodeCollector(Collector):
             for op, count in sorted(totals.items()):
                 passes.add_metric([op], count)
             yield passes
+            durations = SummaryMetricFamily(
+                "meshroute_reconcile_seconds",
+                "time spent in reconcile passes, by full resync or incremental",
+                labels=["pass"],
+            )
+            for kind in ("full", "incremental"):
+                durations.add_metric(
+                    [kind], n.reconciler.pass_count[kind], n.reconciler.pass_seconds[kind]
+                )
+            yield durations
         yield routes
 
         unroutable = GaugeMetricFamily(

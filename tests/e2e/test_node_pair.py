@@ -180,7 +180,8 @@ def pair(
             try:
                 wait_for(f"{n.name} ready", lambda n=n: n.get("/readiness")[0] == 200, 60)
             except AssertionError:
-                raise AssertionError(f"{n.name}: {n.get('/readiness')} {n.get('/status')}") from None
+                why = f"{n.name}: {n.get('/readiness')} {n.get('/status')}"
+                raise AssertionError(why) from None
         yield Pair(nodes[0], nodes[1], cni_bin, netns)
     finally:
         for n in nodes:
@@ -219,6 +220,7 @@ def test_two_nodes_peer_learn_blocks_and_pods_ping(pair: Pair) -> None:
     metrics = a.get("/metrics")[1].decode()
     assert 'meshroute_bgp_peers{state="established"} 1.0' in metrics
     assert 'meshroute_routes_programmed{kind="direct"} 1.0' in metrics
+    assert re.search(r'meshroute_reconcile_seconds_count\{pass="full"\} [1-9]', metrics), metrics
     text = subprocess.run(
         [sys.executable, "-m", "meshroute.cli", "status", "--endpoint", a.http],
         capture_output=True,
