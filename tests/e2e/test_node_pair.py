@@ -6,10 +6,12 @@ metrics; and a kill -9 of a node during a ping loses nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -58,13 +60,14 @@ class Node:
     socket: str
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, log: Path) -> None:
+    def start(self, log: Path, env: dict[str, str] | None = None) -> None:
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshroute.cli", "node", "--config", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
+                env={**os.environ, **(env or {})},
             )
 
     def get(self, path: str) -> tuple[int, bytes]:
@@ -124,6 +127,7 @@ class Pair:
     b: Node
     cni_bin: Path
     netns: NetnsFactory
+    notify: socket.socket  # node A's NOTIFY_SOCKET
 
 
 @pytest.fixture
@@ -173,17 +177,23 @@ def pair(
         )  # type: ignore[index]
     cni_bin = tmp_path / "cni-bin"
     install_plugin(cni_bin)
+    # Node A runs as systemd would run it: a notify socket and a watchdog.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.2)
+    systemd_env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
     try:
         for n in nodes:
-            n.start(tmp_path / f"{n.name}.log")
+            n.start(tmp_path / f"{n.name}.log", systemd_env if n is nodes[0] else None)
         for n in nodes:
             try:
                 wait_for(f"{n.name} ready", lambda n=n: n.get("/readiness")[0] == 200, 60)
             except AssertionError:
                 why = f"{n.name}: {n.get('/readiness')} {n.get('/status')}"
                 raise AssertionError(why) from None
-        yield Pair(nodes[0], nodes[1], cni_bin, netns)
+        yield Pair(nodes[0], nodes[1], cni_bin, netns, notify)
     finally:
+        notify.close()
         for n in nodes:
             n.stop()
         for n in nodes:
@@ -192,8 +202,20 @@ def pair(
                     sys.stderr.write(f"--- {log} (tail) ---\n{log.read_text()[-3000:]}\n")
 
 
+def notifications(sock: socket.socket, seconds: float) -> list[bytes]:
+    got = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            got.append(sock.recv(4096))
+    return got
+
+
 def test_two_nodes_peer_learn_blocks_and_pods_ping(pair: Pair) -> None:
     a, b = pair.a, pair.b
+    told = notifications(pair.notify, 1.5)
+    assert any(m.startswith(b"READY=1") for m in told), told
+    assert told.count(b"WATCHDOG=1") >= 2, told  # every half WATCHDOG_USEC
     pods = {}
     for n in (a, b):
         pod = pair.netns.new(f"pod-{n.name}")
