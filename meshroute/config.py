@@ -5,41 +5,18 @@ reported with the file and the field; passed explicitly, never global."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
 
 import yaml
-from netaddr import AddrFormatError, IPAddress, IPNetwork
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from netaddr import IPAddress
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meshroute.schema_types import Address, InterfaceAddress, field_path
 
 DEFAULT_CONFIG = "/etc/meshroute/node.yaml"
 
 
 class ConfigError(Exception):
     """An invalid configuration file; the message names file and fields."""
-
-
-def _interface_address(v: Any) -> IPNetwork:
-    if isinstance(v, IPNetwork):
-        return v
-    if not isinstance(v, str) or "/" not in v:
-        raise ValueError(f"{v!r} is not an address with prefix length, e.g. 192.0.2.10/24")
-    try:
-        return IPNetwork(v)
-    except (AddrFormatError, ValueError, TypeError) as e:
-        raise ValueError(f"{v!r} is not a valid address/prefix") from e
-
-
-def _address(v: Any) -> IPAddress:
-    if isinstance(v, IPAddress):
-        return v
-    try:
-        return IPAddress(str(v))
-    except (AddrFormatError, ValueError, TypeError) as e:
-        raise ValueError(f"{v!r} is not an IP address") from e
-
-
-InterfaceAddress = Annotated[IPNetwork, BeforeValidator(_interface_address)]
-Address = Annotated[IPAddress, BeforeValidator(_address)]
 
 
 class _Section(BaseModel):
@@ -101,10 +78,6 @@ class NodeConfig(_Section):
         return self.bgp.router_id or self.ipv4.ip
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(file)"
-
-
 def parse_node_config(text: str, source: str) -> NodeConfig:
     try:
         raw = yaml.safe_load(text)
@@ -115,7 +88,7 @@ def parse_node_config(text: str, source: str) -> NodeConfig:
     try:
         return NodeConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{source}: {_field(err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = [f"{source}: {field_path(err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError("\n".join(lines)) from e
 
 

@@ -7,66 +7,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from netaddr import AddrFormatError, IPAddress, IPNetwork
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
 )
 
 from ipam.model import EncapMode, IpamSettings, Pool, Use
 from ipam.pool_rules import DEFAULT_BLOCK_SIZE, overlapping, pool_problems
 from ipam.selector import SelectorError, parse_selector
+from meshroute.schema_types import Address, Cidr, Community, field_path
 
 API_VERSION = "meshroute.io/v1"
 
 
 class ResourceError(Exception):
     """Invalid resources; the message names file, document and field."""
-
-
-def _cidr(v: Any) -> IPNetwork:
-    if isinstance(v, IPNetwork):
-        return v
-    if not isinstance(v, str) or "/" not in v:
-        raise ValueError(f"{v!r} is not a CIDR (address/prefix length)")
-    try:
-        return IPNetwork(v)
-    except (AddrFormatError, ValueError, TypeError) as e:
-        raise ValueError(f"{v!r} is not a valid CIDR") from e
-
-
-Cidr = Annotated[IPNetwork, BeforeValidator(_cidr), PlainSerializer(str)]
-
-
-def _address(v: Any) -> IPAddress:
-    if isinstance(v, IPAddress):
-        return v
-    try:
-        return IPAddress(str(v))
-    except (AddrFormatError, ValueError, TypeError) as e:
-        raise ValueError(f"{v!r} is not an IP address") from e
-
-
-def _community(v: Any) -> tuple[int, int]:
-    if isinstance(v, tuple | list) and len(v) == 2:
-        v = f"{v[0]}:{v[1]}"
-    parts = str(v).split(":")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) <= 65535 for p in parts):
-        raise ValueError(f"{v!r} is not a community ASN:VALUE with both in 0..65535")
-    return int(parts[0]), int(parts[1])
-
-
-Address = Annotated[IPAddress, BeforeValidator(_address), PlainSerializer(str)]
-Community = Annotated[
-    tuple[int, int], BeforeValidator(_community), PlainSerializer(lambda c: f"{c[0]}:{c[1]}")
-]
 
 
 class _Strict(BaseModel):
@@ -214,10 +174,6 @@ def _where(source: str, index: int, doc: Any) -> str:
     return f"{source}: document {index} ({kind} {name})"
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(document)"
-
-
 def parse_documents(text: str, source: str) -> list[Loaded]:
     """Parse and validate every document; raise one ResourceError listing
     all problems, each with its place."""
@@ -242,7 +198,7 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
         try:
             res = model.model_validate(doc)
         except ValidationError as e:
-            problems += [f"{where}: {_field(err['loc'])}: {err['msg']}" for err in e.errors()]
+            problems += [f"{where}: {field_path(err['loc'])}: {err['msg']}" for err in e.errors()]
             continue
         if isinstance(res, IPPoolResource):
             problems += [f"{where}: {p}" for p in pool_problems(res.to_pool())]
