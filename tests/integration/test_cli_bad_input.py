@@ -4,34 +4,16 @@ a non-zero exit, and nothing half-written."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.harness.cli import cli
 from tests.harness.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(
-    server: EtcdCluster | str, prefix: str, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    endpoint = server if isinstance(server, str) else server.endpoint
-    env = {**os.environ, "MESHROUTE_ETCD": endpoint, "MESHROUTE_PREFIX": prefix}
-    return subprocess.run(
-        [sys.executable, "-m", "meshroute.cli", *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
 
 
 def pool(name: str, cidr: str, extra: str = "") -> str:

@@ -5,7 +5,6 @@ and gc does not repair."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from tests.harness.cli import cli
 from tests.harness.etcd import EtcdCluster
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
@@ -25,21 +25,6 @@ kind: IPPool
 metadata: {name: race}
 spec: {cidr: 10.244.0.0/16, blockSize: 29}
 """
-
-
-def cli(
-    server: EtcdCluster, prefix: str, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MESHROUTE_ETCD": server.endpoint, "MESHROUTE_PREFIX": prefix}
-    return subprocess.run(
-        [sys.executable, "-m", "meshroute.cli", *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
 
 
 def start(server: EtcdCluster, prefix: str, host: str, count: int) -> subprocess.Popen[str]:
