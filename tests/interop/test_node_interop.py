@@ -1,0 +1,412 @@
+"""A real ``meshroute node`` (its own process in the root namespace, ExaBGP
+and routes in a test namespace, real etcd) against real external peers in a
+second namespace on the same subnet: GoBGP as an eBGP peer configured by a
+BGPPeer resource, a BIRD peer with a wrong TCP-MD5 password, a BIRD peer
+announcing what import policy must refuse, and ExaBGP killed under a ping.
+
+Layout (192.0.2.0/24 on one veth)::
+
+    pod --cni0-- [node ns] eth0 192.0.2.11 ==== 192.0.2.21 eth0 [peer ns]
+                 meshroute node (AS 64512)           BIRD or GoBGP (AS 65020)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from netaddr import IPNetwork
+from prometheus_client.parser import text_string_to_metric_families
+
+from bgpd.policy import RejectReason
+from ipam.cni_install import install_plugin
+from tests.harness.bgp_peers import (
+    BirdNeighbor,
+    BirdSpec,
+    GobgpNeighbor,
+    GobgpSpec,
+    start_bird,
+    start_gobgp,
+)
+from tests.harness.etcd import EtcdCluster
+from tests.harness.netns import Netns, NetnsFactory, veth
+from tests.harness.ports import free_ports
+
+pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+BRIDGE = "/usr/lib/cni/bridge"
+NODE_IP, PEER_IP = "192.0.2.11", "192.0.2.21"
+NODE_AS, PEER_AS = 64512, 65020
+PEER_BLOCK = "10.244.200.0/26"  # in the pool, claimed by nobody: the peer's own
+PEER_LOOPBACK = "10.244.200.1"
+POOL = """
+apiVersion: meshroute.io/v1
+kind: IPPool
+metadata: {name: pods}
+spec: {cidr: 10.244.0.0/16, blockSize: 26}
+"""
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def bgp_peer(password: str | None = None) -> str:
+    spec: dict[str, Any] = {"peerIP": PEER_IP, "asNumber": PEER_AS}
+    if password is not None:
+        spec["password"] = password
+    doc = {
+        "apiVersion": "meshroute.io/v1",
+        "kind": "BGPPeer",
+        "metadata": {"name": "external"},
+        "spec": spec,
+    }
+    return yaml.safe_dump(doc)
+
+
+def bird_spec(
+    *, password: str | None = None, static: tuple[str, ...] = (), kernel: bool = False
+) -> BirdSpec:
+    return BirdSpec(
+        router_id=PEER_IP,
+        local_as=PEER_AS,
+        neighbors=(BirdNeighbor("node", NODE_IP, NODE_AS, PEER_IP, password=password),),
+        static4=static,
+        kernel=kernel,
+    )
+
+
+@dataclass
+class Rig:
+    """One node in ``node_ns`` and an empty peer namespace beside it."""
+
+    node_ns: Netns
+    peer_ns: Netns
+    netns: NetnsFactory
+    tmp: Path
+    env: dict[str, str]
+    http: str
+    socket: str
+    work: Path
+    cni_bin: Path
+    proc: subprocess.Popen[bytes] | None = None
+    pods: list[tuple[Netns, str]] = field(default_factory=list)
+
+    def apply(self, text: str) -> None:
+        p = subprocess.run(
+            [sys.executable, "-m", "meshroute.cli", "apply", "-f", "-"],
+            input=text,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        assert p.returncode == 0, p.stderr
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError:
+            return 0, b""
+
+    def peer_status(self) -> dict[str, Any]:
+        code, body = self.get("/status")
+        if code != 200:
+            return {}
+        peers = [p for p in json.loads(body)["peers"] if p["peer"] == PEER_IP]
+        return peers[0] if peers else {}
+
+    def established(self) -> bool:
+        return self.peer_status().get("state") == "established"
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = self.get("/metrics")[1].decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    def routes(self, *extra: str) -> list[dict[str, Any]]:
+        return json.loads(self.node_ns.ip("-j", "route", "show", "proto", "213", *extra) or "[]")
+
+    def via_peer(self) -> set[str]:
+        return {r["dst"] for r in self.routes() if r.get("gateway") == PEER_IP}
+
+    def kernel_routes(self, dst: str) -> list[dict[str, Any]]:
+        return json.loads(self.node_ns.ip("-j", "route", "show", "exact", dst) or "[]")
+
+    def pod(self) -> tuple[Netns, str, str]:
+        """A pod behind the node (bridge plugin, meshroute IPAM), its address
+        and the block the node claimed for it (with ``l2Segment`` the block is
+        the bridge's connected subnet, so no blackhole marks it)."""
+        pod = self.netns.new(f"pod{len(self.pods)}")
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "pods",
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": True,
+            "ipam": {"type": "meshroute-cni-ipam", "socket": self.socket},
+        }
+        env = {
+            "PATH": os.environ["PATH"],
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": pod.name,
+            "CNI_NETNS": f"/var/run/netns/{pod.name}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": f"{self.cni_bin}:/usr/lib/cni",
+        }
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.node_ns.name, BRIDGE],
+            input=json.dumps(conf),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        ip = json.loads(p.stdout)["ips"][0]["address"].split("/")[0]
+        self.pods.append((pod, ip))
+        return pod, ip, str(IPNetwork(f"{ip}/26").cidr)
+
+
+@pytest.fixture
+def rig(
+    etcd_server: EtcdCluster, etcd_prefix: str, netns: NetnsFactory, tmp_path: Path
+) -> Iterator[Rig]:
+    env = {**os.environ, "MESHROUTE_ETCD": etcd_server.endpoint, "MESHROUTE_PREFIX": etcd_prefix}
+    node_ns, peer_ns = netns.new("node"), netns.new("peer")
+    veth(node_ns, "eth0", peer_ns, "eth0")
+    node_ns.ip("addr", "add", f"{NODE_IP}/24", "dev", "eth0")
+    peer_ns.ip("addr", "add", f"{PEER_IP}/24", "dev", "eth0")
+    node_ns.sh("sysctl -qw net.ipv4.ip_forward=1")
+    work = tmp_path / "node"
+    work.mkdir()
+    config = {
+        "nodeName": "node-a",
+        "ipv4": f"{NODE_IP}/24",
+        "netns": node_ns.name,
+        "etcd": {"endpoints": [etcd_server.endpoint], "prefix": etcd_prefix},
+        "ipam": {"socket": str(work / "ipam.sock"), "l2Segment": True},
+        "bgp": {"workDir": str(work / "bgp"), "gracefulRestartSeconds": 120},
+        "http": {"listen": f"127.0.0.1:{free_ports(1)[0]}"},
+    }
+    (work / "node.yaml").write_text(yaml.safe_dump(config))
+    cni_bin = tmp_path / "cni-bin"
+    install_plugin(cni_bin)
+    r = Rig(
+        node_ns,
+        peer_ns,
+        netns,
+        tmp_path,
+        env,
+        config["http"]["listen"],  # type: ignore[index]
+        config["ipam"]["socket"],  # type: ignore[index]
+        work,
+        cni_bin,
+    )
+    r.apply(POOL)
+    log = tmp_path / "node.log"
+    with open(log, "ab") as out:
+        r.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshroute.cli", "node", "--config", str(work / "node.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        wait_for("node ready", lambda: r.get("/readiness")[0] == 200, 30)
+        yield r
+    finally:
+        if r.proc.poll() is None:
+            r.proc.terminate()
+            try:
+                r.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait()
+        for f in (log, work / "bgp" / "exabgp.log"):
+            if f.exists():
+                sys.stderr.write(f"--- {f} (tail) ---\n{f.read_text()[-3000:]}\n")
+
+
+def established_count(r: Rig) -> float:
+    return r.metrics().get(("meshroute_bgp_peers", frozenset({("state", "established")})), -1)
+
+
+def test_gobgp_external_peer_learns_our_block_and_we_install_its_route(rig: Rig) -> None:
+    _, _, block = rig.pod()
+    gobgp = start_gobgp(
+        rig.peer_ns,
+        rig.tmp / "gobgp",
+        GobgpSpec(PEER_IP, PEER_AS, (GobgpNeighbor(NODE_IP, NODE_AS),)),
+    )
+    try:
+        rig.apply(bgp_peer())  # the node learns of the peer from etcd: a reload
+        gobgp.wait_established(NODE_IP, 20)
+        wait_for("node sees the session", rig.established, 10)
+        assert rig.peer_status()["type"] == "global"
+        wait_for("GoBGP learns the node's block", lambda: block in gobgp.rib(), 10)
+        path = json.loads(gobgp.cli("global", "rib", "-a", "ipv4", block, "-j"))[block][0]
+        nexthops = [a.get("nexthop") for a in path["attrs"] if "nexthop" in a]
+        assert nexthops == [NODE_IP], path
+
+        gobgp.add_route(PEER_BLOCK)
+        wait_for("the node installs GoBGP's route", lambda: PEER_BLOCK in rig.via_peer(), 10)
+        [r] = rig.routes(PEER_BLOCK)
+        assert (r["gateway"], r["dev"]) == (PEER_IP, "eth0")  # same subnet: direct
+        assert rig.peer_status()["accepted"] == 1
+        assert established_count(rig) == 1
+    finally:
+        gobgp.stop()
+
+
+def test_wrong_md5_password_never_comes_up_the_right_one_does(rig: Rig) -> None:
+    rig.apply(bgp_peer(password="s3cret pass"))
+    bird = start_bird(rig.peer_ns, rig.tmp / "bird", bird_spec(password="wrong pass"))
+    try:
+        wait_for("the node configures the peer", rig.peer_status, 10)
+        time.sleep(10)
+        assert rig.peer_status()["state"] != "established"
+        assert not bird.established("node")
+        assert established_count(rig) == 0
+
+        bird.reconfigure(bird_spec(password="s3cret pass"))
+        bird.wait_established("node", 20)
+        wait_for("the node sees the session", rig.established, 10)
+        assert established_count(rig) == 1
+    finally:
+        bird.stop()
+
+
+def test_import_policy_refuses_foreign_default_and_own_block(rig: Rig) -> None:
+    _, _, own = rig.pod()
+    refused = {
+        "198.51.100.0/24": RejectReason.NOT_IN_POOL,
+        "0.0.0.0/0": RejectReason.DEFAULT_ROUTE,
+        own: RejectReason.OWN_BLOCK,
+    }
+    rig.apply(bgp_peer())
+    bird = start_bird(rig.peer_ns, rig.tmp / "bird", bird_spec(static=(*refused, PEER_BLOCK)))
+    try:
+        bird.wait_established("node", 20)
+        wait_for("the node receives all four", lambda: rig.peer_status().get("received") == 4)
+        wait_for("the legitimate /26 installed", lambda: PEER_BLOCK in rig.via_peer(), 10)
+        assert rig.via_peer() == {PEER_BLOCK}
+        [connected] = rig.kernel_routes(own)  # still the bridge's subnet, not via the peer
+        assert connected["dev"] == "cni0" and "gateway" not in connected, connected
+        assert rig.node_ns.ip("route", "show", "default") == ""
+        assert rig.node_ns.ip("route", "show", "198.51.100.0/24") == ""
+        status = rig.peer_status()
+        assert status["accepted"] == 1
+        metrics = rig.metrics()
+        for reason in refused.values():
+            key = (
+                "meshroute_bgp_prefixes_rejected_total",
+                frozenset({("peer", PEER_IP), ("reason", reason.value)}),
+            )
+            assert metrics.get(key) == 1, (reason, sorted(k for k in metrics if "rejected" in k[0]))
+        assert metrics[("meshroute_bgp_prefixes_accepted", frozenset({("peer", PEER_IP)}))] == 1
+    finally:
+        bird.stop()
+
+
+def exabgp_pid(rig: Rig) -> int:
+    """ExaBGP's PID from the speaker's pid file, checked against
+    /proc/PID/cmdline so we never signal anything else."""
+    pid_file = rig.work / "bgp" / "exabgp.pid"
+    pid = int(pid_file.read_text().strip())
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert any(b"exabgp" in a for a in cmdline), cmdline
+    assert str(rig.work / "bgp" / "exabgp.conf").encode() in cmdline, cmdline
+    return pid
+
+
+def test_exabgp_killed_is_restarted_session_returns_no_reply_lost(rig: Rig) -> None:
+    pod, _, own = rig.pod()
+    rig.peer_ns.ip("addr", "add", f"{PEER_LOOPBACK}/32", "dev", "lo")
+    rig.apply(bgp_peer())
+    bird = start_bird(rig.peer_ns, rig.tmp / "bird", bird_spec(static=(PEER_BLOCK,), kernel=True))
+    try:
+        bird.wait_established("node", 20)
+        wait_for("the node installs the peer's block", lambda: PEER_BLOCK in rig.via_peer(), 10)
+        wait_for("BIRD's kernel has our block", lambda: rig.peer_ns.ip("route", "show", own), 10)
+        out = pod.sh(f"ping -c 2 -i 0.2 -W 1 {PEER_LOOPBACK}", check=False)
+        assert " 0% packet loss" in out, out
+
+        # every route change in both kernels while ExaBGP is down and back
+        monitors = [
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns.name, "ip", "monitor", "route"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for ns in (rig.node_ns, rig.peer_ns)
+        ]
+        ping = subprocess.Popen(
+            ["ip", "netns", "exec", pod.name, "ping", "-c80", "-i0.1", "-W1", PEER_LOOPBACK],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1)
+            old = exabgp_pid(rig)
+            os.kill(old, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for("the node sees the session drop", lambda: not rig.established(), 5)
+            assert PEER_BLOCK in rig.via_peer()  # stale, kept through graceful restart
+            assert rig.peer_ns.ip("route", "show", own)  # BIRD keeps ours the same way
+
+            def restarted() -> bool:
+                try:
+                    return exabgp_pid(rig) != old
+                except (OSError, ValueError, AssertionError):
+                    return False
+
+            wait_for("the supervisor restarts ExaBGP", restarted, 10)
+            wait_for("the session returns", rig.established, 15)
+            bird.wait_established("node", 5)
+            back_after = time.monotonic() - killed
+            assert ping.poll() is None, "ping ended before the session returned"
+            out, _ = ping.communicate(timeout=30)
+        finally:
+            for p in (ping, *monitors):
+                if p.poll() is None:
+                    p.terminate()
+        deleted = [
+            [ln for ln in m.communicate(timeout=10)[0].splitlines() if ln.startswith("Deleted")]
+            for m in monitors
+        ]
+        assert " 0% packet loss" in out, out
+        # not even a brief flush: the stale routes stay until replaced
+        assert not [ln for ln in deleted[0] if PEER_BLOCK in ln], deleted[0]
+        assert not [ln for ln in deleted[1] if own in ln], deleted[1]
+        sys.stderr.write(f"session back {back_after:.1f} s after SIGKILL of ExaBGP\n")
+        wait_for("the peer's route is fresh again", lambda: rig.peer_status()["accepted"] == 1)
+        assert rig.via_peer() == {PEER_BLOCK}
+        assert rig.peer_ns.ip("route", "show", own)
+    finally:
+        bird.stop()
