@@ -1,12 +1,14 @@
 """What a running lab shows: BIRD's sessions (``birdc show protocols``),
-each node's routes as felix_lite programmed them (direct, vxlan, ipip,
-blackhole), IPAM use, and the summary printed after ``lab up``. Parsing and
-classifying are pure; reading calls ``birdc``, ``ip`` and the CLI."""
+each node's own sessions (its ``/status``), each node's routes as
+felix_lite programmed them (direct, vxlan, ipip, blackhole), IPAM use, and
+the summary printed after ``lab up``. Parsing and classifying are pure;
+reading calls ``birdc``, ``ip``, the nodes' HTTP endpoints and the CLI."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -123,26 +125,73 @@ def format_sessions(lab: Lab) -> str:
     return "\n".join(rows)
 
 
-def node_ready(lab: Lab, node: NodePlan, timeout: float = 1.0) -> bool:
-    """The node's ``/readiness`` answers 200 (at ``http.listen`` of the
+def node_get(lab: Lab, node: NodePlan, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    """GET ``path`` from the node's HTTP endpoint (at ``http.listen`` of the
     node.yaml the lab wrote; inside the node's namespace with netns
-    placement)."""
+    placement): the status code and body, ``(0, b"")`` when it does not answer."""
     try:
         cfg = yaml.safe_load(Path(node.config_path).read_text())
-        url = f"http://{cfg['http']['listen']}/readiness"
+        url = f"http://{cfg['http']['listen']}{path}"
     except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return False
+        return 0, b""
 
-    def get() -> bool:
+    def get() -> tuple[int, bytes]:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
-                return int(r.status) == 200
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read()
         except (OSError, ValueError):
-            return False
+            return 0, b""
 
     if lab.plan.params.node_placement == "netns":
         return call_in_netns(lab.state.ns(node.ns), get)
     return get()
+
+
+def node_ready(lab: Lab, node: NodePlan, timeout: float = 1.0) -> bool:
+    """The node's ``/readiness`` answers 200."""
+    return node_get(lab, node, "/readiness", timeout)[0] == 200
+
+
+@dataclass(frozen=True)
+class NodeSession:
+    peer: str
+    type: str  # node-to-node mesh, global, node specific
+    state: str
+
+
+def parse_node_status(body: bytes) -> list[NodeSession]:
+    """The peer table of a node's ``/status`` JSON."""
+    doc = json.loads(body)
+    return [
+        NodeSession(str(p.get("peer")), str(p.get("type")), str(p.get("state")))
+        for p in doc.get("peers", [])
+    ]
+
+
+def node_sessions(lab: Lab, node: NodePlan) -> list[NodeSession] | str:
+    """The node's own BGP sessions, or why they could not be read."""
+    code, body = node_get(lab, node, "/status", timeout=2.0)
+    if code != 200:
+        return f"/status answered {code or 'nothing'}"
+    try:
+        return parse_node_status(body)
+    except (ValueError, AttributeError) as e:
+        return f"/status unreadable: {e}"
+
+
+def format_node_sessions(by_node: Mapping[str, list[NodeSession] | str]) -> str:
+    rows = [f"{'node':<14} {'peer':<16} {'type':<18} state"]
+    for node, sessions in by_node.items():
+        if isinstance(sessions, str):
+            rows.append(f"{node:<14} {'-':<16} {'-':<18} {sessions}")
+            continue
+        if not sessions:
+            rows.append(f"{node:<14} {'-':<16} {'-':<18} no peers")
+        for s in sessions:
+            rows.append(f"{node:<14} {s.peer:<16} {s.type:<18} {s.state}")
+    return "\n".join(rows)
 
 
 def ipam_use(lab: Lab) -> str:
@@ -155,6 +204,8 @@ def summary(lab: Lab, matrix: PingMatrix | None = None, *, with_ipam: bool = Tru
         f"lab: {lab.plan.params.topology}, {len(lab.plan.nodes)} nodes, run dir "
         f"{lab.plan.run_dir}, etcd {lab.etcd_endpoint}",
         "BGP sessions of the fabric's routers:\n" + format_sessions(lab),
+        "BGP sessions of the nodes:\n"
+        + format_node_sessions({n.name: node_sessions(lab, n) for n in lab.plan.nodes}),
         "routes programmed on the nodes:\n"
         + format_routes({n.name: node_routes(lab.state.ns(n.ns)) for n in lab.plan.nodes}),
     ]
