@@ -25,6 +25,9 @@ lint: bootstrap
 bench: bootstrap
 	$(PY) -m bench.ipam --json
 	$(PY) -m bench.routes --routes 100000 --json
+	$(PY) -m bench.bgp_ingest --prefixes 100000 --json
+	$(PY) -m bench.bgp_ingest --prefixes 10000 --json
+	$(PY) -m bench.convergence --json
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,489 @@
+"""BGP ingest, end to end: a feeder BIRD announces N /26s to a real
+``meshroute node`` until all N are in the node's kernel, against BIRD
+receiving the same from the same feeder into its kernel table.
+
+``.venv/bin/python -m bench.bgp_ingest --prefixes 100000 --json`` builds,
+in one run, three network namespaces (removed in ``finally``):
+
+- ``feed``: BIRD originating N /26s of 10.0.0.0/8 (static blackholes in its
+  config) over eBGP (AS 65001, graceful restart on) to two neighbours, both
+  protocols ``disabled`` until a measurement starts;
+- ``node``: ``meshroute node`` (etcd on root loopback, ``netns:`` so ExaBGP
+  and the routes live in the namespace), peering with the feeder through a
+  global BGPPeer (passive; IPPool 10.0.0.0/8, blocks /26);
+- ``recv``: BIRD (AS 65002, passive) importing everything from the feeder and
+  exporting it to the kernel (``protocol kernel``, ``export all``).
+
+Each sample starts its clock at ``birdc enable`` of the feeder's protocol
+(the session may come up from then on) and stops it at the first poll that
+counts N routes of the receiver's protocol in its namespace's kernel table
+(``ip route show proto 213`` for the node, ``proto bird`` for BIRD; the
+poll's end time is taken):
+
+- ``meshroute_s``: until the node installed all N (a fresh node per sample:
+  new process, new ExaBGP, empty kernel table);
+- ``bird_s``: until the receiving BIRD installed all N (a fresh BIRD per
+  sample): the anchor;
+- ``ratio``: ``meshroute_s / bird_s``;
+- ``meshroute_cpu_s`` / ``bird_cpu_s`` / ``cpu_ratio``: CPU seconds (user +
+  system) the receiving side spent meanwhile (node + ExaBGP + its relay;
+  the receiving BIRD): steadier than wall time on a shared machine;
+- ``meshroute_rib_s``: from the same start until the node's ``/status``
+  counts N paths accepted from the feeder (session, ExaBGP's decoding, the
+  relay, the RIB); the rest of ``meshroute_s`` is felix_lite (planning the
+  full table, the reconciler's netlink writes);
+- ``node_rss_mb``: VmRSS of the node process plus its ExaBGP (pid from
+  ``<workDir>/exabgp.pid``) and ExaBGP's children (the API relay), read after
+  the ingest; ``bird_rss_mb`` the receiving BIRD's, for reference.
+
+The two are measured one after the other, never together (two cores). Medians
+over ``--repeat`` samples, with the samples. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshroute.lab.etcd import start_etcd
+from meshroute.lab.netns import Netns, NetnsFactory
+from meshroute.lab.ports import free_ports
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_PROTO = 213
+BIRD_PROTO = "bird"
+FEED_AS, NODE_AS, RECV_AS = 65001, 64512, 65002
+FEED_NODE, NODE_ADDR = "192.0.2.1", "192.0.2.11"
+FEED_RECV, RECV_ADDR = "198.51.100.1", "198.51.100.2"
+POLL_S = 0.1
+RESOURCES = f"""
+apiVersion: meshroute.io/v1
+kind: IPPool
+metadata: {{name: bench}}
+spec: {{cidr: 10.0.0.0/8, blockSize: 26}}
+---
+apiVersion: meshroute.io/v1
+kind: BGPConfiguration
+metadata: {{name: default}}
+spec: {{asNumber: {NODE_AS}}}
+---
+apiVersion: meshroute.io/v1
+kind: BGPPeer
+metadata: {{name: feeder}}
+spec: {{peerIP: {FEED_NODE}, asNumber: {FEED_AS}, passive: true}}
+"""
+
+
+def prefixes(n: int) -> list[str]:
+    """n distinct /26s in 10.0.0.0/8."""
+    if n > 2**18:
+        raise SystemExit("at most 262144 prefixes")
+    return [f"10.{i >> 10}.{(i >> 2) & 255}.{(i & 3) * 64}/26" for i in range(n)]
+
+
+def feeder_conf(n: int) -> str:
+    statics = "\n".join(f"  route {p} blackhole;" for p in prefixes(n))
+    common = "  connect delay time 0;\n  graceful restart on;\n  disabled;\n"
+    return (
+        f"router id {FEED_NODE};\nprotocol device {{}}\n"
+        f"protocol static s4 {{\n  ipv4;\n{statics}\n}}\n"
+        f"protocol bgp tonode {{\n  local {FEED_NODE} as {FEED_AS};\n"
+        f"  neighbor {NODE_ADDR} as {NODE_AS};\n{common}"
+        "  ipv4 { import none; export all; };\n}\n"
+        f"protocol bgp tobird {{\n  local {FEED_RECV} as {FEED_AS};\n"
+        f"  neighbor {RECV_ADDR} as {RECV_AS};\n{common}"
+        "  ipv4 { import none; export all; };\n}\n"
+    )
+
+
+def receiver_conf() -> str:
+    return (
+        f"router id {RECV_ADDR};\nprotocol device {{}}\n"
+        "protocol kernel k4 { ipv4 { import none; export all; }; }\n"
+        f"protocol bgp fromfeed {{\n  local {RECV_ADDR} as {RECV_AS};\n"
+        f"  neighbor {FEED_RECV} as {FEED_AS};\n  passive on;\n  graceful restart on;\n"
+        "  ipv4 { import all; export none; };\n}\n"
+    )
+
+
+class Bird:
+    """One BIRD in a namespace, driven through birdc, ended by its PID."""
+
+    def __init__(self, ns: Netns, workdir: Path, conf: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.sock = workdir / "bird.ctl"
+        (workdir / "bird.conf").write_text(conf)
+        with open(workdir / "bird.log", "wb") as log:
+            self.proc = ns.popen(
+                ["bird", "-f", "-c", str(workdir / "bird.conf"), "-s", str(self.sock)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for("BIRD's control socket", lambda: self.birdc("show status").find("up") >= 0, 120)
+
+    def birdc(self, cmd: str) -> str:
+        if not self.sock.exists():
+            return ""
+        p = subprocess.run(
+            ["birdc", "-s", str(self.sock), *cmd.split()], capture_output=True, text=True
+        )
+        return p.stdout
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(what: str, pred: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kernel_count(ns: Netns, proto: str) -> int:
+    out = subprocess.run(
+        ["ip", "-n", ns.name, "-4", "route", "show", "proto", proto],
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    return out.count(b"\n")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (all their threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+@dataclass
+class Ingest:
+    seconds: float  # enable -> all N in the kernel
+    cpu_s: float  # CPU of the receiving side's processes meanwhile
+    received_s: float | None = None  # enable -> all N accepted by the node's RIB
+
+
+def time_until_installed(
+    feeder: Bird,
+    protocol: str,
+    ns: Netns,
+    proto: str,
+    n: int,
+    timeout: float,
+    pids: Callable[[], list[int]],
+    accepted: Callable[[], int] | None = None,
+) -> Ingest:
+    c0 = cpu_s(pids())
+    received = None
+    t0 = time.perf_counter()
+    feeder.birdc(f"enable {protocol}")
+    deadline = t0 + timeout
+    while True:
+        if accepted is not None and received is None and accepted() >= n:
+            received = time.perf_counter() - t0
+        got = kernel_count(ns, proto)
+        t = time.perf_counter()
+        if got >= n:
+            return Ingest(t - t0, cpu_s(pids()) - c0, received)
+        if t > deadline:
+            raise TimeoutError(f"{ns.name}: {got} of {n} routes after {timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        out += map(int, kids)
+        todo += map(int, kids)
+    return out
+
+
+class NodeRun:
+    """One ``meshroute node`` process with a fresh work dir."""
+
+    def __init__(self, ns: Netns, work: Path, etcd: str, prefix: str) -> None:
+        work.mkdir(parents=True)
+        self.work = work
+        (port,) = free_ports(1)
+        self.http = f"127.0.0.1:{port}"
+        config = {
+            "nodeName": "bench-node",
+            "ipv4": f"{NODE_ADDR}/24",
+            "netns": ns.name,
+            "etcd": {"endpoints": [etcd], "prefix": prefix},
+            "ipam": {"socket": str(work / "ipam.sock")},
+            "bgp": {"workDir": str(work / "bgp")},
+            "http": {"listen": self.http},
+        }
+        (work / "node.yaml").write_text(yaml.safe_dump(config))
+        with open(work / "node.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "meshroute.cli",
+                    "node",
+                    "--config",
+                    str(work / "node.yaml"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        self.ns = ns
+
+    def status(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}/status", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except OSError:
+            return {}
+
+    def listening(self) -> bool:
+        out = self.ns.sh("ss -Hltn 'sport = :179'", check=False)
+        return bool(out.strip())
+
+    def wait_started(self) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited: {(self.work / 'node.log').read_text()[-2000:]}")
+            return any(p["peer"] == FEED_NODE for p in self.status().get("peers", ()))
+
+        wait_for("the node's peer configuration", up, 60)
+        wait_for("ExaBGP listening", self.listening, 60)
+
+    def accepted(self) -> int:
+        peers = self.status().get("peers", ())
+        return sum(int(p.get("accepted", 0)) for p in peers if p["peer"] == FEED_NODE)
+
+    def exabgp_pid(self) -> int:
+        return int((self.work / "bgp" / "exabgp.pid").read_text().split()[0])
+
+    def pids(self) -> list[int]:
+        exa = self.exabgp_pid()
+        return [self.proc.pid, exa, *descendants(exa)]
+
+    def rss(self) -> dict[str, float]:
+        exa = self.exabgp_pid()
+        return {
+            "node": rss_mb(self.proc.pid),
+            "exabgp": rss_mb(exa),
+            "exabgp_children": sum(rss_mb(p) for p in descendants(exa)),
+        }
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def median(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3)
+
+
+def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str, Any]:
+    factory = NetnsFactory("mrbench")
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "meshroute_s",
+            "bird_s",
+            "node_rss_mb",
+            "bird_rss_mb",
+            "meshroute_cpu_s",
+            "bird_cpu_s",
+            "meshroute_rib_s",
+        )
+    }
+    parts: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="mrbench-") as tmp:
+        work = Path(tmp)
+        etcd = start_etcd(work / "etcd")
+        feeder: Bird | None = None
+        try:
+            env = {**os.environ, "MESHROUTE_ETCD": etcd.endpoint, "MESHROUTE_PREFIX": "/bench"}
+            applied = subprocess.run(
+                [sys.executable, "-m", "meshroute.cli", "apply", "-f", "-"],
+                input=RESOURCES,
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
+            if applied.returncode != 0:
+                raise RuntimeError(applied.stderr)
+            feed, node_ns, recv = factory.new("feed"), factory.new("node"), factory.new("recv")
+            for a, a_addr, b, b_addr in (
+                (feed, FEED_NODE, node_ns, NODE_ADDR),
+                (feed, FEED_RECV, recv, RECV_ADDR),
+            ):
+                a_if, b_if = f"to{b.name[-4:]}", "eth0"
+                a.ip("link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name)
+                a.ip("addr", "add", f"{a_addr}/24", "dev", a_if)
+                b.ip("addr", "add", f"{b_addr}/24", "dev", b_if)
+                a.ip("link", "set", a_if, "up")
+                b.ip("link", "set", b_if, "up")
+            feeder = Bird(feed, work / "feed", feeder_conf(n))
+            wait_for(
+                "the feeder's static routes",
+                lambda: (
+                    f"{n} of {n} routes" in feeder.birdc("show route count") if feeder else False
+                ),
+                300,
+            )
+            for i in range(repeat):
+                receiver = Bird(recv, work / f"recv{i}", receiver_conf())
+                try:
+                    pids = [receiver.proc.pid]
+                    got = time_until_installed(
+                        feeder, "tobird", recv, BIRD_PROTO, n, timeout, pids.copy
+                    )
+                    samples["bird_s"].append(got.seconds)
+                    samples["bird_cpu_s"].append(got.cpu_s)
+                    samples["bird_rss_mb"].append(rss_mb(receiver.proc.pid))
+                finally:
+                    feeder.birdc("disable tobird")
+                    receiver.stop()
+                    recv.ip("route", "flush", "proto", BIRD_PROTO, check=False)
+
+                node = NodeRun(node_ns, work / f"node{i}", etcd.endpoint, "/bench")
+                spy = None
+                try:
+                    node.wait_started()
+                    time.sleep(1)  # let the start-up work settle before the clock starts
+                    if profile:
+                        spy = subprocess.Popen(
+                            [
+                                str(Path(sys.executable).parent / "py-spy"),
+                                "record",
+                                "-p",
+                                str(node.proc.pid),
+                                "-o",
+                                f"{profile}.{i}.txt",
+                                "-f",
+                                "raw",
+                                "-r",
+                                "50",
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                        time.sleep(1)
+                    got = time_until_installed(
+                        feeder,
+                        "tonode",
+                        node_ns,
+                        str(NODE_PROTO),
+                        n,
+                        timeout,
+                        node.pids,
+                        node.accepted,
+                    )
+                    samples["meshroute_s"].append(got.seconds)
+                    samples["meshroute_cpu_s"].append(got.cpu_s)
+                    samples["meshroute_rib_s"].append(got.received_s or float("nan"))
+                    time.sleep(1)  # RSS once the ingest is over, not mid-flight
+                    part = node.rss()
+                    parts.append(part)
+                    samples["node_rss_mb"].append(sum(part.values()))
+                finally:
+                    if spy is not None and spy.poll() is None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(60)
+                    feeder.birdc("disable tonode")
+                    node.stop()
+                    node_ns.ip("route", "flush", "proto", str(NODE_PROTO), check=False)
+        finally:
+            if feeder is not None:
+                feeder.stop()
+            factory.cleanup()
+            etcd.stop()
+    med = {k: median(v) for k, v in samples.items()}
+    return {
+        "prefixes": n,
+        **med,
+        "ratio": round(med["meshroute_s"] / med["bird_s"], 2),
+        "cpu_ratio": round(med["meshroute_cpu_s"] / med["bird_cpu_s"], 2),
+        "node_rss_parts_mb": {k: median([p[k] for p in parts]) for k in parts[0]},
+        "goals": {
+            "ratio_le_2": med["meshroute_s"] / med["bird_s"] <= 2.0,
+            "node_rss_le_250mb_at_100k": med["node_rss_mb"] <= 250 if n >= 100_000 else None,
+            "node_rss_le_100mb_at_10k": med["node_rss_mb"] <= 100 if n <= 10_000 else None,
+        },
+        "repeat": repeat,
+        "samples": {k: [round(x, 3) for x in v] for k, v in samples.items()},
+        "anchor": "the same feeder to BIRD 2 (protocol kernel, export all) in the same run",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--prefixes", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=600, help="per sample, seconds")
+    ap.add_argument("--profile", help="py-spy raw profiles of the node to PATH.<i>.txt")
+    ap.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench.bgp_ingest needs root (network namespaces)")
+    if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+        raise SystemExit("--profile needs py-spy in the venv: .venv/bin/pip install py-spy")
+    result = bench(args.prefixes, args.repeat, args.timeout, args.profile)
+    if not args.json:
+        for k, v in result.items():
+            if k != "samples":
+                print(f"{k}: {v}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
