@@ -1,5 +1,6 @@
-"""BIRD 2 configuration for the lab's routers (top-of-rack, the router that
-joins the racks, route reflectors), rendered from a typed frozen view model.
+"""BIRD 2 configuration, rendered from a typed frozen view model: the
+reflector role (``meshroute reflector``) and the lab's routers (top-of-rack,
+the router that joins the racks). Plain values only: no meshroute import.
 
 The view model says what a router does; ``render_bird`` is the only place
 that knows BIRD's syntax. Rendering is pure and deterministic (golden-file
@@ -52,7 +53,7 @@ class BgpNeighbor:
     address: str
     peer_as: int
     local_address: str
-    import_filter: str  # a PrefixFilter name, or "all" / "none"
+    import_filter: str  # a PrefixFilter name, or "all" / "none" / "bgp" (BGP-learned only)
     export_filter: str
     passive: bool = False
     password: str | None = None  # TCP-MD5
@@ -65,6 +66,13 @@ class BgpNeighbor:
     connect_delay: int | None = None
     connect_retry: int | None = None
     error_wait: tuple[int, int] | None = None
+    # GTSM (RFC 5082): the peer is at most this many hops away
+    ttl_security: int | None = None
+    # at most this many prefixes from the peer: "block" drops the excess,
+    # "restart" closes the session (and reopens it after error wait)
+    import_limit: int | None = None
+    import_limit_action: str = "block"
+    port: int | None = None  # the BGP port on both ends, when not 179
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ class BirdConfig:
     # prefixes this router originates (blackhole statics, for export only)
     originate: tuple[str, ...] = ()
     log_file: str | None = None
+    # "since" columns of ``show protocols`` as "YYYY-MM-DD hh:mm:ss": parseable
+    iso_times: bool = False
+    header: str = "rendered by meshroute.lab.bird_config; edits are overwritten"
 
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -105,14 +116,26 @@ def _asn(v: int) -> int:
 def _filter_ref(v: str, known: set[str]) -> str:
     if v in ("all", "none"):
         return v
+    if v == "bgp":
+        return "where source = RTS_BGP"
     if v not in known:
         raise BirdConfigError(f"filter {v!r} is not defined")
     return f"filter {v}"
 
 
-def _password(v: str) -> str:
+PASSWORD_RULE = "printable, at most 80 characters, no double quote or backslash"
+
+
+def password_problem(v: str) -> str | None:
+    """Why BIRD cannot take ``v`` as a TCP-MD5 password, or None."""
     if not v.isprintable() or '"' in v or "\\" in v or len(v) > 80:
-        raise BirdConfigError("password: printable, at most 80 characters, no quote or backslash")
+        return f"BIRD takes passwords {PASSWORD_RULE}"
+    return None
+
+
+def _password(v: str) -> str:
+    if password_problem(v) is not None:
+        raise BirdConfigError(f"password: {PASSWORD_RULE}")
     return v
 
 
@@ -131,10 +154,15 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
     IPAddress(n.local_address)
     if n.hold_time != 0 and not 3 <= n.hold_time <= 65535:
         raise BirdConfigError(f"{n.name}: hold time {n.hold_time} must be 0 or 3..65535")
+    port = ""
+    if n.port is not None:
+        if not 1 <= n.port <= 65535:
+            raise BirdConfigError(f"{n.name}: port {n.port} out of range")
+        port = f" port {n.port}"
     out = [
         f"protocol bgp {_name('protocol', n.name)} {{",
-        f"  local {n.local_address} as {_asn(cfg.local_as)};",
-        f"  neighbor {n.address} as {_asn(n.peer_as)};",
+        f"  local {n.local_address}{port} as {_asn(cfg.local_as)};",
+        f"  neighbor {n.address}{port} as {_asn(n.peer_as)};",
         f"  hold time {n.hold_time};",
     ]
     if n.passive:
@@ -154,6 +182,12 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
         if not 0 < low <= high:
             raise BirdConfigError(f"{n.name}: error wait {low},{high}: need 0 < low <= high")
         out.append(f"  error wait time {low},{high};")
+    if n.ttl_security is not None:
+        if not 1 <= n.ttl_security <= 254:
+            raise BirdConfigError(f"{n.name}: ttl security {n.ttl_security} must be 1..254 hops")
+        out.append("  ttl security on;")
+        if n.ttl_security > 1:
+            out.append(f"  multihop {n.ttl_security};")
     if n.graceful_restart:
         out += ["  graceful restart on;", f"  graceful restart time {n.graceful_restart_time};"]
     else:
@@ -162,18 +196,23 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
         "  ipv4 {",
         f"    import {_filter_ref(n.import_filter, filters)};",
         f"    export {_filter_ref(n.export_filter, filters)};",
-        "  };",
-        "}",
     ]
+    if n.import_limit is not None:
+        if n.import_limit < 1 or n.import_limit_action not in ("block", "restart"):
+            raise BirdConfigError(f"{n.name}: import limit needs N >= 1, action block|restart")
+        out.append(f"    import limit {n.import_limit} action {n.import_limit_action};")
+    out += ["  };", "}"]
     return out
 
 
 def render_bird(cfg: BirdConfig) -> str:
     """BIRD 2 configuration text for ``cfg`` (raises BirdConfigError)."""
     IPAddress(cfg.router_id)
-    lines = ["# rendered by meshroute.lab.bird_config; edits are overwritten"]
+    lines = [f"# {cfg.header}"]
     if cfg.log_file is not None:
         lines.append(f'log "{cfg.log_file}" all;')
+    if cfg.iso_times:
+        lines.append("timeformat protocol iso long;")
     lines += [f"router id {IPAddress(cfg.router_id)};", "", "protocol device {", "}"]
     if cfg.direct_interfaces:
         names = ", ".join(f'"{i}"' for i in cfg.direct_interfaces)

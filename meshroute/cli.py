@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "meshroute.cmd_resources",
     "meshroute.cmd_ipam",
     "meshroute.cmd_node",
+    "meshroute.cmd_reflector",
     "meshroute.cmd_lab",
     "meshroute.cmd_demo",
 )

@@ -97,19 +97,19 @@ async def _decommission_then_stop(node: NodeProcess, stop: asyncio.Event) -> Non
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    endpoint = args.endpoint
-    if endpoint is None:
-        try:
-            endpoint = load_node_config(args.config).http.listen
-        except ConfigError as e:
-            raise UserError(str(e)) from e
+    endpoint = args.endpoint or _status_endpoint(args.config)
     try:
         with urllib.request.urlopen(f"http://{endpoint}/status", timeout=5) as r:
             status = json.loads(r.read())
     except (urllib.error.URLError, OSError) as e:
-        raise UserError(f"meshroute node is not answering on {endpoint}: {e}") from e
+        raise UserError(f"meshroute is not answering on {endpoint}: {e}") from e
     if args.json:
         print(json.dumps(status, indent=2))
+        return 0
+    if status.get("role") == "reflector":
+        from meshroute.cmd_reflector import print_reflector_status
+
+        print_reflector_status(status)
         return 0
     print(
         f"meshroute node {status['node']} (AS {status['asn']}, router id {status['routerId']})"
@@ -131,6 +131,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         ],
     )
     return 0
+
+
+def _status_endpoint(path: str) -> str:
+    """The HTTP endpoint named by a node config, or by a reflector config
+    (a reflector host has no node.yaml: the default falls back to
+    reflector.yaml)."""
+    from meshroute.reflector.config import DEFAULT_REFLECTOR_CONFIG, load_reflector_config
+
+    if path == DEFAULT_CONFIG and not os.path.exists(path):
+        path = DEFAULT_REFLECTOR_CONFIG
+    try:
+        return load_node_config(path).http.listen
+    except ConfigError as node_error:
+        try:
+            return load_reflector_config(path).http.listen
+        except ConfigError:
+            raise UserError(str(node_error)) from node_error
 
 
 def _since(seconds: float) -> str:

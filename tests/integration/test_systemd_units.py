@@ -38,3 +38,16 @@ def test_node_unit_has_what_the_issue_asks() -> None:
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW",
     ):
         assert line in text
+
+
+def test_reflector_unit_leaves_bird_to_meshroute() -> None:
+    text = (REPO / "configs" / "systemd" / "meshroute-reflector.service").read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecStart=/usr/local/bin/meshroute reflector --config /etc/meshroute/reflector.yaml",
+        # a crash of meshroute must not take BIRD (and every session) with it
+        "KillMode=process",
+    ):
+        assert line in text

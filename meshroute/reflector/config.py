@@ -1,0 +1,85 @@
+"""The reflector's configuration file (``/etc/meshroute/reflector.yaml``):
+schema, defaults and loading; every problem names the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from meshroute.config import (
+    Address,
+    ConfigError,
+    EtcdSection,
+    HttpSection,
+    InterfaceAddress,
+    _Section,
+)
+
+DEFAULT_REFLECTOR_CONFIG = "/etc/meshroute/reflector.yaml"
+
+
+class BirdSection(_Section):
+    bird: str = "bird"
+    work_dir: str = Field(default="/run/meshroute/reflector", alias="workDir")
+    # BIRD waits 5 s before connecting and 60-300 s after an error by default;
+    # a reflector whose clients restart wants them back within seconds
+    connect_delay_seconds: int = Field(default=1, ge=1, le=3600, alias="connectDelaySeconds")
+    connect_retry_seconds: int = Field(default=5, ge=1, le=3600, alias="connectRetrySeconds")
+    error_wait_seconds: tuple[int, int] = Field(default=(2, 30), alias="errorWaitSeconds")
+
+    @model_validator(mode="after")
+    def _error_wait(self) -> BirdSection:
+        low, high = self.error_wait_seconds
+        if not 0 < low <= high:
+            raise ValueError(f"errorWaitSeconds: {[low, high]}: need 0 < low <= high")
+        return self
+
+
+class ReflectorConfig(_Section):
+    name: str = Field(min_length=1, max_length=253)
+    ipv4: InterfaceAddress = Field(description="the reflector's address with prefix length")
+    cluster_id: Address = Field(alias="clusterId")
+    as_number: int | None = Field(default=None, ge=1, le=4294967295, alias="asNumber")
+    router_id: Address | None = Field(default=None, alias="routerId")
+    labels: dict[str, str] = Field(default_factory=dict)
+    etcd: EtcdSection = Field(default_factory=EtcdSection)
+    bird: BirdSection = Field(default_factory=BirdSection)
+    http: HttpSection = Field(default_factory=lambda: HttpSection(listen="127.0.0.1:9098"))
+    # Lab and tests: BIRD runs in this network namespace (files stay shared)
+    netns: str | None = None
+
+    @model_validator(mode="after")
+    def _ipv4_cluster_id(self) -> ReflectorConfig:
+        if self.cluster_id.version != 4:
+            raise ValueError(f"clusterId: {self.cluster_id} must be an IPv4-style id")
+        if self.ipv4.version != 4:
+            raise ValueError(f"ipv4: {self.ipv4} is not IPv4")
+        return self
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(file)"
+
+
+def parse_reflector_config(text: str, source: str) -> ReflectorConfig:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings")
+    try:
+        return ReflectorConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{source}: {_field(err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from e
+
+
+def load_reflector_config(path: str) -> ReflectorConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    return parse_reflector_config(text, path)

@@ -1,0 +1,328 @@
+"""``meshroute reflector`` with real BIRD clients in network namespaces and
+real etcd: reflection (ORIGINATOR_ID, CLUSTER_LIST, next hop unchanged,
+pings across reflected routes), a change that does not concern a session
+leaves it up, a refused configuration leaves the running one, and a pair
+of reflectors with one cluster id survives kill -9 of either part."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipam.etcd_store import EtcdStore
+from ipam.store import Put
+from meshroute.bgp_store import BgpStore
+from meshroute.lab.netns import Netns, NetnsFactory
+from meshroute.registry import NodeRecord, Registry
+from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
+from tests.harness.bird_clients import BirdClients, Client, clients_conf
+from tests.harness.etcd import EtcdCluster
+from tests.harness.reflector_rig import Lan, Reflector, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.timeout(180)]
+
+AS = 64512
+CLUSTER = "244.0.0.1"
+RR_ADDR = ["192.0.2.1", "192.0.2.2"]
+TO_REFLECTORS = BGPPeerSpec.model_validate(
+    {"nodeSelector": "!has(route-reflector)", "peerSelector": "route-reflector == 'true'"}
+)
+
+
+def run_etcd(etcd: EtcdCluster, prefix: str, body: Any) -> Any:
+    async def main() -> Any:
+        store = EtcdStore([etcd.endpoint], timeout=5)
+        try:
+            return await body(store, Registry(store, prefix), BgpStore(store, prefix))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+@dataclass
+class Rig:
+    etcd: EtcdCluster
+    prefix: str
+    lan: Lan
+    tmp: Path
+    reflectors: list[Reflector]
+    clients: dict[str, tuple[Netns, BirdClients, Client]]
+
+    def add_node(self, name: str, address: str, labels: dict[str, str] | None = None) -> None:
+        rec = NodeRecord(name=name, ipv4=f"{address}/24", labels=labels or {"rack": "r1"})
+        run_etcd(self.etcd, self.prefix, lambda s, reg, bgp: reg.upsert(rec))
+
+    def put_peer(self, name: str, spec: BGPPeerSpec) -> None:
+        run_etcd(self.etcd, self.prefix, lambda s, reg, bgp: bgp.apply_peer(name, spec))
+
+    def put_raw_peer(self, name: str, body: dict[str, Any]) -> None:
+        """Around ``meshroute apply``'s validation, as a buggy tool might."""
+        key = f"{self.prefix}/bgp/v1/peers/{name}".encode()
+        run_etcd(
+            self.etcd,
+            self.prefix,
+            lambda s, reg, bgp: s.txn([], [Put(key, json.dumps(body).encode())]),
+        )
+
+    def delete_peer(self, name: str) -> None:
+        run_etcd(self.etcd, self.prefix, lambda s, reg, bgp: bgp.delete_peer(name))
+
+    def client(self, i: int) -> BirdClients:
+        return self.clients[f"c{i}"][1]
+
+    def all_routes_everywhere(self) -> bool:
+        n = len(self.clients)
+        return all(b.route_count(c.name) >= n - 1 for _, b, c in self.clients.values())
+
+
+def start_rig(
+    etcd: EtcdCluster, prefix: str, netns: NetnsFactory, tmp: Path, *, reflectors: int, clients: int
+) -> Rig:
+    def setup(s: EtcdStore, reg: Registry, bgp: BgpStore) -> Any:
+        async def go() -> None:
+            await bgp.apply_config(
+                BGPConfigurationSpec.model_validate(
+                    {"asNumber": AS, "nodeToNodeMeshEnabled": False}
+                )
+            )
+            await bgp.apply_peer("to-reflectors", TO_REFLECTORS)
+
+        return go()
+
+    run_etcd(etcd, prefix, setup)
+    lan = Lan(netns)
+    rig = Rig(etcd, prefix, lan, tmp, [], {})
+    for i in range(1, clients + 1):
+        addr = f"192.0.2.{10 + i}"
+        rig.add_node(f"c{i}", addr)
+        ns = lan.member(f"c{i}", addr)
+        ns.ip("addr", "add", f"10.244.{i}.1/32", "dev", "lo")
+        c = Client(f"c{i}", addr, (f"10.244.{i}.0/26",))
+        conf = clients_conf([c], RR_ADDR[:reflectors], AS, kernel=True)
+        rig.clients[c.name] = (ns, BirdClients(ns, tmp / c.name, conf), c)
+    for k in range(reflectors):
+        ns = lan.member(f"rr{k + 1}", RR_ADDR[k])
+        rr = Reflector(f"rr{k + 1}", RR_ADDR[k], ns, tmp / f"rr{k + 1}", etcd.endpoint, prefix)
+        rig.reflectors.append(rr.start())
+    return rig
+
+
+@pytest.fixture
+def rig_factory(
+    etcd_server: EtcdCluster, etcd_prefix: str, netns: NetnsFactory, tmp_path: Path
+) -> Iterator[Any]:
+    made: list[Rig] = []
+
+    def make(reflectors: int, clients: int) -> Rig:
+        r = start_rig(
+            etcd_server, etcd_prefix, netns, tmp_path, reflectors=reflectors, clients=clients
+        )
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        for rr in r.reflectors:
+            rr.stop()
+        for _, b, _ in r.clients.values():
+            b.stop()
+
+
+def sessions_by_peer(rr: Reflector) -> dict[str, dict[str, Any]]:
+    return {s["peer"]: s for s in rr.status()["sessions"]}
+
+
+def all_established(rr: Reflector, n: int) -> bool:
+    if not rr.answering():
+        return False
+    ss = sessions_by_peer(rr)
+    return len(ss) == n and all(s["state"] == "Established" for s in ss.values())
+
+
+def ping_loss(ns: Netns, src: str, dst: str, count: int, interval: float = 0.05) -> Any:
+    return ns.popen(
+        ["ping", "-n", "-q", "-I", src, "-i", str(interval), "-c", str(count), "-W", "1", dst],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def received_all(p: Any) -> tuple[int, int, str]:
+    out = p.communicate(timeout=120)[0].decode()
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2)), out
+
+
+def test_reflects_with_originator_and_cluster_list_and_leaves_unrelated_sessions_alone(
+    rig_factory: Any,
+) -> None:
+    rig = rig_factory(reflectors=1, clients=3)
+    rr = rig.reflectors[0]
+    try:
+        wait_until(lambda: all_established(rr, 3), 30, "3 client sessions")
+        wait_until(rig.all_routes_everywhere, 30, "every client has every other's route")
+    except TimeoutError:
+        raise AssertionError(rr.log()) from None
+
+    # c1 holds c2's route as c2 announced it: reflected, next hop untouched
+    out = rig.client(1).routes_all("c1")
+    block = out[out.index("10.244.2.0/26") :].split("\n10.")[0]
+    assert "BGP.next_hop: 192.0.2.12" in block, out
+    assert "BGP.originator_id: 192.0.2.12" in block, out
+    assert f"BGP.cluster_list: {CLUSTER}" in block, out
+    # its own route is not reflected back to it
+    assert "10.244.1.0/26" not in rig.client(1).birdc("show", "route", "protocol", "c1_rr1")
+
+    ns1 = rig.clients["c1"][0]
+    _, got, out = received_all(ping_loss(ns1, "10.244.1.1", "10.244.3.1", 5, 0.1))
+    assert got == 5, out
+
+    # the reflector's own view and the CLI
+    status = rr.status()
+    assert {s["role"] for s in status["sessions"]} == {"client"}
+    assert all(s["received"] == 1 and s["exported"] == 2 for s in status["sessions"]), status
+    cli = subprocess.run(
+        [sys.executable, "-m", "meshroute", "status", "--endpoint", f"127.0.0.1:{rr.http_port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "cluster id 244.0.0.1" in cli.stdout and "192.0.2.13" in cli.stdout, cli.stdout
+    metrics = rr.get("/metrics")[1].decode()
+    assert (
+        'meshroute_reflector_session_established{node="c2",peer="192.0.2.12",role="client"} 1.0'
+        in metrics
+    ), metrics
+    assert rr.get("/readiness")[0] == 200
+
+    # unrelated changes: a new node (a new client session) and a BGPPeer to
+    # an address nobody selects. The existing sessions do not reset.
+    before = {p: s["since"] for p, s in sessions_by_peer(rr).items()}
+    rig.add_node("c9", "192.0.2.19")
+    rig.put_peer(
+        "elsewhere",
+        BGPPeerSpec.model_validate(
+            {"nodeSelector": "rack == 'r7'", "peerIP": "198.51.100.1", "asNumber": 65001}
+        ),
+    )
+    wait_until(lambda: "192.0.2.19" in sessions_by_peer(rr), 10, "the new client's session")
+    wait_until(lambda: rr.status()["sessions"][-1]["state"] != "unknown", 10, "BIRD polled")
+    after = sessions_by_peer(rr)
+    for peer, since in before.items():
+        assert after[peer]["state"] == "Established", after
+        assert after[peer]["since"] == since, (peer, before, after)
+    assert "reconfigured" in rr.log().lower()
+
+
+def test_bad_configuration_is_refused_and_bird_keeps_the_last_good_one(
+    rig_factory: Any,
+) -> None:
+    rig = rig_factory(reflectors=1, clients=2)
+    rr = rig.reflectors[0]
+    try:
+        wait_until(lambda: all_established(rr, 2), 30, "2 client sessions")
+    except TimeoutError:
+        raise AssertionError(rr.log()) from None
+    good = (rr.bird_dir / "bird.conf").read_text()
+    since = {p: s["since"] for p, s in sessions_by_peer(rr).items()}
+
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        (
+            "bad-selector",
+            {"nodeSelector": "rack === 'r1'", "peerSelector": "route-reflector == 'true'"},
+            "BGPPeer bad-selector: spec.nodeSelector",
+        ),
+        (
+            "bad-as",
+            {"peerIP": "198.51.100.1", "asNumber": 4294967296},
+            "BGPPeer bad-as: spec.asNumber",
+        ),
+        (
+            "zz-bad-password",
+            {
+                "nodeSelector": "rack == 'r1'",
+                "peerSelector": "route-reflector == 'true'",
+                "password": 'a"b',
+            },
+            "BGPPeer zz-bad-password: spec.password",
+        ),
+    ]
+    for name, body, message in bad:
+        rig.put_raw_peer(name, body)
+        wait_until(
+            lambda m=message: m in (rr.status()["configError"] or ""),  # type: ignore[misc]
+            10,
+            f"refusal naming {message}",
+        )
+        assert (rr.bird_dir / "bird.conf").read_text() == good
+        assert rr.get("/readiness")[0] == 200  # still serving the last good config
+        rig.delete_peer(name)
+        wait_until(lambda: rr.status()["configError"] is None, 10, "accepted again")
+    assert "refusing the new configuration" in rr.log()
+    metrics = rr.get("/metrics")[1].decode()
+    assert "meshroute_reflector_config_refused_total 3.0" in metrics, metrics
+    after = sessions_by_peer(rr)
+    assert {p: s["since"] for p, s in after.items()} == since
+    assert all(s["state"] == "Established" for s in after.values())
+
+
+def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
+    rig_factory: Any,
+) -> None:
+    rig = rig_factory(reflectors=2, clients=3)
+    rr1, rr2 = rig.reflectors
+    try:
+        # 3 clients + the other reflector each
+        wait_until(lambda: all_established(rr1, 4) and all_established(rr2, 4), 40, "sessions")
+        wait_until(rig.all_routes_everywhere, 30, "every client has every other's route")
+    except TimeoutError:
+        raise AssertionError(rr1.log() + rr2.log()) from None
+    roles = {s["role"] for s in rr1.status()["sessions"]}
+    assert roles == {"client", "reflector"}
+    ns1 = rig.clients["c1"][0]
+
+    # kill -9 of rr1's BIRD, a ping running across it
+    ping = ping_loss(ns1, "10.244.1.1", "10.244.2.1", 120)
+    old_bird = rr1.bird_pid()
+    assert old_bird is not None
+    import os
+    import signal
+
+    os.kill(old_bird, signal.SIGKILL)
+    wait_until(
+        lambda: rr1.bird_pid() not in (None, old_bird) and all_established(rr1, 4),
+        30,
+        "rr1's BIRD restarted and its sessions back",
+    )
+    assert rig.all_routes_everywhere()
+    sent, got, out = received_all(ping)
+    assert sent == got == 120, out
+    assert rr1.status()["birdRestarts"] == 1
+
+    # kill -9 of rr1's meshroute reflector: BIRD keeps reflecting
+    ping = ping_loss(ns1, "10.244.1.1", "10.244.3.1", 60)
+    bird = rr1.bird_pid()
+    rr1.kill9()
+    assert rig.all_routes_everywhere()
+    sent, got, out = received_all(ping)
+    assert sent == got == 60, out
+    # back: it adopts the running BIRD, every session stays as it was
+    since = {p: s["since"] for p, s in sessions_by_peer(rr2).items()}
+    rr1.start()
+    wait_until(lambda: all_established(rr1, 4), 30, "rr1 back with its sessions")
+    assert rr1.bird_pid() == bird
+    assert "adopting BIRD" in rr1.log()
+    assert {p: s["since"] for p, s in sessions_by_peer(rr2).items()} == since
+    assert rig.all_routes_everywhere()
