@@ -6,6 +6,10 @@ namespaces), starts etcd in the management namespace and BIRD in every
 router namespace, each by PID and recorded in the state file as soon as it
 exists. ``start_nodes`` starts every node through a callable the caller
 passes (``start_meshroute_node`` runs ``meshroute node --config``).
+In the ``rr`` topology ``build_underlay`` also starts the pair of
+``meshroute reflector`` processes (BIRD in their namespaces; the processes
+where etcd is reachable), which register themselves and peer with each other
+before any node exists.
 ``teardown`` ends what the state file names; ``down_after_crash`` also
 removes every namespace with the lab prefix, whoever made it.
 """
@@ -41,6 +45,7 @@ from meshroute.lab.topology import (
     LabParams,
     LabPlan,
     NodePlan,
+    ReflectorPlan,
     SpeakerPlan,
     finish_node_config,
     plan_lab,
@@ -187,6 +192,49 @@ def _wait_sockets(lab: Lab, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def write_reflector_config(lab: Lab, rp: ReflectorPlan, http_port: int) -> Path:
+    cfg = {
+        "name": rp.name,
+        "ipv4": rp.address,
+        "clusterId": rp.cluster_id,
+        "etcd": {"endpoints": [lab.etcd_endpoint], "prefix": lab.plan.params.etcd_prefix},
+        # the lab restarts peers on purpose: reconnect within seconds
+        "bird": {"workDir": rp.bird_dir, "connectRetrySeconds": 3, "errorWaitSeconds": [1, 5]},
+        "http": {"listen": f"127.0.0.1:{http_port}"},
+        "netns": lab.state.ns(rp.ns),
+    }
+    path = Path(rp.config_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _start_reflectors(lab: Lab, timeout: float = 20.0) -> None:
+    """``meshroute reflector`` per reflector plan, where etcd is reachable
+    (the management namespace with netns placement); until each one's BIRD
+    answers on its control socket."""
+    mgmt = lab.state.namespaces.get("mgmt")
+    ports = free_ports(len(lab.plan.reflectors))
+    for rp, port in zip(lab.plan.reflectors, ports, strict=True):
+        config = write_reflector_config(lab, rp, port)
+        argv = [sys.executable, "-m", "meshroute.cli", "reflector", "--config", str(config)]
+        p = spawn_in_netns(mgmt, argv, rp.log_path)
+        lab.record(record_process("reflector", rp.ns, p.pid, p.argv))
+    deadline = time.monotonic() + timeout
+    for rp in lab.plan.reflectors:
+        rec = next(r for r in lab.state.processes if r.label == rp.ns and r.role == "reflector")
+        while not os.path.exists(rp.socket_path):
+            if not alive(rec):
+                raise RuntimeError(
+                    f"meshroute reflector {rp.name} exited: {Path(rp.log_path).read_text()[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"meshroute reflector {rp.name}: no BIRD socket {rp.socket_path}"
+                )
+            time.sleep(0.05)
+
+
 def _start_etcd(lab: Lab, timeout: float = 20.0) -> None:
     workdir = Path(lab.plan.run_dir) / "etcd"
     if lab.plan.etcd_endpoint is not None:  # in the management namespace
@@ -245,6 +293,9 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
         for sp in plan.speakers:
             _start_bird(lab, sp)
         _wait_sockets(lab, timeout=10)
+        if plan.reflectors:
+            say(f"meshroute reflector in {', '.join(r.ns for r in plan.reflectors)}")
+            _start_reflectors(lab)
     except BaseException:
         teardown(state)
         raise
@@ -342,7 +393,8 @@ def load_lab(run_dir: str | os.PathLike[str]) -> Lab | None:
 def teardown(state: LabState, *, remove_run_dir: bool = False) -> None:
     """End the processes the lab recorded (nodes first, etcd last), then
     whatever still runs inside its namespaces, then the namespaces."""
-    order = {"node": 0, "bird": 1, "etcd": 2}
+    # a reflector ends its own BIRD; nodes and reflectors before etcd
+    order = {"node": 0, "reflector": 0, "bird": 1, "etcd": 2}
     for role in sorted({r.role for r in state.processes}, key=lambda r: order.get(r, 0)):
         end_processes([r for r in state.processes if r.role == role])
     names = [p.netns for p in state.pods] + list(reversed(state.namespaces.values()))

@@ -112,16 +112,18 @@ def format_routes(routes_by_node: Mapping[str, Iterable[NodeRoute]]) -> str:
 
 
 def format_sessions(lab: Lab) -> str:
-    rows = [f"{'router':<8} {'peer':<12} {'state':<6} info"]
-    for sp in lab.plan.speakers:
+    rows = [f"{'router':<8} {'peer':<14} {'state':<6} info"]
+    bird = [(sp.ns, sp.socket_path) for sp in lab.plan.speakers]
+    bird += [(r.ns, r.socket_path) for r in lab.plan.reflectors]
+    for ns, sock in bird:
         try:
-            protos = bird_protocols(sp.socket_path)
+            protos = bird_protocols(sock)
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-            rows.append(f"{sp.ns:<8} {'-':<12} {'-':<6} {e}")
+            rows.append(f"{ns:<8} {'-':<14} {'-':<6} {e}")
             continue
         for pr in protos:
             if pr.proto == "BGP":
-                rows.append(f"{sp.ns:<8} {pr.name:<12} {pr.state:<6} {pr.info}")
+                rows.append(f"{ns:<8} {pr.name:<14} {pr.state:<6} {pr.info}")
     return "\n".join(rows)
 
 

@@ -44,10 +44,12 @@ exist only inside the lab's namespaces)::
   node drop its rack mates' routes as AS-path loops. The fabric carries pod
   routes, so the pool needs no encapsulation. The ToR is passive towards
   its nodes (the nodes connect; no collisions on restarts).
-- ``rr``: nodes in AS 64512 with the mesh off, clients of a BIRD route
-  reflector pair (one reflector on each of the first two racks, one cluster
-  id, an iBGP session between the two); reflectors forward nothing, so as in
-  ``mesh`` the pool uses VXLAN CrossSubnet.
+- ``rr``: nodes in AS 64512 with the mesh off, clients of a pair of
+  ``meshroute reflector`` processes (BIRD in a namespace on each of the first
+  two racks, one cluster id; they register in etcd, find each other by the
+  cluster id and their clients through the ``to-reflectors`` BGPPeer);
+  reflectors forward nothing, so as in ``mesh`` the pool uses VXLAN
+  CrossSubnet.
 """
 
 from __future__ import annotations
@@ -166,6 +168,38 @@ class SpeakerPlan:
 
 
 @dataclass(frozen=True)
+class ReflectorPlan:
+    """A ``meshroute reflector`` whose BIRD runs in namespace ``ns``; it
+    finds its clients and its partner in etcd."""
+
+    ns: str
+    name: str
+    address: str  # with prefix length
+    cluster_id: str
+    run_dir: str
+
+    @property
+    def ip(self) -> str:
+        return _ip(self.address)
+
+    @property
+    def config_path(self) -> str:
+        return f"{self.run_dir}/reflector.yaml"
+
+    @property
+    def bird_dir(self) -> str:
+        return f"{self.run_dir}/bird"
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.bird_dir}/bird.ctl"
+
+    @property
+    def log_path(self) -> str:
+        return f"{self.run_dir}/reflector.log"
+
+
+@dataclass(frozen=True)
 class PodPlan:
     label: str  # also the pod namespace's label
     container_id: str
@@ -214,6 +248,7 @@ class LabPlan:
     nodes: tuple[NodePlan, ...]
     etcd_endpoint: str | None  # None: on the root loopback, port chosen at build
     resources_yaml: str
+    reflectors: tuple[ReflectorPlan, ...] = ()  # rr: meshroute reflectors
 
     @property
     def run_dir(self) -> str:
@@ -363,16 +398,20 @@ def plan_resources(params: LabParams, nodes: tuple[NodePlan, ...], reflectors: l
                     },
                 }
             )
-    elif params.topology == "rr":
-        for i, addr in enumerate(reflectors, start=1):
-            docs.append(
-                {
-                    "apiVersion": "meshroute.io/v1",
-                    "kind": "BGPPeer",
-                    "metadata": {"name": f"reflector{i}"},
-                    "spec": {"peerIP": addr, "asNumber": CLUSTER_AS, **password},
-                }
-            )
+    elif params.topology == "rr" and reflectors:
+        # the reflectors register themselves with this label (meshroute reflector)
+        docs.append(
+            {
+                "apiVersion": "meshroute.io/v1",
+                "kind": "BGPPeer",
+                "metadata": {"name": "to-reflectors"},
+                "spec": {
+                    "nodeSelector": "!has(route-reflector)",
+                    "peerSelector": "route-reflector == 'true'",
+                    **password,
+                },
+            }
+        )
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
@@ -540,41 +579,10 @@ def plan_lab(params: LabParams) -> LabPlan:
             run,
         ),
     )
-    for label, _rack, addr in reflectors:
-        others = [(lb, a) for lb, _r, a in reflectors if lb != label]
-        neighbors = [
-            _lab_neighbor(
-                name=_node_protocol(n),
-                address=n.ip,
-                peer_as=CLUSTER_AS,
-                local_address=_ip(addr),
-                import_filter="pods",
-                export_filter="pods",
-                passive=True,
-                password=params.bgp_password,
-                rr_client=True,
-            )
-            for n in nodes
-        ] + [
-            _lab_neighbor(
-                name=lb,
-                address=_ip(a),
-                peer_as=CLUSTER_AS,
-                local_address=_ip(addr),
-                import_filter="pods",
-                export_filter="pods",
-            )
-            for lb, a in others
-        ]
-        bird = BirdConfig(
-            router_id=_ip(addr),
-            local_as=CLUSTER_AS,
-            neighbors=tuple(neighbors),
-            filters=(pods_filter,),
-            kernel_learn=True,
-            rr_cluster_id=RR_CLUSTER_ID,
-        )
-        speakers.append(_speaker(label, "reflector", bird, run))
+    reflector_plans = tuple(
+        ReflectorPlan(label, label, addr, RR_CLUSTER_ID, f"{run}/{label}")
+        for label, _rack, addr in reflectors
+    )
 
     node_tuple = tuple(nodes)
     return LabPlan(
@@ -586,4 +594,5 @@ def plan_lab(params: LabParams) -> LabPlan:
         nodes=node_tuple,
         etcd_endpoint=etcd_endpoint,
         resources_yaml=plan_resources(params, node_tuple, [_ip(a) for _, _, a in reflectors]),
+        reflectors=reflector_plans,
     )

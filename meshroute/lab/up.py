@@ -33,6 +33,10 @@ from meshroute.lab.state import load_state
 from meshroute.lab.status import bird_protocols, node_ready
 from meshroute.lab.topology import LabParams, plan_lab
 
+# BIRD protocols towards nodes: the routers' (lab plan) and the
+# reflectors' clients (meshroute reflector)
+NODE_SESSIONS = ("node_", "c_")
+
 
 def _say(msg: str) -> None:
     print(f"==> {msg}", flush=True)
@@ -48,12 +52,14 @@ def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> 
     """Until every BGP session of the lab's BIRD routers is Established
     (with ``nodes_too``, also those towards the nodes); False on timeout."""
     deadline = time.monotonic() + timeout
+    sockets = [sp.socket_path for sp in lab.plan.speakers]
+    sockets += [r.socket_path for r in lab.plan.reflectors]
     while True:
         states = [
             pr.established
-            for sp in lab.plan.speakers
-            for pr in bird_protocols(sp.socket_path)
-            if pr.proto == "BGP" and (nodes_too or not pr.name.startswith("node_"))
+            for sock in sockets
+            for pr in bird_protocols(sock)
+            if pr.proto == "BGP" and (nodes_too or not pr.name.startswith(NODE_SESSIONS))
         ]
         if all(states):
             return True

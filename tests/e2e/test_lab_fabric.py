@@ -3,11 +3,12 @@ exists: each node is stood in for by a BIRD speaker (started through the
 lab's node starter hook) that announces the node's pod block and installs
 what it learns. ``tor``: blocks travel node -> ToR -> router -> ToR -> node
 over eBGP with TCP-MD5, and a pod address on one rack reaches one on the
-other. ``rr``: the reflector pair reflects each client's block to the
-others with the originator's next hop and the pair's cluster id."""
+other. ``rr``: the pair of meshroute reflectors reflects each client's block
+to the others with the originator's next hop and the pair's cluster id."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ipam.etcd_store import EtcdStore
 from meshroute.lab.bird_config import (
     BgpNeighbor,
     BirdConfig,
@@ -27,6 +29,7 @@ from meshroute.lab.build import (
     Lab,
     NodeLaunch,
     Spawned,
+    apply_resources,
     build_underlay,
     spawn_in_netns,
     start_nodes,
@@ -35,6 +38,7 @@ from meshroute.lab.build import (
 from meshroute.lab.netns import run
 from meshroute.lab.topology import CLUSTER_AS, LabParams, NodePlan, plan_lab, tor_as
 from meshroute.lab.up import wait_fabric
+from meshroute.registry import NodeRecord, Registry
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 # "mrlab" is the real lab's; one prefix per test process so that concurrent
@@ -61,11 +65,7 @@ def bird_node(lab_ref: list[Lab], password: str | None) -> Callable[[NodeLaunch]
         if lab.plan.params.topology == "tor":
             peers = [(f"tor{n.rack}", n.gateway, tor_as(n.rack))]
         else:
-            peers = [
-                (sp.ns, sp.bird.router_id, CLUSTER_AS)
-                for sp in lab.plan.speakers
-                if sp.role == "reflector"
-            ]
+            peers = [(r.ns, r.ip, CLUSTER_AS) for r in lab.plan.reflectors]
         cfg = BirdConfig(
             router_id=n.ip,
             local_as=n.as_number,
@@ -159,9 +159,27 @@ def test_tor_fabric_refuses_a_wrong_md5_password(tmp_path: Path) -> None:
         teardown(lab.state)
 
 
+def _register_nodes(lab: Lab) -> None:
+    """What ``meshroute node`` would do for the stand-ins: their records in
+    the registry, so the meshroute reflectors find them as clients."""
+
+    async def main() -> None:
+        store = EtcdStore([lab.etcd_endpoint], timeout=5)
+        reg = Registry(store, lab.plan.params.etcd_prefix)
+        try:
+            for n in lab.plan.nodes:
+                await reg.upsert(NodeRecord(name=n.name, ipv4=n.address, labels=dict(n.labels)))
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_reflector_pair_reflects_blocks_with_the_originator_next_hop(tmp_path: Path) -> None:
     lab = _lab(tmp_path, "rr", None)
     try:
+        apply_resources(lab)
+        _register_nodes(lab)
         start_nodes(lab, bird_node([lab], None))
         assert wait_fabric(lab, timeout=20, nodes_too=True)
         n1, n2 = lab.plan.nodes

@@ -1,6 +1,6 @@
 """The lab with real ``meshroute node`` processes (the default node starter),
 two racks of two nodes with two pods each, in the three topologies: full
-mesh, eBGP to the ToRs, clients of the BIRD reflector pair. Every pod
+mesh, eBGP to the ToRs, clients of the meshroute reflector pair. Every pod
 reaches every pod; the routes each node programmed are of the kind the
 topology calls for (VXLAN across racks where the fabric does not carry pod
 routes, direct via the ToR where it does)."""

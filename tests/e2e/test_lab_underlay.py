@@ -71,10 +71,12 @@ def lab_factory(tmp_path: Path) -> Iterator[object]:
 
 def _fabric_sessions(lab: Lab) -> dict[tuple[str, str], bool]:
     out = {}
-    for sp in lab.plan.speakers:
-        for pr in bird_protocols(sp.socket_path):
+    bird = [(sp.ns, sp.socket_path) for sp in lab.plan.speakers]
+    bird += [(r.ns, r.socket_path) for r in lab.plan.reflectors]  # meshroute reflector's BIRD
+    for ns, sock in bird:
+        for pr in bird_protocols(sock):
             if pr.proto == "BGP" and not pr.name.startswith("node_"):
-                out[(sp.ns, pr.name)] = pr.established
+                out[(ns, pr.name)] = pr.established
     return out
 
 
@@ -91,12 +93,18 @@ def test_underlay_routes_across_racks_and_tears_down(
 ) -> None:
     lab: Lab = lab_factory(topology, placement)  # type: ignore[operator]
     procs = list(lab.state.processes)
-    assert {p.role for p in procs} == {"etcd", "bird"}
+    roles = {"etcd", "bird"} | ({"reflector"} if topology == "rr" else set())
+    assert {p.role for p in procs} == roles
     assert len(_our_namespaces()) == len(lab.plan.namespaces)
 
     expected = {("router", "tor1"), ("router", "tor2"), ("r1-tor", "spine"), ("r2-tor", "spine")}
     if topology == "rr":
-        expected |= {("rr1", "rr2"), ("rr2", "rr1")}
+        # the meshroute reflectors found each other in etcd by their cluster id
+        rr1, rr2 = lab.plan.reflectors
+        expected |= {
+            ("rr1", f"rr_{rr2.ip.replace('.', '_')}"),
+            ("rr2", f"rr_{rr1.ip.replace('.', '_')}"),
+        }
     _wait(lambda: all(_fabric_sessions(lab).get(k) for k in expected), 15, "fabric sessions")
     assert set(_fabric_sessions(lab)) == expected
 

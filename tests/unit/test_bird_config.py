@@ -78,7 +78,6 @@ CASES = {
     "tor-r1-tor": _plan_config("tor", "r1-tor"),
     "tor-router": _plan_config("tor", "router"),
     "mesh-r2-tor": _plan_config("mesh", "r2-tor"),
-    "rr-rr1": _plan_config("rr", "rr1"),
 }
 
 

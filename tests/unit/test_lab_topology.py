@@ -142,20 +142,21 @@ def test_tor_topology_peers_each_node_with_its_own_tor() -> None:
 @pytest.mark.parametrize("racks", [1, 2, 3])
 def test_rr_topology_has_a_reflector_pair_with_one_cluster_id(racks: int) -> None:
     plan = plan_lab(LabParams(topology="rr", racks=racks))
-    rrs = [s for s in plan.speakers if s.role == "reflector"]
+    # meshroute reflectors, not hand-written BIRD reflectors
+    assert not [s for s in plan.speakers if s.role == "reflector"]
+    rrs = plan.reflectors
     assert len(rrs) == 2
-    assert {s.bird.rr_cluster_id for s in rrs} == {RR_CLUSTER_ID}
-    assert rrs[0].bird.router_id != rrs[1].bird.router_id
-    for s in rrs:
-        clients = [nb for nb in s.bird.neighbors if nb.rr_client]
-        assert {nb.address for nb in clients} == {n.ip for n in plan.nodes}
-        assert all(nb.peer_as == CLUSTER_AS for nb in s.bird.neighbors)
-        assert not s.bird.kernel_export_bgp  # a reflector forwards nothing
+    assert {r.cluster_id for r in rrs} == {RR_CLUSTER_ID}
+    assert rrs[0].ip != rrs[1].ip and rrs[0].socket_path != rrs[1].socket_path
+    assert {r.ns for r in rrs} <= {n.label for n in plan.namespaces}
     docs = [x.resource for x in parse_documents(plan.resources_yaml, "y")]
-    peers = [d for d in docs if isinstance(d, BGPPeerResource)]
-    assert {str(p.spec.peer_ip) for p in peers} == {s.bird.router_id for s in rrs}
+    (peer,) = [d for d in docs if isinstance(d, BGPPeerResource)]
+    # every node peers with whatever registers as a reflector
+    assert peer.spec.peer_selector == "route-reflector == 'true'"
+    assert peer.spec.node_selector == "!has(route-reflector)"
     conf = next(d for d in docs if isinstance(d, BGPConfigurationResource))
     assert conf.spec.node_to_node_mesh_enabled is False
+    assert conf.spec.as_number == CLUSTER_AS
 
 
 def test_mesh_topology_leaves_bgp_to_the_nodes() -> None:
