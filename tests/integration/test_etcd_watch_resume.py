@@ -9,10 +9,20 @@ from pathlib import Path
 import pytest
 
 from ipam.etcd_store import EtcdStore
-from ipam.store import Put
+from ipam.store import Put, StoreError
 from tests.harness.etcd import start_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
+
+
+async def write_when_back(store: EtcdStore) -> int:
+    """etcd's /health can answer before its gRPC port takes connections."""
+    for _ in range(100):
+        try:
+            return await store.txn([], [Put(b"/w/b", b"2")])
+        except StoreError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("etcd did not come back")
 
 
 async def test_watch_resumes_after_etcd_restart(tmp_path: Path) -> None:
@@ -34,7 +44,7 @@ async def test_watch_resumes_after_etcd_restart(tmp_path: Path) -> None:
         etcd.wait_healthy()
         await writer.close()
         writer = EtcdStore([etcd.endpoint])
-        r2 = await writer.txn([], [Put(b"/w/b", b"2")])
+        r2 = await write_when_back(writer)
         got = await asyncio.wait_for(nxt, 15)
         while got < r2:  # a resume tick may come first; the change follows
             got = await asyncio.wait_for(anext(stream), 15)
