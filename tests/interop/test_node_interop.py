@@ -18,9 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ from typing import Any
 import pytest
 import yaml
 from netaddr import IPNetwork
-from prometheus_client.parser import text_string_to_metric_families
 
 from bgpd.policy import RejectReason
 from ipam.cni_install import install_plugin
@@ -42,11 +39,9 @@ from tests.harness.bgp_peers import (
 )
 from tests.harness.etcd import EtcdCluster
 from tests.harness.netns import Netns, NetnsFactory, veth
-from tests.harness.ports import free_ports
+from tests.harness.node import REPO, Metrics, NodeUnderTest, add_pod, node_in, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
-BRIDGE = "/usr/lib/cni/bridge"
 NODE_IP, PEER_IP = "192.0.2.11", "192.0.2.21"
 NODE_AS, PEER_AS = 64512, 65020
 PEER_BLOCK = "10.244.200.0/26"  # in the pool, claimed by nobody: the peer's own
@@ -57,16 +52,6 @@ kind: IPPool
 metadata: {name: pods}
 spec: {cidr: 10.244.0.0/16, blockSize: 26}
 """
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def bgp_peer(password: str | None = None) -> str:
@@ -98,17 +83,21 @@ def bird_spec(
 class Rig:
     """One node in ``node_ns`` and an empty peer namespace beside it."""
 
-    node_ns: Netns
+    node: NodeUnderTest
     peer_ns: Netns
     netns: NetnsFactory
     tmp: Path
     env: dict[str, str]
-    http: str
-    socket: str
-    work: Path
     cni_bin: Path
-    proc: subprocess.Popen[bytes] | None = None
     pods: list[tuple[Netns, str]] = field(default_factory=list)
+
+    @property
+    def node_ns(self) -> Netns:
+        return self.node.ns
+
+    @property
+    def work(self) -> Path:
+        return self.node.work
 
     def apply(self, text: str) -> None:
         p = subprocess.run(
@@ -122,35 +111,18 @@ class Rig:
         )
         assert p.returncode == 0, p.stderr
 
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=2) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except OSError:
-            return 0, b""
-
     def peer_status(self) -> dict[str, Any]:
-        code, body = self.get("/status")
-        if code != 200:
-            return {}
-        peers = [p for p in json.loads(body)["peers"] if p["peer"] == PEER_IP]
+        peers = [p for p in self.node.status().get("peers", []) if p["peer"] == PEER_IP]
         return peers[0] if peers else {}
 
     def established(self) -> bool:
         return self.peer_status().get("state") == "established"
 
-    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        text = self.get("/metrics")[1].decode()
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        }
+    def metrics(self) -> Metrics:
+        return self.node.metrics()
 
     def routes(self, *extra: str) -> list[dict[str, Any]]:
-        return json.loads(self.node_ns.ip("-j", "route", "show", "proto", "213", *extra) or "[]")
+        return self.node.routes(*extra)
 
     def via_peer(self) -> set[str]:
         return {r["dst"] for r in self.routes() if r.get("gateway") == PEER_IP}
@@ -159,36 +131,10 @@ class Rig:
         return json.loads(self.node_ns.ip("-j", "route", "show", "exact", dst) or "[]")
 
     def pod(self) -> tuple[Netns, str, str]:
-        """A pod behind the node (bridge plugin, meshroute IPAM), its address
-        and the block the node claimed for it (with ``l2Segment`` the block is
-        the bridge's connected subnet, so no blackhole marks it)."""
-        pod = self.netns.new(f"pod{len(self.pods)}")
-        conf = {
-            "cniVersion": "1.0.0",
-            "name": "pods",
-            "type": "bridge",
-            "bridge": "cni0",
-            "isGateway": True,
-            "ipam": {"type": "meshroute-cni-ipam", "socket": self.socket},
-        }
-        env = {
-            "PATH": os.environ["PATH"],
-            "CNI_COMMAND": "ADD",
-            "CNI_CONTAINERID": pod.name,
-            "CNI_NETNS": f"/var/run/netns/{pod.name}",
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": f"{self.cni_bin}:/usr/lib/cni",
-        }
-        p = subprocess.run(
-            ["ip", "netns", "exec", self.node_ns.name, BRIDGE],
-            input=json.dumps(conf),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert p.returncode == 0, p.stdout + p.stderr
-        ip = json.loads(p.stdout)["ips"][0]["address"].split("/")[0]
+        """A pod behind the node, its address and the block the node claimed
+        for it (with ``l2Segment`` the block is the bridge's connected
+        subnet, so no blackhole marks it)."""
+        pod, ip = add_pod(self.node, self.netns, self.cni_bin, f"pod{len(self.pods)}")
         self.pods.append((pod, ip))
         return pod, ip, str(IPNetwork(f"{ip}/26").cidr)
 
@@ -203,54 +149,18 @@ def rig(
     node_ns.ip("addr", "add", f"{NODE_IP}/24", "dev", "eth0")
     peer_ns.ip("addr", "add", f"{PEER_IP}/24", "dev", "eth0")
     node_ns.sh("sysctl -qw net.ipv4.ip_forward=1")
-    work = tmp_path / "node"
-    work.mkdir()
-    config = {
-        "nodeName": "node-a",
-        "ipv4": f"{NODE_IP}/24",
-        "netns": node_ns.name,
-        "etcd": {"endpoints": [etcd_server.endpoint], "prefix": etcd_prefix},
-        "ipam": {"socket": str(work / "ipam.sock"), "l2Segment": True},
-        "bgp": {"workDir": str(work / "bgp"), "gracefulRestartSeconds": 120},
-        "http": {"listen": f"127.0.0.1:{free_ports(1)[0]}"},
-    }
-    (work / "node.yaml").write_text(yaml.safe_dump(config))
+    node = node_in(node_ns, "node-a", NODE_IP, 24, etcd_server, etcd_prefix, tmp_path / "node")
     cni_bin = tmp_path / "cni-bin"
     install_plugin(cni_bin)
-    r = Rig(
-        node_ns,
-        peer_ns,
-        netns,
-        tmp_path,
-        env,
-        config["http"]["listen"],  # type: ignore[index]
-        config["ipam"]["socket"],  # type: ignore[index]
-        work,
-        cni_bin,
-    )
+    r = Rig(node, peer_ns, netns, tmp_path, env, cni_bin)
     r.apply(POOL)
-    log = tmp_path / "node.log"
-    with open(log, "ab") as out:
-        r.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshroute.cli", "node", "--config", str(work / "node.yaml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    node.start()
     try:
-        wait_for("node ready", lambda: r.get("/readiness")[0] == 200, 30)
+        node.wait_ready(30)
         yield r
     finally:
-        if r.proc.poll() is None:
-            r.proc.terminate()
-            try:
-                r.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
-        for f in (log, work / "bgp" / "exabgp.log"):
-            if f.exists():
-                sys.stderr.write(f"--- {f} (tail) ---\n{f.read_text()[-3000:]}\n")
+        node.stop()
+        sys.stderr.write(node.logs() + "\n")
 
 
 def established_count(r: Rig) -> float:
