@@ -116,6 +116,12 @@ def still_ours(rec: ProcessRecord) -> bool:
     if start_time(rec.pid) != rec.start_time:
         return False
     line = cmdline(rec.pid)
+    for _ in range(20):
+        # /proc/PID/cmdline reads empty for a moment around an exec.
+        if line != ():
+            break
+        time.sleep(0.005)
+        line = cmdline(rec.pid)
     if line is None:
         return False
     return line == rec.argv or line[4:] == rec.argv or line[:1] == ("ip",)
