@@ -69,6 +69,7 @@ from felix_lite.model import (
     NextHop,
     RouteKind,
     VxlanDevice,
+    prefix_text,
 )
 
 IPIP_OVERHEAD = 20  # outer IPv4 header
@@ -222,17 +223,26 @@ def plan_route(
     vteps: dict[IPAddress, RemoteVtep],
     mtus: dict[RouteKind, int],
     own_addresses: frozenset[IPAddress],
+    hop_cache: dict[tuple[IPAddress, int], PlannedHop | str] | None = None,
 ) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
+    """``hop_cache`` remembers each (next hop, pool) decision across the
+    routes of one plan: a table of 100k prefixes has a handful of next hops."""
     pool = decide_pool(best.prefix, inp.pools)
     hops: list[PlannedHop] = []
     problems: list[Unroutable] = []
-    for nh in sorted(set(best.nexthops)):
+    nexthop_set = best.nexthops if len(best.nexthops) == 1 else sorted(set(best.nexthops))
+    for nh in nexthop_set:
         if nh in own_addresses:
             problems.append(Unroutable(best.prefix, nh, "next hop is this host"))
             continue
-        connected = decide_connected(nh, inp.interfaces)
-        kind = decide_encap(pool, connected is not None)
-        hop = plan_nexthop(nh, kind, connected, inp, vteps)
+        key = (nh, id(pool))  # pools are the same objects throughout one plan
+        hop = hop_cache.get(key) if hop_cache is not None else None
+        if hop is None:
+            connected = decide_connected(nh, inp.interfaces)
+            kind = decide_encap(pool, connected is not None)
+            hop = plan_nexthop(nh, kind, connected, inp, vteps)
+            if hop_cache is not None:
+                hop_cache[key] = hop
         if isinstance(hop, str):
             problems.append(Unroutable(best.prefix, nh, hop))
         else:
@@ -241,6 +251,9 @@ def plan_route(
         if not best.nexthops:
             problems.append(Unroutable(best.prefix, None, "no next hop"))
         return None, [], problems
+    if len(hops) == 1:
+        only = hops[0]
+        return _route(best.prefix, only.kind, (only.nexthop,), mtus, inp.table), hops, problems
     kind = min((h.kind for h in hops), key=_KIND_RANK.index)
     for h in hops:
         if h.kind is not kind:
@@ -253,14 +266,19 @@ def plan_route(
             )
     hops = [h for h in hops if h.kind is kind]
     nexthops = tuple(sorted({h.nexthop for h in hops}))
-    route = KernelRoute(
-        dst=best.prefix.cidr,
-        kind=kind,
-        nexthops=nexthops,
-        mtu=mtus.get(kind),
-        table=inp.table,
-    )
-    return route, hops, problems
+    return _route(best.prefix, kind, nexthops, mtus, inp.table), hops, problems
+
+
+def _route(
+    prefix: IPNetwork,
+    kind: RouteKind,
+    nexthops: tuple[NextHop, ...],
+    mtus: dict[RouteKind, int],
+    table: int,
+) -> KernelRoute:
+    # .cidr builds a new network; most prefixes already have no host bits.
+    dst = prefix if prefix.value == prefix.first else prefix.cidr
+    return KernelRoute(dst=dst, kind=kind, nexthops=nexthops, mtu=mtus.get(kind), table=table)
 
 
 def plan_blackholes(own_blocks: Iterable[IPNetwork], table: int) -> list[KernelRoute]:
@@ -296,6 +314,11 @@ def plan_devices(
 # --- the whole plan ----------------------------------------------------------
 
 
+def _route_order(b: BestRoute) -> tuple[int, int, int]:
+    """A stable order of best routes that costs no netaddr object."""
+    return (b.prefix.version, b.prefix.value, b.prefix.prefixlen)
+
+
 def plan_kernel(inp: PlanInput) -> PlanResult:
     main = decide_main_interface(inp)
     underlay_mtu = main.mtu if main is not None else _DEFAULT_MTU
@@ -305,28 +328,33 @@ def plan_kernel(inp: PlanInput) -> PlanResult:
     }
     vteps = {v.node_ip: v for v in inp.vteps}
     own_addresses = frozenset(a.ip for i in inp.interfaces for a in i.addresses)
-    own_blocks = {b.cidr for b in inp.own_blocks}
-
-    routes: dict[IPNetwork, KernelRoute] = {
-        r.dst: r for r in plan_blackholes(inp.own_blocks, inp.table)
+    # Routes are keyed by their prefix text (KernelRoute.key), which each
+    # route computes once: hashing netaddr objects dominated 100k-route plans.
+    routes: dict[str, KernelRoute] = {
+        r.key[1]: r for r in plan_blackholes(inp.own_blocks, inp.table)
     }
+    own_blocks = set(routes)
     neighbors: set[NeighborEntry] = set()
     fdb: set[FdbEntry] = set()
     unroutable: list[Unroutable] = []
-    for best in sorted(inp.routes, key=lambda b: (b.prefix.version, b.prefix)):
-        if best.prefix.cidr in own_blocks:
+    hop_cache: dict[tuple[IPAddress, int], PlannedHop | str] = {}
+    for best in sorted(inp.routes, key=_route_order):
+        if own_blocks and prefix_text(best.prefix) in own_blocks:
             # Our own block: the blackhole (plus the pods' /32s) is the truth.
             continue
-        route, hops, problems = plan_route(best, inp, vteps, mtus, own_addresses)
+        route, hops, problems = plan_route(best, inp, vteps, mtus, own_addresses, hop_cache)
         unroutable.extend(problems)
         if route is None:
             continue
-        if route.dst in routes:
+        if route.key[1] in routes:
             unroutable.append(Unroutable(best.prefix, None, "prefix given twice; first kept"))
             continue
-        routes[route.dst] = route
-        neighbors.update(h.neighbor for h in hops if h.neighbor is not None)
-        fdb.update(h.fdb for h in hops if h.fdb is not None)
+        routes[route.key[1]] = route
+        for h in hops:
+            if h.neighbor is not None:
+                neighbors.add(h.neighbor)
+            if h.fdb is not None:
+                fdb.add(h.fdb)
 
     ipip, vxlan = plan_devices(inp, main, mtus)
     state = KernelState(
