@@ -61,7 +61,7 @@ from meshroute.node.bgp_plan import (
     plan_import_context,
     to_felix_routes,
 )
-from meshroute.node.http import Endpoints, Health, serve_http
+from meshroute.node.http import Endpoints, Health, decide_readiness, serve_http
 from meshroute.node.metrics import NodeCollector, render_metrics
 from meshroute.node.plan import (
     decide_encap_in_use,
@@ -82,7 +82,6 @@ LEASE_TTL_S = 30
 # desired state is held back until every peer has sent End-of-RIB (or this
 # long), so a route is never withdrawn just because BGP has not re-learned it.
 BGP_SYNC_TIMEOUT_S = 30.0
-STARTUP_GRACE_S = 60.0  # readiness wants every peer up this long after start, then one
 DEBOUNCE_S = 0.02
 
 
@@ -452,18 +451,8 @@ class NodeProcess:
         return Health(not dead, f"stopped: {', '.join(dead)}" if dead else "alive")
 
     def readiness(self) -> Health:
-        if not self.ready:
-            return Health(False, "starting: kernel routes not yet converged")
-        if not self.peers:
-            return Health(True, "ready (no BGP peers configured)")
         up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
-        if time.monotonic() - self.started < STARTUP_GRACE_S:
-            missing = sorted(set(self.peers) - set(up))
-            if missing:
-                return Health(False, f"waiting for peers: {', '.join(map(str, missing))}")
-        elif not up:
-            return Health(False, "no BGP peer is established")
-        return Health(True, f"ready: {len(up)}/{len(self.peers)} BGP peers established")
+        return decide_readiness(self.ready, self.peers, up, time.monotonic() - self.started)
 
     def status(self) -> dict[str, Any]:
         peers = []

@@ -6,7 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-from meshroute.node.http import Endpoints, Health, route
+from netaddr import IPAddress
+
+from meshroute.node.http import Endpoints, Health, decide_readiness, route
 from meshroute.node.systemd import Notifier
 
 
@@ -45,3 +47,15 @@ def test_http_routes() -> None:
     assert route(ep, "GET", "/status?x=1").endswith(b'{"peers": []}')
     assert route(ep, "POST", "/liveness").startswith(b"HTTP/1.0 405")
     assert route(ep, "GET", "/nope").startswith(b"HTTP/1.0 404")
+
+
+def test_readiness_rule() -> None:
+    a, b = IPAddress("192.0.2.1"), IPAddress("192.0.2.2")
+    assert not decide_readiness(False, [a], [a], 5).ok
+    assert decide_readiness(True, [], [], 5).ok
+    early = decide_readiness(True, [a, b], [a], 5)
+    assert not early.ok and "192.0.2.2" in early.reason
+    assert decide_readiness(True, [a, b], [a, b], 5).ok
+    assert decide_readiness(True, [a, b], [a], 120).ok  # later: one is enough
+    assert not decide_readiness(True, [a, b], [], 120).ok
+    assert not decide_readiness(True, [a], [b], 120).ok  # b is not a configured peer
