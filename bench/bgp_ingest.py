@@ -61,19 +61,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from netaddr import IPAddress
 
 from meshroute.lab.etcd import start_etcd
 from meshroute.lab.netns import Netns, NetnsFactory
-from meshroute.lab.ports import free_ports
+from tests.harness.node import NodeUnderTest, node_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_PROTO = 213
@@ -182,16 +180,6 @@ class Bird:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def wait_for(what: str, pred: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def kernel_count(ns: Netns, proto: str) -> int:
@@ -310,46 +298,24 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-class NodeRun:
-    """One ``meshroute node`` process with a fresh work dir."""
+class NodeRun(NodeUnderTest):
+    """One ``meshroute node`` process with a fresh work dir (routed mode)."""
 
-    def __init__(self, ns: Netns, work: Path, etcd: str, prefix: str) -> None:
-        work.mkdir(parents=True)
-        self.work = work
-        (port,) = free_ports(1)
-        self.http = f"127.0.0.1:{port}"
-        config = {
-            "nodeName": "bench-node",
-            "ipv4": f"{NODE_ADDR}/24",
-            "netns": ns.name,
-            "etcd": {"endpoints": [etcd], "prefix": prefix},
-            "ipam": {"socket": str(work / "ipam.sock")},
-            "bgp": {"workDir": str(work / "bgp")},
-            "http": {"listen": self.http},
-        }
-        (work / "node.yaml").write_text(yaml.safe_dump(config))
-        with open(work / "node.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "meshroute.cli",
-                    "node",
-                    "--config",
-                    str(work / "node.yaml"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        self.ns = ns
-
-    def status(self) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}/status", timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except OSError:
-            return {}
+    @classmethod
+    def start_in(cls, ns: Netns, work: Path, etcd: str, prefix: str) -> NodeRun:
+        n = node_in(
+            ns,
+            "bench-node",
+            NODE_ADDR,
+            24,
+            etcd,
+            prefix,
+            work,
+            ipam={"socket": str(work / "ipam.sock")},
+        )
+        run = cls(n.name, n.ns, n.address, n.work, n.http, n.socket)
+        run.start()
+        return run
 
     def listening(self) -> bool:
         out = self.ns.sh("ss -Hltn 'sport = :179'", check=False)
@@ -357,8 +323,9 @@ class NodeRun:
 
     def wait_started(self) -> None:
         def up() -> bool:
+            assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited: {(self.work / 'node.log').read_text()[-2000:]}")
+                raise RuntimeError(f"node exited: {self.logs()}")
             return any(p["peer"] == FEED_NODE for p in self.status().get("peers", ()))
 
         wait_for("the node's peer configuration", up, 60)
@@ -368,32 +335,23 @@ class NodeRun:
         peers = self.status().get("peers", ())
         return sum(int(p.get("accepted", 0)) for p in peers if p["peer"] == FEED_NODE)
 
-    def exabgp_pid(self) -> int:
-        return int((self.work / "bgp" / "exabgp.pid").read_text().split()[0])
-
     def pids(self) -> dict[str, Callable[[], list[int]]]:
+        assert self.proc is not None
+        pid = self.proc.pid
         return {
-            "node": lambda: [self.proc.pid],
+            "node": lambda: [pid],
             "exabgp": lambda: [self.exabgp_pid()],
             "relay": lambda: descendants(self.exabgp_pid()),
         }
 
     def rss(self) -> dict[str, float]:
+        assert self.proc is not None
         exa = self.exabgp_pid()
         return {
             "node": rss_mb(self.proc.pid),
             "exabgp": rss_mb(exa),
             "exabgp_children": sum(rss_mb(p) for p in descendants(exa)),
         }
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def nan_if_none(x: float | None) -> float:
@@ -479,12 +437,12 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     receiver.stop()
                     recv.ip("route", "flush", "proto", BIRD_PROTO, check=False)
 
-                node = NodeRun(node_ns, work / f"node{i}", etcd.endpoint, "/bench")
+                node = NodeRun.start_in(node_ns, work / f"node{i}", etcd.endpoint, "/bench")
                 spy = None
                 try:
                     node.wait_started()
                     time.sleep(1)  # let the start-up work settle before the clock starts
-                    if profile:
+                    if profile and node.proc is not None:
                         spy = subprocess.Popen(
                             [
                                 str(Path(sys.executable).parent / "py-spy"),

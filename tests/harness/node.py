@@ -111,6 +111,10 @@ class NodeUnderTest:
         """The routes this node owns (proto 213) in its namespace."""
         return json.loads(self.ns.ip("-j", "route", "show", "proto", "213", *extra) or "[]")
 
+    def exabgp_pid(self) -> int:
+        """The ExaBGP the node's speaker runs now (it records the PID)."""
+        return int((self.bgp_dir / "exabgp.pid").read_text().split()[0])
+
     def logs(self) -> str:
         out = []
         for f in (self.work / "node.log", self.bgp_dir / "exabgp.log"):
@@ -124,19 +128,21 @@ def node_in(
     name: str,
     address: str,
     prefixlen: int,
-    etcd: EtcdCluster,
+    etcd: EtcdCluster | str,
     etcd_prefix: str,
     work: Path,
     **extra: Any,
 ) -> NodeUnderTest:
-    """Write the node.yaml of a node whose network lives in ``ns``."""
+    """Write the node.yaml of a node whose network lives in ``ns``; ``extra``
+    replaces top-level sections."""
+    endpoint = etcd if isinstance(etcd, str) else etcd.endpoint
     work.mkdir(parents=True, exist_ok=True)
     http = f"127.0.0.1:{free_ports(1)[0]}"
     config: dict[str, Any] = {
         "nodeName": name,
         "ipv4": f"{address}/{prefixlen}",
         "netns": ns.name,
-        "etcd": {"endpoints": [etcd.endpoint], "prefix": etcd_prefix},
+        "etcd": {"endpoints": [endpoint], "prefix": etcd_prefix},
         "ipam": {"socket": str(work / "ipam.sock"), "l2Segment": True},
         "bgp": {"workDir": str(work / "bgp"), "gracefulRestartSeconds": 120},
         "http": {"listen": http},
