@@ -25,7 +25,7 @@ class BirdSection(_Section):
     work_dir: str = Field(default="/run/meshroute/reflector", alias="workDir")
     # BIRD waits 5 s before connecting and 60-300 s after an error by default;
     # a reflector whose clients restart wants them back within seconds
-    connect_delay_seconds: int = Field(default=1, ge=1, le=3600, alias="connectDelaySeconds")
+    connect_delay_seconds: int = Field(default=1, ge=0, le=3600, alias="connectDelaySeconds")
     connect_retry_seconds: int = Field(default=5, ge=1, le=3600, alias="connectRetrySeconds")
     error_wait_seconds: tuple[int, int] = Field(default=(2, 30), alias="errorWaitSeconds")
 

@@ -22,6 +22,11 @@ class Client:
     name: str  # letters, digits, _
     address: str
     prefixes: tuple[str, ...]
+    passive: bool = False  # wait for the reflector to connect
+    # its own interface (macvlan): BIRD runs one session per neighbour
+    # address and interface at a time, so many clients of one reflector in
+    # one BIRD need one interface each
+    interface: str | None = None
 
 
 def clients_conf(
@@ -31,8 +36,17 @@ def clients_conf(
     *,
     kernel: bool = False,
     disabled: bool = False,
+    connect_delay: int = 1,
+    direct: bool = True,
 ) -> str:
+    """``direct``: single-hop sessions (the next hop is on the interface);
+    BIRD only finds the interface by a primary address, so with many
+    addresses on one interface (benchmark) use multihop sessions whose next
+    hops resolve through master4's connected routes."""
     lines = [f"router id {clients[0].address};", "protocol device {}"]
+    shared = any(c.interface for c in clients)
+    if not direct or shared:
+        lines.append('protocol direct { ipv4; interface "*"; }')
     for c in clients:
         t = f"t_{c.name}"
         lines.append(f"ipv4 table {t};")
@@ -52,14 +66,21 @@ def clients_conf(
                 f"  router id {c.address};",
                 f"  local {c.address} as {asn};",
                 f"  neighbor {rr} as {asn};",
-                "  strict bind on;",
-                "  direct;",
-                "  connect delay time 1;",
+                "  strict bind on;" if direct and not c.interface else "",
+                f'  interface "{c.interface}";' if c.interface else "",
+                "  direct;" if direct else "  multihop;",
+                f"  connect delay time {connect_delay};",
+                *(["  passive on;"] if c.passive else []),
                 "  connect retry time 1;",
                 "  error wait time 1, 3;",
                 "  graceful restart on;",
                 *(["  disabled;"] if disabled else []),
-                f"  ipv4 {{ table {t}; import all; export all; }};",
+                # clients sharing a namespace: the others' next hops are local
+                # addresses, which a direct gateway refuses; resolve them instead
+                f"  ipv4 {{ table {t};"
+                f"{' gateway recursive;' if c.interface else ''}"
+                f"{' igp table master4;' if c.interface or not direct else ''}"
+                " import all; export all; };",
                 "}",
             ]
     return "\n".join(lines) + "\n"
@@ -72,6 +93,9 @@ class BirdClients:
         self.sock = workdir / "bird.ctl"
         self.conf = workdir / "bird.conf"
         self.conf.write_text(conf)
+        check = subprocess.run(["bird", "-p", "-c", str(self.conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"client BIRD config refused: {check.stderr.strip()}")
         with open(workdir / "bird.out", "wb") as out:
             self.proc = ns.popen(
                 ["bird", "-f", "-c", str(self.conf), "-s", str(self.sock)],
