@@ -97,7 +97,9 @@ def plan_sessions(
                 passive=my_addr > addr,
             )
             continue
-        for p in plan_peers(other, everyone, config, peers):
+        # Only sessions to my address matter, and those depend on my record
+        # alone: plan with the two of us (O(nodes), not O(nodes^2)).
+        for p in plan_peers(other, {other.name: other, me.name: me}, config, peers):
             if p.address != my_addr:
                 continue
             out[addr] = ReflectorSession(
