@@ -82,6 +82,10 @@ LEASE_TTL_S = 30
 # desired state is held back until every peer has sent End-of-RIB (or this
 # long), so a route is never withdrawn just because BGP has not re-learned it.
 BGP_SYNC_TIMEOUT_S = 30.0
+# A peer whose session was closed for sending more than its max-prefix stays
+# out of ExaBGP's configuration this long, then is tried again (as BIRD's
+# "import limit ... action restart").
+MAX_PREFIX_HOLD_DOWN_S = 60.0
 DEBOUNCE_S = 0.02
 
 
@@ -123,6 +127,7 @@ class NodeProcess:
         self._bgp_synced = asyncio.Event()
         self._eor_from: set[IPAddress] = set()
         self._gr_timers: dict[IPAddress, asyncio.TimerHandle] = {}
+        self._held_down: dict[IPAddress, asyncio.TimerHandle] = {}
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -316,7 +321,10 @@ class NodeProcess:
             timer = self._gr_timers.pop(gone, None)
             if timer is not None:
                 timer.cancel()
-        exa = plan_exabgp_config(self.config, self.local_as, view.bgp_config.listen_port, peers)
+        configured = [p for p in peers if p.address not in self._held_down]
+        exa = plan_exabgp_config(
+            self.config, self.local_as, view.bgp_config.listen_port, configured
+        )
         await self.speaker.apply_config(exa)
         announce = plan_announcements(view, self.config.node_name)
         self.speaker.set_desired(plan_bgp_announcements(announce, view.bgp_config.communities))
@@ -348,7 +356,7 @@ class NodeProcess:
             for prefix, reason in res.rejected:  # counted by the RIB
                 log.info("rejected %s from %s: %s", prefix, e.peer, reason.value)
             if res.close_session:
-                log.warning("peer %s exceeded max-prefix %s", e.peer, plan.max_prefix)
+                self._hold_down(e.peer, plan.max_prefix)
             if res.changed:
                 self._felix_dirty.set()
         elif isinstance(e, StateEvent):
@@ -381,6 +389,8 @@ class NodeProcess:
         peer's paths, marked stale, for its restart time; its End-of-RIB
         after coming back sweeps what it did not re-announce, the timer
         sweeps everything if it does not come back."""
+        if peer in self._held_down:
+            return  # closed on purpose: its routes are already gone
         plan = self.peers.get(peer)
         gr = plan.graceful_restart_time if plan is not None else 0
         changed = self.rib.peer_down(peer, graceful=gr > 0)
@@ -390,6 +400,28 @@ class NodeProcess:
             )
         if changed:
             self._felix_dirty.set()
+
+    def _hold_down(self, peer: IPAddress, limit: int | None) -> None:
+        """Close the session of a peer over its max-prefix: drop its routes
+        now (a deliberate close, not a restart: no graceful stale) and leave
+        it out of ExaBGP's configuration for the hold-down."""
+        if peer in self._held_down:
+            return
+        log.warning(
+            "peer %s sent more than its max-prefix %s: closing the session for %.0f s",
+            peer,
+            limit,
+            MAX_PREFIX_HOLD_DOWN_S,
+        )
+        if self.rib.peer_down(peer, graceful=False):
+            self._felix_dirty.set()
+        loop = asyncio.get_running_loop()
+        self._held_down[peer] = loop.call_later(MAX_PREFIX_HOLD_DOWN_S, self._release, peer)
+        self._view_dirty.set()  # re-plan ExaBGP's peers without it
+
+    def _release(self, peer: IPAddress) -> None:
+        self._held_down.pop(peer, None)
+        self._view_dirty.set()
 
     def _gr_expired(self, peer: IPAddress) -> None:
         self._gr_timers.pop(peer, None)
@@ -467,6 +499,7 @@ class NodeProcess:
                     "accepted": self.rib.accepted_count(addr),
                     "received": self.received.get(addr, 0),
                     "rejected": self.rib.rejects.for_peer(addr),
+                    "heldDown": addr in self._held_down,
                 }
             )
         return {

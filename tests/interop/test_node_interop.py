@@ -54,8 +54,8 @@ spec: {cidr: 10.244.0.0/16, blockSize: 26}
 """
 
 
-def bgp_peer(password: str | None = None) -> str:
-    spec: dict[str, Any] = {"peerIP": PEER_IP, "asNumber": PEER_AS}
+def bgp_peer(password: str | None = None, **more: Any) -> str:
+    spec: dict[str, Any] = {"peerIP": PEER_IP, "asNumber": PEER_AS, **more}
     if password is not None:
         spec["password"] = password
     doc = {
@@ -240,6 +240,34 @@ def test_import_policy_refuses_foreign_default_and_own_block(rig: Rig) -> None:
             )
             assert metrics.get(key) == 1, (reason, sorted(k for k in metrics if "rejected" in k[0]))
         assert metrics[("meshroute_bgp_prefixes_accepted", frozenset({("peer", PEER_IP)}))] == 1
+    finally:
+        bird.stop()
+
+
+@pytest.mark.parametrize("action", ["drop", "close"])
+def test_max_prefix_drops_the_excess_or_closes_the_session(rig: Rig, action: str) -> None:
+    blocks = ("10.244.200.0/26", "10.244.201.0/26", "10.244.202.0/26")
+    rig.apply(bgp_peer(maxPrefix=2, maxPrefixAction=action))
+    bird = start_bird(rig.peer_ns, rig.tmp / "bird", bird_spec(static=blocks))
+    try:
+        if action == "drop":
+            bird.wait_established("node", 20)
+            wait_for("the node receives all three", lambda: rig.peer_status().get("received") == 3)
+            wait_for("two installed", lambda: len(rig.via_peer()) == 2, 10)
+            time.sleep(1)
+            assert rig.established() and len(rig.via_peer()) == 2
+            key = (
+                "meshroute_bgp_prefixes_rejected_total",
+                frozenset({("peer", PEER_IP), ("reason", RejectReason.MAX_PREFIX.value)}),
+            )
+            assert rig.metrics().get(key) == 1
+        else:  # the session may close before anyone sees it established
+            wait_for("the session closed", lambda: rig.peer_status().get("heldDown"), 20)
+            assert rig.peer_status()["received"] >= 3
+            wait_for("not established", lambda: not rig.established(), 10)
+            assert rig.via_peer() == set()
+            time.sleep(3)  # held down: ExaBGP does not reconnect it
+            assert not rig.established() and not bird.established("node")
     finally:
         bird.stop()
 
