@@ -77,6 +77,7 @@ class ReflectorProcess:
         self.refused = 0
         self.applied_at = 0.0
         self._applied_once = asyncio.Event()
+        self._configure_pending = False
         self._dirty = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
 
@@ -137,8 +138,12 @@ class ReflectorProcess:
             return False
         self.local_as = local_as
         self.sessions = sessions
-        if changed and self.bird.running:
+        if self.bird.running and (changed or self._configure_pending):
+            # pending until BIRD confirms: a failed configure is retried by
+            # the next pass even though the file no longer changes
+            self._configure_pending = True
             await self.bird.configure()
+            self._configure_pending = False
             self.reloads += 1
             log.info("BIRD reconfigured: %d sessions", len(sessions))
         if self.config_error is not None:
