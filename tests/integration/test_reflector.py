@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -262,7 +264,7 @@ def test_bad_configuration_is_refused_and_bird_keeps_the_last_good_one(
     for name, body, message in bad:
         rig.put_raw_peer(name, body)
         wait_until(
-            lambda m=message: m in (rr.status()["configError"] or ""),  # type: ignore[misc]
+            lambda m=message: m in (rr.status()["configError"] or ""),
             10,
             f"refusal naming {message}",
         )
@@ -297,9 +299,6 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
     ping = ping_loss(ns1, "10.244.1.1", "10.244.2.1", 120)
     old_bird = rr1.bird_pid()
     assert old_bird is not None
-    import os
-    import signal
-
     os.kill(old_bird, signal.SIGKILL)
     wait_until(
         lambda: rr1.bird_pid() not in (None, old_bird) and all_established(rr1, 4),

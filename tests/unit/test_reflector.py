@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -243,8 +244,6 @@ def test_reflector_yaml_errors_name_file_and_field() -> None:
 
 
 def test_cli_refuses_a_bad_reflector_yaml(tmp_path: Path) -> None:
-    import sys
-
     p = tmp_path / "reflector.yaml"
     p.write_text("name: rr1\nipv4: 192.0.2.1/24\nclusterId: 244.0.0.1\nasNumber: 0\n")
     r = subprocess.run(
