@@ -14,12 +14,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from netaddr import IPAddress
 
 from bgpd.bird_config import BirdConfigError, render_bird
 from bgpd.bird_ctl import parse_reply, parse_show_protocols_all
 from bgpd.bird_supervisor import BirdConfigRejected, validate_config
 from meshroute.config import ConfigError
+from meshroute.peering import plan_peers
 from meshroute.reflector.config import parse_reflector_config
 from meshroute.reflector.plan import (
     CLIENT,
@@ -254,3 +257,52 @@ def test_cli_refuses_a_bad_reflector_yaml(tmp_path: Path) -> None:
     )
     assert r.returncode == 1
     assert f"{p}: asNumber: Input should be greater than or equal to 1" in r.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    racks=st.lists(st.sampled_from(["r1", "r2", "r3"]), min_size=1, max_size=8),
+    mesh=st.booleans(),
+    peer_specs=st.lists(
+        st.tuples(
+            st.sampled_from([None, "rack == 'r1'", "rack != 'r2'", "!has(route-reflector)"]),
+            st.sampled_from(["route-reflector == 'true'", "rack == 'r3'", "ip"]),
+            st.booleans(),
+        ),
+        max_size=3,
+    ),
+)
+def test_clients_equal_the_inversion_of_every_nodes_full_plan(
+    racks: list[str], mesh: bool, peer_specs: list[tuple[str | None, str, bool]]
+) -> None:
+    """Planning each node with just the two records finds exactly the
+    sessions the node's own full plan has towards this reflector."""
+    nodes = {n.name: n for n in (ME, rr("rr2", "192.0.2.2"))}
+    for i, rack in enumerate(racks):
+        nodes[f"n{i}"] = node(f"n{i}", f"192.0.2.{20 + i}", rack)
+    peers = {}
+    for i, (sel, target, passive) in enumerate(peer_specs):
+        body: dict[str, object] = {"passive": passive}
+        if sel is not None:
+            body["nodeSelector"] = sel
+        if target == "ip":
+            body.update(peerIP="192.0.2.1", asNumber=64512)
+        else:
+            body["peerSelector"] = target
+        peers[f"p{i}"] = BGPPeerSpec.model_validate(body)
+    cfg = BGPConfigurationSpec.model_validate({"nodeToNodeMeshEnabled": mesh})
+    got = {
+        s.node: (s.source, s.passive)
+        for s in plan_sessions(ME, nodes, cfg, peers)
+        # (a global BGPPeer may also select nodes as the reflector's own
+        # peers: one-sided, as in Calico; not clients)
+        if s.role == CLIENT
+    }
+    want = {}
+    for n in nodes.values():
+        if not n.name.startswith("n"):
+            continue
+        for p in plan_peers(n, nodes, cfg, peers):
+            if p.address == IPAddress("192.0.2.1"):
+                want[n.name] = (p.source, not p.passive)
+    assert got == want
