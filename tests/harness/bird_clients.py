@@ -27,6 +27,8 @@ class Client:
     # address and interface at a time, so many clients of one reflector in
     # one BIRD need one interface each
     interface: str | None = None
+    ttl_security: bool = False  # GTSM (RFC 5082), single hop
+    password: str | None = None
 
 
 def clients_conf(
@@ -71,6 +73,8 @@ def clients_conf(
                 "  direct;" if direct else "  multihop;",
                 f"  connect delay time {connect_delay};",
                 *(["  passive on;"] if c.passive else []),
+                *(["  ttl security on;"] if c.ttl_security else []),
+                *([f'  password "{c.password}";'] if c.password else []),
                 "  connect retry time 1;",
                 "  error wait time 1, 3;",
                 "  graceful restart on;",

@@ -13,8 +13,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,15 @@ class Rig:
 
 
 def start_rig(
-    etcd: EtcdCluster, prefix: str, netns: NetnsFactory, tmp: Path, *, reflectors: int, clients: int
+    etcd: EtcdCluster,
+    prefix: str,
+    netns: NetnsFactory,
+    tmp: Path,
+    *,
+    reflectors: int,
+    clients: int,
+    client_overrides: dict[str, dict[str, Any]] | None = None,
+    peers: dict[str, BGPPeerSpec] | None = None,
 ) -> Rig:
     def setup(s: EtcdStore, reg: Registry, bgp: BgpStore) -> Any:
         async def go() -> None:
@@ -98,6 +107,8 @@ def start_rig(
                 )
             )
             await bgp.apply_peer("to-reflectors", TO_REFLECTORS)
+            for name, spec in (peers or {}).items():
+                await bgp.apply_peer(name, spec)
 
         return go()
 
@@ -110,6 +121,7 @@ def start_rig(
         ns = lan.member(f"c{i}", addr)
         ns.ip("addr", "add", f"10.244.{i}.1/32", "dev", "lo")
         c = Client(f"c{i}", addr, (f"10.244.{i}.0/26",))
+        c = replace(c, **(client_overrides or {}).get(c.name, {}))
         conf = clients_conf([c], RR_ADDR[:reflectors], AS, kernel=True)
         rig.clients[c.name] = (ns, BirdClients(ns, tmp / c.name, conf), c)
     for k in range(reflectors):
@@ -125,9 +137,9 @@ def rig_factory(
 ) -> Iterator[Any]:
     made: list[Rig] = []
 
-    def make(reflectors: int, clients: int) -> Rig:
+    def make(reflectors: int, clients: int, **kw: Any) -> Rig:
         r = start_rig(
-            etcd_server, etcd_prefix, netns, tmp_path, reflectors=reflectors, clients=clients
+            etcd_server, etcd_prefix, netns, tmp_path, reflectors=reflectors, clients=clients, **kw
         )
         made.append(r)
         return r
@@ -325,3 +337,43 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
     assert "adopting BIRD" in rr1.log()
     assert {p: s["since"] for p, s in sessions_by_peer(rr2).items()} == since
     assert rig.all_routes_everywhere()
+
+
+def test_password_ttl_security_and_max_prefix_come_from_the_bgppeer(rig_factory: Any) -> None:
+    """c1's own BGPPeer (named after to-reflectors, so it wins for c1) asks
+    for TCP-MD5, GTSM and at most 2 prefixes, excess dropped: c1 (speaking
+    MD5 and GTSM itself) comes up, and only 2 of its 3 prefixes reach c2."""
+    c1_peer = BGPPeerSpec.model_validate(
+        {
+            "node": "c1",
+            "peerSelector": "route-reflector == 'true'",
+            "password": "s3cret md5",
+            "ttlSecurity": 1,
+            "maxPrefix": 2,
+            "maxPrefixAction": "drop",
+        }
+    )
+    three = ("10.244.1.0/26", "10.244.1.64/26", "10.244.1.128/26")
+    rig = rig_factory(
+        reflectors=1,
+        clients=2,
+        client_overrides={
+            "c1": {"prefixes": three, "password": "s3cret md5", "ttl_security": True}
+        },
+        peers={"zz-c1": c1_peer},
+    )
+    rr = rig.reflectors[0]
+    try:
+        wait_until(lambda: all_established(rr, 2), 30, "both sessions")
+        wait_until(lambda: rig.client(2).route_count("c2") >= 3, 15, "c2 has c1's routes")
+    except TimeoutError:
+        raise AssertionError(rr.log() + rr.birdc("show", "protocols", "all")) from None
+    conf = (rr.bird_dir / "bird.conf").read_text()
+    block = conf[conf.index("protocol bgp c_192_0_2_11") :].split("\n}\n")[0]
+    for line in ('password "s3cret md5";', "ttl security on;", "import limit 2 action block;"):
+        assert line in block, block
+    time.sleep(1)  # would a third route still arrive?
+    learned = rig.client(2).birdc("show", "route", "protocol", "c2_rr1")
+    assert sum(p in learned for p in three) == 2, learned
+    (c1,) = [s for s in rr.status()["sessions"] if s["node"] == "c1"]
+    assert c1["received"] == 2 and c1["state"] == "Established"
