@@ -24,8 +24,9 @@ class BirdSection(_Section):
     bird: str = "bird"
     work_dir: str = Field(default="/run/meshroute/reflector", alias="workDir")
     # BIRD waits 5 s before connecting and 60-300 s after an error by default;
-    # a reflector whose clients restart wants them back within seconds
-    connect_delay_seconds: int = Field(default=1, ge=0, le=3600, alias="connectDelaySeconds")
+    # a reflector whose clients restart wants them back within seconds (BIRD
+    # never connects sooner than 0.75-1 s after a protocol starts)
+    connect_delay_seconds: int = Field(default=1, ge=1, le=3600, alias="connectDelaySeconds")
     connect_retry_seconds: int = Field(default=5, ge=1, le=3600, alias="connectRetrySeconds")
     error_wait_seconds: tuple[int, int] = Field(default=(2, 30), alias="errorWaitSeconds")
 
