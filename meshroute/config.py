@@ -5,6 +5,7 @@ reported with the file and the field; passed explicitly, never global."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from netaddr import IPAddress
@@ -78,7 +79,12 @@ class NodeConfig(_Section):
         return self.bgp.router_id or self.ipv4.ip
 
 
-def parse_node_config(text: str, source: str) -> NodeConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_config(text: str, source: str, model: type[M]) -> M:
+    """A YAML configuration file validated whole against ``model``; every
+    problem reported on its own line as ``FILE: field.path: message``."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -86,15 +92,23 @@ def parse_node_config(text: str, source: str) -> NodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings")
     try:
-        return NodeConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         lines = [f"{source}: {field_path(err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError("\n".join(lines)) from e
 
 
-def load_node_config(path: str) -> NodeConfig:
+def load_config(path: str, model: type[M]) -> M:
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    return parse_node_config(text, path)
+    return parse_config(text, path, model)
+
+
+def parse_node_config(text: str, source: str) -> NodeConfig:
+    return parse_config(text, source, NodeConfig)
+
+
+def load_node_config(path: str) -> NodeConfig:
+    return load_config(path, NodeConfig)

@@ -7,12 +7,17 @@ gone, never because its lease expired: a rebooting node keeps its blocks."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ipam.store import Compare, Delete, KvStore, Put
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,25 @@ class Registry:
 
     async def mark_alive(self, name: str, lease: int) -> None:
         await self.store.txn([], [Put(self._alive + name.encode(), b"1", lease=lease)])
+
+    async def stay_alive(self, name: str, ttl: int) -> None:
+        """Keep ``name`` marked alive under a lease until cancelled; when etcd
+        was away long enough for the lease to expire, take a new one."""
+        lease = await self.store.grant_lease(ttl)
+        await self.mark_alive(name, lease)
+        try:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                try:
+                    await self.store.refresh_lease(lease)
+                except Exception as e:  # keep trying: etcd may come back
+                    log.warning("liveness lease refresh failed: %s", e)
+                    with contextlib.suppress(Exception):
+                        lease = await self.store.grant_lease(ttl)
+                        await self.mark_alive(name, lease)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.store.revoke_lease(lease)
 
     async def delete(self, name: str) -> bool:
         cur = await self.store.get(self._key(name))

@@ -24,7 +24,6 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from ipam.etcd_store import EtcdStore
 from ipam.ipam import Ipam
 from meshroute.bgp_store import BgpStore
 from meshroute.config import NodeConfig
+from meshroute.long_tasks import LongTasks
 from meshroute.node.bgp_plan import (
     peer_info,
     plan_bgp_announcements,
@@ -130,7 +130,7 @@ class NodeProcess:
         self._held_down: dict[IPAddress, asyncio.TimerHandle] = {}
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
         self.service: IpamService | None = None
@@ -142,8 +142,6 @@ class NodeProcess:
         self.notifier.notify("STATUS=connecting to etcd")
         view = await load_view(self.ipam, self.registry, self.bgp_store)  # fails fast
         await self._register(view)
-        lease = await self.store.grant_lease(LEASE_TTL_S)
-        await self.registry.mark_alive(c.node_name, lease)
 
         table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
         links = await asyncio.to_thread(NetlinkHostLinks, c.netns)
@@ -179,25 +177,26 @@ class NodeProcess:
         http = await serve_http(
             Endpoints(self.liveness, self.readiness, self.metrics, self.status), c.http.listen
         )
-        self._spawn("watch", self._watch_etcd(view))
-        self._spawn("view", self._view_loop())
-        self._spawn("felix", self._felix_loop())
-        self._spawn("reconciler", self.reconciler.run())
-        self._spawn("lease", self._keep_lease(lease))
-        self._spawn("housekeeping", self._housekeeping())
+        self.tasks.spawn("watch", self._watch_etcd(view))
+        self.tasks.spawn("view", self._view_loop())
+        self.tasks.spawn("felix", self._felix_loop())
+        self.tasks.spawn("reconciler", self.reconciler.run())
+        self.tasks.spawn("alive", self.registry.stay_alive(c.node_name, LEASE_TTL_S))
+        self.tasks.spawn("housekeeping", self._housekeeping())
         ready = asyncio.create_task(self._become_ready(), name="ready")  # ends by design
         sync_timer = asyncio.get_running_loop().call_later(BGP_SYNC_TIMEOUT_S, self._bgp_sync_due)
         if self.notifier.watchdog_interval_s:
-            self._spawn("watchdog", self._watchdog(self.notifier.watchdog_interval_s))
+            self.tasks.spawn(
+                "watchdog", self.tasks.watchdog(self.notifier.watchdog_interval_s, self.notifier)
+            )
         try:
-            await self._until_stopped_or_failed(stop)
+            await self.tasks.run_until(stop)
         finally:
             self.notifier.notify("STOPPING=1")
             http.close()
             sync_timer.cancel()
-            for t in (ready, *self._tasks.values()):
-                t.cancel()
-            await asyncio.gather(ready, *self._tasks.values(), return_exceptions=True)
+            ready.cancel()
+            await self.tasks.cancel_all()
             await self.service.stop()
             # Without terminating it, ExaBGP would outlive us; terminated, it
             # closes without NOTIFICATION and GR peers keep our routes.
@@ -208,25 +207,6 @@ class NodeProcess:
         """Withdraw everything before the node goes away for good."""
         if self.speaker is not None:
             await self.speaker.withdraw_all()
-
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
-        self._tasks[name] = asyncio.create_task(coro, name=name)
-
-    async def _until_stopped_or_failed(self, stop: asyncio.Event) -> None:
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            done, _ = await asyncio.wait(
-                [stopper, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopper.cancel()
-        for t in done:
-            if t is stopper:
-                log.info("stopping on request")
-                continue
-            # Every long-lived task runs until cancelled: ending is a failure.
-            cause = None if t.cancelled() else t.exception()
-            raise RuntimeError(f"task {t.get_name()} ended") from cause
 
     def _me(self, view: ClusterView) -> NodeRecord:
         c = self.config
@@ -250,28 +230,11 @@ class NodeProcess:
             self.tunnel_address = got.ip if got else None
         await self.registry.upsert(self._me(view))
 
-    async def _keep_lease(self, lease: int) -> None:
-        while True:
-            await asyncio.sleep(LEASE_TTL_S / 3)
-            try:
-                await self.store.refresh_lease(lease)
-            except Exception as e:  # keep trying: etcd may come back
-                log.warning("liveness lease refresh failed: %s", e)
-                with contextlib.suppress(Exception):
-                    lease = await self.store.grant_lease(LEASE_TTL_S)
-                    await self.registry.mark_alive(self.config.node_name, lease)
-
     async def _housekeeping(self) -> None:
         assert self.service is not None
         while True:
             await asyncio.sleep(self.config.ipam.housekeeping_seconds)
             await self.service.housekeeping()
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            if all(not t.done() for t in self._tasks.values()):
-                self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
 
     async def _become_ready(self) -> None:
         assert self.reconciler is not None
@@ -479,8 +442,7 @@ class NodeProcess:
         await self._ready.wait()
 
     def liveness(self) -> Health:
-        dead = [n for n, t in self._tasks.items() if t.done()]
-        return Health(not dead, f"stopped: {', '.join(dead)}" if dead else "alive")
+        return self.tasks.liveness()
 
     def readiness(self) -> Health:
         up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]

@@ -3,18 +3,16 @@ schema, defaults and loading; every problem names the file and the field."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from meshroute.config import (
     Address,
-    ConfigError,
     EtcdSection,
     HttpSection,
     InterfaceAddress,
     _Section,
+    load_config,
+    parse_config,
 )
 
 DEFAULT_REFLECTOR_CONFIG = "/etc/meshroute/reflector.yaml"
@@ -60,27 +58,9 @@ class ReflectorConfig(_Section):
         return self
 
 
-def _field(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(file)"
-
-
 def parse_reflector_config(text: str, source: str) -> ReflectorConfig:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings")
-    try:
-        return ReflectorConfig.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{source}: {_field(err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("\n".join(lines)) from e
+    return parse_config(text, source, ReflectorConfig)
 
 
 def load_reflector_config(path: str) -> ReflectorConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    return parse_reflector_config(text, path)
+    return load_config(path, ReflectorConfig)

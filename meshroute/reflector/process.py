@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from bgpd.bird_supervisor import BirdConfigRejected, BirdPaths, BirdSupervisor
 from ipam.etcd_store import EtcdStore
 from ipam.selector import SelectorError
 from meshroute.bgp_store import BgpStore
+from meshroute.long_tasks import LongTasks
 from meshroute.node.http import Endpoints, Health, serve_http
 from meshroute.node.metrics import render_metrics
 from meshroute.node.systemd import Notifier
@@ -79,7 +79,7 @@ class ReflectorProcess:
         self._applied_once = asyncio.Event()
         self._configure_pending = False
         self._dirty = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self.tasks = LongTasks()
 
     # ---- identity ----------------------------------------------------------
 
@@ -165,8 +165,6 @@ class ReflectorProcess:
         c = self.config
         self.notifier.notify("STATUS=connecting to etcd")
         await self.registry.upsert(self.record())  # fails fast without etcd
-        lease = await self.store.grant_lease(LEASE_TTL_S)
-        await self.registry.mark_alive(c.name, lease)
         revision = (await self.store.list(self._watch_prefixes()[0])).revision
 
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
@@ -182,48 +180,28 @@ class ReflectorProcess:
             Endpoints(self.liveness, self.readiness, self.metrics, self.status), c.http.listen
         )
         for i, prefix in enumerate(self._watch_prefixes()):
-            self._spawn(f"watch{i}", self._watch(prefix, revision))
-        self._spawn("apply", self._apply_loop())
-        self._spawn("bird", self.bird.supervise())
-        self._spawn("poll", self._poll_bird())
-        self._spawn("lease", self._keep_lease(lease))
+            self.tasks.spawn(f"watch{i}", self._watch(prefix, revision))
+        self.tasks.spawn("apply", self._apply_loop())
+        self.tasks.spawn("bird", self.bird.supervise())
+        self.tasks.spawn("poll", self._poll_bird())
+        self.tasks.spawn("alive", self.registry.stay_alive(c.name, LEASE_TTL_S))
         if self.notifier.watchdog_interval_s:
-            self._spawn("watchdog", self._watchdog(self.notifier.watchdog_interval_s))
+            self.tasks.spawn(
+                "watchdog", self.tasks.watchdog(self.notifier.watchdog_interval_s, self.notifier)
+            )
         self.notifier.notify("READY=1", f"STATUS=reflecting for {len(self.sessions)} sessions")
         try:
-            await self._until_stopped_or_failed(stop)
+            await self.tasks.run_until(stop)
         finally:
             self.notifier.notify("STOPPING=1")
             http.close()
-            for t in self._tasks.values():
-                t.cancel()
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await self.tasks.cancel_all()
             await self.bird.stop()
-            with contextlib.suppress(Exception):
-                await self.store.revoke_lease(lease)
             await self.store.close()
 
     def _watch_prefixes(self) -> list[bytes]:
         root = self.config.etcd.prefix.rstrip("/")
         return [f"{root}/nodes/".encode(), self.bgp_store.watch_prefix]
-
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
-        self._tasks[name] = asyncio.create_task(coro, name=name)
-
-    async def _until_stopped_or_failed(self, stop: asyncio.Event) -> None:
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            done, _ = await asyncio.wait(
-                [stopper, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopper.cancel()
-        for t in done:
-            if t is stopper:
-                log.info("stopping on request")
-                continue
-            cause = None if t.cancelled() else t.exception()
-            raise RuntimeError(f"task {t.get_name()} ended") from cause
 
     async def _watch(self, prefix: bytes, revision: int) -> None:
         async for _ in self.store.changes(prefix, revision):
@@ -258,23 +236,6 @@ class ReflectorProcess:
         self.bird_sessions = {s.protocol: s for s in found}
         self.bird_answered = time.monotonic()
 
-    async def _keep_lease(self, lease: int) -> None:
-        while True:
-            await asyncio.sleep(LEASE_TTL_S / 3)
-            try:
-                await self.store.refresh_lease(lease)
-            except Exception as e:  # keep trying: etcd may come back
-                log.warning("liveness lease refresh failed: %s", e)
-                with contextlib.suppress(Exception):
-                    lease = await self.store.grant_lease(LEASE_TTL_S)
-                    await self.registry.mark_alive(self.config.name, lease)
-
-    async def _watchdog(self, interval: float) -> None:
-        while True:
-            if all(not t.done() for t in self._tasks.values()):
-                self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
-
     # ---- operator-facing state ----------------------------------------------
 
     def established(self) -> list[ReflectorSession]:
@@ -285,10 +246,7 @@ class ReflectorProcess:
         ]
 
     def liveness(self) -> Health:
-        dead = [n for n, t in self._tasks.items() if t.done()]
-        if dead:
-            return Health(False, f"stopped: {', '.join(dead)}")
-        return Health(True, "alive")
+        return self.tasks.liveness()
 
     def readiness(self) -> Health:
         if not self._applied_once.is_set():
