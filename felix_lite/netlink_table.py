@@ -42,6 +42,7 @@ from felix_lite.netlink_bulk import (
 from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
 
 T = TypeVar("T")
+Op_ = TypeVar("Op_", NeighborOp, FdbOp)
 
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
@@ -223,23 +224,33 @@ class NetlinkRouteTable:
                 out.append(NeighborEntry(ifname, IPAddress(dst), lladdr))
         return out
 
-    def _apply_neighbors(self, ops: Sequence[NeighborOp]) -> list[OpFailure[NeighborOp]]:
-        failures: list[OpFailure[NeighborOp]] = []
+    def _apply_each(
+        self, ops: Sequence[Op_], ifname: Callable[[Op_], str], apply: Callable[[Op_, int], None]
+    ) -> list[OpFailure[Op_]]:
+        """Apply neighbour or FDB ops one by one; every refusal is that op's
+        failure (errno from the kernel), the others go on."""
+        failures: list[OpFailure[Op_]] = []
         for op in ops:
-            e = op.entry
-            idx = self._ifindex(e.ifname)
+            idx = self._ifindex(ifname(op))
             if idx is None:
-                failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.ifname}"))
+                failures.append(OpFailure(op, errno.ENODEV, f"no such device: {ifname(op)}"))
                 continue
             try:
-                if op.op is Op.DELETE:
-                    self._ipr.neigh("del", dst=str(e.ip), ifindex=idx)
-                else:
-                    self._ipr.neigh("replace", dst=str(e.ip), lladdr=e.lladdr, ifindex=idx,
-                                    state=NUD_PERMANENT)  # fmt: skip
+                apply(op, idx)
             except Exception as exc:  # pyroute2's NetlinkError carries the errno
                 failures.append(OpFailure(op, _netlink_errno(exc), str(exc)))
         return failures
+
+    def _apply_neighbors(self, ops: Sequence[NeighborOp]) -> list[OpFailure[NeighborOp]]:
+        def apply(op: NeighborOp, idx: int) -> None:
+            e = op.entry
+            if op.op is Op.DELETE:
+                self._ipr.neigh("del", dst=str(e.ip), ifindex=idx)
+            else:
+                self._ipr.neigh("replace", dst=str(e.ip), lladdr=e.lladdr, ifindex=idx,
+                                state=NUD_PERMANENT)  # fmt: skip
+
+        return self._apply_each(ops, lambda op: op.entry.ifname, apply)
 
     def _dump_fdb(self, ifname: str) -> list[FdbEntry]:
         idx = self._ifindex(ifname)
@@ -253,24 +264,17 @@ class NetlinkRouteTable:
         return out
 
     def _apply_fdb(self, ops: Sequence[FdbOp]) -> list[OpFailure[FdbOp]]:
-        failures: list[OpFailure[FdbOp]] = []
-        for op in ops:
+        def apply(op: FdbOp, idx: int) -> None:
             e = op.entry
-            idx = self._ifindex(e.ifname)
-            if idx is None:
-                failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.ifname}"))
-                continue
-            try:
-                if op.op is Op.DELETE:
-                    self._ipr.fdb("del", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst))
-                else:
-                    # pyroute2's defaults for "replace" are refused (EOPNOTSUPP)
-                    # by vxlan: say permanent, noarp, self explicitly.
-                    self._ipr.fdb("replace", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst),
-                                  state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)  # fmt: skip
-            except Exception as exc:
-                failures.append(OpFailure(op, _netlink_errno(exc), str(exc)))
-        return failures
+            if op.op is Op.DELETE:
+                self._ipr.fdb("del", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst))
+            else:
+                # pyroute2's defaults for "replace" are refused (EOPNOTSUPP)
+                # by vxlan: say permanent, noarp, self explicitly.
+                self._ipr.fdb("replace", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst),
+                              state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)  # fmt: skip
+
+        return self._apply_each(ops, lambda op: op.entry.ifname, apply)
 
     # ------------------------------------------------------------ the port
 

@@ -11,10 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshroute.lab.etcd import EtcdCluster
 from meshroute.lab.netns import Netns, NetnsFactory
 from meshroute.lab.ports import free_ports
+from tests.harness.poll import http_get, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "/usr/lib/cni/bridge"
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 30) -> Any:
-    """Poll ``pred`` until it returns something true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+__all__ = ["BRIDGE", "REPO", "Metrics", "NodeUnderTest", "add_pod", "node_in", "wait_for"]
 
 
 @dataclass
@@ -80,20 +68,14 @@ class NodeUnderTest:
                 self.proc.wait()
 
     def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=2) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except OSError:
-            return 0, b""
+        return http_get(self.http, path)
 
     def wait_ready(self, timeout: float = 60) -> None:
         try:
             wait_for(f"{self.name} ready", lambda: self.get("/readiness")[0] == 200, timeout)
-        except AssertionError:
+        except TimeoutError:
             why = f"{self.name}: {self.get('/readiness')} {self.get('/status')}"
-            raise AssertionError(why) from None
+            raise TimeoutError(why) from None
 
     def status(self) -> dict[str, Any]:
         code, body = self.get("/status")

@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import yaml
 
 from meshroute.lab.netns import Netns, NetnsFactory, veth
 from meshroute.lab.ports import free_ports
+from tests.harness.poll import http_get
 
 PREFIX_LEN = 24
 
@@ -106,21 +105,13 @@ class Reflector:
         return (self.workdir / "reflector.log").read_text(errors="replace")[-4000:]
 
     def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+        return http_get(f"127.0.0.1:{self.http_port}", path, timeout=5)
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.get("/status")[1])
 
     def answering(self) -> bool:
-        try:
-            self.get("/liveness")
-            return True
-        except OSError:
-            return False
+        return self.get("/liveness")[0] != 0
 
     def bird_pid(self) -> int | None:
         try:
@@ -163,12 +154,3 @@ def _is_bird(pid: int, bird_dir: Path) -> bool:
     except OSError:
         return False
     return str(bird_dir).encode() in cmd
-
-
-def wait_until(cond: Any, timeout: float, what: str, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(step)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")

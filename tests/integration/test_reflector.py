@@ -29,7 +29,8 @@ from meshroute.registry import NodeRecord, Registry
 from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
 from tests.harness.bird_clients import BirdClients, Client, clients_conf
 from tests.harness.etcd import EtcdCluster
-from tests.harness.reflector_rig import Lan, Reflector, wait_until
+from tests.harness.poll import wait_for
+from tests.harness.reflector_rig import Lan, Reflector
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.timeout(180)]
 
@@ -184,8 +185,8 @@ def test_reflects_with_originator_and_cluster_list_and_leaves_unrelated_sessions
     rig = rig_factory(reflectors=1, clients=3)
     rr = rig.reflectors[0]
     try:
-        wait_until(lambda: all_established(rr, 3), 30, "3 client sessions")
-        wait_until(rig.all_routes_everywhere, 30, "every client has every other's route")
+        wait_for("3 client sessions", lambda: all_established(rr, 3), 30)
+        wait_for("every client has every other's route", rig.all_routes_everywhere, 30)
     except TimeoutError:
         raise AssertionError(rr.log()) from None
 
@@ -231,8 +232,8 @@ def test_reflects_with_originator_and_cluster_list_and_leaves_unrelated_sessions
             {"nodeSelector": "rack == 'r7'", "peerIP": "198.51.100.1", "asNumber": 65001}
         ),
     )
-    wait_until(lambda: "192.0.2.19" in sessions_by_peer(rr), 10, "the new client's session")
-    wait_until(lambda: rr.status()["sessions"][-1]["state"] != "unknown", 10, "BIRD polled")
+    wait_for("the new client's session", lambda: "192.0.2.19" in sessions_by_peer(rr), 10)
+    wait_for("BIRD polled", lambda: rr.status()["sessions"][-1]["state"] != "unknown", 10)
     after = sessions_by_peer(rr)
     for peer, since in before.items():
         assert after[peer]["state"] == "Established", after
@@ -246,7 +247,7 @@ def test_bad_configuration_is_refused_and_bird_keeps_the_last_good_one(
     rig = rig_factory(reflectors=1, clients=2)
     rr = rig.reflectors[0]
     try:
-        wait_until(lambda: all_established(rr, 2), 30, "2 client sessions")
+        wait_for("2 client sessions", lambda: all_established(rr, 2), 30)
     except TimeoutError:
         raise AssertionError(rr.log()) from None
     good = (rr.bird_dir / "bird.conf").read_text()
@@ -275,15 +276,15 @@ def test_bad_configuration_is_refused_and_bird_keeps_the_last_good_one(
     ]
     for name, body, message in bad:
         rig.put_raw_peer(name, body)
-        wait_until(
+        wait_for(
+            f"refusal naming {message}",
             lambda m=message: m in (rr.status()["configError"] or ""),
             10,
-            f"refusal naming {message}",
         )
         assert (rr.bird_dir / "bird.conf").read_text() == good
         assert rr.get("/readiness")[0] == 200  # still serving the last good config
         rig.delete_peer(name)
-        wait_until(lambda: rr.status()["configError"] is None, 10, "accepted again")
+        wait_for("accepted again", lambda: rr.status()["configError"] is None, 10)
     assert "refusing the new configuration" in rr.log()
     metrics = rr.get("/metrics")[1].decode()
     assert "meshroute_reflector_config_refused_total 3.0" in metrics, metrics
@@ -299,8 +300,8 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
     rr1, rr2 = rig.reflectors
     try:
         # 3 clients + the other reflector each
-        wait_until(lambda: all_established(rr1, 4) and all_established(rr2, 4), 40, "sessions")
-        wait_until(rig.all_routes_everywhere, 30, "every client has every other's route")
+        wait_for("sessions", lambda: all_established(rr1, 4) and all_established(rr2, 4), 40)
+        wait_for("every client has every other's route", rig.all_routes_everywhere, 30)
     except TimeoutError:
         raise AssertionError(rr1.log() + rr2.log()) from None
     roles = {s["role"] for s in rr1.status()["sessions"]}
@@ -312,10 +313,10 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
     old_bird = rr1.bird_pid()
     assert old_bird is not None
     os.kill(old_bird, signal.SIGKILL)
-    wait_until(
+    wait_for(
+        "rr1's BIRD restarted and its sessions back",
         lambda: rr1.bird_pid() not in (None, old_bird) and all_established(rr1, 4),
         30,
-        "rr1's BIRD restarted and its sessions back",
     )
     assert rig.all_routes_everywhere()
     sent, got, out = received_all(ping)
@@ -332,7 +333,7 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
     # back: it adopts the running BIRD, every session stays as it was
     since = {p: s["since"] for p, s in sessions_by_peer(rr2).items()}
     rr1.start()
-    wait_until(lambda: all_established(rr1, 4), 30, "rr1 back with its sessions")
+    wait_for("rr1 back with its sessions", lambda: all_established(rr1, 4), 30)
     assert rr1.bird_pid() == bird
     assert "adopting BIRD" in rr1.log()
     assert {p: s["since"] for p, s in sessions_by_peer(rr2).items()} == since
@@ -364,8 +365,8 @@ def test_password_ttl_security_and_max_prefix_come_from_the_bgppeer(rig_factory:
     )
     rr = rig.reflectors[0]
     try:
-        wait_until(lambda: all_established(rr, 2), 30, "both sessions")
-        wait_until(lambda: rig.client(2).route_count("c2") >= 3, 15, "c2 has c1's routes")
+        wait_for("both sessions", lambda: all_established(rr, 2), 30)
+        wait_for("c2 has c1's routes", lambda: rig.client(2).route_count("c2") >= 3, 15)
     except TimeoutError:
         raise AssertionError(rr.log() + rr.birdc("show", "protocols", "all")) from None
     conf = (rr.bird_dir / "bird.conf").read_text()
