@@ -30,6 +30,7 @@ from bgpd.model import (
     Command,
     EorEvent,
     Event,
+    ExabgpNotice,
     MalformedLine,
     NotificationEvent,
     OpenEvent,
@@ -133,7 +134,10 @@ def _decode_message(msg: Any) -> Event:
     m = _obj(msg, "message")
     kind = m.get("type")
     if kind == "notification" and not isinstance(m.get("neighbor"), dict):
-        raise _Bad(f"ExaBGP notification {m.get('notification')!r}")  # e.g. "shutdown"
+        text = m.get("notification")
+        if not isinstance(text, str):
+            raise _Bad(f"ExaBGP notification {text!r}")
+        return ExabgpNotice(text[:_MAX_LOGGED])  # e.g. "shutdown"
     nb = _obj(m.get("neighbor"), "neighbor")
     peer = _addr(_obj(nb.get("address"), "neighbor.address").get("peer"), "peer address")
     asn = nb.get("asn")

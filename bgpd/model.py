@@ -109,6 +109,14 @@ class AckEvent:
 
 
 @dataclass(frozen=True)
+class ExabgpNotice:
+    """ExaBGP's own notification, not from a peer: ``shutdown`` when it
+    stops (expected on every clean stop, not an error)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class MalformedLine:
     """A line the codec could not understand; logged and counted, never fatal."""
 
@@ -117,7 +125,14 @@ class MalformedLine:
 
 
 Event = (
-    StateEvent | OpenEvent | UpdateEvent | EorEvent | NotificationEvent | AckEvent | MalformedLine
+    StateEvent
+    | OpenEvent
+    | UpdateEvent
+    | EorEvent
+    | NotificationEvent
+    | AckEvent
+    | ExabgpNotice
+    | MalformedLine
 )
 
 

@@ -5,6 +5,9 @@ refuses the others. Pure: no I/O, no clock.
 RejectReason | None``; ``decide_import`` runs them in order and the first
 refusal wins. The rules, in that order:
 
+``as-path-loop``      the AS_PATH holds the node's own AS (RFC 4271 9.1.2):
+                      the route has been through this AS already; every BGP
+                      speaker refuses it.
 ``bad-next-hop``      the next hop is unspecified (0.0.0.0, ::), loopback,
                       multicast, link-local IPv4 or v4 broadcast: nothing a
                       kernel route could use.
@@ -45,6 +48,7 @@ from bgpd.model import Path
 
 
 class RejectReason(enum.Enum):
+    AS_PATH_LOOP = "as-path-loop"
     BAD_NEXT_HOP = "bad-next-hop"
     NEXT_HOP_IS_SELF = "next-hop-is-self"
     DEFAULT_ROUTE = "default-route"
@@ -86,6 +90,7 @@ class ImportContext:
     own_blocks: frozenset[IPNetwork] = frozenset()
     own_addresses: frozenset[IPAddress] = frozenset()
     allow_default: bool = False
+    local_as: int | None = None  # None: no AS-path loop check (no AS known yet)
     _ranges: tuple[_Range, ...] = field(init=False, repr=False, compare=False)
     _own_blocks: frozenset[tuple[int, int, int]] = field(init=False, repr=False, compare=False)
     _own_addresses: frozenset[tuple[int, int]] = field(init=False, repr=False, compare=False)
@@ -144,6 +149,12 @@ def _host_len(version: int) -> int:
     return 32 if version == 4 else 128
 
 
+def as_path_loop(ctx: ImportContext, c: Candidate) -> RejectReason | None:
+    if ctx.local_as is not None and ctx.local_as in c.path.attrs.as_path:
+        return RejectReason.AS_PATH_LOOP
+    return None
+
+
 def bad_next_hop(ctx: ImportContext, c: Candidate) -> RejectReason | None:
     value = c.next_hop
     if c.next_hop_version == 4:
@@ -197,6 +208,7 @@ def too_specific(ctx: ImportContext, c: Candidate) -> RejectReason | None:
 
 
 IMPORT_RULES: tuple[Rule, ...] = (
+    as_path_loop,
     bad_next_hop,
     next_hop_is_self,
     default_route,

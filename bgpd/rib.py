@@ -26,6 +26,11 @@ keeps the peer's paths and marks them stale; re-announcements clear the mark;
 restart timer ran out) drop whatever is still stale. Stale paths compete in
 best path like fresh ones (BIRD does the same unless told otherwise).
 
+Counts: ``accepted_count`` is the paths held from a peer, ``received_count``
+what the peer announces now (held plus refused: the keys of refused
+prefixes are kept, not their paths, until withdrawn, accepted or the peer
+goes down). Both are current counts, not totals.
+
 Policy changes: ``set_context`` re-checks stored paths against the new
 context and drops what it now refuses. Paths refused earlier were not kept,
 so a context that accepts more (a pool enabled, a block released) needs a
@@ -110,6 +115,7 @@ class Rib:
         self._candidates: dict[Key, Candidates] = {}
         self._best: dict[Key, BestRoute] = {}
         self._stale: dict[IPAddress, set[Key]] = {}
+        self._refused: dict[IPAddress, set[Key]] = {}
         # one (next_hop,) tuple per next hop, shared by every single-path
         # BestRoute through it (~5 MB at 100k prefixes)
         self._single_hops: dict[IPAddress, tuple[IPAddress]] = {}
@@ -139,6 +145,9 @@ class Rib:
     def accepted_count(self, peer: IPAddress) -> int:
         return len(self._adj_in.get(peer, ()))
 
+    def received_count(self, peer: IPAddress) -> int:
+        return len(self._adj_in.get(peer, ())) + len(self._refused.get(peer, ()))
+
     def stale_count(self, peer: IPAddress) -> int:
         return len(self._stale.get(peer, ()))
 
@@ -156,12 +165,14 @@ class Rib:
         address = peer.address
         adj = self._adj_in.setdefault(address, {})
         stale = self._stale.get(address)
+        refused = self._refused.setdefault(address, set())
         for prefix in event.withdrawn:
             key = prefix_key(prefix)
             if self._remove(address, key, adj):
                 touched.append(key)
             if stale:
                 stale.discard(key)
+            refused.discard(key)
         ctx = self._ctx
         for prefix, attrs in event.announced:
             key = prefix_key(prefix)
@@ -177,9 +188,11 @@ class Rib:
             if reason is not None:
                 self.rejects.add(address, reason)
                 rejected.append((prefix, reason))
+                refused.add(key)
                 if self._remove(address, key, adj):
                     touched.append(key)
                 continue
+            refused.discard(key)
             adj[key] = path
             self._add_candidate(key, path)
             touched.append(key)
@@ -188,6 +201,7 @@ class Rib:
     def peer_down(self, peer: IPAddress, graceful: bool = False) -> Changed:
         """The session went down. ``graceful``: GR was negotiated and the peer
         may come back: keep its paths, marked stale."""
+        self._refused.pop(peer, None)
         adj = self._adj_in.get(peer)
         if not adj:
             self._adj_in.pop(peer, None)
@@ -224,6 +238,7 @@ class Rib:
                     stale = self._stale.get(peer)
                     if stale:
                         stale.discard(key)
+                    self._refused.setdefault(peer, set()).add(key)
                     touched.append(key)
         return ContextResult(self._recompute(touched), _may_accept_more(old, context))
 
@@ -259,6 +274,7 @@ class Rib:
     def _drop_peer(self, peer: IPAddress) -> Changed:
         adj = self._adj_in.pop(peer, {})
         self._stale.pop(peer, None)
+        self._refused.pop(peer, None)
         for key in adj:
             self._drop_candidate(key, peer)
         return self._recompute(adj)
@@ -315,6 +331,7 @@ def _only_own_blocks_grew(old: ImportContext, new: ImportContext) -> bool:
         and old.allow == new.allow
         and old.allow_default == new.allow_default
         and old.own_addresses == new.own_addresses
+        and old.local_as == new.local_as
         and old.own_blocks <= new.own_blocks
     )
 
@@ -326,4 +343,5 @@ def _may_accept_more(old: ImportContext, new: ImportContext) -> bool:
         and (old.allow_default or not new.allow_default)
         and old.own_blocks <= new.own_blocks
         and old.own_addresses <= new.own_addresses
+        and old.local_as == new.local_as
     )

@@ -41,6 +41,7 @@ from bgpd.model import (
     Announce,
     Command,
     Event,
+    ExabgpNotice,
     MalformedLine,
     RouteRefresh,
     SendEor,
@@ -414,8 +415,8 @@ class Speaker:
             else:
                 self.stats.unexpected_acks += 1
             return
-        if isinstance(ev, MalformedLine) and "'shutdown'" in ev.reason:
-            log.info("ExaBGP is shutting down")
+        if isinstance(ev, ExabgpNotice):
+            log.info("ExaBGP says: %s", ev.text)
         elif isinstance(ev, MalformedLine):
             self.stats.malformed += 1
             log.warning("ExaBGP line not understood (%s): %.200s", ev.reason, ev.line)

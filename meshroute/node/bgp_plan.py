@@ -47,7 +47,7 @@ def plan_exabgp_config(
 
 
 def plan_import_context(
-    view: ClusterView, config: NodeConfig, tunnel_address: IPAddress | None
+    view: ClusterView, config: NodeConfig, tunnel_address: IPAddress | None, local_as: int
 ) -> ImportContext:
     pools = tuple(
         PoolRule(p.cidr, p.block_size)
@@ -59,6 +59,7 @@ def plan_import_context(
         pools=pools,
         own_blocks=frozenset(own_blocks(view, config.node_name)),
         own_addresses=frozenset(own),
+        local_as=local_as,
     )
 
 

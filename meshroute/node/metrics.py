@@ -32,7 +32,10 @@ class NodeCollector(Collector):
         yield peers
 
         received = CounterMetricFamily(
-            "meshroute_bgp_prefixes_received", "prefixes announced by each peer", labels=["peer"]
+            "meshroute_bgp_prefixes_received",
+            "prefixes announced by each peer since the node started (route refreshes "
+            "and re-announcements count again; /status shows the current count)",
+            labels=["peer"],
         )
         accepted = GaugeMetricFamily(
             "meshroute_bgp_prefixes_accepted", "prefixes held from each peer", labels=["peer"]

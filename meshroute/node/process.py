@@ -291,7 +291,7 @@ class NodeProcess:
         await self.speaker.apply_config(exa)
         announce = plan_announcements(view, self.config.node_name)
         self.speaker.set_desired(plan_bgp_announcements(announce, view.bgp_config.communities))
-        ctx = plan_import_context(view, self.config, self.tunnel_address)
+        ctx = plan_import_context(view, self.config, self.tunnel_address, self.local_as)
         if ctx != self.rib.context:
             result = self.rib.set_context(ctx)
             if result.refresh_needed:
@@ -459,7 +459,7 @@ class NodeProcess:
                     "state": self.peer_state.get(addr, SessionState.IDLE).value,
                     "since": self.peer_since.get(addr, 0.0),
                     "accepted": self.rib.accepted_count(addr),
-                    "received": self.received.get(addr, 0),
+                    "received": self.rib.received_count(addr),
                     "rejected": self.rib.rejects.for_peer(addr),
                     "heldDown": addr in self._held_down,
                 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -16,7 +17,16 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
-from bgpd.model import Announce, EorEvent, Event, SessionState, StateEvent, UpdateEvent
+from bgpd.model import (
+    Announce,
+    EorEvent,
+    Event,
+    ExabgpNotice,
+    MalformedLine,
+    SessionState,
+    StateEvent,
+    UpdateEvent,
+)
 from bgpd.speaker import Speaker, SpeakerSettings
 from tests.harness.bgp_peers import (
     Bird,
@@ -263,6 +273,25 @@ async def test_flow_control_5000_prefixes_reach_bird_then_withdraw_all(
     # a node being removed withdraws explicitly (GR peers would keep them)
     assert await sp.withdraw_all()
     await bird_until(bird, lambda b: b.count_from("exa") == 0, 60, "all withdrawn at BIRD")
+
+
+async def test_clean_stop_is_a_notice_not_a_warning(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ExaBGP says "shutdown" on every clean stop: expected, so neither a
+    warning nor a malformed line."""
+    ns, ours, addr = lab.peer_ns("bird")
+    bird = await asyncio.to_thread(start_bird, ns, lab.tmp / "bird", bird_spec(ours, addr))
+    rec = Recorder()
+    sp = await lab.speaker(cfg_for(NeighborConfig(addr, BIRD_AS, ours)), rec)
+    sp.set_desired(MINE)
+    await bird_until(bird, lambda b: b.established("exa"), 30, "session up")
+    with caplog.at_level(logging.INFO, logger="bgpd"):
+        await sp.stop()
+    assert ExabgpNotice("shutdown") in rec.events
+    assert not [e for e in rec.events if isinstance(e, MalformedLine)]
+    assert sp.stats.malformed == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: Lab) -> None:

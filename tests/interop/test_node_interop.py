@@ -263,7 +263,8 @@ def test_max_prefix_drops_the_excess_or_closes_the_session(rig: Rig, action: str
             assert rig.metrics().get(key) == 1
         else:  # the session may close before anyone sees it established
             wait_for("the session closed", lambda: rig.peer_status().get("heldDown"), 20)
-            assert rig.peer_status()["received"] >= 3
+            total = ("meshroute_bgp_prefixes_received_total", frozenset({("peer", PEER_IP)}))
+            assert rig.metrics().get(total, 0) >= 3
             wait_for("not established", lambda: not rig.established(), 10)
             assert rig.via_peer() == set()
             time.sleep(3)  # held down: ExaBGP does not reconnect it

@@ -99,6 +99,7 @@ def test_first_failing_rule_wins() -> None:
     # own block with a loopback next hop: bad next hop comes first
     assert decide_import(CTX, path(str(OWN_BLOCK), "127.0.0.1")) is RejectReason.BAD_NEXT_HOP
     assert [r.__name__ for r in IMPORT_RULES] == [
+        "as_path_loop",
         "bad_next_hop",
         "next_hop_is_self",
         "default_route",
@@ -106,6 +107,25 @@ def test_first_failing_rule_wins() -> None:
         "not_in_pool",
         "too_specific",
     ]
+
+
+def looped(as_path: tuple[int, ...], prefix: str = "10.244.1.0/26") -> Path:
+    return Path(
+        IPNetwork(prefix), PEER, 65001, PEER, True, PathAttrs(IPAddress("192.0.2.2"), as_path)
+    )
+
+
+def test_as_path_holding_our_own_as_is_a_loop() -> None:
+    ctx = ImportContext(pools=CTX.pools, local_as=64600)
+    assert decide_import(ctx, looped((65001, 64600))) is RejectReason.AS_PATH_LOOP
+    assert decide_import(ctx, looped((64600,))) is RejectReason.AS_PATH_LOOP
+    assert decide_import(ctx, looped((65001, 64601, 64600, 64600))) is RejectReason.AS_PATH_LOOP
+    # checked first: a looped path is refused whatever else is wrong with it
+    assert decide_import(ctx, looped((64600,), "0.0.0.0/0")) is RejectReason.AS_PATH_LOOP
+    assert decide_import(ctx, looped((65001, 64601))) is None
+    assert decide_import(ctx, looped(())) is None  # iBGP from our own AS: empty path
+    # no AS known: no loop check
+    assert decide_import(ImportContext(pools=CTX.pools), looped((64600,))) is None
 
 
 def test_allowed_default_route_needs_no_pool() -> None:
@@ -173,6 +193,8 @@ def test_reject_counts_per_peer_and_reason() -> None:
 def reference(ctx: ImportContext, p: Path) -> RejectReason | None:
     """The same policy written the slow, obvious way with netaddr."""
     nh, prefix = p.attrs.next_hop, p.prefix.cidr
+    if ctx.local_as is not None and ctx.local_as in p.attrs.as_path:
+        return RejectReason.AS_PATH_LOOP
     if (
         nh.is_loopback()
         or nh.is_multicast()
@@ -220,14 +242,18 @@ next_hops = st.one_of(
 )
 
 
-@given(st.one_of(v4_prefixes, v6_prefixes), next_hops, st.booleans())
-def test_rules_agree_with_a_netaddr_reference(prefix, next_hop, allow_default) -> None:
+as_paths = st.lists(st.sampled_from([64512, 64600, 65001, 4200000000]), max_size=4).map(tuple)
+
+
+@given(st.one_of(v4_prefixes, v6_prefixes), next_hops, st.booleans(), as_paths)
+def test_rules_agree_with_a_netaddr_reference(prefix, next_hop, allow_default, as_path) -> None:
     ctx = ImportContext(
+        local_as=64600,
         pools=CTX.pools,
         allow=CTX.allow,
         own_blocks=CTX.own_blocks | {IPNetwork("fd00:10::80/122")},
         own_addresses=CTX.own_addresses,
         allow_default=allow_default,
     )
-    p = Path(prefix, PEER, 64512, PEER, False, PathAttrs(next_hop=next_hop))
+    p = Path(prefix, PEER, 64512, PEER, False, PathAttrs(next_hop=next_hop, as_path=as_path))
     assert decide_import(ctx, p) is reference(ctx, p)

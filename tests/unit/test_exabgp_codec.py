@@ -23,6 +23,7 @@ from bgpd.model import (
     AckEvent,
     Announce,
     EorEvent,
+    ExabgpNotice,
     MalformedLine,
     NotificationEvent,
     OpenEvent,
@@ -147,12 +148,17 @@ def test_some_bad_lines() -> None:
         "[]",
         '{"type": "update"}',
         '{"type": "state", "neighbor": {"address": {"peer": "x"}, "state": "up"}}',
-        '{"type": "notification", "notification": "shutdown"}',
+        '{"type": "notification", "notification": 7}',
         b"\xff\xfe",
         '{"type": "update", "neighbor": {"address": {"peer": "192.0.2.2"}, "asn": {"peer": 1},'
         ' "message": {"update": {"announce": {"ipv4 unicast": {"192.0.2.2": [{"nlri": "1"}]}}}}}}',
     ):
         assert isinstance(decode_line(line), MalformedLine), line
+
+
+def test_exabgp_shutdown_is_a_notice_not_a_malformed_line() -> None:
+    line = '{"exabgp": "5.0.0", "type": "notification", "notification": "shutdown"}'
+    assert decode_line(line) == ExabgpNotice("shutdown")
 
 
 # ---- Hypothesis --------------------------------------------------------------

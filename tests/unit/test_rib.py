@@ -119,6 +119,46 @@ def test_refused_paths_are_counted_not_stored_and_replace_the_old_path() -> None
     assert rib.adj_rib_in(A.address) == {}
 
 
+def test_received_is_what_the_peer_announces_now_not_a_total() -> None:
+    rib = Rib(CTX)
+    out = IPNetwork("203.0.113.0/24")
+    rib.apply_update(announce(A, P1, P2, out), A)
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (2, 3)
+    # a route refresh (or any re-announcement) sends everything again: no change
+    rib.apply_update(announce(A, P1, P2, out), A)
+    rib.apply_update(announce(A, P1, P2, out), A)
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (2, 3)
+    assert rib.rejects.for_peer(A.address) == {"not-in-pool": 3}  # the totals do grow
+    rib.apply_update(withdraw(A, out, P2), A)
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (1, 1)
+    # an accepted prefix re-announced unusable moves to refused, and back
+    rib.apply_update(UpdateEvent(A.address, A.asn, announced=((P1, PathAttrs(SELF)),)), A)
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (0, 1)
+    rib.apply_update(announce(A, P1), A)
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (1, 1)
+    # a policy change that refuses a held path keeps it counted as received
+    rib.set_context(ImportContext(pools=CTX.pools, own_blocks=frozenset({OWN, P1})))
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (0, 1)
+    rib.peer_down(A.address)
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (0, 0)
+
+
+def test_our_own_as_in_the_path_is_refused_and_a_new_local_as_asks_for_refresh() -> None:
+    ctx = ImportContext(pools=CTX.pools, local_as=64600)
+    rib = Rib(ctx)
+    r = rib.apply_update(announce(C, P1, as_path=(64513, 64600)), C)
+    assert r.rejected == ((P1, RejectReason.AS_PATH_LOOP),)
+    assert rib.best_routes() == {}
+    assert rib.rejects.for_peer(C.address) == {"as-path-loop": 1}
+    rib.apply_update(announce(C, P2, as_path=(64513, 64601)), C)
+    assert set(rib.best_routes()) == {P2}
+    # the node's AS changes: what looped may not any more, and what did not may now
+    res = rib.set_context(ImportContext(pools=CTX.pools, local_as=64601))
+    assert res.refresh_needed
+    assert res.changed == (P2,)
+    assert rib.best_routes() == {}
+
+
 def test_max_prefix_drop_keeps_the_session() -> None:
     peer = PeerInfo(A.address, A.asn, A.router_id, False, max_prefix=2)
     rib = Rib(CTX)
