@@ -54,6 +54,8 @@ _STATES = {
 }
 _ORIGINS = {"igp": Origin.IGP, "egp": Origin.EGP, "incomplete": Origin.INCOMPLETE}
 _MAX_LOGGED = 300  # characters of a bad line kept in MalformedLine
+# plain-text answers ExaBGP writes before acking these API commands
+_EXABGP_TEXT = frozenset({"reload in progress", "restart in progress", "shutdown in progress"})
 
 
 class _Bad(Exception):
@@ -74,6 +76,8 @@ def decode_line(line: str | bytes) -> Event:
         return AckEvent(True)
     if s == "error" or s.startswith("error "):
         return AckEvent(False, s[5:].strip())
+    if s in _EXABGP_TEXT:
+        return ExabgpNotice(s)
     try:
         msg = json.loads(s)
     except (ValueError, RecursionError):

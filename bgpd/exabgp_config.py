@@ -17,6 +17,7 @@ MIN_NONZERO_HOLD_TIME = 3
 MAX_GR_TIME = 4095  # 12-bit field of the graceful-restart capability
 MAX_AS = 4294967295
 MAX_TTL_HOPS = 254
+OPEN_WAIT_S = 15
 
 # Anything ExaBGP's tokeniser treats as syntax, outside quotes; the api
 # process line is split on whitespace by ExaBGP itself.
@@ -218,6 +219,10 @@ def render_env(
             "exabgp_log_destination": "stdout",
             "exabgp_log_level": log_level,
             "exabgp_tcp_bind": "" if cfg.listen is None else str(cfg.listen[0]),
+            # A session stuck in OPEN exchange (its TTL or TCP-MD5 no longer
+            # matching the peer's, changed while it connected) ignores
+            # reloads until this runs out (default 60 s)
+            "exabgp_bgp_openwait": str(OPEN_WAIT_S),
         }
     )
     if cfg.listen is not None:

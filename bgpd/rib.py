@@ -198,6 +198,32 @@ class Rib:
             touched.append(key)
         return ApplyResult(self._recompute(touched), tuple(rejected), close)
 
+    def set_peer_limit(self, peer: PeerInfo) -> ApplyResult:
+        """The peer's max-prefix changed: if it now holds more than the limit,
+        ``drop`` keeps the paths it sent first and refuses the rest (counted
+        as max-prefix), ``close`` asks to close the session. A raised limit
+        cannot take back what was refused (paths are not kept): the caller
+        asks the peer for a route refresh (``decide_limit_raised``)."""
+        adj = self._adj_in.get(peer.address, {})
+        decision = decide_max_prefix(len(adj), peer.max_prefix, peer.max_prefix_action)
+        if decision is MaxPrefixDecision.CLOSE:
+            return ApplyResult((), (), close_session=True)
+        if decision is MaxPrefixDecision.ACCEPT or peer.max_prefix is None:
+            return ApplyResult(())
+        excess = list(adj)[peer.max_prefix :]  # dicts keep arrival order
+        refused = self._refused.setdefault(peer.address, set())
+        rejected = []
+        for key in excess:
+            prefix = adj[key].prefix
+            self._remove(peer.address, key, adj)
+            stale = self._stale.get(peer.address)
+            if stale:
+                stale.discard(key)
+            refused.add(key)
+            self.rejects.add(peer.address, RejectReason.MAX_PREFIX)
+            rejected.append((prefix, RejectReason.MAX_PREFIX))
+        return ApplyResult(self._recompute(excess), tuple(rejected))
+
     def peer_down(self, peer: IPAddress, graceful: bool = False) -> Changed:
         """The session went down. ``graceful``: GR was negotiated and the peer
         may come back: keep its paths, marked stale."""
@@ -323,6 +349,11 @@ class Rib:
             if path.attrs.next_hop not in next_hops:
                 next_hops.append(path.attrs.next_hop)
         return BestRoute(ranking.best.prefix, tuple(next_hops), ranking.reason)
+
+
+def decide_limit_raised(old: int | None, new: int | None) -> bool:
+    """A max-prefix change after which paths refused for it may be accepted."""
+    return old is not None and (new is None or new > old)
 
 
 def _only_own_blocks_grew(old: ImportContext, new: ImportContext) -> bool:

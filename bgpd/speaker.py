@@ -101,6 +101,15 @@ def decide_refresh(
     return [RouteRefresh(f, p) for p in sorted(established) for f in established[p]]
 
 
+def plan_reactivated(old: ExabgpConfig, new: ExabgpConfig) -> frozenset[IPAddress]:
+    """Neighbours going from passive to active. ExaBGP 5.0.15 never starts
+    them on reload: ``Reactor.active_peers()`` skips a peer whose current
+    definition is passive and unconnected, so the new definition is never
+    taken up. They must be removed by one reload and added by the next."""
+    was_passive = {n.address for n in old.neighbors if n.passive}
+    return frozenset(n.address for n in new.neighbors if not n.passive and n.address in was_passive)
+
+
 def families_of(cfg: ExabgpConfig) -> dict[IPAddress, tuple[str, ...]]:
     """The address families configured per neighbour, as ExaBGP names them."""
     return {
@@ -343,6 +352,11 @@ class Speaker:
         new = self._with_relay(cfg)
         if new == self.cfg:
             return
+        woken = plan_reactivated(self.cfg, new)
+        p = self.proc
+        running = p is not None and p.poll() is None
+        if running and woken and self.settings.reload_with_signal:
+            await self._remove_first(new, woken)
         self.cfg = new
         self.conf_path.write_text(render(self.cfg))
         p = self.proc
@@ -353,6 +367,7 @@ class Speaker:
             # removed peers: forget them (ExaBGP closes their sessions)
             keep = {n.address for n in cfg.neighbors}
             self._needs_full |= keep - set(self.peer_state) - self._known_peers
+            self._needs_full |= woken & keep
             self._known_peers = set(keep)
             for peer in [x for x in self.peer_state if x not in keep]:
                 del self.peer_state[peer]
@@ -360,6 +375,27 @@ class Speaker:
         else:
             self._restart_requested = True
             p.terminate()  # the supervisor starts the new one at once
+
+    async def _remove_first(self, new: ExabgpConfig, woken: frozenset[IPAddress]) -> None:
+        """Reload ExaBGP without the ``woken`` neighbours and wait until it
+        has dropped them, so the next reload adds them as new peers
+        (see ``plan_reactivated``). The wait is a barrier through the API:
+        ExaBGP acks ``reload`` when it sets its reload flag; it reloads at
+        the top of its next loop, which ends before it reads commands;
+        a removed peer is dropped in the loop after that, before
+        commands are read (ExaBGP 5.0.15 ``Reactor.run``, ``Peer.run``).
+        So a no-op (``#``) sent after the reload's ack is acked only once
+        the peers are gone."""
+        interim = replace(new, neighbors=tuple(n for n in new.neighbors if n.address not in woken))
+        self.conf_path.write_text(render(interim))
+        for line in ("reload", "# meshroute: reload barrier"):
+            (ack,) = await self.send_lines([line])
+            if not ack.ok:
+                log.warning("ExaBGP did not acknowledge %r (%s)", line, ack.text)
+                return
+        for peer in woken:
+            self.peer_state.pop(peer, None)
+        log.info("re-added %s as active peers", ", ".join(sorted(map(str, woken))))
 
     # ---- relay connection: the reader ----
 

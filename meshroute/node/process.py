@@ -41,7 +41,7 @@ from bgpd.model import (
     UpdateEvent,
 )
 from bgpd.policy import ImportContext
-from bgpd.rib import Rib
+from bgpd.rib import Rib, decide_limit_raised
 from bgpd.speaker import Speaker, SpeakerSettings
 from felix_lite.inputs import HostInterface, UnderlayRoute
 from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
@@ -274,7 +274,8 @@ class NodeProcess:
         me = self._me(view)
         self.local_as = decide_node_as(me, view.bgp_config)
         peers = plan_peers(me, view.nodes, view.bgp_config, view.bgp_peers)
-        self.peers = {p.address: p for p in peers}
+        old_peers, self.peers = self.peers, {p.address: p for p in peers}
+        raised = [p.address for p in peers if self._limit_changed(old_peers.get(p.address), p)]
         for p in peers:
             self.peer_state.setdefault(p.address, SessionState.IDLE)
             self.peer_since.setdefault(p.address, time.time())
@@ -295,14 +296,32 @@ class NodeProcess:
         if ctx != self.rib.context:
             result = self.rib.set_context(ctx)
             if result.refresh_needed:
-                await self._refresh_peers()
+                raised = list(self.peer_state)
+        if raised:
+            await self._refresh_peers(raised)
         self._felix_dirty.set()
 
-    async def _refresh_peers(self) -> None:
-        """The import policy now accepts more: ask peers to send again."""
+    def _limit_changed(self, old: PeerPlan | None, new: PeerPlan) -> bool:
+        """Apply a changed max-prefix to what the peer already sent; True
+        when paths refused before may now be accepted (ask for a refresh)."""
+        if old is None or (old.max_prefix, old.max_prefix_action) == (
+            new.max_prefix,
+            new.max_prefix_action,
+        ):
+            return False
+        res = self.rib.set_peer_limit(peer_info(new, self.peer_router_id.get(new.address)))
+        if res.close_session:
+            self._hold_down(new.address, new.max_prefix)
+        if res.changed:
+            self._felix_dirty.set()
+        return decide_limit_raised(old.max_prefix, new.max_prefix)
+
+    async def _refresh_peers(self, peers: list[IPAddress]) -> None:
+        """The import policy now accepts more from these peers: ask them to
+        send again."""
 
         assert self.speaker is not None
-        up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        up = [p for p in peers if self.peer_state.get(p) is SessionState.ESTABLISHED]
         if up:
             fam = {4: "ipv4 unicast", 6: "ipv6 unicast"}
             await self.speaker.send([RouteRefresh(fam[p.version], p) for p in up])

@@ -159,6 +159,8 @@ def test_some_bad_lines() -> None:
 def test_exabgp_shutdown_is_a_notice_not_a_malformed_line() -> None:
     line = '{"exabgp": "5.0.0", "type": "notification", "notification": "shutdown"}'
     assert decode_line(line) == ExabgpNotice("shutdown")
+    # the text ExaBGP writes before acking a reload command through the API
+    assert decode_line("reload in progress\n") == ExabgpNotice("reload in progress")
 
 
 # ---- Hypothesis --------------------------------------------------------------

@@ -14,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
+from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
 from bgpd.model import Announce, RouteRefresh, Withdraw
 from bgpd.relay import RelayState
-from bgpd.speaker import decide_refresh, decide_restart_delay, plan_commands
+from bgpd.speaker import decide_refresh, decide_restart_delay, plan_commands, plan_reactivated
 
 FIX = Path(__file__).parent.parent / "fixtures" / "exabgp"
 
@@ -59,6 +60,28 @@ def test_relay_swallows_acks_owed_to_a_node_that_left() -> None:
     assert s.on_exabgp_line(b"done\n", node_connected=True) is None
     assert s.on_exabgp_line(b"error\n", node_connected=True) is None
     assert s.on_exabgp_line(b"done\n", node_connected=True) == b"done\n"
+
+
+def test_reactivated_are_the_peers_going_from_passive_to_active() -> None:
+    a, b, c, d = (IPAddress(f"192.0.2.{i}") for i in (2, 3, 4, 5))
+
+    def cfg(*neighbors: NeighborConfig) -> ExabgpConfig:
+        return ExabgpConfig(IPAddress("192.0.2.1"), 64512, neighbors, ("x",))
+
+    old = cfg(
+        NeighborConfig(a, 1, passive=True),
+        NeighborConfig(b, 1, passive=True),
+        NeighborConfig(c, 1),
+        NeighborConfig(d, 1, passive=True),
+    )
+    new = cfg(
+        NeighborConfig(a, 1),  # flipped: must be removed and added again
+        NeighborConfig(b, 1, passive=True, hold_time=30),  # still passive
+        NeighborConfig(c, 1, passive=True),  # active to passive: a reload does it
+        NeighborConfig(IPAddress("192.0.2.9"), 1),  # new: a reload adds it
+    )  # d removed
+    assert plan_reactivated(old, new) == {a}
+    assert plan_reactivated(new, new) == frozenset()
 
 
 def test_restart_delay_grows_and_is_capped() -> None:

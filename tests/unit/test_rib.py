@@ -13,7 +13,7 @@ from netaddr import IPAddress, IPNetwork
 from bgpd.bestpath import rank
 from bgpd.model import BestRoute, PathAttrs, UpdateEvent
 from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule, RejectReason
-from bgpd.rib import PeerInfo, Rib
+from bgpd.rib import PeerInfo, Rib, decide_limit_raised
 
 SELF = IPAddress("192.0.2.1")
 OWN = IPNetwork("10.244.7.0/26")
@@ -157,6 +157,24 @@ def test_our_own_as_in_the_path_is_refused_and_a_new_local_as_asks_for_refresh()
     assert res.refresh_needed
     assert res.changed == (P2,)
     assert rib.best_routes() == {}
+
+
+def test_a_lowered_max_prefix_applies_to_what_is_held_and_a_raised_one_asks_again() -> None:
+    rib = Rib(CTX)
+    rib.apply_update(announce(A, P1, P2, P3), A)
+    lowered = PeerInfo(A.address, A.asn, A.router_id, False, max_prefix=2)
+    r = rib.set_peer_limit(lowered)
+    assert r.changed == (P3,) and r.rejected == ((P3, RejectReason.MAX_PREFIX),)
+    assert set(rib.best_routes()) == {P1, P2}  # the first ones sent are kept
+    assert (rib.accepted_count(A.address), rib.received_count(A.address)) == (2, 3)
+    assert rib.set_peer_limit(lowered).changed == ()  # at the limit: nothing more
+    closing = PeerInfo(A.address, A.asn, A.router_id, False, 1, MaxPrefixAction.CLOSE)
+    assert rib.set_peer_limit(closing).close_session
+    assert decide_limit_raised(2, 3) and decide_limit_raised(2, None)
+    assert not decide_limit_raised(None, 3) and not decide_limit_raised(3, 2)
+    # raised: the refresh re-sends P3, which is accepted now
+    rib.apply_update(announce(A, P1, P2, P3), PeerInfo(A.address, A.asn, A.router_id, False, 3))
+    assert set(rib.best_routes()) == {P1, P2, P3}
 
 
 def test_max_prefix_drop_keeps_the_session() -> None:
