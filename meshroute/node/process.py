@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import Any
 
 from netaddr import IPAddress
 
+from bgpd.gtsm import GtsmError, GtsmRule, GtsmTable, plan_gtsm
 from bgpd.model import (
     EorEvent,
     Event,
@@ -133,6 +135,8 @@ class NodeProcess:
         self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
+        self.gtsm = GtsmTable(("ip", "netns", "exec", config.netns) if config.netns else ())
+        self._gtsm_desired: frozenset[GtsmRule] = frozenset()
         self.service: IpamService | None = None
 
     # ---- start and stop --------------------------------------------------
@@ -235,6 +239,15 @@ class NodeProcess:
         while True:
             await asyncio.sleep(self.config.ipam.housekeeping_seconds)
             await self.service.housekeeping()
+            await self._apply_gtsm()  # resync: repairs a table changed behind our back
+
+    async def _apply_gtsm(self) -> None:
+        """Inbound GTSM (bgpd.gtsm): before ExaBGP hears of a GTSM peer."""
+        try:
+            if await asyncio.to_thread(self.gtsm.apply, self._gtsm_desired):
+                log.info("GTSM table now covers %d rules", len(self._gtsm_desired))
+        except (GtsmError, OSError, subprocess.SubprocessError) as e:
+            log.warning("cannot apply the GTSM table (%s); retrying at the next resync", e)
 
     async def _become_ready(self) -> None:
         assert self.reconciler is not None
@@ -286,6 +299,10 @@ class NodeProcess:
             if timer is not None:
                 timer.cancel()
         configured = [p for p in peers if p.address not in self._held_down]
+        self._gtsm_desired = plan_gtsm(
+            {p.address: p.ttl_security for p in configured if p.ttl_security}
+        )
+        await self._apply_gtsm()
         exa = plan_exabgp_config(
             self.config, self.local_as, view.bgp_config.listen_port, configured
         )

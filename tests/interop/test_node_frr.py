@@ -274,6 +274,47 @@ def test_routes_through_our_own_as_are_refused_and_counted(rig: Rig) -> None:
         frr.stop()
 
 
+def gtsm_table(rig: Rig) -> dict[str, Any]:
+    out = rig.node.ns.sh("nft -j list table inet meshroute_gtsm", check=False)
+    return json.loads(out) if out.startswith("{") else {}
+
+
+def gtsm_inbound_drops(rig: Rig) -> int:
+    """Packets the rule for segments to our port 179 dropped."""
+    total = 0
+    for item in gtsm_table(rig).get("nftables", []):
+        expr = item.get("rule", {}).get("expr", [])
+        if any(
+            e.get("match", {}).get("left", {}).get("payload", {}).get("field") == "dport"
+            for e in expr
+        ):
+            total += sum(e["counter"]["packets"] for e in expr if "counter" in e)
+    return total
+
+
+def test_inbound_gtsm_refuses_a_peer_sending_ttl_1(rig: Rig) -> None:
+    """The node waits (passive) for a GTSM peer; FRR connects in. Without
+    GTSM FRR sends eBGP's TTL 1: ExaBGP's shared listener would accept it,
+    the node's GTSM table drops it. With GTSM (TTL 255) it comes up."""
+    rig.apply(bgp_peer("external", FRR_IP, FRR_AS, passive=True, ttlSecurity=1))
+    wait_for("the GTSM table", lambda: gtsm_table(rig), 10)
+    frr = start_frr(rig.frr_ns, frr_spec())
+    try:
+        wait_for("FRR's TTL-1 connections dropped", lambda: gtsm_inbound_drops(rig) >= 3, 20)
+        assert not frr.established(NODE_IP) and not rig.up(FRR_IP)
+
+        frr.reconfigure(f"router bgp {FRR_AS}", f"neighbor {NODE_IP} ttl-security hops 1")
+        frr.wait_established(NODE_IP, 30)
+        wait_for("the node sees the session", lambda: rig.up(FRR_IP), 10)
+
+        # GTSM off on the BGPPeer: the table goes with it
+        rig.apply(bgp_peer("external", FRR_IP, FRR_AS, passive=True))
+        wait_for("the GTSM table removed", lambda: not gtsm_table(rig), 10)
+    finally:
+        sys.stderr.write(frr.log()[-4000:])
+        frr.stop()
+
+
 def test_clean_stop_logs_no_warning(rig: Rig) -> None:
     frr = start_frr(rig.frr_ns, frr_spec())
     try:
