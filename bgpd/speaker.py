@@ -201,6 +201,7 @@ class Speaker:
         self._restart_requested = False
         self._exited = asyncio.Event()
         self._synced_waiters: list[asyncio.Future[None]] = []
+        self._reload_due = False  # config rewritten before ExaBGP could take a signal
 
     # ---- paths ----
 
@@ -325,6 +326,7 @@ class Speaker:
             self.stats.exabgp_starts += 1
             self._fresh_process = True
             self._connections_this_process = 0
+            self._reload_due = False  # it reads the file just written
             self.announced.clear()  # a new ExaBGP knows none of our routes
             self._needs_full.clear()
             self.peer_state.clear()
@@ -363,7 +365,12 @@ class Speaker:
         if p is None or p.poll() is not None:
             return  # the supervisor starts it with the new file
         if self.settings.reload_with_signal:
-            p.send_signal(signal.SIGUSR1)
+            if self._connections_this_process:
+                p.send_signal(signal.SIGUSR1)
+            else:
+                # SIGUSR1 kills a Python that has not installed ExaBGP's
+                # handlers yet; its API process connecting says it has
+                self._reload_due = True
             # removed peers: forget them (ExaBGP closes their sessions)
             keep = {n.address for n in cfg.neighbors}
             self._needs_full |= keep - set(self.peer_state) - self._known_peers
@@ -408,6 +415,10 @@ class Speaker:
         self._conn = conn
         self._connections_this_process += 1
         self.stats.relay_connections += 1
+        p = self.proc
+        if self._reload_due and p is not None and p.poll() is None:
+            self._reload_due = False
+            p.send_signal(signal.SIGUSR1)
         self._connected.set()
         task = asyncio.current_task()
         if task is not None:

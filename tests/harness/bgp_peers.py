@@ -104,7 +104,7 @@ def bird_conf(spec: BirdSpec) -> str:
 class Bird:
     ns: Netns
     workdir: Path
-    spec: BirdSpec
+    spec: BirdSpec | str  # a spec, or a whole bird.conf as an operator writes it
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,7 +117,7 @@ class Bird:
 
     def start(self) -> Bird:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(bird_conf(self.spec))
+        self.conf.write_text(self.spec if isinstance(self.spec, str) else bird_conf(self.spec))
         with open(self.workdir / "bird.log", "wb") as log:
             self.proc = self.ns.popen(
                 ["bird", "-c", str(self.conf), "-s", str(self.sock), "-f"],
@@ -175,7 +175,7 @@ class Bird:
                 self.proc.wait()
 
 
-def start_bird(ns: Netns, workdir: Path, spec: BirdSpec) -> Bird:
+def start_bird(ns: Netns, workdir: Path, spec: BirdSpec | str) -> Bird:
     return Bird(ns, workdir, spec).start()
 
 
