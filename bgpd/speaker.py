@@ -248,6 +248,10 @@ class Speaker:
                 await t
         if terminate_exabgp:
             await self._terminate_exabgp()
+            if self._handlers:
+                # its last words (the shutdown notice) are still in the relay:
+                # the relay ends, and closes the socket, once ExaBGP is gone
+                await asyncio.wait(list(self._handlers), timeout=2)
         if self._conn is not None:
             self._conn_lost(self._conn)
         for h in list(self._handlers):

@@ -286,12 +286,26 @@ async def test_clean_stop_is_a_notice_not_a_warning(
     sp = await lab.speaker(cfg_for(NeighborConfig(addr, BIRD_AS, ours)), rec)
     sp.set_desired(MINE)
     await bird_until(bird, lambda b: b.established("exa"), 30, "session up")
+    await until(lambda: sp.peer_state.get(addr) is SessionState.ESTABLISHED, 10, "speaker sees it")
     with caplog.at_level(logging.INFO, logger="bgpd"):
         await sp.stop()
     assert ExabgpNotice("shutdown") in rec.events
     assert not [e for e in rec.events if isinstance(e, MalformedLine)]
     assert sp.stats.malformed == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_config_changed_while_exabgp_starts_does_not_kill_it(lab: Lab) -> None:
+    """SIGUSR1 before ExaBGP installed its handlers would kill it: the
+    reload waits for its API process to connect."""
+    ns, ours, addr = lab.peer_ns("bird")
+    await asyncio.to_thread(start_bird, ns, lab.tmp / "bird", bird_spec(ours, addr))
+    sp = await lab.speaker(cfg_for(), Recorder())
+    await until(lambda: sp.proc is not None, 5, "ExaBGP spawned")
+    await sp.apply_config(cfg_for(NeighborConfig(addr, BIRD_AS, ours)))  # at once
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(addr) is up, 30, "the added peer comes up")
+    assert sp.stats.exabgp_starts == 1
 
 
 async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: Lab) -> None:
