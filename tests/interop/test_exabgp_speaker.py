@@ -483,5 +483,7 @@ async def test_ipv6_session_both_ways(lab: Lab) -> None:
     await until(
         lambda: IPNetwork("2001:db8:100::/48") in rec.prefixes_from(theirs), 20, "BIRD's /48"
     )
-    (path,) = [a for e in rec.events if isinstance(e, UpdateEvent) for _p, a in e.announced]
-    assert path.next_hop == theirs
+    # BIRD may send the /48 more than once (seen about 1 run in 3): every copy
+    # must carry its global address as next hop
+    paths = [a for e in rec.events if isinstance(e, UpdateEvent) for _p, a in e.announced]
+    assert paths and {p.next_hop for p in paths} == {theirs}
