@@ -217,6 +217,14 @@ class Speaker:
     def log_path(self) -> Path:
         return self.settings.workdir / "exabgp.log"
 
+    def _write_conf(self, cfg: ExabgpConfig) -> None:
+        """Replace the config file whole: ExaBGP reading a half-written one
+        (a reload racing the write) fails to load it, and its next good
+        load crashes sessions that were left unchanged (5.0.15)."""
+        tmp = self.conf_path.with_name(self.conf_path.name + ".new")
+        tmp.write_text(render(cfg))
+        os.replace(tmp, self.conf_path)
+
     def _with_relay(self, cfg: ExabgpConfig) -> ExabgpConfig:
         run = (self.settings.python, "-m", "bgpd.relay", "--socket", str(self.socket_path))
         return replace(cfg, api_run=run)
@@ -225,7 +233,7 @@ class Speaker:
 
     async def start(self) -> None:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(render(self.cfg))
+        self._write_conf(self.cfg)
         # before serving the socket: the old ExaBGP's relay would connect to it
         await asyncio.to_thread(self._end_previous_exabgp)
         with contextlib.suppress(FileNotFoundError):
@@ -323,7 +331,7 @@ class Speaker:
             if delay:
                 log.warning("ExaBGP: restarting in %.1f s (%d early exits)", delay, failures)
                 await asyncio.sleep(delay)
-            self.conf_path.write_text(render(self.cfg))
+            self._write_conf(self.cfg)
             self.proc = self._spawn()
             self.exabgp_pid = self.proc.pid
             self.pid_path.write_text(f"{self.proc.pid}\n")
@@ -364,7 +372,7 @@ class Speaker:
         if running and woken and self.settings.reload_with_signal:
             await self._remove_first(new, woken)
         self.cfg = new
-        self.conf_path.write_text(render(self.cfg))
+        self._write_conf(self.cfg)
         p = self.proc
         if p is None or p.poll() is not None:
             return  # the supervisor starts it with the new file
@@ -398,8 +406,10 @@ class Speaker:
         So a no-op (``#``) sent after the reload's ack is acked only once
         the peers are gone."""
         interim = replace(new, neighbors=tuple(n for n in new.neighbors if n.address not in woken))
-        self.conf_path.write_text(render(interim))
-        for line in ("reload", "# meshroute: reload barrier"):
+        self._write_conf(interim)
+        # a bare "#": ExaBGP 5.0.15 runs the first command whose name followed
+        # by a space occurs anywhere in the line ("# reload barrier" reloads)
+        for line in ("reload", "#"):
             (ack,) = await self.send_lines([line])
             if not ack.ok:
                 log.warning("ExaBGP did not acknowledge %r (%s)", line, ack.text)

@@ -363,6 +363,7 @@ class NodeProcess:
             self.peer_state[e.peer] = e.state
             if old is not e.state:
                 self.peer_since[e.peer] = time.time()
+                log.info("peer %s: %s (%s)", e.peer, e.state.value, e.reason or "no reason given")
             if e.state is SessionState.DOWN:
                 self._peer_down(e.peer)
             elif e.state is SessionState.ESTABLISHED:

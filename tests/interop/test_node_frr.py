@@ -230,6 +230,13 @@ def test_every_bgppeer_field_changes_live_and_alone(rig: Rig, steady: None) -> N
         wait_for("the node stops connecting", lambda: not frr.established(NODE_IP), 30)
         time.sleep(4)
         assert not frr.established(NODE_IP) and not rig.up(FRR_IP)
+
+        # back to active with maxPrefixAction close under the limit: the node
+        # connects, receives three, and closes the session (held down)
+        rig.apply(bgp_peer("external", FRR_IP, 65021, maxPrefix=2, maxPrefixAction="close", **spec))
+        wait_for("the session closed for max-prefix", lambda: rig.peer(FRR_IP).get("heldDown"), 30)
+        wait_for("FRR sees it closed", lambda: not frr.established(NODE_IP), 30)
+        assert rig.via(FRR_IP) == set()
     finally:
         sys.stderr.write(frr.log()[-4000:])
         frr.stop()
