@@ -14,7 +14,7 @@ from bgpd.gtsm import TABLE, GtsmTable, plan_gtsm
 from tests.harness.netns import Netns, NetnsFactory, veth
 from tests.harness.poll import wait_for
 
-pytestmark = [pytest.mark.netns]
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 A = IPAddress("192.0.2.21")
 
 
