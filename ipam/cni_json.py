@@ -25,12 +25,17 @@ class _ScannerContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
     memo: dict[str, str]
 
     def __init__(self) -> None:
         self.memo = {}
-        self.parse_constant = self.parse_constant.__getitem__  # type: ignore[assignment]
+        self.parse_constant = _refuse_constant
+
+
+def _refuse_constant(name: str) -> float:
+    # json accepts NaN and Infinity; RFC 8259 (and Go's encoding/json, which
+    # runtimes use) does not, and no setting of ours means anything with them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _unsupported(o: object) -> object:
@@ -44,19 +49,23 @@ try:
 
     _scan = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]
     _encode = _json.make_encoder(
-        None, _unsupported, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True
+        None, _unsupported, _json.encode_basestring_ascii, None, ": ", ", ", False, False, False
     )
 except (ImportError, AttributeError, TypeError):  # pragma: no cover - other Pythons
     _scan = _encode = None
 
 
 def loads(data: bytes | str) -> object:
-    """Parse one JSON document; ValueError (or UnicodeDecodeError) when it is not one."""
+    """Parse one JSON document; ValueError (or UnicodeDecodeError) when it is
+    not one, RecursionError when it nests deeper than the interpreter's
+    recursion limit. NaN and Infinity are refused."""
     text = data.decode() if isinstance(data, bytes) else data
     if _scan is not None:
         start = len(text) - len(text.lstrip(_WS))
         try:
             value, end = _scan(text, start)
+        except RecursionError:
+            raise  # json would only recurse as deep again
         except Exception:  # malformed: json below says precisely why
             pass
         else:
@@ -66,13 +75,14 @@ def loads(data: bytes | str) -> object:
     # scanner can only raise JSONDecodeError once json.decoder is imported.
     import json
 
-    return json.loads(text)
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def dumps(obj: object) -> str:
-    """Like ``json.dumps(obj)`` with its defaults."""
+    """Like ``json.dumps(obj)`` with its defaults, but ValueError for NaN and
+    infinities (``allow_nan=False``)."""
     if _encode is None:  # pragma: no cover
         import json
 
-        return json.dumps(obj)
+        return json.dumps(obj, allow_nan=False)
     return "".join(_encode(obj, 0))

@@ -21,13 +21,22 @@ Network configuration (``ipam`` section of the netconf on stdin)::
 Requested addresses may also come from ``runtimeConfig.ips``,
 ``args.cni.ips`` or ``IP=a,b`` in ``CNI_ARGS``; they replace auto-assignment.
 
-Errors are CNI error objects on stdout with exit status 1. Codes: the
+``CNI_CONTAINERID`` and ``CNI_IFNAME`` are checked as the CNI spec and
+libcni check them (an id of ASCII letters, digits, ``_ . -`` starting with
+a letter or digit; an interface name of at most 15 bytes without ``/``,
+``:`` or whitespace, not ``.`` or ``..``), and pod names from ``CNI_ARGS``
+as Kubernetes names, before anything reaches the service or etcd.
+
+Errors are CNI error objects on stdout with exit status 1, whatever the
+input (deep nesting, NaN, invalid UTF-8, huge values); they quote at most a
+short prefix of what they got. Codes: the
 spec's 1 (incompatible version), 4 (invalid environment variables), 6
 (cannot decode stdin), 7 (invalid network config), 11 (try again later:
 etcd unreachable or too many concurrent changes), and ours: 100 pool
 exhausted, 101 IPAM service unavailable (not running or not answering),
-102 address request refused, 103 CHECK found a mismatch, 110 internal
-error of the service.
+102 address request refused, 103 CHECK found a mismatch, 104 the request
+is too large for the datastore, 110 internal error of the service or
+plugin.
 
 Results: ``ips`` and ``routes``. In L2-segment mode (``meshroute ipam serve
 --l2-segment``: pods on a bridge whose subnet is the block) an address from
@@ -46,6 +55,7 @@ import os
 import sys
 
 from ipam import cni_json  # not ``json``: see there
+from ipam.quoting import quote
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,7 +67,15 @@ CURRENT_VERSION = "1.0.0"
 DEFAULT_SOCKET = "/run/meshroute/ipam.sock"
 CONNECT_TIMEOUT_S = 1.0
 DEFAULT_TIMEOUT_S = 30.0
+MAX_TIMEOUT_S = 3600.0
 MAX_REPLY = 1 << 20
+MAX_STDIN = 1 << 22  # a network configuration is a few KB; prevResult adds little
+MAX_CONTAINER_ID = 255
+MAX_IFNAME_BYTES = 15  # IFNAMSIZ - 1
+MAX_K8S_NAME = 253  # a DNS subdomain
+MAX_CNI_ARG = 1024
+MAX_LIST = 64  # entries of ipv4_pools, ipv6_pools, ips
+MAX_LIST_ITEM = 253
 
 # CNI spec error codes
 ERR_INCOMPATIBLE_VERSION = 1
@@ -70,6 +88,7 @@ ERR_POOL_EXHAUSTED = 100
 ERR_SERVICE_UNAVAILABLE = 101
 ERR_ADDRESS_REFUSED = 102
 ERR_CHECK_FAILED = 103
+ERR_TOO_LARGE = 104
 ERR_INTERNAL = 110
 
 
@@ -88,15 +107,89 @@ def _version_tuple(v: str) -> tuple[int, ...]:
         return (0,)
 
 
+def _utf8(value: str) -> bool:
+    """False for text that came from bytes that are not UTF-8 (the
+    interpreter decodes the environment with surrogate escapes)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def container_id_problem(value: str) -> str | None:
+    """Why ``value`` is not a container id (libcni's rule), or None."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_CONTAINER_ID:
+        return f"is longer than {MAX_CONTAINER_ID} characters"
+    if not (value.isascii() and all(c.isalnum() or c in "_.-" for c in value)):
+        return "may hold only ASCII letters, digits, '_', '.' and '-'"
+    if not value[0].isalnum():
+        return "must start with a letter or a digit"
+    return None
+
+
+def ifname_problem(value: str) -> str | None:
+    """Why ``value`` is not an interface name (the kernel's and libcni's
+    rules), or None."""
+    if not value:
+        return "is empty"
+    if not _utf8(value):
+        return "is not valid UTF-8"
+    if len(value.encode()) > MAX_IFNAME_BYTES:
+        return f"is longer than {MAX_IFNAME_BYTES} bytes"
+    if value in (".", ".."):
+        return "cannot be '.' or '..'"
+    if any(c in "/:" or c.isspace() or not c.isprintable() for c in value):
+        return "cannot hold '/', ':', whitespace or control characters"
+    return None
+
+
+def k8s_name_problem(value: str) -> str | None:
+    """Why ``value`` is not a pod or namespace name we can store, or None."""
+    if len(value) > MAX_K8S_NAME:
+        return f"is longer than {MAX_K8S_NAME} characters"
+    if not _utf8(value) or not value.isprintable():
+        return "must be printable UTF-8"
+    return None
+
+
+def check_container_id(value: str) -> str:
+    problem = container_id_problem(value)
+    if problem:
+        raise CniError(ERR_INVALID_ENV, f"CNI_CONTAINERID {quote(value)} {problem}")
+    return value
+
+
+def check_ifname(value: str) -> str:
+    problem = ifname_problem(value)
+    if problem:
+        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {quote(value)} {problem}")
+    return value
+
+
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """``K=V;K2=V2`` (CNI_ARGS) to a dict; malformed pairs are refused."""
+    """``K=V;K2=V2`` (CNI_ARGS) to a dict; malformed pairs, values that are
+    not UTF-8 or too long, and bad pod names are refused."""
     out: dict[str, str] = {}
     for pair in raw.split(";"):
         if not pair:
             continue
         k, sep, v = pair.partition("=")
         if not sep or not k:
-            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {pair!r} is not KEY=VALUE")
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {quote(pair)} is not KEY=VALUE")
+        if len(pair) > MAX_CNI_ARG or not _utf8(pair):
+            raise CniError(
+                ERR_INVALID_ENV,
+                f"CNI_ARGS: {quote(pair)} is longer than {MAX_CNI_ARG} characters"
+                if _utf8(pair)
+                else f"CNI_ARGS: {quote(pair)} is not valid UTF-8",
+            )
+        if k in ("K8S_POD_NAME", "K8S_POD_NAMESPACE"):
+            problem = k8s_name_problem(v)
+            if problem:
+                raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {k} {quote(v)} {problem}")
         out[k] = v
     return out
 
@@ -108,22 +201,36 @@ def _flag(value: object, default: bool, name: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise CniError(ERR_INVALID_CONFIG, f"ipam.{name} must be true or false, not {value!r}")
+    raise CniError(ERR_INVALID_CONFIG, f"ipam.{name} must be true or false, not {quote(value)}")
 
 
 def _str_list(value: object, name: str) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, list) and all(isinstance(x, str) for x in value):
-        return list(value)
-    raise CniError(ERR_INVALID_CONFIG, f"{name} must be a list of strings")
+    if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+        raise CniError(ERR_INVALID_CONFIG, f"{name} must be a list of strings")
+    if len(value) > MAX_LIST:
+        raise CniError(ERR_INVALID_CONFIG, f"{name} has more than {MAX_LIST} entries")
+    for x in value:
+        if len(x) > MAX_LIST_ITEM:
+            raise CniError(
+                ERR_INVALID_CONFIG, f"{name}: {quote(x)} is longer than {MAX_LIST_ITEM} characters"
+            )
+    return list(value)
 
 
 def decode_config(stdin: bytes) -> dict[str, Any]:
+    what = "cannot decode the network configuration"
+    if len(stdin) > MAX_STDIN:
+        raise CniError(ERR_DECODE, f"{what}: it is larger than {MAX_STDIN >> 20} MiB")
     try:
         conf = cni_json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CniError(ERR_DECODE, "cannot decode the network configuration", str(e)) from e
+    except UnicodeDecodeError as e:
+        raise CniError(ERR_DECODE, f"{what}: it is not valid UTF-8", str(e)) from e
+    except RecursionError as e:
+        raise CniError(ERR_DECODE, f"{what}: it is nested too deeply") from e
+    except ValueError as e:
+        raise CniError(ERR_DECODE, what, str(e)[:200]) from e
     if not isinstance(conf, dict):
         raise CniError(ERR_DECODE, "the network configuration is not a JSON object")
     return conf
@@ -136,7 +243,7 @@ def check_version(conf: Mapping[str, Any]) -> str:
     if version not in SUPPORTED_VERSIONS:
         raise CniError(
             ERR_INCOMPATIBLE_VERSION,
-            f"cniVersion {version} is not supported",
+            f"cniVersion {quote(version)} is not supported",
             "supported: " + ", ".join(SUPPORTED_VERSIONS),
         )
     return version
@@ -157,8 +264,8 @@ def plan_request(command: str, env: Mapping[str, str], conf: Mapping[str, Any]) 
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CniError(ERR_INVALID_CONFIG, "network configuration has no ipam section")
-    container_id = _require_env(env, "CNI_CONTAINERID")
-    ifname = _require_env(env, "CNI_IFNAME")
+    container_id = check_container_id(_require_env(env, "CNI_CONTAINERID"))
+    ifname = check_ifname(_require_env(env, "CNI_IFNAME"))
     if command in ("ADD", "CHECK"):
         _require_env(env, "CNI_NETNS")
     args = parse_cni_args(env.get("CNI_ARGS", ""))
@@ -181,7 +288,7 @@ def plan_request(command: str, env: Mapping[str, str], conf: Mapping[str, Any]) 
     elif command == "CHECK":
         if _version_tuple(version) < (0, 4, 0):
             raise CniError(
-                ERR_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {version}"
+                ERR_INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {quote(version)}"
             )
         prev = conf.get("prevResult")
         if not isinstance(prev, dict):
@@ -191,7 +298,7 @@ def plan_request(command: str, env: Mapping[str, str], conf: Mapping[str, Any]) 
             isinstance(x, dict) and isinstance(x.get("address"), str) for x in ips
         ):
             raise CniError(ERR_INVALID_CONFIG, "prevResult.ips is malformed")
-        req["expect"] = [x["address"].split("/")[0] for x in ips]
+        req["expect"] = _str_list([x["address"].split("/")[0] for x in ips], "prevResult.ips")
     return req
 
 
@@ -207,7 +314,7 @@ def _requested_ips(
             ips += _str_list(sub.get("ips"), name)
     if args.get("IP"):
         ips += [x.strip() for x in args["IP"].split(",") if x.strip()]
-    return [ip.split("/")[0] for ip in ips]
+    return _str_list([ip.split("/")[0] for ip in ips], "requested ips")
 
 
 def call_service(path: str, request: Mapping[str, Any], timeout: float) -> dict[str, Any]:
@@ -283,8 +390,12 @@ def error_object(version: str, err: CniError) -> dict[str, Any]:
 
 def _timeout(conf: Mapping[str, Any]) -> float:
     t = conf.get("ipam", {}).get("timeout", DEFAULT_TIMEOUT_S)
-    if isinstance(t, bool) or not isinstance(t, int | float) or t <= 0:
-        raise CniError(ERR_INVALID_CONFIG, "ipam.timeout must be a positive number of seconds")
+    # ``not 0 < t <= max`` also catches an infinity (JSON's 1e999) and NaN.
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= MAX_TIMEOUT_S:
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            f"ipam.timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}",
+        )
     return float(t)
 
 
@@ -300,7 +411,7 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
         if command not in ("ADD", "DEL", "CHECK"):
             raise CniError(
                 ERR_INVALID_ENV,
-                f"CNI_COMMAND {command!r} is not ADD, DEL, CHECK or VERSION"
+                f"CNI_COMMAND {quote(command)} is not ADD, DEL, CHECK or VERSION"
                 if command
                 else "CNI_COMMAND is not set",
             )
@@ -309,7 +420,7 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
             version = conf["cniVersion"]
         request = plan_request(command, env, conf)
         path = conf["ipam"].get("socket") or DEFAULT_SOCKET
-        if not isinstance(path, str):
+        if not isinstance(path, str) or len(path) > MAX_LIST_ITEM or "\0" in path:
             raise CniError(ERR_INVALID_CONFIG, "ipam.socket must be a path")
         reply = call_service(path, request, _timeout(conf))
         if command == "ADD":
@@ -317,6 +428,10 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
         return 0
     except CniError as e:
         stdout.write(cni_json.dumps(error_object(version, e)))
+        return 1
+    except Exception as e:  # our bug: still an answer in the protocol, not a traceback
+        err = CniError(ERR_INTERNAL, "internal error of the CNI plugin", type(e).__name__)
+        stdout.write(cni_json.dumps(error_object(version, err)))
         return 1
 
 

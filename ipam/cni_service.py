@@ -37,17 +37,26 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
+from ipam import cni_json
 from ipam.allocator import IpamError, PoolExhausted
 from ipam.cni_plugin import (
     ERR_ADDRESS_REFUSED,
     ERR_CHECK_FAILED,
     ERR_INTERNAL,
     ERR_INVALID_CONFIG,
+    ERR_INVALID_ENV,
     ERR_POOL_EXHAUSTED,
+    ERR_TOO_LARGE,
     ERR_TRY_AGAIN,
+    MAX_LIST,
+    MAX_LIST_ITEM,
+    container_id_problem,
+    ifname_problem,
+    k8s_name_problem,
 )
 from ipam.ipam import AssignedAddress, AssignRequest, Conflict, Ipam
-from ipam.store import StoreError
+from ipam.quoting import quote
+from ipam.store import RequestTooLarge, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,12 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 class BadRequest(Exception):
-    """A request the service cannot understand."""
+    """A request the service cannot understand; ``code`` is the CNI error
+    code (4 for what came from the runtime's ``CNI_*`` variables)."""
+
+    def __init__(self, msg: str, code: int = ERR_INVALID_CONFIG) -> None:
+        super().__init__(msg)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,11 @@ def _strs(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
     v = d.get(key, [])
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise BadRequest(f"{key} must be a list of strings")
+    if len(v) > MAX_LIST:
+        raise BadRequest(f"{key} has more than {MAX_LIST} entries")
+    for x in v:
+        if len(x) > MAX_LIST_ITEM:
+            raise BadRequest(f"{key}: {quote(x)} is longer than {MAX_LIST_ITEM} characters")
     return tuple(v)
 
 
@@ -97,27 +116,43 @@ def _ips(d: Mapping[str, Any], key: str) -> tuple[IPAddress, ...]:
         try:
             out.append(IPAddress(s.split("/")[0]))
         except (AddrFormatError, ValueError) as e:
-            raise BadRequest(f"{key}: {s!r} is not an IP address") from e
+            raise BadRequest(f"{key}: {quote(s)} is not an IP address") from e
     return tuple(out)
 
 
+def _checked(d: Mapping[str, Any], key: str, problem_of: Callable[[str], str | None]) -> str:
+    v = d.get(key, "")
+    if not isinstance(v, str):
+        raise BadRequest(f"{key} must be a string", ERR_INVALID_ENV)
+    problem = problem_of(v)
+    if problem:
+        raise BadRequest(f"{key} {quote(v)} {problem}", ERR_INVALID_ENV)
+    return v
+
+
+def _bool(d: Mapping[str, Any], key: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise BadRequest(f"{key} must be true or false, not {quote(v)}")
+    return v
+
+
 def decode_request(d: object) -> Request:
+    """A request, checked as the plugin checks what the runtime gave it (a
+    client of this socket need not be our plugin)."""
     if not isinstance(d, dict):
         raise BadRequest("request is not a JSON object")
     op = d.get("op")
     if op not in ("add", "del", "check"):
-        raise BadRequest(f"unknown op {op!r}")
-    for key in ("containerId", "ifname"):
-        if not isinstance(d.get(key), str) or not d[key]:
-            raise BadRequest(f"{key} is missing")
+        raise BadRequest(f"unknown op {quote(op)}")
     return Request(
         op=op,
-        container_id=d["containerId"],
-        ifname=d["ifname"],
-        namespace=str(d.get("namespace", "")),
-        pod=str(d.get("pod", "")),
-        ipv4=bool(d.get("ipv4", True)),
-        ipv6=bool(d.get("ipv6", False)),
+        container_id=_checked(d, "containerId", container_id_problem),
+        ifname=_checked(d, "ifname", ifname_problem),
+        namespace=_checked(d, "namespace", k8s_name_problem),
+        pod=_checked(d, "pod", k8s_name_problem),
+        ipv4=_bool(d, "ipv4", True),
+        ipv6=_bool(d, "ipv6", False),
         ipv4_pools=_strs(d, "ipv4Pools"),
         ipv6_pools=_strs(d, "ipv6Pools"),
         ips=_ips(d, "ips"),
@@ -151,7 +186,9 @@ def error_reply(code: int, msg: str, details: str = "") -> dict[str, Any]:
 def decide_error(e: Exception) -> dict[str, Any]:
     """Map an IPAM failure to the CNI error the plugin reports."""
     if isinstance(e, BadRequest):
-        return error_reply(ERR_INVALID_CONFIG, str(e))
+        return error_reply(e.code, str(e))
+    if isinstance(e, RequestTooLarge):
+        return error_reply(ERR_TOO_LARGE, "the request is too large for the IPAM datastore", str(e))
     if isinstance(e, StoreError):
         return error_reply(ERR_TRY_AGAIN, "the IPAM datastore (etcd) is unreachable", str(e))
     if isinstance(e, Conflict):
@@ -289,9 +326,11 @@ class IpamService:
                 if not line:
                     break
                 try:
-                    raw = json.loads(line)
-                except ValueError:
-                    reply = error_reply(ERR_INVALID_CONFIG, "request is not JSON")
+                    raw = cni_json.loads(line)
+                except (ValueError, UnicodeDecodeError) as e:
+                    reply = error_reply(ERR_INVALID_CONFIG, "request is not JSON", str(e)[:200])
+                except RecursionError:
+                    reply = error_reply(ERR_INVALID_CONFIG, "request is nested too deeply")
                 else:
                     reply = await self.handle(raw)
                 writer.write(_encode(reply))

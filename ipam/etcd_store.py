@@ -12,7 +12,7 @@ from typing import Any
 import aetcd
 import aetcd.exceptions
 
-from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
+from ipam.store import Compare, Delete, Listing, Op, Put, RequestTooLarge, StoreError, Versioned
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ _RETRYABLE = (
     aetcd.exceptions.ConnectionTimeoutError,
     aetcd.exceptions.InternalError,
 )
+# What etcd says when a request passes its --max-request-bytes or --max-txn-ops.
+_TOO_LARGE = ("request is too large", "too many operations in txn request")
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -72,6 +74,8 @@ class EtcdStore:
                 last = e
                 await self._rotate()
             except aetcd.exceptions.ClientError as e:
+                if any(m in str(e) for m in _TOO_LARGE):
+                    raise RequestTooLarge(f"etcd refused the {what} as too large: {e}") from e
                 raise StoreError(f"etcd {what}: {e}") from e
         endpoints = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
         raise StoreError(f"etcd unreachable at {endpoints} ({what}): {last}") from last

@@ -13,6 +13,11 @@ class StoreError(Exception):
     """The datastore could not be reached or refused the request."""
 
 
+class RequestTooLarge(StoreError):
+    """The datastore refused a request for its size (etcd's
+    ``--max-request-bytes`` or ``--max-txn-ops``): retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class Versioned:
     value: bytes
