@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ipam.model import EncapMode, Pool
+from ipam.quoting import quote
 from ipam.selector import SelectorError, parse_selector
 
 # Calico's ranges: a block must fit in the pool and hold at least 1 address;
@@ -29,7 +30,7 @@ class Problem:
 
 def _name(p: Pool) -> str | None:
     if not _NAME.match(p.name):
-        return f"{p.name!r} is not a valid name (lower case letters, digits, '-', '.')"
+        return f"{quote(p.name)} is not a valid name (lower case letters, digits, '-', '.')"
     return None
 
 

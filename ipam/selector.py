@@ -17,8 +17,12 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 
+from ipam.quoting import quote
+
 Labels = Mapping[str, str]
 Predicate = Callable[[Labels], bool]
+MAX_SELECTOR_CHARS = 4096
+MAX_DEPTH = 32  # of parentheses and negations: the parser recurses
 
 
 class SelectorError(ValueError):
@@ -42,7 +46,7 @@ def _tokens(text: str) -> list[str]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise SelectorError(f"unexpected {text[pos : pos + 10]!r} at column {pos + 1}")
+            raise SelectorError(f"unexpected {quote(text[pos : pos + 10])} at column {pos + 1}")
         out.append(m.group("op") or m.group("str") or m.group("word"))
         pos = m.end()
     return out
@@ -53,6 +57,7 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -60,9 +65,11 @@ class _Parser:
     def take(self, expected: str | None = None) -> str:
         tok = self.peek()
         if tok is None:
-            raise SelectorError(f"selector {self.text!r} ends early")
+            raise SelectorError(f"selector {quote(self.text)} ends early")
         if expected is not None and tok != expected:
-            raise SelectorError(f"expected {expected!r} but found {tok!r} in {self.text!r}")
+            raise SelectorError(
+                f"expected {quote(expected)} but found {quote(tok)} in {quote(self.text)}"
+            )
         self.i += 1
         return tok
 
@@ -71,7 +78,7 @@ class _Parser:
             raise SelectorError("empty selector (use all())")
         p = self.or_()
         if self.peek() is not None:
-            raise SelectorError(f"unexpected {self.peek()!r} in {self.text!r}")
+            raise SelectorError(f"unexpected {quote(self.peek())} in {quote(self.text)}")
         return p
 
     def or_(self) -> Predicate:
@@ -90,21 +97,29 @@ class _Parser:
 
     def unary(self) -> Predicate:
         tok = self.peek()
+        if tok in ("!", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise SelectorError(f"selector nests deeper than {MAX_DEPTH} levels")
         if tok == "!":
             self.take()
             inner = self.unary()
+            self.depth -= 1
             return lambda lb: not inner(lb)
         if tok == "(":
             self.take()
             inner = self.or_()
             self.take(")")
+            self.depth -= 1
             return inner
         return self.term()
 
     def string(self) -> str:
         tok = self.take()
         if len(tok) < 2 or tok[0] not in "'\"" or tok[-1] != tok[0]:
-            raise SelectorError(f"expected a quoted value, found {tok!r} in {self.text!r}")
+            raise SelectorError(
+                f"expected a quoted value, found {quote(tok)} in {quote(self.text)}"
+            )
         return tok[1:-1]
 
     def term(self) -> Predicate:
@@ -117,7 +132,7 @@ class _Parser:
             self.take(")")
             return lambda lb: key in lb
         if not re.fullmatch(r"[A-Za-z0-9_./-]+", tok):
-            raise SelectorError(f"unknown selector syntax {tok!r} in {self.text!r}")
+            raise SelectorError(f"unknown selector syntax {quote(tok)} in {quote(self.text)}")
         key = tok
         op = self.take()
         if op in ("==", "!="):
@@ -139,12 +154,16 @@ class _Parser:
             if negate:
                 return lambda lb: lb.get(key) not in values
             return lambda lb: lb.get(key) in values
-        raise SelectorError(f"unknown operator {op!r} after {key!r} in {self.text!r}")
+        raise SelectorError(
+            f"unknown operator {quote(op)} after {quote(key)} in {quote(self.text)}"
+        )
 
 
 @functools.lru_cache(maxsize=256)
 def parse_selector(text: str) -> Predicate:
     """Compile a selector; raises SelectorError with the reason."""
+    if len(text) > MAX_SELECTOR_CHARS:
+        raise SelectorError(f"selector is longer than {MAX_SELECTOR_CHARS} characters")
     return _Parser(text).parse()
 
 

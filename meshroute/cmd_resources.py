@@ -75,9 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    stdin = sys.stdin.read() if "-" in args.filename else None
     try:
-        loaded = load_files(args.filename, stdin)
+        loaded = load_files(args.filename, sys.stdin.buffer)
     except ResourceError as e:
         raise UserError(f"nothing applied:\n{e}") from e
     if problems := overlap_problems(loaded, []):

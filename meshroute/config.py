@@ -4,14 +4,13 @@ reported with the file and the field; passed explicitly, never global."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TypeVar
 
-import yaml
 from netaddr import IPAddress
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meshroute.schema_types import Address, InterfaceAddress, field_path
+from meshroute.yaml_input import YamlInputError, one_document, read_text
 
 DEFAULT_CONFIG = "/etc/meshroute/node.yaml"
 
@@ -86,9 +85,9 @@ def parse_config(text: str, source: str, model: type[M]) -> M:
     """A YAML configuration file validated whole against ``model``; every
     problem reported on its own line as ``FILE: field.path: message``."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        raw = one_document(text, source)
+    except YamlInputError as e:
+        raise ConfigError(str(e)) from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of settings")
     try:
@@ -100,9 +99,9 @@ def parse_config(text: str, source: str, model: type[M]) -> M:
 
 def load_config(path: str, model: type[M]) -> M:
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+        text = read_text(path)
+    except YamlInputError as e:
+        raise ConfigError(str(e)) from e
     return parse_config(text, path, model)
 
 

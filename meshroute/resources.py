@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -19,8 +17,10 @@ from pydantic import (
 
 from ipam.model import EncapMode, IpamSettings, Pool, Use
 from ipam.pool_rules import DEFAULT_BLOCK_SIZE, overlapping, pool_problems
+from ipam.quoting import quote
 from ipam.selector import SelectorError, parse_selector
 from meshroute.schema_types import Address, Cidr, Community, field_path
+from meshroute.yaml_input import YamlInputError, documents, read_text
 
 API_VERSION = "meshroute.io/v1"
 
@@ -31,7 +31,11 @@ class ResourceError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, arbitrary_types_allowed=True, populate_by_name=True
+        extra="forbid",
+        frozen=True,
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
     )
 
 
@@ -134,6 +138,8 @@ KINDS: dict[str, type[BaseModel]] = {
     "BGPConfiguration": BGPConfigurationResource,
     "BGPPeer": BGPPeerResource,
 }
+# Kinds of which the cluster has exactly one, named "default".
+SINGLETONS = (IPAMConfigurationResource, BGPConfigurationResource)
 
 
 def bgp_peer_problems(spec: BGPPeerSpec) -> list[str]:
@@ -167,20 +173,28 @@ class Loaded:
     resource: Resource
 
 
+def _shown(value: object) -> str:
+    """A kind or name as the place of a problem: itself when short and
+    plain, else quoted by a short prefix."""
+    if isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable():
+        return value
+    return "?" if value is None else quote(value)
+
+
 def _where(source: str, index: int, doc: Any) -> str:
-    kind = doc.get("kind", "?") if isinstance(doc, dict) else "?"
+    kind = doc.get("kind") if isinstance(doc, dict) else None
     meta = doc.get("metadata") if isinstance(doc, dict) else None
-    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
-    return f"{source}: document {index} ({kind} {name})"
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return f"{source}: document {index} ({_shown(kind)} {_shown(name)})"
 
 
 def parse_documents(text: str, source: str) -> list[Loaded]:
     """Parse and validate every document; raise one ResourceError listing
     all problems, each with its place."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        raise ResourceError(f"{source}: not valid YAML: {e}") from e
+        docs = [d for d in documents(text, source) if d is not None]
+    except YamlInputError as e:
+        raise ResourceError(str(e)) from e
     if not docs:
         raise ResourceError(f"{source}: no resources found")
     problems: list[str] = []
@@ -193,7 +207,7 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
         kind = doc.get("kind")
         model = KINDS.get(kind) if isinstance(kind, str) else None
         if model is None:
-            problems.append(f"{where}: kind: {kind!r} is not one of {', '.join(KINDS)}")
+            problems.append(f"{where}: kind: {quote(kind)} is not one of {', '.join(KINDS)}")
             continue
         try:
             res = model.model_validate(doc)
@@ -204,24 +218,26 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
             problems += [f"{where}: {p}" for p in pool_problems(res.to_pool())]
         elif isinstance(res, BGPPeerResource):
             problems += [f"{where}: {p}" for p in bgp_peer_problems(res.spec)]
+        if isinstance(res, SINGLETONS) and res.metadata.name != "default":
+            problems.append(
+                f"{where}: metadata.name: {quote(res.metadata.name)} is not 'default' "
+                f"(a cluster has one {kind}, named default)"
+            )
+            continue
         out.append(Loaded(where, res))  # type: ignore[arg-type]
     if problems:
         raise ResourceError("\n".join(problems))
     return out
 
 
-def load_files(paths: list[str], stdin_text: str | None = None) -> list[Loaded]:
+def load_files(paths: list[str], stdin: BinaryIO | None = None) -> list[Loaded]:
     out: list[Loaded] = []
     problems: list[str] = []
     for p in paths:
         try:
-            if p == "-":
-                text, source = stdin_text or "", "<stdin>"
-            else:
-                text, source = Path(p).read_text(), p
-            out += parse_documents(text, source)
-        except OSError as e:
-            problems.append(f"{p}: cannot read: {e.strerror}")
+            out += parse_documents(read_text(p, stdin), "<stdin>" if p == "-" else p)
+        except YamlInputError as e:
+            problems.append(str(e))
         except ResourceError as e:
             problems.append(str(e))
     if problems:

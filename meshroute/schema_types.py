@@ -9,16 +9,20 @@ from typing import Annotated, Any
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 from pydantic import BeforeValidator, PlainSerializer
 
+from ipam.quoting import quote
+
 
 def _network(v: Any, shape: str) -> IPNetwork:
     if isinstance(v, IPNetwork):
         return v
     if not isinstance(v, str) or "/" not in v:
-        raise ValueError(f"{v!r} is not {shape}")
+        raise ValueError(f"{quote(v)} is not {shape}")
     try:
         return IPNetwork(v)
     except (AddrFormatError, ValueError, TypeError) as e:
-        raise ValueError(f"{v!r} is not a valid {shape.split(' (')[0].removeprefix('a ')}") from e
+        raise ValueError(
+            f"{quote(v)} is not a valid {shape.split(' (')[0].removeprefix('a ')}"
+        ) from e
 
 
 def _cidr(v: Any) -> IPNetwork:
@@ -35,7 +39,7 @@ def _address(v: Any) -> IPAddress:
     try:
         return IPAddress(str(v))
     except (AddrFormatError, ValueError, TypeError) as e:
-        raise ValueError(f"{v!r} is not an IP address") from e
+        raise ValueError(f"{quote(v)} is not an IP address") from e
 
 
 def _community(v: Any) -> tuple[int, int]:
@@ -43,7 +47,7 @@ def _community(v: Any) -> tuple[int, int]:
         v = f"{v[0]}:{v[1]}"
     parts = str(v).split(":")
     if len(parts) != 2 or not all(p.isdigit() and int(p) <= 65535 for p in parts):
-        raise ValueError(f"{v!r} is not a community ASN:VALUE with both in 0..65535")
+        raise ValueError(f"{quote(v)} is not a community ASN:VALUE with both in 0..65535")
     return int(parts[0]), int(parts[1])
 
 
@@ -56,5 +60,10 @@ Community = Annotated[
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the dotted field path users write."""
-    return ".".join(str(p) for p in loc) or "(document)"
+    """A pydantic error location as the dotted field path users write (a
+    long or odd key, which came from the file, quoted by a short prefix)."""
+    parts = (
+        str(p) if isinstance(p, int) or (len(p) <= 64 and p.isprintable()) else quote(p)
+        for p in loc
+    )
+    return ".".join(parts) or "(document)"

@@ -159,3 +159,63 @@ def test_bgp_resources_round_trip_and_bad_ones_are_refused(
         assert expected in r.stderr, r.stderr
     assert cli(etcd_server, etcd_prefix, "delete", "bgppeer", "rack1-tor").returncode == 0
     assert cli(etcd_server, etcd_prefix, "delete", "bgppeer", "rack1-tor").returncode == 1
+
+
+def _ipamconfig(name: str, spec: str = "{}") -> str:
+    return (
+        f"apiVersion: meshroute.io/v1\nkind: IPAMConfiguration\nmetadata: {{name: {name}}}\n"
+        f"spec: {spec}\n"
+    )
+
+
+HOSTILE_FILES = {
+    "name-10MB": pool("n" * 10_000_000, "10.9.0.0/16").encode(),
+    "name-100KB": pool("n" * 100_000, "10.9.0.0/16").encode(),
+    "cidr-100KB": pool("bad", "1" * 100_000).encode(),
+    "selector-100KB": pool(
+        "bad", "10.9.0.0/16", ", nodeSelector: '" + "(" * 100_000 + "'"
+    ).encode(),
+    "5k-documents": b"---\n{}\n" * 5_000,
+    "int-100KB": _ipamconfig("default", "{maxBlocksPerHost: " + "9" * 100_000 + "}").encode(),
+    "kind-100KB": b"apiVersion: meshroute.io/v1\nkind: " + b"K" * 100_000 + b"\n",
+    "deep-flow": b"a: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "deep-block": b"".join(b"  " * i + b"a:\n" for i in range(5_000)),
+    "invalid-utf8": pool("bad", "10.9.0.0/16").encode() + b"# \xff\xfe\n",
+    "inf": _ipamconfig("default", "{minBlockAgeSeconds: .inf}").encode(),
+    "1e999": _ipamconfig("default", "{minBlockAgeSeconds: 1e999}").encode(),
+    "nan": _ipamconfig("default", "{minBlockAgeSeconds: .nan}").encode(),
+    "90k-documents": b"".join(
+        pool(f"p{i}", f"10.{i // 256 % 256}.{i % 256}.0/24").encode() + b"---\n"
+        for i in range(90_000)
+    ),
+    "ipamconfig-not-default": _ipamconfig("other", "{strictAffinity: true}").encode(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_hostile_files_get_a_short_clear_error(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path, name: str
+) -> None:
+    f = tmp_path / "hostile.yaml"
+    f.write_bytes(pool("good", "10.244.0.0/16").encode() + b"---\n" + HOSTILE_FILES[name])
+    t = time.monotonic()
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", str(f))
+    took = time.monotonic() - t
+    assert r.returncode == 1, r.stdout[:300]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "nothing applied" in r.stderr and str(f) in r.stderr, r.stderr[:500]
+    assert len(r.stderr) < 2000, r.stderr[:500]
+    assert took < 20, took
+    assert pools_in(etcd_server, etcd_prefix) == []
+    conf = json.loads(cli(etcd_server, etcd_prefix, "get", "ipamconfig", "-o", "json").stdout)
+    assert conf[0]["spec"]["strictAffinity"] is False
+
+
+def test_a_long_name_is_quoted_by_a_short_prefix(
+    etcd_server: EtcdCluster, etcd_prefix: str
+) -> None:
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=pool("n" * 100_000, "10.9.0.0/16"))
+    assert r.returncode == 1
+    assert "'nnnnnnnn" in r.stderr and "(100000 characters)" in r.stderr, r.stderr[:500]
+    assert "metadata.name" in r.stderr
