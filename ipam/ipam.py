@@ -55,7 +55,7 @@ from ipam.model import (
     dumps,
     loads,
 )
-from ipam.pool_rules import overlapping, pool_problems
+from ipam.pool_rules import decide_pool_change, overlapping, pool_problems
 from ipam.store import Compare, Delete, KvStore, Op, Put
 
 log = logging.getLogger(__name__)
@@ -199,12 +199,9 @@ class Ipam:
             cur = listing.items.get(self.keys.pool(pool.name))
             if cur is not None:
                 old = Pool.from_dict(loads(cur.value))
-                changed = (old.cidr, old.block_size) != (pool.cidr, pool.block_size)
-                if changed and await self._pool_has_blocks(old):
-                    raise IpamError(
-                        f"pool {pool.name}: cidr and blockSize cannot change while "
-                        f"blocks are allocated from it (disable it and create another)"
-                    )
+                in_use = await self.blocks_of_pool(old.name) if old != pool else 0
+                if problem := decide_pool_change(old, pool, in_use):
+                    raise IpamError(f"pool {pool.name}: {problem}")
             # Compare every pool key we saw so a concurrent overlapping create loses.
             compares = [Compare(k, v.mod_revision) for k, v in listing.items.items()]
             key = self.keys.pool(pool.name)
@@ -216,17 +213,18 @@ class Ipam:
             await self._backoff(1)
         raise Conflict(f"pool {pool.name}: too many concurrent changes")
 
-    async def _pool_has_blocks(self, pool: Pool) -> bool:
+    async def blocks_of_pool(self, name: str) -> int:
+        """How many blocks are allocated from pool ``name``."""
         listing = await self.store.list(self.keys.blocks)
         blocks = (Block.from_dict(loads(v.value)) for v in listing.items.values())
-        return any(b.pool == pool.name for b in blocks)
+        return sum(1 for b in blocks if b.pool == name)
 
     async def delete_pool(self, name: str) -> None:
         v = await self.store.get(self.keys.pool(name))
         if v is None:
             raise IpamError(f"pool {name} does not exist")
         pool = Pool.from_dict(loads(v.value))
-        if await self._pool_has_blocks(pool):
+        if await self.blocks_of_pool(pool.name):
             raise IpamError(
                 f"pool {name} still has blocks; disable it (spec.disabled: true), "
                 f"let its pods go, run 'meshroute ipam gc', then delete it"

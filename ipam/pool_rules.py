@@ -94,3 +94,21 @@ def overlapping(pool: Pool, others: Iterable[Pool]) -> list[Pool]:
         if pool.cidr.first <= o.cidr.last and o.cidr.first <= pool.cidr.last:
             out.append(o)
     return out
+
+
+def decide_pool_change(old: Pool | None, new: Pool, blocks_in_use: int) -> Problem | None:
+    """Why ``old`` cannot become ``new`` (None: it can): the CIDR and block
+    size hold still while blocks are allocated from the pool, since those
+    blocks would be orphaned."""
+    if old is None or (old.cidr, old.block_size) == (new.cidr, new.block_size):
+        return None
+    field = "spec.cidr" if old.cidr != new.cidr else "spec.blockSize"
+    return (
+        Problem(
+            field,
+            f"cidr and blockSize cannot change while blocks are allocated from the pool "
+            f"({blocks_in_use} now); disable it and create another",
+        )
+        if blocks_in_use
+        else None
+    )

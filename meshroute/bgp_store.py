@@ -17,6 +17,13 @@ class BgpStore:
         self._peers = f"{root}/peers/".encode()
 
     @property
+    def config_key(self) -> bytes:
+        return self._config
+
+    def peer_key(self, name: str) -> bytes:
+        return self._peers + name.encode()
+
+    @property
     def watch_prefix(self) -> bytes:
         return self._config.rsplit(b"/config/", 1)[0] + b"/"
 
@@ -43,10 +50,10 @@ class BgpStore:
         raise RuntimeError(f"{key.decode()}: too many concurrent changes")
 
     async def apply_config(self, spec: BGPConfigurationSpec) -> bool:
-        return await self._put(self._config, _dump(spec))
+        return await self._put(self._config, encode_spec(spec))
 
     async def apply_peer(self, name: str, spec: BGPPeerSpec) -> bool:
-        return await self._put(self._peers + name.encode(), _dump(spec))
+        return await self._put(self._peers + name.encode(), encode_spec(spec))
 
     async def delete_peer(self, name: str) -> bool:
         key = self._peers + name.encode()
@@ -56,5 +63,5 @@ class BgpStore:
         return bool(await self.store.txn([Compare(key, cur.mod_revision)], [Delete(key)]))
 
 
-def _dump(spec: BGPConfigurationSpec | BGPPeerSpec) -> bytes:
+def encode_spec(spec: BGPConfigurationSpec | BGPPeerSpec) -> bytes:
     return json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()

@@ -11,6 +11,7 @@ import yaml
 
 from ipam.ipam import Ipam
 from ipam.store import KvStore
+from meshroute.apply_txn import apply_all
 from meshroute.bgp_store import BgpStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.datastore import add_etcd_options
@@ -18,10 +19,6 @@ from meshroute.errors import UserError
 from meshroute.registry import Registry
 from meshroute.resources import (
     API_VERSION,
-    BGPConfigurationResource,
-    BGPPeerResource,
-    IPAMConfigurationResource,
-    IPPoolResource,
     ResourceError,
     load_files,
     overlap_problems,
@@ -83,24 +80,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UserError("nothing applied:\n" + "\n".join(problems))
 
     async def body(store: KvStore, ipam: Ipam, reg: Registry) -> list[str]:
-        if problems := overlap_problems(loaded, await ipam.pools()):
-            raise UserError("nothing applied:\n" + "\n".join(problems))
-        out = []
-        for item in loaded:
-            r = item.resource
-            if isinstance(r, IPPoolResource):
-                created = await ipam.apply_pool(r.to_pool())
-                out.append(f"ippool/{r.metadata.name} {'created' if created else 'configured'}")
-            elif isinstance(r, IPAMConfigurationResource):
-                await ipam.apply_settings(r.to_settings())
-                out.append(f"ipamconfiguration/{r.metadata.name} configured")
-            elif isinstance(r, BGPConfigurationResource):
-                await BgpStore(store, args.prefix).apply_config(r.spec)
-                out.append(f"bgpconfiguration/{r.metadata.name} configured")
-            elif isinstance(r, BGPPeerResource):
-                created = await BgpStore(store, args.prefix).apply_peer(r.metadata.name, r.spec)
-                out.append(f"bgppeer/{r.metadata.name} {'created' if created else 'configured'}")
-        return out
+        return await apply_all(store, args.prefix, loaded)
 
     for line in run_with_store(args, body):
         print(line)

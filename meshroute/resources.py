@@ -171,6 +171,8 @@ def bgp_peer_problems(spec: BGPPeerSpec) -> list[str]:
 class Loaded:
     source: str  # "file.yaml: document 2 (IPPool default)"
     resource: Resource
+    file: str = ""
+    document: int = 0
 
 
 def _shown(value: object) -> str:
@@ -224,7 +226,7 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
                 f"(a cluster has one {kind}, named default)"
             )
             continue
-        out.append(Loaded(where, res))  # type: ignore[arg-type]
+        out.append(Loaded(where, res, source, i))  # type: ignore[arg-type]
     if problems:
         raise ResourceError("\n".join(problems))
     return out

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ipam.etcd_store import EtcdStore
+from ipam.ipam import AssignRequest, Ipam
 from tests.harness.cli import cli
 from tests.harness.etcd import EtcdCluster
 
@@ -219,3 +221,71 @@ def test_a_long_name_is_quoted_by_a_short_prefix(
     assert r.returncode == 1
     assert "'nnnnnnnn" in r.stderr and "(100000 characters)" in r.stderr, r.stderr[:500]
     assert "metadata.name" in r.stderr
+
+
+async def _allocate_one(server: EtcdCluster, prefix: str, pool_name: str) -> None:
+    store = EtcdStore([server.endpoint])
+    try:
+        await Ipam(store, prefix=prefix).assign(AssignRequest("node-a", "c1.eth0"))
+    finally:
+        await store.close()
+
+
+async def test_apply_is_all_or_nothing_when_a_check_needs_the_datastore(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    assert (
+        cli(
+            etcd_server, etcd_prefix, "apply", "-f", "-", stdin=pool("a", "10.244.0.0/16")
+        ).returncode
+        == 0
+    )
+    await _allocate_one(etcd_server, etcd_prefix, "a")
+    f = tmp_path / "change.yaml"
+    f.write_text(
+        pool("new", "10.9.0.0/16")
+        + "---\n"
+        + _ipamconfig("default", "{strictAffinity: true}")
+        + "---\n"
+        + pool("a", "10.244.0.0/16", ", blockSize: 28")
+    )
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", str(f))
+    assert r.returncode == 1
+    assert "nothing applied" in r.stderr
+    assert f"{f}: document 3 (IPPool a): spec.blockSize: " in r.stderr, r.stderr
+    assert sorted(pools_in(etcd_server, etcd_prefix)) == ["a"]
+    conf = json.loads(cli(etcd_server, etcd_prefix, "get", "ipamconfig", "-o", "json").stdout)
+    assert conf[0]["spec"]["strictAffinity"] is False
+
+
+def test_one_resource_twice_in_a_file_is_refused(
+    etcd_server: EtcdCluster, etcd_prefix: str
+) -> None:
+    r = cli(
+        etcd_server,
+        etcd_prefix,
+        "apply",
+        "-f",
+        "-",
+        stdin=pool("a", "10.244.0.0/16") + "---\n" + pool("a", "10.9.0.0/16"),
+    )
+    assert r.returncode == 1
+    assert "<stdin>: document 2 (IPPool a): also in document 1" in r.stderr, r.stderr
+    assert pools_in(etcd_server, etcd_prefix) == []
+
+
+def test_a_file_larger_than_one_transaction_is_refused_whole(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    f = tmp_path / "many.yaml"
+    f.write_text("---\n".join(pool(f"p{i}", f"10.{i}.0.0/16") for i in range(200)))
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", str(f))
+    assert r.returncode == 1
+    assert "nothing applied" in r.stderr and str(f) in r.stderr, r.stderr
+    assert "split" in r.stderr and "--max-txn-ops" in r.stderr, r.stderr
+    assert pools_in(etcd_server, etcd_prefix) == []
+    half = tmp_path / "half.yaml"
+    half.write_text("---\n".join(pool(f"p{i}", f"10.{i}.0.0/16") for i in range(100)))
+    ok = cli(etcd_server, etcd_prefix, "apply", "-f", str(half))
+    assert ok.returncode == 0, ok.stderr
+    assert len(pools_in(etcd_server, etcd_prefix)) == 100

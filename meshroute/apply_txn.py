@@ -1,0 +1,203 @@
+"""``meshroute apply``: all or nothing, in one etcd transaction.
+
+Each resource kind declares a ``KindApply``: the key and value it is stored
+as, and the checks it needs against the datastore (an IPPool must not
+overlap another pool, nor change its block size while it has blocks). The
+checks read through ``Reads``, which remembers the revision of every key
+they looked at; every check of every file runs before anything is written,
+and then all writes go in one transaction that compares those revisions. So
+nothing is written when a check fails, and a concurrent change to what a
+check read makes the transaction fail and the whole plan run again.
+
+A new kind joins by adding its ``KindApply`` to ``APPLIERS``.
+
+etcd bounds one transaction (``--max-txn-ops``, 128 operations by default,
+and ``--max-request-bytes``): a larger apply is refused whole, asking for
+the files to be split, rather than written in batches that a failure could
+leave half applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ipam.keys import Keys
+from ipam.model import Pool, dumps, loads
+from ipam.pool_rules import decide_pool_change
+from ipam.store import Compare, KvStore, Listing, Put, RequestTooLarge, Versioned
+from meshroute.bgp_store import BgpStore, encode_spec
+from meshroute.errors import UserError
+from meshroute.resources import (
+    BGPConfigurationResource,
+    BGPPeerResource,
+    IPAMConfigurationResource,
+    IPPoolResource,
+    Loaded,
+    overlap_problems,
+)
+
+MAX_ROUNDS = 8
+
+
+class Reads:
+    """The datastore as the checks see it: each key read, present or not,
+    becomes a compare of the transaction."""
+
+    def __init__(self, store: KvStore) -> None:
+        self.store = store
+        self.seen: dict[bytes, int] = {}
+
+    async def get(self, key: bytes) -> Versioned | None:
+        v = await self.store.get(key)
+        self.seen[key] = v.mod_revision if v else 0
+        return v
+
+    async def list(self, prefix: bytes) -> Listing:
+        listing = await self.store.list(prefix)
+        for k, v in listing.items.items():
+            self.seen[k] = v.mod_revision
+        return listing
+
+
+@dataclass(frozen=True)
+class Context:
+    store: KvStore
+    prefix: str
+
+    @property
+    def ipam_keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    @property
+    def bgp(self) -> BgpStore:
+        return BgpStore(self.store, self.prefix)
+
+
+Check = Callable[[Sequence[Loaded], Reads, Context], Awaitable[list[str]]]
+
+
+async def _no_check(items: Sequence[Loaded], reads: Reads, ctx: Context) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class KindApply:
+    """How one resource kind is applied."""
+
+    label: str  # as the output names it: "ippool/NAME created"
+    key: Callable[[Any, Context], bytes]
+    value: Callable[[Any], bytes]
+    # Every resource of this kind in the apply at once (for rules across them).
+    check: Check = _no_check
+
+
+async def _check_pools(items: Sequence[Loaded], reads: Reads, ctx: Context) -> list[str]:
+    listing = await reads.list(ctx.ipam_keys.pools)
+    existing = {p.name: p for p in (Pool.from_dict(loads(v.value)) for v in listing.items.values())}
+    problems = overlap_problems(list(items), list(existing.values()))
+    blocks: dict[str, int] | None = None
+    for item in items:
+        new = item.resource.to_pool()  # type: ignore[union-attr]
+        old = existing.get(new.name)
+        if old is None or (old.cidr, old.block_size) == (new.cidr, new.block_size):
+            continue
+        if blocks is None:
+            # Blocks are not compared (a cluster has thousands); a block
+            # claimed in between is the race ``apply_pool`` has too.
+            blocks = {}
+            for v in (await ctx.store.list(ctx.ipam_keys.blocks)).items.values():
+                name = loads(v.value).get("pool", "")
+                blocks[name] = blocks.get(name, 0) + 1
+        if problem := decide_pool_change(old, new, blocks.get(new.name, 0)):
+            problems.append(f"{item.source}: {problem}")
+    return problems
+
+
+APPLIERS: dict[type, KindApply] = {
+    IPPoolResource: KindApply(
+        "ippool",
+        key=lambda r, ctx: ctx.ipam_keys.pool(r.metadata.name),
+        value=lambda r: dumps(r.to_pool().to_dict()),
+        check=_check_pools,
+    ),
+    IPAMConfigurationResource: KindApply(
+        "ipamconfiguration",
+        key=lambda r, ctx: ctx.ipam_keys.settings,
+        value=lambda r: dumps(r.to_settings().to_dict()),
+    ),
+    BGPConfigurationResource: KindApply(
+        "bgpconfiguration",
+        key=lambda r, ctx: ctx.bgp.config_key,
+        value=lambda r: encode_spec(r.spec),
+    ),
+    BGPPeerResource: KindApply(
+        "bgppeer",
+        key=lambda r, ctx: ctx.bgp.peer_key(r.metadata.name),
+        value=lambda r: encode_spec(r.spec),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Write:
+    item: Loaded
+    key: bytes
+    value: bytes
+    label: str
+
+
+async def _plan(
+    loaded: Sequence[Loaded], ctx: Context
+) -> tuple[list[_Write], dict[bytes, int], list[str]]:
+    """The writes, the compares they rest on, and every problem found."""
+    reads = Reads(ctx.store)
+    problems: list[str] = []
+    by_kind: dict[type, list[Loaded]] = {}
+    for item in loaded:
+        by_kind.setdefault(type(item.resource), []).append(item)
+    for kind, items in by_kind.items():
+        problems += await APPLIERS[kind].check(items, reads, ctx)
+    writes: list[_Write] = []
+    first: dict[bytes, Loaded] = {}
+    for item in loaded:
+        a = APPLIERS[type(item.resource)]
+        key = a.key(item.resource, ctx)
+        if key in first:
+            was = first[key]
+            where = f"document {was.document}" if was.file == item.file else was.source
+            problems.append(f"{item.source}: also in {where}")
+            continue
+        first[key] = item
+        cur = await reads.get(key)
+        state = "created" if cur is None else "configured"
+        writes.append(_Write(item, key, a.value(item.resource), f"{a.label}/{_name(item)} {state}"))
+    return writes, reads.seen, problems
+
+
+def _name(item: Loaded) -> str:
+    return str(item.resource.metadata.name)
+
+
+async def apply_all(store: KvStore, prefix: str, loaded: Sequence[Loaded]) -> list[str]:
+    """Apply every resource in one transaction; a line per resource. Raises
+    UserError naming file and document when anything is refused."""
+    ctx = Context(store, prefix)
+    for _ in range(MAX_ROUNDS):
+        writes, seen, problems = await _plan(loaded, ctx)
+        if problems:
+            raise UserError("nothing applied:\n" + "\n".join(problems))
+        compares = [Compare(k, rev) for k, rev in seen.items()]
+        try:
+            if await store.txn(compares, [Put(w.key, w.value) for w in writes]):
+                return [w.label for w in writes]
+        except RequestTooLarge as e:
+            files = sorted({w.item.file for w in writes})
+            raise UserError(
+                f"nothing applied: {', '.join(files)}: {len(writes)} resources "
+                f"(checked against {len(compares)} keys) do not fit in one etcd "
+                f"transaction (etcd's --max-txn-ops, 128 by default, and "
+                f"--max-request-bytes); split the file ({e})"
+            ) from e
+    raise UserError("nothing applied: the datastore kept changing under the checks; try again")
