@@ -22,10 +22,15 @@ class Finding(enum.Enum):
     LEAKED_HANDLE = "leaked-handle"
     ALLOCATION_WITHOUT_HANDLE = "allocation-without-handle"
     ALLOCATION_WITHOUT_AFFINITY = "allocation-without-affinity"
+    # A claim or release of a live host younger than the grace: most likely
+    # still running. Shown, not hidden, but not an inconsistency (yet).
+    CLAIM_IN_PROGRESS = "claim-in-progress"
 
 
+# Findings that are not inconsistencies: reported, not counted as problems.
+IN_PROGRESS = frozenset({Finding.CLAIM_IN_PROGRESS})
 # Findings that gc repairs; the others are reported only.
-REPAIRABLE = frozenset(Finding) - {Finding.ALLOCATION_WITHOUT_AFFINITY}
+REPAIRABLE = frozenset(Finding) - {Finding.ALLOCATION_WITHOUT_AFFINITY} - IN_PROGRESS
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,15 @@ def plan_check(
     for (host, cidr), a in affs.items():
         subject = f"{host}/{cidr}"
         if a.state is not AffinityState.CONFIRMED:
-            if host not in live_hosts or now - a.since >= pending_grace_s:
+            age = now - a.since
+            if host not in live_hosts or age >= pending_grace_s:
                 out.append(Issue(Finding.HALF_FINISHED_CLAIM, subject, f"affinity {a.state.value}"))
+            else:
+                detail = (
+                    f"affinity {a.state.value} for {max(age, 0.0):.0f} s; "
+                    f"half-finished after {pending_grace_s:g} s"
+                )
+                out.append(Issue(Finding.CLAIM_IN_PROGRESS, subject, detail))
             continue
         b = blocks.get(cidr)
         if b is None or b.affinity != host:

@@ -344,8 +344,11 @@ class IpamService:
                 await writer.wait_closed()
 
     async def start(self, path: str) -> None:
-        """Check etcd answers (fail fast otherwise), then listen on ``path``."""
+        """Check etcd answers (fail fast otherwise), settle what a previous
+        run of this host's service left half way, then listen on ``path``."""
         await self.ipam.pools()
+        for cidr, outcome in await self.ipam.settle_own_claims(self.host.name):
+            log.info("block %s: claim or release left half way by a previous run %s", cidr, outcome)
         remove_stale_socket(path)
         os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
         old = os.umask(0o177)  # the socket is born 0600: no window for others

@@ -7,6 +7,12 @@ through a pending affinity so that a crash between the writes is visible and
 repairable: PENDING, then the block is created, then CONFIRMED. Releasing a
 block mirrors it with PENDING_DELETION. A block and the handle record of its
 allocations always change in one transaction.
+
+Who finishes a claim that stopped half way: the host's IPAM service when it
+starts (``settle_own_claims``: nobody else can be finishing its claims), a
+claimant of the same host that meets it once it is older than the grace
+(until then it waits for it, as another process of the host may still be
+making it), and ``gc`` for hosts that are gone.
 """
 
 from __future__ import annotations
@@ -104,6 +110,11 @@ class _Claim(enum.Enum):
     CONFLICT = "conflict"
     LIMIT = "limit"
     EXHAUSTED = "exhausted"
+    WAITED = "waited"  # met a claim of our host in progress and waited it out
+
+
+# How often a claimant polls a claim of its host that another process is making.
+CLAIM_POLL_S = 0.02
 
 
 class Ipam:
@@ -571,6 +582,13 @@ class Ipam:
     # ---- block claims ----------------------------------------------------
 
     async def _claim(self, host: str, pools: list[Pool], settings: IpamSettings) -> _Claim:
+        for _ in range(self.max_conflicts):
+            claim = await self._claim_once(host, pools, settings)
+            if claim is not _Claim.WAITED:
+                return claim
+        return _Claim.CONFLICT
+
+    async def _claim_once(self, host: str, pools: list[Pool], settings: IpamSettings) -> _Claim:
         affs = await self.host_affinities(host)
         if settings.max_blocks_per_host and len(affs) >= settings.max_blocks_per_host:
             return _Claim.LIMIT
@@ -588,7 +606,7 @@ class Ipam:
         akey, bkey = self.keys.affinity(host, cidr), self.keys.block(cidr)
         pending = Affinity(host, cidr, AffinityState.PENDING, now)
         if not await self.store.txn([Compare(akey, 0)], [Put(akey, dumps(pending.to_dict()))]):
-            return _Claim.CONFLICT
+            return await self._meet_own_claim(akey)
         reserved = decide_reserved_ordinals(int(cidr.size), self.l2_segment)
         block = plan_new_block(cidr, pool, host, now, reserved)
         if not await self.store.txn([Compare(bkey, 0)], [Put(bkey, dumps(block.to_dict()))]):
@@ -598,6 +616,40 @@ class Ipam:
         await self._settle_affinity(akey, Affinity(host, cidr, AffinityState.CONFIRMED, now))
         log.info("host %s claimed block %s from pool %s", host, cidr, pool.name)
         return _Claim.CLAIMED
+
+    async def _meet_own_claim(self, akey: bytes) -> _Claim:
+        """Our host already has an affinity for the block we chose. A pending
+        one is a claim another process of this host is making (a dead
+        predecessor's were settled when the service started): wait for it
+        rather than burn retries racing it, up to the grace; one older than
+        that is finished or undone here."""
+        waited_since = time.monotonic()
+        while True:
+            aff, rev = await self._read(akey, Affinity.from_dict)
+            if aff is None:
+                return _Claim.WAITED
+            if aff.state is AffinityState.CONFIRMED:
+                return _Claim.CLAIMED
+            stale = self.clock() - aff.since >= PENDING_GRACE_S
+            if stale or time.monotonic() - waited_since >= PENDING_GRACE_S:
+                done = await self._finish_stale_claim(aff, rev, force=True)
+                log.warning("finished a claim of %s left half way: %s", akey.decode(), done)
+                return _Claim.WAITED
+            await asyncio.sleep(CLAIM_POLL_S)
+
+    async def settle_own_claims(self, host: str) -> list[tuple[IPNetwork, str]]:
+        """Finish or undo at once every claim and release of ``host`` that
+        stopped half way. For the host's IPAM service when it starts: it is
+        the host's only claimant, so no one else can be finishing them (a
+        claim of this process holds the host's claim lock meanwhile)."""
+        done = []
+        async with self._claim_locks.setdefault(host, asyncio.Lock()):
+            self._forget_host_blocks(host)
+            for aff, rev in await self.host_affinities(host):
+                if aff.state is not AffinityState.CONFIRMED:
+                    outcome = await self._finish_stale_claim(aff, rev, force=True)
+                    done.append((aff.cidr, outcome))
+        return done
 
     async def _settle_affinity(self, akey: bytes, final: Affinity | None) -> None:
         """Move an affinity we own to its final state (None: delete it),

@@ -1,6 +1,7 @@
-"""Quoting what we were given in an error message: every error that shows
+"""Wording of messages. Quoting what we were given: every error that shows
 hostile input shows it through ``quote``, so a 10 MB name or a 100 KB
 container id comes back as a short prefix and its length, never whole.
+Counting: ``counted`` says "1 address", "2 addresses".
 
 Imports nothing: the CNI plugin uses it and must start fast. ``meshroute``
 uses it too (it may import ``ipam``; the other subsystems never quote
@@ -10,6 +11,14 @@ operator input).
 from __future__ import annotations
 
 PREFIX_CHARS = 32
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 address``, ``2 addresses``: a count with its noun in the right number."""
+    if n == 1:
+        return f"1 {noun}"
+    plural = noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s"
+    return f"{n} {plural}"
 
 
 def quote(value: object, limit: int = PREFIX_CHARS) -> str:

@@ -9,9 +9,10 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
-from ipam.check import REPAIRABLE, plan_gc
+from ipam.check import IN_PROGRESS, REPAIRABLE, plan_gc
 from ipam.ipam import PENDING_GRACE_S, Ipam
 from ipam.model import Snapshot
+from ipam.quoting import counted
 from ipam.store import KvStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.cmd_ipam_serve import add_serve_parser
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = isub.add_parser(
         "check",
         help="find leaked handles, blocks of gone hosts, allocations without affinity, "
-        f"half-finished claims (exit {EXIT_ISSUES} when something is found)",
+        f"half-finished claims (exit {EXIT_ISSUES} when something is found); claims "
+        "younger than the grace are listed as in progress",
     )
     check.add_argument("--json", action="store_true")
     _grace(check)
@@ -129,16 +131,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         live = set(await reg.nodes())
         return [i.to_dict() for i in await ipam.check(live, args.grace)]
 
-    issues = run_with_store(args, body)
+    found = run_with_store(args, body)
+    running = [i for i in found if i["kind"] in {k.value for k in IN_PROGRESS}]
+    issues = [i for i in found if i not in running]
     if args.json:
-        print_json(issues)
-    elif issues:
+        print_json(found)
+    elif found:
         print_table(
             ["FINDING", "SUBJECT", "DETAIL"],
-            [[i["kind"], i["subject"], i["detail"]] for i in issues],
+            [[i["kind"], i["subject"], i["detail"]] for i in found],
         )
         repairable = sum(1 for i in issues if i["kind"] in {k.value for k in REPAIRABLE})
-        print(f"\n{len(issues)} findings, {repairable} repairable with 'meshroute ipam gc'")
+        summary = [
+            counted(len(issues), "finding"),
+            f"{repairable} repairable with 'meshroute ipam gc'",
+        ]
+        if running:
+            summary.append(f"{counted(len(running), 'claim')} in progress")
+        print("\n" + ", ".join(summary))
     else:
         print("IPAM is consistent")
     return EXIT_ISSUES if issues else 0

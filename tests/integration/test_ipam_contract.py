@@ -191,10 +191,14 @@ async def test_half_finished_claim_is_found_and_finished_or_undone(kv: KvStore) 
     aff_key = ipam.keys.affinity("h", a.block)
     pend = Affinity("h", a.block, AffinityState.PENDING, clock.now)
     await kv.txn([], [Put(aff_key, dumps(pend.to_dict()))])
-    assert await ipam.check({"h"}) == []  # young: may still be running
+    young = await ipam.check({"h"})  # may still be running: shown, not repaired
+    assert {i.kind.value for i in young} == {"claim-in-progress"}
+    assert sorted(i.subject for i in young) == sorted([f"h/{a.block}", f"h/{free}"])
+    assert await ipam.gc({"h"}) == []
     clock.now += 31
-    subjects = sorted(i.subject for i in await ipam.check({"h"}))
-    assert subjects == sorted([f"h/{a.block}", f"h/{free}"])
+    issues = await ipam.check({"h"})
+    assert {i.kind.value for i in issues} == {"half-finished-claim"}
+    assert sorted(i.subject for i in issues) == sorted([f"h/{a.block}", f"h/{free}"])
     await ipam.gc({"h"})
     assert await ipam.check({"h"}) == []
     snap = await ipam.snapshot()
