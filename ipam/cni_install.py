@@ -10,7 +10,8 @@ library and the ``ipam`` package directory, which the launcher puts on the
 path itself. Isolated mode also keeps the runtime's environment
 (``PYTHONPATH`` and friends) from changing what runs.
 
-``python -m ipam.cni_install /opt/cni/bin``
+``meshroute-cni-install /opt/cni/bin`` (a console script, so any Python
+works: it installs a launcher for the interpreter it runs under).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def install_plugin(dest_dir: str | os.PathLike[str], python: str = sys.executabl
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m ipam.cni_install DIR   (e.g. /opt/cni/bin)", file=sys.stderr)
+        print("usage: meshroute-cni-install DIR   (e.g. /opt/cni/bin)", file=sys.stderr)
         return 2
     print(install_plugin(args[0]))
     return 0

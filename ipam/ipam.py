@@ -62,6 +62,7 @@ from ipam.model import (
     loads,
 )
 from ipam.pool_rules import decide_pool_change, overlapping, pool_problems
+from ipam.quoting import counted
 from ipam.store import Compare, Delete, KvStore, Op, Put
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ class Ipam:
         if step is None:
             raise PoolExhausted(
                 f"IPv{version} pools {names} are exhausted "
-                f"({want} addresses for {req.handle} not available)"
+                f"({counted(want, 'address')} for {req.handle} not available)"
             )
         return step
 
@@ -892,7 +893,7 @@ class Ipam:
             }
             orphan = replace(block.with_allocations(kept, block.seq), affinity=None)
             ops.append(Put(bkey, dumps(orphan.to_dict())))
-            outcome = f"affinity dropped, {len(kept)} borrowed addresses kept"
+            outcome = f"affinity dropped, {counted(len(kept), 'borrowed address')} kept"
         ok = await self.store.txn(compares, ops)
         return outcome if ok else "conflict"
 
@@ -913,6 +914,8 @@ class Ipam:
             compares.append(Compare(hkey, (await self._rev(hkey)) or 0))
             op: Op = Put(hkey, dumps(Handle(handle, counts).to_dict())) if counts else Delete(hkey)
             if await self.store.txn(compares, [op]):
-                return f"rebuilt ({sum(counts.values())} addresses)" if counts else "deleted"
+                if not counts:
+                    return "deleted"
+                return f"rebuilt ({counted(sum(counts.values()), 'address')})"
             await self._backoff(attempt)
         return "conflict"

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from meshroute.datastore import add_etcd_options
 from meshroute.errors import UserError
 
 COMMAND_MODULES = (
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshroute", description="A Calico-style pod network for bare-metal clusters."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    add_etcd_options(parser, with_defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -47,11 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         rc = args.func(args)
+        sys.stdout.flush()
     except UserError as e:
         print(f"meshroute: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``meshroute ipam show | head``): stop quietly,
+        # as a tool killed by SIGPIPE does, without a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     return int(rc or 0)
 
 

@@ -18,7 +18,7 @@ from ipam.cni_plugin import DEFAULT_SOCKET
 from ipam.cni_service import HostIdentity, serve
 from ipam.ipam import Ipam
 from ipam.store import StoreError
-from meshroute.datastore import add_etcd_options, store_from_args
+from meshroute.datastore import add_etcd_options, etcd_defaults, store_from_args
 from meshroute.registry import NodeRecord, Registry
 
 
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="meshroute ipam serve", description="Run the local IPAM service for CNI."
     )
     add_options(parser)
+    parser.set_defaults(**etcd_defaults())
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(

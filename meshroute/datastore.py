@@ -12,16 +12,28 @@ DEFAULT_ENDPOINTS = "127.0.0.1:2379"
 DEFAULT_PREFIX = "/meshroute"
 
 
-def add_etcd_options(p: argparse.ArgumentParser) -> None:
+def etcd_defaults() -> dict[str, str]:
+    return {
+        "etcd": os.environ.get("MESHROUTE_ETCD", DEFAULT_ENDPOINTS),
+        "prefix": os.environ.get("MESHROUTE_PREFIX", DEFAULT_PREFIX),
+    }
+
+
+def add_etcd_options(p: argparse.ArgumentParser, *, with_defaults: bool = False) -> None:
+    """``--etcd`` and ``--prefix``. On a subcommand they default to nothing,
+    so the same options given before the subcommand (on the top parser,
+    ``with_defaults``) are not overwritten: ``meshroute --etcd X ipam show``
+    and ``meshroute ipam show --etcd X`` both work."""
+    defaults = etcd_defaults()
     p.add_argument(
         "--etcd",
-        default=os.environ.get("MESHROUTE_ETCD", DEFAULT_ENDPOINTS),
+        default=defaults["etcd"] if with_defaults else argparse.SUPPRESS,
         help="comma-separated etcd endpoints host:port (env MESHROUTE_ETCD; "
         f"default {DEFAULT_ENDPOINTS})",
     )
     p.add_argument(
         "--prefix",
-        default=os.environ.get("MESHROUTE_PREFIX", DEFAULT_PREFIX),
+        default=defaults["prefix"] if with_defaults else argparse.SUPPRESS,
         help=f"key prefix of this cluster in etcd (env MESHROUTE_PREFIX; default {DEFAULT_PREFIX})",
     )
 

@@ -138,6 +138,7 @@ async def test_pool_exhausted_and_datastore_down(tmp_path: Path) -> None:
         full = await r.plugin("ADD", "c")
         assert full.out is not None and full.out["code"] == 100, full.out
         assert "tiny" in full.out["msg"]
+        assert "(1 address for c.eth0 not available)" in full.out["msg"], full.out
         assert await r.ipam.addresses_of("c.eth0") == []
 
         r.store.down = True
