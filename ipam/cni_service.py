@@ -197,7 +197,9 @@ def decide_error(e: Exception) -> dict[str, Any]:
         return error_reply(ERR_POOL_EXHAUSTED, str(e))
     if isinstance(e, IpamError):
         return error_reply(ERR_ADDRESS_REFUSED, str(e))
-    return error_reply(ERR_INTERNAL, "internal error of the IPAM service", repr(e))
+    return error_reply(
+        ERR_INTERNAL, "internal error of the IPAM service", f"{type(e).__name__}: {quote(str(e))}"
+    )
 
 
 class IpamService:

@@ -12,6 +12,7 @@ from typing import Any
 import aetcd
 import aetcd.exceptions
 
+from ipam.quoting import quote
 from ipam.store import Compare, Delete, Listing, Op, Put, RequestTooLarge, StoreError, Versioned
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     e = endpoint.split("://", 1)[-1].rstrip("/")
     host, _, port = e.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+        raise ValueError(f"etcd endpoint {quote(endpoint)} is not host:port")
     return host.strip("[]"), int(port)
 
 

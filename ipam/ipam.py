@@ -62,7 +62,7 @@ from ipam.model import (
     loads,
 )
 from ipam.pool_rules import decide_pool_change, overlapping, pool_problems
-from ipam.quoting import counted
+from ipam.quoting import counted, quote
 from ipam.store import Compare, Delete, KvStore, Op, Put
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class Ipam:
     async def delete_pool(self, name: str) -> None:
         v = await self.store.get(self.keys.pool(name))
         if v is None:
-            raise IpamError(f"pool {name} does not exist")
+            raise IpamError(f"pool {quote(name)} does not exist")
         pool = Pool.from_dict(loads(v.value))
         if await self.blocks_of_pool(pool.name):
             raise IpamError(

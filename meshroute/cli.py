@@ -8,9 +8,12 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from ipam.quoting import quote
 from meshroute.datastore import add_etcd_options
 from meshroute.errors import UserError
 
@@ -24,8 +27,16 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes a bad argument whole ("invalid choice: '...'"):
+    quote long ones by a short prefix, as every error does."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(re.sub(r"'([^']{65,})'", lambda m: quote(m.group(1)), message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="meshroute", description="A Calico-style pod network for bare-metal clusters."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")

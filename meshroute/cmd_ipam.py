@@ -12,7 +12,7 @@ from netaddr import AddrFormatError, IPAddress
 from ipam.check import IN_PROGRESS, REPAIRABLE, plan_gc
 from ipam.ipam import PENDING_GRACE_S, Ipam
 from ipam.model import Snapshot
-from ipam.quoting import counted
+from ipam.quoting import counted, quote
 from ipam.store import KvStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.cmd_ipam_serve import add_serve_parser
@@ -181,13 +181,15 @@ def cmd_release(args: argparse.Namespace) -> int:
 
         freed = run_with_store(args, by_handle)
         if not freed:
-            raise UserError(f"handle {args.handle!r} is unknown: nothing released")
+            raise UserError(f"handle {quote(args.handle)} is unknown: nothing released")
         print(f"released {', '.join(map(str, freed))}")
         return 0
-    try:
-        ips = [IPAddress(x) for x in args.ip]
-    except (AddrFormatError, ValueError) as e:
-        raise UserError(f"--ip: {e}") from e
+    ips = []
+    for x in args.ip:
+        try:
+            ips.append(IPAddress(x))
+        except (AddrFormatError, ValueError) as e:
+            raise UserError(f"--ip: {quote(x)} is not an IP address") from e
 
     async def by_ip(store: KvStore, ipam: Ipam, reg: Registry) -> tuple[list[Any], list[Any]]:
         return await ipam.release_ips([(ip, None) for ip in ips])

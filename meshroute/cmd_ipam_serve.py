@@ -17,8 +17,10 @@ from ipam.allocator import IpamError
 from ipam.cni_plugin import DEFAULT_SOCKET
 from ipam.cni_service import HostIdentity, serve
 from ipam.ipam import Ipam
+from ipam.quoting import quote
 from ipam.store import StoreError
 from meshroute.datastore import add_etcd_options, etcd_defaults, store_from_args
+from meshroute.errors import UserError
 from meshroute.registry import NodeRecord, Registry
 
 
@@ -35,7 +37,7 @@ def parse_labels(raw: str) -> dict[str, str]:
             continue
         k, sep, v = pair.partition("=")
         if not sep or not k.strip():
-            raise argparse.ArgumentTypeError(f"label {pair!r} is not key=value")
+            raise argparse.ArgumentTypeError(f"label {quote(pair)} is not key=value")
         out[k.strip()] = v.strip()
     return out
 
@@ -102,8 +104,6 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(args))
     except ServeError as e:
-        from meshroute.errors import UserError
-
         raise UserError(str(e)) from e
     return 0
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(_serve(args))
-    except ServeError as e:
+    except (ServeError, UserError) as e:
         print(f"meshroute: {e}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ipam.ipam import Ipam
+from ipam.quoting import quote
 from ipam.store import KvStore
 from meshroute.apply_txn import apply_all
 from meshroute.bgp_store import BgpStore
@@ -187,10 +188,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
             return f"ippool/{args.name} deleted"
         if args.kind == "bgppeer":
             if not await BgpStore(store, args.prefix).delete_peer(args.name):
-                raise UserError(f"bgppeer {args.name} does not exist")
+                raise UserError(f"bgppeer {quote(args.name)} does not exist")
             return f"bgppeer/{args.name} deleted"
         if not await reg.delete(args.name):
-            raise UserError(f"node {args.name} does not exist")
+            raise UserError(f"node {quote(args.name)} does not exist")
         return (
             f"node/{args.name} deleted; 'meshroute ipam check' now lists its blocks "
             f"and 'meshroute ipam gc' releases them"

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from ipam.etcd_store import EtcdStore
+from meshroute.errors import UserError
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2379"
 DEFAULT_PREFIX = "/meshroute"
@@ -40,4 +41,7 @@ def add_etcd_options(p: argparse.ArgumentParser, *, with_defaults: bool = False)
 
 def store_from_args(args: argparse.Namespace, timeout: float = 5.0) -> EtcdStore:
     endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
-    return EtcdStore(endpoints, timeout=timeout)
+    try:
+        return EtcdStore(endpoints, timeout=timeout)
+    except ValueError as e:
+        raise UserError(f"--etcd: {e}") from e

@@ -191,6 +191,10 @@ HOSTILE_FILES = {
         for i in range(90_000)
     ),
     "ipamconfig-not-default": _ipamconfig("other", "{strictAffinity: true}").encode(),
+    "bgpconfig-not-default": (
+        b"apiVersion: meshroute.io/v1\nkind: BGPConfiguration\nmetadata: {name: other}\n"
+        b"spec: {asNumber: 65000}\n"
+    ),
 }
 
 
@@ -289,3 +293,31 @@ def test_a_file_larger_than_one_transaction_is_refused_whole(
     ok = cli(etcd_server, etcd_prefix, "apply", "-f", str(half))
     assert ok.returncode == 0, ok.stderr
     assert len(pools_in(etcd_server, etcd_prefix)) == 100
+
+
+LONG = "x" * 100_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ipam", "release", "--handle", LONG),
+        ("ipam", "release", "--ip", LONG),
+        ("delete", "pool", LONG),
+        ("delete", "node", LONG),
+        ("delete", "bgppeer", LONG),
+        ("get", LONG),
+        ("ipam", "serve", "--labels", LONG),
+        ("--etcd", LONG, "get", "pools"),
+    ],
+    ids=["handle", "ip", "pool", "node", "bgppeer", "kind", "labels", "etcd"],
+)
+def test_long_arguments_are_quoted_by_a_short_prefix(
+    etcd_server: EtcdCluster, etcd_prefix: str, args: tuple[str, ...]
+) -> None:
+    r = cli(etcd_server, etcd_prefix, *args)
+    assert r.returncode in (1, 2), r.stdout[:300]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr) < 2000, r.stderr[:300]
+    assert "'xxxxxxxx" in r.stderr, r.stderr[:500]
