@@ -13,7 +13,17 @@ import aetcd
 import aetcd.exceptions
 
 from ipam.quoting import quote
-from ipam.store import Compare, Delete, Listing, Op, Put, RequestTooLarge, StoreError, Versioned
+from ipam.store import (
+    Compare,
+    Condition,
+    Delete,
+    Listing,
+    Op,
+    Put,
+    RequestTooLarge,
+    StoreError,
+    Versioned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +100,17 @@ class EtcdStore:
         items = {kv.key: Versioned(kv.value, kv.mod_revision) for kv in r}
         return Listing(items, int(r.header.revision))
 
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
+    async def txn(self, compares: Sequence[Condition], ops: Sequence[Op]) -> int:
         async def run(c: aetcd.Client) -> int:
             t = c.transactions
-            cmp = [t.mod(x.key) == x.mod_revision for x in compares]
+            cmp = [
+                t.mod(x.key) == x.mod_revision
+                if isinstance(x, Compare)
+                # every key of the range: etcd holds an empty range true
+                else t.mod(x.prefix, range_end=aetcd.utils.prefix_range_end(x.prefix))
+                < x.revision + 1
+                for x in compares
+            ]
             success = []
             for op in ops:
                 if isinstance(op, Put):

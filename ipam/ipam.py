@@ -63,7 +63,7 @@ from ipam.model import (
 )
 from ipam.pool_rules import decide_pool_change, overlapping, pool_problems
 from ipam.quoting import counted, quote
-from ipam.store import Compare, Delete, KvStore, Op, Put
+from ipam.store import Compare, Condition, Delete, KvStore, Op, Put, UnchangedSince
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -211,14 +211,16 @@ class Ipam:
             cur = listing.items.get(self.keys.pool(pool.name))
             if cur is not None:
                 old = Pool.from_dict(loads(cur.value))
-                in_use = await self.blocks_of_pool(old.name) if old != pool else 0
+                moved = (old.cidr, old.block_size) != (pool.cidr, pool.block_size)
+                in_use = await self.blocks_of_pool(old.name) if moved else 0
                 if problem := decide_pool_change(old, pool, in_use):
                     raise IpamError(f"pool {pool.name}: {problem}")
-            # Compare every pool key we saw so a concurrent overlapping create loses.
-            compares = [Compare(k, v.mod_revision) for k, v in listing.items.items()]
+            # A concurrent create of an overlapping pool makes this one lose.
             key = self.keys.pool(pool.name)
-            if cur is None:
-                compares.append(Compare(key, 0))
+            compares: list[Condition] = [
+                UnchangedSince(self.keys.pools, listing.revision),
+                Compare(key, cur.mod_revision if cur else 0),
+            ]
             if await self.store.txn(compares, [Put(key, dumps(pool.to_dict()))]):
                 self._config_cache = None
                 return cur is None

@@ -7,7 +7,17 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 
-from ipam.store import Compare, Delete, Listing, Op, Put, StoreError, Versioned
+from ipam.store import (
+    Compare,
+    Condition,
+    Delete,
+    Listing,
+    Op,
+    Put,
+    StoreError,
+    UnchangedSince,
+    Versioned,
+)
 
 
 class MemoryStore:
@@ -46,18 +56,22 @@ class MemoryStore:
         items = {k: v for k, v in sorted(self.data.items()) if k.startswith(prefix)}
         return Listing(items, self.revision)
 
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
+    async def txn(self, compares: Sequence[Condition], ops: Sequence[Op]) -> int:
         await self._enter()
         if self.conflict_rate and self.rng.random() < self.conflict_rate:
             # Another writer won: bump a compared key so the caller's view is stale.
             self.injected_conflicts += 1
             for c in compares:
-                cur = self.data.get(c.key)
-                if cur is not None:
+                if isinstance(c, Compare) and (cur := self.data.get(c.key)) is not None:
                     self.revision += 1
                     self.data[c.key] = Versioned(cur.value, self.revision)
             return 0
         for c in compares:
+            if isinstance(c, UnchangedSince):
+                under = (v for k, v in self.data.items() if k.startswith(c.prefix))
+                if any(v.mod_revision > c.revision for v in under):
+                    return 0
+                continue
             cur = self.data.get(c.key)
             if (cur.mod_revision if cur else 0) != c.mod_revision:
                 return 0

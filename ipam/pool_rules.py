@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ipam.model import EncapMode, Pool
-from ipam.quoting import quote
+from ipam.quoting import counted, quote
 from ipam.selector import SelectorError, parse_selector
 
 # Calico's ranges: a block must fit in the pool and hold at least 1 address;
@@ -100,15 +100,12 @@ def decide_pool_change(old: Pool | None, new: Pool, blocks_in_use: int) -> Probl
     """Why ``old`` cannot become ``new`` (None: it can): the CIDR and block
     size hold still while blocks are allocated from the pool, since those
     blocks would be orphaned."""
-    if old is None or (old.cidr, old.block_size) == (new.cidr, new.block_size):
+    if old is None or not blocks_in_use:
         return None
-    field = "spec.cidr" if old.cidr != new.cidr else "spec.blockSize"
-    return (
-        Problem(
-            field,
-            f"cidr and blockSize cannot change while blocks are allocated from the pool "
-            f"({blocks_in_use} now); disable it and create another",
-        )
-        if blocks_in_use
-        else None
+    if (old.cidr, old.block_size) == (new.cidr, new.block_size):
+        return None
+    return Problem(
+        "spec.cidr" if old.cidr != new.cidr else "spec.blockSize",
+        f"cidr and blockSize cannot change while blocks are allocated from the pool "
+        f"({counted(blocks_in_use, 'block')} now); disable it and create another",
     )

@@ -33,6 +33,19 @@ class Compare:
 
 
 @dataclass(frozen=True)
+class UnchangedSince:
+    """No key under ``prefix`` was created or modified after ``revision``
+    (a listing's revision). Deletions are not seen: it guards checks that a
+    new or changed key could invalidate, like "no pool overlaps this one"."""
+
+    prefix: bytes
+    revision: int
+
+
+Condition = Compare | UnchangedSince
+
+
+@dataclass(frozen=True)
 class Put:
     key: bytes
     value: bytes
@@ -58,7 +71,7 @@ class KvStore(Protocol):
 
     async def list(self, prefix: bytes) -> Listing: ...
 
-    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> int:
+    async def txn(self, compares: Sequence[Condition], ops: Sequence[Op]) -> int:
         """Apply every op atomically if every compare holds. Returns the
         store's revision after the transaction (the mod_revision of every key
         it put) when it was applied, 0 when a compare failed."""

@@ -4,10 +4,12 @@ Each resource kind declares a ``KindApply``: the key and value it is stored
 as, and the checks it needs against the datastore (an IPPool must not
 overlap another pool, nor change its block size while it has blocks). The
 checks read through ``Reads``, which remembers the revision of every key
-they looked at; every check of every file runs before anything is written,
-and then all writes go in one transaction that compares those revisions. So
-nothing is written when a check fails, and a concurrent change to what a
-check read makes the transaction fail and the whole plan run again.
+and every listing they looked at; every check of every file runs before
+anything is written, and then all writes go in one transaction that
+compares those revisions (a listing: no key under its prefix created or
+changed since). So nothing is written when a check fails, and a concurrent
+change to what a check read makes the transaction fail and the whole plan
+run again.
 
 A new kind joins by adding its ``KindApply`` to ``APPLIERS``.
 
@@ -26,7 +28,16 @@ from typing import Any
 from ipam.keys import Keys
 from ipam.model import Pool, dumps, loads
 from ipam.pool_rules import decide_pool_change
-from ipam.store import Compare, KvStore, Listing, Put, RequestTooLarge, Versioned
+from ipam.store import (
+    Compare,
+    Condition,
+    KvStore,
+    Listing,
+    Put,
+    RequestTooLarge,
+    UnchangedSince,
+    Versioned,
+)
 from meshroute.bgp_store import BgpStore, encode_spec
 from meshroute.errors import UserError
 from meshroute.resources import (
@@ -43,22 +54,27 @@ MAX_ROUNDS = 8
 
 class Reads:
     """The datastore as the checks see it: each key read, present or not,
-    becomes a compare of the transaction."""
+    and each listing becomes a condition of the transaction."""
 
     def __init__(self, store: KvStore) -> None:
         self.store = store
-        self.seen: dict[bytes, int] = {}
+        self.keys: dict[bytes, int] = {}
+        self.listings: dict[bytes, int] = {}
 
     async def get(self, key: bytes) -> Versioned | None:
         v = await self.store.get(key)
-        self.seen[key] = v.mod_revision if v else 0
+        self.keys[key] = v.mod_revision if v else 0
         return v
 
     async def list(self, prefix: bytes) -> Listing:
         listing = await self.store.list(prefix)
-        for k, v in listing.items.items():
-            self.seen[k] = v.mod_revision
+        self.listings[prefix] = listing.revision
         return listing
+
+    def conditions(self) -> Sequence[Condition]:
+        return [Compare(k, rev) for k, rev in self.keys.items()] + [
+            UnchangedSince(p, rev) for p, rev in self.listings.items()
+        ]
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,7 @@ class _Write:
 
 async def _plan(
     loaded: Sequence[Loaded], ctx: Context
-) -> tuple[list[_Write], dict[bytes, int], list[str]]:
+) -> tuple[list[_Write], Sequence[Condition], list[str]]:
     """The writes, the compares they rest on, and every problem found."""
     reads = Reads(ctx.store)
     problems: list[str] = []
@@ -173,7 +189,7 @@ async def _plan(
         cur = await reads.get(key)
         state = "created" if cur is None else "configured"
         writes.append(_Write(item, key, a.value(item.resource), f"{a.label}/{_name(item)} {state}"))
-    return writes, reads.seen, problems
+    return writes, reads.conditions(), problems
 
 
 def _name(item: Loaded) -> str:
@@ -185,10 +201,9 @@ async def apply_all(store: KvStore, prefix: str, loaded: Sequence[Loaded]) -> li
     UserError naming file and document when anything is refused."""
     ctx = Context(store, prefix)
     for _ in range(MAX_ROUNDS):
-        writes, seen, problems = await _plan(loaded, ctx)
+        writes, compares, problems = await _plan(loaded, ctx)
         if problems:
             raise UserError("nothing applied:\n" + "\n".join(problems))
-        compares = [Compare(k, rev) for k, rev in seen.items()]
         try:
             if await store.txn(compares, [Put(w.key, w.value) for w in writes]):
                 return [w.label for w in writes]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ipam.store import Compare, Delete, KvStore, Put
+from ipam.store import Compare, Delete, KvStore, Put, UnchangedSince
 
 pytestmark = pytest.mark.etcd
 
@@ -102,3 +102,18 @@ async def test_changes_under_a_prefix_are_reported(kv: KvStore) -> None:
     rev2 = await kv.txn([], [Delete(p + b"watched/a")])
     assert await asyncio.wait_for(anext(stream), 5) >= rev2
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_unchanged_since_guards_a_listing(kv: KvStore) -> None:
+    p = _p()
+    other = _p() + b"x"
+    empty = await kv.list(p)
+    assert await kv.txn([UnchangedSince(p, empty.revision)], [Put(other, b"1")])  # outside p
+    assert await kv.txn([UnchangedSince(p, empty.revision)], [])
+    await kv.txn([], [Put(p + b"a", b"1")])
+    assert not await kv.txn([UnchangedSince(p, empty.revision)], [Put(other, b"2")])
+    seen = await kv.list(p)
+    assert await kv.txn([UnchangedSince(p, seen.revision)], [])
+    await kv.txn([], [Put(p + b"a", b"2")])  # modified
+    assert not await kv.txn([UnchangedSince(p, seen.revision)], [])
+    assert (await kv.get(other)).value == b"1"  # type: ignore[union-attr]
