@@ -79,6 +79,7 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         p.communicate(timeout=15)
 
 
+@pytest.mark.slow
 async def test_killed_claim_is_shown_in_progress_and_settled_by_the_restart(
     etcd_server: EtcdCluster,
     etcd_prefix: str,
