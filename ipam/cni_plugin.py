@@ -179,12 +179,11 @@ def parse_cni_args(raw: str) -> dict[str, str]:
         k, sep, v = pair.partition("=")
         if not sep or not k:
             raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {quote(pair)} is not KEY=VALUE")
-        if len(pair) > MAX_CNI_ARG or not _utf8(pair):
+        if not _utf8(pair):
+            raise CniError(ERR_INVALID_ENV, f"CNI_ARGS: {quote(pair)} is not valid UTF-8")
+        if len(pair) > MAX_CNI_ARG:
             raise CniError(
-                ERR_INVALID_ENV,
-                f"CNI_ARGS: {quote(pair)} is longer than {MAX_CNI_ARG} characters"
-                if _utf8(pair)
-                else f"CNI_ARGS: {quote(pair)} is not valid UTF-8",
+                ERR_INVALID_ENV, f"CNI_ARGS: {quote(pair)} is longer than {MAX_CNI_ARG} characters"
             )
         if k in ("K8S_POD_NAME", "K8S_POD_NAMESPACE"):
             problem = k8s_name_problem(v)
