@@ -30,7 +30,7 @@ def add_etcd_options(p: argparse.ArgumentParser, *, with_defaults: bool = False)
         "--etcd",
         default=defaults["etcd"] if with_defaults else argparse.SUPPRESS,
         help="comma-separated etcd endpoints host:port (env MESHROUTE_ETCD; "
-        f"default {DEFAULT_ENDPOINTS})",
+        f"default {DEFAULT_ENDPOINTS}; node and reflector read theirs from their config)",
     )
     p.add_argument(
         "--prefix",
