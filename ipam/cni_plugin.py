@@ -435,7 +435,8 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
 
 
 def main() -> int:
-    rc = run(os.environ, sys.stdin.buffer.read(), sys.stdout)
+    # One byte more than allowed is enough to refuse it; never read a huge input whole.
+    rc = run(os.environ, sys.stdin.buffer.read(MAX_STDIN + 1), sys.stdout)
     sys.stdout.flush()
     return rc
 
