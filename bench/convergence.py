@@ -41,9 +41,9 @@ from typing import Any
 
 from netaddr import IPNetwork
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
+from datastore.port import Put
 from ipam.ipam import Ipam
-from ipam.store import Put
 from meshroute.lab.build import Lab, start_meshroute_node
 from meshroute.lab.topology import POOL_BLOCK, POOL_CIDR, LabParams
 from meshroute.lab.up import converged, lab_down, lab_up

@@ -22,7 +22,7 @@ import aetcd
 from netaddr import IPNetwork
 
 from bench.ipam_cni import run_cni_bench
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import Pool
 from meshroute.lab.etcd import EtcdCluster, start_etcd

@@ -36,8 +36,8 @@ from typing import Any
 
 from netaddr import IPNetwork
 
+from datastore.etcd import EtcdStore
 from ipam.cni_install import install_plugin
-from ipam.etcd_store import EtcdStore
 from ipam.ipam import Ipam
 from ipam.model import Pool
 

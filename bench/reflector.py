@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bgpd.bird_ctl import parse_show_protocols_all
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from meshroute.bgp_store import BgpStore
 from meshroute.lab.etcd import start_etcd
 from meshroute.lab.netns import Netns, NetnsFactory

@@ -37,6 +37,7 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
+from datastore.port import RequestTooLarge, StoreError
 from ipam import cni_json
 from ipam.allocator import IpamError, PoolExhausted
 from ipam.cni_plugin import (
@@ -56,7 +57,6 @@ from ipam.cni_plugin import (
 )
 from ipam.ipam import AssignedAddress, AssignRequest, Conflict, Ipam
 from ipam.quoting import quote
-from ipam.store import RequestTooLarge, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
+from datastore.port import Compare, Condition, Delete, KvStore, Op, Put, UnchangedSince
 from ipam.allocator import (
     IpamError,
     PoolExhausted,
@@ -63,7 +64,6 @@ from ipam.model import (
 )
 from ipam.pool_rules import decide_pool_change, overlapping, pool_problems
 from ipam.quoting import counted, quote
-from ipam.store import Compare, Condition, Delete, KvStore, Op, Put, UnchangedSince
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

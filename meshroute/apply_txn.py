@@ -25,10 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ipam.keys import Keys
-from ipam.model import Pool, dumps, loads
-from ipam.pool_rules import decide_pool_change
-from ipam.store import (
+from datastore.port import (
     Compare,
     Condition,
     KvStore,
@@ -38,6 +35,9 @@ from ipam.store import (
     UnchangedSince,
     Versioned,
 )
+from ipam.keys import Keys
+from ipam.model import Pool, dumps, loads
+from ipam.pool_rules import decide_pool_change
 from meshroute.bgp_store import BgpStore, encode_spec
 from meshroute.errors import UserError
 from meshroute.resources import (

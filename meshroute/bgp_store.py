@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ipam.store import Compare, Delete, KvStore, Put
+from datastore.port import Compare, Delete, KvStore, Put
 from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
 
 

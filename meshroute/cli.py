@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ipam.quoting import quote
-from meshroute.datastore import add_etcd_options
 from meshroute.errors import UserError
+from meshroute.etcd_options import add_etcd_options
 
 COMMAND_MODULES = (
     "meshroute.cmd_resources",

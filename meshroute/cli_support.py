@@ -10,11 +10,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from datastore.port import KvStore, StoreError
 from ipam.allocator import IpamError
 from ipam.ipam import Ipam
-from ipam.store import KvStore, StoreError
-from meshroute.datastore import store_from_args
 from meshroute.errors import UserError
+from meshroute.etcd_options import store_from_args
 from meshroute.registry import Registry
 
 T = TypeVar("T")

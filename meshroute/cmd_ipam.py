@@ -9,15 +9,15 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
+from datastore.port import KvStore
 from ipam.check import IN_PROGRESS, REPAIRABLE, plan_gc
 from ipam.ipam import PENDING_GRACE_S, Ipam
 from ipam.model import Snapshot
 from ipam.quoting import counted, quote
-from ipam.store import KvStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.cmd_ipam_serve import add_serve_parser
-from meshroute.datastore import add_etcd_options
 from meshroute.errors import UserError
+from meshroute.etcd_options import add_etcd_options
 from meshroute.registry import Registry
 
 EXIT_ISSUES = 3

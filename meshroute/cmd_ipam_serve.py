@@ -13,14 +13,14 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from datastore.port import StoreError
 from ipam.allocator import IpamError
 from ipam.cni_plugin import DEFAULT_SOCKET
 from ipam.cni_service import HostIdentity, serve
 from ipam.ipam import Ipam
 from ipam.quoting import quote
-from ipam.store import StoreError
-from meshroute.datastore import add_etcd_options, etcd_defaults, store_from_args
 from meshroute.errors import UserError
+from meshroute.etcd_options import add_etcd_options, etcd_defaults, store_from_args
 from meshroute.registry import NodeRecord, Registry
 
 

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
 
-from ipam.store import StoreError
+from datastore.port import StoreError
 from meshroute.cli_support import print_table
 from meshroute.config import DEFAULT_CONFIG, ConfigError, load_node_config
 from meshroute.errors import UserError

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from ipam.store import StoreError
+from datastore.port import StoreError
 from meshroute.cli_support import print_table
 from meshroute.cmd_node import install_stop_handlers
 from meshroute.config import ConfigError

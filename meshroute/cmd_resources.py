@@ -9,14 +9,14 @@ from typing import Any
 
 import yaml
 
+from datastore.port import KvStore
 from ipam.ipam import Ipam
 from ipam.quoting import quote
-from ipam.store import KvStore
 from meshroute.apply_txn import apply_all
 from meshroute.bgp_store import BgpStore
 from meshroute.cli_support import print_json, print_table, run_with_store
-from meshroute.datastore import add_etcd_options
 from meshroute.errors import UserError
+from meshroute.etcd_options import add_etcd_options
 from meshroute.registry import Registry
 from meshroute.resources import (
     API_VERSION,

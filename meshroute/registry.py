@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipam.store import Compare, Delete, KvStore, Put
+from datastore.port import Compare, Delete, KvStore, Put
 
 log = logging.getLogger(__name__)
 

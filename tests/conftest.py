@@ -12,7 +12,7 @@ import pytest
 from tests.harness.etcd import EtcdCluster, start_etcd
 from tests.harness.netns import NetnsFactory, sweep_stale
 
-pytest_plugins = ["tests.store_fixtures"]
+pytest_plugins = ["tests.datastore_fixtures"]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -45,13 +45,13 @@ from bgpd.model import (
 from bgpd.policy import ImportContext
 from bgpd.rib import Rib, decide_limit_raised
 from bgpd.speaker import Speaker, SpeakerSettings
+from datastore.etcd import EtcdStore
 from felix_lite.inputs import HostInterface, UnderlayRoute
 from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
 from felix_lite.planner import plan_kernel
 from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
-from ipam.etcd_store import EtcdStore
 from ipam.ipam import Ipam
 from meshroute.bgp_store import BgpStore
 from meshroute.config import NodeConfig

@@ -20,7 +20,7 @@ from typing import Any
 from bgpd.bird_config import BirdConfigError, render_bird
 from bgpd.bird_ctl import BgpSessionInfo, BirdCtlError, bgp_sessions
 from bgpd.bird_supervisor import BirdConfigRejected, BirdPaths, BirdSupervisor
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.selector import SelectorError
 from meshroute.bgp_store import BgpStore
 from meshroute.long_tasks import LongTasks

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from netaddr import IPNetwork
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import Pool
 from tests.harness.etcd import EtcdCluster

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from meshroute.lab.bird_config import (
     BgpNeighbor,
     BirdConfig,

@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import sys
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from meshroute.registry import NodeRecord, Registry
 

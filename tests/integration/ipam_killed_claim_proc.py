@@ -13,9 +13,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
+from datastore.port import Compare, Op, Put
 from ipam.model import AffinityState, loads
-from ipam.store import Compare, Op, Put
 
 _real_txn = EtcdStore.txn
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import pytest
 from netaddr import IPNetwork
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
+from datastore.port import Compare, Op
 from ipam.ipam import Ipam
 from ipam.model import Pool
-from ipam.store import Compare, Op
 from meshroute.apply_txn import APPLIERS, apply_all
 from meshroute.errors import UserError
 from meshroute.resources import KINDS, parse_documents

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from tests.harness.cli import cli
 from tests.harness.etcd import EtcdCluster

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.ipam import Ipam
 from ipam.model import Pool
 from tests.harness.cni import PLUGIN_NAME, plugin_argv

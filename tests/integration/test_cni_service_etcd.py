@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from netaddr import IPNetwork
 
+from datastore.etcd import EtcdStore
 from ipam.cni_service import HostIdentity, IpamService
-from ipam.etcd_store import EtcdStore
 from ipam.ipam import Ipam
 from ipam.model import Pool
 from tests.harness.cni import cni_env, netconf, run_plugin_async

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from netaddr import IPNetwork
 
+from datastore.etcd import EtcdStore
+from datastore.port import Put, RequestTooLarge
 from ipam.cni_service import HostIdentity, IpamService, decide_error
-from ipam.etcd_store import EtcdStore
 from ipam.ipam import Ipam
 from ipam.model import Pool
-from ipam.store import Put, RequestTooLarge
 from tests.harness.cni import cni_env, netconf, run_plugin_async
 from tests.harness.etcd import EtcdCluster
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ipam.etcd_store import EtcdStore
-from ipam.store import Put, StoreError
+from datastore.etcd import EtcdStore
+from datastore.port import Put, StoreError
 from tests.harness.etcd import start_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]

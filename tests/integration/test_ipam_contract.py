@@ -9,10 +9,10 @@ import os
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from datastore.port import KvStore, Put
 from ipam.allocator import AddressInUse, IpamError, PoolExhausted
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import Affinity, AffinityState, IpamSettings, Pool, Use, dumps
-from ipam.store import KvStore, Put
 
 pytestmark = pytest.mark.etcd
 

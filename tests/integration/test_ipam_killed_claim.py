@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPNetwork
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import AffinityState, Pool
 from tests.harness.cli import REPO, cli

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from ipam.etcd_store import EtcdStore
-from ipam.store import Put
+from datastore.etcd import EtcdStore
+from datastore.port import Put
 from meshroute.bgp_store import BgpStore
 from meshroute.lab.netns import Netns, NetnsFactory
 from meshroute.registry import NodeRecord, Registry

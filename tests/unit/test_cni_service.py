@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from datastore.memory import MemoryStore
+from datastore.port import StoreError
 from ipam.allocator import IpamError, PoolExhausted
 from ipam.cni_service import BadRequest, HostIdentity, IpamService, decide_error
 from ipam.ipam import Conflict, Ipam
-from ipam.memory_store import MemoryStore
 from ipam.model import IpamSettings, Pool
-from ipam.store import StoreError
 from tests.harness.cni import cni_env, netconf, run_plugin_async
 from tests.harness.ports import free_ports
 

@@ -25,9 +25,9 @@ from hypothesis.stateful import (
 )
 from netaddr import IPAddress, IPNetwork
 
+from datastore.memory import MemoryStore
 from ipam.allocator import PoolExhausted
 from ipam.ipam import AssignRequest, Ipam
-from ipam.memory_store import MemoryStore
 from ipam.model import RESERVED_HANDLE_PREFIX, IpamSettings, Pool
 
 T = TypeVar("T")

@@ -6,9 +6,9 @@ import asyncio
 
 from netaddr import IPAddress, IPNetwork
 
+from datastore.memory import MemoryStore
 from felix_lite.inputs import BestRoute, EncapMode, HostInterface
 from ipam.ipam import AssignRequest, Ipam
-from ipam.memory_store import MemoryStore
 from ipam.model import EncapMode as IpamEncap
 from ipam.model import Pool
 from meshroute.config import NodeConfig

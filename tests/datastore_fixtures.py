@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ipam.etcd_store import EtcdStore
-from ipam.memory_store import MemoryStore
-from ipam.store import KvStore
+from datastore.etcd import EtcdStore
+from datastore.memory import MemoryStore
+from datastore.port import KvStore
 
 
 @pytest.fixture(params=["memory", "etcd"])

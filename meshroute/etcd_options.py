@@ -1,12 +1,12 @@
-"""How the CLI and processes reach etcd: the shared command-line options and
-a store that fails fast with a clear message when etcd cannot be reached."""
+"""The command-line options every command that reaches etcd shares
+(``--etcd``, ``--prefix``), and the store they name."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from ipam.etcd_store import EtcdStore
+from datastore.etcd import EtcdStore, split_endpoints
 from meshroute.errors import UserError
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2379"
@@ -40,8 +40,7 @@ def add_etcd_options(p: argparse.ArgumentParser, *, with_defaults: bool = False)
 
 
 def store_from_args(args: argparse.Namespace, timeout: float = 5.0) -> EtcdStore:
-    endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
     try:
-        return EtcdStore(endpoints, timeout=timeout)
+        return EtcdStore(split_endpoints(args.etcd), timeout=timeout)
     except ValueError as e:
         raise UserError(f"--etcd: {e}") from e

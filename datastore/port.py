@@ -1,6 +1,7 @@
 """The datastore port: a key-value store with compare-and-swap transactions,
-prefix listing and leases. etcd is the real one (``etcd_store``); the memory
-one (``memory_store``) can inject conflicts. Both pass one contract suite."""
+prefix listing and leases. etcd is the real one (``datastore.etcd``); the
+memory one (``datastore.memory``) can inject conflicts. Both pass one contract
+suite."""
 
 from __future__ import annotations
 

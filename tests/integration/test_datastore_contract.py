@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from ipam.store import Compare, Delete, KvStore, Put, UnchangedSince
+from datastore.port import Compare, Delete, KvStore, Put, UnchangedSince
 
 pytestmark = pytest.mark.etcd
 

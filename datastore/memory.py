@@ -1,4 +1,4 @@
-"""An in-memory KvStore for unit tests of the IPAM shell. It can inject
+"""An in-memory KvStore for unit tests of the shells that keep state in etcd. It can inject
 conflicts: a transaction fails as if another writer had won the race."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 
-from ipam.store import (
+from datastore.port import (
     Compare,
     Condition,
     Delete,

@@ -12,8 +12,7 @@ from typing import Any
 import aetcd
 import aetcd.exceptions
 
-from ipam.quoting import quote
-from ipam.store import (
+from datastore.port import (
     Compare,
     Condition,
     Delete,
@@ -41,8 +40,13 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     e = endpoint.split("://", 1)[-1].rstrip("/")
     host, _, port = e.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint {quote(endpoint)} is not host:port")
+        raise ValueError(f"etcd endpoint {endpoint[:64]!r} is not host:port")
     return host.strip("[]"), int(port)
+
+
+def split_endpoints(text: str) -> list[str]:
+    """A comma-separated endpoint list (``--etcd``, ``MESHROUTE_ETCD``)."""
+    return [e.strip() for e in text.split(",") if e.strip()]
 
 
 def _revision_of(responses: Sequence[Any]) -> int:
