@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "meshroute.cmd_ipam",
     "meshroute.cmd_node",
     "meshroute.cmd_reflector",
+    "meshroute.cmd_status",
     "meshroute.cmd_lab",
     "meshroute.cmd_demo",
 )

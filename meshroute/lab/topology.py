@@ -288,7 +288,7 @@ def plan_node_config(
     etcd_endpoint: str | None,
     etcd_prefix: str,
 ) -> dict[str, Any]:
-    """A ``node.yaml`` as a dict (``meshroute.config.NodeConfig`` schema);
+    """A ``node.yaml`` as a dict (``meshroute.node.config.NodeConfig`` schema);
     what only the build knows is filled in by ``finish_node_config``."""
     etcd: dict[str, Any] = {"prefix": etcd_prefix}
     if etcd_endpoint is not None:

@@ -1,3 +1,4 @@
 """``meshroute node``: the per-host process that joins IPAM, bgpd and
-felix_lite. ``view`` reads the cluster from etcd, ``plan`` decides (pure),
-``process`` owns the tasks; ``systemd`` and ``http`` face the operator."""
+felix_lite. ``config`` is its node.yaml, ``view`` reads the cluster from
+etcd, ``plan``, ``bgp_plan`` and ``readiness`` decide (pure), ``process``
+owns the tasks; ``metrics`` reports what they hold."""

@@ -14,7 +14,7 @@ from bgpd.model import BestRoute as BgpBest
 from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule
 from bgpd.rib import PeerInfo
 from felix_lite.inputs import BestRoute as FelixBest
-from meshroute.config import NodeConfig
+from meshroute.node.config import NodeConfig
 from meshroute.node.plan import own_blocks
 from meshroute.node.view import ClusterView
 from meshroute.peering import PeerPlan

@@ -23,7 +23,7 @@ from felix_lite.inputs import (
 )
 from ipam.model import AffinityState
 from ipam.model import EncapMode as IpamEncap
-from meshroute.config import NodeConfig
+from meshroute.node.config import NodeConfig
 from meshroute.node.view import ClusterView
 from meshroute.registry import NodeRecord
 

@@ -54,8 +54,6 @@ from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
 from ipam.ipam import Ipam
 from meshroute.bgp_store import BgpStore
-from meshroute.config import NodeConfig
-from meshroute.long_tasks import LongTasks
 from meshroute.node.bgp_plan import (
     peer_info,
     plan_bgp_announcements,
@@ -63,19 +61,23 @@ from meshroute.node.bgp_plan import (
     plan_import_context,
     to_felix_routes,
 )
-from meshroute.node.http import Endpoints, Health, decide_readiness, serve_http
-from meshroute.node.metrics import NodeCollector, render_metrics
+from meshroute.node.config import NodeConfig
+from meshroute.node.metrics import NodeCollector
 from meshroute.node.plan import (
     decide_encap_in_use,
     decide_vtep_mac,
     plan_announcements,
     plan_felix_input,
 )
-from meshroute.node.systemd import Notifier
+from meshroute.node.readiness import decide_readiness
 from meshroute.node.underlay import read_underlay
 from meshroute.node.view import ClusterView, load_view
 from meshroute.peering import PeerPlan, decide_node_as, plan_peers
 from meshroute.registry import NodeRecord, Registry
+from meshroute.runtime.http import Endpoints, Health, serve_http
+from meshroute.runtime.long_tasks import LongTasks
+from meshroute.runtime.metrics import render_metrics
+from meshroute.runtime.systemd import Notifier
 
 log = logging.getLogger("meshroute.node")
 

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from meshroute.config import (
-    Address,
-    EtcdSection,
-    HttpSection,
-    InterfaceAddress,
-    _Section,
-    load_config,
-    parse_config,
-)
+from meshroute.runtime.config import EtcdSection, HttpSection, Section, load_config, parse_config
+from meshroute.schema_types import Address, InterfaceAddress
 
 DEFAULT_REFLECTOR_CONFIG = "/etc/meshroute/reflector.yaml"
 
 
-class BirdSection(_Section):
+class BirdSection(Section):
     bird: str = "bird"
     work_dir: str = Field(default="/run/meshroute/reflector", alias="workDir")
     # BIRD waits 5 s before connecting and 60-300 s after an error by default;
@@ -36,7 +29,7 @@ class BirdSection(_Section):
         return self
 
 
-class ReflectorConfig(_Section):
+class ReflectorConfig(Section):
     name: str = Field(min_length=1, max_length=253)
     ipv4: InterfaceAddress = Field(description="the reflector's address with prefix length")
     cluster_id: Address = Field(alias="clusterId")

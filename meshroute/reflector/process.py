@@ -23,10 +23,6 @@ from bgpd.bird_supervisor import BirdConfigRejected, BirdPaths, BirdSupervisor
 from datastore.etcd import EtcdStore
 from ipam.selector import SelectorError
 from meshroute.bgp_store import BgpStore
-from meshroute.long_tasks import LongTasks
-from meshroute.node.http import Endpoints, Health, serve_http
-from meshroute.node.metrics import render_metrics
-from meshroute.node.systemd import Notifier
 from meshroute.peering import decide_node_as
 from meshroute.reflector.config import ReflectorConfig
 from meshroute.reflector.metrics import ReflectorCollector
@@ -41,6 +37,10 @@ from meshroute.reflector.plan import (
 )
 from meshroute.reflector.view import ReflectorView, ResourceRefused, load_reflector_view
 from meshroute.registry import NodeRecord, Registry
+from meshroute.runtime.http import Endpoints, Health, serve_http
+from meshroute.runtime.long_tasks import LongTasks
+from meshroute.runtime.metrics import render_metrics
+from meshroute.runtime.systemd import Notifier
 
 log = logging.getLogger("meshroute.reflector")
 

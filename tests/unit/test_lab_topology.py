@@ -8,7 +8,6 @@ import pytest
 import yaml
 from netaddr import IPNetwork
 
-from meshroute.config import parse_node_config
 from meshroute.lab.topology import (
     CLUSTER_AS,
     MGMT_NET,
@@ -22,6 +21,7 @@ from meshroute.lab.topology import (
     plan_lab,
     tor_as,
 )
+from meshroute.node.config import parse_node_config
 from meshroute.resources import (
     BGPConfigurationResource,
     BGPPeerResource,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress
 
-from meshroute.config import ConfigError, load_node_config, parse_node_config
+from meshroute.node.config import load_node_config, parse_node_config
+from meshroute.runtime.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

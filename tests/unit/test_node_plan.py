@@ -11,7 +11,7 @@ from felix_lite.inputs import BestRoute, EncapMode, HostInterface
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import EncapMode as IpamEncap
 from ipam.model import Pool
-from meshroute.config import NodeConfig
+from meshroute.node.config import NodeConfig
 from meshroute.node.plan import (
     borrowed_addresses,
     decide_vtep_mac,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from netaddr import IPAddress
 
-from meshroute.node.http import Endpoints, Health, decide_readiness, route
-from meshroute.node.systemd import Notifier
+from meshroute.node.readiness import decide_readiness
+from meshroute.runtime.http import Endpoints, Health, route
+from meshroute.runtime.systemd import Notifier
 
 
 def test_notify_reaches_a_real_notify_socket(tmp_path: Path) -> None:

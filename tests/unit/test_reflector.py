@@ -21,7 +21,6 @@ from netaddr import IPAddress
 from bgpd.bird_config import BirdConfigError, render_bird
 from bgpd.bird_ctl import parse_reply, parse_show_protocols_all
 from bgpd.bird_supervisor import BirdConfigRejected, validate_config
-from meshroute.config import ConfigError
 from meshroute.peering import plan_peers
 from meshroute.reflector.config import parse_reflector_config
 from meshroute.reflector.plan import (
@@ -38,6 +37,7 @@ from meshroute.reflector.plan import (
 )
 from meshroute.registry import NodeRecord
 from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
+from meshroute.runtime.config import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bird"
 NO_MESH = BGPConfigurationSpec.model_validate({"asNumber": 64512, "nodeToNodeMeshEnabled": False})

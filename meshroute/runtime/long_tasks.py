@@ -10,8 +10,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from meshroute.node.http import Health
-from meshroute.node.systemd import Notifier
+from meshroute.runtime.http import Health
+from meshroute.runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -4,47 +4,29 @@ reported with the file and the field; passed explicitly, never global."""
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from netaddr import IPAddress
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from meshroute.schema_types import Address, InterfaceAddress, field_path
-from meshroute.yaml_input import YamlInputError, one_document, read_text
+from meshroute.runtime.config import EtcdSection, HttpSection, Section, load_config, parse_config
+from meshroute.schema_types import Address, InterfaceAddress
 
 DEFAULT_CONFIG = "/etc/meshroute/node.yaml"
 
 
-class ConfigError(Exception):
-    """An invalid configuration file; the message names file and fields."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, arbitrary_types_allowed=True, populate_by_name=True
-    )
-
-
-class EtcdSection(_Section):
-    endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"], min_length=1)
-    prefix: str = "/meshroute"
-    timeout_seconds: float = Field(default=5.0, gt=0, alias="timeoutSeconds")
-
-
-class IpamSection(_Section):
+class IpamSection(Section):
     socket: str = "/run/meshroute/ipam.sock"
     l2_segment: bool = Field(default=False, alias="l2Segment")
     housekeeping_seconds: float = Field(default=60.0, gt=0, alias="housekeepingSeconds")
 
 
-class BgpSection(_Section):
+class BgpSection(Section):
     router_id: Address | None = Field(default=None, alias="routerId")
     exabgp: str = "exabgp"
     work_dir: str = Field(default="/run/meshroute/bgp", alias="workDir")
     restart_grace_seconds: int = Field(default=120, ge=1, le=3600, alias="gracefulRestartSeconds")
 
 
-class FelixSection(_Section):
+class FelixSection(Section):
     route_protocol: int = Field(default=213, ge=5, le=255, alias="routeProtocol")
     route_table: int = Field(default=254, ge=1, le=2**32 - 1, alias="routeTable")
     resync_seconds: float = Field(default=90.0, gt=0, alias="resyncIntervalSeconds")
@@ -54,11 +36,7 @@ class FelixSection(_Section):
     vxlan_port: int = Field(default=4789, ge=1, le=65535, alias="vxlanPort")
 
 
-class HttpSection(_Section):
-    listen: str = "127.0.0.1:9099"
-
-
-class NodeConfig(_Section):
+class NodeConfig(Section):
     node_name: str = Field(alias="nodeName", min_length=1, max_length=253)
     ipv4: InterfaceAddress = Field(description="the node's underlay address with prefix length")
     ipv6: InterfaceAddress | None = None
@@ -76,33 +54,6 @@ class NodeConfig(_Section):
     @property
     def router_id(self) -> IPAddress:
         return self.bgp.router_id or self.ipv4.ip
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse_config(text: str, source: str, model: type[M]) -> M:
-    """A YAML configuration file validated whole against ``model``; every
-    problem reported on its own line as ``FILE: field.path: message``."""
-    try:
-        raw = one_document(text, source)
-    except YamlInputError as e:
-        raise ConfigError(str(e)) from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"{source}: {field_path(err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("\n".join(lines)) from e
-
-
-def load_config(path: str, model: type[M]) -> M:
-    try:
-        text = read_text(path)
-    except YamlInputError as e:
-        raise ConfigError(str(e)) from e
-    return parse_config(text, path, model)
 
 
 def parse_node_config(text: str, source: str) -> NodeConfig:

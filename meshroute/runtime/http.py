@@ -1,17 +1,16 @@
-"""The node's small HTTP endpoint: ``/liveness``, ``/readiness`` (200 or
-503 with the reason), ``/metrics`` (Prometheus text) and ``/status`` (JSON
-for ``meshroute status``). HTTP/1.0, one request per connection."""
+"""The small HTTP endpoint of a meshroute process (node, reflector):
+``/liveness``, ``/readiness`` (200 or 503 with the reason), ``/metrics``
+(Prometheus text) and ``/status`` (JSON for ``meshroute status``). HTTP/1.0,
+one request per connection; the process supplies what each one answers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from netaddr import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -20,33 +19,6 @@ log = logging.getLogger(__name__)
 class Health:
     ok: bool
     reason: str
-
-
-STARTUP_GRACE_S = 60.0  # readiness wants every peer up this long after start, then one
-
-
-def decide_readiness(
-    converged: bool,
-    peers: Iterable[IPAddress],
-    established: Iterable[IPAddress],
-    uptime_s: float,
-    grace_s: float = STARTUP_GRACE_S,
-) -> Health:
-    """Calico's bird-ready rule: kernel routes programmed once; then, shortly
-    after start, every configured peer established; later at least one."""
-    if not converged:
-        return Health(False, "starting: kernel routes not yet converged")
-    configured = set(peers)
-    if not configured:
-        return Health(True, "ready (no BGP peers configured)")
-    up = configured & set(established)
-    if uptime_s < grace_s:
-        missing = sorted(configured - up)
-        if missing:
-            return Health(False, f"waiting for peers: {', '.join(map(str, missing))}")
-    elif not up:
-        return Health(False, "no BGP peer is established")
-    return Health(True, f"ready: {len(up)}/{len(configured)} BGP peers established")
 
 
 @dataclass(frozen=True)
