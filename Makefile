@@ -9,7 +9,7 @@ bootstrap:
 	@scripts/bootstrap
 
 demo: bootstrap
-	$(PY) -m meshroute.cli demo $(DEMO_ARGS)
+	$(PY) -m lab demo $(DEMO_ARGS)
 
 test: bootstrap
 	$(PY) -m pytest -q $(PYTEST_ARGS)

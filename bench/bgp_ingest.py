@@ -69,9 +69,9 @@ from typing import Any
 
 from netaddr import IPAddress
 
-from meshroute.lab.etcd import start_etcd
-from meshroute.lab.netns import Netns, NetnsFactory
-from tests.harness.node import NodeUnderTest, node_in, wait_for
+from lab.etcd import start_etcd
+from lab.netns import Netns, NetnsFactory
+from lab.node_rig import NodeUnderTest, node_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_PROTO = 213

@@ -2,7 +2,7 @@
 the block's route in the kernel of every other node.
 
 ``.venv/bin/python -m bench.convergence --json`` builds the lab
-(``meshroute.lab``: mesh topology, 2 racks x 2 nodes, no pods; namespaces
+(``lab``: mesh topology, 2 racks x 2 nodes, no pods; namespaces
 ``mrbench*``, a temporary run dir; removed in ``finally``), then ``--claims``
 times (default 20), round-robin over the nodes:
 
@@ -44,9 +44,9 @@ from netaddr import IPNetwork
 from datastore.etcd import EtcdStore
 from datastore.port import Put
 from ipam.ipam import Ipam
-from meshroute.lab.build import Lab, start_meshroute_node
-from meshroute.lab.topology import POOL_BLOCK, POOL_CIDR, LabParams
-from meshroute.lab.up import converged, lab_down, lab_up
+from lab.build import Lab, start_meshroute_node
+from lab.topology import POOL_BLOCK, POOL_CIDR, LabParams
+from lab.up import converged, lab_down, lab_up
 
 NODE_PROTO = "213"
 # Claimed blocks come from the top of the pool, away from the blocks the

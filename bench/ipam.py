@@ -25,7 +25,7 @@ from bench.ipam_cni import run_cni_bench
 from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import Pool
-from meshroute.lab.etcd import EtcdCluster, start_etcd
+from lab.etcd import EtcdCluster, start_etcd
 
 
 async def raw_cas_rate(endpoint: str, n: int) -> float:

@@ -187,7 +187,7 @@ def run_cni_bench(endpoint: str | None = None, runs: int = 30) -> dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="meshroute-bench-cni-") as tmp:
         etcd = None
         if endpoint is None:
-            from tests.harness.etcd import start_etcd
+            from lab.etcd import start_etcd
 
             etcd = start_etcd(Path(tmp) / "etcd")
             endpoint = etcd.endpoint

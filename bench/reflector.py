@@ -54,13 +54,13 @@ from typing import Any
 
 from bgpd.bird_ctl import parse_show_protocols_all
 from datastore.etcd import EtcdStore
+from lab.bird_clients import BirdClients, Client, clients_conf
+from lab.etcd import start_etcd
+from lab.netns import Netns, NetnsFactory
+from lab.reflector_rig import Lan, Reflector
 from meshroute.bgp_store import BgpStore
-from meshroute.lab.etcd import start_etcd
-from meshroute.lab.netns import Netns, NetnsFactory
 from meshroute.registry import NodeRecord, Registry
 from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
-from tests.harness.bird_clients import BirdClients, Client, clients_conf
-from tests.harness.reflector_rig import Lan, Reflector
 
 AS = 64512
 RR = "10.10.0.1"

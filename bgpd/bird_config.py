@@ -95,7 +95,7 @@ class BirdConfig:
     log_file: str | None = None
     # "since" columns of ``show protocols`` as "YYYY-MM-DD hh:mm:ss": parseable
     iso_times: bool = False
-    header: str = "rendered by meshroute.lab.bird_config; edits are overwritten"
+    header: str = "rendered by bgpd.bird_config; edits are overwritten"
 
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")

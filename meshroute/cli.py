@@ -24,7 +24,6 @@ COMMAND_MODULES = (
     "meshroute.cmd_reflector",
     "meshroute.cmd_status",
     "meshroute.cmd_lab",
-    "meshroute.cmd_demo",
 )
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.etcd import EtcdCluster, start_etcd
-from tests.harness.netns import NetnsFactory, sweep_stale
+from lab.etcd import EtcdCluster, start_etcd
+from lab.netns import NetnsFactory, sweep_stale
 
 pytest_plugins = ["tests.datastore_fixtures"]
 

@@ -10,7 +10,7 @@ from netaddr import IPNetwork
 from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import Pool
-from tests.harness.etcd import EtcdCluster
+from lab.etcd import EtcdCluster
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 

@@ -1,52 +1,54 @@
-"""``meshroute lab up|status|down`` through its argument parser, with the
-stand-in node starter (IPAM only) until ``meshroute node`` is plugged in."""
+"""``meshroute lab up|status|down`` as an operator types it: a fresh
+``meshroute`` process that hands its arguments to the lab's own command line
+(``python -m lab``), with real ``meshroute node`` processes."""
 
 from __future__ import annotations
 
-import argparse
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from meshroute import cmd_lab
-from meshroute.lab.netns import run
+from lab.netns import run
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
 # "mrlab" is the real lab's; one prefix per test process so that concurrent
 # runs never sweep each other's namespaces
 PREFIX = f"mrlabt{os.getpid()}x"
-STARTER = "tests.e2e.test_lab_pods:ipam_only"
 
 
-def _main(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="meshroute")
-    cmd_lab.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
+def _meshroute(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshroute.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def test_lab_up_keep_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lab_up_keep_status_down(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     run_dir = str(tmp_path / "lab")
     common = ("--run-dir", run_dir, "--prefix", PREFIX)
     try:
-        rc = _main(
+        up = _meshroute(
             "lab", "up", "--topology", "tor", "--racks", "1", "--nodes-per-rack", "1",
-            "--keep", "--converge-seconds", "0", "--node-starter", STARTER, *common,
+            "--keep", *common,
         )  # fmt: skip
-        out = capsys.readouterr().out
-        assert rc == 0, out
-        assert "every pod reached every pod" in out and "2/4" not in out
-        assert "r1-tor" in out and "spine" in out and "Established" in out
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "every pod reached every pod" in up.stdout and "2/4" not in up.stdout
+        assert "r1-tor" in up.stdout and "spine" in up.stdout and "Established" in up.stdout
         assert (tmp_path / "lab" / "state.json").exists()
 
-        assert _main("lab", "status", *common) == 0
-        out = capsys.readouterr().out
-        assert "4/4 pairs answered" in out and "IPAM" in out
+        status = _meshroute("lab", "status", *common)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "4/4 pairs answered" in status.stdout and "IPAM" in status.stdout
     finally:
-        assert _main("lab", "down", *common) == 0
+        down = _meshroute("lab", "down", *common)
+        assert down.returncode == 0, down.stdout + down.stderr
     assert not (tmp_path / "lab" / "state.json").exists()
     assert not any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).split())
 
@@ -54,9 +56,24 @@ def test_lab_up_keep_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_bad_parameters_and_no_lab(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from meshroute.errors import UserError
+    bad = _meshroute("lab", "up", "--racks", "9", "--run-dir", str(tmp_path))
+    assert bad.returncode == 1 and "racks" in bad.stderr and "Traceback" not in bad.stderr
+    none = _meshroute("lab", "status", "--run-dir", str(tmp_path))
+    assert none.returncode == 1 and "no lab" in none.stderr and "Traceback" not in none.stderr
 
-    with pytest.raises(UserError, match="racks"):
-        _main("lab", "up", "--racks", "9", "--run-dir", str(tmp_path))
-    with pytest.raises(UserError, match="no lab"):
-        _main("lab", "status", "--run-dir", str(tmp_path))
+
+def test_meshroute_lab_and_python_m_lab_are_one_command_line() -> None:
+    via_meshroute = _meshroute("lab", "up", "--help", timeout=30)
+    direct = subprocess.run(
+        [sys.executable, "-m", "lab", "lab", "up", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert via_meshroute.returncode == 0 and direct.returncode == 0
+    assert "--topology" in via_meshroute.stdout and "--node-starter" not in via_meshroute.stdout
+    assert via_meshroute.stdout.startswith("usage: meshroute lab up")
+    assert direct.stdout.startswith("usage: python -m lab lab up")
+    assert "--converge-seconds" in via_meshroute.stdout and "--converge-seconds" in direct.stdout
+    demo = _meshroute("demo", "--help", timeout=30)
+    assert demo.returncode == 0 and "--topology" in demo.stdout

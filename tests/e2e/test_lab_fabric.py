@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from datastore.etcd import EtcdStore
-from meshroute.lab.bird_config import (
+from bgpd.bird_config import (
     BgpNeighbor,
     BirdConfig,
     PrefixFilter,
     PrefixRange,
     render_bird,
 )
-from meshroute.lab.build import (
+from datastore.etcd import EtcdStore
+from lab.build import (
     Lab,
     NodeLaunch,
     Spawned,
@@ -35,9 +35,9 @@ from meshroute.lab.build import (
     start_nodes,
     teardown,
 )
-from meshroute.lab.netns import run
-from meshroute.lab.topology import CLUSTER_AS, LabParams, NodePlan, plan_lab, tor_as
-from meshroute.lab.up import wait_fabric
+from lab.netns import run
+from lab.topology import CLUSTER_AS, LabParams, NodePlan, plan_lab, tor_as
+from lab.up import wait_fabric
 from meshroute.registry import NodeRecord, Registry
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -18,7 +18,7 @@ import yaml
 from netaddr import IPAddress, IPNetwork
 
 from ipam.cni_install import install_plugin
-from meshroute.lab.build import (
+from lab.build import (
     NodeLaunch,
     Spawned,
     apply_resources,
@@ -29,12 +29,12 @@ from meshroute.lab.build import (
     teardown,
     wait_nodes_ready,
 )
-from meshroute.lab.netns import run
-from meshroute.lab.pods import Endpoint, create_pods, delete_pods, ping_matrix
-from meshroute.lab.state import record_process, still_ours
-from meshroute.lab.status import node_ready, summary
-from meshroute.lab.topology import POOL_BLOCK, LabParams, plan_lab
-from meshroute.lab.up import lab_down, lab_up
+from lab.netns import run
+from lab.pods import Endpoint, create_pods, delete_pods, ping_matrix
+from lab.state import record_process, still_ours
+from lab.status import node_ready, summary
+from lab.topology import POOL_BLOCK, LabParams, plan_lab
+from lab.up import lab_down, lab_up
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
 # "mrlab" is the real lab's; one prefix per test process so that concurrent

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.lab.build import record_process, spawn_in_netns, start_meshroute_node
-from meshroute.lab.pods import pod_endpoints
-from meshroute.lab.status import bird_protocols
-from meshroute.lab.topology import LabParams
-from meshroute.lab.up import lab_down, lab_up
+from lab.build import record_process, spawn_in_netns, start_meshroute_node
+from lab.pods import pod_endpoints
+from lab.status import bird_protocols
+from lab.topology import LabParams
+from lab.up import lab_down, lab_up
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow, pytest.mark.timeout(300)]
 PREFIX = f"mrlabt{os.getpid()}x"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.lab.build import start_meshroute_node
-from meshroute.lab.netns import run
-from meshroute.lab.status import node_routes
-from meshroute.lab.topology import LabParams
-from meshroute.lab.up import lab_down, lab_up
+from lab.build import start_meshroute_node
+from lab.netns import run
+from lab.status import node_routes
+from lab.topology import LabParams
+from lab.up import lab_down, lab_up
 
 pytest.importorskip("meshroute.cmd_node")  # until `meshroute node` is in the tree
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]

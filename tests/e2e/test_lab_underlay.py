@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.lab.build import Lab, build_underlay, down_after_crash, teardown
-from meshroute.lab.netns import call_in_netns, run
-from meshroute.lab.pods import node_endpoints, ping_matrix
-from meshroute.lab.state import ProcessRecord, load_state, still_ours
-from meshroute.lab.status import bird_protocols
-from meshroute.lab.topology import LabParams, plan_lab
+from lab.build import Lab, build_underlay, down_after_crash, teardown
+from lab.netns import call_in_netns, run
+from lab.pods import node_endpoints, ping_matrix
+from lab.state import ProcessRecord, load_state, still_ours
+from lab.status import bird_protocols
+from lab.topology import LabParams, plan_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -154,8 +154,8 @@ def test_the_cross_rack_underlay_is_what_bird_learned(lab_factory) -> None:
 
 BUILDER = """
 import sys, time
-from meshroute.lab.build import build_underlay
-from meshroute.lab.topology import LabParams, plan_lab
+from lab.build import build_underlay
+from lab.topology import LabParams, plan_lab
 build_underlay(plan_lab(LabParams(topology="tor", run_dir=sys.argv[1])), prefix=sys.argv[2])
 print("up", flush=True)
 time.sleep(600)

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from ipam.cni_install import install_plugin
+from lab.etcd import EtcdCluster
+from lab.netns import NetnsFactory, veth
+from lab.node_rig import REPO, NodeUnderTest, add_pod, node_in, wait_for
 from tests.harness.cli import cli
-from tests.harness.etcd import EtcdCluster
-from tests.harness.netns import NetnsFactory, veth
-from tests.harness.node import REPO, NodeUnderTest, add_pod, node_in, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 POOLS = """

@@ -4,7 +4,7 @@ typed specs (or, for FRR, a config file as an operator writes it), queried
 through their own CLIs (birdc, gobgp, vtysh), stopped by PID.
 
 Nothing here creates namespaces or links; pass a ``Netns`` from
-``tests.harness.netns`` (or ``meshroute.lab.netns``).
+``lab.netns``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.netns import Netns
+from lab.netns import Netns
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.2) -> None:

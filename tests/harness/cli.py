@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from meshroute.lab.etcd import EtcdCluster
+from lab.etcd import EtcdCluster
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.harness.netns import Netns, NetnsFactory, veth
+from lab.netns import Netns, NetnsFactory, veth
 
 T0 = time.monotonic()
 PROTO = 213  # felix_lite.model.DEFAULT_PROTO (imported late in the guest)

@@ -11,8 +11,8 @@ import pytest
 
 from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
+from lab.etcd import EtcdCluster
 from tests.harness.cli import cli
-from tests.harness.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 REPO = Path(__file__).resolve().parents[2]

@@ -22,9 +22,9 @@ from netaddr import IPAddress, IPNetwork
 from datastore.etcd import EtcdStore
 from ipam.ipam import Ipam
 from ipam.model import Pool
+from lab.etcd import EtcdCluster
+from lab.netns import Netns, NetnsFactory
 from tests.harness.cni import PLUGIN_NAME, plugin_argv
-from tests.harness.etcd import EtcdCluster
-from tests.harness.netns import Netns, NetnsFactory
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns]
 

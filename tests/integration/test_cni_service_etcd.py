@@ -14,8 +14,8 @@ from datastore.etcd import EtcdStore
 from ipam.cni_service import HostIdentity, IpamService
 from ipam.ipam import Ipam
 from ipam.model import Pool
+from lab.etcd import start_etcd
 from tests.harness.cni import cni_env, netconf, run_plugin_async
-from tests.harness.etcd import start_etcd
 
 pytestmark = pytest.mark.etcd
 

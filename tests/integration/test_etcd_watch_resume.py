@@ -10,7 +10,7 @@ import pytest
 
 from datastore.etcd import EtcdStore
 from datastore.port import Put, StoreError
-from tests.harness.etcd import start_etcd
+from lab.etcd import start_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from felix_lite.model import DEFAULT_PROTO
 from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
 from felix_lite.planner import plan_kernel_state
 from felix_lite.reconciler import Reconciler
-from tests.harness.netns import NetnsFactory
+from lab.netns import NetnsFactory
 
 pytestmark = pytest.mark.netns
 

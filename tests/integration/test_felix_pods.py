@@ -40,7 +40,7 @@ from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
 from felix_lite.planner import plan_kernel
 from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
-from tests.harness.netns import Netns, NetnsFactory, veth
+from lab.netns import Netns, NetnsFactory, veth
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

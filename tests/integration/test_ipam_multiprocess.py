@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from lab.etcd import EtcdCluster
 from tests.harness.cli import cli
-from tests.harness.etcd import EtcdCluster
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

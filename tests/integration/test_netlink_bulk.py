@@ -12,7 +12,7 @@ from pyroute2 import IPRoute
 from felix_lite import netlink_codec as nc
 from felix_lite.model import DEFAULT_PROTO
 from felix_lite.netlink_bulk import OP_ADD, OP_DELETE, OP_REPLACE, BulkRoutes
-from tests.harness.netns import Netns, NetnsFactory
+from lab.netns import Netns, NetnsFactory
 
 pytestmark = pytest.mark.netns
 PROTO = DEFAULT_PROTO

@@ -12,7 +12,7 @@ from felix_lite.delta import decide_route_equal
 from felix_lite.model import DEFAULT_PROTO, FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
 from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
 from felix_lite.ports import FdbOp, NeighborOp, Op, RouteOp
-from tests.harness.netns import Netns, NetnsFactory
+from lab.netns import Netns, NetnsFactory
 
 pytestmark = pytest.mark.netns
 PROTO = DEFAULT_PROTO

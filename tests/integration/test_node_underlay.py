@@ -10,8 +10,8 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.inputs import UnderlayRoute
+from lab.netns import NetnsFactory, veth
 from meshroute.node.underlay import read_underlay
-from tests.harness.netns import NetnsFactory, veth
 
 pytestmark = pytest.mark.netns
 OURS = 213

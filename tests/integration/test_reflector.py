@@ -23,14 +23,14 @@ import pytest
 
 from datastore.etcd import EtcdStore
 from datastore.port import Put
+from lab.bird_clients import BirdClients, Client, clients_conf
+from lab.etcd import EtcdCluster
+from lab.netns import Netns, NetnsFactory
+from lab.poll import wait_for
+from lab.reflector_rig import Lan, Reflector
 from meshroute.bgp_store import BgpStore
-from meshroute.lab.netns import Netns, NetnsFactory
 from meshroute.registry import NodeRecord, Registry
 from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
-from tests.harness.bird_clients import BirdClients, Client, clients_conf
-from tests.harness.etcd import EtcdCluster
-from tests.harness.poll import wait_for
-from tests.harness.reflector_rig import Lan, Reflector
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.timeout(180)]
 

@@ -28,7 +28,7 @@ from felix_lite.model import (
 )
 from felix_lite.ports import FdbOp, NeighborOp, Op, RouteOp, RouteTable
 from felix_lite.reconciler import Reconciler
-from tests.harness.netns import NetnsFactory
+from lab.netns import NetnsFactory
 
 A = IPAddress
 N = IPNetwork

@@ -13,7 +13,7 @@ from netaddr import IPAddress
 
 from felix_lite.model import IpipDevice, VxlanDevice
 from felix_lite.tunnels import OWNER_ALIAS, NetlinkTunnels, TunnelError, plan_tunnel_changes
-from tests.harness.netns import Netns, NetnsFactory
+from lab.netns import Netns, NetnsFactory
 
 pytestmark = pytest.mark.netns
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from netaddr import IPAddress
 
 from bgpd.exabgp_config import ExabgpConfig, NeighborConfig, render, render_env
+from lab.netns import NetnsFactory
 from tests.harness.bgp_peers import (
     BirdNeighbor,
     BirdSpec,
@@ -37,7 +38,6 @@ from tests.harness.bgp_peers import (
     start_bird,
     start_gobgp,
 )
-from tests.harness.netns import NetnsFactory
 
 EXA4, BIRD4 = "192.0.2.1", "192.0.2.2"
 EXA6, BIRD6 = "2001:db8:12::1", "2001:db8:12::2"

@@ -28,6 +28,7 @@ from bgpd.model import (
     UpdateEvent,
 )
 from bgpd.speaker import Speaker, SpeakerSettings
+from lab.netns import Netns, NetnsFactory
 from tests.harness.bgp_peers import (
     Bird,
     BirdNeighbor,
@@ -39,7 +40,6 @@ from tests.harness.bgp_peers import (
     start_bird,
     start_gobgp,
 )
-from tests.harness.netns import Netns, NetnsFactory
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

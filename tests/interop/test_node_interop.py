@@ -29,6 +29,9 @@ from netaddr import IPNetwork
 
 from bgpd.policy import RejectReason
 from ipam.cni_install import install_plugin
+from lab.etcd import EtcdCluster
+from lab.netns import Netns, NetnsFactory, veth
+from lab.node_rig import REPO, Metrics, NodeUnderTest, add_pod, node_in, wait_for
 from tests.harness.bgp_peers import (
     BirdNeighbor,
     BirdSpec,
@@ -37,9 +40,6 @@ from tests.harness.bgp_peers import (
     start_bird,
     start_gobgp,
 )
-from tests.harness.etcd import EtcdCluster
-from tests.harness.netns import Netns, NetnsFactory, veth
-from tests.harness.node import REPO, Metrics, NodeUnderTest, add_pod, node_in, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 NODE_IP, PEER_IP = "192.0.2.11", "192.0.2.21"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.lab.bird_config import (
+from bgpd.bird_config import (
     BgpNeighbor,
     BirdConfig,
     BirdConfigError,
@@ -21,7 +21,7 @@ from meshroute.lab.bird_config import (
     PrefixRange,
     render_bird,
 )
-from meshroute.lab.topology import TOPOLOGIES, LabParams, plan_lab
+from lab.topology import TOPOLOGIES, LabParams, plan_lab
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bird"
 RUN = "/run/meshroute-lab"

@@ -24,8 +24,8 @@ from ipam.allocator import IpamError, PoolExhausted
 from ipam.cni_service import BadRequest, HostIdentity, IpamService, decide_error
 from ipam.ipam import Conflict, Ipam
 from ipam.model import IpamSettings, Pool
+from lab.ports import free_ports
 from tests.harness.cni import cni_env, netconf, run_plugin_async
-from tests.harness.ports import free_ports
 
 POOL = Pool("pods", IPNetwork("10.244.0.0/16"), 26)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from meshroute.lab.status import NodeSession, format_node_sessions, parse_node_status
+from lab.status import NodeSession, format_node_sessions, parse_node_status
 
 STATUS = {
     "node": "rack1-node1",

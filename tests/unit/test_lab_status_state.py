@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from meshroute.lab.pods import Endpoint, PingMatrix, format_matrix, ping_matrix
-from meshroute.lab.state import (
+from lab.pods import Endpoint, PingMatrix, format_matrix, ping_matrix
+from lab.state import (
     LabState,
     PodRecord,
     ProcessRecord,
@@ -19,7 +19,7 @@ from meshroute.lab.state import (
     record_process,
     still_ours,
 )
-from meshroute.lab.status import classify_route, format_routes, parse_protocols
+from lab.status import classify_route, format_routes, parse_protocols
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bird"
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from netaddr import IPNetwork
 
-from meshroute.lab.topology import (
+from lab.topology import (
     CLUSTER_AS,
     MGMT_NET,
     RACK_SPACE,

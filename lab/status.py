@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from meshroute.lab.build import Lab, meshroute_cli
-from meshroute.lab.netns import call_in_netns, run
-from meshroute.lab.pods import PingMatrix, format_matrix
-from meshroute.lab.topology import NodePlan
+from lab.build import Lab, meshroute_cli
+from lab.netns import call_in_netns, run
+from lab.pods import PingMatrix, format_matrix
+from lab.topology import NodePlan
 
 FELIX_PROTO = 213  # felix_lite's route protocol (node.yaml felix.routeProtocol)
 VXLAN_PREFIX = "vxlan"

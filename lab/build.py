@@ -28,11 +28,11 @@ from pathlib import Path
 
 import yaml
 
-from meshroute.lab.bird_config import render_bird
-from meshroute.lab.etcd import lab_member
-from meshroute.lab.netns import Netns, NetnsFactory, kill_pids_in, run, sweep_stale
-from meshroute.lab.ports import free_ports
-from meshroute.lab.state import (
+from bgpd.bird_config import render_bird
+from lab.etcd import lab_member
+from lab.netns import Netns, NetnsFactory, kill_pids_in, run, sweep_stale
+from lab.ports import free_ports
+from lab.state import (
     LabState,
     ProcessRecord,
     alive,
@@ -41,7 +41,7 @@ from meshroute.lab.state import (
     processes_under,
     record_process,
 )
-from meshroute.lab.topology import (
+from lab.topology import (
     LabParams,
     LabPlan,
     NodePlan,

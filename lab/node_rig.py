@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshroute.lab.etcd import EtcdCluster
-from meshroute.lab.netns import Netns, NetnsFactory
-from meshroute.lab.ports import free_ports
-from tests.harness.poll import http_get, wait_for
+from lab.etcd import EtcdCluster
+from lab.netns import Netns, NetnsFactory
+from lab.poll import http_get, wait_for
+from lab.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BRIDGE = "/usr/lib/cni/bridge"

@@ -1,7 +1,7 @@
 """The lab's plan, pure: from a few parameters (racks, nodes per rack, pods per
 node, topology) every namespace, link, address, route, AS number, BIRD
 configuration, node config (``node.yaml``) and resource YAML the lab needs.
-``meshroute.lab.build`` applies it; nothing here touches the machine.
+``lab.build`` applies it; nothing here touches the machine.
 
 Picture (racks=2, nodes_per_rack=2; addresses are documentation ranges and
 exist only inside the lab's namespaces)::
@@ -60,7 +60,7 @@ from typing import Any, Literal
 import yaml
 from netaddr import IPNetwork
 
-from meshroute.lab.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
+from bgpd.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
 
 Topology = Literal["mesh", "tor", "rr"]
 TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr")

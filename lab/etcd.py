@@ -11,8 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshroute.lab.netns import call_in_netns
-from meshroute.lab.ports import free_ports
+from lab.netns import call_in_netns
+from lab.ports import free_ports
 
 ETCD = "/usr/bin/etcd"
 

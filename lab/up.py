@@ -10,13 +10,14 @@ module never needs to know how a node works.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipam.cni_install import install_plugin
-from meshroute.lab.build import (
+from lab.build import (
     LAB_PREFIX,
     Lab,
     Say,
@@ -28,10 +29,10 @@ from meshroute.lab.build import (
     teardown,
     wait_nodes_ready,
 )
-from meshroute.lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
-from meshroute.lab.state import load_state
-from meshroute.lab.status import bird_protocols, node_ready
-from meshroute.lab.topology import LabParams, plan_lab
+from lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
+from lab.state import load_state
+from lab.status import bird_protocols, node_ready
+from lab.topology import LabParams, plan_lab
 
 # BIRD protocols towards nodes: the routers' (lab plan) and the
 # reflectors' clients (meshroute reflector)
@@ -76,6 +77,17 @@ def converged(lab: Lab) -> bool:
     )
 
 
+def install_cni_plugin(cni_bin: Path) -> None:
+    """The CNI plugin's launcher, installed the way the README tells an
+    operator to."""
+    subprocess.run(
+        [sys.executable, "-m", "ipam.cni_install", str(cni_bin)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def lab_up(
     params: LabParams,
     start_node: StartNode,
@@ -100,7 +112,7 @@ def lab_up(
         wait_nodes_ready(lab)
         say("every node serves IPAM")
         cni_bin = Path(plan.run_dir) / "cni-bin"
-        install_plugin(cni_bin)
+        install_cni_plugin(cni_bin)
         for node in plan.nodes:
             pods = create_pods(lab, node, cni_bin)
             say(f"{node.name}: pods " + ", ".join(f"{p.label} {p.address}" for p in pods))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshroute.lab.netns import Netns
+from lab.netns import Netns
 
 
 @dataclass(frozen=True)

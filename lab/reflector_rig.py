@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from meshroute.lab.netns import Netns, NetnsFactory, veth
-from meshroute.lab.ports import free_ports
-from tests.harness.poll import http_get
+from lab.netns import Netns, NetnsFactory, veth
+from lab.poll import http_get
+from lab.ports import free_ports
 
 PREFIX_LEN = 24
 

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from meshroute.lab.build import Lab
-from meshroute.lab.netns import NetnsFactory
-from meshroute.lab.state import PodRecord
-from meshroute.lab.topology import NodePlan
+from lab.build import Lab
+from lab.netns import NetnsFactory
+from lab.state import PodRecord
+from lab.topology import NodePlan
 
 BRIDGE_PLUGIN = "/usr/lib/cni/bridge"
 POD_BRIDGE = "cni0"

@@ -1,4 +1,5 @@
-"""Free loopback TCP ports for daemons the tests start."""
+"""Free loopback TCP ports for the daemons the lab starts on loopback (etcd,
+the HTTP endpoints of node and reflector processes)."""
 
 from __future__ import annotations
 

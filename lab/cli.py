@@ -1,0 +1,192 @@
+"""The lab's command line, ``python -m lab`` (also ``meshroute lab`` and
+``meshroute demo``, which hand their arguments here):
+
+- ``lab up|down|status``: ``up`` builds a lab, prints the summary and, unless
+  ``--keep``, takes it down again; its exit status says whether every pod
+  reached every pod. ``down`` removes a lab, also after a crash.
+- ``demo`` (what ``make demo`` runs): the lab in each of its topologies in
+  turn, full mesh, ToR eBGP and route reflectors, each built, checked with its
+  pod-to-pod ping matrix and taken down again.
+
+Mistakes the operator can fix end with exit 1 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+DEFAULT_RUN_DIR = "/run/meshroute-lab"
+TOPOLOGIES = ("mesh", "tor", "rr")
+
+
+class UserError(Exception):
+    """A mistake the operator can fix; ends the command with exit 1."""
+
+
+def build_parser(prog: str = "python -m lab") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="A meshroute cluster in network namespaces on this machine."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_lab(sub)
+    _register_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m lab") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _register_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lab = sub.add_parser("lab", help="a cluster in network namespaces on this machine (root)")
+    lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+
+    up = lsub.add_parser("up", help="build the lab, show the summary and the ping matrix")
+    up.add_argument("--topology", choices=TOPOLOGIES, default="mesh")
+    up.add_argument("--racks", type=int, default=2)
+    up.add_argument("--nodes-per-rack", type=int, default=2)
+    up.add_argument("--pods-per-node", type=int, default=2)
+    up.add_argument("--password", help="TCP-MD5 password on the sessions with the nodes")
+    up.add_argument(
+        "--placement",
+        choices=("root", "netns"),
+        default="root",
+        help="node processes in the root namespace (default) or inside their namespace",
+    )
+    up.add_argument("--keep", action="store_true", help="leave the lab running")
+    up.add_argument("--converge-seconds", type=float, default=30.0)
+    up.set_defaults(func=cmd_up)
+
+    down = lsub.add_parser("down", help="remove the lab (also after a crash)")
+    down.set_defaults(func=cmd_down)
+
+    status = lsub.add_parser("status", help="sessions, node routes, IPAM use, ping matrix")
+    status.add_argument("--no-ping", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    for p in (up, down, status):
+        p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
+        p.add_argument("--prefix", default="mrlab", help=argparse.SUPPRESS)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("the lab creates network namespaces: run it as root")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _need_root()
+    from lab.build import start_meshroute_node
+    from lab.status import summary
+    from lab.topology import LabParams
+    from lab.up import lab_down, lab_up
+
+    params = LabParams(
+        topology=args.topology,
+        racks=args.racks,
+        nodes_per_rack=args.nodes_per_rack,
+        pods_per_node=args.pods_per_node,
+        run_dir=args.run_dir,
+        bgp_password=args.password,
+        node_placement=args.placement,
+    )
+    bad = params.problems()
+    if bad:
+        raise UserError("; ".join(bad))
+    try:
+        res = lab_up(
+            params,
+            start_meshroute_node,
+            prefix=args.prefix,
+            converge_timeout=args.converge_seconds,
+        )
+    except RuntimeError as e:
+        raise UserError(f"lab up failed: {e}") from e
+    ok = res.matrix is None or res.matrix.all_ok
+    try:
+        print(summary(res.lab, res.matrix), flush=True)
+    finally:
+        if not args.keep:
+            lab_down(args.run_dir, args.prefix)
+    print(f"==> {'every pod reached every pod' if ok else 'some pods did not answer'}")
+    if args.keep:
+        print(f"==> the lab keeps running; remove it: meshroute lab down --run-dir {args.run_dir}")
+    return 0 if ok else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _need_root()
+    from lab.up import lab_down
+
+    lab_down(args.run_dir, args.prefix)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _need_root()
+    from lab.build import load_lab
+    from lab.pods import ping_matrix, pod_endpoints
+    from lab.status import summary
+
+    lab = load_lab(args.run_dir)
+    if lab is None:
+        raise UserError(f"no lab in {args.run_dir}")
+    matrix = None if args.no_ping or not lab.state.pods else ping_matrix(pod_endpoints(lab))
+    print(summary(lab, matrix))
+    return 0 if matrix is None or matrix.all_ok else 1
+
+
+def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="the lab in every topology: build, ping matrix, down (root)")
+    p.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        action="append",
+        help="only these topologies (repeatable; default: all three)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the (last) lab running; remove it with 'meshroute lab down'",
+    )
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    topologies = args.topology or list(TOPOLOGIES)
+    results = {}
+    for i, topology in enumerate(topologies):
+        print(f"\n######## lab topology: {topology} ########", flush=True)
+        up = argparse.Namespace(
+            topology=topology,
+            racks=2,
+            nodes_per_rack=2,
+            pods_per_node=2,
+            password=None,
+            placement="root",
+            keep=args.keep and i == len(topologies) - 1,
+            converge_seconds=30.0,
+            run_dir=args.run_dir,
+            prefix="mrlab",
+        )
+        results[topology] = cmd_up(up)
+    print("\n######## demo ########")
+    for topology, rc in results.items():
+        print(f"{topology:>5}: {'every pod reached every pod' if rc == 0 else 'FAILED'}")
+    return 0 if all(rc == 0 for rc in results.values()) else 1
