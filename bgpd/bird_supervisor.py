@@ -84,7 +84,6 @@ class BirdSupervisor:
     pid: int | None = None
     restarts: int = 0
     started_at: float = 0.0
-    adopted: bool = False
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _running: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -124,7 +123,7 @@ class BirdSupervisor:
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
         pid = self._adoptable()
         if pid is not None:
-            self.pid, self.adopted, self._proc = pid, True, None
+            self.pid, self._proc = pid, None
             log.info("adopting BIRD pid %d (still running from an earlier run)", pid)
         else:
             self._spawn()
@@ -152,7 +151,7 @@ class BirdSupervisor:
             self._proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self.pid, self.adopted = self._proc.pid, False
+        self.pid = self._proc.pid
 
     async def _wait_socket(self, limit_s: float) -> None:
         deadline = time.monotonic() + limit_s

@@ -6,7 +6,7 @@ logging). Pure: nothing here starts or reads anything."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from netaddr import IPAddress
@@ -228,7 +228,3 @@ def render_env(
     if cfg.listen is not None:
         env["exabgp_tcp_port"] = str(cfg.listen[1])
     return env
-
-
-def neighbor_addresses(cfg: ExabgpConfig) -> Sequence[IPAddress]:
-    return [n.address for n in cfg.neighbors]

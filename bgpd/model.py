@@ -5,7 +5,7 @@ codec, the speaker, the RIB and policy; plain frozen values, no I/O."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
@@ -21,14 +21,6 @@ class SessionState(enum.Enum):
     CONNECT = "connect"  # TCP up, OPEN not yet exchanged ("connected" in ExaBGP)
     ESTABLISHED = "established"  # ExaBGP: "up"
     DOWN = "down"
-
-
-@dataclass(frozen=True)
-class PeerKey:
-    """A BGP neighbour as ExaBGP names it."""
-
-    address: IPAddress
-    local_address: IPAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +171,3 @@ class BestRoute:
     prefix: IPNetwork
     next_hops: tuple[IPAddress, ...]
     reason: str = ""
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    peer: IPAddress
-    peer_as: int
-    kind: str  # "node-to-node mesh" | "global" | "node specific"
-    state: SessionState
-    since: float
-    received: int = 0
-    accepted: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)

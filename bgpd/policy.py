@@ -255,7 +255,7 @@ class RejectCounts:
         return self._counts.get((peer, reason), 0)
 
     def for_peer(self, peer: IPAddress) -> dict[str, int]:
-        """Reason name -> count, the shape ``PeerStatus.rejected`` takes."""
+        """Reason name -> count."""
         return {r.value: n for (p, r), n in self._counts.items() if p == peer}
 
     def total(self, peer: IPAddress | None = None) -> int:

@@ -144,14 +144,9 @@ class SpeakerSettings:
 class SpeakerStats:
     exabgp_starts: int = 0
     relay_connections: int = 0
-    commands_sent: int = 0
-    acks_ok: int = 0
     acks_error: int = 0
-    acks_lost: int = 0
-    unexpected_acks: int = 0
     malformed: int = 0
     max_in_flight_seen: int = 0
-    relay_dropped: int = 0
 
 
 @dataclass
@@ -199,7 +194,6 @@ class Speaker:
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
         self._restart_requested = False
-        self._exited = asyncio.Event()
         self._synced_waiters: list[asyncio.Future[None]] = []
         self._reload_due = False  # config rewritten before ExaBGP could take a signal
 
@@ -473,8 +467,6 @@ class Speaker:
                 fut = conn.pending.popleft()
                 if not fut.done():
                     fut.set_result(ev)
-            else:
-                self.stats.unexpected_acks += 1
             return
         if isinstance(ev, ExabgpNotice):
             log.info("ExaBGP says: %s", ev.text)
@@ -499,7 +491,6 @@ class Speaker:
             dropped = int(info.get("dropped", 0))
         except (ValueError, TypeError, AttributeError):
             dropped = 0
-        self.stats.relay_dropped += dropped
         conn.synced = True
         established = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
         fams = families_of(self.cfg)
@@ -532,14 +523,10 @@ class Speaker:
             fut = conn.pending.popleft()
             self._in_flight -= 1
             self._slots.release()
-            self.stats.acks_lost += 1
             if not fut.done():
                 fut.set_result(AckEvent(False, "connection lost"))
 
     # ---- the command sender ----
-
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
 
     async def send_lines(self, lines: Sequence[str]) -> list[AckEvent]:
         """Send API lines with at most ``max_in_flight`` awaiting acks; returns
@@ -560,16 +547,13 @@ class Speaker:
             self._in_flight += 1
             self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self._in_flight)
             conn.writer.write(text.encode() + b"\n")
-            self.stats.commands_sent += 1
             futs.append(fut)
             if i % 64 == 63:
                 with contextlib.suppress(ConnectionError):
                     await conn.writer.drain()
         acks = list(await asyncio.gather(*futs))
         for a in acks:
-            if a.ok:
-                self.stats.acks_ok += 1
-            elif a.text != "connection lost":
+            if not a.ok and a.text != "connection lost":
                 self.stats.acks_error += 1
         return acks
 

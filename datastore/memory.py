@@ -33,7 +33,6 @@ class MemoryStore:
         self.conflict_rate = conflict_rate
         self.interleave = interleave
         self.rng = rng or random.Random(0)
-        self.injected_conflicts = 0
         self.down = False
         self._leases: dict[int, set[bytes]] = {}
         self._watchers: list[tuple[bytes, asyncio.Queue[int]]] = []
@@ -60,7 +59,6 @@ class MemoryStore:
         await self._enter()
         if self.conflict_rate and self.rng.random() < self.conflict_rate:
             # Another writer won: bump a compared key so the caller's view is stale.
-            self.injected_conflicts += 1
             for c in compares:
                 if isinstance(c, Compare) and (cur := self.data.get(c.key)) is not None:
                     self.revision += 1
@@ -127,14 +125,6 @@ class MemoryStore:
             if key in self.data:
                 self.revision += 1
                 del self.data[key]
-        self._notify(list(keys))
-
-    def expire_lease(self, lease: int) -> None:
-        """What etcd does when a lease's holder stops refreshing it."""
-        keys = self._leases.pop(lease, set())
-        for key in keys:
-            self.data.pop(key, None)
-        self.revision += 1
         self._notify(list(keys))
 
     async def close(self) -> None:

@@ -158,7 +158,6 @@ class Reconciler:
         self._last_full = -math.inf
         self._dirty = asyncio.Event()
         self._converged = asyncio.Event()
-        self.last_report: PassReport | None = None
         self.totals: Counter[str] = Counter()
         self.pass_count: Counter[str] = Counter()  # by "full" / "incremental"
         self.pass_seconds: dict[str, float] = {"full": 0.0, "incremental": 0.0}
@@ -292,7 +291,6 @@ class Reconciler:
             held_back=counts["held_back"],
             seconds=time.perf_counter() - started,
         )
-        self.last_report = report
         self.totals.update(counts)
         kind = "full" if full else "incremental"
         self.pass_count[kind] += 1

@@ -75,7 +75,6 @@ class ReflectorProcess:
         self.config_error: str | None = None
         self.reloads = 0
         self.refused = 0
-        self.applied_at = 0.0
         self._applied_once = asyncio.Event()
         self._configure_pending = False
         self._dirty = asyncio.Event()
@@ -149,7 +148,6 @@ class ReflectorProcess:
         if self.config_error is not None:
             log.info("configuration accepted again")
         self.config_error = None
-        self.applied_at = time.time()
         self._applied_once.set()
         return True
 
@@ -229,12 +227,6 @@ class ReflectorProcess:
                 self.bird_sessions = {s.protocol: s for s in found}
                 self.bird_answered = time.monotonic()
             await asyncio.sleep(POLL_S)
-
-    async def refresh_sessions(self) -> None:
-        """Read BIRD's session table now (tests, status)."""
-        found = await bgp_sessions(str(self.paths.socket))
-        self.bird_sessions = {s.protocol: s for s in found}
-        self.bird_answered = time.monotonic()
 
     # ---- operator-facing state ----------------------------------------------
 

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab.netns import Netns
@@ -246,7 +246,6 @@ class Gobgp:
     workdir: Path
     spec: GobgpSpec
     proc: subprocess.Popen[bytes] | None = None
-    log_lines: list[str] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
