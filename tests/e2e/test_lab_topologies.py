@@ -1,4 +1,4 @@
-"""The lab with real ``meshroute node`` processes (the default node starter),
+"""The lab with real ``meshroute node`` processes (the lab's node starter),
 two racks of two nodes with two pods each, in the three topologies: full
 mesh, eBGP to the ToRs, clients of the meshroute reflector pair. Every pod
 reaches every pod; the routes each node programmed are of the kind the
@@ -18,7 +18,6 @@ from lab.status import node_routes
 from lab.topology import LabParams
 from lab.up import lab_down, lab_up
 
-pytest.importorskip("meshroute.cmd_node")  # until `meshroute node` is in the tree
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
 # "mrlab" is the real lab's; one prefix per test process so that concurrent
 # runs never sweep each other's namespaces

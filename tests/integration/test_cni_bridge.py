@@ -126,7 +126,6 @@ def bridge(
     return p.returncode, out, p.stderr.decode()
 
 
-@pytest.mark.skipif(not BRIDGE.exists(), reason="containernetworking-plugins not installed")
 def test_bridge_pods_get_meshroute_addresses(
     netns: NetnsFactory, service: tuple[str, str], cni_path: str, etcd_server: EtcdCluster
 ) -> None:

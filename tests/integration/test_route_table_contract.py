@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import importlib.util
 import json
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -105,22 +104,10 @@ class RealEnv:
         self.adapter.close()
 
 
-def _real_available() -> bool:
-    return importlib.util.find_spec("felix_lite.netlink_table") is not None
-
-
 @pytest.fixture(
     params=[
         "fake",
-        pytest.param(
-            "netns",
-            marks=[
-                pytest.mark.netns,
-                pytest.mark.skipif(
-                    not _real_available(), reason="felix_lite.netlink_table not written yet"
-                ),
-            ],
-        ),
+        pytest.param("netns", marks=pytest.mark.netns),
     ]
 )
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:

@@ -6,7 +6,6 @@ misread are refused before BIRD sees them."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -98,10 +97,6 @@ def _bird_parses(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
 
 
-needs_bird = pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 is not installed")
-
-
-@needs_bird
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_bird_accepts_every_router_of_every_topology(topology: str, tmp_path: Path) -> None:
     plan = plan_lab(LabParams(topology=topology, racks=3, run_dir=RUN, bgp_password="x"))  # type: ignore[arg-type]
@@ -111,7 +106,6 @@ def test_bird_accepts_every_router_of_every_topology(topology: str, tmp_path: Pa
         assert p.returncode == 0, f"{sp.ns}: {p.stderr}"
 
 
-@needs_bird
 def test_bird_accepts_the_full_config_and_rejects_a_broken_one(tmp_path: Path) -> None:
     assert _bird_parses(render_bird(FULL), tmp_path).returncode == 0
     broken = render_bird(FULL).replace("rr client;", "rr clientt;")

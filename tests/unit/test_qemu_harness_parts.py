@@ -4,7 +4,6 @@ ELF64 object (the real modules are proven by the guest boot itself)."""
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from tests.harness.qemu_guest import _Cpio, modinfo
 
 
-@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed (scripts/bootstrap)")
 def test_newc_archive_reads_back_with_gnu_cpio(tmp_path: Path) -> None:
     c = _Cpio()
     c.dir("bin")
