@@ -175,7 +175,10 @@ class ReflectorProcess:
         await self.bird.configure()  # an adopted BIRD may hold an older file
 
         http = await serve_http(
-            Endpoints(self.liveness, self.readiness, self.metrics, self.status), c.http.listen
+            Endpoints(
+                self.liveness, self.readiness, self.metrics, self.status, self.read_bird_sessions
+            ),
+            c.http.listen,
         )
         for i, prefix in enumerate(self._watch_prefixes()):
             self.tasks.spawn(f"watch{i}", self._watch(prefix, revision))
@@ -222,11 +225,16 @@ class ReflectorProcess:
 
     async def _poll_bird(self) -> None:
         while True:
-            with contextlib.suppress(BirdCtlError):
-                found = await bgp_sessions(str(self.paths.socket))
-                self.bird_sessions = {s.protocol: s for s in found}
-                self.bird_answered = time.monotonic()
+            await self.read_bird_sessions()
             await asyncio.sleep(POLL_S)
+
+    async def read_bird_sessions(self) -> None:
+        """BIRD's session table now (every POLL_S for health, and before each
+        /status and /metrics answer); the last one stays while BIRD is away."""
+        with contextlib.suppress(BirdCtlError):
+            found = await bgp_sessions(str(self.paths.socket))
+            self.bird_sessions = {s.protocol: s for s in found}
+            self.bird_answered = time.monotonic()
 
     # ---- operator-facing state ----------------------------------------------
 

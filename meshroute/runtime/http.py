@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,13 @@ class Endpoints:
     readiness: Callable[[], Health]
     metrics: Callable[[], bytes]
     status: Callable[[], dict[str, Any]]
+    # Awaited before /status and /metrics are answered, for a process whose
+    # state there mirrors another daemon's (the reflector's BIRD): read it now,
+    # so an answer never predates what the asker already saw happen
+    refresh: Callable[[], Awaitable[None]] | None = None
+
+
+FRESH_PATHS = ("/status", "/metrics")
 
 
 def _response(code: int, body: bytes, ctype: str) -> bytes:
@@ -62,6 +69,9 @@ async def serve_http(endpoints: Endpoints, listen: str) -> asyncio.Server:
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = line.decode("latin-1").split()
+            fresh = len(parts) >= 2 and parts[1].split("?", 1)[0] in FRESH_PATHS
+            if endpoints.refresh is not None and fresh:
+                await endpoints.refresh()
             resp = (
                 route(endpoints, parts[0], parts[1])
                 if len(parts) >= 2

@@ -111,9 +111,15 @@ def test_two_nodes_peer_learn_blocks_and_pods_ping(pair: Pair) -> None:
         (b.address, "established", "node-to-node mesh")
     ]
     assert status["peers"][0]["accepted"] == 1
-    metrics = a.get("/metrics")[1].decode()
+
+    # the kernel holds the route a moment before the reconciler has recorded
+    # its acknowledgement: wait for the node's own count, do not race it
+    def counted() -> str | None:
+        m = a.get("/metrics")[1].decode()
+        return m if 'meshroute_routes_programmed{kind="direct"} 1.0' in m else None
+
+    metrics = wait_for("the node counts the route it programmed", counted)
     assert 'meshroute_bgp_peers{state="established"} 1.0' in metrics
-    assert 'meshroute_routes_programmed{kind="direct"} 1.0' in metrics
     assert re.search(r'meshroute_reconcile_seconds_count\{pass="full"\} [1-9]', metrics), metrics
     text = subprocess.run(
         [sys.executable, "-m", "meshroute.cli", "status", "--endpoint", a.http],

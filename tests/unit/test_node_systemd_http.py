@@ -1,7 +1,9 @@
-"""sd_notify over a real datagram socket, and the HTTP endpoint's routing."""
+"""sd_notify over a real datagram socket, the HTTP endpoint's routing and
+its fresh reads."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 from netaddr import IPAddress
 
 from meshroute.node.readiness import decide_readiness
-from meshroute.runtime.http import Endpoints, Health, route
+from meshroute.runtime.http import Endpoints, Health, route, serve_http
 from meshroute.runtime.systemd import Notifier
 
 
@@ -60,3 +62,42 @@ def test_readiness_rule() -> None:
     assert decide_readiness(True, [a, b], [a], 120).ok  # later: one is enough
     assert not decide_readiness(True, [a, b], [], 120).ok
     assert not decide_readiness(True, [a], [b], 120).ok  # b is not a configured peer
+
+
+async def test_status_and_metrics_are_read_fresh_liveness_is_not() -> None:
+    """A process whose /status mirrors another daemon refreshes that view
+    before answering /status and /metrics, never before /liveness."""
+    reads = 0
+
+    async def refresh() -> None:
+        nonlocal reads
+        await asyncio.sleep(0)
+        reads += 1
+
+    ep = Endpoints(
+        liveness=lambda: Health(True, "alive"),
+        readiness=lambda: Health(True, "ready"),
+        metrics=lambda: f"reads {reads}\n".encode(),
+        status=lambda: {"reads": reads},
+        refresh=refresh,
+    )
+    server = await serve_http(ep, "127.0.0.1:0")
+    port = server.sockets[0].getsockname()[1]
+
+    async def get(path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        await writer.drain()
+        body = await reader.read()
+        writer.close()
+        return body
+
+    try:
+        assert (await get("/status")).endswith(b'{"reads": 1}')
+        assert (await get("/metrics")).endswith(b"reads 2\n")
+        assert (await get("/liveness")).endswith(b"alive\n")
+        assert reads == 2
+        assert (await get("/status?x=1")).endswith(b'{"reads": 3}')
+    finally:
+        server.close()
+        await server.wait_closed()
