@@ -1,5 +1,6 @@
 """The reconciler against the in-memory kernel: restart, ownership,
-per-route errors with backoff, devices, link changes, the run loop."""
+per-route errors with backoff, devices, link changes, the run loop (on
+virtual time: the clock it is given is the loop's)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from felix_lite.model import (
     VxlanDevice,
 )
 from felix_lite.reconciler import Backoff, Reconciler
+from tests.harness import virtual_time
 
 A = IPAddress
 N = IPNetwork
@@ -216,32 +218,40 @@ def test_tunnel_devices_applied_once_retried_on_failure_and_removed_when_off() -
 
 def test_run_loop_waits_for_desired_resyncs_and_reacts_to_links() -> None:
     async def go() -> None:
+        loop = asyncio.get_running_loop()
         k = FakeKernel()
         k.add_foreign(route(1), PROTO)  # owned, from a previous run
         links = FakeLinks([HostInterface("eth0", (N("192.0.2.10/24"),), 1500)])
         seen: list[list[HostInterface]] = []
         rec = Reconciler(
-            FakeRouteTable(k), links=links, on_host_changed=seen.append, resync_interval=0.2
+            FakeRouteTable(k),
+            links=links,
+            on_host_changed=seen.append,
+            resync_interval=90.0,
+            clock=loop.time,
         )
         task = asyncio.create_task(rec.run())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(600)  # no desired state yet: it waits, however long
         assert k.ops["dump"] == 0 and route(1).key in k.routes  # nothing swept yet
         rec.set_desired(state(route(1), route(2)))
         await asyncio.wait_for(rec.wait_converged(), 2)
+        full_pass = loop.time()
         assert k.owned(PROTO) == {route(1), route(2)}
         assert rec.totals["route_add"] == 1 and rec.totals["route_delete"] == 0
 
         del k.routes[route(2).key]  # a link flap took it; the periodic resync restores it
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(full_pass + 89.0 - loop.time())
+        assert route(2).key not in k.routes  # not before the interval is up
+        await asyncio.sleep(2.0)
         assert route(2).key in k.routes
 
         dumps = k.ops["dump"]
         links.set([HostInterface("eth0", (N("192.0.2.10/24"),), 9000)])
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.001)  # the link change alone wakes it, no timer due
         assert seen and seen[-1][0].mtu == 9000
         assert k.ops["dump"] > dumps
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(go())
+    virtual_time.run(go())
