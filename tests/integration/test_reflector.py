@@ -88,6 +88,17 @@ class Rig:
         n = len(self.clients)
         return all(b.route_count(c.name) >= n - 1 for _, b, c in self.clients.values())
 
+    def kernel_routes_everywhere(self) -> bool:
+        """Every client's kernel holds every other client's block: BIRD's
+        kernel protocol writes a route a moment after its table has it, and
+        a ping needs the kernel's."""
+        for name, (ns, _, _) in self.clients.items():
+            kernel = ns.ip("route", "show")
+            others = (p for n, (_, _, c) in self.clients.items() if n != name for p in c.prefixes)
+            if not all(p in kernel for p in others):
+                return False
+        return True
+
 
 def start_rig(
     etcd: EtcdCluster,
@@ -187,6 +198,7 @@ def test_reflects_with_originator_and_cluster_list_and_leaves_unrelated_sessions
     try:
         wait_for("3 client sessions", lambda: all_established(rr, 3), 30)
         wait_for("every client has every other's route", rig.all_routes_everywhere, 30)
+        wait_for("in every client's kernel", rig.kernel_routes_everywhere, 10)
     except TimeoutError:
         raise AssertionError(rr.log()) from None
 
@@ -238,7 +250,8 @@ def test_reflects_with_originator_and_cluster_list_and_leaves_unrelated_sessions
     for peer, since in before.items():
         assert after[peer]["state"] == "Established", after
         assert after[peer]["since"] == since, (peer, before, after)
-    assert "reconfigured" in rr.log().lower()
+    # BIRD runs the new configuration a moment before the reflector logs it
+    wait_for("the reconfiguration logged", lambda: "reconfigured" in rr.log().lower(), 10)
 
 
 def test_bad_configuration_is_refused_and_bird_keeps_the_last_good_one(
@@ -302,6 +315,7 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
         # 3 clients + the other reflector each
         wait_for("sessions", lambda: all_established(rr1, 4) and all_established(rr2, 4), 40)
         wait_for("every client has every other's route", rig.all_routes_everywhere, 30)
+        wait_for("in every client's kernel", rig.kernel_routes_everywhere, 10)
     except TimeoutError:
         raise AssertionError(rr1.log() + rr2.log()) from None
     roles = {s["role"] for s in rr1.status()["sessions"]}
