@@ -1,7 +1,8 @@
-"""The lab's command line, ``python -m lab`` (also ``meshroute lab`` and
-``meshroute demo``, which hand their arguments here):
+"""The lab's command line, ``python -m lab up|down|status|demo`` (also
+``meshroute lab up|down|status`` and ``meshroute demo``, which hand their
+arguments here):
 
-- ``lab up|down|status``: ``up`` builds a lab, prints the summary and, unless
+- ``up|down|status``: ``up`` builds a lab, prints the summary and, unless
   ``--keep``, takes it down again; its exit status says whether every pod
   reached every pod. ``down`` removes a lab, also after a crash.
 - ``demo`` (what ``make demo`` runs): the lab in each of its topologies in
@@ -52,10 +53,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m lab") -> int:
         return 130
 
 
-def _register_lab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    lab = sub.add_parser("lab", help="a cluster in network namespaces on this machine (root)")
-    lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
-
+def _register_lab(lsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = lsub.add_parser("up", help="build the lab, show the summary and the ping matrix")
     up.add_argument("--topology", choices=TOPOLOGIES, default="mesh")
     up.add_argument("--racks", type=int, default=2)
