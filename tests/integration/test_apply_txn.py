@@ -13,10 +13,10 @@ from datastore.etcd import EtcdStore
 from datastore.port import Compare, Op
 from ipam.ipam import Ipam
 from ipam.model import Pool
+from lab.etcd import EtcdCluster
 from meshroute.apply_txn import APPLIERS, apply_all
 from meshroute.errors import UserError
 from meshroute.resources import KINDS, parse_documents
-from tests.harness.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 

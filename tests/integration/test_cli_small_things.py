@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from ipam.quoting import counted
+from lab.etcd import EtcdCluster
 from tests.harness.cli import REPO
 from tests.harness.cni import VENV_BIN, cni_env
-from tests.harness.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 

@@ -20,8 +20,8 @@ from datastore.port import Put, RequestTooLarge
 from ipam.cni_service import HostIdentity, IpamService, decide_error
 from ipam.ipam import Ipam
 from ipam.model import Pool
+from lab.etcd import EtcdCluster
 from tests.harness.cni import cni_env, netconf, run_plugin_async
-from tests.harness.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 

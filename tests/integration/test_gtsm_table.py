@@ -11,8 +11,8 @@ import pytest
 from netaddr import IPAddress
 
 from bgpd.gtsm import TABLE, GtsmTable, plan_gtsm
-from tests.harness.netns import Netns, NetnsFactory, veth
-from tests.harness.poll import wait_for
+from lab.netns import Netns, NetnsFactory, veth
+from lab.poll import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 A = IPAddress("192.0.2.21")

@@ -23,9 +23,9 @@ from netaddr import IPNetwork
 from datastore.etcd import EtcdStore
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import AffinityState, Pool
+from lab.etcd import EtcdCluster
 from tests.harness.cli import REPO, cli
 from tests.harness.cni import cni_env, netconf, run_plugin
-from tests.harness.etcd import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 HOST = "node-k"

@@ -25,6 +25,9 @@ import pytest
 import yaml
 
 from bgpd.policy import RejectReason
+from lab.etcd import EtcdCluster
+from lab.netns import Netns, NetnsFactory, veth
+from lab.node_rig import REPO, NodeUnderTest, node_in, wait_for
 from tests.harness.bgp_peers import (
     BirdNeighbor,
     BirdSpec,
@@ -34,9 +37,6 @@ from tests.harness.bgp_peers import (
     start_bird,
     start_frr,
 )
-from tests.harness.etcd import EtcdCluster
-from tests.harness.netns import Netns, NetnsFactory, veth
-from tests.harness.node import REPO, NodeUnderTest, node_in, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 NODE_IP, FRR_IP, STEADY_IP = "192.0.2.11", "192.0.2.21", "192.0.2.22"

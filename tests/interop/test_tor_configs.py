@@ -27,10 +27,10 @@ import pytest
 from netaddr import IPNetwork
 
 from ipam.cni_install import install_plugin
+from lab.etcd import EtcdCluster
+from lab.netns import Netns, NetnsFactory, veth
+from lab.node_rig import REPO, NodeUnderTest, add_pod, node_in, wait_for
 from tests.harness.bgp_peers import Bird, BirdNeighbor, BirdSpec, Frr, start_bird, start_frr
-from tests.harness.etcd import EtcdCluster
-from tests.harness.netns import Netns, NetnsFactory, veth
-from tests.harness.node import REPO, NodeUnderTest, add_pod, node_in, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 TOR_DIR = REPO / "configs" / "tor"
