@@ -25,6 +25,9 @@ class Finding(enum.Enum):
     # A claim or release of a live host younger than the grace: most likely
     # still running. Shown, not hidden, but not an inconsistency (yet).
     CLAIM_IN_PROGRESS = "claim-in-progress"
+    ENDPOINT_WITHOUT_ALLOCATION = "endpoint-without-allocation"
+    ALLOCATION_WITHOUT_ENDPOINT = "allocation-without-endpoint"
+    ENDPOINT_ADDRESSES_DIFFER = "endpoint-addresses-differ"
 
 
 # Findings that are not inconsistencies: reported, not counted as problems.
@@ -36,7 +39,7 @@ REPAIRABLE = frozenset(Finding) - {Finding.ALLOCATION_WITHOUT_AFFINITY} - IN_PRO
 @dataclass(frozen=True)
 class Issue:
     kind: Finding
-    subject: str  # a block CIDR, a handle, an affinity "host/cidr" or an address
+    subject: str  # a block CIDR, a handle, an affinity or endpoint "host/…", or an address
     detail: str
 
     def to_dict(self) -> dict[str, str]:
@@ -104,6 +107,7 @@ def plan_check(
             if alloc.handle not in snap.handles:
                 out.append(Issue(Finding.ALLOCATION_WITHOUT_HANDLE, ip, alloc.handle))
 
+    out += _endpoint_issues(snap, live_hosts)
     for handle, (h, _) in snap.handles.items():
         have = counted.get(handle, {})
         if dict(h.blocks) != have:
@@ -113,6 +117,35 @@ def plan_check(
     return sorted(out, key=lambda i: (i.kind.value, i.subject, i.detail))
 
 
+def _endpoint_issues(snap: Snapshot, live_hosts: Set[str]) -> list[Issue]:
+    """Pod interfaces (allocations made by CNI, whose attributes name a
+    container) and their endpoint records must come and go together."""
+    owned: dict[tuple[str, str], set[str]] = {}
+    for b, _ in snap.blocks.values():
+        for o, alloc in b.allocations.items():
+            node = alloc.attrs.get("node")
+            if "containerId" in alloc.attrs and node:
+                owned.setdefault((str(node), alloc.handle), set()).add(str(b.address(o)))
+    out = []
+    for key, ips in owned.items():
+        subject = "/".join(key)
+        if key[0] not in live_hosts:
+            continue  # its addresses are released, and the record with them
+        if key not in snap.endpoints:
+            out.append(Issue(Finding.ALLOCATION_WITHOUT_ENDPOINT, subject, ", ".join(sorted(ips))))
+            continue
+        ep, _ = snap.endpoints[key]
+        recorded = {s.split("/")[0] for s in ep.ips}
+        if recorded != ips:
+            detail = f"record {sorted(recorded)} != blocks {sorted(ips)}"
+            out.append(Issue(Finding.ENDPOINT_ADDRESSES_DIFFER, subject, detail))
+    for key, (ep, _) in snap.endpoints.items():
+        if key not in owned:
+            detail = f"pod {ep.namespace}/{ep.pod}, {', '.join(ep.ips) or 'no addresses'}"
+            out.append(Issue(Finding.ENDPOINT_WITHOUT_ALLOCATION, "/".join(key), detail))
+    return out
+
+
 class Action(enum.Enum):
     RELEASE_ADDRESS = "release-address"  # subject: ip, with its seq
     DROP_BLOCK_AFFINITY = "drop-block-affinity"  # a gone host's block
@@ -120,6 +153,8 @@ class Action(enum.Enum):
     DELETE_AFFINITY = "delete-affinity"
     RESTORE_AFFINITY = "restore-affinity"
     REBUILD_HANDLE = "rebuild-handle"  # make the record match the blocks
+    DELETE_ENDPOINT = "delete-endpoint"  # subject: "node/handle"
+    REBUILD_ENDPOINT = "rebuild-endpoint"  # from the allocations' attributes
 
 
 @dataclass(frozen=True, order=True)
@@ -140,7 +175,7 @@ def _seq_of(blocks: Iterable[Block], ip: str) -> int:
 
 def plan_gc(snap: Snapshot, issues: Iterable[Issue]) -> list[Repair]:
     """The repairs for the repairable findings. Addresses are released before
-    blocks lose their host, and handles are rebuilt last."""
+    blocks lose their host, and handles are rebuilt before endpoints."""
     blocks = [b for b, _ in snap.blocks.values()]
     out: set[Repair] = set()
     for i in issues:
@@ -159,6 +194,10 @@ def plan_gc(snap: Snapshot, issues: Iterable[Issue]) -> list[Repair]:
                 out.add(Repair(Action.REBUILD_HANDLE, i.subject))
             case Finding.ALLOCATION_WITHOUT_HANDLE:
                 out.add(Repair(Action.REBUILD_HANDLE, i.detail))
+            case Finding.ENDPOINT_WITHOUT_ALLOCATION:
+                out.add(Repair(Action.DELETE_ENDPOINT, i.subject))
+            case Finding.ALLOCATION_WITHOUT_ENDPOINT | Finding.ENDPOINT_ADDRESSES_DIFFER:
+                out.add(Repair(Action.REBUILD_ENDPOINT, i.subject))
             case Finding.ALLOCATION_WITHOUT_AFFINITY:
                 pass
     order = list(Action)

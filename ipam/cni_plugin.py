@@ -1,5 +1,6 @@
-"""``meshroute-cni-ipam``: the CNI IPAM plugin (spec 1.0.0, also speaks
-0.3.0, 0.3.1 and 0.4.0).
+"""``meshroute-cni-ipam``, the CNI IPAM plugin, and ``meshroute-cni``, the
+main plugin for routed pods (spec 1.0.0, also speaking 0.3.0, 0.3.1 and
+0.4.0). One module: the network configuration's ``type`` says which it is.
 
 The runtime executes it once per pod and interface, so it must start fast:
 it imports only the standard library and ``cni_json`` (never netaddr, the
@@ -27,6 +28,18 @@ a letter or digit; an interface name of at most 15 bytes without ``/``,
 ``:`` or whitespace, not ``.`` or ``..``), and pod names from ``CNI_ARGS``
 as Kubernetes names, before anything reaches the service or etcd.
 
+The main plugin (``"type": "meshroute-cni"``) takes the same settings at
+the top level of the network configuration (``socket``, ``timeout``, and
+``mtu`` of the pod's veth, default 1500) and the address settings in an
+optional ``ipam`` section without a ``type``. It asks the same service to
+assign the addresses and to make the pod's routed veth (see
+``pod_link``): no bridge, a /32 (/128) route per pod address on the node,
+the link-local gateway 169.254.1.1 answered by proxy ARP.
+
+Both plugins pass the pod's namespace, name, labels and named ports to the
+service, which records them in the pod interface's WorkloadEndpoint (see
+``cni_args`` for where they come from).
+
 Errors are CNI error objects on stdout with exit status 1, whatever the
 input (deep nesting, NaN, invalid UTF-8, huge values); they quote at most a
 short prefix of what they got. Codes: the
@@ -35,8 +48,8 @@ spec's 1 (incompatible version), 4 (invalid environment variables), 6
 etcd unreachable or too many concurrent changes), and ours: 100 pool
 exhausted, 101 IPAM service unavailable (not running or not answering),
 102 address request refused, 103 CHECK found a mismatch, 104 the request
-is too large for the datastore, 110 internal error of the service or
-plugin.
+is too large for the datastore, 105 the pod's interface could not be set
+up, 110 internal error of the service or plugin.
 
 Results: ``ips`` and ``routes``. In L2-segment mode (``meshroute ipam serve
 --l2-segment``: pods on a bridge whose subnet is the block) an address from
@@ -54,7 +67,7 @@ import _socket  # not ``socket``: its enums and selectors cost ~2 ms of start ti
 import os
 import sys
 
-from ipam import cni_json  # not ``json``: see there
+from ipam import cni_args, cni_json  # not ``json``: see there
 from ipam.quoting import quote
 
 TYPE_CHECKING = False
@@ -62,6 +75,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, TextIO
 
+MAIN_TYPE = "meshroute-cni"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 CURRENT_VERSION = "1.0.0"
 DEFAULT_SOCKET = "/run/meshroute/ipam.sock"
@@ -89,6 +103,7 @@ ERR_SERVICE_UNAVAILABLE = 101
 ERR_ADDRESS_REFUSED = 102
 ERR_CHECK_FAILED = 103
 ERR_TOO_LARGE = 104
+ERR_LINK = 105
 ERR_INTERNAL = 110
 
 
@@ -255,27 +270,59 @@ def _require_env(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _dict(value: object, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CniError(ERR_INVALID_CONFIG, f"{name} must be a JSON object")
+    return value
+
+
 def plan_request(command: str, env: Mapping[str, str], conf: Mapping[str, Any]) -> dict[str, Any]:
     """The service request for ADD, DEL or CHECK (pure)."""
     version = check_version(conf)
     if not isinstance(conf.get("name"), str) or not conf["name"]:
         raise CniError(ERR_INVALID_CONFIG, "network configuration has no name")
+    main = conf.get("type") == MAIN_TYPE
     ipam = conf.get("ipam")
-    if not isinstance(ipam, dict):
+    if main:
+        ipam = _dict(ipam, "ipam")
+    elif not isinstance(ipam, dict):
         raise CniError(ERR_INVALID_CONFIG, "network configuration has no ipam section")
     container_id = check_container_id(_require_env(env, "CNI_CONTAINERID"))
     ifname = check_ifname(_require_env(env, "CNI_IFNAME"))
+    netns = env.get("CNI_NETNS", "")
     if command in ("ADD", "CHECK"):
         _require_env(env, "CNI_NETNS")
+    if len(netns) > 4096:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {quote(netns)} is not a path")
     args = parse_cni_args(env.get("CNI_ARGS", ""))
+    source = conf if main else ipam
+    args_cni = _dict(_dict(conf.get("args"), "args").get("cni"), "args.cni")
+    try:
+        pod = cni_args.workload(
+            source.get("labels"),
+            source.get("ports"),
+            args_cni,
+            args,
+            container_id,
+            "" if main else "ipam.",
+        )
+    except cni_args.Invalid as e:
+        env_fault = "CNI_ARGS" in str(e) or "K8S_POD" in str(e)
+        raise CniError(ERR_INVALID_ENV if env_fault else ERR_INVALID_CONFIG, str(e)) from e
     req: dict[str, Any] = {
         "op": command.lower(),
         "containerId": container_id,
         "ifname": ifname,
         "network": conf["name"],
-        "namespace": args.get("K8S_POD_NAMESPACE", ""),
-        "pod": args.get("K8S_POD_NAME", ""),
+        **pod,
     }
+    if main:
+        mtu = conf.get("mtu", 1500)
+        if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
+            raise CniError(ERR_INVALID_CONFIG, f"mtu {quote(mtu)} is not 576-65535")
+        req["attach"] = {"netns": netns, "mtu": mtu}
     if command == "ADD":
         req["ipv4"] = _flag(ipam.get("assign_ipv4"), True, "assign_ipv4")
         req["ipv6"] = _flag(ipam.get("assign_ipv6"), False, "assign_ipv6")
@@ -373,11 +420,16 @@ def format_result(version: str, reply: Mapping[str, Any]) -> dict[str, Any]:
         ip: dict[str, Any] = {"address": entry["address"]}
         if entry.get("gateway"):
             ip["gateway"] = entry["gateway"]
+        if "interface" in entry:
+            ip["interface"] = entry["interface"]
         if _version_tuple(version) < (1, 0, 0):
             ip["version"] = "6" if ":" in entry["address"] else "4"
         ips.append(ip)
     routes = [{k: v for k, v in r.items() if k in ("dst", "gw")} for r in reply.get("routes", [])]
-    return {"cniVersion": version, "ips": ips, "routes": routes, "dns": {}}
+    out: dict[str, Any] = {"cniVersion": version}
+    if reply.get("interfaces"):
+        out["interfaces"] = reply["interfaces"]
+    return {**out, "ips": ips, "routes": routes, "dns": {}}
 
 
 def error_object(version: str, err: CniError) -> dict[str, Any]:
@@ -387,13 +439,22 @@ def error_object(version: str, err: CniError) -> dict[str, Any]:
     return out
 
 
+def _setting(conf: Mapping[str, Any], name: str, default: object) -> object:
+    """A service setting: the main plugin's top level, else the ipam section."""
+    if conf.get("type") == MAIN_TYPE and name in conf:
+        return conf[name]
+    ipam = conf.get("ipam")
+    return ipam.get(name, default) if isinstance(ipam, dict) else default
+
+
 def _timeout(conf: Mapping[str, Any]) -> float:
-    t = conf.get("ipam", {}).get("timeout", DEFAULT_TIMEOUT_S)
+    t = _setting(conf, "timeout", DEFAULT_TIMEOUT_S)
+    where = "timeout" if conf.get("type") == MAIN_TYPE else "ipam.timeout"
     # ``not 0 < t <= max`` also catches an infinity (JSON's 1e999) and NaN.
     if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= MAX_TIMEOUT_S:
         raise CniError(
             ERR_INVALID_CONFIG,
-            f"ipam.timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}",
+            f"{where} must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}",
         )
     return float(t)
 
@@ -418,9 +479,9 @@ def run(env: Mapping[str, str], stdin: bytes, stdout: TextIO) -> int:
         if isinstance(conf.get("cniVersion"), str) and conf["cniVersion"] in SUPPORTED_VERSIONS:
             version = conf["cniVersion"]
         request = plan_request(command, env, conf)
-        path = conf["ipam"].get("socket") or DEFAULT_SOCKET
+        path = _setting(conf, "socket", None) or DEFAULT_SOCKET
         if not isinstance(path, str) or len(path) > MAX_LIST_ITEM or "\0" in path:
-            raise CniError(ERR_INVALID_CONFIG, "ipam.socket must be a path")
+            raise CniError(ERR_INVALID_CONFIG, "socket must be a path")
         reply = call_service(path, request, _timeout(conf))
         if command == "ADD":
             stdout.write(cni_json.dumps(format_result(version, reply)))

@@ -11,8 +11,17 @@ send several requests on one connection (the plugin sends one). Requests::
     {"op": "del", "containerId": "...", "ifname": "eth0"}
     {"op": "check", "containerId": "...", "ifname": "eth0", "expect": ["10.244.0.9"]}
 
+Every request may carry the pod's ``labels`` (a mapping) and named
+``ports`` (``[{"name", "protocol", "port"}]``); an add writes them into the
+pod interface's WorkloadEndpoint record, in the transaction that writes
+its addresses. A request from the main plugin ``meshroute-cni`` also
+carries ``"attach": {"netns": "/var/run/netns/...", "mtu": 1500}``: the
+service then makes the pod's routed veth too (``pod_link``), removes it on
+del and checks it on check.
+
 Replies are ``{"ok": true, "ips": [{"address", "gateway"?}], "routes": [...]}``
-or ``{"ok": false, "code", "msg", "details"}`` with the CNI error codes of
+(plus ``"interfaces": [{"name", "mac", "sandbox"?}]`` for an attach) or
+``{"ok": false, "code", "msg", "details"}`` with the CNI error codes of
 ``cni_plugin``. The handle of a pod's addresses is ``<containerId>.<ifname>``.
 
 Writes (add, del) run one at a time: this service is the only writer of
@@ -26,19 +35,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
 from datastore.port import RequestTooLarge, StoreError
-from ipam import cni_json
+from ipam import cni_args, cni_json
 from ipam.allocator import IpamError, PoolExhausted
 from ipam.cni_plugin import (
     ERR_ADDRESS_REFUSED,
@@ -46,6 +57,7 @@ from ipam.cni_plugin import (
     ERR_INTERNAL,
     ERR_INVALID_CONFIG,
     ERR_INVALID_ENV,
+    ERR_LINK,
     ERR_POOL_EXHAUSTED,
     ERR_TOO_LARGE,
     ERR_TRY_AGAIN,
@@ -53,9 +65,19 @@ from ipam.cni_plugin import (
     MAX_LIST_ITEM,
     container_id_problem,
     ifname_problem,
-    k8s_name_problem,
 )
+from ipam.endpoint import NamedPort, WorkloadEndpoint
 from ipam.ipam import AssignedAddress, AssignRequest, Conflict, Ipam
+from ipam.pod_link import (
+    LinkInfo,
+    PodLink,
+    PodLinkError,
+    apply_pod_link,
+    check_pod_link,
+    host_iface_name,
+    remove_pod_link,
+    sweep_host_ifaces,
+)
 from ipam.quoting import quote
 
 log = logging.getLogger(__name__)
@@ -80,12 +102,23 @@ class HostIdentity:
 
 
 @dataclass(frozen=True)
+class Attach:
+    """The pod's end of a routed veth, for the main plugin."""
+
+    netns: str
+    mtu: int
+
+
+@dataclass(frozen=True)
 class Request:
     op: str
     container_id: str
     ifname: str
-    namespace: str = ""
+    namespace: str = cni_args.DEFAULT_NAMESPACE
     pod: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[NamedPort, ...] = ()
+    attach: Attach | None = None
     ipv4: bool = True
     ipv6: bool = False
     ipv4_pools: tuple[str, ...] = ()
@@ -137,6 +170,17 @@ def _bool(d: Mapping[str, Any], key: str, default: bool) -> bool:
     return v
 
 
+def _attach(v: object) -> Attach | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not isinstance(v.get("netns", ""), str):
+        raise BadRequest("attach must be {netns, mtu}")
+    mtu = v.get("mtu", 1500)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
+        raise BadRequest(f"attach.mtu {quote(mtu)} is not an MTU (576-65535)")
+    return Attach(str(v.get("netns", "")), mtu)
+
+
 def decode_request(d: object) -> Request:
     """A request, checked as the plugin checks what the runtime gave it (a
     client of this socket need not be our plugin)."""
@@ -145,12 +189,28 @@ def decode_request(d: object) -> Request:
     op = d.get("op")
     if op not in ("add", "del", "check"):
         raise BadRequest(f"unknown op {quote(op)}")
+    container_id = _checked(d, "containerId", container_id_problem)
+    try:
+        namespace = cni_args.namespace(
+            str(d.get("namespace") or cni_args.DEFAULT_NAMESPACE), "namespace"
+        )
+        pod = cni_args.pod_name(str(d.get("pod") or container_id), "pod")
+        labels = cni_args.labels(d.get("labels"), "labels")
+        ports = tuple(
+            NamedPort(str(p["name"]), str(p["protocol"]), int(str(p["port"])))
+            for p in cni_args.ports(d.get("ports"), "ports")
+        )
+    except cni_args.Invalid as e:
+        raise BadRequest(str(e)) from e
     return Request(
         op=op,
-        container_id=_checked(d, "containerId", container_id_problem),
+        container_id=container_id,
         ifname=_checked(d, "ifname", ifname_problem),
-        namespace=_checked(d, "namespace", k8s_name_problem),
-        pod=_checked(d, "pod", k8s_name_problem),
+        namespace=namespace,
+        pod=pod,
+        labels=labels,
+        ports=ports,
+        attach=_attach(d.get("attach")),
         ipv4=_bool(d, "ipv4", True),
         ipv6=_bool(d, "ipv6", False),
         ipv4_pools=_strs(d, "ipv4Pools"),
@@ -179,6 +239,25 @@ def plan_reply(addresses: Sequence[AssignedAddress]) -> dict[str, Any]:
     return {"ok": True, "ips": ips, "routes": routes}
 
 
+def plan_attach_reply(
+    reply: dict[str, Any], host_iface: str, req: Request, info: LinkInfo
+) -> dict[str, Any]:
+    """A routed pod's reply: its two interfaces, addresses on the pod's,
+    and the default routes the pod got."""
+    assert req.attach is not None
+    ips = [{**ip, "interface": 1} for ip in reply["ips"]]
+    routes = []
+    if any(":" not in ip["address"] for ip in ips):
+        routes.append({"dst": "0.0.0.0/0", "gw": "169.254.1.1"})
+    if any(":" in ip["address"] for ip in ips):
+        routes.append({"dst": "::/0", "gw": "fe80::ecee:eeff:feee:eeee"})
+    interfaces = [
+        {"name": host_iface, "mac": info.host_mac},
+        {"name": req.ifname, "mac": info.pod_mac, "sandbox": req.attach.netns},
+    ]
+    return {"ok": True, "interfaces": interfaces, "ips": ips, "routes": routes}
+
+
 def error_reply(code: int, msg: str, details: str = "") -> dict[str, Any]:
     return {"ok": False, "code": code, "msg": msg, "details": details}
 
@@ -197,15 +276,23 @@ def decide_error(e: Exception) -> dict[str, Any]:
         return error_reply(ERR_POOL_EXHAUSTED, str(e))
     if isinstance(e, IpamError):
         return error_reply(ERR_ADDRESS_REFUSED, str(e))
+    if isinstance(e, PodLinkError):
+        return error_reply(ERR_LINK, "cannot set up the pod's interface", str(e))
     return error_reply(
         ERR_INTERNAL, "internal error of the IPAM service", f"{type(e).__name__}: {quote(str(e))}"
     )
 
 
 class IpamService:
-    def __init__(self, ipam: Ipam, host: HostIdentity) -> None:
+    """``host_netns``: where the host ends of routed pods' veths go (None:
+    this process's own namespace; the lab names the node's)."""
+
+    def __init__(self, ipam: Ipam, host: HostIdentity, host_netns: str | None = None) -> None:
         self.ipam = ipam
         self.host = host
+        self.host_netns = host_netns
+        # One thread for netlink: it enters namespaces, so it is nobody else's.
+        self._links = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pod-links")
         self._writes = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
@@ -230,10 +317,16 @@ class IpamService:
             req = decode_request(raw)
             if req.op == "add":
                 async with self._writes:
-                    return plan_reply(await self._add(req))
+                    if req.attach is None:
+                        return plan_reply(await self._add(req))
+                    return await self._add_attached(req)
             if req.op == "del":
                 async with self._writes:
-                    freed = await self.ipam.release_handle(req.handle)
+                    if req.attach is not None:
+                        # The veth first: a crash after it leaves the addresses,
+                        # which the runtime's repeated DEL releases.
+                        await self._link(remove_pod_link, host_iface_name(req.handle))
+                    freed = await self.ipam.release_handle(req.handle, self.host.name)
                 log.info("released %s: %s", req.handle, ", ".join(map(str, freed)) or "nothing")
                 return {"ok": True}
             return await self._check(req)
@@ -249,33 +342,76 @@ class IpamService:
             )
             return reply
 
-    async def _add(self, req: Request) -> list[AssignedAddress]:
+    async def _link(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args, host_netns)`` on the netlink thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._links, functools.partial(fn, *args, self.host_netns)
+        )
+
+    async def _add_attached(self, req: Request) -> dict[str, Any]:
+        """Addresses and endpoint record first, then the veth; when the veth
+        fails, both are given back (and a veth half made is removed)."""
+        assert req.attach is not None
+        host_iface = host_iface_name(req.handle)
+        got = await self._add(req, host_iface)
+        link = PodLink(
+            host_iface, req.ifname, req.attach.netns, tuple(a.ip for a in got), req.attach.mtu
+        )
+        try:
+            info = await self._link(apply_pod_link, link)
+        except BaseException:
+            await self.ipam.release_handle(req.handle, self.host.name)
+            raise
+        return plan_attach_reply(plan_reply(got), host_iface, req, info)
+
+    def _endpoint(self, req: Request, host_iface: str) -> WorkloadEndpoint:
+        return WorkloadEndpoint(
+            node=self.host.name,
+            namespace=req.namespace,
+            pod=req.pod,
+            container_id=req.container_id,
+            ifname=req.ifname,
+            host_iface=host_iface,
+            labels=req.labels,
+            ports=req.ports,
+        )
+
+    async def _add(self, req: Request, host_iface: str = "") -> list[AssignedAddress]:
         have = await self.ipam.addresses_of(req.handle, self.host.name)
         if have:
             return have  # a repeated ADD gets what the first one got
+        # A record a crash left without addresses must not lend this pod its labels.
+        await self.ipam.drop_stale_endpoint(self.host.name, req.handle)
         attrs = {
             "namespace": req.namespace,
             "pod": req.pod,
             "containerId": req.container_id,
             "node": self.host.name,
         }
-        if req.ips:
-            return await self._assign_requested(req, attrs)
-        return await self._assign_auto(req, attrs)
+        if host_iface:
+            attrs["hostIface"] = host_iface
+        endpoint = self._endpoint(req, host_iface)
+        try:
+            if req.ips:
+                return await self._assign_requested(req, attrs, endpoint)
+            return await self._assign_auto(req, attrs, endpoint)
+        except BaseException:
+            # All or nothing, the endpoint record included.
+            await self.ipam.release_handle(req.handle, self.host.name)
+            raise
 
     async def _assign_requested(
-        self, req: Request, attrs: Mapping[str, str]
+        self, req: Request, attrs: Mapping[str, str], endpoint: WorkloadEndpoint
     ) -> list[AssignedAddress]:
-        got = []
-        try:
-            for ip in req.ips:
-                got.append(await self.ipam.assign_ip(self.host.name, ip, req.handle, attrs))
-        except BaseException:
-            await self.ipam.release_handle(req.handle)
-            raise
-        return got
+        return [
+            await self.ipam.assign_ip(self.host.name, ip, req.handle, attrs, endpoint)
+            for ip in req.ips
+        ]
 
-    async def _assign_auto(self, req: Request, attrs: Mapping[str, str]) -> list[AssignedAddress]:
+    async def _assign_auto(
+        self, req: Request, attrs: Mapping[str, str], endpoint: WorkloadEndpoint
+    ) -> list[AssignedAddress]:
         def ask(v4: bool, v6: bool, pools: Sequence[str]) -> AssignRequest:
             return AssignRequest(
                 host=self.host.name,
@@ -285,6 +421,7 @@ class IpamService:
                 num_v6=int(v6),
                 pools=tuple(pools),
                 labels=self.host.labels,
+                endpoint=endpoint,
             )
 
         both = req.ipv4 and req.ipv6
@@ -294,12 +431,7 @@ class IpamService:
         # Only one family names pools: two calls, so the other family is not
         # narrowed to nothing. All or nothing, as in one call.
         got = await self.ipam.assign(ask(True, False, req.ipv4_pools))
-        try:
-            got += await self.ipam.assign(ask(False, True, req.ipv6_pools))
-        except BaseException:
-            await self.ipam.release_handle(req.handle)
-            raise
-        return got
+        return got + await self.ipam.assign(ask(False, True, req.ipv6_pools))
 
     async def _check(self, req: Request) -> dict[str, Any]:
         owned = {a.ip for a in await self.ipam.addresses_of(req.handle)}
@@ -310,7 +442,28 @@ class IpamService:
                 f"{', '.join(map(str, missing))} no longer assigned to {req.handle}",
                 f"IPAM holds {', '.join(map(str, sorted(owned))) or 'nothing'} for it",
             )
+        if req.attach is not None:
+            link = PodLink(
+                host_iface_name(req.handle),
+                req.ifname,
+                req.attach.netns,
+                tuple(sorted(owned)),
+                req.attach.mtu,
+            )
+            problems = await self._link(check_pod_link, link)
+            if problems:
+                return error_reply(ERR_CHECK_FAILED, "; ".join(problems))
         return {"ok": True}
+
+    async def sweep_links(self) -> list[str]:
+        """Remove routed pods' host ends that no endpoint record of this
+        node names (a crash undoing a failed ADD leaves them)."""
+        async with self._writes:
+            keep = [ep.host_iface for ep, _ in await self.ipam.endpoints(self.host.name)]
+            gone: list[str] = await self._link(sweep_host_ifaces, keep)
+        for name in gone:
+            log.info("removed %s: no endpoint names it", name)
+        return gone
 
     # ---- the socket ------------------------------------------------------
 
@@ -347,10 +500,12 @@ class IpamService:
 
     async def start(self, path: str) -> None:
         """Check etcd answers (fail fast otherwise), settle what a previous
-        run of this host's service left half way, then listen on ``path``."""
+        run of this host's service left half way (claims, pods' veths), then
+        listen on ``path``."""
         await self.ipam.pools()
         for cidr, outcome in await self.ipam.settle_own_claims(self.host.name):
             log.info("block %s: claim or release left half way by a previous run %s", cidr, outcome)
+        await self.sweep_links()
         remove_stale_socket(path)
         os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
         old = os.umask(0o177)  # the socket is born 0600: no window for others
@@ -377,6 +532,7 @@ class IpamService:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
             self._path = None
+        self._links.shutdown(wait=True)
 
 
 def _encode(reply: Mapping[str, Any]) -> bytes:
@@ -416,11 +572,12 @@ async def serve(
     stop: asyncio.Event,
     ready: Callable[[], None] | None = None,
     housekeeping_s: float = 60.0,
+    host_netns: str | None = None,
 ) -> None:
     """Run the service until ``stop`` is set; raises StoreError at once when
     etcd cannot be reached at start. Every ``housekeeping_s`` it gives back
     the host's empty blocks that reached the configured minimum age."""
-    service = IpamService(ipam, host)
+    service = IpamService(ipam, host, host_netns)
     await service.start(path)
     try:
         if ready is not None:

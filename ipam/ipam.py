@@ -48,6 +48,7 @@ from ipam.allocator import (
     pool_of,
 )
 from ipam.check import REPAIRABLE, Action, Issue, Repair, plan_check, plan_gc
+from ipam.endpoint import WorkloadEndpoint, plan_relabel
 from ipam.keys import Keys
 from ipam.model import (
     RESERVED_HANDLE_PREFIX,
@@ -77,6 +78,14 @@ class Conflict(IpamError):
     """Gave up after too many lost compare-and-swap races."""
 
 
+def _node_of_handle(block: Block, handle: str) -> str | None:
+    """The node that assigned a handle's addresses in ``block``."""
+    for a in block.allocations.values():
+        if a.handle == handle and a.attrs.get("node"):
+            return str(a.attrs["node"])
+    return None
+
+
 @dataclass(frozen=True)
 class AssignedAddress:
     ip: IPAddress
@@ -95,15 +104,20 @@ class AssignRequest:
     pools: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     use: Use = Use.WORKLOAD
+    # The pod interface's record, written with the handle (its ips are filled in).
+    endpoint: WorkloadEndpoint | None = None
 
 
 @dataclass
 class _KnownHandle:
-    """What one assignment knows of its handle record between its writes."""
+    """What one assignment knows of its handle record (and endpoint record)
+    between its writes."""
 
     handle: Handle | None = None
     rev: int = 0
     trusted: bool = True
+    endpoint: WorkloadEndpoint | None = None
+    endpoint_rev: int = 0
 
 
 class _Claim(enum.Enum):
@@ -176,6 +190,9 @@ class Ipam:
             elif key.startswith(k.handles):
                 h = Handle.from_dict(d)
                 snap.handles[h.handle] = (h, v.mod_revision)
+            elif key.startswith(k.endpoints):
+                ep = WorkloadEndpoint.from_dict(d)
+                snap.endpoints[(ep.node, ep.handle)] = (ep, v.mod_revision)
             elif key == k.settings:
                 snap = Snapshot(
                     snap.pools,
@@ -184,6 +201,7 @@ class Ipam:
                     snap.handles,
                     IpamSettings.from_dict(d),
                     snap.revision,
+                    snap.endpoints,
                 )
         return snap
 
@@ -464,7 +482,14 @@ class Ipam:
         if not res.addresses:
             return []
         rev = await self._write_block_and_handle(
-            block.cidr, brev, res.block, req.handle, len(res.addresses), known
+            block.cidr,
+            brev,
+            res.block,
+            req.handle,
+            len(res.addresses),
+            known,
+            endpoint=req.endpoint,
+            added=res.addresses,
         )
         if not rev:
             self._forget_host_blocks(block.affinity)
@@ -482,12 +507,20 @@ class Ipam:
         handle: str,
         delta: int,
         known: _KnownHandle | None = None,
+        *,
+        endpoint: WorkloadEndpoint | None = None,
+        added: Sequence[IPAddress] = (),
+        endpoint_node: str | None = None,
     ) -> int:
-        """One transaction: the block (None: delete it) and the handle's count
-        for this block, both compared on their mod_revision. ``known`` saves
-        reading the handle when its state is known (a new handle does not
-        exist yet); it is updated, or marked unknown after a lost race."""
-        if known is not None and known.trusted:
+        """One transaction: the block (None: delete it), the handle's count
+        for this block and the pod's endpoint record, all compared on their
+        mod_revision. An assignment with an ``endpoint`` writes it holding
+        ``added`` too; a release deletes the endpoint of ``endpoint_node``
+        with the handle's last address. ``known`` saves reading the handle
+        and endpoint when their state is known (a new handle does not exist
+        yet); it is updated, or marked unknown after a lost race."""
+        trusted = known is not None and known.trusted
+        if known is not None and trusted:
             h, hrev = known.handle, known.rev
         else:
             h, hrev = await self._read(self.keys.handle(handle), Handle.from_dict)
@@ -503,15 +536,39 @@ class Ipam:
         elif h is not None:
             ops.append(Delete(self.keys.handle(handle)))
         compares = [Compare(self.keys.block(cidr), brev), Compare(self.keys.handle(handle), hrev)]
+        new_ep: WorkloadEndpoint | None = None
+        if endpoint is not None:
+            ekey = self.keys.endpoint(endpoint.node, handle)
+            if known is not None and trusted:
+                cur, erev = known.endpoint, known.endpoint_rev
+            else:
+                cur, erev = await self._read(ekey, WorkloadEndpoint.from_dict)
+            # The template's fields; the addresses this assignment wrote before.
+            new_ep = replace(endpoint, ips=cur.ips if cur else ()).with_ips(added)
+            compares.append(Compare(ekey, erev))
+            ops.append(Put(ekey, dumps(new_ep.to_dict())))
+        elif endpoint_node is not None and new_h is None:
+            ekey = self.keys.endpoint(endpoint_node, handle)
+            erev = (await self._rev(ekey)) or 0
+            if erev:
+                compares.append(Compare(ekey, erev))
+                ops.append(Delete(ekey))
         rev = await self.store.txn(compares, ops)
         if known is not None:
             known.trusted = bool(rev)
             if rev:
                 known.handle, known.rev = new_h, (rev if new_h is not None else 0)
+                if new_ep is not None:
+                    known.endpoint, known.endpoint_rev = new_ep, rev
         return rev
 
     async def assign_ip(
-        self, host: str, ip: IPAddress, handle: str, attrs: Mapping[str, str] | None = None
+        self,
+        host: str,
+        ip: IPAddress,
+        handle: str,
+        attrs: Mapping[str, str] | None = None,
+        endpoint: WorkloadEndpoint | None = None,
     ) -> AssignedAddress:
         """Assign one requested address (claiming its block for the host
         when the block does not exist yet)."""
@@ -531,7 +588,9 @@ class Ipam:
             new = plan_assign_ip(block, ip, handle, {**(attrs or {}), "node": host})
             if new is block:
                 return AssignedAddress(ip, cidr, pool.name, gateway_of(block, self.l2_segment))
-            if await self._write_block_and_handle(cidr, brev, new, handle, 1):
+            if await self._write_block_and_handle(
+                cidr, brev, new, handle, 1, endpoint=endpoint, added=(ip,)
+            ):
                 gw = gateway_of(new, self.l2_segment) if new.affinity == host else None
                 return AssignedAddress(ip, cidr, pool.name, gw)
             await self._backoff(attempt)
@@ -729,14 +788,17 @@ class Ipam:
 
     # ---- release ---------------------------------------------------------
 
-    async def release_handle(self, handle: str) -> list[IPAddress]:
-        """Free every address of a handle. Idempotent: an unknown handle
-        frees nothing and returns []."""
+    async def release_handle(self, handle: str, node: str | None = None) -> list[IPAddress]:
+        """Free every address of a handle, and delete its endpoint record
+        (of ``node``, else of the node its addresses name) with the last
+        one. Idempotent: an unknown handle frees nothing and returns []."""
         freed: list[IPAddress] = []
         conflicts = 0
         while True:
-            h, _ = await self._read(self.keys.handle(handle), Handle.from_dict)
+            h, hrev = await self._read(self.keys.handle(handle), Handle.from_dict)
             if h is None or not h.blocks:
+                if node is not None:
+                    await self._drop_endpoint(node, handle, hrev)
                 return freed
             # One block per round: each round either frees a block's share
             # of the handle in one transaction or lost a race and retries.
@@ -751,13 +813,36 @@ class Ipam:
                 new, addresses = res.block, res.addresses
                 if new.affinity is None and not new.allocations:
                     new = None  # nobody's block and empty: drop it
-            if await self._write_block_and_handle(cidr, brev, new, handle, -count):
+                node = node or _node_of_handle(block, handle)
+            if await self._write_block_and_handle(
+                cidr, brev, new, handle, -count, endpoint_node=node
+            ):
                 freed += addresses
                 continue
             conflicts += 1
             if conflicts > self.max_conflicts:
                 raise Conflict(f"release of {handle}: too many concurrent changes")
             await self._backoff(conflicts)
+
+    async def drop_stale_endpoint(self, node: str, handle: str) -> None:
+        """Delete the endpoint record of a handle that holds no address."""
+        await self._drop_endpoint(node, handle, (await self._rev(self.keys.handle(handle))) or 0)
+
+    async def _drop_endpoint(self, node: str, handle: str, hrev: int) -> None:
+        """Delete an endpoint record whose handle is gone (a rollback freed
+        its addresses one by one), unless the handle came back meanwhile."""
+        ekey = self.keys.endpoint(node, handle)
+        for attempt in range(self.max_conflicts):
+            erev = await self._rev(ekey)
+            if erev is None:
+                return
+            compares = [Compare(ekey, erev), Compare(self.keys.handle(handle), hrev)]
+            if await self.store.txn(compares, [Delete(ekey)]):
+                return
+            if await self._rev(self.keys.handle(handle)):
+                return
+            await self._backoff(attempt)
+        raise Conflict(f"endpoint {node}/{handle}: too many concurrent changes")
 
     async def release_ips(
         self, targets: Sequence[tuple[IPAddress, int | None]]
@@ -785,7 +870,8 @@ class Ipam:
                 if not res.addresses:
                     unknown += [ip for ip, _ in ts]
                     break
-                if await self._write_release(cidr, brev, res.block, res.per_handle):
+                nodes = {h: _node_of_handle(block, h) for h in res.per_handle}
+                if await self._write_release(cidr, brev, res.block, res.per_handle, nodes):
                     freed += res.addresses
                     unknown += [ip for ip, _ in ts if ip not in res.addresses]
                     break
@@ -795,7 +881,12 @@ class Ipam:
         return freed, unknown
 
     async def _write_release(
-        self, cidr: IPNetwork, brev: int, block: Block, per_handle: Mapping[str, int]
+        self,
+        cidr: IPNetwork,
+        brev: int,
+        block: Block,
+        per_handle: Mapping[str, int],
+        nodes: Mapping[str, str | None],
     ) -> int:
         self._forget_host_blocks(block.affinity)
         compares = [Compare(self.keys.block(cidr), brev)]
@@ -810,8 +901,15 @@ class Ipam:
             counts = plan_handle_counts(h.blocks if h else {}, {str(cidr): -n})
             if counts:
                 ops.append(Put(self.keys.handle(handle), dumps(Handle(handle, counts).to_dict())))
-            elif h is not None:
+                continue
+            if h is not None:
                 ops.append(Delete(self.keys.handle(handle)))
+            node = nodes.get(handle)
+            ekey = self.keys.endpoint(node, handle) if node else None
+            erev = (await self._rev(ekey)) if ekey else None
+            if ekey and erev:  # the handle's last address: its endpoint goes with it
+                compares.append(Compare(ekey, erev))
+                ops.append(Delete(ekey))
         return await self.store.txn(compares, ops)
 
     # ---- check and repair ------------------------------------------------
@@ -851,6 +949,12 @@ class Ipam:
             return await self._drop_block_affinity(IPNetwork(r.subject))
         if r.action is Action.REBUILD_HANDLE:
             return await self._rebuild_handle(r.subject)
+        if r.action is Action.DELETE_ENDPOINT:
+            node, _, handle = r.subject.partition("/")
+            return await self._delete_orphan_endpoint(node, handle)
+        if r.action is Action.REBUILD_ENDPOINT:
+            node, _, handle = r.subject.partition("/")
+            return await self._rebuild_endpoint(node, handle)
         host, _, cidr_s = r.subject.partition("/")
         cidr = IPNetwork(cidr_s)
         akey = self.keys.affinity(host, cidr)
@@ -921,3 +1025,95 @@ class Ipam:
                 return f"rebuilt ({counted(sum(counts.values()), 'address')})"
             await self._backoff(attempt)
         return "conflict"
+
+    async def _handle_allocations(self, handle: str) -> tuple[list[IPAddress], dict[str, str]]:
+        """A handle's addresses in every block, and the attributes of one."""
+        listing = await self.store.list(self.keys.blocks)
+        ips: list[IPAddress] = []
+        attrs: dict[str, str] = {}
+        for v in listing.items.values():
+            b = Block.from_dict(loads(v.value))
+            for o, a in b.allocations.items():
+                if a.handle == handle:
+                    ips.append(b.address(o))
+                    attrs = dict(a.attrs)
+        return ips, attrs
+
+    async def _delete_orphan_endpoint(self, node: str, handle: str) -> str:
+        ekey, hkey = self.keys.endpoint(node, handle), self.keys.handle(handle)
+        erev = await self._rev(ekey)
+        if erev is None:
+            return "gone"
+        ips, _ = await self._handle_allocations(handle)
+        if ips:
+            return "skipped (changed since check)"
+        # The handle is compared absent: an ADD writes it with its endpoint, and wins.
+        ok = await self.store.txn([Compare(ekey, erev), Compare(hkey, 0)], [Delete(ekey)])
+        return "deleted" if ok else "conflict"
+
+    async def _rebuild_endpoint(self, node: str, handle: str) -> str:
+        """Make a pod's endpoint record hold its allocated addresses. A lost
+        record is rebuilt from the allocations' attributes; labels and named
+        ports it had are lost with it (``meshroute label pod`` sets them)."""
+        ekey, hkey = self.keys.endpoint(node, handle), self.keys.handle(handle)
+        hrev = (await self._rev(hkey)) or 0
+        ips, attrs = await self._handle_allocations(handle)
+        cur, erev = await self._read(ekey, WorkloadEndpoint.from_dict)
+        if not ips or "containerId" not in attrs or attrs.get("node") != node:
+            return "skipped (changed since check)"
+        cid = attrs["containerId"]
+        if cur is None:
+            cur = WorkloadEndpoint(
+                node=node,
+                namespace=attrs.get("namespace") or "default",
+                pod=attrs.get("pod") or cid,
+                container_id=cid,
+                ifname=handle[len(cid) + 1 :],
+                host_iface=attrs.get("hostIface", ""),
+            )
+        new = replace(cur, ips=()).with_ips(ips)
+        ok = await self.store.txn(
+            [Compare(ekey, erev), Compare(hkey, hrev)], [Put(ekey, dumps(new.to_dict()))]
+        )
+        return ("rebuilt" if erev else "recreated") if ok else "conflict"
+
+    # ---- endpoints -------------------------------------------------------
+
+    async def endpoints(self, node: str | None = None) -> list[tuple[WorkloadEndpoint, int]]:
+        prefix = self.keys.endpoints + (f"{node}/".encode() if node else b"")
+        listing = await self.store.list(prefix)
+        return [
+            (WorkloadEndpoint.from_dict(loads(v.value)), v.mod_revision)
+            for v in listing.items.values()
+        ]
+
+    async def relabel_pod(
+        self, namespace: str, pod: str, set_: Mapping[str, str], remove: Sequence[str]
+    ) -> list[WorkloadEndpoint]:
+        """Change the labels of every endpoint of one pod, each with a
+        compare-and-swap write (retried on conflict). Raises IpamError when
+        the pod has no endpoint."""
+        out: list[WorkloadEndpoint] = []
+        for attempt in range(self.max_conflicts):
+            mine = [
+                (ep, rev)
+                for ep, rev in await self.endpoints()
+                if ep.namespace == namespace and ep.pod == pod
+            ]
+            if not mine:
+                raise IpamError(f"pod {namespace}/{pod} has no endpoint")
+            out = []
+            lost = False
+            for ep, rev in mine:
+                new = replace(ep, labels=plan_relabel(ep.labels, set_, remove))
+                key = self.keys.endpoint(ep.node, ep.handle)
+                if new == ep or await self.store.txn(
+                    [Compare(key, rev)], [Put(key, dumps(new.to_dict()))]
+                ):
+                    out.append(new)
+                else:
+                    lost = True
+            if not lost:
+                return out
+            await self._backoff(attempt)
+        raise Conflict(f"pod {namespace}/{pod}: too many concurrent changes")

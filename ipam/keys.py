@@ -51,5 +51,12 @@ class Keys:
         return f"{self.root}/handles/{handle}".encode()
 
     @property
+    def endpoints(self) -> bytes:
+        return f"{self.root}/endpoints/".encode()
+
+    def endpoint(self, node: str, handle: str) -> bytes:
+        return f"{self.root}/endpoints/{node}/{handle}".encode()
+
+    @property
     def settings(self) -> bytes:
         return f"{self.root}/settings".encode()

@@ -12,6 +12,8 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
+from ipam.endpoint import WorkloadEndpoint
+
 
 class EncapMode(enum.Enum):
     ALWAYS = "Always"
@@ -236,6 +238,9 @@ class Snapshot:
     handles: dict[str, tuple[Handle, int]]
     settings: IpamSettings
     revision: int
+    endpoints: dict[tuple[str, str], tuple[WorkloadEndpoint, int]] = field(
+        default_factory=dict
+    )  # (node, handle)
 
 
 def dumps(d: Mapping[str, Any]) -> bytes:

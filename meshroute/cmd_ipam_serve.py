@@ -1,5 +1,6 @@
 """``meshroute ipam serve``: run the host's local IPAM service (the unix
-socket the ``meshroute-cni-ipam`` plugin talks to) until SIGTERM/SIGINT.
+socket the ``meshroute-cni-ipam`` and ``meshroute-cni`` plugins talk to)
+until SIGTERM/SIGINT.
 ``meshroute.cmd_ipam`` adds it with ``add_serve_parser``; ``python -m
 meshroute.cmd_ipam_serve`` runs it alone. Prints one ``ready`` line on
 stdout once the socket accepts requests."""
@@ -65,6 +66,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="pods share a bridge with their block as subnet: reserve the network, gateway "
         "and broadcast addresses of each block and hand out the gateway and a default route",
     )
+    p.add_argument(
+        "--netns",
+        help="network namespace (name or path) for the host ends of routed pods' veths "
+        "(default: this process's own; the lab and tests name the node's)",
+    )
     add_etcd_options(p)
     p.set_defaults(func=run_serve)
 
@@ -91,7 +97,14 @@ async def _serve(args: argparse.Namespace) -> None:
     try:
         # The host exists for IPAM check/gc from now on, until it is deleted.
         await Registry(store, args.prefix).upsert(NodeRecord(args.host, args.labels))
-        await serve(ipam, HostIdentity(args.host, args.labels), args.socket, stop=stop, ready=ready)
+        await serve(
+            ipam,
+            HostIdentity(args.host, args.labels),
+            args.socket,
+            stop=stop,
+            ready=ready,
+            host_netns=args.netns,
+        )
     except StoreError as e:
         raise ServeError(f"cannot start: {e}") from e
     except IpamError as e:

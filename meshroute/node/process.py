@@ -163,7 +163,9 @@ class NodeProcess:
         self.interfaces = await links.interfaces()
         self.underlay = await read_underlay(c.felix.route_protocol, c.felix.route_table, c.netns)
 
-        self.service = IpamService(self.ipam, HostIdentity(c.node_name, dict(c.labels)))
+        self.service = IpamService(
+            self.ipam, HostIdentity(c.node_name, dict(c.labels)), host_netns=c.netns
+        )
         await self.service.start(c.ipam.socket)
 
         self.local_as = decide_node_as(self._me(view), view.bgp_config)

@@ -135,7 +135,7 @@ def test_plugin_start_imports_no_heavy_module() -> None:
     heavy = {"netaddr", "aetcd", "grpc", "asyncio", "typing", "dataclasses", "json"}
     ours = {m for m in modules if m.split(".")[0] in ("ipam", "meshroute", "bgpd", "felix_lite")}
     assert not (modules & heavy), modules & heavy
-    assert ours == {"ipam", "ipam.cni_plugin", "ipam.cni_json", "ipam.quoting"}
+    assert ours == {"ipam", "ipam.cni_plugin", "ipam.cni_json", "ipam.quoting", "ipam.cni_args"}
 
 
 # ---- the pure parts ---------------------------------------------------------
@@ -168,6 +168,8 @@ def test_add_request_carries_pod_pools_and_requested_ips() -> None:
         "network": "meshroute-test",
         "namespace": "ns",
         "pod": "web",
+        "labels": {},
+        "ports": [],
         "ipv4": True,
         "ipv6": True,
         "ipv4Pools": ["a"],
