@@ -20,6 +20,7 @@ from meshroute.etcd_options import add_etcd_options
 COMMAND_MODULES = (
     "meshroute.cmd_resources",
     "meshroute.cmd_ipam",
+    "meshroute.cmd_label",
     "meshroute.cmd_node",
     "meshroute.cmd_reflector",
     "meshroute.cmd_status",
