@@ -383,6 +383,8 @@ class Ipam:
             step = await self._assign_affine(req, pools, want, known)
             if step is not None:
                 return step
+            if self.l2_segment:
+                await self._refuse_second_l2_block(req.host, version)
             claim = await self._claim(req.host, pools, settings)
             if claim is _Claim.CLAIMED:
                 self._forget_host_blocks(req.host)
@@ -390,6 +392,12 @@ class Ipam:
             if claim is _Claim.CONFLICT:
                 return []
         names = ", ".join(p.name for p in pools)
+        if self.l2_segment:
+            raise PoolExhausted(
+                f"IPv{version} pools {names}: no free block for host {req.host}, and "
+                f"L2-segment mode cannot use an address borrowed from another host's block "
+                f"(the pod bridge's subnet is the host's block); use routed mode (meshroute-cni)"
+            )
         if settings.strict_affinity:
             why = "block limit reached" if claim is _Claim.LIMIT else "no free block"
             raise PoolExhausted(
@@ -424,6 +432,22 @@ class Ipam:
                 blocks[str(aff.cidr)] = (block, brev)
         self._host_blocks[host] = blocks
         return blocks
+
+    async def _refuse_second_l2_block(self, host: str, version: int) -> None:
+        """L2-segment mode gives a host one block per IP version: Debian's
+        bridge plugin allows one address per family on the pod bridge, so a
+        pod from a second block would fail there, obscurely."""
+        mine = [
+            b for b, _ in (await self._affine_blocks(host)).values() if b.cidr.version == version
+        ]
+        if mine:
+            b = mine[0]
+            raise PoolExhausted(
+                f"host {host}'s block {b.cidr} is full ({b.workload_count} pods): L2-segment "
+                f"mode uses one block per host (the pod bridge's subnet), so a pod cannot get "
+                f"an address from a second block; use routed mode (meshroute-cni), or a pool "
+                f"whose blockSize holds the node's maxPods"
+            )
 
     def _forget_host_blocks(self, host: str | None) -> None:
         if host is not None:
@@ -581,6 +605,13 @@ class Ipam:
         cidr = block_cidr_of(pool, ip)
         for attempt in range(self.max_conflicts):
             block, brev = await self._read(self.keys.block(cidr), Block.from_dict)
+            if self.l2_segment and (block is None or block.affinity != host):
+                mine = {b.cidr for b, _ in (await self._affine_blocks(host)).values()}
+                if block is not None or any(c.version == ip.version for c in mine):
+                    raise IpamError(
+                        f"{ip} is in block {cidr}, not in host {host}'s block: in L2-segment "
+                        f"mode a pod's address must be on the pod bridge's subnet"
+                    )
             if block is None:
                 await self._claim_cidr(host, pool, cidr)
                 continue

@@ -162,6 +162,26 @@ async def test_l2_segment_reserves_gateway(kv: KvStore) -> None:
     assert await ipam.check({"h"}) == []
 
 
+async def test_l2_segment_one_block_per_host(kv: KvStore) -> None:
+    """Debian's bridge plugin gives the pod bridge one subnet: a pod from a
+    host's second block, or a borrowed address, is refused clearly here
+    instead of failing in the bridge plugin."""
+    ipam = make(kv, l2_segment=True)
+    await ipam.apply_pool(Pool("p", IPNetwork("10.244.0.0/28"), 29))  # 5 pods a block
+    got = [(await ipam.assign(req("h", f"c{i}")))[0] for i in range(5)]
+    assert len({a.block for a in got}) == 1
+    with pytest.raises(PoolExhausted, match=r"is full \(5 pods\): L2-segment mode uses one block"):
+        await ipam.assign(req("h", "c5"))
+    [other] = {IPNetwork("10.244.0.0/29"), IPNetwork("10.244.0.8/29")} - {got[0].block}
+    with pytest.raises(IpamError, match="must be on the pod bridge's subnet"):
+        await ipam.assign_ip("h", other[2], "c6")
+    # another host takes the last block; a third finds none and may not borrow
+    await ipam.assign(req("h2", "d0"))
+    with pytest.raises(PoolExhausted, match="cannot use an address borrowed"):
+        await ipam.assign(req("h3", "e0"))
+    assert await ipam.check({"h", "h2", "h3"}) == []
+
+
 async def test_overlapping_and_invalid_pools_are_refused(kv: KvStore) -> None:
     ipam = make(kv)
     await ipam.apply_pool(Pool("a", IPNetwork("10.244.0.0/16"), 26))

@@ -127,18 +127,17 @@ async def test_requested_address_and_refusal(svc: Running) -> None:
 
 
 async def test_pool_exhausted_and_datastore_down(tmp_path: Path) -> None:
-    # /29 in /30 blocks on an L2 segment: each block keeps 3 of its 4
-    # addresses (network, gateway, broadcast), so the pool holds two pods.
+    # /30 blocks on an L2 segment: each keeps 3 of its 4 addresses (network,
+    # gateway, broadcast), and a host gets one block: one pod.
     tiny = Pool("tiny", IPNetwork("10.9.0.0/29"), 30)
     r = await start(tmp_path, pools=(tiny,))
     try:
-        for cid in ("a", "b"):
-            ok = await r.plugin("ADD", cid)
-            assert ok.rc == 0, ok.raw
+        ok = await r.plugin("ADD", "a")
+        assert ok.rc == 0, ok.raw
+        [ip] = ok.out["ips"]  # type: ignore[index]
         full = await r.plugin("ADD", "c")
         assert full.out is not None and full.out["code"] == 100, full.out
-        assert "tiny" in full.out["msg"]
-        assert "(1 address for c.eth0 not available)" in full.out["msg"], full.out
+        assert str(IPNetwork(ip["address"]).cidr) in full.out["msg"]
         assert await r.ipam.addresses_of("c.eth0") == []
 
         r.store.down = True
@@ -232,7 +231,8 @@ def test_serve_fails_fast_when_etcd_is_unreachable(tmp_path: Path) -> None:
 async def test_borrowed_address_is_a_host_route_on_every_add(tmp_path: Path) -> None:
     one_block = Pool("one", IPNetwork("10.9.0.0/26"), 26)
     a = await start(tmp_path / "a", pools=(one_block,))
-    b = IpamService(Ipam(a.store, prefix="/svc", l2_segment=True), HostIdentity("node-b"))
+    # routed mode: L2-segment mode refuses to borrow (test_l2_segment_one_block_per_host)
+    b = IpamService(Ipam(a.store, prefix="/svc"), HostIdentity("node-b"))
     b_path = str(tmp_path / "b" / "ipam.sock")
     await b.start(b_path)
     try:
