@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 DEFAULT_RUN_DIR = "/run/meshroute-lab"
 TOPOLOGIES = ("mesh", "tor", "rr")
+POD_MODES = ("routed", "bridge")
 
 
 class UserError(Exception):
@@ -66,6 +67,13 @@ def _register_lab(lsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="root",
         help="node processes in the root namespace (default) or inside their namespace",
     )
+    up.add_argument(
+        "--pod-mode",
+        choices=POD_MODES,
+        default="routed",
+        help="routed pods by meshroute-cni (default), or Debian's bridge plugin with "
+        "meshroute-cni-ipam on an L2 segment (one block per node)",
+    )
     up.add_argument("--keep", action="store_true", help="leave the lab running")
     up.add_argument("--converge-seconds", type=float, default=30.0)
     up.set_defaults(func=cmd_up)
@@ -102,6 +110,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         bgp_password=args.password,
         node_placement=args.placement,
+        pod_mode=args.pod_mode,
     )
     bad = params.problems()
     if bad:
@@ -162,6 +171,7 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="leave the (last) lab running; remove it with 'meshroute lab down'",
     )
+    p.add_argument("--pod-mode", choices=POD_MODES, default="routed")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.set_defaults(func=cmd_demo)
 
@@ -178,6 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             pods_per_node=2,
             password=None,
             placement="root",
+            pod_mode=args.pod_mode,
             keep=args.keep and i == len(topologies) - 1,
             converge_seconds=30.0,
             run_dir=args.run_dir,

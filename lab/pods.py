@@ -1,6 +1,7 @@
-"""Pods and pings in a built lab: pods made by Debian's CNI ``bridge``
-plugin with ``meshroute-cni-ipam`` against their node's IPAM socket; a ping
-matrix run from inside each source namespace, in parallel."""
+"""Pods and pings in a built lab: pods made by ``meshroute-cni`` (routed
+pods, the default) or by Debian's CNI ``bridge`` plugin with
+``meshroute-cni-ipam`` (``pod_mode="bridge"``), against their node's IPAM
+socket; a ping matrix run from inside each source namespace, in parallel."""
 
 from __future__ import annotations
 
@@ -15,13 +16,21 @@ from typing import Any
 from lab.build import Lab
 from lab.netns import NetnsFactory
 from lab.state import PodRecord
-from lab.topology import NodePlan
+from lab.topology import NodePlan, PodMode
 
 BRIDGE_PLUGIN = "/usr/lib/cni/bridge"
+ROUTED_PLUGIN = "meshroute-cni"
 POD_BRIDGE = "cni0"
 
 
-def pod_netconf(node: NodePlan) -> dict[str, Any]:
+def pod_netconf(node: NodePlan, mode: PodMode = "routed") -> dict[str, Any]:
+    if mode == "routed":
+        return {
+            "cniVersion": "1.0.0",
+            "name": "meshroute-lab",
+            "type": ROUTED_PLUGIN,
+            "socket": node.ipam_socket,
+        }
     return {
         "cniVersion": "1.0.0",
         "name": "meshroute-lab",
@@ -32,6 +41,15 @@ def pod_netconf(node: NodePlan) -> dict[str, Any]:
     }
 
 
+def _plugin(conf: dict[str, Any], cni_path: str) -> str:
+    """The executable a runtime would run for ``conf``: its type, looked up in CNI_PATH."""
+    for d in cni_path.split(":"):
+        path = os.path.join(d, conf["type"])
+        if os.path.exists(path):
+            return path
+    raise RuntimeError(f"CNI plugin {conf['type']} is not in {cni_path}")
+
+
 def run_cni(
     node_netns: str,
     command: str,
@@ -40,7 +58,7 @@ def run_cni(
     conf: dict[str, Any],
     cni_path: str,
 ) -> dict[str, Any]:
-    """The bridge plugin as a runtime on the node would run it."""
+    """The plugin as a runtime on the node would run it."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "CNI_COMMAND": command,
@@ -51,7 +69,7 @@ def run_cni(
         "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={container_id}",
     }
     p = subprocess.run(
-        ["ip", "netns", "exec", node_netns, BRIDGE_PLUGIN],
+        ["ip", "netns", "exec", node_netns, _plugin(conf, cni_path)],
         input=json.dumps(conf),
         env=env,
         capture_output=True,
@@ -72,7 +90,7 @@ def create_pods(lab: Lab, node: NodePlan, cni_bin_dir: str | os.PathLike[str]) -
     it even when the ADD fails half way."""
     factory = NetnsFactory(prefix=lab.state.prefix)
     cni_path = f"{cni_bin_dir}:{os.path.dirname(BRIDGE_PLUGIN)}"
-    conf = pod_netconf(node)
+    conf = pod_netconf(node, lab.plan.params.pod_mode)
     made = []
     for pod in node.pods:
         ns = factory.new(pod.label).name
@@ -94,7 +112,7 @@ def delete_pods(lab: Lab, cni_bin_dir: str | os.PathLike[str]) -> None:
     for rec in lab.state.pods:
         if rec.address:
             node = lab.plan.node(rec.node)
-            conf = pod_netconf(node)
+            conf = pod_netconf(node, lab.plan.params.pod_mode)
             run_cni(lab.state.ns(node.ns), "DEL", rec.netns, rec.container_id, conf, cni_path)
 
 

@@ -69,6 +69,7 @@ Role = Literal["mgmt", "router", "tor", "reflector", "node"]
 # by name (node.yaml ``netns``), etcd on the root loopback; or inside its
 # namespace (``ip netns exec``), etcd on the management network
 Placement = Literal["root", "netns"]
+PodMode = Literal["routed", "bridge"]
 
 CLUSTER_AS = 64512
 ROUTER_AS = 65000
@@ -108,6 +109,9 @@ class LabParams:
     etcd_prefix: str = "/meshroute"
     bgp_password: str | None = None  # TCP-MD5 on the node-facing sessions
     node_placement: Placement = "root"
+    # routed: meshroute-cni (a veth per pod, /32 routes); bridge: Debian's
+    # bridge plugin with meshroute-cni-ipam on an L2 segment
+    pod_mode: PodMode = "routed"
 
     def problems(self) -> list[str]:
         out = []
@@ -119,6 +123,8 @@ class LabParams:
             out.append(f"nodes_per_rack {self.nodes_per_rack}: 1..{MAX_NODES_PER_RACK}")
         if self.node_placement not in ("root", "netns"):
             out.append(f"node_placement {self.node_placement!r}: root or netns")
+        if self.pod_mode not in ("routed", "bridge"):
+            out.append(f"pod_mode {self.pod_mode!r}: routed or bridge")
         if not 0 <= self.pods_per_node <= 60:
             out.append(f"pods_per_node {self.pods_per_node}: 0..60 (one /26 block)")
         return out
@@ -287,6 +293,7 @@ def plan_node_config(
     http_port: int,
     etcd_endpoint: str | None,
     etcd_prefix: str,
+    l2_segment: bool = False,
 ) -> dict[str, Any]:
     """A ``node.yaml`` as a dict (``meshroute.node.config.NodeConfig`` schema);
     what only the build knows is filled in by ``finish_node_config``."""
@@ -299,7 +306,7 @@ def plan_node_config(
         "asNumber": as_number,
         "labels": dict(labels),
         "etcd": etcd,
-        "ipam": {"socket": f"{run_dir}/ipam.sock", "l2Segment": True},
+        "ipam": {"socket": f"{run_dir}/ipam.sock", "l2Segment": l2_segment},
         "bgp": {"workDir": f"{run_dir}/bgp"},
         "http": {"listen": f"127.0.0.1:{http_port}"},
     }
@@ -457,6 +464,7 @@ def plan_lab(params: LabParams) -> LabPlan:
                 http_port=port,
                 etcd_endpoint=etcd_endpoint,
                 etcd_prefix=params.etcd_prefix,
+                l2_segment=params.pod_mode == "bridge",
             )
             nodes.append(
                 NodePlan(

@@ -5,7 +5,7 @@ module never needs to know how a node works.
 
     underlay (namespaces, links, etcd, BIRD) -> resources (pools, BGP)
     -> nodes (start_node per node, wait for their IPAM sockets)
-    -> pods (bridge plugin + meshroute-cni-ipam) -> sessions up -> ping matrix
+    -> pods (meshroute-cni, or bridge + meshroute-cni-ipam) -> sessions up -> ping matrix
 """
 
 from __future__ import annotations

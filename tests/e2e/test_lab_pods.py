@@ -66,6 +66,7 @@ def test_pods_through_the_bridge_plugin(tmp_path: Path, placement: str) -> None:
         pods_per_node=2,
         run_dir=str(tmp_path / "lab"),
         node_placement=placement,  # type: ignore[arg-type]
+        pod_mode="bridge",  # the stand-in serves IPAM only; routed pods need the node's netns
     )
     lab = build_underlay(plan_lab(params), prefix=PREFIX)
     try:

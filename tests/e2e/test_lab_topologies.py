@@ -1,7 +1,9 @@
 """The lab with real ``meshroute node`` processes (the lab's node starter),
 two racks of two nodes with two pods each, in the three topologies: full
-mesh, eBGP to the ToRs, clients of the meshroute reflector pair. Every pod
-reaches every pod; the routes each node programmed are of the kind the
+mesh, eBGP to the ToRs, clients of the meshroute reflector pair, with
+routed pods (``meshroute-cni``: a veth and a /32 route each, no bridge);
+and the mesh once more with L2-segment pods (Debian's bridge plugin). Every
+pod reaches every pod; the routes each node programmed are of the kind the
 topology calls for (VXLAN across racks where the fabric does not carry pod
 routes, direct via the ToR where it does)."""
 
@@ -24,8 +26,11 @@ pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
 PREFIX = f"mrlabt{os.getpid()}x"
 
 
-@pytest.mark.parametrize("topology", ["mesh", "tor", "rr"])
-def test_every_pod_reaches_every_pod(tmp_path: Path, topology: str) -> None:
+@pytest.mark.parametrize(
+    ("topology", "pod_mode"),
+    [("mesh", "routed"), ("tor", "routed"), ("rr", "routed"), ("mesh", "bridge")],
+)
+def test_every_pod_reaches_every_pod(tmp_path: Path, topology: str, pod_mode: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     params = LabParams(
@@ -35,6 +40,7 @@ def test_every_pod_reaches_every_pod(tmp_path: Path, topology: str) -> None:
         pods_per_node=2,
         run_dir=str(tmp_path / "lab"),
         bgp_password="lab-md5" if topology != "mesh" else None,
+        pod_mode=pod_mode,  # type: ignore[arg-type]
     )
     res = lab_up(
         params, start_meshroute_node, prefix=PREFIX, say=lambda _m: None, converge_timeout=20
@@ -43,8 +49,24 @@ def test_every_pod_reaches_every_pod(tmp_path: Path, topology: str) -> None:
         assert res.matrix is not None
         assert len(res.matrix.labels) == 8
         assert res.matrix.all_ok, res.matrix.failures
+        for pod in res.lab.state.pods:
+            own = run(["ip", "-n", pod.netns, "-4", "addr", "show", "dev", "eth0"])
+            default = run(["ip", "-n", pod.netns, "-4", "route", "show", "default"])
+            if pod_mode == "routed":
+                assert f"{pod.address}/32" in own and "via 169.254.1.1" in default
+            else:
+                assert f"{pod.address}/26" in own
         for node in res.lab.plan.nodes:
-            routes = node_routes(res.lab.state.ns(node.ns))
+            ns = res.lab.state.ns(node.ns)
+            bridges = run(["ip", "-n", ns, "-o", "link", "show", "type", "bridge"])
+            pod_routes = run(["ip", "-n", ns, "-4", "route", "show", "scope", "link"])
+            mine = [p for p in res.lab.state.pods if p.node == node.name]
+            if pod_mode == "routed":
+                assert bridges == "", bridges
+                assert all(f"{p.address} dev mr" in pod_routes for p in mine), pod_routes
+            else:
+                assert "cni0" in bridges
+            routes = node_routes(ns)
             others = [r for r in routes if r.kind != "blackhole"]
             assert len(others) == 3, routes  # one block per other node
             kinds = {r.kind for r in others}

@@ -231,3 +231,16 @@ def test_installed_launcher_runs_the_plugin_without_site(tmp_path: Path) -> None
     }
     assert "ipam.cni_plugin" in modules
     assert not modules & {"re", "json", "enum", "site", "typing"}, modules
+
+
+@pytest.mark.parametrize("name", ["10-meshroute.conflist", "10-meshroute-bridge.conflist"])
+def test_example_network_configs_are_accepted(name: str) -> None:
+    """configs/cni/: what a runtime would hand each plugin (the list's
+    cniVersion and name, then the plugin's own section)."""
+    conflist = json.loads((Path(__file__).parents[2] / "configs" / "cni" / name).read_text())
+    [plugin] = conflist["plugins"]
+    conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
+    env = cni_env("ADD", CNI_ARGS="K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;MESHROUTE_LABELS=a=b")
+    req = plan_request("ADD", env, conf)
+    assert (req["namespace"], req["pod"], req["labels"]) == ("shop", "web-0", {"a": "b"})
+    assert ("attach" in req) == (plugin["type"] == "meshroute-cni")

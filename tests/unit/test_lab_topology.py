@@ -95,7 +95,7 @@ def test_addresses_names_and_configs(
         assert len({key(c) for c in configs}) == len(configs)
     for n, c in zip(plan.nodes, configs, strict=True):
         assert c.labels == {"rack": f"r{n.rack}"}
-        assert c.ipam.l2_segment is True
+        assert c.ipam.l2_segment is False  # routed pods by default
         assert c.etcd.endpoints == [etcd]
         assert (c.netns is not None) == (placement == "root")
         assert c.ipam.socket.startswith("/run/x/") and c.bgp.work_dir.startswith("/run/x/")
@@ -199,3 +199,11 @@ def test_bad_parameters_are_named(params: LabParams, words: str) -> None:
 def test_plan_is_deterministic() -> None:
     a, b = (plan_lab(LabParams(topology="rr", racks=3)) for _ in range(2))
     assert a == b
+
+
+def test_bridge_pod_mode_puts_the_nodes_on_an_l2_segment() -> None:
+    plan = plan_lab(LabParams(pod_mode="bridge"))
+    assert all(n.config["ipam"]["l2Segment"] is True for n in plan.nodes)
+    assert LabParams(pod_mode="vlan").problems() == [  # type: ignore[arg-type]
+        "pod_mode 'vlan': routed or bridge"
+    ]
