@@ -23,9 +23,11 @@ import pytest
 from netaddr import IPNetwork
 
 from datastore.etcd import EtcdStore
+from datastore.port import Put
+from ipam.cni_service import HostIdentity, IpamService
 from ipam.endpoint import WorkloadEndpoint
 from ipam.ipam import Ipam
-from ipam.model import Pool
+from ipam.model import Pool, dumps
 from ipam.pod_link import host_iface_name
 from lab.etcd import EtcdCluster
 from lab.netns import Netns, NetnsFactory, run
@@ -340,3 +342,29 @@ def test_failed_attach_gives_everything_back(rig: Rig) -> None:
     snap = ipam_call(rig.etcd, rig.prefix, lambda i: i.snapshot())
     assert not snap.handles
     assert host_iface_name(f"ctr-{pod.name}.eth0") not in rig.node.ip("link")
+
+
+async def test_start_removes_veths_that_no_endpoint_names(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path, netns: NetnsFactory
+) -> None:
+    """A crash between making a pod's veth and undoing its failed ADD leaves
+    a host end nobody names: the service's next start removes it, and
+    keeps the ones endpoint records name (and every other interface)."""
+    node = netns.new("node")
+    named, stray = host_iface_name("kept.eth0"), host_iface_name("lost.eth0")
+    for name in (named, stray, "mrbr0"):
+        node.ip("link", "add", name, "type", "veth", "peer", "name", f"p{name[2:]}"[:15])
+    store = EtcdStore([etcd_server.endpoint])
+    try:
+        ipam = Ipam(store, prefix=etcd_prefix)
+        ep = WorkloadEndpoint(HOST, "shop", "kept", "kept", "eth0", host_iface=named)
+        key = ipam.keys.endpoint(HOST, ep.handle)
+        await store.txn([], [Put(key, dumps(ep.to_dict()))])
+        service = IpamService(ipam, HostIdentity(HOST), host_netns=node.name)
+        await service.start(str(tmp_path / "ipam.sock"))
+        await service.stop()
+    finally:
+        await store.close()
+    links = node.ip("-o", "link")
+    assert f"{named}@" in links and "mrbr0@" in links
+    assert stray not in links

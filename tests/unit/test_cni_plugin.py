@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,34 @@ def test_silent_service_times_out_instead_of_hanging(tmp_path: Path) -> None:
     assert error_code(r) == 101
     assert "did not answer" in r.out["msg"]  # type: ignore[index]
     assert r.seconds < 2.0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b'{"ok": false, "code": "x"}\n', b'{"ok": true, "ips": [{"addr": 1}]}\n', b"[" * 5000 + b"\n"],
+)
+def test_malformed_service_reply_is_a_cni_error(tmp_path: Path, reply: bytes) -> None:
+    """Whatever the socket answers, the runtime gets a CNI error object."""
+    path = str(tmp_path / "odd.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+
+    t = threading.Thread(target=answer)
+    t.start()
+    try:
+        r = run_plugin(cni_env("ADD"), netconf(path), timeout=10)
+    finally:
+        t.join(10)
+        listener.close()
+    assert error_code(r) in (101, 110)
+    assert b"Traceback" not in r.stderr
 
 
 def test_stale_socket_file_is_service_unavailable(tmp_path: Path) -> None:
