@@ -24,6 +24,7 @@ lint: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench.ipam --json
+	$(PY) -m bench.cni_routed --json
 	$(PY) -m bench.routes --routes 100000 --json
 	$(PY) -m bench.bgp_ingest --prefixes 100000 --json
 	$(PY) -m bench.bgp_ingest --prefixes 10000 --json

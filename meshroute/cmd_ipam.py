@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = isub.add_parser(
         "check",
         help="find leaked handles, blocks of gone hosts, allocations without affinity, "
-        f"half-finished claims (exit {EXIT_ISSUES} when something is found); claims "
-        "younger than the grace are listed as in progress",
+        "half-finished claims, pod endpoint records without allocations and the reverse "
+        f"(exit {EXIT_ISSUES} when something is found); claims younger than the grace "
+        "are listed as in progress",
     )
     check.add_argument("--json", action="store_true")
     _grace(check)
