@@ -16,7 +16,7 @@ from ipam.model import Pool
 from lab.etcd import EtcdCluster
 from tests.harness.cli import cli
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
 
 def _ipam(server: EtcdCluster, prefix: str, fn):  # type: ignore[no-untyped-def]
