@@ -170,15 +170,18 @@ def _bool(d: Mapping[str, Any], key: str, default: bool) -> bool:
     return v
 
 
-def _attach(v: object) -> Attach | None:
+def _attach(v: object, op: str) -> Attach | None:
     if v is None:
         return None
     if not isinstance(v, dict) or not isinstance(v.get("netns", ""), str):
         raise BadRequest("attach must be {netns, mtu}")
+    netns = str(v.get("netns", ""))
+    if op != "del" and not (netns.startswith("/") and len(netns) < 4096 and "\0" not in netns):
+        raise BadRequest(f"attach.netns {quote(netns)} is not an absolute path")
     mtu = v.get("mtu", 1500)
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65535:
         raise BadRequest(f"attach.mtu {quote(mtu)} is not an MTU (576-65535)")
-    return Attach(str(v.get("netns", "")), mtu)
+    return Attach(netns, mtu)
 
 
 def decode_request(d: object) -> Request:
@@ -210,7 +213,7 @@ def decode_request(d: object) -> Request:
         pod=pod,
         labels=labels,
         ports=ports,
-        attach=_attach(d.get("attach")),
+        attach=_attach(d.get("attach"), op),
         ipv4=_bool(d, "ipv4", True),
         ipv6=_bool(d, "ipv6", False),
         ipv4_pools=_strs(d, "ipv4Pools"),

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netaddr import IPAddress, IPNetwork
@@ -21,7 +22,7 @@ from netaddr import IPAddress, IPNetwork
 from datastore.memory import MemoryStore
 from datastore.port import StoreError
 from ipam.allocator import IpamError, PoolExhausted
-from ipam.cni_service import BadRequest, HostIdentity, IpamService, decide_error
+from ipam.cni_service import BadRequest, HostIdentity, IpamService, decide_error, decode_request
 from ipam.ipam import Conflict, Ipam
 from ipam.model import IpamSettings, Pool
 from lab.ports import free_ports
@@ -297,3 +298,21 @@ async def test_housekeeping_gives_back_empty_blocks_once_old_enough(svc: Running
     await svc.service.housekeeping()
     snap = await svc.ipam.snapshot()
     assert snap.blocks == {} and snap.affinities == {}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"op": "add", "containerId": "c", "ifname": "eth0", "attach": {"netns": "relative"}},
+        {"op": "add", "containerId": "c", "ifname": "eth0", "attach": {"netns": "/x", "mtu": 9e9}},
+        {"op": "add", "containerId": "c", "ifname": "eth0", "attach": []},
+        {"op": "add", "containerId": "c" * 200, "ifname": "eth0"},
+        {"op": "add", "containerId": "c", "ifname": "eth0", "labels": {"k": "v" * 100}},
+        {"op": "add", "containerId": "c", "ifname": "eth0", "ports": [{"name": "x"}]},
+        {"op": "add", "containerId": "c", "ifname": "eth0", "namespace": "NS"},
+    ],
+)
+def test_service_validates_what_the_socket_brings(raw: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as e:
+        decode_request(raw)
+    assert len(str(e.value)) < 200
