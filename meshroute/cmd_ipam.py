@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_etcd_options(rel)
     rel.set_defaults(func=cmd_release)
 
+    eps = isub.add_parser("endpoints", help="pod interfaces: WorkloadEndpoint records")
+    eps.add_argument("--node", help="only this node's")
+    eps.add_argument("--json", action="store_true")
+    add_etcd_options(eps)
+    eps.set_defaults(func=cmd_endpoints)
+
     add_serve_parser(isub)
 
 
@@ -200,4 +206,31 @@ def cmd_release(args: argparse.Namespace) -> int:
         print(f"released {', '.join(map(str, freed_ips))}")
     if unknown:
         raise UserError(f"not allocated, nothing released: {', '.join(map(str, unknown))}")
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    async def body(store: KvStore, ipam: Ipam, reg: Registry) -> list[dict[str, Any]]:
+        return [ep.to_dict() for ep, _ in await ipam.endpoints(args.node)]
+
+    eps = sorted(run_with_store(args, body), key=lambda e: (e["namespace"], e["pod"], e["ifname"]))
+    if args.json:
+        print_json(eps)
+        return 0
+    print_table(
+        ["NAMESPACE", "POD", "NODE", "IFACE", "HOST IFACE", "ADDRESSES", "LABELS", "PORTS"],
+        [
+            [
+                e["namespace"],
+                e["pod"],
+                e["node"],
+                e["ifname"],
+                e["hostIface"] or "-",
+                ",".join(e["ips"]),
+                ",".join(f"{k}={v}" for k, v in e["labels"].items()) or "-",
+                ",".join(f"{p['name']}/{p['protocol']}/{p['port']}" for p in e["ports"]) or "-",
+            ]
+            for e in eps
+        ],
+    )
     return 0

@@ -1,10 +1,12 @@
 """``meshroute label pod`` as an operator runs it, against real etcd: labels
-set, overwritten and removed on every interface of the pod; bad arguments
-and unknown pods refused with one line and exit 1, nothing written."""
+set, overwritten and removed on every interface of the pod, and shown by
+``meshroute ipam endpoints``; bad arguments and unknown pods refused with
+one line and exit 1, nothing written."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from netaddr import IPNetwork
@@ -64,6 +66,12 @@ def test_label_pod(etcd_server: EtcdCluster, etcd_prefix: str) -> None:
     assert r.returncode == 0, r.stderr
     want = {"tier": "front", "example.com/x": ""}
     assert _labels(etcd_server, etcd_prefix) == {"eth0": want, "net1": want}
+    shown = cli(etcd_server, etcd_prefix, "ipam", "endpoints", "--node", "node-a")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("shop") == 2 and "example.com/x=,tier=front" in shown.stdout
+    listed = json.loads(cli(etcd_server, etcd_prefix, "ipam", "endpoints", "--json").stdout)
+    assert [e["ifname"] for e in listed] == ["eth0", "net1"]
+    assert cli(etcd_server, etcd_prefix, "ipam", "endpoints", "--node", "x").stdout.count("\n") == 1
 
     for bad in (
         ["shop/nobody", "a=b"],
