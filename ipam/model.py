@@ -1,6 +1,7 @@
 """The IPAM records kept in the datastore, as frozen values with their JSON
 form: pools, blocks (with their allocations), affinities, handles and the
-cluster-wide IPAM settings. Validation of pools lives in ``pool_rules``."""
+cluster-wide IPAM settings. Validation of pools lives in ``pool_rules``;
+pod interfaces' WorkloadEndpoint records in ``endpoint``."""
 
 from __future__ import annotations
 
