@@ -2,8 +2,9 @@
 nodes through the starter callable it is given; here a stand-in starter
 runs only the node's IPAM service (``meshroute ipam serve``) from the
 node's ``node.yaml``. Pods come from Debian's bridge plugin with
-``meshroute-cni-ipam``; pods on one node reach each other and their node;
-CNI DEL gives every address back; teardown removes the pods too."""
+``meshroute-cni-ipam``, or (the lab's default) from ``meshroute-cni``; pods
+on one node reach each other and their node; CNI DEL gives every address
+back; teardown removes the pods too."""
 
 from __future__ import annotations
 
@@ -49,9 +50,13 @@ def ipam_only(launch: NodeLaunch) -> Spawned:
     argv = [
         sys.executable, "-m", "meshroute.cli", "ipam", "serve",
         "--host", cfg["nodeName"], "--labels", labels,
-        "--socket", cfg["ipam"]["socket"], "--l2-segment",
+        "--socket", cfg["ipam"]["socket"],
         "--etcd", ",".join(cfg["etcd"]["endpoints"]), "--prefix", cfg["etcd"]["prefix"],
     ]  # fmt: skip
+    if cfg["ipam"]["l2Segment"]:
+        argv.append("--l2-segment")
+    if cfg.get("netns"):  # the process in the root namespace: pods' veths go to the node's
+        argv += ["--netns", cfg["netns"]]
     return spawn_in_netns(None if launch.in_root else launch.netns, argv, launch.log_path)
 
 
@@ -66,7 +71,7 @@ def test_pods_through_the_bridge_plugin(tmp_path: Path, placement: str) -> None:
         pods_per_node=2,
         run_dir=str(tmp_path / "lab"),
         node_placement=placement,  # type: ignore[arg-type]
-        pod_mode="bridge",  # the stand-in serves IPAM only; routed pods need the node's netns
+        pod_mode="bridge",
     )
     lab = build_underlay(plan_lab(params), prefix=PREFIX)
     try:
@@ -155,6 +160,11 @@ def test_lab_up_and_down_twice_in_one_run_dir(tmp_path: Path) -> None:
         try:
             assert res.matrix is not None and res.matrix.all_ok, res.matrix
             assert len(res.matrix.labels) == 2
+            # routed pods: their veths are in the node's namespace, never the root's
+            assert " mr" not in run(["ip", "-o", "link"])
+            assert " mr" in run(
+                ["ip", "-n", res.lab.state.ns(res.lab.plan.nodes[0].ns), "-o", "link"]
+            )
             assert any("pods" in s for s in said)
             pools = meshroute_cli(res.lab, "get", "pools").stdout
             assert "lab-pods" in pools

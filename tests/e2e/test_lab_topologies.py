@@ -56,6 +56,7 @@ def test_every_pod_reaches_every_pod(tmp_path: Path, topology: str, pod_mode: st
                 assert f"{pod.address}/32" in own and "via 169.254.1.1" in default
             else:
                 assert f"{pod.address}/26" in own
+        assert " mr" not in run(["ip", "-o", "link"]), "a pod veth in the root namespace"
         for node in res.lab.plan.nodes:
             ns = res.lab.state.ns(node.ns)
             bridges = run(["ip", "-n", ns, "-o", "link", "show", "type", "bridge"])
