@@ -356,6 +356,11 @@ class IpamService:
         """Addresses and endpoint record first, then the veth; when the veth
         fails, both are given back (and a veth half made is removed)."""
         assert req.attach is not None
+        if self.ipam.l2_segment:
+            raise BadRequest(
+                "this node's IPAM is in L2-segment mode (ipam.l2Segment): meshroute-cni needs "
+                "routed mode; use the bridge plugin with meshroute-cni-ipam, or routed mode"
+            )
         host_iface = host_iface_name(req.handle)
         got = await self._add(req, host_iface)
         link = PodLink(

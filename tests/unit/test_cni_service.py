@@ -316,3 +316,15 @@ def test_service_validates_what_the_socket_brings(raw: dict[str, Any]) -> None:
     with pytest.raises(BadRequest) as e:
         decode_request(raw)
     assert len(str(e.value)) < 200
+
+
+async def test_routed_attach_is_refused_on_an_l2_segment_node(tmp_path: Path) -> None:
+    r = await start(tmp_path)  # l2 segment
+    try:
+        raw = {"op": "add", "containerId": "c1", "ifname": "eth0", "attach": {"netns": "/x"}}
+        reply = await r.service.handle(raw)
+        assert reply["ok"] is False and reply["code"] == 7
+        assert "L2-segment" in reply["msg"]
+        assert await r.ipam.addresses_of("c1.eth0") == []
+    finally:
+        await r.service.stop()
