@@ -15,6 +15,7 @@ import selectors
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,3 +378,30 @@ async def test_start_removes_veths_that_no_endpoint_names(
     links = node.ip("-o", "link")
     assert f"{named}@" in links and "mrbr0@" in links
     assert stray not in links
+
+
+def test_parallel_adds_and_dels_stay_consistent(rig: Rig) -> None:
+    """Twelve pods added 6 at a time, then deleted 6 at a time: distinct
+    addresses, one record and one veth each, ``ipam check`` clean, and
+    nothing left after the DELs."""
+    pods = [rig.netns.new(f"par{i}") for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        adds = list(pool.map(lambda p: rig.cni("ADD", p, rig.conf()), pods))
+    assert all(r.rc == 0 for r in adds), [r.raw for r in adds if r.rc]
+    ips = {r.out["ips"][0]["address"] for r in adds if r.out}
+    assert len(ips) == 12
+    eps = rig.endpoints()
+    assert {ep.ips[0] for ep in eps.values()} == ips
+    links = rig.node.ip("-o", "link")
+    assert all(host_iface_name(h) in links for h in eps)
+
+    async def check(i: Ipam) -> list[Any]:
+        return await i.check({HOST})
+
+    assert ipam_call(rig.etcd, rig.prefix, check) == []
+    with ThreadPoolExecutor(6) as pool:
+        dels = list(pool.map(lambda p: rig.cni("DEL", p, rig.conf()), pods))
+    assert all(r.rc == 0 for r in dels), [r.raw for r in dels if r.rc]
+    assert rig.endpoints() == {}
+    assert " mr" not in rig.node.ip("-o", "link")
+    assert ipam_call(rig.etcd, rig.prefix, check) == []
