@@ -51,14 +51,16 @@ exhausted, 101 IPAM service unavailable (not running or not answering),
 is too large for the datastore, 105 the pod's interface could not be set
 up, 110 internal error of the service or plugin.
 
-Results: ``ips`` and ``routes``. In L2-segment mode (``meshroute ipam serve
---l2-segment``: pods on a bridge whose subnet is the block) an address from
-this host's block carries the block's prefix length and its ``gateway``
-(the block's first host address, which the bridge plugin puts on the
-bridge with ``isGateway``), plus a default route via it per address family.
-In routed mode, and for an address borrowed from another host's block, the
-address is a host route (/32, /128) with no gateway and no routes: the main
-plugin (e.g. ``ptp``) sets the pod's routes.
+Results of the IPAM plugin: ``ips`` and ``routes``. In L2-segment mode
+(``meshroute ipam serve --l2-segment``: pods on a bridge whose subnet is the
+block) an address carries the block's prefix length and its ``gateway`` (the
+block's first host address, which the bridge plugin puts on the bridge with
+``isGateway``), plus a default route via it per address family; a host gets
+one block per family there (the bridge has one subnet). In routed mode the
+address is a host route (/32, /128) with no gateway and no routes, for a main
+plugin that routes each pod address itself (Debian's ``ptp`` cannot: it
+needs a gateway). Results of the main plugin add ``interfaces`` (the veth's
+host end, then the pod's) and the pod's default routes.
 """
 
 from __future__ import annotations
