@@ -341,12 +341,12 @@ def test_bad_input_gets_cni_errors_and_changes_nothing(rig: Rig) -> None:
 
 
 def test_failed_attach_gives_everything_back(rig: Rig) -> None:
-    """A pod that already has the interface: the ADD fails with code 104,
+    """A pod that already has the interface: the ADD fails with code 105,
     and its addresses and endpoint record are released again."""
     pod = rig.netns.new("taken")
     pod.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
     r = rig.cni("ADD", pod, rig.conf())
-    assert r.rc == 1 and r.out is not None and r.out["code"] == 104, r.raw
+    assert r.rc == 1 and r.out is not None and r.out["code"] == 105, r.raw
     assert "eth0" in r.out["msg"] + r.out.get("details", "")
     assert rig.endpoints() == {}
     snap = ipam_call(rig.etcd, rig.prefix, lambda i: i.snapshot())
