@@ -1,5 +1,6 @@
-"""Validation of what a CNI runtime hands the plugins: container ids,
-interface names, pod identity, labels and named ports (pure).
+"""Validation of what a CNI runtime hands the plugins about a pod: its
+namespace and name, labels and named ports (pure; container ids and
+interface names are ``cni_plugin``'s).
 
 Standard library only, and not even ``re``: the plugins import this at
 every pod start (see ``cni_plugin``). The IPAM service validates the same
@@ -20,16 +21,14 @@ later ones overriding earlier ones key by key (ports by name):
 
 from __future__ import annotations
 
+from ipam.quoting import quote
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-MAX_ID = 128  # container ids are 64 hex digits from every runtime we know
-MAX_IFNAME = 15  # IFNAMSIZ - 1
-MAX_CNI_ARGS = 16384
 MAX_LABELS = 64
 MAX_PORTS = 64
-MAX_QUOTE = 40  # errors quote at most this much of what they got
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 DEFAULT_NAMESPACE = "default"
 
@@ -42,39 +41,8 @@ class Invalid(ValueError):
     """A field that fails validation; the message names it."""
 
 
-def quote(value: object) -> str:
-    """A short, printable prefix of a hostile value, for error messages."""
-    s = value if isinstance(value, str) else repr(value)
-    s = s.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
-    return repr(s[:MAX_QUOTE] + ("..." if len(s) > MAX_QUOTE else ""))
-
-
 def _chars_ok(s: str, allowed: frozenset[str]) -> bool:
     return all(c in allowed for c in s)
-
-
-def container_id(value: object, field: str = "CNI_CONTAINERID") -> str:
-    """As the CNI spec says: non-empty, alphanumerics, ``-``, ``_``, ``.``,
-    starting with an alphanumeric; at most ``MAX_ID`` characters."""
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"{field} is not set")
-    if len(value) > MAX_ID or not _chars_ok(value, _ID_CHARS) or value[0] not in _ALNUM:
-        raise Invalid(
-            f"{field} {quote(value)} is not a container id (1-{MAX_ID} letters, digits, "
-            "'-', '_' or '.', starting with a letter or digit)"
-        )
-    return value
-
-
-def ifname(value: object, field: str = "CNI_IFNAME") -> str:
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"{field} is not set")
-    if len(value) > MAX_IFNAME or not _chars_ok(value, _ID_CHARS) or value in (".", ".."):
-        raise Invalid(
-            f"{field} {quote(value)} is not an interface name "
-            f"(1-{MAX_IFNAME} letters, digits, '-', '_' or '.')"
-        )
-    return value
 
 
 def _dns_label(s: str, max_len: int = 63) -> bool:
@@ -202,21 +170,6 @@ def merge_ports(*lists: list[dict[str, object]]) -> list[dict[str, object]]:
         for p in lst:
             out[p["name"]] = p
     return list(out.values())
-
-
-def cni_args(raw: str) -> dict[str, str]:
-    """``K=V;K2=V2`` (CNI_ARGS) to a dict; malformed pairs are refused."""
-    if len(raw) > MAX_CNI_ARGS:
-        raise Invalid(f"CNI_ARGS is {len(raw)} characters, at most {MAX_CNI_ARGS} are allowed")
-    out: dict[str, str] = {}
-    for pair in raw.split(";"):
-        if not pair:
-            continue
-        k, sep, v = pair.partition("=")
-        if not sep or not k or not _chars_ok(k, _ID_CHARS):
-            raise Invalid(f"CNI_ARGS: {quote(pair)} is not KEY=VALUE")
-        out[k] = v
-    return out
 
 
 def workload(

@@ -11,6 +11,7 @@ from datastore.port import KvStore
 from ipam import cni_args
 from ipam.endpoint import WorkloadEndpoint
 from ipam.ipam import Ipam
+from ipam.quoting import quote
 from meshroute.cli_support import run_with_store
 from meshroute.errors import UserError
 from meshroute.etcd_options import add_etcd_options
@@ -40,7 +41,7 @@ def plan_changes(changes: list[str]) -> tuple[dict[str, str], list[str]]:
             elif c.endswith("-") and len(c) > 1:
                 remove.append(cni_args.label_key(c[:-1], "label"))
             else:
-                raise UserError(f"{cni_args.quote(c)} is neither KEY=VALUE nor KEY-")
+                raise UserError(f"{quote(c)} is neither KEY=VALUE nor KEY-")
     except cni_args.Invalid as e:
         raise UserError(str(e)) from e
     both = set(set_) & set(remove)
@@ -52,7 +53,7 @@ def plan_changes(changes: list[str]) -> tuple[dict[str, str], list[str]]:
 def cmd_label_pod(args: argparse.Namespace) -> int:
     ns, slash, name = args.pod.partition("/")
     if not slash:
-        raise UserError(f"{cni_args.quote(args.pod)} is not NS/NAME")
+        raise UserError(f"{quote(args.pod)} is not NS/NAME")
     try:
         cni_args.namespace(ns, "namespace")
         cni_args.pod_name(name, "pod name")
