@@ -306,7 +306,7 @@ async def test_housekeeping_gives_back_empty_blocks_once_old_enough(svc: Running
         {"op": "add", "containerId": "c", "ifname": "eth0", "attach": {"netns": "relative"}},
         {"op": "add", "containerId": "c", "ifname": "eth0", "attach": {"netns": "/x", "mtu": 9e9}},
         {"op": "add", "containerId": "c", "ifname": "eth0", "attach": []},
-        {"op": "add", "containerId": "c" * 200, "ifname": "eth0"},
+        {"op": "add", "containerId": "c" * 300, "ifname": "eth0"},
         {"op": "add", "containerId": "c", "ifname": "eth0", "labels": {"k": "v" * 100}},
         {"op": "add", "containerId": "c", "ifname": "eth0", "ports": [{"name": "x"}]},
         {"op": "add", "containerId": "c", "ifname": "eth0", "namespace": "NS"},
