@@ -24,7 +24,7 @@ from lab.netns import Netns, NetnsFactory
 from lab.poll import http_get, wait_for
 from lab.ports import free_ports
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BRIDGE = "/usr/lib/cni/bridge"
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
 __all__ = ["BRIDGE", "REPO", "Metrics", "NodeUnderTest", "add_pod", "node_in", "wait_for"]
