@@ -40,6 +40,12 @@ from ipam.model import Pool, dumps, loads
 from ipam.pool_rules import decide_pool_change
 from meshroute.bgp_store import BgpStore, encode_spec
 from meshroute.errors import UserError
+from meshroute.policy_resources import (
+    GlobalNetworkPolicyResource,
+    NamespaceResource,
+    NetworkPolicyResource,
+)
+from meshroute.policy_store import PolicyStore, encode_resource
 from meshroute.resources import (
     BGPConfigurationResource,
     BGPPeerResource,
@@ -153,6 +159,18 @@ APPLIERS: dict[type, KindApply] = {
         key=lambda r, ctx: ctx.bgp.peer_key(r.metadata.name),
         value=lambda r: encode_spec(r.spec),
     ),
+    **{
+        kind: KindApply(
+            label,
+            key=lambda r, ctx: PolicyStore(ctx.store, ctx.prefix).key(r),
+            value=encode_resource,
+        )
+        for kind, label in (
+            (NetworkPolicyResource, "networkpolicy"),
+            (GlobalNetworkPolicyResource, "globalnetworkpolicy"),
+            (NamespaceResource, "namespace"),
+        )
+    },
 }
 
 
@@ -193,7 +211,10 @@ async def _plan(
 
 
 def _name(item: Loaded) -> str:
-    return str(item.resource.metadata.name)
+    r = item.resource
+    if isinstance(r, NetworkPolicyResource):
+        return f"{r.metadata.namespace}/{r.metadata.name}"
+    return str(r.metadata.name)
 
 
 async def apply_all(store: KvStore, prefix: str, loaded: Sequence[Loaded]) -> list[str]:

@@ -17,6 +17,7 @@ from meshroute.bgp_store import BgpStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.errors import UserError
 from meshroute.etcd_options import add_etcd_options
+from meshroute.policy_store import PolicyStore, to_document
 from meshroute.registry import Registry
 from meshroute.resources import (
     API_VERSION,
@@ -44,6 +45,32 @@ GET_KINDS = {
     "bgpconfiguration": "bgpconfig",
     "bgppeers": "bgppeers",
     "bgppeer": "bgppeers",
+    "networkpolicies": "networkpolicies",
+    "networkpolicy": "networkpolicies",
+    "netpol": "networkpolicies",
+    "globalnetworkpolicies": "globalnetworkpolicies",
+    "globalnetworkpolicy": "globalnetworkpolicies",
+    "gnp": "globalnetworkpolicies",
+    "namespaces": "namespaces",
+    "namespace": "namespaces",
+    "ns": "namespaces",
+}
+SINGULAR = {
+    "networkpolicies": "networkpolicy",
+    "globalnetworkpolicies": "globalnetworkpolicy",
+    "namespaces": "namespace",
+}
+DELETE_KINDS = {
+    "pool": "pools",
+    "ippool": "pools",
+    "node": "nodes",
+    "bgppeer": "bgppeers",
+    "networkpolicy": "networkpolicies",
+    "netpol": "networkpolicies",
+    "globalnetworkpolicy": "globalnetworkpolicies",
+    "gnp": "globalnetworkpolicies",
+    "namespace": "namespaces",
+    "ns": "namespaces",
 }
 
 
@@ -66,8 +93,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.set_defaults(func=cmd_get)
 
     d = sub.add_parser("delete", help="delete a resource")
-    d.add_argument("kind", choices=("pool", "ippool", "node", "bgppeer"))
-    d.add_argument("name")
+    d.add_argument("kind", choices=sorted(DELETE_KINDS))
+    d.add_argument("name", help="the name (a NetworkPolicy: NAMESPACE/NAME)")
     add_etcd_options(d)
     d.set_defaults(func=cmd_delete)
 
@@ -109,6 +136,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                 for p in pools
             ]
             return [pool_to_resource(p) for p in pools], (POOL_COLUMNS, rows)
+        if kind in ("networkpolicies", "globalnetworkpolicies", "namespaces"):
+            return await _policy_docs(PolicyStore(store, args.prefix), kind)
         if kind in ("bgpconfig", "bgppeers"):
             return await _bgp_docs(BgpStore(store, args.prefix), kind)
         if kind == "ipamconfig":
@@ -177,16 +206,58 @@ async def _bgp_docs(bgp: BgpStore, kind: str) -> tuple[list[dict[str, Any]], Row
     return docs, (PEER_COLUMNS, rows)
 
 
+async def _policy_docs(ps: PolicyStore, kind: str) -> tuple[list[dict[str, Any]], Rows]:
+    state = await ps.load()
+    if kind == "networkpolicies":
+        nps = state.network_policies
+        rows = [
+            [
+                r.metadata.namespace,
+                r.metadata.name,
+                ",".join(r.spec.policy_types or []) or "(default)",
+            ]
+            for r in nps
+        ]
+        return [to_document(r) for r in nps], (["NAMESPACE", "NAME", "TYPES"], rows)
+    if kind == "globalnetworkpolicies":
+        gnps = sorted(
+            state.global_policies,
+            key=lambda r: (r.spec.order is None, r.spec.order or 0.0, r.metadata.name),
+        )
+        rows = [
+            [r.metadata.name, "" if r.spec.order is None else f"{r.spec.order:g}", r.spec.selector]
+            for r in gnps
+        ]
+        return [to_document(r) for r in gnps], (["NAME", "ORDER", "SELECTOR"], rows)
+    nss = state.namespaces
+    rows = [
+        [
+            r.metadata.name,
+            ",".join(f"{k}={v}" for k, v in sorted((r.metadata.labels or {}).items())),
+        ]
+        for r in nss
+    ]
+    return [to_document(r) for r in nss], (["NAME", "LABELS"], rows)
+
+
 def _doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    kind = DELETE_KINDS[args.kind]
+    if kind == "networkpolicies" and args.name.count("/") != 1:
+        raise UserError(f"networkpolicy: give NAMESPACE/NAME, not {quote(args.name)}")
+
     async def body(store: KvStore, ipam: Ipam, reg: Registry) -> str:
-        if args.kind in ("pool", "ippool"):
+        if kind in ("networkpolicies", "globalnetworkpolicies", "namespaces"):
+            if not await PolicyStore(store, args.prefix).delete(kind, args.name):
+                raise UserError(f"{args.kind} {quote(args.name)} does not exist")
+            return f"{SINGULAR[kind]}/{args.name} deleted"
+        if kind == "pools":
             await ipam.delete_pool(args.name)
             return f"ippool/{args.name} deleted"
-        if args.kind == "bgppeer":
+        if kind == "bgppeers":
             if not await BgpStore(store, args.prefix).delete_peer(args.name):
                 raise UserError(f"bgppeer {quote(args.name)} does not exist")
             return f"bgppeer/{args.name} deleted"

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--config", default=DEFAULT_CONFIG, help="to find the node's HTTP endpoint")
     s.add_argument("--endpoint", help="host:port of the node's HTTP endpoint (overrides --config)")
     s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--policy",
+        action="store_true",
+        help="packets and bytes allowed and denied per policy rule (nft counters)",
+    )
     s.set_defaults(func=cmd_status)
 
 
@@ -39,9 +44,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     if status.get("role") == "reflector":
         print_reflector_status(status)
+    elif args.policy:
+        print_policy_status(status.get("policy") or {})
     else:
         print_node_status(status)
     return 0
+
+
+def print_policy_status(p: dict[str, Any]) -> None:
+    print(
+        f"{p.get('endpoints', 0)} endpoints, {p.get('policies', 0)} policies;"
+        f" {p.get('transactions', 0)} nft transactions, {p.get('refused', 0)} refused"
+    )
+    if p.get("lastError"):
+        print(f"last refusal: {str(p['lastError'])[:300]}")
+    print()
+    print_table(
+        ["POLICY", "DIRECTION", "RULE", "ACTION", "PACKETS", "BYTES"],
+        [
+            [r["policy"], r["direction"], r["rule"], r["action"], r["packets"], r["bytes"]]
+            for r in p.get("rules", [])
+        ],
+    )
 
 
 def print_node_status(status: dict[str, Any]) -> None:

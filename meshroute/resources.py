@@ -19,6 +19,14 @@ from ipam.model import EncapMode, IpamSettings, Pool, Use
 from ipam.pool_rules import DEFAULT_BLOCK_SIZE, overlapping, pool_problems
 from ipam.quoting import quote
 from ipam.selector import SelectorError, parse_selector
+from meshroute.policy_resources import (
+    GlobalNetworkPolicyResource,
+    NamespaceResource,
+    NetworkPolicyResource,
+    global_policy_problems,
+    namespace_problems,
+    network_policy_problems,
+)
 from meshroute.schema_types import Address, Cidr, Community, field_path
 from meshroute.yaml_input import YamlInputError, documents, read_text
 
@@ -131,12 +139,23 @@ class BGPPeerResource(_Strict):
     spec: BGPPeerSpec
 
 
-Resource = IPPoolResource | IPAMConfigurationResource | BGPConfigurationResource | BGPPeerResource
+Resource = (
+    IPPoolResource
+    | IPAMConfigurationResource
+    | BGPConfigurationResource
+    | BGPPeerResource
+    | NetworkPolicyResource
+    | GlobalNetworkPolicyResource
+    | NamespaceResource
+)
 KINDS: dict[str, type[BaseModel]] = {
     "IPPool": IPPoolResource,
     "IPAMConfiguration": IPAMConfigurationResource,
     "BGPConfiguration": BGPConfigurationResource,
     "BGPPeer": BGPPeerResource,
+    "NetworkPolicy": NetworkPolicyResource,
+    "GlobalNetworkPolicy": GlobalNetworkPolicyResource,
+    "Namespace": NamespaceResource,
 }
 # Kinds of which the cluster has exactly one, named "default".
 SINGLETONS = (IPAMConfigurationResource, BGPConfigurationResource)
@@ -220,6 +239,12 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
             problems += [f"{where}: {p}" for p in pool_problems(res.to_pool())]
         elif isinstance(res, BGPPeerResource):
             problems += [f"{where}: {p}" for p in bgp_peer_problems(res.spec)]
+        elif isinstance(res, NetworkPolicyResource):
+            problems += [f"{where}: {p}" for p in network_policy_problems(res)]
+        elif isinstance(res, GlobalNetworkPolicyResource):
+            problems += [f"{where}: {p}" for p in global_policy_problems(res)]
+        elif isinstance(res, NamespaceResource):
+            problems += [f"{where}: {p}" for p in namespace_problems(res)]
         if isinstance(res, SINGLETONS) and res.metadata.name != "default":
             problems.append(
                 f"{where}: metadata.name: {quote(res.metadata.name)} is not 'default' "

@@ -112,3 +112,38 @@ class NodeCollector(Collector):
                 used.add_metric([pool], per_pool_used[pool])
             yield blocks
             yield used
+
+        yield from _policy_metrics(n)
+
+
+def _policy_metrics(n: NodeProcess) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    rec = n.policy.reconciler
+    labels = ["policy", "direction", "rule", "action"]
+    packets = CounterMetricFamily(
+        "meshroute_policy_packets",
+        "packets matched per policy rule (allowed, denied, passed, logged) and per"
+        " endpoint default deny",
+        labels=labels,
+    )
+    octets = CounterMetricFamily(
+        "meshroute_policy_bytes", "bytes matched per policy rule and default deny", labels=labels
+    )
+    for r in n.policy.rule_counters():
+        key = [r["policy"], r["direction"], r["rule"], r["action"]]
+        packets.add_metric(key, r["packets"])
+        octets.add_metric(key, r["bytes"])
+    yield packets
+    yield octets
+    applied = CounterMetricFamily(
+        "meshroute_policy_transactions", "nft transactions applied by the policy reconciler"
+    )
+    applied.add_metric([], rec.applied)
+    yield applied
+    refused = CounterMetricFamily(
+        "meshroute_policy_transactions_refused", "nft transactions refused (last good kept)"
+    )
+    refused.add_metric([], rec.failures)
+    yield refused
+    endpoints = GaugeMetricFamily("meshroute_policy_endpoints", "workload endpoints known")
+    endpoints.add_metric([], n.policy.endpoint_count)
+    yield endpoints

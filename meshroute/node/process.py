@@ -69,6 +69,7 @@ from meshroute.node.plan import (
     plan_announcements,
     plan_felix_input,
 )
+from meshroute.node.policy import PolicyAgent
 from meshroute.node.readiness import decide_readiness
 from meshroute.node.underlay import read_underlay
 from meshroute.node.view import ClusterView, load_view
@@ -140,6 +141,14 @@ class NodeProcess:
         self.gtsm = GtsmTable(("ip", "netns", "exec", config.netns) if config.netns else ())
         self._gtsm_desired: frozenset[GtsmRule] = frozenset()
         self.service: IpamService | None = None
+        self.policy = PolicyAgent(
+            self.store,
+            self.ipam,
+            prefix,
+            config.node_name,
+            config.netns,
+            config.felix.resync_seconds,
+        )
 
     # ---- start and stop --------------------------------------------------
 
@@ -189,6 +198,9 @@ class NodeProcess:
         self.tasks.spawn("view", self._view_loop())
         self.tasks.spawn("felix", self._felix_loop())
         self.tasks.spawn("reconciler", self.reconciler.run())
+        self.tasks.spawn("policy", self.policy.run())
+        self.tasks.spawn("policy-nft", self.policy.reconciler.run())
+        self.tasks.spawn("policy-counters", self.policy.read_counters())
         self.tasks.spawn("alive", self.registry.stay_alive(c.node_name, LEASE_TTL_S))
         self.tasks.spawn("housekeeping", self._housekeeping())
         ready = asyncio.create_task(self._become_ready(), name="ready")  # ends by design
@@ -266,6 +278,7 @@ class NodeProcess:
         prefix = (self.config.etcd.prefix.rstrip("/") + "/").encode()
         async for _ in self.store.changes(prefix, view.ipam.revision):
             self._view_dirty.set()
+            self.policy.mark_dirty()
 
     async def _view_loop(self) -> None:
         failures = 0
@@ -511,6 +524,7 @@ class NodeProcess:
             "routerId": str(self.config.router_id),
             "ready": self.readiness().ok,
             "peers": peers,
+            "policy": self.policy.status(),
         }
 
     def metrics(self) -> bytes:

@@ -1,0 +1,343 @@
+"""The policy compiler, rule by rule: what each policy rule becomes in
+nftables, which sets it fills, and how endpoints reach their chains."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from netaddr import IPNetwork
+
+from felix_lite.nft_model import NftChain, Ruleset
+from felix_lite.policy_compiler import (
+    EGRESS_MAP,
+    FORWARD,
+    INGRESS_MAP,
+    POSTROUTING,
+    PolicyCompiler,
+    endpoint_chain,
+    plan_policy_ruleset,
+    policy_chain,
+)
+from felix_lite.policy_inputs import (
+    GLOBAL_TIER,
+    NAMESPACED_TIER,
+    Action,
+    Direction,
+    Endpoint,
+    EntityMatch,
+    NamedPort,
+    NamespaceInfo,
+    NatPool,
+    Policy,
+    PolicyInput,
+    PortRange,
+    Rule,
+    Selector,
+)
+from ipam.selector import parse_selector
+
+IN, OUT = Direction.INGRESS, Direction.EGRESS
+
+
+def sel(text: str) -> Selector:
+    return Selector(text, parse_selector(text))
+
+
+def ep(pod: str, ns: str, ip: str, node: str = "n1", **labels: str) -> Endpoint:
+    return Endpoint(node, ns, pod, f"mr{pod}", (IPNetwork(ip),), tuple(sorted(labels.items())), ())
+
+
+A = ep("a", "x", "10.0.0.1/32", app="a")
+B = ep("b", "x", "10.0.0.2/32", app="b")
+C = ep("c", "y", "10.0.1.3/32", node="n2", app="b")
+NAMESPACES = (NamespaceInfo("x", (("team", "x"),)), NamespaceInfo("y", (("team", "y"),)))
+
+
+def np_(name: str, ns: str, selector: str, *ingress: Rule, egress: tuple[Rule, ...] = ()) -> Policy:
+    types = {IN} | ({OUT} if egress else set())
+    return Policy(
+        f"np/{ns}/{name}",
+        NAMESPACED_TIER,
+        sel(selector),
+        frozenset(types),
+        namespace=ns,
+        ingress=ingress,
+        egress=egress,
+    )
+
+
+def compile_(*policies: Policy, endpoints: tuple[Endpoint, ...] = (A, B, C)) -> Ruleset:
+    return plan_policy_ruleset(PolicyInput("n1", endpoints, NAMESPACES, policies))
+
+
+def chain(rs: Ruleset, name: str) -> NftChain:
+    return rs.chains[name]
+
+
+def texts(rs: Ruleset, name: str) -> list[str]:
+    return [r.text for r in chain(rs, name).rules]
+
+
+def set_of(rs: Ruleset, text: str) -> set[str]:
+    name = text.split("@", 1)[1].split()[0]
+    return set(rs.sets[name].elements)
+
+
+def test_no_policy_no_dispatch_only_base_chains() -> None:
+    rs = compile_()
+    assert set(rs.chains) == {FORWARD, POSTROUTING}
+    assert texts(rs, FORWARD)[:2] == [
+        "ct state established,related accept",
+        "ct state invalid counter drop",
+    ]
+    assert rs.sets[INGRESS_MAP].elements == frozenset()
+    assert rs.sets[EGRESS_MAP].elements == frozenset()
+
+
+def test_selected_endpoint_dispatched_and_default_denied() -> None:
+    rs = compile_(np_("deny", "x", "app == 'a'"))
+    ing = endpoint_chain((("np/x/deny",),), IN, 0)
+    assert rs.sets[INGRESS_MAP].elements == {f'"mra" : jump {ing}'}
+    assert rs.sets[EGRESS_MAP].elements == frozenset()  # not selected for egress
+    assert texts(rs, ing) == [
+        f"jump {policy_chain('np/x/deny', IN)}",
+        "meta mark & 0x10000 != 0 accept",
+        "counter drop",
+    ]
+    assert texts(rs, policy_chain("np/x/deny", IN)) == []
+
+
+def test_pod_selector_peer_is_a_set_of_same_namespace_members() -> None:
+    rule = Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'b'"), namespace="x"))
+    rs = compile_(np_("p", "x", "app == 'a'", rule))
+    (text,) = texts(rs, policy_chain("np/x/p", IN))[:1]
+    assert text.startswith("ip saddr @")
+    assert set_of(rs, text) == {"10.0.0.2"}  # C has app=b but lives in y
+    assert text.endswith("return")
+
+
+def test_namespace_selector_peer_takes_other_nodes_endpoints() -> None:
+    rule = Rule(
+        Action.ALLOW,
+        source=EntityMatch(selector=sel("all()"), namespace_selector=sel("team == 'y'")),
+    )
+    rs = compile_(np_("p", "x", "app == 'a'", rule))
+    assert set_of(rs, texts(rs, policy_chain("np/x/p", IN))[0]) == {"10.0.1.3"}
+
+
+def test_a_new_pod_changes_set_elements_only() -> None:
+    rule = Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'b'"), namespace="x"))
+    pol = np_("p", "x", "app == 'a'", rule)
+    before = compile_(pol)
+    extra = ep("d", "x", "10.0.0.9/32", node="n2", app="b")
+    after = compile_(pol, endpoints=(A, B, C, extra))
+    assert after.chains == before.chains
+    changed = {n for n in after.sets if after.sets[n] != before.sets[n]}
+    assert len(changed) == 1
+    assert "10.0.0.9" in after.sets[changed.pop()].elements
+
+
+def test_ipblock_with_except_two_interval_sets() -> None:
+    rule = Rule(
+        Action.ALLOW,
+        source=EntityMatch(nets=(IPNetwork("10.1.0.0/16"),), not_nets=(IPNetwork("10.1.2.0/24"),)),
+    )
+    rs = compile_(np_("p", "x", "app == 'a'", rule))
+    (text,) = texts(rs, policy_chain("np/x/p", IN))
+    assert "ip saddr @" in text and "ip saddr != @" in text
+    nets, excepted = (rs.sets[w.split()[0]] for w in text.split("@")[1:3])
+    assert nets.interval and nets.elements == {"10.1.0.0/16"}
+    assert excepted.elements == {"10.1.2.0/24"}
+    assert "ip6" not in text  # a v4 block makes no v6 rule
+
+
+def test_ports_ranges_and_protocol() -> None:
+    rule = Rule(
+        Action.ALLOW,
+        "tcp",
+        destination=EntityMatch(ports=(PortRange(80, 80), PortRange(8000, 8080))),
+    )
+    rs = compile_(np_("p", "x", "app == 'a'", rule))
+    assert texts(rs, policy_chain("np/x/p", IN)) == [
+        "meta l4proto tcp th dport { 80, 8000-8080 } counter meta mark set meta mark"
+        " | 0x10000 return"
+    ]
+
+
+def test_named_port_is_an_address_protocol_port_set() -> None:
+    web = Endpoint(
+        "n1",
+        "x",
+        "w",
+        "mrw",
+        (IPNetwork("10.0.0.7/32"),),
+        (("app", "a"),),
+        (NamedPort("http", "tcp", 8080), NamedPort("dns", "udp", 53)),
+    )
+    rule = Rule(Action.ALLOW, "tcp", destination=EntityMatch(ports=(PortRange(name="http"),)))
+    rs = compile_(np_("p", "x", "app == 'a'", rule), endpoints=(A, web))
+    v4 = [t for t in texts(rs, policy_chain("np/x/p", IN)) if "ip daddr" in t]
+    assert len(v4) == 1 and "ip daddr . meta l4proto . th dport @" in v4[0]
+    assert set_of(rs, v4[0]) == {"10.0.0.7 . tcp . 8080"}
+
+
+def test_named_port_no_pod_has_matches_nothing() -> None:
+    rule = Rule(Action.ALLOW, "tcp", destination=EntityMatch(ports=(PortRange(name="nope"),)))
+    rs = compile_(np_("p", "x", "app == 'a'", rule))
+    for t in texts(rs, policy_chain("np/x/p", IN)):
+        assert set_of(rs, t) == set()
+
+
+def test_gnp_actions_order_and_pass_to_the_namespaced_tier() -> None:
+    deny = Policy(
+        "gnp/deny",
+        GLOBAL_TIER,
+        sel("all()"),
+        frozenset({IN}),
+        order=20,
+        ingress=(Rule(Action.DENY, "udp"),),
+    )
+    pass_ = Policy(
+        "gnp/pass",
+        GLOBAL_TIER,
+        sel("all()"),
+        frozenset({IN}),
+        order=10,
+        ingress=(Rule(Action.PASS, "tcp"), Rule(Action.LOG, "icmp", 8, 0)),
+    )
+    k8s = np_("p", "x", "app == 'a'", Rule(Action.ALLOW))
+    rs = compile_(deny, pass_, k8s)
+    a_sig = (("gnp/pass", "gnp/deny"), ("np/x/p",))
+    t0 = texts(rs, endpoint_chain(a_sig, IN, 0))
+    jumps = [t for t in t0 if t.startswith("jump")]
+    assert jumps == [f"jump {policy_chain('gnp/pass', IN)}", f"jump {policy_chain('gnp/deny', IN)}"]
+    assert f"meta mark & 0x20000 != 0 goto {endpoint_chain(a_sig, IN, 1)}" in t0
+    assert t0.count("meta mark & 0x20000 != 0 goto " + endpoint_chain(a_sig, IN, 1)) == 1
+    t1 = texts(rs, endpoint_chain(a_sig, IN, 1))
+    assert t1[0] == "meta mark set meta mark & 0xfffcffff"  # the pass bit it came with
+    assert "meta mark & 0x20000 != 0" not in " ".join(t1)  # NetworkPolicies never pass
+    p = texts(rs, policy_chain("gnp/pass", IN))
+    assert p[0] == "meta l4proto tcp counter meta mark set meta mark | 0x20000 return"
+    assert p[1].startswith("meta l4proto icmp icmp type 8 icmp code 0 counter log")
+    assert texts(rs, policy_chain("gnp/deny", IN)) == ["meta l4proto udp counter drop"]
+    # B is only selected by the global policies: one stage, and a pass allows
+    b_sig = (("gnp/pass", "gnp/deny"),)
+    assert endpoint_chain(b_sig, IN, 1) not in rs.chains
+    assert "meta mark & 0x20000 != 0 accept" in texts(rs, endpoint_chain(b_sig, IN, 0))
+    assert rs.sets[INGRESS_MAP].elements == {
+        f'"mra" : jump {endpoint_chain(a_sig, IN, 0)}',
+        f'"mrb" : jump {endpoint_chain(b_sig, IN, 0)}',
+    }
+
+
+def test_egress_allow_returns_so_ingress_is_checked_too() -> None:
+    pol = np_("p", "x", "app == 'a'", egress=(Rule(Action.ALLOW),))
+    rs = compile_(pol)
+    t = texts(rs, endpoint_chain((("np/x/p",),), OUT, 0))
+    assert "meta mark & 0x10000 != 0 return" in t
+    clear = "meta mark set meta mark & 0xfffcffff"
+    assert texts(rs, FORWARD)[2:] == [
+        clear,
+        f"iifname vmap @{EGRESS_MAP}",
+        clear,
+        f"oifname vmap @{INGRESS_MAP}",
+    ]
+
+
+def test_endpoints_selected_by_the_same_policies_share_chains() -> None:
+    twin = ep("a2", "x", "10.0.0.5/32", app="a")
+    rs = compile_(np_("p", "x", "app == 'a'"), endpoints=(A, B, twin))
+    chain_ = endpoint_chain((("np/x/p",),), IN, 0)
+    assert rs.sets[INGRESS_MAP].elements == {f'"mra" : jump {chain_}', f'"mra2" : jump {chain_}'}
+    assert [n for n in rs.chains if n.startswith("mre_")] == [chain_]
+
+
+def test_gnp_namespace_selector_limits_the_endpoints() -> None:
+    g = Policy(
+        "gnp/g", GLOBAL_TIER, sel("all()"), frozenset({IN}), namespace_selector=sel("team == 'y'")
+    )
+    rs = compile_(g)
+    assert rs.sets[INGRESS_MAP].elements == frozenset()  # A and B are in x
+    rs = compile_(g, endpoints=(A, B, ep("c", "y", "10.0.1.3/32", app="b")))
+    chain_ = endpoint_chain((("gnp/g",),), IN, 0)
+    assert rs.sets[INGRESS_MAP].elements == {f'"mrc" : jump {chain_}'}
+
+
+def test_other_nodes_endpoints_get_no_chains() -> None:
+    rs = compile_(np_("p", "y", "all()"))
+    assert rs.sets[INGRESS_MAP].elements == frozenset()
+
+
+def test_nat_outgoing_per_pool_and_family() -> None:
+    pools = (
+        NatPool(IPNetwork("10.244.0.0/16"), True),
+        NatPool(IPNetwork("10.245.0.0/16"), False),
+        NatPool(IPNetwork("fd00:244::/64"), True),
+    )
+    rs = plan_policy_ruleset(PolicyInput("n1", pools=pools))
+    assert texts(rs, POSTROUTING) == [
+        "ip saddr @mr_nat_sources_4 ip daddr != @mr_all_pools_4 counter masquerade",
+        "ip6 saddr @mr_nat_sources_6 ip6 daddr != @mr_all_pools_6 counter masquerade",
+    ]
+    assert rs.sets["mr_nat_sources_4"].elements == {"10.244.0.0/16"}
+    assert rs.sets["mr_all_pools_4"].elements == {"10.244.0.0/15"}
+    assert rs.sets["mr_nat_sources_6"].elements == {"fd00:244::/64"}
+
+
+pods = st.builds(
+    lambda i, node, ns, app, port: Endpoint(
+        node,
+        ns,
+        f"p{i}",
+        f"mr{i}",
+        (IPNetwork(f"10.0.0.{i}/32"), IPNetwork(f"fd00::{i:x}/128")),
+        (("app", app),),
+        (NamedPort("http", "tcp", port),) if port else (),
+    ),
+    st.integers(1, 12),
+    st.sampled_from(["n1", "n2"]),
+    st.sampled_from(["x", "y"]),
+    st.sampled_from(["a", "b"]),
+    st.sampled_from([0, 80, 8080]),
+)
+POLICIES = (
+    np_(
+        "p",
+        "x",
+        "app == 'a'",
+        Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'b'"), namespace="x")),
+        Rule(Action.ALLOW, "tcp", destination=EntityMatch(ports=(PortRange(name="http"),))),
+        egress=(Rule(Action.ALLOW, destination=EntityMatch(namespace_selector=sel("all()"))),),
+    ),
+    Policy(
+        "gnp/g",
+        GLOBAL_TIER,
+        sel("app == 'b'"),
+        frozenset({IN}),
+        order=1,
+        ingress=(Rule(Action.PASS, source=EntityMatch(selector=sel("all()"))),),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.lists(pods, max_size=8)),  # None: the same endpoints
+            st.frozensets(st.sampled_from(range(len(POLICIES)))),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_incremental_compile_equals_a_full_one(
+    steps: list[tuple[list[Endpoint] | None, frozenset[int]]],
+) -> None:
+    compiler = PolicyCompiler()
+    eps: tuple[Endpoint, ...] = ()
+    for new_eps, chosen in steps:
+        eps = eps if new_eps is None else tuple(new_eps)
+        policies = tuple(POLICIES[i] for i in sorted(chosen))
+        inp = PolicyInput("n1", eps, NAMESPACES, policies)
+        assert compiler.compile(inp) == plan_policy_ruleset(inp)
