@@ -457,7 +457,7 @@ def _compile(inp: PolicyInput, known: Mapping[str, NftSet] | None = None) -> _Co
     maps: dict[Direction, dict[str, str]] = {Direction.INGRESS: {}, Direction.EGRESS: {}}
     users: dict[tuple[Direction, Signature], int] = {}
     for ep in sorted(inp.endpoints, key=lambda e: e.iface):
-        if ep.node != inp.node:
+        if ep.node != inp.node or not ep.iface:
             continue
         ep_chains, elements = _endpoint_part(ep, tiers, users)
         chains.update((c.name, c) for c in ep_chains)
@@ -488,7 +488,8 @@ def _compile(inp: PolicyInput, known: Mapping[str, NftSet] | None = None) -> _Co
 
 
 def _owned(ep: Endpoint) -> list[str]:
-    return [f"if {ep.iface}", *ep.addresses[4], *ep.addresses[6]]
+    iface = [f"if {ep.iface}"] if ep.iface else []
+    return [*iface, *ep.addresses[4], *ep.addresses[6]]
 
 
 def plan_policy_ruleset(inp: PolicyInput) -> Ruleset:
@@ -571,7 +572,7 @@ class PolicyCompiler:
         map_put: dict[Direction, set[str]] = {d: set() for d in Direction}
         users = dict(last.users)
         for ep in removed:
-            if ep.node != inp.node:
+            if ep.node != inp.node or not ep.iface:
                 continue
             for d in Direction:
                 got = last.tiers(ep, d)
@@ -585,7 +586,7 @@ class PolicyCompiler:
                     for t in range(len(got)):
                         chains.pop(endpoint_chain(sig, d, t), None)
         for ep in added:
-            if ep.node != inp.node:
+            if ep.node != inp.node or not ep.iface:
                 continue
             ep_chains, elements = _endpoint_part(ep, last.tiers, users)
             chains.update((c.name, c) for c in ep_chains)

@@ -53,7 +53,7 @@ class Endpoint:
     node: str
     namespace: str
     pod: str
-    iface: str  # the host side of the pod's veth
+    iface: str  # the host side of the pod's veth; "" when it has none of ours (bridged)
     ips: tuple[IPNetwork, ...]
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[NamedPort, ...] = ()

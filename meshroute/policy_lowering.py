@@ -257,6 +257,15 @@ def _str(d: Mapping[str, Any], k: str, limit: int = 253) -> str:
     return v
 
 
+def _host_iface(d: Mapping[str, Any]) -> str:
+    """ "" when the pod's host side is not a veth of ours (a bridge plugin's):
+    its addresses still fill selector sets, but no rule can sit in its path."""
+    v = d.get("hostIface", "")
+    if not isinstance(v, str) or len(v) > 15:
+        raise EndpointRecordError("hostIface: expected an interface name of at most 15 characters")
+    return v
+
+
 def endpoint_from_record(raw: bytes) -> Endpoint:
     """A WorkloadEndpoint record's JSON as felix_lite's Endpoint."""
     try:
@@ -282,7 +291,7 @@ def endpoint_from_record(raw: bytes) -> Endpoint:
         node=_str(d, "node"),
         namespace=_str(d, "namespace", 63),
         pod=_str(d, "pod"),
-        iface=_str(d, "hostIface", 15),
+        iface=_host_iface(d),
         ips=tuple(ip for ip in ips),
         labels=tuple(sorted(labels.items())),
         ports=ports,

@@ -263,6 +263,14 @@ def test_gnp_namespace_selector_limits_the_endpoints() -> None:
     assert rs.sets[INGRESS_MAP].elements == {f'"mrc" : jump {chain_}'}
 
 
+def test_a_bridged_pod_fills_sets_but_gets_no_dispatch() -> None:
+    bridged = Endpoint("n1", "x", "br", "", (IPNetwork("10.0.0.8/32"),), (("app", "a"),))
+    rule = Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'a'"), namespace="x"))
+    rs = compile_(np_("p", "x", "app == 'b'", rule), endpoints=(B, bridged))
+    assert {e.split(" : ")[0] for e in rs.sets[INGRESS_MAP].elements} == {'"mrb"'}
+    assert set_of(rs, texts(rs, policy_chain("np/x/p", IN))[0]) == {"10.0.0.8"}
+
+
 def test_other_nodes_endpoints_get_no_chains() -> None:
     rs = compile_(np_("p", "y", "all()"))
     assert rs.sets[INGRESS_MAP].elements == frozenset()

@@ -202,6 +202,10 @@ def record(**over: Any) -> bytes:
     return json.dumps(d).encode()
 
 
+def test_endpoint_record_of_a_bridged_pod_has_no_interface() -> None:
+    assert endpoint_from_record(record(hostIface="")).iface == ""
+
+
 def test_endpoint_record() -> None:
     ep = endpoint_from_record(record())
     assert ep.iface == "mr1234" and ep.ips == (IPNetwork("10.244.0.5/32"), IPNetwork("fd00::5/128"))
