@@ -31,6 +31,7 @@ bench: bootstrap
 	$(PY) -m bench.convergence --json
 	$(PY) -m bench.reflector --clients 200 --prefixes 4000 --json
 	$(PY) -m bench.policy --pods 5000 --policies 500 --json
+	$(PY) -m bench.failover --json
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -48,6 +48,17 @@ class PrefixFilter:
 
 
 @dataclass(frozen=True)
+class BfdOptions:
+    """BFD on a BGP session (BIRD's per-neighbour ``bfd { ... }``); single-
+    or multihop follows the session's own hop mode."""
+
+    min_rx_ms: int = 300
+    min_tx_ms: int = 300
+    multiplier: int = 3
+    passive: bool = False
+
+
+@dataclass(frozen=True)
 class BgpNeighbor:
     name: str  # the BIRD protocol name
     address: str
@@ -73,6 +84,7 @@ class BgpNeighbor:
     import_limit: int | None = None
     import_limit_action: str = "block"
     port: int | None = None  # the BGP port on both ends, when not 179
+    bfd: BfdOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,8 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
         out.append("  ttl security on;")
         if n.ttl_security > 1:
             out.append(f"  multihop {n.ttl_security};")
+    if n.bfd is not None:
+        out.append(_render_bfd(n.name, n.bfd))
     if n.graceful_restart:
         out += ["  graceful restart on;", f"  graceful restart time {n.graceful_restart_time};"]
     else:
@@ -205,6 +219,15 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
     return out
 
 
+def _render_bfd(name: str, b: BfdOptions) -> str:
+    if not (1 <= b.min_rx_ms <= 60000 and 1 <= b.min_tx_ms <= 60000 and 1 <= b.multiplier <= 255):
+        raise BirdConfigError(f"{name}: BFD intervals 1..60000 ms, multiplier 1..255")
+    return (
+        f"  bfd {{ min rx interval {b.min_rx_ms} ms; min tx interval {b.min_tx_ms} ms;"
+        f" multiplier {b.multiplier}; passive {'on' if b.passive else 'off'}; }};"
+    )
+
+
 def render_bird(cfg: BirdConfig) -> str:
     """BIRD 2 configuration text for ``cfg`` (raises BirdConfigError)."""
     IPAddress(cfg.router_id)
@@ -214,6 +237,8 @@ def render_bird(cfg: BirdConfig) -> str:
     if cfg.iso_times:
         lines.append("timeformat protocol iso long;")
     lines += [f"router id {IPAddress(cfg.router_id)};", "", "protocol device {", "}"]
+    if any(n.bfd is not None for n in cfg.neighbors):
+        lines += ["", "protocol bfd {", "}"]
     if cfg.direct_interfaces:
         names = ", ".join(f'"{i}"' for i in cfg.direct_interfaces)
         lines += ["", "protocol direct {", "  ipv4;", f"  interface {names};", "}"]

@@ -40,6 +40,7 @@ from bgpd.model import (
     SendEor,
     SessionState,
     StateEvent,
+    Teardown,
     UpdateEvent,
     Withdraw,
 )
@@ -301,6 +302,8 @@ def encode_command(cmd: Command) -> str:
         return f"{nb}announce eor {cmd.family}"
     if isinstance(cmd, RouteRefresh):
         return f"{nb}announce route-refresh {cmd.family}"
+    if isinstance(cmd, Teardown):
+        return f"{nb}teardown {cmd.subcode}"
     raise TypeError(f"not a command: {cmd!r}")
 
 
@@ -360,6 +363,8 @@ def parse_command(text: str) -> Command | None:
             return SendEor(f"{tok[2]} {tok[3]}", neighbor)
         if tok[:2] == ["announce", "route-refresh"] and len(tok) == 4:
             return RouteRefresh(f"{tok[2]} {tok[3]}", neighbor)
+        if tok[:1] == ["teardown"] and len(tok) == 2 and neighbor is not None:
+            return Teardown(neighbor, int(tok[1]))
         if tok[:2] == ["withdraw", "route"] and len(tok) == 3:
             return Withdraw(IPNetwork(tok[2]), neighbor)
         if tok[:2] == ["announce", "route"] and len(tok) >= 5 and tok[3] == "next-hop":

@@ -158,7 +158,16 @@ class RouteRefresh:
     neighbor: IPAddress | None = None
 
 
-Command = Announce | Withdraw | SendEor | RouteRefresh
+@dataclass(frozen=True)
+class Teardown:
+    """Close an established session with a Cease NOTIFICATION (RFC 4486);
+    subcode 10 is "BFD Down" (RFC 9384)."""
+
+    neighbor: IPAddress
+    subcode: int = 10
+
+
+Command = Announce | Withdraw | SendEor | RouteRefresh | Teardown
 
 
 # ---- what bgpd hands its user ---------------------------------------------

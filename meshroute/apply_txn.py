@@ -47,11 +47,13 @@ from meshroute.policy_resources import (
 )
 from meshroute.policy_store import PolicyStore, encode_resource
 from meshroute.resources import (
+    BFDProfileResource,
     BGPConfigurationResource,
     BGPPeerResource,
     IPAMConfigurationResource,
     IPPoolResource,
     Loaded,
+    missing_profile_problems,
     overlap_problems,
 )
 
@@ -171,7 +173,20 @@ APPLIERS: dict[type, KindApply] = {
             (NamespaceResource, "namespace"),
         )
     },
+    BFDProfileResource: KindApply(
+        "bfdprofile",
+        key=lambda r, ctx: ctx.bgp.bfd_profile_key(r.metadata.name),
+        value=lambda r: encode_spec(r.spec),
+    ),
 }
+
+
+async def _check_profile_refs(loaded: Sequence[Loaded], reads: Reads, ctx: Context) -> list[str]:
+    """Every BFD profile a BGPPeer or the BGPConfiguration names exists, in
+    this apply or in the datastore (read under the transaction's compares)."""
+    prefix = ctx.bgp.bfd_profile_key("")
+    existing = {k[len(prefix) :].decode() for k in (await reads.list(prefix)).items}
+    return missing_profile_problems(list(loaded), existing)
 
 
 @dataclass(frozen=True)
@@ -193,6 +208,7 @@ async def _plan(
         by_kind.setdefault(type(item.resource), []).append(item)
     for kind, items in by_kind.items():
         problems += await APPLIERS[kind].check(items, reads, ctx)
+    problems += await _check_profile_refs(loaded, reads, ctx)
     writes: list[_Write] = []
     first: dict[bytes, Loaded] = {}
     for item in loaded:

@@ -29,7 +29,8 @@ from meshroute.resources import (
 
 POOL_COLUMNS = ["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "SELECTOR", "USES"]
 NODE_COLUMNS = ["NAME", "IPV4", "ASN", "ALIVE", "LABELS"]
-PEER_COLUMNS = ["NAME", "NODES", "PEER", "ASN", "PASSWORD", "PASSIVE"]
+PEER_COLUMNS = ["NAME", "NODES", "PEER", "ASN", "PASSWORD", "PASSIVE", "BFD"]
+BFD_COLUMNS = ["NAME", "RX_MS", "TX_MS", "MULTIPLIER", "PASSIVE", "MIN_TTL"]
 Rows = tuple[list[str], list[list[Any]]] | None
 
 GET_KINDS = {
@@ -54,6 +55,8 @@ GET_KINDS = {
     "namespaces": "namespaces",
     "namespace": "namespaces",
     "ns": "namespaces",
+    "bfdprofiles": "bfdprofiles",
+    "bfdprofile": "bfdprofiles",
 }
 SINGULAR = {
     "networkpolicies": "networkpolicy",
@@ -71,6 +74,7 @@ DELETE_KINDS = {
     "gnp": "globalnetworkpolicies",
     "namespace": "namespaces",
     "ns": "namespaces",
+    "bfdprofile": "bfdprofiles",
 }
 
 
@@ -138,7 +142,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             return [pool_to_resource(p) for p in pools], (POOL_COLUMNS, rows)
         if kind in ("networkpolicies", "globalnetworkpolicies", "namespaces"):
             return await _policy_docs(PolicyStore(store, args.prefix), kind)
-        if kind in ("bgpconfig", "bgppeers"):
+        if kind in ("bgpconfig", "bgppeers", "bfdprofiles"):
             return await _bgp_docs(BgpStore(store, args.prefix), kind)
         if kind == "ipamconfig":
             s = await ipam.settings()
@@ -187,6 +191,23 @@ async def _bgp_docs(bgp: BgpStore, kind: str) -> tuple[list[dict[str, Any]], Row
     if kind == "bgpconfig":
         spec = (await bgp.config()).model_dump(mode="json", by_alias=True)
         return [_doc("BGPConfiguration", "default", spec)], None
+    if kind == "bfdprofiles":
+        profiles = sorted((await bgp.bfd_profiles()).items())
+        docs = [
+            _doc("BFDProfile", n, p.model_dump(mode="json", by_alias=True)) for n, p in profiles
+        ]
+        rows = [
+            [
+                n,
+                p.receive_interval,
+                p.transmit_interval,
+                p.detect_multiplier,
+                p.passive_mode,
+                p.minimum_ttl,
+            ]
+            for n, p in profiles
+        ]
+        return docs, (BFD_COLUMNS, rows)
     peers = await bgp.peers()
     docs = [
         _doc("BGPPeer", name, spec.model_dump(mode="json", by_alias=True, exclude_none=True))
@@ -200,6 +221,7 @@ async def _bgp_docs(bgp: BgpStore, kind: str) -> tuple[list[dict[str, Any]], Row
             p.as_number,
             "yes" if p.password else "",
             p.passive,
+            p.bfd_profile or "",
         ]
         for name, p in sorted(peers.items())
     ]
@@ -261,6 +283,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
             if not await BgpStore(store, args.prefix).delete_peer(args.name):
                 raise UserError(f"bgppeer {quote(args.name)} does not exist")
             return f"bgppeer/{args.name} deleted"
+        if kind == "bfdprofiles":
+            return await _delete_bfd_profile(BgpStore(store, args.prefix), args.name)
         if not await reg.delete(args.name):
             raise UserError(f"node {quote(args.name)} does not exist")
         return (
@@ -270,3 +294,17 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     print(run_with_store(args, body))
     return 0
+
+
+async def _delete_bfd_profile(bgp: BgpStore, name: str) -> str:
+    """Refused while a BGPPeer or the mesh still names the profile: their
+    sessions would silently lose BFD."""
+    peers = sorted((await bgp.peers()).items())
+    users = [f"bgppeer/{n}" for n, p in peers if p.bfd_profile == name]
+    if (await bgp.config()).node_to_node_mesh_bfd_profile == name:
+        users.append("bgpconfiguration/default (nodeToNodeMeshBFDProfile)")
+    if users:
+        raise UserError(f"bfdprofile {name} is in use by {', '.join(users)}; change those first")
+    if not await bgp.delete_bfd_profile(name):
+        raise UserError(f"bfdprofile {name} does not exist")
+    return f"bfdprofile/{name} deleted"

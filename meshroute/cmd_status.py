@@ -75,7 +75,7 @@ def print_node_status(status: dict[str, Any]) -> None:
     )
     now = time.time()
     print_table(
-        ["PEER ADDRESS", "PEER AS", "PEER TYPE", "STATE", "SINCE", "ACCEPTED/RECEIVED"],
+        ["PEER ADDRESS", "PEER AS", "PEER TYPE", "STATE", "SINCE", "ACCEPTED/RECEIVED", "BFD"],
         [
             [
                 p["peer"],
@@ -84,10 +84,16 @@ def print_node_status(status: dict[str, Any]) -> None:
                 p["state"],
                 _since(now - p["since"]),
                 f"{p['accepted']}/{p['received']}",
+                (p.get("bfd") or {}).get("state", "-"),
             ]
             for p in status["peers"]
         ],
     )
+    downs = [(p["peer"], p["downReason"]) for p in status["peers"] if p.get("downReason")]
+    if downs:
+        print("\nLast session down:")
+        for peer, why in downs:
+            print(f"  {peer}: {why}")
 
 
 def _status_endpoint(path: str) -> str:

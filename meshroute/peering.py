@@ -35,6 +35,7 @@ class PeerPlan:
     max_prefix: int | None = None
     max_prefix_action: str = "drop"
     peer_node: str | None = None  # the node behind the address, when it is one
+    bfd_profile: str | None = None
 
 
 def decide_node_as(node: NodeRecord, config: BGPConfigurationSpec) -> int:
@@ -79,6 +80,7 @@ def plan_peers(
                 source="mesh",
                 passive=my_addr > addr,
                 peer_node=other.name,
+                bfd_profile=config.node_to_node_mesh_bfd_profile,
             )
 
     for name, spec in sorted(peers.items()):
@@ -114,5 +116,6 @@ def plan_peers(
                 max_prefix=spec.max_prefix,
                 max_prefix_action=spec.max_prefix_action,
                 peer_node=node_name,
+                bfd_profile=spec.bfd_profile,
             )
     return [out[a] for a in sorted(out)]

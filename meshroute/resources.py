@@ -107,6 +107,9 @@ class BGPConfigurationSpec(_Strict):
     listen_port: int = Field(default=179, ge=1, le=65535, alias="listenPort")
     communities: tuple[Community, ...] = ()
     node_as_numbers: dict[str, int] = Field(default_factory=dict, alias="nodeASNumbers")
+    node_to_node_mesh_bfd_profile: str | None = Field(
+        default=None, min_length=1, max_length=253, alias="nodeToNodeMeshBFDProfile"
+    )
 
 
 class BGPConfigurationResource(_Strict):
@@ -130,6 +133,7 @@ class BGPPeerSpec(_Strict):
     keep_next_hop: bool = Field(default=False, alias="keepNextHop")
     max_prefix: int | None = Field(default=None, ge=1, alias="maxPrefix")
     max_prefix_action: Literal["drop", "close"] = Field(default="drop", alias="maxPrefixAction")
+    bfd_profile: str | None = Field(default=None, min_length=1, max_length=253, alias="bfdProfile")
 
 
 class BGPPeerResource(_Strict):
@@ -137,6 +141,24 @@ class BGPPeerResource(_Strict):
     kind: Literal["BGPPeer"]
     metadata: Metadata
     spec: BGPPeerSpec
+
+
+class BFDProfileSpec(_Strict):
+    """MetalLB's BFDProfile fields (echo mode is not offered); intervals in
+    milliseconds."""
+
+    receive_interval: int = Field(default=300, ge=10, le=60000, alias="receiveInterval")
+    transmit_interval: int = Field(default=300, ge=10, le=60000, alias="transmitInterval")
+    detect_multiplier: int = Field(default=3, ge=2, le=255, alias="detectMultiplier")
+    passive_mode: bool = Field(default=False, alias="passiveMode")
+    minimum_ttl: int = Field(default=254, ge=1, le=254, alias="minimumTtl")
+
+
+class BFDProfileResource(_Strict):
+    api_version: Literal["meshroute.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["BFDProfile"]
+    metadata: Metadata
+    spec: BFDProfileSpec
 
 
 Resource = (
@@ -147,6 +169,7 @@ Resource = (
     | NetworkPolicyResource
     | GlobalNetworkPolicyResource
     | NamespaceResource
+    | BFDProfileResource
 )
 KINDS: dict[str, type[BaseModel]] = {
     "IPPool": IPPoolResource,
@@ -156,6 +179,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "NetworkPolicy": NetworkPolicyResource,
     "GlobalNetworkPolicy": GlobalNetworkPolicyResource,
     "Namespace": NamespaceResource,
+    "BFDProfile": BFDProfileResource,
 }
 # Kinds of which the cluster has exactly one, named "default".
 SINGLETONS = (IPAMConfigurationResource, BGPConfigurationResource)
@@ -270,6 +294,36 @@ def load_files(paths: list[str], stdin: BinaryIO | None = None) -> list[Loaded]:
     if problems:
         raise ResourceError("\n".join(problems))
     return out
+
+
+def bfd_profile_refs(loaded: list[Loaded]) -> list[tuple[str, str, str]]:
+    """(where, field, profile name) for every BFD profile these resources name."""
+    out = []
+    for item in loaded:
+        r = item.resource
+        if isinstance(r, BGPPeerResource) and r.spec.bfd_profile is not None:
+            out.append((item.source, "spec.bfdProfile", r.spec.bfd_profile))
+        elif (
+            isinstance(r, BGPConfigurationResource)
+            and r.spec.node_to_node_mesh_bfd_profile is not None
+        ):
+            name = r.spec.node_to_node_mesh_bfd_profile
+            out.append((item.source, "spec.nodeToNodeMeshBFDProfile", name))
+    return out
+
+
+def missing_profile_problems(loaded: list[Loaded], existing: set[str]) -> list[str]:
+    """References to BFD profiles neither in these files nor in ``existing``."""
+    known = existing | {
+        item.resource.metadata.name
+        for item in loaded
+        if isinstance(item.resource, BFDProfileResource)
+    }
+    return [
+        f"{where}: {field}: no BFDProfile named {name[:64]!r}"
+        for where, field, name in bfd_profile_refs(loaded)
+        if name not in known
+    ]
 
 
 def pool_to_resource(pool: Pool) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class NodeCollector(Collector):
             rejected.add_metric([str(peer), reason.value], count)
         yield rejected
 
+        yield from _bfd_metrics(n)
+
         malformed = CounterMetricFamily(
             "meshroute_bgp_malformed_lines", "lines from ExaBGP that could not be decoded"
         )
@@ -147,3 +149,34 @@ def _policy_metrics(n: NodeProcess) -> Iterator[CounterMetricFamily | GaugeMetri
     endpoints = GaugeMetricFamily("meshroute_policy_endpoints", "workload endpoints known")
     endpoints.add_metric([], n.policy.endpoint_count)
     yield endpoints
+
+
+def _bfd_metrics(n: NodeProcess) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    up = GaugeMetricFamily(
+        "meshroute_bfd_session_up", "1 when the peer's BFD session is Up", labels=["peer"]
+    )
+    for s in sorted(n.bfd.status(), key=lambda s: s.peer):
+        up.add_metric([str(s.peer)], 1 if s.state.name == "UP" else 0)
+    yield up
+    downs = CounterMetricFamily(
+        "meshroute_bfd_session_downs",
+        "BGP sessions this node closed because BFD went down",
+        labels=["peer"],
+    )
+    for peer, count in sorted(n.bfd_downs.items()):
+        downs.add_metric([str(peer)], count)
+    yield downs
+    dropped = CounterMetricFamily(
+        "meshroute_bfd_packets_dropped", "BFD packets dropped, by reason", labels=["reason"]
+    )
+    for reason, count in sorted(n.bfd.drops.items()):
+        dropped.add_metric([reason], count)
+    yield dropped
+    why = GaugeMetricFamily(
+        "meshroute_bgp_last_down_reason",
+        "why each peer's BGP session last went down (value 1)",
+        labels=["peer", "reason"],
+    )
+    for peer, reason in sorted(n.down_reason.items()):
+        why.add_metric([str(peer), reason], 1)
+    yield why

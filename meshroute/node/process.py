@@ -25,11 +25,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from netaddr import IPAddress
 
+from bgpd.bfd.client import BfdClient
+from bgpd.bfd.packet import State
+from bgpd.bfd.speaker import BfdChange
 from bgpd.gtsm import GtsmError, GtsmRule, GtsmTable, plan_gtsm
 from bgpd.model import (
     EorEvent,
@@ -40,6 +44,7 @@ from bgpd.model import (
     RouteRefresh,
     SessionState,
     StateEvent,
+    Teardown,
     UpdateEvent,
 )
 from bgpd.policy import ImportContext
@@ -54,6 +59,7 @@ from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
 from ipam.ipam import Ipam
 from meshroute.bgp_store import BgpStore
+from meshroute.node.bfd_plan import decide_bfd_change, diag_text, plan_bfd_sessions
 from meshroute.node.bgp_plan import (
     peer_info,
     plan_bgp_announcements,
@@ -133,8 +139,14 @@ class NodeProcess:
         self._eor_from: set[IPAddress] = set()
         self._gr_timers: dict[IPAddress, asyncio.TimerHandle] = {}
         self._held_down: dict[IPAddress, asyncio.TimerHandle] = {}
+        # peers whose BFD went down: their routes are ignored until BFD is Up
+        self._bfd_down: set[IPAddress] = set()
+        self.down_reason: dict[IPAddress, str] = {}
+        self.bfd_downs: Counter[IPAddress] = Counter()
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
+        self._felix_urgent = False  # a failed path: skip the debounce
         self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
@@ -148,6 +160,11 @@ class NodeProcess:
             config.node_name,
             config.netns,
             config.felix.resync_seconds,
+        )
+        self.bfd = BfdClient(
+            Path(config.bgp.work_dir) / "bfd",
+            wrap=("ip", "netns", "exec", config.netns) if config.netns else (),
+            on_change=self._on_bfd_change,
         )
 
     # ---- start and stop --------------------------------------------------
@@ -189,6 +206,7 @@ class NodeProcess:
             on_event=self._on_bgp_event,
         )
         await self.speaker.start()
+        await self.bfd.start()  # adopts the BFD daemon a previous run left
         await self._apply_view(view)
 
         http = await serve_http(
@@ -218,6 +236,7 @@ class NodeProcess:
             ready.cancel()
             await self.tasks.cancel_all()
             await self.service.stop()
+            await self.bfd.stop()  # the daemon keeps BFD up while we restart
             # Without terminating it, ExaBGP would outlive us; terminated, it
             # closes without NOTIFICATION and GR peers keep our routes.
             await self.speaker.stop(terminate_exabgp=True)
@@ -227,6 +246,7 @@ class NodeProcess:
         """Withdraw everything before the node goes away for good."""
         if self.speaker is not None:
             await self.speaker.withdraw_all()
+        await self.bfd.terminate()
 
     def _me(self, view: ClusterView) -> NodeRecord:
         c = self.config
@@ -315,6 +335,7 @@ class NodeProcess:
             timer = self._gr_timers.pop(gone, None)
             if timer is not None:
                 timer.cancel()
+        self.bfd.set_sessions(plan_bfd_sessions(self.config, peers, view.bfd_profiles))
         configured = [p for p in peers if p.address not in self._held_down]
         self._gtsm_desired = plan_gtsm(
             {p.address: p.ttl_security for p in configured if p.ttl_security}
@@ -365,7 +386,7 @@ class NodeProcess:
     def _on_bgp_event(self, e: Event) -> None:
         if isinstance(e, UpdateEvent):
             plan = self.peers.get(e.peer)
-            if plan is None:
+            if plan is None or e.peer in self._bfd_down:
                 return
             self.received[e.peer] += len(e.announced)
             res = self.rib.apply_update(e, peer_info(plan, self.peer_router_id.get(e.peer)))
@@ -382,6 +403,8 @@ class NodeProcess:
                 self.peer_since[e.peer] = time.time()
                 log.info("peer %s: %s (%s)", e.peer, e.state.value, e.reason or "no reason given")
             if e.state is SessionState.DOWN:
+                if e.peer not in self._bfd_down:
+                    self.down_reason[e.peer] = f"BGP: {e.reason or 'session closed'}"
                 self._peer_down(e.peer)
             elif e.state is SessionState.ESTABLISHED:
                 timer = self._gr_timers.pop(e.peer, None)
@@ -406,7 +429,7 @@ class NodeProcess:
         peer's paths, marked stale, for its restart time; its End-of-RIB
         after coming back sweeps what it did not re-announce, the timer
         sweeps everything if it does not come back."""
-        if peer in self._held_down:
+        if peer in self._held_down or peer in self._bfd_down:
             return  # closed on purpose: its routes are already gone
         plan = self.peers.get(peer)
         gr = plan.graceful_restart_time if plan is not None else 0
@@ -435,6 +458,47 @@ class NodeProcess:
         loop = asyncio.get_running_loop()
         self._held_down[peer] = loop.call_later(MAX_PREFIX_HOLD_DOWN_S, self._release, peer)
         self._view_dirty.set()  # re-plan ExaBGP's peers without it
+
+    def _on_bfd_change(self, c: BfdChange) -> None:
+        """BFD Down: the peer's routes leave the RIB now (no graceful stale:
+        the path is gone, not the peer's control plane) and the session is
+        torn down through ExaBGP's API. Until BFD is Up again whatever the
+        peer sends is ignored; then a route refresh asks for it all again.
+        (ExaBGP's configuration is left alone: removing and re-adding a
+        neighbour by reload a second later lost its announcements.)"""
+        if c.new is State.UP and c.peer in self._bfd_down:
+            self._bfd_down.discard(c.peer)
+            if self.peer_state.get(c.peer) is SessionState.ESTABLISHED:
+                fam = {4: "ipv4 unicast", 6: "ipv6 unicast"}[c.peer.version]
+                self._side_task(self._send([RouteRefresh(fam, c.peer)]))
+            return
+        verdict = decide_bfd_change(c)
+        if verdict is None or c.peer not in self.peers:
+            return
+        self.down_reason[c.peer] = verdict.reason
+        if not verdict.tear_down or c.peer in self._bfd_down:
+            return
+        log.warning("peer %s: %s; closing its BGP session", c.peer, verdict.reason)
+        self.bfd_downs[c.peer] += 1
+        self._bfd_down.add(c.peer)
+        timer = self._gr_timers.pop(c.peer, None)
+        if timer is not None:
+            timer.cancel()
+        if self.rib.peer_down(c.peer, graceful=False):
+            self._felix_urgent = True
+            self._felix_dirty.set()
+        self._side_task(self._send([Teardown(c.peer)]))
+
+    async def _send(self, cmds: list[Teardown | RouteRefresh]) -> None:
+        if self.speaker is not None:
+            for ack in await self.speaker.send(cmds):
+                if not ack.ok:
+                    log.warning("ExaBGP refused %s: %s", cmds, ack.text)
+
+    def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.create_task(coro)
+        self._side_tasks.add(t)
+        t.add_done_callback(self._side_tasks.discard)
 
     def _release(self, peer: IPAddress) -> None:
         self._held_down.pop(peer, None)
@@ -466,7 +530,9 @@ class NodeProcess:
             await self._bgp_synced.wait()
         while True:
             await self._felix_dirty.wait()
-            await asyncio.sleep(DEBOUNCE_S)
+            if not self._felix_urgent:
+                await asyncio.sleep(DEBOUNCE_S)
+            self._felix_urgent = False
             self._felix_dirty.clear()
             if self.view is None:
                 continue
@@ -503,6 +569,17 @@ class NodeProcess:
         return decide_readiness(self.ready, self.peers, up, time.monotonic() - self.started)
 
     def status(self) -> dict[str, Any]:
+        bfd_status = {
+            s.peer: {
+                "state": s.state.name.lower(),
+                "multihop": s.multihop,
+                "txIntervalMs": s.tx_interval_ms,
+                "detectTimeMs": s.detect_time_ms,
+                "diagnostic": diag_text(s.diag),
+                "remoteDiagnostic": diag_text(s.remote_diag),
+            }
+            for s in self.bfd.status()
+        }
         peers = []
         for addr, p in sorted(self.peers.items()):
             peers.append(
@@ -516,6 +593,8 @@ class NodeProcess:
                     "received": self.rib.received_count(addr),
                     "rejected": self.rib.rejects.for_peer(addr),
                     "heldDown": addr in self._held_down,
+                    "downReason": self.down_reason.get(addr),
+                    "bfd": bfd_status.get(addr),
                 }
             )
         return {

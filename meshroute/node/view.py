@@ -4,13 +4,13 @@ reports a change under the cluster prefix (level-triggered)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ipam.ipam import Ipam
 from ipam.model import Snapshot
 from meshroute.bgp_store import BgpStore
 from meshroute.registry import NodeRecord, Registry
-from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
+from meshroute.resources import BFDProfileSpec, BGPConfigurationSpec, BGPPeerSpec
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ClusterView:
     ipam: Snapshot
     bgp_config: BGPConfigurationSpec
     bgp_peers: dict[str, BGPPeerSpec]
+    bfd_profiles: dict[str, BFDProfileSpec] = field(default_factory=dict)
 
 
 async def load_view(ipam: Ipam, registry: Registry, bgp: BgpStore) -> ClusterView:
@@ -27,4 +28,5 @@ async def load_view(ipam: Ipam, registry: Registry, bgp: BgpStore) -> ClusterVie
         ipam=await ipam.snapshot(),
         bgp_config=await bgp.config(),
         bgp_peers=await bgp.peers(),
+        bfd_profiles=await bgp.bfd_profiles(),
     )

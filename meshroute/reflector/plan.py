@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from bgpd.bird_config import BgpNeighbor, BirdConfig, password_problem
+from bgpd.bird_config import BfdOptions, BgpNeighbor, BirdConfig, password_problem
 from meshroute.peering import decide_node_as, plan_peers
 from meshroute.registry import NodeRecord
-from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
+from meshroute.resources import BFDProfileSpec, BGPConfigurationSpec, BGPPeerSpec
 
 REFLECTOR_LABEL = "route-reflector"
 CLUSTER_ID_LABEL = "meshroute.io/route-reflector-cluster-id"
@@ -43,6 +43,7 @@ class ReflectorSession:
     graceful_restart_time: int = 120
     max_prefix: int | None = None
     max_prefix_action: str = "drop"
+    bfd_profile: str | None = None
 
     @property
     def protocol(self) -> str:
@@ -116,6 +117,7 @@ def plan_sessions(
                 graceful_restart_time=p.graceful_restart_time,
                 max_prefix=p.max_prefix,
                 max_prefix_action=p.max_prefix_action,
+                bfd_profile=p.bfd_profile,
             )
     for p in plan_peers(me, everyone, config, peers):
         if p.address in out:
@@ -133,8 +135,13 @@ def plan_sessions(
             graceful_restart_time=p.graceful_restart_time,
             max_prefix=p.max_prefix,
             max_prefix_action=p.max_prefix_action,
+            bfd_profile=p.bfd_profile,
         )
     return [out[a] for a in sorted(out)]
+
+
+def bfd_options(p: BFDProfileSpec) -> BfdOptions:
+    return BfdOptions(p.receive_interval, p.transmit_interval, p.detect_multiplier, p.passive_mode)
 
 
 def plan_bird_config(
@@ -147,11 +154,20 @@ def plan_bird_config(
     port: int = 179,
     tuning: Tuning = Tuning(),
     log_file: str | None = None,
+    bfd_profiles: Mapping[str, BFDProfileSpec] | None = None,
 ) -> BirdConfig:
     """Everything learned over BGP is reflected (BIRD applies RFC 4456's
     client/non-client rules and sets ORIGINATOR_ID and CLUSTER_LIST; next
     hops stay as the originator set them). Connected and kernel routes are
-    imported only to resolve iBGP next hops, never exported."""
+    imported only to resolve iBGP next hops, never exported. A session whose
+    BGPPeer names a BFD profile gets BIRD's BFD with the same timers as the
+    node's side (a profile that does not exist: no BFD)."""
+    profiles = bfd_profiles or {}
+
+    def bfd(s: ReflectorSession) -> BfdOptions | None:
+        p = profiles.get(s.bfd_profile) if s.bfd_profile else None
+        return bfd_options(p) if p is not None else None
+
     neighbors = tuple(
         BgpNeighbor(
             name=s.protocol,
@@ -173,6 +189,7 @@ def plan_bird_config(
             import_limit=s.max_prefix,
             import_limit_action="block" if s.max_prefix_action == "drop" else "restart",
             port=port if port != 179 else None,
+            bfd=bfd(s),
         )
         for s in sessions
     )

@@ -113,6 +113,7 @@ class ReflectorProcess:
                     cluster_id=str(self.config.cluster_id),
                     sessions=sessions,
                     port=view.bgp_config.listen_port,
+                    bfd_profiles=view.bfd_profiles,
                     tuning=Tuning(
                         b.connect_delay_seconds, b.connect_retry_seconds, b.error_wait_seconds
                     ),

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from meshroute.bgp_store import BgpStore
 from meshroute.registry import NodeRecord, Registry
-from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec, bgp_peer_problems
+from meshroute.resources import (
+    BFDProfileSpec,
+    BGPConfigurationSpec,
+    BGPPeerSpec,
+    bgp_peer_problems,
+)
 
 
 class ResourceRefused(ValueError):
@@ -24,6 +29,7 @@ class ReflectorView:
     nodes: Mapping[str, NodeRecord]
     bgp_config: BGPConfigurationSpec
     bgp_peers: Mapping[str, BGPPeerSpec]
+    bfd_profiles: Mapping[str, BFDProfileSpec] = field(default_factory=dict)
 
 
 def _errors(where: str, e: ValidationError) -> list[str]:
@@ -55,6 +61,11 @@ async def load_reflector_view(registry: Registry, bgp: BgpStore) -> ReflectorVie
             continue
         problems += [f"BGPPeer {name}: {p}" for p in bgp_peer_problems(spec)]
         peers[name] = spec
+    try:
+        profiles = await bgp.bfd_profiles()
+    except ValidationError as e:
+        problems += _errors("BFDProfile", e)
+        profiles = {}
     if problems:
         raise ResourceRefused("\n".join(problems))
-    return ReflectorView(nodes, config, peers)
+    return ReflectorView(nodes, config, peers, profiles)

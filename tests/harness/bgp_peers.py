@@ -56,6 +56,7 @@ class BirdSpec:
     static4: tuple[str, ...] = ()  # prefixes BIRD originates (blackhole statics)
     static6: tuple[str, ...] = ()
     kernel: bool = False  # export learned routes to the namespace's kernel table
+    extra: str = ""  # raw top-level lines (e.g. a ``protocol bfd`` block)
 
 
 def bird_conf(spec: BirdSpec) -> str:
@@ -97,6 +98,8 @@ def bird_conf(spec: BirdSpec) -> str:
             body.append(n.extra)
         body.append("}")
         lines += body
+    if spec.extra:
+        lines.append(spec.extra)
     return "\n".join(lines) + "\n"
 
 

@@ -321,3 +321,72 @@ def test_long_arguments_are_quoted_by_a_short_prefix(
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(r.stderr) < 2000, r.stderr[:300]
     assert "'xxxxxxxx" in r.stderr, r.stderr[:500]
+
+
+def bfd_doc(name: str, spec: str = "{}") -> str:
+    head = "apiVersion: meshroute.io/v1\nkind: BFDProfile\n"
+    return f"{head}metadata: {{name: {name}}}\nspec: {spec}\n"
+
+
+def test_bfd_profiles_apply_get_delete_and_bad_ones_are_refused(
+    etcd_server: EtcdCluster, etcd_prefix: str, tmp_path: Path
+) -> None:
+    peer = (
+        "apiVersion: meshroute.io/v1\nkind: BGPPeer\nmetadata: {name: tor}\n"
+        "spec: {peerIP: 192.0.2.1, asNumber: 65001, bfdProfile: fast}\n"
+    )
+    # a peer naming a profile that exists nowhere: nothing applied
+    f = tmp_path / "peer.yaml"
+    f.write_text(peer)
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", str(f))
+    assert r.returncode == 1
+    assert f"{f}: document 1 (BGPPeer tor): spec.bfdProfile: no BFDProfile named 'fast'" in r.stderr
+    assert json.loads(cli(etcd_server, etcd_prefix, "get", "bgppeers", "-o", "json").stdout) == []
+
+    # profile and peer in one file: the profile is written first
+    f.write_text(peer + "---\n" + bfd_doc("fast", "{receiveInterval: 50, transmitInterval: 50}"))
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", str(f))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["bfdprofile/fast created", "bgppeer/tor created"]
+    got = json.loads(cli(etcd_server, etcd_prefix, "get", "bfdprofiles", "-o", "json").stdout)
+    assert got[0]["spec"] == {
+        "receiveInterval": 50,
+        "transmitInterval": 50,
+        "detectMultiplier": 3,
+        "passiveMode": False,
+        "minimumTtl": 254,
+    }
+    table = cli(etcd_server, etcd_prefix, "get", "bfdprofiles").stdout
+    assert "fast" in table and "MIN_TTL" in table
+
+    bad = bfd_doc(
+        "bad",
+        "{receiveInterval: 5, transmitInterval: .nan, detectMultiplier: 0,"
+        " minimumTtl: 255, echoMode: true}",
+    )
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=bad)
+    assert r.returncode == 1
+    for expected in (
+        "<stdin>: document 1 (BFDProfile bad): spec.receiveInterval: Input should be greater",
+        "spec.transmitInterval: Input should be a finite number",
+        "spec.detectMultiplier: Input should be greater than or equal to 2",
+        "spec.minimumTtl: Input should be less than or equal to 254",
+        "spec.echoMode: Extra inputs are not permitted",
+    ):
+        assert expected in r.stderr, r.stderr
+    mesh = (
+        "apiVersion: meshroute.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\n"
+        f"spec: {{nodeToNodeMeshBFDProfile: {'x' * 300}}}\n"
+    )
+    r = cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=mesh)
+    assert r.returncode == 1
+    assert "spec.nodeToNodeMeshBFDProfile: String should have at most" in r.stderr
+    assert "x" * 100 not in r.stderr  # quotes a short prefix at most
+
+    # in use: refused with who uses it; unused: deleted
+    r = cli(etcd_server, etcd_prefix, "delete", "bfdprofile", "fast")
+    assert r.returncode == 1 and "in use by bgppeer/tor" in r.stderr
+    assert cli(etcd_server, etcd_prefix, "delete", "bgppeer", "tor").returncode == 0
+    r = cli(etcd_server, etcd_prefix, "delete", "bfdprofile", "fast")
+    assert r.returncode == 0 and "bfdprofile/fast deleted" in r.stdout
+    assert cli(etcd_server, etcd_prefix, "delete", "bfdprofile", "fast").returncode == 1

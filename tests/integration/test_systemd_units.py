@@ -33,6 +33,8 @@ def test_node_unit_has_what_the_issue_asks() -> None:
         "Restart=on-failure",
         "After=network-online.target",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW",
+        # a crash or restart of the node must not end the BFD daemon
+        "KillMode=process",
     ):
         assert line in text
 

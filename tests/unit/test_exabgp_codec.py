@@ -32,6 +32,7 @@ from bgpd.model import (
     SendEor,
     SessionState,
     StateEvent,
+    Teardown,
     UpdateEvent,
     Withdraw,
 )
@@ -110,6 +111,10 @@ def test_captured_commands_are_what_the_encoder_writes() -> None:
             ]
         )[0]
     )
+
+
+def test_teardown_is_a_bfd_down_cease_by_default() -> None:
+    assert encode_command(Teardown(IPAddress("192.0.2.2"))) == "neighbor 192.0.2.2 teardown 10"
 
 
 def test_ipv4_update_with_reflector_attributes() -> None:
@@ -266,6 +271,7 @@ commands = st.one_of(
     st.builds(Withdraw, v4nets | v6nets, st.none() | addrs),
     st.builds(SendEor, st.sampled_from(["ipv4 unicast", "ipv6 unicast"]), st.none() | addrs),
     st.builds(RouteRefresh, st.sampled_from(["ipv4 unicast", "ipv6 unicast"]), st.none() | addrs),
+    st.builds(Teardown, addrs, st.integers(1, 255)),
 )
 
 

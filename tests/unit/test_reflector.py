@@ -35,7 +35,7 @@ from meshroute.reflector.plan import (
     session_problems,
 )
 from meshroute.registry import NodeRecord
-from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
+from meshroute.resources import BFDProfileSpec, BGPConfigurationSpec, BGPPeerSpec
 from meshroute.runtime.config import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bird"
@@ -126,11 +126,21 @@ SESSIONS = [
         graceful_restart_time=30,
         max_prefix=500,
         max_prefix_action="close",
+        bfd_profile="fast",
     ),
     ReflectorSession(
-        IPAddress("192.0.2.12"), 64512, CLIENT, node="b", max_prefix=10, graceful_restart_time=0
+        IPAddress("192.0.2.12"),
+        64512,
+        CLIENT,
+        node="b",
+        max_prefix=10,
+        graceful_restart_time=0,
+        bfd_profile="not-there",  # a profile deleted under it: no BFD
     ),
 ]
+FAST = BFDProfileSpec.model_validate(
+    {"receiveInterval": 50, "transmitInterval": 100, "detectMultiplier": 4, "passiveMode": True}
+)
 
 
 def render() -> str:
@@ -143,8 +153,19 @@ def render() -> str:
             sessions=SESSIONS,
             port=1179,
             tuning=Tuning(1, 5, (2, 30)),
+            bfd_profiles={"fast": FAST},
         )
     )
+
+
+def test_bfd_profile_of_the_clients_peering_reaches_the_reflector() -> None:
+    to_rr = TO_RR.model_copy(update={"bfd_profile": "fast"})
+    by = {s.node: s for s in plan_sessions(ME, NODES, NO_MESH, {"to-rr": to_rr})}
+    assert by["a"].bfd_profile == by["b"].bfd_profile == "fast"
+    assert by["rr2"].bfd_profile is None
+    text = render()
+    assert text.count("protocol bfd {") == 1
+    assert text.count("bfd { min rx interval 50 ms; min tx interval 100 ms;") == 1
 
 
 def test_bird_config_golden_and_accepted_by_bird(tmp_path: Path) -> None:
@@ -170,6 +191,7 @@ def test_a_change_to_one_session_leaves_every_other_protocol_text_alone() -> Non
                 sessions=[*SESSIONS, extra],
                 port=1179,
                 tuning=Tuning(1, 5, (2, 30)),
+                bfd_profiles={"fast": FAST},
             )
         )
     )

@@ -1,0 +1,254 @@
+"""One BFD session as a pure state machine (RFC 5880 §6.2, §6.8).
+
+A ``Session`` is a frozen value; ``receive``, ``tick``, ``reconfigure``,
+``admin_down`` and ``admin_up`` return a ``Step``: the next value, the
+packets to send now, and the state change if there was one. Time is the
+caller's (``now`` in seconds, any monotonic origin) and so is the random
+jitter, so every transition is a plain function call in a unit test.
+
+Timer rules kept (§6.8.2, §6.8.3, §6.8.4):
+- while not Up the advertised Desired Min TX is at least one second;
+- the interval in force trails a change: a faster transmit interval or a
+  longer receive interval takes effect at once, a slower transmit or a
+  shorter receive interval only when the Poll Sequence ends (Final received);
+- transmit interval = max(local desired TX in force, remote Required Min RX),
+  jittered to 75-100 % (75-90 % with a detection multiplier of 1); none at
+  all while the remote asks for a Required Min RX of 0;
+- detection time = remote multiplier x max(local required RX in force,
+  remote Desired Min TX), restarted by every valid packet.
+
+Demand mode and echo are not implemented: we never set D, never ask for
+echo (Required Min Echo RX 0) and keep transmitting if the peer sets D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from bgpd.bfd.packet import ControlPacket, Diag, State
+
+SLOW_TX_US = 1_000_000  # §6.8.3: the floor for Desired Min TX while not Up
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """What one session is asked to do (a BFD profile, in microseconds)."""
+
+    desired_min_tx_us: int = 300_000
+    required_min_rx_us: int = 300_000
+    detect_mult: int = 3
+    passive: bool = False  # wait for the peer's first packet before sending
+    cpi: bool = False  # advertise control-plane independence (the C bit)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.detect_mult <= 255:
+            raise ValueError(f"detect_mult {self.detect_mult} not in 1..255")
+        for name in ("desired_min_tx_us", "required_min_rx_us"):
+            v = getattr(self, name)
+            if not 1 <= v <= 0xFFFFFFFF:
+                raise ValueError(f"{name} {v} not in 1..2^32-1")
+
+
+class Session(NamedTuple):
+    """Immutable like every value here; a NamedTuple because the speaker
+    makes one per packet sent or received and ``_replace`` costs a tenth
+    of ``dataclasses.replace``."""
+
+    local_disc: int
+    timers: Timers
+    state: State = State.DOWN
+    diag: int = Diag.NONE
+    remote_disc: int = 0
+    remote_state: State = State.DOWN
+    remote_diag: int = Diag.NONE
+    remote_min_rx_us: int = 1  # §6.8.1: initialised to 1
+    remote_desired_tx_us: int = 0
+    remote_detect_mult: int = 0
+    remote_cpi: bool = False
+    # the intervals in force, which trail the advertised ones while polling
+    tx_us: int = SLOW_TX_US
+    rx_us: int = 0
+    polling: bool = False
+    next_tx: float = 0.0
+    detect_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    old: State
+    new: State
+    diag: int
+
+
+class Step(NamedTuple):
+    session: Session
+    send: tuple[ControlPacket, ...] = ()
+    change: Change | None = None
+
+
+def new_session(local_disc: int, timers: Timers, now: float) -> Session:
+    if not 1 <= local_disc <= 0xFFFFFFFF:
+        raise ValueError("a local discriminator is 1..2^32-1")
+    s = Session(local_disc, timers, next_tx=now)
+    return s._replace(tx_us=advertised_tx_us(s), rx_us=timers.required_min_rx_us)
+
+
+# ---- derived values -----------------------------------------------------------
+
+
+def advertised_tx_us(s: Session) -> int:
+    t = s.timers.desired_min_tx_us
+    return t if s.state is State.UP else max(SLOW_TX_US, t)
+
+
+def may_send(s: Session) -> bool:
+    if s.timers.passive and s.remote_disc == 0:
+        return False  # §6.1: a passive system waits to hear from its peer
+    return s.remote_min_rx_us != 0  # §6.8.7: the peer asked us to stop
+
+
+def tx_interval_us(s: Session) -> int:
+    return max(s.tx_us, s.remote_min_rx_us)
+
+
+def detection_time_us(s: Session) -> int:
+    return s.remote_detect_mult * max(s.rx_us, s.remote_desired_tx_us)
+
+
+def next_wakeup(s: Session) -> float | None:
+    """When ``tick`` has something to do next (a packet or the detection time)."""
+    times = [t for t in (s.detect_at, s.next_tx if may_send(s) else None) if t is not None]
+    return min(times) if times else None
+
+
+def jittered(s: Session, jitter: float) -> float:
+    """Seconds to the next periodic packet; ``jitter`` is uniform in [0, 1)."""
+    spread = 0.15 if s.timers.detect_mult == 1 else 0.25
+    return tx_interval_us(s) * (1.0 - spread * jitter) / 1e6
+
+
+def packet(s: Session, *, final: bool = False) -> ControlPacket:
+    return ControlPacket(
+        state=s.state,
+        diag=s.diag,
+        detect_mult=s.timers.detect_mult,
+        my_disc=s.local_disc,
+        your_disc=s.remote_disc,
+        desired_min_tx_us=advertised_tx_us(s),
+        required_min_rx_us=s.timers.required_min_rx_us,
+        poll=s.polling and not final,
+        final=final,
+        cpi=s.timers.cpi,
+    )
+
+
+# ---- transitions --------------------------------------------------------------
+
+
+def _retime(s: Session, now: float) -> Session:
+    """Put the advertised intervals in force, through a Poll Sequence when
+    Up (§6.8.3), at once otherwise."""
+    tx, rx = advertised_tx_us(s), s.timers.required_min_rx_us
+    if (tx, rx) == (s.tx_us, s.rx_us):
+        return s
+    if s.state is not State.UP:
+        return s._replace(tx_us=tx, rx_us=rx, polling=False)
+    return s._replace(tx_us=min(s.tx_us, tx), rx_us=max(s.rx_us, rx), polling=True, next_tx=now)
+
+
+def _set_state(s: Session, new: State, diag: int, now: float) -> tuple[Session, Change]:
+    change = Change(s.state, new, diag)
+    s = s._replace(state=new, diag=diag, next_tx=now)  # tell the peer at once
+    return _retime(s, now), change
+
+
+def receive(s: Session, p: ControlPacket, now: float) -> Step:
+    """A valid packet (``packet.decode`` accepted it) addressed to ``s``."""
+    if s.state is State.ADMIN_DOWN:
+        return Step(s)  # §6.8.6: discarded
+    before = tx_interval_us(s)
+    polling, tx_us, rx_us, next_tx = s.polling, s.tx_us, s.rx_us, s.next_tx
+    if p.final and polling:
+        polling, tx_us, rx_us = False, advertised_tx_us(s), s.timers.required_min_rx_us
+    interval = max(tx_us, p.required_min_rx_us)
+    if interval < before:  # §6.8.3: a faster rate is honoured at once
+        next_tx = min(next_tx, now + interval / 1e6)
+    # one _replace: this runs for every packet received
+    s = s._replace(
+        remote_disc=p.my_disc,
+        remote_state=p.state,
+        remote_diag=p.diag,
+        remote_min_rx_us=p.required_min_rx_us,
+        remote_desired_tx_us=p.desired_min_tx_us,
+        remote_detect_mult=p.detect_mult,
+        remote_cpi=p.cpi,
+        polling=polling,
+        tx_us=tx_us,
+        rx_us=rx_us,
+        next_tx=next_tx,
+        detect_at=now + p.detect_mult * max(rx_us, p.desired_min_tx_us) / 1e6,
+    )
+    change = None
+    if p.state is State.ADMIN_DOWN:
+        if s.state is not State.DOWN:
+            s, change = _set_state(s, State.DOWN, Diag.NEIGHBOR_SIGNALED_DOWN, now)
+    elif s.state is State.DOWN:
+        if p.state is State.DOWN:
+            s, change = _set_state(s, State.INIT, Diag.NONE, now)
+        elif p.state is State.INIT:
+            s, change = _set_state(s, State.UP, Diag.NONE, now)
+    elif s.state is State.INIT:
+        if p.state in (State.INIT, State.UP):
+            s, change = _set_state(s, State.UP, Diag.NONE, now)
+    elif p.state is State.DOWN:  # we are Up
+        s, change = _set_state(s, State.DOWN, Diag.NEIGHBOR_SIGNALED_DOWN, now)
+    send = (packet(s, final=True),) if p.poll else ()
+    return Step(s, send, change)
+
+
+def tick(s: Session, now: float, jitter: float) -> Step:
+    """Whatever is due at ``now``: the detection time, then a periodic packet."""
+    change = None
+    if s.detect_at is not None and now >= s.detect_at:
+        if s.state in (State.INIT, State.UP):
+            s, change = _set_state(s, State.DOWN, Diag.CONTROL_DETECTION_TIME_EXPIRED, now)
+        # §6.8.1: the remote discriminator is forgotten with the session
+        s = s._replace(
+            remote_disc=0,
+            remote_state=State.DOWN,
+            remote_min_rx_us=1,
+            remote_desired_tx_us=0,
+            remote_detect_mult=0,
+            detect_at=None,
+            polling=False,
+            tx_us=advertised_tx_us(s),
+            rx_us=s.timers.required_min_rx_us,
+        )
+    send: tuple[ControlPacket, ...] = ()
+    if may_send(s) and now >= s.next_tx:
+        send = (packet(s),)
+        s = s._replace(next_tx=now + jittered(s, jitter))
+    return Step(s, send, change)
+
+
+def reconfigure(s: Session, timers: Timers, now: float) -> Step:
+    """New timers or roles, live: a session that is Up stays Up while the
+    Poll Sequence moves both ends to the new intervals."""
+    if timers == s.timers:
+        return Step(s)
+    return Step(_retime(s._replace(timers=timers), now))
+
+
+def admin_down(s: Session, now: float) -> Step:
+    if s.state is State.ADMIN_DOWN:
+        return Step(s)
+    s, change = _set_state(s, State.ADMIN_DOWN, Diag.ADMINISTRATIVELY_DOWN, now)
+    return Step(s._replace(detect_at=None), (), change)
+
+
+def admin_up(s: Session, now: float) -> Step:
+    if s.state is not State.ADMIN_DOWN:
+        return Step(s)
+    s, change = _set_state(s, State.DOWN, Diag.NONE, now)
+    return Step(s, (), change)

@@ -1,0 +1,122 @@
+"""The sockets of the BFD edge: receivers on the well-known ports that report
+each packet's TTL (IP_RECVTTL / IPV6_RECVHOPLIMIT) and per-session senders
+bound to a source port in 49152-65535 with TTL 255 (RFC 5881 §4, §5;
+RFC 5883 §2). Sockets can be opened inside a named network namespace: the
+opening thread enters it, the socket stays there."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import random
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from netaddr import IPAddress
+
+SINGLE_HOP_PORT = 3784
+MULTIHOP_PORT = 4784
+SOURCE_PORTS = range(49152, 65536)
+TTL = 255
+IP_RECVTTL = 12  # linux/in.h; Python's socket module (3.11) does not name it
+_CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """``fn()`` run in ``netns`` (a name under /run/netns) or here when None."""
+    if netns is None:
+        return fn()
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def inside() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box.append(fn())
+        except BaseException as e:  # handed to the caller
+            errors.append(e)
+
+    t = threading.Thread(target=inside, name=f"bfd-netns-{netns}", daemon=True)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def family_of(addr: IPAddress) -> socket.AddressFamily:
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
+def open_receiver(family: socket.AddressFamily, port: int) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+            s.bind(("::", port))
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def open_sender(local: IPAddress | None, family: socket.AddressFamily) -> socket.socket:
+    """A socket bound to a free source port in 49152-65535, sending TTL 255."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        host = str(local) if local is not None else ("::" if family == socket.AF_INET6 else "")
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, TTL)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # CS6, as routing traffic
+        start = random.randrange(len(SOURCE_PORTS))
+        for i in range(len(SOURCE_PORTS)):
+            port = SOURCE_PORTS[(start + i) % len(SOURCE_PORTS)]
+            try:
+                s.bind((host, port))
+                break
+            except OSError as e:
+                if e.errno != 98:  # EADDRINUSE: try the next port
+                    raise
+        else:
+            raise OSError("no free BFD source port in 49152-65535")
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def received_ttl(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancdata:
+        if (level, kind) in (
+            (socket.IPPROTO_IP, socket.IP_TTL),
+            (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT),
+        ) and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return None
+
+
+def close_quietly(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.close()

@@ -1,0 +1,115 @@
+"""FRR daemons for interop tests, started by hand inside a namespace the
+caller created: never the system service. Each gets its own config, pid
+file, vty and control sockets in a private directory (owned by the ``frr``
+user, which the daemons drop to), is queried through ``vtysh --vty_socket``
+and stopped by PID with the namespace's other processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.netns import Netns
+from lab.poll import wait_for
+
+FRR_LIBEXEC = Path("/usr/lib/frr")
+
+
+@dataclass
+class FrrDaemons:
+    """Some of ``zebra``, ``bfdd``, ``bgpd`` sharing one directory and one
+    integrated config (``frr.conf``, read by each daemon)."""
+
+    ns: Netns
+    conf: str
+    daemons: tuple[str, ...] = ("bfdd",)
+    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mrt-frr-")))
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self) -> FrrDaemons:
+        shutil.chown(self.dir, "frr", "frr")
+        self.dir.chmod(0o755)
+        (self.dir / "frr.conf").write_text(self.conf)
+        for d in self.daemons:
+            self.start_daemon(d)
+        return self
+
+    def start_daemon(self, d: str) -> None:
+        argv = [
+            str(FRR_LIBEXEC / d),
+            "-f",
+            str(self.dir / "frr.conf"),
+            "-i",
+            str(self.dir / f"{d}.pid"),
+            "--vty_socket",
+            str(self.dir),
+            "-z",
+            str(self.dir / "zserv.api"),
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "--log",
+            f"file:{self.dir / (d + '.log')}",
+            "--log-level",
+            "debug",
+            "-P",
+            "0",
+        ]
+        if d == "bfdd":
+            argv += ["--bfdctl", str(self.dir / "bfdd.sock")]
+        if d == "bgpd":
+            argv += ["-p", "179", "-l", "0.0.0.0"]
+        out = open(self.dir / f"{d}.out", "wb")  # noqa: SIM115 - the child's
+        try:
+            self.procs[d] = self.ns.popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        wait_for(f"FRR {d} vty socket", lambda: (self.dir / f"{d}.vty").exists(), 15)
+
+    def vtysh(self, daemon: str, *commands: str) -> str:
+        argv = ["vtysh", "--vty_socket", str(self.dir), "-d", daemon]
+        for c in commands:
+            argv += ["-c", c]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return p.stdout
+
+    def bfd_peers(self) -> list[dict[str, Any]]:
+        try:
+            got = json.loads(self.vtysh("bfdd", "show bfd peers json") or "[]")
+        except ValueError:
+            return []
+        return got if isinstance(got, list) else []
+
+    def bfd_peer(self, peer: str) -> dict[str, Any]:
+        for p in self.bfd_peers():
+            if p.get("peer") == peer:
+                return p
+        return {}
+
+    def log_tails(self, chars: int = 4000) -> str:
+        out = []
+        for d in self.daemons:
+            for suffix in (".log", ".out"):
+                f = self.dir / f"{d}{suffix}"
+                if f.exists():
+                    tail = f.read_text(errors="replace")[-chars:]
+                    out.append(f"--- FRR {f.name} (tail) ---\n{tail}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
