@@ -47,9 +47,7 @@ def test_full_read_then_changes_by_notification(netns: NetnsFactory) -> None:
         task = asyncio.create_task(reader.run(seen.append))
         try:
             await asyncio.wait_for(reader.wait_ready(), 10)
-            assert [
-                u for u in reader.underlay() if u.dst.version == 4
-            ] == [
+            assert [u for u in reader.underlay() if u.dst.version == 4] == [
                 UnderlayRoute(IPNetwork("0.0.0.0/0"), IPAddress("192.0.2.254"), "eth0"),
                 UnderlayRoute(IPNetwork("192.0.2.0/24"), None, "eth0"),
                 UnderlayRoute(IPNetwork("198.51.100.0/24"), IPAddress("192.0.2.1"), "eth0"),
@@ -135,7 +133,7 @@ def test_a_lost_notification_means_a_full_read(netns: NetnsFactory) -> None:
         try:
             await asyncio.wait_for(reader.wait_ready(), 10)
             # the event loop is held while the burst arrives: the socket overflows
-            subprocess.run(["ip", "-n", host.name, "-batch", "-"], input=burst.encode(),
+            subprocess.run(["ip", "-n", host.name, "-batch", "-"], input=burst.encode(),  # noqa: ASYNC221
                            check=True)  # fmt: skip
             await until(lambda: reader.lost >= 1)
             hosts = lambda: [u for u in reader.underlay() if u.dst.prefixlen == 32]  # noqa: E731
