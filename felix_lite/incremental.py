@@ -51,6 +51,7 @@ class IncrementalPlanner:
         self._neighbors: Counter[NeighborEntry] = Counter()
         self._fdb: Counter[FdbEntry] = Counter()
         self._unroutable_count = 0
+        self._new_unroutable: list[Unroutable] = []
 
     # ---- changes ----------------------------------------------------------
 
@@ -96,6 +97,12 @@ class IncrementalPlanner:
     def unroutable(self) -> tuple[Unroutable, ...]:
         return tuple(u for p in self._planned.values() for u in p[2])
 
+    def take_new_unroutable(self) -> list[Unroutable]:
+        """What could not be installed among the routes planned since the
+        last call (for the log: each problem once, when it appears)."""
+        new, self._new_unroutable = self._new_unroutable, []
+        return new
+
     @property
     def unroutable_count(self) -> int:
         return self._unroutable_count
@@ -125,6 +132,8 @@ class IncrementalPlanner:
             self._planned[text] = new
         self._count(old, -1)
         self._count(new, +1)
+        if new[2] and new[2] != old[2]:
+            self._new_unroutable.extend(new[2])
         old_route, new_route = old[0], new[0]
         if new_route is not None and (old_route is None or old_route != new_route):
             upserts.append(new_route)

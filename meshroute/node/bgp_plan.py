@@ -81,7 +81,12 @@ def peer_info(p: PeerPlan, router_id: IPAddress | None) -> PeerInfo:
     )
 
 
-def to_felix_routes(best: Mapping[IPNetwork, BgpBest]) -> list[FelixBest]:
-    """bgpd's winners as felix_lite's input (the planner orders them itself,
-    on integer keys); a route without next hops has nothing to install."""
-    return [FelixBest(b.prefix, b.next_hops) for b in best.values() if b.next_hops]
+def to_felix_changes(
+    changes: Mapping[IPNetwork, BgpBest | None],
+) -> dict[IPNetwork, FelixBest | None]:
+    """bgpd's changed winners as felix_lite's changes; a route without next
+    hops has nothing to install, as one that is gone."""
+    return {
+        p: FelixBest(b.prefix, b.next_hops) if b is not None and b.next_hops else None
+        for p, b in changes.items()
+    }

@@ -6,8 +6,13 @@ mark work dirty, loops do the work (level-triggered):
   (ExaBGP's config), announcements (own blocks, borrowed /32s) and bgpd's
   import context;
 - ExaBGP events -> ``_on_bgp_event``: the RIB (policy, best path);
-- best routes, the view, the host's links -> ``_felix_loop``: the planner's
-  desired kernel state for the reconciler, which owns the kernel table;
+- the RIB's changed best routes, the view, the host (felix_lite's
+  ``NetlinkHost``: links, addresses, underlay routes from netlink
+  notifications) -> ``_felix_loop``: felix_lite's incremental planner turns
+  just what changed into a change of the reconciler's desired state, which
+  owns the kernel table. A full rebuild (every best route planned again,
+  the whole desired state handed over) happens at start and every
+  ``felix.resyncIntervalSeconds``;
 - the IPAM service answers the CNI plugin on its socket.
 
 Stopping (SIGTERM) leaves the kernel routes in place and lets ExaBGP close
@@ -46,9 +51,10 @@ from bgpd.policy import ImportContext
 from bgpd.rib import Rib, decide_limit_raised
 from bgpd.speaker import Speaker, SpeakerSettings
 from datastore.etcd import EtcdStore
-from felix_lite.inputs import HostInterface, UnderlayRoute
-from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
-from felix_lite.planner import plan_kernel
+from felix_lite.host_state import HostChange
+from felix_lite.incremental import IncrementalPlanner
+from felix_lite.netlink_host import NetlinkHost
+from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
@@ -59,7 +65,7 @@ from meshroute.node.bgp_plan import (
     plan_bgp_announcements,
     plan_exabgp_config,
     plan_import_context,
-    to_felix_routes,
+    to_felix_changes,
 )
 from meshroute.node.config import NodeConfig
 from meshroute.node.metrics import NodeCollector
@@ -71,7 +77,6 @@ from meshroute.node.plan import (
 )
 from meshroute.node.policy import PolicyAgent
 from meshroute.node.readiness import decide_readiness
-from meshroute.node.underlay import read_underlay
 from meshroute.node.view import ClusterView, load_view
 from meshroute.peering import PeerPlan, decide_node_as, plan_peers
 from meshroute.registry import NodeRecord, Registry
@@ -124,9 +129,10 @@ class NodeProcess:
         self.received: Counter[IPAddress] = Counter()
         self.malformed = 0
         self.rib = Rib(ImportContext(), max_paths=8)
-        self.interfaces: list[HostInterface] = []
-        self.underlay: list[UnderlayRoute] = []
-        self.unroutable = 0
+        self.host: NetlinkHost | None = None
+        self.planner: IncrementalPlanner | None = None
+        self._host_dirty = True  # the view or the host changed: re-plan the host part
+        self._rebuild_due = True
         self._ready = asyncio.Event()
         self.local_as = 0
         self._bgp_synced = asyncio.Event()
@@ -159,18 +165,21 @@ class NodeProcess:
         await self._register(view)
 
         table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
-        links = await asyncio.to_thread(NetlinkHostLinks, c.netns)
         self.reconciler = Reconciler(
             table,
             tunnels=await asyncio.to_thread(NetlinkTunnels, c.netns),
-            links=links,
-            on_host_changed=self._on_host_changed,
             proto=c.felix.route_protocol,
             table=c.felix.route_table,
             resync_interval=c.felix.resync_seconds,
         )
-        self.interfaces = await links.interfaces()
-        self.underlay = await read_underlay(c.felix.route_protocol, c.felix.route_table, c.netns)
+        self.host = NetlinkHost(
+            c.netns,
+            own_proto=c.felix.route_protocol,
+            table=c.felix.route_table,
+            resync_interval=c.felix.resync_seconds,
+        )
+        self.tasks.spawn("host", self.host.run(self._on_host_changed))
+        await self.host.wait_ready()
 
         self.service = IpamService(
             self.ipam, HostIdentity(c.node_name, dict(c.labels)), host_netns=c.netns
@@ -301,6 +310,7 @@ class NodeProcess:
     async def _apply_view(self, view: ClusterView) -> None:
         assert self.speaker is not None
         self.view = view
+        self._host_dirty = True
         me = self._me(view)
         self.local_as = decide_node_as(me, view.bgp_config)
         peers = plan_peers(me, view.nodes, view.bgp_config, view.bgp_peers)
@@ -456,35 +466,62 @@ class NodeProcess:
             self._bgp_synced.set()
             self._felix_dirty.set()
 
-    def _on_host_changed(self, interfaces: list[HostInterface]) -> None:
-        self.interfaces = interfaces
+    def _on_host_changed(self, changed: set[HostChange]) -> None:
+        if HostChange.LINKS in changed and self.reconciler is not None:
+            self.reconciler.request_resync()  # the kernel drops routes with a link
+        self._host_dirty = True
         self._felix_dirty.set()
+
+    @property
+    def unroutable(self) -> int:
+        return self.planner.unroutable_count if self.planner is not None else 0
 
     async def _felix_loop(self) -> None:
         assert self.reconciler is not None
         if self.peers:
             await self._bgp_synced.wait()
+        loop = asyncio.get_running_loop()
+        rebuild_at = loop.time()
         while True:
-            await self._felix_dirty.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._felix_dirty.wait(), rebuild_at - loop.time())
             await asyncio.sleep(DEBOUNCE_S)
             self._felix_dirty.clear()
             if self.view is None:
                 continue
-            f = self.config.felix
-            self.underlay = await read_underlay(f.route_protocol, f.route_table, self.config.netns)
-            inp = plan_felix_input(
+            if loop.time() >= rebuild_at:
+                self._rebuild_due = True
+                rebuild_at = loop.time() + self.config.felix.resync_seconds
+            self._plan_pass()
+
+    def _plan_pass(self) -> None:
+        """Hand the reconciler what changed since the last pass: the host
+        part when the view or the host changed, then the best routes the
+        RIB changed. A rebuild plans everything again from scratch."""
+        assert self.reconciler is not None and self.host is not None and self.view is not None
+        host = self.planner.host if self.planner is not None and not self._host_dirty else None
+        if host is None:
+            self._host_dirty = False
+            host = plan_felix_input(
                 self.config,
                 self.view,
-                self.interfaces,
-                to_felix_routes(self.rib.best_routes()),
+                self.host.interfaces(),
+                (),
                 self.tunnel_address,
-                self.underlay,
+                self.host.underlay(),
             )
-            result = plan_kernel(inp)
-            self.unroutable = len(result.unroutable)
-            for u in result.unroutable:
-                log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
-            self.reconciler.set_desired(result.state)
+        if self._rebuild_due or self.planner is None:
+            self._rebuild_due = False
+            self.planner = IncrementalPlanner(host)
+            self.planner.update(to_felix_changes(self.rib.take_all()))
+            self.reconciler.set_desired(self.planner.state())
+        else:
+            self.reconciler.apply_change(self.planner.set_host(host))
+            if self.rib.changes_pending:
+                changes = to_felix_changes(self.rib.take_changes())
+                self.reconciler.apply_change(self.planner.update(changes))
+        for u in self.planner.take_new_unroutable():
+            log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
 
     # ---- operator-facing state -------------------------------------------
 
