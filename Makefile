@@ -26,6 +26,7 @@ bench: bootstrap
 	$(PY) -m bench.ipam --json
 	$(PY) -m bench.cni_routed --json
 	$(PY) -m bench.routes --routes 100000 --json
+	$(PY) -m bench.rib_ingest --prefixes 100000 --json
 	$(PY) -m bench.bgp_ingest --prefixes 100000 --json
 	$(PY) -m bench.bgp_ingest --prefixes 10000 --json
 	$(PY) -m bench.convergence --json
