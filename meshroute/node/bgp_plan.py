@@ -12,7 +12,7 @@ from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
 from bgpd.model import Announce
 from bgpd.model import BestRoute as BgpBest
 from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule
-from bgpd.rib import PeerInfo
+from bgpd.sessions import SessionPeer
 from felix_lite.inputs import BestRoute as FelixBest
 from meshroute.node.config import NodeConfig
 from meshroute.node.plan import own_blocks
@@ -70,12 +70,12 @@ def plan_bgp_announcements(
     return {p: Announce(p, None, cs) for p in prefixes}  # next-hop self
 
 
-def peer_info(p: PeerPlan, router_id: IPAddress | None) -> PeerInfo:
-    return PeerInfo(
+def session_peer(p: PeerPlan) -> SessionPeer:
+    return SessionPeer(
         address=p.address,
         asn=p.peer_as,
-        router_id=router_id,
         ebgp=p.peer_as != p.local_as,
+        graceful_restart_s=p.graceful_restart_time,
         max_prefix=p.max_prefix,
         max_prefix_action=MaxPrefixAction(p.max_prefix_action),
     )

@@ -22,10 +22,13 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
         n = self.node
+        sessions, speaker = n.sessions, n.speaker
+        if sessions is None or speaker is None:
+            return
         peers = GaugeMetricFamily(
             "meshroute_bgp_peers", "BGP peers by session state", labels=["state"]
         )
-        states = Counter(n.peer_state.get(p, SessionState.IDLE) for p in n.peers)
+        states = Counter(sessions.state(p) for p in n.peers)
         for s in SessionState:
             peers.add_metric([s.value], states.get(s, 0))
         yield peers
@@ -40,7 +43,7 @@ class NodeCollector(Collector):
             "meshroute_bgp_prefixes_accepted", "prefixes held from each peer", labels=["peer"]
         )
         for p in sorted(n.peers):
-            received.add_metric([str(p)], n.received.get(p, 0))
+            received.add_metric([str(p)], sessions.received.get(p, 0))
             accepted.add_metric([str(p)], n.rib.accepted_count(p))
         yield received
         yield accepted
@@ -57,7 +60,7 @@ class NodeCollector(Collector):
         malformed = CounterMetricFamily(
             "meshroute_bgp_malformed_lines", "lines from ExaBGP that could not be decoded"
         )
-        malformed.add_metric([], n.malformed)
+        malformed.add_metric([], speaker.stats.malformed)
         yield malformed
 
         routes = GaugeMetricFamily(

@@ -5,7 +5,8 @@ mark work dirty, loops do the work (level-triggered):
 - etcd changes -> ``_view_loop``: re-read the cluster view, re-plan peers
   (ExaBGP's config), announcements (own blocks, borrowed /32s) and bgpd's
   import context;
-- ExaBGP events -> ``_on_bgp_event``: the RIB (policy, best path);
+- ExaBGP events -> bgpd's ``Sessions`` (session facts, graceful restart,
+  End-of-RIB sync, max-prefix hold-down) and its RIB (policy, best path);
 - the RIB's changed best routes, the view, the host (felix_lite's
   ``NetlinkHost``: links, addresses, underlay routes from netlink
   notifications) -> ``_felix_loop``: felix_lite's incremental planner turns
@@ -29,26 +30,16 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from netaddr import IPAddress
 
 from bgpd.gtsm import GtsmError, GtsmRule, GtsmTable, plan_gtsm
-from bgpd.model import (
-    EorEvent,
-    Event,
-    MalformedLine,
-    NotificationEvent,
-    OpenEvent,
-    RouteRefresh,
-    SessionState,
-    StateEvent,
-    UpdateEvent,
-)
+from bgpd.model import Event, MalformedLine, RouteRefresh, SessionState
 from bgpd.policy import ImportContext
-from bgpd.rib import Rib, decide_limit_raised
+from bgpd.rib import Rib
+from bgpd.sessions import Sessions
 from bgpd.speaker import Speaker, SpeakerSettings
 from datastore.etcd import EtcdStore
 from felix_lite.host_state import HostChange
@@ -61,10 +52,10 @@ from ipam.cni_service import HostIdentity, IpamService
 from ipam.ipam import Ipam
 from meshroute.bgp_store import BgpStore
 from meshroute.node.bgp_plan import (
-    peer_info,
     plan_bgp_announcements,
     plan_exabgp_config,
     plan_import_context,
+    session_peer,
     to_felix_changes,
 )
 from meshroute.node.config import NodeConfig
@@ -88,14 +79,6 @@ from meshroute.runtime.systemd import Notifier
 log = logging.getLogger("meshroute.node")
 
 LEASE_TTL_S = 30
-# After a restart the kernel still holds the last run's routes. The first
-# desired state is held back until every peer has sent End-of-RIB (or this
-# long), so a route is never withdrawn just because BGP has not re-learned it.
-BGP_SYNC_TIMEOUT_S = 30.0
-# A peer whose session was closed for sending more than its max-prefix stays
-# out of ExaBGP's configuration this long, then is tried again (as BIRD's
-# "import limit ... action restart").
-MAX_PREFIX_HOLD_DOWN_S = 60.0
 DEBOUNCE_S = 0.02
 
 
@@ -123,11 +106,6 @@ class NodeProcess:
         self.view: ClusterView | None = None
         self.tunnel_address: IPAddress | None = None
         self.peers: dict[IPAddress, PeerPlan] = {}
-        self.peer_since: dict[IPAddress, float] = {}
-        self.peer_state: dict[IPAddress, SessionState] = {}
-        self.peer_router_id: dict[IPAddress, IPAddress] = {}
-        self.received: Counter[IPAddress] = Counter()
-        self.malformed = 0
         self.rib = Rib(ImportContext(), max_paths=8)
         self.host: NetlinkHost | None = None
         self.planner: IncrementalPlanner | None = None
@@ -135,15 +113,12 @@ class NodeProcess:
         self._rebuild_due = True
         self._ready = asyncio.Event()
         self.local_as = 0
-        self._bgp_synced = asyncio.Event()
-        self._eor_from: set[IPAddress] = set()
-        self._gr_timers: dict[IPAddress, asyncio.TimerHandle] = {}
-        self._held_down: dict[IPAddress, asyncio.TimerHandle] = {}
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
         self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
+        self.sessions: Sessions | None = None
         self.gtsm = GtsmTable(("ip", "netns", "exec", config.netns) if config.netns else ())
         self._gtsm_desired: frozenset[GtsmRule] = frozenset()
         self.service: IpamService | None = None
@@ -197,6 +172,12 @@ class NodeProcess:
             ),
             on_event=self._on_bgp_event,
         )
+        self.sessions = Sessions(
+            self.rib,
+            self.speaker.peer_state,
+            on_routes_changed=self._felix_dirty.set,
+            on_peers_changed=self._view_dirty.set,
+        )
         await self.speaker.start()
         await self._apply_view(view)
 
@@ -213,7 +194,7 @@ class NodeProcess:
         self.tasks.spawn("alive", self.registry.stay_alive(c.node_name, LEASE_TTL_S))
         self.tasks.spawn("housekeeping", self._housekeeping())
         ready = asyncio.create_task(self._become_ready(), name="ready")  # ends by design
-        sync_timer = asyncio.get_running_loop().call_later(BGP_SYNC_TIMEOUT_S, self._bgp_sync_due)
+        self.sessions.start()
         if self.notifier.watchdog_interval_s:
             self.tasks.spawn(
                 "watchdog", self.tasks.watchdog(self.notifier.watchdog_interval_s, self.notifier)
@@ -223,7 +204,7 @@ class NodeProcess:
         finally:
             self.notifier.notify("STOPPING=1")
             http.close()
-            sync_timer.cancel()
+            self.sessions.close()
             ready.cancel()
             await self.tasks.cancel_all()
             await self.service.stop()
@@ -308,24 +289,15 @@ class NodeProcess:
                 self._view_dirty.set()
 
     async def _apply_view(self, view: ClusterView) -> None:
-        assert self.speaker is not None
+        assert self.speaker is not None and self.sessions is not None
         self.view = view
         self._host_dirty = True
         me = self._me(view)
         self.local_as = decide_node_as(me, view.bgp_config)
         peers = plan_peers(me, view.nodes, view.bgp_config, view.bgp_peers)
-        old_peers, self.peers = self.peers, {p.address: p for p in peers}
-        raised = [p.address for p in peers if self._limit_changed(old_peers.get(p.address), p)]
-        for p in peers:
-            self.peer_state.setdefault(p.address, SessionState.IDLE)
-            self.peer_since.setdefault(p.address, time.time())
-        for gone in set(self.peer_state) - set(self.peers):
-            self.peer_state.pop(gone, None)
-            self.rib.peer_down(gone)  # unconfigured: its routes go at once
-            timer = self._gr_timers.pop(gone, None)
-            if timer is not None:
-                timer.cancel()
-        configured = [p for p in peers if p.address not in self._held_down]
+        self.peers = {p.address: p for p in peers}
+        raised = self.sessions.set_peers(session_peer(p) for p in peers)
+        configured = [p for p in peers if not self.sessions.held_down(p.address)]
         self._gtsm_desired = plan_gtsm(
             {p.address: p.ttl_security for p in configured if p.ttl_security}
         )
@@ -340,32 +312,17 @@ class NodeProcess:
         if ctx != self.rib.context:
             result = self.rib.set_context(ctx)
             if result.refresh_needed:
-                raised = list(self.peer_state)
+                raised = list(self.peers)
         if raised:
             await self._refresh_peers(raised)
         self._felix_dirty.set()
-
-    def _limit_changed(self, old: PeerPlan | None, new: PeerPlan) -> bool:
-        """Apply a changed max-prefix to what the peer already sent; True
-        when paths refused before may now be accepted (ask for a refresh)."""
-        if old is None or (old.max_prefix, old.max_prefix_action) == (
-            new.max_prefix,
-            new.max_prefix_action,
-        ):
-            return False
-        res = self.rib.set_peer_limit(peer_info(new, self.peer_router_id.get(new.address)))
-        if res.close_session:
-            self._hold_down(new.address, new.max_prefix)
-        if res.changed:
-            self._felix_dirty.set()
-        return decide_limit_raised(old.max_prefix, new.max_prefix)
 
     async def _refresh_peers(self, peers: list[IPAddress]) -> None:
         """The import policy now accepts more from these peers: ask them to
         send again."""
 
-        assert self.speaker is not None
-        up = [p for p in peers if self.peer_state.get(p) is SessionState.ESTABLISHED]
+        assert self.speaker is not None and self.sessions is not None
+        up = [p for p in peers if self.sessions.state(p) is SessionState.ESTABLISHED]
         if up:
             fam = {4: "ipv4 unicast", 6: "ipv6 unicast"}
             await self.speaker.send([RouteRefresh(fam[p.version], p) for p in up])
@@ -373,98 +330,12 @@ class NodeProcess:
     # ---- ExaBGP events -> RIB --------------------------------------------
 
     def _on_bgp_event(self, e: Event) -> None:
-        if isinstance(e, UpdateEvent):
-            plan = self.peers.get(e.peer)
-            if plan is None:
-                return
-            self.received[e.peer] += len(e.announced)
-            res = self.rib.apply_update(e, peer_info(plan, self.peer_router_id.get(e.peer)))
-            for prefix, reason in res.rejected:  # counted by the RIB
-                log.info("rejected %s from %s: %s", prefix, e.peer, reason.value)
-            if res.close_session:
-                self._hold_down(e.peer, plan.max_prefix)
-            if res.changed:
-                self._felix_dirty.set()
-        elif isinstance(e, StateEvent):
-            old = self.peer_state.get(e.peer)
-            self.peer_state[e.peer] = e.state
-            if old is not e.state:
-                self.peer_since[e.peer] = time.time()
-                log.info("peer %s: %s (%s)", e.peer, e.state.value, e.reason or "no reason given")
-            if e.state is SessionState.DOWN:
-                self._peer_down(e.peer)
-            elif e.state is SessionState.ESTABLISHED:
-                timer = self._gr_timers.pop(e.peer, None)
-                if timer is not None:
-                    timer.cancel()
-        elif isinstance(e, OpenEvent) and e.direction == "receive":
-            self.peer_router_id[e.peer] = e.router_id
-        elif isinstance(e, EorEvent):
-            self._eor_from.add(e.peer)
-            if self.rib.peer_eor(e.peer):
-                self._felix_dirty.set()
-            if set(self.peers) <= self._eor_from:
-                self._bgp_sync_due()
-        elif isinstance(e, NotificationEvent):
-            log.warning("NOTIFICATION from %s: %d/%d %s", e.peer, e.code, e.subcode, e.data)
-        elif isinstance(e, MalformedLine):
-            self.malformed += 1
+        if isinstance(e, MalformedLine):  # counted by the speaker
             log.warning("malformed line from ExaBGP (%s): %.200s", e.reason, e.line)
-
-    def _peer_down(self, peer: IPAddress) -> None:
-        """Graceful restart (RFC 4724) as the receiving speaker: keep the
-        peer's paths, marked stale, for its restart time; its End-of-RIB
-        after coming back sweeps what it did not re-announce, the timer
-        sweeps everything if it does not come back."""
-        if peer in self._held_down:
-            return  # closed on purpose: its routes are already gone
-        plan = self.peers.get(peer)
-        gr = plan.graceful_restart_time if plan is not None else 0
-        changed = self.rib.peer_down(peer, graceful=gr > 0)
-        if gr > 0 and peer not in self._gr_timers:
-            self._gr_timers[peer] = asyncio.get_running_loop().call_later(
-                gr, self._gr_expired, peer
-            )
-        if changed:
-            self._felix_dirty.set()
-
-    def _hold_down(self, peer: IPAddress, limit: int | None) -> None:
-        """Close the session of a peer over its max-prefix: drop its routes
-        now (a deliberate close, not a restart: no graceful stale) and leave
-        it out of ExaBGP's configuration for the hold-down."""
-        if peer in self._held_down:
-            return
-        log.warning(
-            "peer %s sent more than its max-prefix %s: closing the session for %.0f s",
-            peer,
-            limit,
-            MAX_PREFIX_HOLD_DOWN_S,
-        )
-        if self.rib.peer_down(peer, graceful=False):
-            self._felix_dirty.set()
-        loop = asyncio.get_running_loop()
-        self._held_down[peer] = loop.call_later(MAX_PREFIX_HOLD_DOWN_S, self._release, peer)
-        self._view_dirty.set()  # re-plan ExaBGP's peers without it
-
-    def _release(self, peer: IPAddress) -> None:
-        self._held_down.pop(peer, None)
-        self._view_dirty.set()
-
-    def _gr_expired(self, peer: IPAddress) -> None:
-        self._gr_timers.pop(peer, None)
-        if self.rib.peer_gr_expired(peer):
-            log.info("peer %s did not come back within its restart time", peer)
-            self._felix_dirty.set()
+        elif self.sessions is not None:
+            self.sessions.on_event(e)
 
     # ---- RIB + view + links -> kernel -------------------------------------
-
-    def _bgp_sync_due(self) -> None:
-        if not self._bgp_synced.is_set():
-            missing = sorted(set(self.peers) - self._eor_from)
-            if missing:
-                log.warning("programming routes without End-of-RIB from %s", missing)
-            self._bgp_synced.set()
-            self._felix_dirty.set()
 
     def _on_host_changed(self, changed: set[HostChange]) -> None:
         if HostChange.LINKS in changed and self.reconciler is not None:
@@ -477,9 +348,8 @@ class NodeProcess:
         return self.planner.unroutable_count if self.planner is not None else 0
 
     async def _felix_loop(self) -> None:
-        assert self.reconciler is not None
-        if self.peers:
-            await self._bgp_synced.wait()
+        assert self.reconciler is not None and self.sessions is not None
+        await self.sessions.synced.wait()
         loop = asyncio.get_running_loop()
         rebuild_at = loop.time()
         while True:
@@ -536,10 +406,12 @@ class NodeProcess:
         return self.tasks.liveness()
 
     def readiness(self) -> Health:
-        up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        up = self.sessions.established() if self.sessions is not None else []
         return decide_readiness(self.ready, self.peers, up, time.monotonic() - self.started)
 
     def status(self) -> dict[str, Any]:
+        assert self.sessions is not None
+        s = self.sessions
         peers = []
         for addr, p in sorted(self.peers.items()):
             peers.append(
@@ -547,12 +419,12 @@ class NodeProcess:
                     "peer": str(addr),
                     "asn": p.peer_as,
                     "type": p.kind,
-                    "state": self.peer_state.get(addr, SessionState.IDLE).value,
-                    "since": self.peer_since.get(addr, 0.0),
+                    "state": s.state(addr).value,
+                    "since": s.since(addr),
                     "accepted": self.rib.accepted_count(addr),
                     "received": self.rib.received_count(addr),
                     "rejected": self.rib.rejects.for_peer(addr),
-                    "heldDown": addr in self._held_down,
+                    "heldDown": s.held_down(addr),
                 }
             )
         return {
