@@ -8,7 +8,9 @@ owner of each peer's session facts beyond ExaBGP's raw state.
   RIB's counts);
 - graceful restart (RFC 4724, receiving side): a peer whose session drops
   keeps its paths, marked stale, for its restart time; its End-of-RIB after
-  coming back sweeps what it did not re-announce, the timer sweeps the rest;
+  coming back sweeps what it did not re-announce, the timer sweeps the rest.
+  A session the peer ended with a NOTIFICATION is not a restart (RFC 8538
+  1): its paths go at once, as BIRD and FRR do;
 - End-of-RIB sync: ``synced`` is set once every configured peer sent
   End-of-RIB, or ``sync_timeout`` after ``start``, whichever is first (after
   a restart the kernel still holds the last run's routes: nothing is
@@ -89,6 +91,7 @@ class Sessions:
         self._router_id: dict[IPAddress, IPAddress] = {}
         self.received: Counter[IPAddress] = Counter()
         self._eor_from: set[IPAddress] = set()
+        self._notified: set[IPAddress] = set()  # sent a NOTIFICATION: ending on purpose
         self._gr_timers: dict[IPAddress, asyncio.TimerHandle] = {}
         self._held_down: dict[IPAddress, asyncio.TimerHandle] = {}
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -196,6 +199,7 @@ class Sessions:
             if set(self._peers) <= self._eor_from:
                 self._sync_due()
         elif isinstance(e, NotificationEvent):
+            self._notified.add(e.peer)
             log.warning("NOTIFICATION from %s: %d/%d %s", e.peer, e.code, e.subcode, e.data)
 
     def _on_update(self, e: UpdateEvent) -> None:
@@ -212,10 +216,12 @@ class Sessions:
             self._on_routes_changed()
 
     def _peer_down(self, address: IPAddress) -> None:
+        notified = address in self._notified
+        self._notified.discard(address)
         if address in self._held_down:
             return  # closed on purpose: its routes are already gone
         peer = self._peers.get(address)
-        gr = peer.graceful_restart_s if peer is not None else 0
+        gr = peer.graceful_restart_s if peer is not None and not notified else 0
         changed = self.rib.peer_down(address, graceful=gr > 0)
         if gr > 0 and address not in self._gr_timers:
             loop = asyncio.get_running_loop()

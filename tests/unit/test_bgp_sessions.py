@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 from netaddr import IPAddress, IPNetwork
 
-from bgpd.model import EorEvent, OpenEvent, PathAttrs, SessionState, StateEvent, UpdateEvent
+from bgpd.model import (
+    EorEvent,
+    NotificationEvent,
+    OpenEvent,
+    PathAttrs,
+    SessionState,
+    StateEvent,
+    UpdateEvent,
+)
 from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule
 from bgpd.rib import Rib
 from bgpd.sessions import SessionPeer, Sessions
@@ -136,5 +144,24 @@ def test_a_removed_peer_loses_its_routes_at_once_and_its_facts() -> None:
         # an update from a peer no longer configured is ignored
         r.s.on_event(announce(A, P[1]))
         assert not r.rib.best_routes()
+
+    asyncio.run(go())
+
+
+def test_a_session_ended_by_a_notification_is_no_restart() -> None:
+    async def go() -> None:
+        r = Rig()
+        r.s.set_peers([A])
+        r.state(A, SessionState.ESTABLISHED)
+        r.s.on_event(announce(A, P[0]))
+        r.s.on_event(NotificationEvent(A.address, 6, 2, "administrative shutdown"))
+        r.state(A, SessionState.DOWN)
+        assert not r.rib.best_routes()
+        # the next drop without one is a restart again
+        r.state(A, SessionState.ESTABLISHED)
+        r.s.on_event(announce(A, P[0]))
+        r.state(A, SessionState.DOWN)
+        assert set(r.rib.best_routes()) == {P[0]}
+        r.s.close()
 
     asyncio.run(go())
