@@ -32,6 +32,7 @@ from felix_lite.model import (
     KernelRoute,
     KernelState,
     NeighborEntry,
+    RouteKind,
     prefix_text,
 )
 from felix_lite.planner import PlanContext, PlannedHop, Unroutable, plan_context, plan_one
@@ -59,6 +60,9 @@ class IncrementalPlanner:
         host = _host_only(host)
         if host == self._ctx.inp:
             return DesiredChange(base=self._base())
+        # Only fabric routes (and routes that could not be planned) look at
+        # the underlay: a change there alone re-plans just those.
+        underlay_only = host == dataclasses.replace(self._ctx.inp, underlay=host.underlay)
         old_blackholes = self._ctx.blackholes
         self._ctx = plan_context(host)
         upserts: list[KernelRoute] = []
@@ -71,6 +75,8 @@ class IncrementalPlanner:
             if old_blackholes.get(text) != hole:
                 upserts.append(hole)
         for text, best in self._best.items():
+            if underlay_only and not _uses_underlay(self._planned.get(text, _NOTHING)):
+                continue
             self._replan(text, best, upserts, removes)
         return DesiredChange(tuple(upserts), tuple(removes), self._base())
 
@@ -169,6 +175,11 @@ def _add(counts: Counter[K], key: K, sign: int) -> None:
         counts[key] = n
     else:
         del counts[key]
+
+
+def _uses_underlay(planned: _Planned) -> bool:
+    route, _, problems = planned
+    return bool(problems) or route is None or route.kind is RouteKind.FABRIC
 
 
 def _host_only(inp: PlanInput) -> PlanInput:

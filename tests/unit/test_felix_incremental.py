@@ -214,3 +214,33 @@ def test_one_more_prefix_plans_and_diffs_one_route(monkeypatch: pytest.MonkeyPat
         assert len(kernel.owned(DEFAULT_PROTO)) == n + 1
 
     asyncio.run(go())
+
+
+def test_an_underlay_change_re_plans_only_the_routes_that_use_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = PlanInput(
+        interfaces=(ETH0,),
+        pools=(Pool(N("10.244.0.0/16")),),
+        underlay=(UnderlayRoute(N("0.0.0.0/0"), A("192.0.2.1"), "eth0"),),
+    )
+    direct = BestRoute(N("10.244.1.0/26"), (A("192.0.2.20"),))
+    fabric = BestRoute(N("10.244.2.0/26"), (A("198.51.100.7"),))
+    plan = IncrementalPlanner(host)
+    plan.update(best_changes([direct, fabric]))
+    planned: list[BestRoute] = []
+    real_plan_one = incremental.plan_one
+
+    def counting(ctx: planner.PlanContext, best: BestRoute):  # type: ignore[no-untyped-def]
+        planned.append(best)
+        return real_plan_one(ctx, best)
+
+    monkeypatch.setattr(incremental, "plan_one", counting)
+    moved = dataclasses.replace(
+        host, underlay=(UnderlayRoute(N("0.0.0.0/0"), A("192.0.2.254"), "eth0"),)
+    )
+    change = plan.set_host(moved)
+    assert planned == [fabric]
+    (route,) = change.upserts
+    assert route.nexthops[0].gateway == A("192.0.2.254")
+    assert plan.state() == plan_kernel(dataclasses.replace(moved, routes=(direct, fabric))).state
