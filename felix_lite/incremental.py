@@ -39,8 +39,23 @@ from felix_lite.planner import PlanContext, PlannedHop, Unroutable, plan_context
 
 # What one best route planned into: its route (None: nothing installable),
 # the hops it uses (for neighbour and FDB reference counts) and its problems.
+# Held as the route alone in the common case (no neighbour, FDB entry or
+# problem to remember): a tuple per route is ~12 MB at 100k.
 _Planned = tuple[KernelRoute | None, tuple[PlannedHop, ...], tuple[Unroutable, ...]]
 _NOTHING: _Planned = (None, (), ())
+
+
+def _held(planned: _Planned) -> KernelRoute | _Planned:
+    route, hops, problems = planned
+    if route is not None and not problems and all(h.neighbor is h.fdb is None for h in hops):
+        return route
+    return planned
+
+
+def _unheld(held: KernelRoute | _Planned) -> _Planned:
+    return (held, (), ()) if isinstance(held, KernelRoute) else held
+
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -48,7 +63,7 @@ class IncrementalPlanner:
     def __init__(self, host: PlanInput) -> None:
         self._ctx: PlanContext = plan_context(_host_only(host))
         self._best: dict[str, BestRoute] = {}  # by prefix text
-        self._planned: dict[str, _Planned] = {}
+        self._planned: dict[str, KernelRoute | _Planned] = {}
         self._neighbors: Counter[NeighborEntry] = Counter()
         self._fdb: Counter[FdbEntry] = Counter()
         self._unroutable_count = 0
@@ -75,7 +90,7 @@ class IncrementalPlanner:
             if old_blackholes.get(text) != hole:
                 upserts.append(hole)
         for text, best in self._best.items():
-            if underlay_only and not _uses_underlay(self._planned.get(text, _NOTHING)):
+            if underlay_only and not _uses_underlay(_unheld(self._planned.get(text, _NOTHING))):
                 continue
             self._replan(text, best, upserts, removes)
         return DesiredChange(tuple(upserts), tuple(removes), self._base())
@@ -97,11 +112,16 @@ class IncrementalPlanner:
 
     def state(self) -> KernelState:
         routes = list(self._ctx.blackholes.values())
-        routes += [p[0] for p in self._planned.values() if p[0] is not None]
+        for held in self._planned.values():
+            route = held if isinstance(held, KernelRoute) else held[0]
+            if route is not None:
+                routes.append(route)
         return dataclasses.replace(self._base(), routes=frozenset(routes))
 
     def unroutable(self) -> tuple[Unroutable, ...]:
-        return tuple(u for p in self._planned.values() for u in p[2])
+        return tuple(
+            u for p in self._planned.values() if not isinstance(p, KernelRoute) for u in p[2]
+        )
 
     def take_new_unroutable(self) -> list[Unroutable]:
         """What could not be installed among the routes planned since the
@@ -126,7 +146,7 @@ class IncrementalPlanner:
         upserts: list[KernelRoute],
         removes: list[tuple[int, str]],
     ) -> None:
-        old = self._planned.get(text, _NOTHING)
+        old = _unheld(self._planned.get(text, _NOTHING))
         if best is None:
             new = _NOTHING
         else:
@@ -135,7 +155,7 @@ class IncrementalPlanner:
         if new[0] is None and new[2] == ():
             self._planned.pop(text, None)
         else:
-            self._planned[text] = new
+            self._planned[text] = _held(new)
         self._count(old, -1)
         self._count(new, +1)
         if new[2] and new[2] != old[2]:
