@@ -239,7 +239,9 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
                     recv.ip("route", "flush", "proto", BIRD_PROTO, check=False)
 
             def run_node(i: int) -> None:
-                node = NodeRun.start_in(node_ns, work / f"node{i}", etcd.endpoint, "/bench")
+                # one work dir: a node that did not stop in time leaves its ExaBGP
+                # behind, and the next one ends it by its recorded PID
+                node = NodeRun.start_in(node_ns, work / "node", etcd.endpoint, "/bench")
                 try:
                     node.wait_started()
                     runs["meshroute"].append(
