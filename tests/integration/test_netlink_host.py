@@ -13,7 +13,9 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.host_state import HostChange
-from felix_lite.inputs import UnderlayRoute
+from felix_lite.incremental import IncrementalPlanner
+from felix_lite.inputs import BestRoute, PlanInput, Pool, UnderlayRoute
+from felix_lite.model import NextHop, RouteKind
 from felix_lite.netlink_host import NetlinkHost
 from tests.harness.netns import NetnsFactory, veth
 
@@ -138,6 +140,49 @@ def test_a_lost_notification_means_a_full_read(netns: NetnsFactory) -> None:
             await until(lambda: reader.lost >= 1)
             hosts = lambda: [u for u in reader.underlay() if u.dst.prefixlen == 32]  # noqa: E731
             await until(lambda: len(hosts()) == 3000)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_an_underlay_change_reaches_the_planner_by_notification(netns: NetnsFactory) -> None:
+    """A pod route whose next hop is off every connected subnet (pool mode
+    Never) follows the host's underlay route for it as that route changes,
+    with no second full read of the host."""
+    host, peer = netns.new("host"), netns.new("peer")
+    veth(host, "eth0", peer, "eth0")
+    host.ip("addr", "add", "192.0.2.11/24", "dev", "eth0")
+    best = BestRoute(IPNetwork("10.244.5.0/26"), (IPAddress("198.51.100.7"),))
+
+    async def go() -> None:
+        reader = NetlinkHost(host.name, own_proto=OURS, table=254)
+        changes: asyncio.Queue[set[HostChange]] = asyncio.Queue()
+        task = asyncio.create_task(reader.run(changes.put_nowait))
+        try:
+            await asyncio.wait_for(reader.wait_ready(), 10)
+
+            def host_input() -> PlanInput:
+                return PlanInput(
+                    interfaces=tuple(reader.interfaces()),
+                    pools=(Pool(IPNetwork("10.244.0.0/16")),),
+                    underlay=tuple(reader.underlay()),
+                )
+
+            planner = IncrementalPlanner(host_input())
+            planner.update({best.prefix: best})
+            assert not planner.state().routes  # no underlay route covers the next hop yet
+            for gateway in ("192.0.2.1", "192.0.2.254"):
+                route_cmd = ("route", "replace", "198.51.100.0/24", "via", gateway, "proto", "static")
+                await asyncio.to_thread(host.ip, *route_cmd)
+                while HostChange.UNDERLAY not in await asyncio.wait_for(changes.get(), 10):
+                    pass
+                change = planner.set_host(host_input())
+                (route,) = change.upserts
+                assert route.kind is RouteKind.FABRIC
+                assert route.nexthops == (NextHop(IPAddress(gateway), "eth0"),)
+            assert reader.full_reads == 1
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
