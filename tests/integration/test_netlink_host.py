@@ -174,8 +174,8 @@ def test_an_underlay_change_reaches_the_planner_by_notification(netns: NetnsFact
             planner.update({best.prefix: best})
             assert not planner.state().routes  # no underlay route covers the next hop yet
             for gateway in ("192.0.2.1", "192.0.2.254"):
-                route_cmd = ("route", "replace", "198.51.100.0/24", "via", gateway, "proto", "static")
-                await asyncio.to_thread(host.ip, *route_cmd)
+                cmd = ("route", "replace", "198.51.100.0/24", "via", gateway, "proto", "static")
+                await asyncio.to_thread(host.ip, *cmd)
                 while HostChange.UNDERLAY not in await asyncio.wait_for(changes.get(), 10):
                     pass
                 change = planner.set_host(host_input())
