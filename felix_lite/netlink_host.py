@@ -140,6 +140,7 @@ class NetlinkHost:
         self._rcvbuf = rcvbuf
         self._state = HostState(own_proto, table)
         self._ready = asyncio.Event()
+        self._error: Exception | None = None
         self.full_reads = 0
         self.notifications = 0
         self.lost = 0  # times the socket overflowed (each one a full read)
@@ -151,11 +152,21 @@ class NetlinkHost:
         return self._state.underlay()
 
     async def wait_ready(self) -> None:
-        """Until the first full read is in."""
+        """Until the first full read is in; raises what ended ``run`` first."""
         await self._ready.wait()
+        if self._error is not None:
+            raise self._error
 
     async def run(self, on_change: Callable[[set[HostChange]], None]) -> None:
         """Read the host until cancelled."""
+        try:
+            await self._run(on_change)
+        except Exception as e:
+            self._error = e
+            self._ready.set()
+            raise
+
+    async def _run(self, on_change: Callable[[set[HostChange]], None]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             sock = await asyncio.to_thread(_subscribe, self.netns, self.own_proto, self._rcvbuf)

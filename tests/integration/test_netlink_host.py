@@ -188,3 +188,15 @@ def test_an_underlay_change_reaches_the_planner_by_notification(netns: NetnsFact
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(go())
+
+
+def test_a_host_that_cannot_be_read_fails_the_wait() -> None:
+    async def go() -> None:
+        reader = NetlinkHost("mrt-no-such-namespace", own_proto=OURS, table=254)
+        task = asyncio.create_task(reader.run(lambda _: None))
+        with pytest.raises(OSError):
+            await asyncio.wait_for(reader.wait_ready(), 10)
+        with pytest.raises(OSError):
+            await task
+
+    asyncio.run(go())
