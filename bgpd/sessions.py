@@ -147,10 +147,6 @@ class Sessions:
             self._sync_due()
         return raised
 
-    def configured(self) -> list[SessionPeer]:
-        """The peers ExaBGP should have: all but those held down."""
-        return [p for a, p in self._peers.items() if a not in self._held_down]
-
     # ---- reading ----------------------------------------------------------
 
     def state(self, peer: IPAddress) -> SessionState:

@@ -119,10 +119,10 @@ def test_max_prefix_close_drops_routes_and_holds_the_peer_down_then_releases() -
         r.s.on_event(announce(B, P[2]))  # one over: close
         assert not r.rib.best_routes()
         assert r.s.held_down(B.address) and r.peers_changed == 1
-        assert [p.address for p in r.s.configured()] == [A.address]
+        assert not r.s.held_down(A.address)
         r.state(B, SessionState.DOWN)  # closed on purpose: nothing more to drop
         await until(lambda: not r.s.held_down(B.address))
-        assert r.peers_changed == 2 and len(r.s.configured()) == 2
+        assert r.peers_changed == 2
 
     asyncio.run(go())
 
