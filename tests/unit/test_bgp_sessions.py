@@ -165,3 +165,25 @@ def test_a_session_ended_by_a_notification_is_no_restart() -> None:
         r.s.close()
 
     asyncio.run(go())
+
+
+def test_a_changed_max_prefix_applies_to_what_the_peer_sent() -> None:
+    async def go() -> None:
+        r = Rig(hold_down_s=60)
+        drop = SessionPeer(A.address, A.asn, ebgp=True, max_prefix=None)
+        r.s.set_peers([drop])
+        r.s.on_event(announce(drop, P[0], P[1], P[2]))
+        assert len(r.rib.best_routes()) == 3
+        lowered = SessionPeer(A.address, A.asn, ebgp=True, max_prefix=2)
+        assert r.s.set_peers([lowered]) == []  # lowered: nothing to ask again
+        assert len(r.rib.best_routes()) == 2  # the excess is dropped
+        raised = SessionPeer(A.address, A.asn, ebgp=True, max_prefix=3)
+        assert r.s.set_peers([raised]) == [A.address]  # ask for a refresh
+        closing = SessionPeer(
+            A.address, A.asn, ebgp=True, max_prefix=1, max_prefix_action=MaxPrefixAction.CLOSE
+        )
+        r.s.set_peers([closing])
+        assert r.s.held_down(A.address) and not r.rib.best_routes()
+        r.s.close()
+
+    asyncio.run(go())
