@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.bgp_ingest import REPO, Bird, NodeRun, kernel_count
-from meshroute.lab.etcd import start_etcd
-from meshroute.lab.netns import Netns, NetnsFactory
-from tests.harness.node import wait_for
+from lab.etcd import start_etcd
+from lab.netns import Netns, NetnsFactory
+from lab.node_rig import wait_for
 
 NODE_PROTO = "213"
 BIRD_PROTO = "bird"
