@@ -17,7 +17,7 @@ from felix_lite.incremental import IncrementalPlanner
 from felix_lite.inputs import BestRoute, PlanInput, Pool, UnderlayRoute
 from felix_lite.model import NextHop, RouteKind
 from felix_lite.netlink_host import NetlinkHost
-from tests.harness.netns import NetnsFactory, veth
+from lab.netns import NetnsFactory, veth
 
 pytestmark = pytest.mark.netns
 OURS = 213
