@@ -44,12 +44,6 @@ poll's end time is taken):
   the feeder announces one more /26 (``birdc enable extra``, a static
   protocol of its own); until the receiver's kernel routes it: the cost of
   one change with a full table;
-- ``exabgp_floor_s``: ExaBGP alone with the node's configuration and API
-  settings but a no-op API reader (it only drains the JSON and notes the
-  End-of-RIB), from ``birdc enable`` until that End-of-RIB: what ExaBGP's
-  parsing and encoding cost before the node sees anything;
-  ``exabgp_floor_cpu_s`` its CPU. ``meshroute_own_s`` is ``meshroute_s``
-  minus the floor, ``own_ratio`` that over ``bird_s``;
 - ``node_rss_mb``: VmRSS of the node process plus its ExaBGP (pid from
   ``<workDir>/exabgp.pid``) and ExaBGP's children (the API relay), read after
   the ingest; ``bird_rss_mb`` the receiving BIRD's, for reference.
@@ -283,61 +277,6 @@ def one_more(feeder: Bird, ns: Netns, timeout: float = 120) -> float:
         feeder.birdc("disable extra")
 
 
-def floor_reader(stamp: str) -> None:
-    """ExaBGP's API process for the floor: drain, note the first End-of-RIB."""
-    seen = False
-    for line in sys.stdin.buffer:
-        if not seen and b'"eor"' in line:
-            Path(stamp).write_text(repr(time.time()))
-            seen = True
-
-
-def exabgp_floor(feeder: Bird, ns: Netns, work: Path, timeout: float) -> tuple[float, float]:
-    """(seconds, CPU seconds) of ExaBGP alone taking the feed (see the
-    module docstring)."""
-    from bgpd.exabgp_config import ExabgpConfig, NeighborConfig, render, render_env
-
-    work.mkdir(parents=True, exist_ok=True)
-    stamp = work / "eor"
-    cfg = ExabgpConfig(
-        router_id=IPAddress(NODE_ADDR),
-        local_as=NODE_AS,
-        neighbors=(
-            NeighborConfig(
-                IPAddress(FEED_NODE), FEED_AS, local_address=IPAddress(NODE_ADDR), passive=True
-            ),
-        ),
-        api_run=(sys.executable, "-m", "bench.bgp_ingest", "--floor-reader", str(stamp)),
-        listen=(IPAddress(NODE_ADDR), 179),
-    )
-    (work / "exabgp.conf").write_text(render(cfg))
-    listening = lambda: bool(ns.sh("ss -Hltn 'sport = :179'").strip())  # noqa: E731
-    # the previous receiver's ExaBGP may still hold the port for a moment
-    wait_for("port 179 free", lambda: not listening(), 60)
-    env = render_env(cfg, log_level="WARNING", base={**os.environ, "PYTHONPATH": str(REPO)})
-    exabgp = str(Path(sys.executable).parent / "exabgp")
-    with open(work / "exabgp.log", "wb") as log:
-        proc = ns.popen([exabgp, "server", str(work / "exabgp.conf")], env=env, stdout=log,
-                        stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        wait_for("ExaBGP listening", listening, 60)
-        pids = [proc.pid, *descendants(proc.pid)]
-        c0 = cpu_s(pids)
-        wall0 = time.time()
-        feeder.birdc("enable tonode")
-        wait_for("ExaBGP's End-of-RIB", stamp.exists, timeout)
-        cpu = cpu_s([proc.pid, *descendants(proc.pid)]) - c0
-        return float(stamp.read_text()) - wall0, cpu
-    finally:
-        feeder.birdc("disable tonode")
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -448,8 +387,6 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
             "bird_after_up_s",
             "meshroute_one_more_ms",
             "bird_one_more_ms",
-            "exabgp_floor_s",
-            "exabgp_floor_cpu_s",
         )
     }
     parts: list[dict[str, float]] = []
@@ -564,15 +501,8 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     node.stop()
                     node_ns.ip("route", "flush", "proto", str(NODE_PROTO), check=False)
 
-            def run_floor(i: int) -> None:
-                assert feeder is not None
-                wall, cpu = exabgp_floor(feeder, node_ns, work / f"floor{i}", timeout)
-                samples["exabgp_floor_s"].append(wall)
-                samples["exabgp_floor_cpu_s"].append(cpu)
-
             for i in range(repeat):
-                sides = (run_bird, run_node, run_floor)
-                for run in sides if i % 2 == 0 else sides[::-1]:
+                for run in (run_bird, run_node) if i % 2 == 0 else (run_node, run_bird):
                     run(i)
         finally:
             if feeder is not None:
@@ -586,16 +516,12 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
         return None if x is None or not y else round(x / y, 2)
 
     rss = med["node_rss_mb"]
-    floor, whole = med["exabgp_floor_s"], med["meshroute_s"]
-    own = None if floor is None or whole is None else round(whole - floor, 3)
     return {
         "prefixes": n,
         **med,
         "ratio": ratio("meshroute_s", "bird_s"),
         "ratio_after_up": ratio("meshroute_after_up_s", "bird_after_up_s"),
         "cpu_ratio": ratio("meshroute_cpu_s", "bird_cpu_s"),
-        "meshroute_own_s": own,
-        "own_ratio": None if own is None or not med["bird_s"] else round(own / med["bird_s"], 2),
         "node_cpu_ratio": ratio("meshroute_node_cpu_s", "bird_cpu_s"),
         "meshroute_cpu_parts_s": {k: median(v) for k, v in cpu_parts.items()},
         "node_rss_parts_mb": {k: median([p[k] for p in parts]) for k in parts[0]},
@@ -617,11 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=600, help="per sample, seconds")
     ap.add_argument("--profile", help="py-spy raw profiles of the node to PATH.<i>.txt")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
-    ap.add_argument("--floor-reader", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.floor_reader:
-        floor_reader(args.floor_reader)
-        return
     if os.geteuid() != 0:
         raise SystemExit("bench.bgp_ingest needs root (network namespaces)")
     if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
