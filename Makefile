@@ -26,8 +26,10 @@ bench: bootstrap
 	$(PY) -m bench.ipam --json
 	$(PY) -m bench.cni_routed --json
 	$(PY) -m bench.routes --routes 100000 --json
+	$(PY) -m bench.rib_ingest --prefixes 100000 --json
 	$(PY) -m bench.bgp_ingest --prefixes 100000 --json
 	$(PY) -m bench.bgp_ingest --prefixes 10000 --json
+	$(PY) -m bench.churn --prefixes 100000 --json
 	$(PY) -m bench.convergence --json
 	$(PY) -m bench.reflector --clients 200 --prefixes 4000 --json
 	$(PY) -m bench.policy --pods 5000 --policies 500 --json

@@ -32,6 +32,8 @@ poll's end time is taken):
 - ``meshroute_cpu_s`` / ``bird_cpu_s`` / ``cpu_ratio``: CPU seconds (user +
   system) the receiving side spent meanwhile (node + ExaBGP + its relay;
   the receiving BIRD): steadier than wall time on a shared machine;
+  ``meshroute_node_cpu_s`` and ``meshroute_exabgp_cpu_s`` (ExaBGP and its
+  relay) are its two parts, ``node_cpu_ratio`` the node's alone over BIRD's;
   ``feeder_cpu_s`` the feeder's while feeding BIRD, ``meshroute_cpu_parts_s``
   the node's split (node, exabgp, relay; feeder while feeding the node);
 - ``meshroute_rib_s``: from the session's establishment until the node's
@@ -46,8 +48,9 @@ poll's end time is taken):
   ``<workDir>/exabgp.pid``) and ExaBGP's children (the API relay), read after
   the ingest; ``bird_rss_mb`` the receiving BIRD's, for reference.
 
-The two are measured one after the other, never together (two cores). Medians
-over ``--repeat`` samples, with the samples. The last line is one JSON object.
+The two are measured one after the other, never together (two cores),
+alternating which goes first. Medians over ``--repeat`` samples, with the
+samples. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -375,6 +378,8 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
             "node_rss_mb",
             "bird_rss_mb",
             "meshroute_cpu_s",
+            "meshroute_node_cpu_s",
+            "meshroute_exabgp_cpu_s",
             "bird_cpu_s",
             "meshroute_rib_s",
             "feeder_cpu_s",
@@ -421,7 +426,9 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                 ),
                 300,
             )
-            for i in range(repeat):
+
+            def run_bird(i: int) -> None:
+                assert feeder is not None
                 receiver = Bird(recv, work / f"recv{i}", receiver_conf())
                 try:
                     pids = {"bird": [receiver.proc.pid].copy, "feeder": [feeder.proc.pid].copy}
@@ -437,6 +444,8 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     receiver.stop()
                     recv.ip("route", "flush", "proto", BIRD_PROTO, check=False)
 
+            def run_node(i: int) -> None:
+                assert feeder is not None
                 node = NodeRun.start_in(node_ns, work / f"node{i}", etcd.endpoint, "/bench")
                 spy = None
                 try:
@@ -474,6 +483,8 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     samples["meshroute_after_up_s"].append(nan_if_none(got.after_up_s))
                     cpu = got.cpu_s
                     samples["meshroute_cpu_s"].append(cpu["node"] + cpu["exabgp"] + cpu["relay"])
+                    samples["meshroute_node_cpu_s"].append(cpu["node"])
+                    samples["meshroute_exabgp_cpu_s"].append(cpu["exabgp"] + cpu["relay"])
                     for k in ("node", "exabgp", "relay", "feeder"):
                         cpu_parts[k].append(cpu[k])
                     samples["meshroute_rib_s"].append(nan_if_none(got.received_after_up_s))
@@ -489,6 +500,10 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     feeder.birdc("disable tonode")
                     node.stop()
                     node_ns.ip("route", "flush", "proto", str(NODE_PROTO), check=False)
+
+            for i in range(repeat):
+                for run in (run_bird, run_node) if i % 2 == 0 else (run_node, run_bird):
+                    run(i)
         finally:
             if feeder is not None:
                 feeder.stop()
@@ -507,6 +522,7 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
         "ratio": ratio("meshroute_s", "bird_s"),
         "ratio_after_up": ratio("meshroute_after_up_s", "bird_after_up_s"),
         "cpu_ratio": ratio("meshroute_cpu_s", "bird_cpu_s"),
+        "node_cpu_ratio": ratio("meshroute_node_cpu_s", "bird_cpu_s"),
         "meshroute_cpu_parts_s": {k: median(v) for k, v in cpu_parts.items()},
         "node_rss_parts_mb": {k: median([p[k] for p in parts]) for k in parts[0]},
         "goals": {

@@ -9,6 +9,18 @@ The anchor, in the same run: storing the same ``Path`` objects and a
 Loc-RIB), the least any RIB has to do. CPU times are given too: the shared
 machine's wall times are noisy.
 
+Then the node's pipeline without the kernel: with the N prefixes held by
+the RIB, felix_lite's incremental planner and a reconciler (over the
+in-memory table), one more prefix announced until the reconciler wrote it:
+
+- ``one_more_ms``: the incremental path the node takes (the RIB's change,
+  the planner's change of one route, a reconciler pass over one key);
+- ``one_more_rebuild_ms``: the anchor, a rebuild from scratch for the same
+  prefix (every best route, ``plan_kernel``, ``set_desired``, a pass diffing
+  the table), which is what every change cost before;
+
+medians of ``--repeat`` samples, the two alternating which goes first.
+
 ``.venv/bin/python -m bench.rib_ingest --prefixes 100000 --json`` prints one
 JSON object on its last line.
 """
@@ -16,7 +28,10 @@ JSON object on its last line.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
+import statistics
 import time
 
 from netaddr import IPAddress, IPNetwork
@@ -24,6 +39,12 @@ from netaddr import IPAddress, IPNetwork
 from bgpd.model import BestRoute, Path, PathAttrs, UpdateEvent
 from bgpd.policy import ImportContext, PoolRule
 from bgpd.rib import PeerInfo, Rib
+from felix_lite.fake_table import FakeRouteTable
+from felix_lite.incremental import IncrementalPlanner
+from felix_lite.inputs import BestRoute as FelixBest
+from felix_lite.inputs import HostInterface, PlanInput, Pool
+from felix_lite.planner import plan_kernel
+from felix_lite.reconciler import Reconciler
 
 BATCH = 500
 
@@ -109,12 +130,73 @@ def run(n: int) -> dict[str, float | int]:
     }
 
 
+def _felix(changes: dict[IPNetwork, BestRoute | None]) -> dict[IPNetwork, FelixBest | None]:
+    return {p: None if b is None else FelixBest(b.prefix, b.next_hops) for p, b in changes.items()}
+
+
+async def _one_more(n: int, repeat: int) -> dict[str, object]:
+    prefixes = _prefixes(n + 2 * repeat)
+    ctx = ImportContext(pools=(PoolRule(IPNetwork("10.0.0.0/8"), 26),))
+    peer = PeerInfo(IPAddress("192.0.2.2"), 64513, IPAddress("192.0.2.2"), ebgp=True)
+    host = PlanInput(
+        interfaces=(HostInterface("eth0", (IPNetwork("192.0.2.1/24"),), 1500),),
+        pools=(Pool(IPNetwork("10.0.0.0/8")),),
+    )
+    rib = Rib(ctx)
+    for u in _updates(prefixes[:n], peer):
+        rib.apply_update(u, peer)
+    planner = IncrementalPlanner(host)
+    table = FakeRouteTable()
+    rec = Reconciler(table)
+    planner.update(_felix(dict(rib.take_all())))
+    rec.set_desired(planner.state())
+    await rec.sync_once(full=True)
+    extra = iter(prefixes[n:])
+
+    async def incremental() -> float:
+        t = time.perf_counter()
+        rib.apply_update(_updates([next(extra)], peer)[0], peer)
+        rec.apply_change(planner.update(_felix(rib.take_changes())))
+        report = await rec.sync_once(full=False)
+        assert report.route_adds == 1
+        return time.perf_counter() - t
+
+    async def rebuild() -> float:
+        prefix = next(extra)
+        t = time.perf_counter()
+        rib.apply_update(_updates([prefix], peer)[0], peer)
+        rib.take_changes()
+        best = [FelixBest(b.prefix, b.next_hops) for b in rib.best_routes().values()]
+        state = plan_kernel(dataclasses.replace(host, routes=tuple(best))).state
+        rec.set_desired(state)
+        report = await rec.sync_once(full=False)
+        assert report.route_adds == 1
+        elapsed = time.perf_counter() - t
+        planner.update({prefix: FelixBest(prefix, (peer.address,))})  # for the next samples
+        return elapsed
+
+    fast: list[float] = []
+    slow: list[float] = []
+    for i in range(repeat):
+        order = ((incremental, fast), (rebuild, slow))
+        for measure, into in order if i % 2 == 0 else order[::-1]:
+            into.append(await measure())
+    return {
+        "one_more_ms": round(1000 * statistics.median(fast), 3),
+        "one_more_rebuild_ms": round(1000 * statistics.median(slow), 1),
+        "one_more_samples_ms": [round(1000 * x, 3) for x in fast],
+        "one_more_rebuild_samples_ms": [round(1000 * x, 1) for x in slow],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prefixes", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    result = run(args.prefixes)
+    result: dict[str, object] = dict(run(args.prefixes))
+    result.update(asyncio.run(_one_more(args.prefixes, args.repeat)))
     if args.json:
         print(json.dumps(result))
     else:

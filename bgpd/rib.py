@@ -6,7 +6,10 @@ owns the graceful-restart timer and calls ``peer_gr_expired``).
 Every mutating call returns the prefixes whose best route changed (appeared,
 disappeared, or got other next hops) as a tuple of distinct prefixes; the
 work done is proportional to the prefixes the call touches, never to the
-table size.
+table size. The RIB also gathers them until its consumer (the dataplane)
+takes them: ``take_changes`` hands over each changed prefix once with its
+best route now (``None``: gone), so the consumer's copy of the Loc-RIB stays
+equal to ``best_routes`` at the cost of the changes.
 
 Internally prefixes are keyed by ``(version, network number, length)``
 integers: hashing a netaddr ``IPNetwork`` costs ~1.5 us (it recomputes its
@@ -120,6 +123,7 @@ class Rib:
         # BestRoute through it (~5 MB at 100k prefixes)
         self._single_hops: dict[IPAddress, tuple[IPAddress]] = {}
         self.rejects = RejectCounts()
+        self._untaken: dict[Key, IPNetwork] = {}  # changed since take_changes
 
     # ---- reading ------------------------------------------------------------
 
@@ -134,6 +138,27 @@ class Rib:
 
     def best(self, prefix: IPNetwork) -> BestRoute | None:
         return self._best.get(prefix_key(prefix))
+
+    @property
+    def changes_pending(self) -> bool:
+        return bool(self._untaken)
+
+    def take_changes(self) -> dict[IPNetwork, BestRoute | None]:
+        """Each prefix whose best route changed since the last call, with
+        its best route now (``None``: no route any more)."""
+        untaken, self._untaken = self._untaken, {}
+        best = self._best
+        out: dict[IPNetwork, BestRoute | None] = {}
+        for key, prefix in untaken.items():
+            route = best.get(key)
+            out[prefix if route is None else route.prefix] = route
+        return out
+
+    def take_all(self) -> dict[IPNetwork, BestRoute]:
+        """The whole Loc-RIB, forgetting the changes not taken yet: for a
+        consumer that rebuilds from scratch."""
+        self._untaken = {}
+        return self.best_routes()
 
     def adj_rib_in(self, peer: IPAddress) -> dict[IPNetwork, Path]:
         return {path.prefix: path for path in self._adj_in.get(peer, {}).values()}
@@ -316,7 +341,7 @@ class Rib:
     def _recompute(self, keys: Iterable[Key]) -> Changed:
         changed: list[IPNetwork] = []
         seen: set[Key] = set()
-        best_map, candidates = self._best, self._candidates
+        best_map, candidates, untaken = self._best, self._candidates, self._untaken
         for key in keys:
             if key in seen:
                 continue
@@ -327,11 +352,13 @@ class Rib:
                 if old is not None:
                     del best_map[key]
                     changed.append(old.prefix)
+                    untaken[key] = old.prefix
                 continue
             new = self._decide(paths)
             best_map[key] = new
             if old is None or old.next_hops != new.next_hops:
                 changed.append(new.prefix)
+                untaken[key] = new.prefix
         return tuple(changed)
 
     def _decide(self, candidates: Candidates) -> BestRoute:

@@ -112,6 +112,29 @@ def plan_route_ops(
     return upserts, deletes
 
 
+def plan_route_ops_for(
+    keys: Iterable[RouteKey],
+    desired: Mapping[RouteKey, KernelRoute],
+    actual: Mapping[RouteKey, KernelRoute],
+) -> tuple[list[RouteOp], list[RouteOp]]:
+    """``plan_route_ops`` restricted to ``keys`` (the keys whose desire
+    changed): the same operations for those keys, at a cost of the keys."""
+    upserts: list[RouteOp] = []
+    deletes: list[RouteOp] = []
+    for key in keys:
+        want, have = desired.get(key), actual.get(key)
+        if want is None:
+            if have is not None:
+                deletes.append(RouteOp(Op.DELETE, have))
+        elif have is None:
+            upserts.append(RouteOp(Op.ADD, want))
+        elif have is not want and have != want and not decide_route_equal(want, have):
+            upserts.append(RouteOp(Op.REPLACE, want))
+    upserts.sort(key=lambda op: op.route.key)
+    deletes.sort(key=lambda op: op.route.key)
+    return upserts, deletes
+
+
 def plan_neighbor_ops(
     desired: Iterable[NeighborEntry], actual: Iterable[NeighborEntry]
 ) -> tuple[list[NeighborOp], list[NeighborOp]]:

@@ -123,3 +123,15 @@ class KernelState:
     fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
     ipip: IpipDevice | None = None
     vxlan: VxlanDevice | None = None
+
+
+@dataclass(frozen=True)
+class DesiredChange:
+    """A change to the desired kernel state, the size of what changed:
+    routes written or removed by key (``KernelRoute.key``), and the small
+    rest (neighbours, FDB entries, devices: a few per node of the cluster)
+    whole, in ``base`` (whose ``routes`` are empty)."""
+
+    upserts: tuple[KernelRoute, ...] = ()
+    removes: tuple[tuple[int, str], ...] = ()
+    base: KernelState = field(default_factory=KernelState)

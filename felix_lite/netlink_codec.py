@@ -54,6 +54,7 @@ RTNH_F_ONLINK = 0x4
 RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
+RTA_PRIORITY = 6
 RTA_METRICS = 8
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
@@ -705,3 +706,110 @@ class RouteDecoder:
             mtu=mtu,
             table=table,
         )
+
+
+# ------------------------------------------- links, addresses, notifications
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFF_UP = 0x1
+# multicast groups (RTNLGRP_*), numbered from 1; a socket joins them by
+# bit (1 << (group - 1)) in its bind address
+RTNLGRP_LINK = 1
+RTNLGRP_IPV4_IFADDR = 5
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV6_IFADDR = 9
+RTNLGRP_IPV6_ROUTE = 11
+
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+
+
+def groups_mask(*groups: int) -> int:
+    mask = 0
+    for g in groups:
+        mask |= 1 << (g - 1)
+    return mask
+
+
+def encode_link_dump_request(seq: int) -> bytes:
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return frame(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def encode_addr_dump_request(seq: int) -> bytes:
+    body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return frame(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+@dataclass(frozen=True, slots=True)
+class WireLink:
+    index: int
+    name: str
+    mtu: int
+    up: bool
+
+
+def parse_link(buf: bytes | bytearray | memoryview, start: int, end: int) -> WireLink:
+    """An RTM_NEWLINK / RTM_DELLINK payload."""
+    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, start)
+    name, mtu = "", 0
+    off = start + _IFINFOMSG.size
+    while off + 4 <= end:
+        alen, atype = _RTA.unpack_from(buf, off)
+        if alen < 4:
+            break
+        if atype == IFLA_IFNAME:
+            name = bytes(buf[off + 4 : off + alen]).rstrip(b"\0").decode(errors="replace")
+        elif atype == IFLA_MTU:
+            mtu = int(_U32.unpack_from(buf, off + 4)[0])
+        off += _pad(alen)
+    return WireLink(index, name, mtu, bool(flags & IFF_UP))
+
+
+@dataclass(frozen=True, slots=True)
+class WireAddress:
+    index: int
+    family: int
+    address: str
+    prefixlen: int
+
+
+def parse_addr(buf: bytes | bytearray | memoryview, start: int, end: int) -> WireAddress | None:
+    """An RTM_NEWADDR / RTM_DELADDR payload; IFA_LOCAL (ours on a
+    point-to-point link) wins over IFA_ADDRESS (the peer's there)."""
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, start)
+    alen_addr = _ADDR_LEN.get(family)
+    if alen_addr is None:
+        return None
+    address = local = None
+    off = start + _IFADDRMSG.size
+    while off + 4 <= end:
+        alen, atype = _RTA.unpack_from(buf, off)
+        if alen < 4:
+            break
+        if atype == IFA_ADDRESS:
+            address = _ntop(family, buf, off + 4, alen_addr)
+        elif atype == IFA_LOCAL:
+            local = _ntop(family, buf, off + 4, alen_addr)
+        off += _pad(alen)
+    chosen = local or address
+    return None if chosen is None else WireAddress(index, family, chosen, prefixlen)
+
+
+def route_protocol_at(buf: bytes | bytearray | memoryview, start: int) -> int:
+    """rtm_protocol of the RTM_*ROUTE payload at ``start``: the one field a
+    reader checks before deciding to decode anything else."""
+    return int(buf[start + 5])
+
+
+# rtm_protocol's offset in a whole message (nlmsghdr, then rtmsg's sixth byte)
+ROUTE_PROTOCOL_OFFSET = HDR_LEN + 5

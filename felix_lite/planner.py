@@ -44,7 +44,7 @@ prefix in no known pool is routed with no encapsulation (direct or fabric).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress, IPNetwork
 
@@ -117,6 +117,12 @@ class PlannedHop:
     kind: RouteKind
     neighbor: NeighborEntry | None = None
     fdb: FdbEntry | None = None
+    # the next hops of a single-path route through this hop, made once and
+    # shared by every such route (hops are cached per plan: 5 MB at 100k)
+    alone: tuple[NextHop, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alone", (self.nexthop,))
 
 
 # --- small decisions ---------------------------------------------------------
@@ -253,7 +259,7 @@ def plan_route(
         return None, [], problems
     if len(hops) == 1:
         only = hops[0]
-        return _route(best.prefix, only.kind, (only.nexthop,), mtus, inp.table), hops, problems
+        return _route(best.prefix, only.kind, only.alone, mtus, inp.table), hops, problems
     kind = min((h.kind for h in hops), key=_KIND_RANK.index)
     for h in hops:
         if h.kind is not kind:
@@ -314,35 +320,74 @@ def plan_devices(
 # --- the whole plan ----------------------------------------------------------
 
 
-def _route_order(b: BestRoute) -> tuple[int, int, int]:
-    """A stable order of best routes that costs no netaddr object."""
-    return (b.prefix.version, b.prefix.value, b.prefix.prefixlen)
+@dataclass
+class PlanContext:
+    """What the plans of every route share, derived once from the host part
+    of a ``PlanInput`` (its ``routes`` are not looked at). ``hop_cache``
+    remembers each (next hop, pool) decision: a table of 100k prefixes has a
+    handful of next hops. Internal to the planners (this module and
+    ``felix_lite.incremental``); not a value to hand around."""
+
+    inp: PlanInput
+    main: HostInterface | None
+    mtus: dict[RouteKind, int]
+    vteps: dict[IPAddress, RemoteVtep]
+    own_addresses: frozenset[IPAddress]
+    # Routes are keyed by their prefix text (KernelRoute.key), which each
+    # route computes once: hashing netaddr objects dominated 100k-route plans.
+    blackholes: dict[str, KernelRoute]
+    ipip: IpipDevice | None
+    vxlan: VxlanDevice | None
+    hop_cache: dict[tuple[IPAddress, int], PlannedHop | str]
 
 
-def plan_kernel(inp: PlanInput) -> PlanResult:
+def plan_context(inp: PlanInput) -> PlanContext:
     main = decide_main_interface(inp)
     underlay_mtu = main.mtu if main is not None else _DEFAULT_MTU
     mtus = {
         RouteKind.IPIP: plan_tunnel_mtu(RouteKind.IPIP, underlay_mtu, inp.mtu),
         RouteKind.VXLAN: plan_tunnel_mtu(RouteKind.VXLAN, underlay_mtu, inp.mtu),
     }
-    vteps = {v.node_ip: v for v in inp.vteps}
-    own_addresses = frozenset(a.ip for i in inp.interfaces for a in i.addresses)
-    # Routes are keyed by their prefix text (KernelRoute.key), which each
-    # route computes once: hashing netaddr objects dominated 100k-route plans.
-    routes: dict[str, KernelRoute] = {
-        r.key[1]: r for r in plan_blackholes(inp.own_blocks, inp.table)
-    }
-    own_blocks = set(routes)
+    ipip, vxlan = plan_devices(inp, main, mtus)
+    return PlanContext(
+        inp=inp,
+        main=main,
+        mtus=mtus,
+        vteps={v.node_ip: v for v in inp.vteps},
+        own_addresses=frozenset(a.ip for i in inp.interfaces for a in i.addresses),
+        blackholes={r.key[1]: r for r in plan_blackholes(inp.own_blocks, inp.table)},
+        ipip=ipip,
+        vxlan=vxlan,
+        hop_cache={},
+    )
+
+
+def plan_one(
+    ctx: PlanContext, best: BestRoute
+) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
+    """The kernel route for one best route, the hops it uses and what could
+    not be installed. A best route for one of our own blocks plans nothing:
+    the blackhole (plus the pods' /32s) is the truth."""
+    if ctx.blackholes and prefix_text(best.prefix) in ctx.blackholes:
+        return None, [], []
+    return plan_route(best, ctx.inp, ctx.vteps, ctx.mtus, ctx.own_addresses, ctx.hop_cache)
+
+
+def _route_order(b: BestRoute) -> tuple[int, int, int]:
+    """A stable order of best routes that costs no netaddr object."""
+    return (b.prefix.version, b.prefix.value, b.prefix.prefixlen)
+
+
+def plan_kernel(inp: PlanInput) -> PlanResult:
+    """The whole desired state from scratch: the reference the incremental
+    planner (``felix_lite.incremental``) is checked against."""
+    ctx = plan_context(inp)
+    routes = dict(ctx.blackholes)
     neighbors: set[NeighborEntry] = set()
     fdb: set[FdbEntry] = set()
     unroutable: list[Unroutable] = []
-    hop_cache: dict[tuple[IPAddress, int], PlannedHop | str] = {}
     for best in sorted(inp.routes, key=_route_order):
-        if own_blocks and prefix_text(best.prefix) in own_blocks:
-            # Our own block: the blackhole (plus the pods' /32s) is the truth.
-            continue
-        route, hops, problems = plan_route(best, inp, vteps, mtus, own_addresses, hop_cache)
+        route, hops, problems = plan_one(ctx, best)
         unroutable.extend(problems)
         if route is None:
             continue
@@ -355,14 +400,12 @@ def plan_kernel(inp: PlanInput) -> PlanResult:
                 neighbors.add(h.neighbor)
             if h.fdb is not None:
                 fdb.add(h.fdb)
-
-    ipip, vxlan = plan_devices(inp, main, mtus)
     state = KernelState(
         routes=frozenset(routes.values()),
         neighbors=frozenset(neighbors),
         fdb=frozenset(fdb),
-        ipip=ipip,
-        vxlan=vxlan,
+        ipip=ctx.ipip,
+        vxlan=ctx.vxlan,
     )
     return PlanResult(state, tuple(unroutable))
 

@@ -1,13 +1,18 @@
 """The route table reconciler: owns desired and actual kernel state and
 applies the difference through the ports.
 
-- ``set_desired`` only stores the new state and marks the reconciler dirty;
-  the loop in ``run`` does the work, so a burst of updates costs one pass.
+- ``set_desired`` (a whole new state) and ``apply_change`` (a
+  ``DesiredChange``: routes by key plus the small rest) only store what
+  they are given and mark the reconciler dirty; the loop in ``run`` does the
+  work, so a burst of updates costs one pass.
 - A *full* pass (at start, every ``resync_interval`` seconds, after a link or
   address change, after a broken channel) re-reads what we own from the
   kernel (mark and sweep): equal routes are left alone, missing ones added,
   stale ones deleted. In between, *incremental* passes diff desired against
-  what the reconciler believes the kernel holds.
+  what the reconciler believes the kernel holds, for the route keys changed
+  since the last pass only (plus those waiting for a retry): one changed
+  route costs one comparison, not a table's (after ``set_desired`` every
+  key counts as changed).
 - Nothing is swept before the first ``set_desired``: a restarted process
   must not delete what it is about to want again.
 - Each failed item is retried with exponential backoff, keyed by what it
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -30,11 +36,19 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from felix_lite.delta import KernelDelta, RouteKey, decide_route_equal, index_routes, plan_delta
+from felix_lite.delta import (
+    KernelDelta,
+    RouteKey,
+    decide_route_equal,
+    index_routes,
+    plan_delta,
+    plan_route_ops_for,
+)
 from felix_lite.inputs import VXLAN_DEVICE, HostInterface
 from felix_lite.model import (
     DEFAULT_PROTO,
     MAIN_TABLE,
+    DesiredChange,
     FdbEntry,
     IpipDevice,
     KernelRoute,
@@ -146,8 +160,14 @@ class Reconciler:
         # mention them, so a restart also sweeps what a previous run left.
         self.vxlan_devices = frozenset(vxlan_devices)
 
+        # Everything but the routes (neighbours, FDB, devices); the routes
+        # are in _desired_routes, changed by key through _pending.
         self._desired: KernelState | None = None
         self._desired_routes: dict[RouteKey, KernelRoute] = {}
+        self._pending: list[DesiredChange] = []
+        self._changed_keys: set[RouteKey] = set()
+        self._all_changed = True
+        self._generation = 0  # counts every change of the desired state
         self._actual_routes: dict[RouteKey, KernelRoute] = {}
         self._actual_neighbors: set[NeighborEntry] = set()
         self._actual_fdb: set[FdbEntry] = set()
@@ -165,13 +185,47 @@ class Reconciler:
     # --- handlers: cheap, only mark dirty --------------------------------
 
     def set_desired(self, state: KernelState) -> None:
+        """A whole new desired state (a full rebuild): every key is diffed."""
         foreign_tables = {r.table for r in state.routes} - {self.table}
         if foreign_tables:
             log.warning("ignoring desired routes in tables %s", sorted(foreign_tables))
         self._desired = state
         self._desired_routes = index_routes(r for r in state.routes if r.table == self.table)
+        self._pending.clear()
+        self._changed_keys.clear()
+        self._all_changed = True
+        self._changed()
+
+    def apply_change(self, change: DesiredChange) -> None:
+        """Change the desired state by ``change`` (applied to the routes at
+        the start of the next pass, in the order given). Before the first
+        ``set_desired`` it starts from an empty state."""
+        if self._desired is None:
+            self._desired = change.base
+        self._pending.append(change)
+        self._changed()
+
+    def _changed(self) -> None:
+        self._generation += 1
         self._converged.clear()
         self._dirty.set()
+
+    def _merge_pending(self) -> None:
+        """Fold the pending changes into the desired routes, on the loop and
+        never while a diff runs in a worker thread."""
+        pending, self._pending = self._pending, []
+        routes, keys = self._desired_routes, self._changed_keys
+        for change in pending:
+            for key in change.removes:
+                routes.pop(key, None)
+                keys.add(key)
+            for r in change.upserts:
+                if r.table != self.table:
+                    log.warning("ignoring a desired route in table %d", r.table)
+                    continue
+                routes[r.key] = r
+                keys.add(r.key)
+            self._desired = change.base
 
     def request_resync(self) -> None:
         self._full_due = True
@@ -250,10 +304,17 @@ class Reconciler:
 
     async def sync_once(self, *, full: bool) -> PassReport:
         """One reconcile pass. ``full`` re-reads the kernel first."""
-        desired = self._desired
-        if desired is None:
+        if self._desired is None:
             raise RuntimeError("sync_once before set_desired")
+        self._merge_pending()
+        desired = self._desired
+        generation = self._generation
         desired_routes = self._desired_routes
+        # Taken before the first await: what changes during this pass waits
+        # (in _pending, or as a new _all_changed) for the next one, and the
+        # routes diffed below never move under a worker thread.
+        all_changed, self._all_changed = self._all_changed or full, False
+        keys, self._changed_keys = self._changed_keys, set()
         counts: Counter[str] = Counter()
         started = time.perf_counter()
 
@@ -263,14 +324,20 @@ class Reconciler:
             self._last_full = self._clock()
             self._full_due = False
 
-        if full and self._read_all_equal and desired_routes is self._desired_routes:
-            # The read found every desired route, equal, and nothing else:
-            # no route operation to plan (the common resync).
-            delta = self._plan(desired, {}, {})
-        elif len(desired_routes) + len(self._actual_routes) > _THREAD_DIFF_ABOVE:
-            delta = await asyncio.to_thread(self._plan, desired, desired_routes)
+        if all_changed:
+            if full and self._read_all_equal and generation == self._generation:
+                # The read found every desired route, equal, and nothing
+                # else: no route operation to plan (the common resync).
+                delta = self._plan(desired, {}, {})
+            elif len(desired_routes) + len(self._actual_routes) > _THREAD_DIFF_ABOVE:
+                delta = await asyncio.to_thread(self._plan, desired, desired_routes)
+            else:
+                delta = self._plan(desired, desired_routes)
         else:
-            delta = self._plan(desired, desired_routes)
+            for k in self.retries:
+                if isinstance(k, tuple) and k[0] == "route":
+                    keys.add(k[1])
+            delta = self._plan_keys(desired, keys)
 
         await self._apply_fdb(delta.fdb_deletes, counts)
         await self._apply_neighbors(delta.neighbor_upserts, counts)
@@ -297,7 +364,7 @@ class Reconciler:
         self.pass_seconds[kind] += report.seconds
         if report.failures:
             log.warning("pass left %d failed items (retrying with backoff)", len(self.retries))
-        if not self.retries and not self._dirty.is_set() and desired is self._desired:
+        if not self.retries and not self._dirty.is_set() and generation == self._generation:
             self._converged.set()
         return report
 
@@ -315,6 +382,11 @@ class Reconciler:
             desired.fdb,
             self._actual_fdb,
         )
+
+    def _plan_keys(self, desired: KernelState, keys: set[RouteKey]) -> KernelDelta:
+        r_up, r_del = plan_route_ops_for(keys, self._desired_routes, self._actual_routes)
+        small = self._plan(desired, {}, {})
+        return dataclasses.replace(small, route_upserts=tuple(r_up), route_deletes=tuple(r_del))
 
     async def _read_kernel(self, desired: KernelState) -> None:
         routes: dict[RouteKey, KernelRoute] = {}

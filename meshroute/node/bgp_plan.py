@@ -12,7 +12,7 @@ from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
 from bgpd.model import Announce
 from bgpd.model import BestRoute as BgpBest
 from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule
-from bgpd.rib import PeerInfo
+from bgpd.sessions import SessionPeer
 from felix_lite.inputs import BestRoute as FelixBest
 from meshroute.node.config import NodeConfig
 from meshroute.node.plan import own_blocks
@@ -70,18 +70,23 @@ def plan_bgp_announcements(
     return {p: Announce(p, None, cs) for p in prefixes}  # next-hop self
 
 
-def peer_info(p: PeerPlan, router_id: IPAddress | None) -> PeerInfo:
-    return PeerInfo(
+def session_peer(p: PeerPlan) -> SessionPeer:
+    return SessionPeer(
         address=p.address,
         asn=p.peer_as,
-        router_id=router_id,
         ebgp=p.peer_as != p.local_as,
+        graceful_restart_s=p.graceful_restart_time,
         max_prefix=p.max_prefix,
         max_prefix_action=MaxPrefixAction(p.max_prefix_action),
     )
 
 
-def to_felix_routes(best: Mapping[IPNetwork, BgpBest]) -> list[FelixBest]:
-    """bgpd's winners as felix_lite's input (the planner orders them itself,
-    on integer keys); a route without next hops has nothing to install."""
-    return [FelixBest(b.prefix, b.next_hops) for b in best.values() if b.next_hops]
+def to_felix_changes(
+    changes: Mapping[IPNetwork, BgpBest | None],
+) -> dict[IPNetwork, FelixBest | None]:
+    """bgpd's changed winners as felix_lite's changes; a route without next
+    hops has nothing to install, as one that is gone."""
+    return {
+        p: FelixBest(b.prefix, b.next_hops) if b is not None and b.next_hops else None
+        for p, b in changes.items()
+    }

@@ -29,7 +29,7 @@ class BgpSection(Section):
 class FelixSection(Section):
     route_protocol: int = Field(default=213, ge=5, le=255, alias="routeProtocol")
     route_table: int = Field(default=254, ge=1, le=2**32 - 1, alias="routeTable")
-    resync_seconds: float = Field(default=90.0, gt=0, alias="resyncIntervalSeconds")
+    resync_seconds: float = Field(default=300.0, gt=0, alias="resyncIntervalSeconds")
     ipip_mtu: int | None = Field(default=None, ge=576, le=65535, alias="ipipMtu")
     vxlan_mtu: int | None = Field(default=None, ge=576, le=65535, alias="vxlanMtu")
     vxlan_vni: int = Field(default=4096, ge=1, le=2**24 - 1, alias="vxlanVni")

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from bgpd.model import SessionState
 
 if TYPE_CHECKING:
+    from bgpd.sessions import Sessions
     from meshroute.node.process import NodeProcess
 
 
@@ -22,10 +23,13 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
         n = self.node
+        sessions, speaker = n.sessions, n.speaker
+        if sessions is None or speaker is None:
+            return
         peers = GaugeMetricFamily(
             "meshroute_bgp_peers", "BGP peers by session state", labels=["state"]
         )
-        states = Counter(n.peer_state.get(p, SessionState.IDLE) for p in n.peers)
+        states = Counter(sessions.state(p) for p in n.peers)
         for s in SessionState:
             peers.add_metric([s.value], states.get(s, 0))
         yield peers
@@ -40,7 +44,7 @@ class NodeCollector(Collector):
             "meshroute_bgp_prefixes_accepted", "prefixes held from each peer", labels=["peer"]
         )
         for p in sorted(n.peers):
-            received.add_metric([str(p)], n.received.get(p, 0))
+            received.add_metric([str(p)], sessions.received.get(p, 0))
             accepted.add_metric([str(p)], n.rib.accepted_count(p))
         yield received
         yield accepted
@@ -54,12 +58,12 @@ class NodeCollector(Collector):
             rejected.add_metric([str(peer), reason.value], count)
         yield rejected
 
-        yield from _bfd_metrics(n)
+        yield from _bfd_metrics(n, sessions)
 
         malformed = CounterMetricFamily(
             "meshroute_bgp_malformed_lines", "lines from ExaBGP that could not be decoded"
         )
-        malformed.add_metric([], n.malformed)
+        malformed.add_metric([], speaker.stats.malformed)
         yield malformed
 
         routes = GaugeMetricFamily(
@@ -151,7 +155,9 @@ def _policy_metrics(n: NodeProcess) -> Iterator[CounterMetricFamily | GaugeMetri
     yield endpoints
 
 
-def _bfd_metrics(n: NodeProcess) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+def _bfd_metrics(
+    n: NodeProcess, sessions: Sessions
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     up = GaugeMetricFamily(
         "meshroute_bfd_session_up", "1 when the peer's BFD session is Up", labels=["peer"]
     )
@@ -163,7 +169,7 @@ def _bfd_metrics(n: NodeProcess) -> Iterator[GaugeMetricFamily | CounterMetricFa
         "BGP sessions this node closed because BFD went down",
         labels=["peer"],
     )
-    for peer, count in sorted(n.bfd_downs.items()):
+    for peer, count in sorted(sessions.bfd_downs.items()):
         downs.add_metric([str(peer)], count)
     yield downs
     dropped = CounterMetricFamily(
@@ -177,6 +183,6 @@ def _bfd_metrics(n: NodeProcess) -> Iterator[GaugeMetricFamily | CounterMetricFa
         "why each peer's BGP session last went down (value 1)",
         labels=["peer", "reason"],
     )
-    for peer, reason in sorted(n.down_reason.items()):
+    for peer, reason in sorted(sessions.down_reason.items()):
         why.add_metric([str(peer), reason], 1)
     yield why

@@ -5,9 +5,15 @@ mark work dirty, loops do the work (level-triggered):
 - etcd changes -> ``_view_loop``: re-read the cluster view, re-plan peers
   (ExaBGP's config), announcements (own blocks, borrowed /32s) and bgpd's
   import context;
-- ExaBGP events -> ``_on_bgp_event``: the RIB (policy, best path);
-- best routes, the view, the host's links -> ``_felix_loop``: the planner's
-  desired kernel state for the reconciler, which owns the kernel table;
+- ExaBGP events -> bgpd's ``Sessions`` (session facts, graceful restart,
+  End-of-RIB sync, max-prefix hold-down) and its RIB (policy, best path);
+- the RIB's changed best routes, the view, the host (felix_lite's
+  ``NetlinkHost``: links, addresses, underlay routes from netlink
+  notifications) -> ``_felix_loop``: felix_lite's incremental planner turns
+  just what changed into a change of the reconciler's desired state, which
+  owns the kernel table. A full rebuild (every best route planned again,
+  the whole desired state handed over) happens at start and every
+  ``felix.resyncIntervalSeconds``;
 - the IPAM service answers the CNI plugin on its socket.
 
 Stopping (SIGTERM) leaves the kernel routes in place and lets ExaBGP close
@@ -24,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -35,25 +40,16 @@ from bgpd.bfd.client import BfdClient
 from bgpd.bfd.packet import State
 from bgpd.bfd.speaker import BfdChange
 from bgpd.gtsm import GtsmError, GtsmRule, GtsmTable, plan_gtsm
-from bgpd.model import (
-    EorEvent,
-    Event,
-    MalformedLine,
-    NotificationEvent,
-    OpenEvent,
-    RouteRefresh,
-    SessionState,
-    StateEvent,
-    Teardown,
-    UpdateEvent,
-)
+from bgpd.model import Event, MalformedLine, RouteRefresh, SessionState, Teardown
 from bgpd.policy import ImportContext
-from bgpd.rib import Rib, decide_limit_raised
+from bgpd.rib import Rib
+from bgpd.sessions import Sessions
 from bgpd.speaker import Speaker, SpeakerSettings
 from datastore.etcd import EtcdStore
-from felix_lite.inputs import HostInterface, UnderlayRoute
-from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
-from felix_lite.planner import plan_kernel
+from felix_lite.host_state import HostChange
+from felix_lite.incremental import IncrementalPlanner
+from felix_lite.netlink_host import NetlinkHost
+from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
@@ -61,11 +57,11 @@ from ipam.ipam import Ipam
 from meshroute.bgp_store import BgpStore
 from meshroute.node.bfd_plan import decide_bfd_change, diag_text, plan_bfd_sessions
 from meshroute.node.bgp_plan import (
-    peer_info,
     plan_bgp_announcements,
     plan_exabgp_config,
     plan_import_context,
-    to_felix_routes,
+    session_peer,
+    to_felix_changes,
 )
 from meshroute.node.config import NodeConfig
 from meshroute.node.metrics import NodeCollector
@@ -77,7 +73,6 @@ from meshroute.node.plan import (
 )
 from meshroute.node.policy import PolicyAgent
 from meshroute.node.readiness import decide_readiness
-from meshroute.node.underlay import read_underlay
 from meshroute.node.view import ClusterView, load_view
 from meshroute.peering import PeerPlan, decide_node_as, plan_peers
 from meshroute.registry import NodeRecord, Registry
@@ -89,15 +84,11 @@ from meshroute.runtime.systemd import Notifier
 log = logging.getLogger("meshroute.node")
 
 LEASE_TTL_S = 30
-# After a restart the kernel still holds the last run's routes. The first
-# desired state is held back until every peer has sent End-of-RIB (or this
-# long), so a route is never withdrawn just because BGP has not re-learned it.
-BGP_SYNC_TIMEOUT_S = 30.0
-# A peer whose session was closed for sending more than its max-prefix stays
-# out of ExaBGP's configuration this long, then is tried again (as BIRD's
-# "import limit ... action restart").
-MAX_PREFIX_HOLD_DOWN_S = 60.0
 DEBOUNCE_S = 0.02
+# A route change costs the planner and the reconciler the size of the change,
+# so the kernel pass waits only long enough to take a burst of ExaBGP lines
+# in one go (it was 20 ms while every pass re-planned the whole table).
+FELIX_DEBOUNCE_S = 0.002
 
 
 def exabgp_argv(name: str) -> tuple[str, ...]:
@@ -124,32 +115,20 @@ class NodeProcess:
         self.view: ClusterView | None = None
         self.tunnel_address: IPAddress | None = None
         self.peers: dict[IPAddress, PeerPlan] = {}
-        self.peer_since: dict[IPAddress, float] = {}
-        self.peer_state: dict[IPAddress, SessionState] = {}
-        self.peer_router_id: dict[IPAddress, IPAddress] = {}
-        self.received: Counter[IPAddress] = Counter()
-        self.malformed = 0
         self.rib = Rib(ImportContext(), max_paths=8)
-        self.interfaces: list[HostInterface] = []
-        self.underlay: list[UnderlayRoute] = []
-        self.unroutable = 0
+        self.host: NetlinkHost | None = None
+        self.planner: IncrementalPlanner | None = None
+        self._host_dirty = True  # the view or the host changed: re-plan the host part
+        self._rebuild_due = True
         self._ready = asyncio.Event()
         self.local_as = 0
-        self._bgp_synced = asyncio.Event()
-        self._eor_from: set[IPAddress] = set()
-        self._gr_timers: dict[IPAddress, asyncio.TimerHandle] = {}
-        self._held_down: dict[IPAddress, asyncio.TimerHandle] = {}
-        # peers whose BFD went down: their routes are ignored until BFD is Up
-        self._bfd_down: set[IPAddress] = set()
-        self.down_reason: dict[IPAddress, str] = {}
-        self.bfd_downs: Counter[IPAddress] = Counter()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
-        self._felix_urgent = False  # a failed path: skip the debounce
         self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
+        self.sessions: Sessions | None = None
         self.gtsm = GtsmTable(("ip", "netns", "exec", config.netns) if config.netns else ())
         self._gtsm_desired: frozenset[GtsmRule] = frozenset()
         self.service: IpamService | None = None
@@ -176,18 +155,21 @@ class NodeProcess:
         await self._register(view)
 
         table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
-        links = await asyncio.to_thread(NetlinkHostLinks, c.netns)
         self.reconciler = Reconciler(
             table,
             tunnels=await asyncio.to_thread(NetlinkTunnels, c.netns),
-            links=links,
-            on_host_changed=self._on_host_changed,
             proto=c.felix.route_protocol,
             table=c.felix.route_table,
             resync_interval=c.felix.resync_seconds,
         )
-        self.interfaces = await links.interfaces()
-        self.underlay = await read_underlay(c.felix.route_protocol, c.felix.route_table, c.netns)
+        self.host = NetlinkHost(
+            c.netns,
+            own_proto=c.felix.route_protocol,
+            table=c.felix.route_table,
+            resync_interval=c.felix.resync_seconds,
+        )
+        self.tasks.spawn("host", self.host.run(self._on_host_changed))
+        await self.host.wait_ready()
 
         self.service = IpamService(
             self.ipam, HostIdentity(c.node_name, dict(c.labels)), host_netns=c.netns
@@ -204,6 +186,12 @@ class NodeProcess:
                 wrap=("ip", "netns", "exec", c.netns) if c.netns else (),
             ),
             on_event=self._on_bgp_event,
+        )
+        self.sessions = Sessions(
+            self.rib,
+            self.speaker.peer_state,
+            on_routes_changed=self._felix_dirty.set,
+            on_peers_changed=self._view_dirty.set,
         )
         await self.speaker.start()
         await self.bfd.start()  # adopts the BFD daemon a previous run left
@@ -222,7 +210,7 @@ class NodeProcess:
         self.tasks.spawn("alive", self.registry.stay_alive(c.node_name, LEASE_TTL_S))
         self.tasks.spawn("housekeeping", self._housekeeping())
         ready = asyncio.create_task(self._become_ready(), name="ready")  # ends by design
-        sync_timer = asyncio.get_running_loop().call_later(BGP_SYNC_TIMEOUT_S, self._bgp_sync_due)
+        self.sessions.start()
         if self.notifier.watchdog_interval_s:
             self.tasks.spawn(
                 "watchdog", self.tasks.watchdog(self.notifier.watchdog_interval_s, self.notifier)
@@ -232,7 +220,7 @@ class NodeProcess:
         finally:
             self.notifier.notify("STOPPING=1")
             http.close()
-            sync_timer.cancel()
+            self.sessions.close()
             ready.cancel()
             await self.tasks.cancel_all()
             await self.service.stop()
@@ -319,24 +307,16 @@ class NodeProcess:
                 self._view_dirty.set()
 
     async def _apply_view(self, view: ClusterView) -> None:
-        assert self.speaker is not None
+        assert self.speaker is not None and self.sessions is not None
         self.view = view
+        self._host_dirty = True
         me = self._me(view)
         self.local_as = decide_node_as(me, view.bgp_config)
         peers = plan_peers(me, view.nodes, view.bgp_config, view.bgp_peers)
-        old_peers, self.peers = self.peers, {p.address: p for p in peers}
-        raised = [p.address for p in peers if self._limit_changed(old_peers.get(p.address), p)]
-        for p in peers:
-            self.peer_state.setdefault(p.address, SessionState.IDLE)
-            self.peer_since.setdefault(p.address, time.time())
-        for gone in set(self.peer_state) - set(self.peers):
-            self.peer_state.pop(gone, None)
-            self.rib.peer_down(gone)  # unconfigured: its routes go at once
-            timer = self._gr_timers.pop(gone, None)
-            if timer is not None:
-                timer.cancel()
+        self.peers = {p.address: p for p in peers}
+        raised = self.sessions.set_peers(session_peer(p) for p in peers)
         self.bfd.set_sessions(plan_bfd_sessions(self.config, peers, view.bfd_profiles))
-        configured = [p for p in peers if p.address not in self._held_down]
+        configured = [p for p in peers if not self.sessions.held_down(p.address)]
         self._gtsm_desired = plan_gtsm(
             {p.address: p.ttl_security for p in configured if p.ttl_security}
         )
@@ -351,32 +331,17 @@ class NodeProcess:
         if ctx != self.rib.context:
             result = self.rib.set_context(ctx)
             if result.refresh_needed:
-                raised = list(self.peer_state)
+                raised = list(self.peers)
         if raised:
             await self._refresh_peers(raised)
         self._felix_dirty.set()
-
-    def _limit_changed(self, old: PeerPlan | None, new: PeerPlan) -> bool:
-        """Apply a changed max-prefix to what the peer already sent; True
-        when paths refused before may now be accepted (ask for a refresh)."""
-        if old is None or (old.max_prefix, old.max_prefix_action) == (
-            new.max_prefix,
-            new.max_prefix_action,
-        ):
-            return False
-        res = self.rib.set_peer_limit(peer_info(new, self.peer_router_id.get(new.address)))
-        if res.close_session:
-            self._hold_down(new.address, new.max_prefix)
-        if res.changed:
-            self._felix_dirty.set()
-        return decide_limit_raised(old.max_prefix, new.max_prefix)
 
     async def _refresh_peers(self, peers: list[IPAddress]) -> None:
         """The import policy now accepts more from these peers: ask them to
         send again."""
 
-        assert self.speaker is not None
-        up = [p for p in peers if self.peer_state.get(p) is SessionState.ESTABLISHED]
+        assert self.speaker is not None and self.sessions is not None
+        up = [p for p in peers if self.sessions.state(p) is SessionState.ESTABLISHED]
         if up:
             fam = {4: "ipv4 unicast", 6: "ipv6 unicast"}
             await self.speaker.send([RouteRefresh(fam[p.version], p) for p in up])
@@ -384,110 +349,30 @@ class NodeProcess:
     # ---- ExaBGP events -> RIB --------------------------------------------
 
     def _on_bgp_event(self, e: Event) -> None:
-        if isinstance(e, UpdateEvent):
-            plan = self.peers.get(e.peer)
-            if plan is None or e.peer in self._bfd_down:
-                return
-            self.received[e.peer] += len(e.announced)
-            res = self.rib.apply_update(e, peer_info(plan, self.peer_router_id.get(e.peer)))
-            for prefix, reason in res.rejected:  # counted by the RIB
-                log.info("rejected %s from %s: %s", prefix, e.peer, reason.value)
-            if res.close_session:
-                self._hold_down(e.peer, plan.max_prefix)
-            if res.changed:
-                self._felix_dirty.set()
-        elif isinstance(e, StateEvent):
-            old = self.peer_state.get(e.peer)
-            self.peer_state[e.peer] = e.state
-            if old is not e.state:
-                self.peer_since[e.peer] = time.time()
-                log.info("peer %s: %s (%s)", e.peer, e.state.value, e.reason or "no reason given")
-            if e.state is SessionState.DOWN:
-                if e.peer not in self._bfd_down:
-                    self.down_reason[e.peer] = f"BGP: {e.reason or 'session closed'}"
-                self._peer_down(e.peer)
-            elif e.state is SessionState.ESTABLISHED:
-                timer = self._gr_timers.pop(e.peer, None)
-                if timer is not None:
-                    timer.cancel()
-        elif isinstance(e, OpenEvent) and e.direction == "receive":
-            self.peer_router_id[e.peer] = e.router_id
-        elif isinstance(e, EorEvent):
-            self._eor_from.add(e.peer)
-            if self.rib.peer_eor(e.peer):
-                self._felix_dirty.set()
-            if set(self.peers) <= self._eor_from:
-                self._bgp_sync_due()
-        elif isinstance(e, NotificationEvent):
-            log.warning("NOTIFICATION from %s: %d/%d %s", e.peer, e.code, e.subcode, e.data)
-        elif isinstance(e, MalformedLine):
-            self.malformed += 1
+        if isinstance(e, MalformedLine):  # counted by the speaker
             log.warning("malformed line from ExaBGP (%s): %.200s", e.reason, e.line)
-
-    def _peer_down(self, peer: IPAddress) -> None:
-        """Graceful restart (RFC 4724) as the receiving speaker: keep the
-        peer's paths, marked stale, for its restart time; its End-of-RIB
-        after coming back sweeps what it did not re-announce, the timer
-        sweeps everything if it does not come back."""
-        if peer in self._held_down or peer in self._bfd_down:
-            return  # closed on purpose: its routes are already gone
-        plan = self.peers.get(peer)
-        gr = plan.graceful_restart_time if plan is not None else 0
-        changed = self.rib.peer_down(peer, graceful=gr > 0)
-        if gr > 0 and peer not in self._gr_timers:
-            self._gr_timers[peer] = asyncio.get_running_loop().call_later(
-                gr, self._gr_expired, peer
-            )
-        if changed:
-            self._felix_dirty.set()
-
-    def _hold_down(self, peer: IPAddress, limit: int | None) -> None:
-        """Close the session of a peer over its max-prefix: drop its routes
-        now (a deliberate close, not a restart: no graceful stale) and leave
-        it out of ExaBGP's configuration for the hold-down."""
-        if peer in self._held_down:
-            return
-        log.warning(
-            "peer %s sent more than its max-prefix %s: closing the session for %.0f s",
-            peer,
-            limit,
-            MAX_PREFIX_HOLD_DOWN_S,
-        )
-        if self.rib.peer_down(peer, graceful=False):
-            self._felix_dirty.set()
-        loop = asyncio.get_running_loop()
-        self._held_down[peer] = loop.call_later(MAX_PREFIX_HOLD_DOWN_S, self._release, peer)
-        self._view_dirty.set()  # re-plan ExaBGP's peers without it
+        elif self.sessions is not None:
+            self.sessions.on_event(e)
 
     def _on_bfd_change(self, c: BfdChange) -> None:
-        """BFD Down: the peer's routes leave the RIB now (no graceful stale:
-        the path is gone, not the peer's control plane) and the session is
-        torn down through ExaBGP's API. Until BFD is Up again whatever the
-        peer sends is ignored; then a route refresh asks for it all again.
-        (ExaBGP's configuration is left alone: removing and re-adding a
-        neighbour by reload a second later lost its announcements.)"""
-        if c.new is State.UP and c.peer in self._bfd_down:
-            self._bfd_down.discard(c.peer)
-            if self.peer_state.get(c.peer) is SessionState.ESTABLISHED:
+        """BFD Up after a Down asks the peer for everything again; BFD Down
+        (bgpd's sessions drop the peer's routes) tears the session down
+        through ExaBGP's API. ExaBGP's configuration is left alone: removing
+        and re-adding a neighbour by reload a second later lost its
+        announcements."""
+        if self.sessions is None:
+            return
+        if c.new is State.UP:
+            if self.sessions.bfd_up(c.peer):
                 fam = {4: "ipv4 unicast", 6: "ipv6 unicast"}[c.peer.version]
                 self._side_task(self._send([RouteRefresh(fam, c.peer)]))
             return
         verdict = decide_bfd_change(c)
-        if verdict is None or c.peer not in self.peers:
+        if verdict is None:
             return
-        self.down_reason[c.peer] = verdict.reason
-        if not verdict.tear_down or c.peer in self._bfd_down:
-            return
-        log.warning("peer %s: %s; closing its BGP session", c.peer, verdict.reason)
-        self.bfd_downs[c.peer] += 1
-        self._bfd_down.add(c.peer)
-        timer = self._gr_timers.pop(c.peer, None)
-        if timer is not None:
-            timer.cancel()
-        if self.rib.peer_down(c.peer, graceful=False):
-            self._felix_urgent = True
-            self._felix_dirty.set()
-        self._side_task(self._send([Teardown(c.peer)]))
+        if self.sessions.bfd_down(c.peer, verdict.reason, tear_down=verdict.tear_down):
+            log.warning("peer %s: %s; closing its BGP session", c.peer, verdict.reason)
+            self._side_task(self._send([Teardown(c.peer)]))
 
     async def _send(self, cmds: list[Teardown | RouteRefresh]) -> None:
         if self.speaker is not None:
@@ -500,57 +385,63 @@ class NodeProcess:
         self._side_tasks.add(t)
         t.add_done_callback(self._side_tasks.discard)
 
-    def _release(self, peer: IPAddress) -> None:
-        self._held_down.pop(peer, None)
-        self._view_dirty.set()
-
-    def _gr_expired(self, peer: IPAddress) -> None:
-        self._gr_timers.pop(peer, None)
-        if self.rib.peer_gr_expired(peer):
-            log.info("peer %s did not come back within its restart time", peer)
-            self._felix_dirty.set()
-
     # ---- RIB + view + links -> kernel -------------------------------------
 
-    def _bgp_sync_due(self) -> None:
-        if not self._bgp_synced.is_set():
-            missing = sorted(set(self.peers) - self._eor_from)
-            if missing:
-                log.warning("programming routes without End-of-RIB from %s", missing)
-            self._bgp_synced.set()
-            self._felix_dirty.set()
-
-    def _on_host_changed(self, interfaces: list[HostInterface]) -> None:
-        self.interfaces = interfaces
+    def _on_host_changed(self, changed: set[HostChange]) -> None:
+        if HostChange.LINKS in changed and self.reconciler is not None:
+            self.reconciler.request_resync()  # the kernel drops routes with a link
+        self._host_dirty = True
         self._felix_dirty.set()
 
+    @property
+    def unroutable(self) -> int:
+        return self.planner.unroutable_count if self.planner is not None else 0
+
     async def _felix_loop(self) -> None:
-        assert self.reconciler is not None
-        if self.peers:
-            await self._bgp_synced.wait()
+        assert self.reconciler is not None and self.sessions is not None
+        await self.sessions.synced.wait()
+        loop = asyncio.get_running_loop()
+        rebuild_at = loop.time()
         while True:
-            await self._felix_dirty.wait()
-            if not self._felix_urgent:
-                await asyncio.sleep(DEBOUNCE_S)
-            self._felix_urgent = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._felix_dirty.wait(), rebuild_at - loop.time())
+            await asyncio.sleep(FELIX_DEBOUNCE_S)
             self._felix_dirty.clear()
             if self.view is None:
                 continue
-            f = self.config.felix
-            self.underlay = await read_underlay(f.route_protocol, f.route_table, self.config.netns)
-            inp = plan_felix_input(
+            if loop.time() >= rebuild_at:
+                self._rebuild_due = True
+                rebuild_at = loop.time() + self.config.felix.resync_seconds
+            self._plan_pass()
+
+    def _plan_pass(self) -> None:
+        """Hand the reconciler what changed since the last pass: the host
+        part when the view or the host changed, then the best routes the
+        RIB changed. A rebuild plans everything again from scratch."""
+        assert self.reconciler is not None and self.host is not None and self.view is not None
+        host = self.planner.host if self.planner is not None and not self._host_dirty else None
+        if host is None:
+            self._host_dirty = False
+            host = plan_felix_input(
                 self.config,
                 self.view,
-                self.interfaces,
-                to_felix_routes(self.rib.best_routes()),
+                self.host.interfaces(),
+                (),
                 self.tunnel_address,
-                self.underlay,
+                self.host.underlay(),
             )
-            result = plan_kernel(inp)
-            self.unroutable = len(result.unroutable)
-            for u in result.unroutable:
-                log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
-            self.reconciler.set_desired(result.state)
+        if self._rebuild_due or self.planner is None:
+            self._rebuild_due = False
+            self.planner = IncrementalPlanner(host)
+            self.planner.update(to_felix_changes(self.rib.take_all()))
+            self.reconciler.set_desired(self.planner.state())
+        else:
+            self.reconciler.apply_change(self.planner.set_host(host))
+            if self.rib.changes_pending:
+                changes = to_felix_changes(self.rib.take_changes())
+                self.reconciler.apply_change(self.planner.update(changes))
+        for u in self.planner.take_new_unroutable():
+            log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
 
     # ---- operator-facing state -------------------------------------------
 
@@ -565,7 +456,7 @@ class NodeProcess:
         return self.tasks.liveness()
 
     def readiness(self) -> Health:
-        up = [p for p, s in self.peer_state.items() if s is SessionState.ESTABLISHED]
+        up = self.sessions.established() if self.sessions is not None else []
         return decide_readiness(self.ready, self.peers, up, time.monotonic() - self.started)
 
     def status(self) -> dict[str, Any]:
@@ -580,6 +471,8 @@ class NodeProcess:
             }
             for s in self.bfd.status()
         }
+        assert self.sessions is not None
+        s = self.sessions
         peers = []
         for addr, p in sorted(self.peers.items()):
             peers.append(
@@ -587,13 +480,13 @@ class NodeProcess:
                     "peer": str(addr),
                     "asn": p.peer_as,
                     "type": p.kind,
-                    "state": self.peer_state.get(addr, SessionState.IDLE).value,
-                    "since": self.peer_since.get(addr, 0.0),
+                    "state": s.state(addr).value,
+                    "since": s.since(addr),
                     "accepted": self.rib.accepted_count(addr),
                     "received": self.rib.received_count(addr),
                     "rejected": self.rib.rejects.for_peer(addr),
-                    "heldDown": addr in self._held_down,
-                    "downReason": self.down_reason.get(addr),
+                    "heldDown": s.held_down(addr),
+                    "downReason": s.down_reason.get(addr),
                     "bfd": bfd_status.get(addr),
                 }
             )

@@ -393,3 +393,71 @@ def test_loc_rib_equals_recomputation_and_changed_sets_are_exact(ops_, max_paths
         for prefix, path in rib.adj_rib_in(peer.address).items():
             assert prefix != OWN and path.attrs.next_hop != SELF
             assert prefix != IPNetwork("10.244.4.0/27")
+
+
+# ---- Hypothesis: the changes handed to the dataplane rebuild the Loc-RIB ----
+
+CTX_MORE_OWN = ImportContext(
+    pools=CTX.pools,
+    own_blocks=frozenset({OWN, P2}),
+    own_addresses=CTX.own_addresses,
+)
+ops_with_losses = st.one_of(
+    ops,
+    st.tuples(st.just("gr-expired"), st.sampled_from(PEERS), st.none(), st.none()),
+    st.tuples(st.just("context"), st.sampled_from([CTX, CTX_MORE_OWN]), st.none(), st.none()),
+)
+
+
+def rebuilt(rib: Rib, max_paths: int) -> Rib:
+    """A new RIB fed what the old one holds, peer by peer, from scratch."""
+    fresh = Rib(rib.context, max_paths=max_paths)
+    for peer in PEERS:
+        paths = rib.adj_rib_in(peer.address)
+        for prefix, path in paths.items():
+            fresh.apply_update(
+                UpdateEvent(peer.address, peer.asn, announced=((prefix, path.attrs),)), peer
+            )
+    return fresh
+
+
+@settings(max_examples=200)
+@given(st.lists(ops_with_losses, max_size=25), st.integers(min_value=1, max_value=3))
+def test_taken_changes_keep_a_copy_equal_to_a_rebuild_from_scratch(ops_, max_paths: int) -> None:
+    rib = Rib(CTX, max_paths=max_paths)
+    copy: dict[IPNetwork, tuple[IPAddress, ...]] = {}
+    for op, arg, prefixes, pattrs in ops_:
+        if op == "announce":
+            rib.apply_update(
+                UpdateEvent(arg.address, arg.asn, tuple((p, pattrs) for p in prefixes)), arg
+            )
+        elif op == "withdraw":
+            rib.apply_update(UpdateEvent(arg.address, arg.asn, withdrawn=tuple(prefixes)), arg)
+        elif op == "down":
+            rib.peer_down(arg.address)
+        elif op == "gr-down":
+            rib.peer_down(arg.address, graceful=True)
+        elif op == "eor":
+            rib.peer_eor(arg.address)
+        elif op == "gr-expired":
+            rib.peer_gr_expired(arg.address)
+        else:
+            rib.set_context(arg)
+        taken = rib.take_changes()
+        assert not rib.changes_pending
+        for prefix, best in taken.items():
+            if best is None:
+                del copy[prefix]
+            else:
+                copy[prefix] = best.next_hops
+        scratch = {p: r.next_hops for p, r in rebuilt(rib, max_paths).best_routes().items()}
+        assert copy == scratch == {p: r.next_hops for p, r in rib.best_routes().items()}
+
+
+def test_take_all_forgets_the_changes_not_taken() -> None:
+    rib = Rib(CTX)
+    rib.apply_update(announce(A, P1, P2), A)
+    assert set(rib.take_all()) == {P1, P2}
+    assert rib.take_changes() == {}
+    rib.apply_update(withdraw(A, P1), A)
+    assert rib.take_changes() == {P1: None}

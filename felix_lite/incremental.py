@@ -1,0 +1,211 @@
+"""The incremental planner: owns the desired kernel state between full
+plans and changes it by what changed, at a cost proportional to the change.
+Pure: no I/O, no clock.
+
+- ``set_host(inp)``: the host and cluster facts (interfaces, pools, own
+  blocks, VTEPs, underlay, tunnel addresses: a ``PlanInput`` whose
+  ``routes`` are ignored). Equal to the last ones: nothing to do. Different:
+  every held route is planned again (O(table), the rare case: a link, a
+  pool, a block, a node) and only the routes that came out different leave.
+- ``update(changes)``: prefix -> best route, or ``None`` when withdrawn;
+  only those prefixes are planned again (O(change), the common case).
+
+Both return a ``DesiredChange`` for the reconciler. ``state()`` and
+``unroutable()`` are the whole picture (O(table): for a full resync and for
+tests); after any sequence of calls they equal ``plan_kernel`` of the same
+host and routes (tests/unit/test_felix_incremental.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping
+from typing import TypeVar
+
+from netaddr import IPNetwork
+
+from felix_lite.inputs import BestRoute, PlanInput
+from felix_lite.model import (
+    DesiredChange,
+    FdbEntry,
+    KernelRoute,
+    KernelState,
+    NeighborEntry,
+    RouteKind,
+    prefix_text,
+)
+from felix_lite.planner import PlanContext, PlannedHop, Unroutable, plan_context, plan_one
+
+# What one best route planned into: its route (None: nothing installable),
+# the hops it uses (for neighbour and FDB reference counts) and its problems.
+# Held as the route alone in the common case (no neighbour, FDB entry or
+# problem to remember): a tuple per route is ~12 MB at 100k.
+_Planned = tuple[KernelRoute | None, tuple[PlannedHop, ...], tuple[Unroutable, ...]]
+_NOTHING: _Planned = (None, (), ())
+
+
+def _held(planned: _Planned) -> KernelRoute | _Planned:
+    route, hops, problems = planned
+    if route is not None and not problems and all(h.neighbor is h.fdb is None for h in hops):
+        return route
+    return planned
+
+
+def _unheld(held: KernelRoute | _Planned) -> _Planned:
+    return (held, (), ()) if isinstance(held, KernelRoute) else held
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class IncrementalPlanner:
+    def __init__(self, host: PlanInput) -> None:
+        self._ctx: PlanContext = plan_context(_host_only(host))
+        self._best: dict[str, BestRoute] = {}  # by prefix text
+        self._planned: dict[str, KernelRoute | _Planned] = {}
+        self._neighbors: Counter[NeighborEntry] = Counter()
+        self._fdb: Counter[FdbEntry] = Counter()
+        self._unroutable_count = 0
+        self._new_unroutable: list[Unroutable] = []
+
+    # ---- changes ----------------------------------------------------------
+
+    def set_host(self, host: PlanInput) -> DesiredChange:
+        host = _host_only(host)
+        if host == self._ctx.inp:
+            return DesiredChange(base=self._base())
+        # Only fabric routes (and routes that could not be planned) look at
+        # the underlay: a change there alone re-plans just those.
+        underlay_only = host == dataclasses.replace(self._ctx.inp, underlay=host.underlay)
+        old_blackholes = self._ctx.blackholes
+        self._ctx = plan_context(host)
+        upserts: list[KernelRoute] = []
+        removes: list[tuple[int, str]] = []
+        new_blackholes = self._ctx.blackholes
+        for text, hole in old_blackholes.items():
+            if new_blackholes.get(text) != hole:
+                removes.append(hole.key)
+        for text, hole in new_blackholes.items():
+            if old_blackholes.get(text) != hole:
+                upserts.append(hole)
+        for text, best in self._best.items():
+            if underlay_only and not _uses_underlay(_unheld(self._planned.get(text, _NOTHING))):
+                continue
+            self._replan(text, best, upserts, removes)
+        return DesiredChange(tuple(upserts), tuple(removes), self._base())
+
+    def update(self, changes: Mapping[IPNetwork, BestRoute | None]) -> DesiredChange:
+        upserts: list[KernelRoute] = []
+        removes: list[tuple[int, str]] = []
+        for prefix, best in changes.items():
+            text = prefix_text(prefix)
+            if best is None:
+                if self._best.pop(text, None) is not None:
+                    self._replan(text, None, upserts, removes)
+            else:
+                self._best[text] = best
+                self._replan(text, best, upserts, removes)
+        return DesiredChange(tuple(upserts), tuple(removes), self._base())
+
+    # ---- the whole picture ------------------------------------------------
+
+    def state(self) -> KernelState:
+        routes = list(self._ctx.blackholes.values())
+        for held in self._planned.values():
+            route = held if isinstance(held, KernelRoute) else held[0]
+            if route is not None:
+                routes.append(route)
+        return dataclasses.replace(self._base(), routes=frozenset(routes))
+
+    def unroutable(self) -> tuple[Unroutable, ...]:
+        return tuple(
+            u for p in self._planned.values() if not isinstance(p, KernelRoute) for u in p[2]
+        )
+
+    def take_new_unroutable(self) -> list[Unroutable]:
+        """What could not be installed among the routes planned since the
+        last call (for the log: each problem once, when it appears)."""
+        new, self._new_unroutable = self._new_unroutable, []
+        return new
+
+    @property
+    def unroutable_count(self) -> int:
+        return self._unroutable_count
+
+    @property
+    def host(self) -> PlanInput:
+        return self._ctx.inp
+
+    # ---- internals --------------------------------------------------------
+
+    def _replan(
+        self,
+        text: str,
+        best: BestRoute | None,
+        upserts: list[KernelRoute],
+        removes: list[tuple[int, str]],
+    ) -> None:
+        old = _unheld(self._planned.get(text, _NOTHING))
+        if best is None:
+            new = _NOTHING
+        else:
+            route, hops, problems = plan_one(self._ctx, best)
+            new = (route, tuple(hops), tuple(problems))
+        if new[0] is None and new[2] == ():
+            self._planned.pop(text, None)
+        else:
+            self._planned[text] = _held(new)
+        self._count(old, -1)
+        self._count(new, +1)
+        if new[2] and new[2] != old[2]:
+            self._new_unroutable.extend(new[2])
+        old_route, new_route = old[0], new[0]
+        if new_route is not None and (old_route is None or old_route != new_route):
+            upserts.append(new_route)
+        # A route that gave way to a blackhole for its prefix leaves by the
+        # blackhole's upsert, not by a remove of the key they share.
+        if (
+            old_route is not None
+            and (new_route is None or new_route.key != old_route.key)
+            and old_route.key[1] not in self._ctx.blackholes
+        ):
+            removes.append(old_route.key)
+
+    def _count(self, planned: _Planned, sign: int) -> None:
+        self._unroutable_count += sign * len(planned[2])
+        for h in planned[1]:
+            if h.neighbor is not None:
+                _add(self._neighbors, h.neighbor, sign)
+            if h.fdb is not None:
+                _add(self._fdb, h.fdb, sign)
+
+    def _base(self) -> KernelState:
+        return KernelState(
+            neighbors=frozenset(self._neighbors),
+            fdb=frozenset(self._fdb),
+            ipip=self._ctx.ipip,
+            vxlan=self._ctx.vxlan,
+        )
+
+
+def _add(counts: Counter[K], key: K, sign: int) -> None:
+    n = counts[key] + sign
+    if n > 0:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
+def _uses_underlay(planned: _Planned) -> bool:
+    route, _, problems = planned
+    return bool(problems) or route is None or route.kind is RouteKind.FABRIC
+
+
+def _host_only(inp: PlanInput) -> PlanInput:
+    return inp if not inp.routes else dataclasses.replace(inp, routes=())
+
+
+def best_changes(routes: Iterable[BestRoute]) -> dict[IPNetwork, BestRoute | None]:
+    """A whole table as changes, for a planner that starts empty."""
+    return {b.prefix: b for b in routes}
