@@ -2,8 +2,9 @@
 # need (Debian packages, .venv) by themselves through scripts/bootstrap.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: bootstrap demo test test-fast lint bench clean
+.PHONY: bootstrap demo test test-fast lint bench soak clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -34,6 +35,10 @@ bench: bootstrap
 	$(PY) -m bench.reflector --clients 200 --prefixes 4000 --json
 	$(PY) -m bench.policy --pods 5000 --policies 500 --json
 	$(PY) -m bench.failover --json
+
+# the soak of issue 14 (root; 30 min unless SOAK_ARGS="--minutes N"); not part of `make test`
+soak: bootstrap
+	$(PY) -m tests.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
