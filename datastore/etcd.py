@@ -11,6 +11,7 @@ from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import grpc.aio
 
 from datastore.port import (
     Compare,
@@ -30,6 +31,9 @@ _RETRYABLE = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
     aetcd.exceptions.InternalError,
+    # "Channel is closed": another task rotated (closed) the client this
+    # call shares, e.g. a lease refresh timing out while etcd hangs
+    grpc.aio.UsageError,
 )
 # What etcd says when a request passes its --max-request-bytes or --max-txn-ops.
 _TOO_LARGE = ("request is too large", "too many operations in txn request")

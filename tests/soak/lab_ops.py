@@ -18,7 +18,7 @@ import yaml
 from lab.build import Lab, NodeLaunch, meshroute_cli, start_meshroute_node
 from lab.netns import NetnsFactory, run
 from lab.pods import BRIDGE_PLUGIN, pod_netconf, run_cni
-from lab.state import PodRecord, end_processes, record_process, still_ours
+from lab.state import PodRecord, alive, end_processes, record_process, still_ours
 from lab.status import bird_protocols, node_ready, node_routes
 from lab.topology import NodePlan, _node_protocol
 from lab.up import converged
@@ -77,6 +77,9 @@ class LabOps:
 
     def node_record(self, node: NodePlan):  # type: ignore[no-untyped-def]
         return next(r for r in self.lab.state.processes if r.role == "node" and r.label == node.ns)
+
+    def node_alive(self, node: NodePlan) -> bool:
+        return alive(self.node_record(node))
 
     def node_pid(self, node: NodePlan) -> int:
         return int(self.node_record(node).pid)

@@ -6,6 +6,7 @@ invariants every 10 s, then write ``summary.json`` and ``soak.png`` to
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import random
@@ -76,6 +77,7 @@ class Soak:
     violations: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     fault_active: bool = False
+    routes_now: int | None = None
     last_fault_end: float = 0.0
     fail_since: dict[tuple[str, str], float] = field(default_factory=dict)
     outages: list[float] = field(default_factory=list)
@@ -200,6 +202,7 @@ class Soak:
 
     def check(self, *, final: bool = False) -> None:
         t = self.now()
+        self._check_nodes_alive()
         with self.mu:
             live = dict(self.live)
         dups = duplicate_addresses({p: r.address for p, r in live.items()})
@@ -208,6 +211,22 @@ class Soak:
         self._check_routes(t)
         self._check_reach(final=final)
         self._sample(t, len(live))
+        print(
+            f"soak: {t:7.1f}s check: {len(live)} pods, {self.routes_now} routes, "
+            f"{len(self.fail_since)} pod pairs failing, {len(self.violations)} violations",
+            flush=True,
+        )
+
+    def _check_nodes_alive(self) -> None:
+        """A node that exited by itself is a violation; it is started again,
+        as systemd would, so the soak goes on."""
+        if self.fault_active:
+            return  # a restart fault may be between its stop and its start
+        for n in self.ops.lab.plan.nodes:
+            if not self.ops.node_alive(n):
+                tail = Path(n.log_path).read_text()[-600:]
+                self.violation("node exited by itself", node=n.name, log_tail=tail)
+                self.ops.restart_node(n, signal.SIGKILL)
 
     def _check_routes(self, t: float) -> None:
         show = self.ops.ipam_show()
@@ -261,7 +280,7 @@ class Soak:
             {
                 "t": round(t, 1),
                 "pods": pods,
-                "routes": getattr(self, "routes_now", None),
+                "routes": self.routes_now,
                 "fault": self.fault_active,
                 "nodes": nodes,
             }
@@ -400,6 +419,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 PID: where every thread is
     if os.geteuid() != 0:
         print(
             "python -m tests.soak: the lab creates network namespaces: run it as root",
