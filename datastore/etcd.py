@@ -31,10 +31,24 @@ _RETRYABLE = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
     aetcd.exceptions.InternalError,
-    # "Channel is closed": another task rotated (closed) the client this
-    # call shares, e.g. a lease refresh timing out while etcd hangs
-    grpc.aio.UsageError,
 )
+# How a call ends when another task rotated (closed) the client it shares,
+# e.g. a lease refresh timing out while etcd hangs: grpc cancels the calls
+# in flight on a closed channel, and refuses new ones with UsageError. The
+# call is retried on the next client, without rotating again (which would
+# close that one under the others).
+_CLOSED_UNDER_US = (grpc.aio.UsageError, asyncio.CancelledError)
+_CLOSED_RETRIES = 3
+
+
+def _closed_under_us(e: BaseException) -> bool:
+    """Not a cancellation of this task: grpc's, from a channel closed by another."""
+    if not isinstance(e, asyncio.CancelledError):
+        return True
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 # What etcd says when a request passes its --max-request-bytes or --max-txn-ops.
 _TOO_LARGE = ("request is too large", "too many operations in txn request")
 
@@ -84,14 +98,29 @@ class EtcdStore:
             self._client = None
         self._current = (self._current + 1) % len(self._endpoints)
 
+    def _forget(self, client: aetcd.Client) -> None:
+        """Drop a client whose channel is already closed (by another task's
+        rotate, which usually dropped it already)."""
+        if self._client is client:
+            self._client = None
+
     async def _call(self, what: str, fn: Any) -> Any:
-        last: Exception | None = None
-        for _ in range(len(self._endpoints)):
+        last: BaseException | None = None
+        rotations = closed = 0
+        while rotations < len(self._endpoints) and closed <= _CLOSED_RETRIES:
+            client = self._open()
             try:
-                return await fn(self._open())
+                return await fn(client)
             except _RETRYABLE as e:
                 last = e
+                rotations += 1
                 await self._rotate()
+            except _CLOSED_UNDER_US as e:
+                if not _closed_under_us(e):
+                    raise
+                last = e
+                closed += 1
+                self._forget(client)
             except aetcd.exceptions.ClientError as e:
                 if any(m in str(e) for m in _TOO_LARGE):
                     raise RequestTooLarge(f"etcd refused the {what} as too large: {e}") from e
@@ -155,6 +184,13 @@ class EtcdStore:
                 failures += 1
                 log.info("etcd watch on %s broke (%s); resuming", prefix.decode(), e)
                 await self._rotate()
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+            except _CLOSED_UNDER_US as e:
+                if not _closed_under_us(e):
+                    raise
+                failures += 1
+                log.info("etcd watch on %s: client closed under it; resuming", prefix.decode())
+                self._forget(client)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
     async def grant_lease(self, ttl: int) -> int:

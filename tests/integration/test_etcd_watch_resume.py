@@ -4,6 +4,7 @@ revision it saw and reports what changed while etcd was down."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import pytest
@@ -83,4 +84,48 @@ async def test_watch_survives_its_channel_closed_under_it(tmp_path: Path) -> Non
     finally:
         await watcher.close()
         await writer.close()
+        etcd.stop()
+
+
+async def test_call_in_flight_survives_another_task_rotating(tmp_path: Path) -> None:
+    """Found by the soak: while etcd hung, one task's timeout rotated the
+    shared client; grpc cancelled the calls in flight on its channel, and
+    that CancelledError ended the node's other tasks ("task housekeeping
+    ended"). The call must be retried on a new client instead."""
+    etcd = start_etcd(tmp_path / "etcd")
+    store = EtcdStore([etcd.endpoint])
+    proc = etcd.members[0].proc
+    assert proc is not None
+    try:
+        await store.txn([], [Put(b"/c/a", b"1")])
+        proc.send_signal(signal.SIGSTOP)
+        pending = asyncio.ensure_future(store.get(b"/c/a"))
+        await asyncio.sleep(0.5)
+        assert not pending.done(), pending.exception() or pending.result()  # etcd hangs
+        await store._rotate()  # what another task's timeout does
+        await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGCONT)
+        got = await asyncio.wait_for(pending, 15)
+        assert got is not None and got.value == b"1"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        await store.close()
+        etcd.stop()
+
+
+async def test_a_real_cancellation_still_cancels(tmp_path: Path) -> None:
+    etcd = start_etcd(tmp_path / "etcd")
+    store = EtcdStore([etcd.endpoint])
+    proc = etcd.members[0].proc
+    assert proc is not None
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        pending = asyncio.ensure_future(store.get(b"/c/a"))
+        await asyncio.sleep(0.3)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        await store.close()
         etcd.stop()

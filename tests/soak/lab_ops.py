@@ -26,6 +26,12 @@ from lab.up import converged
 DEFAULT_GRACEFUL_RESTART_S = 120.0
 
 
+class AddFailed(Exception):
+    def __init__(self, rec: PodRecord, error: str) -> None:
+        super().__init__(error)
+        self.rec = rec
+
+
 class LabOps:
     """The lab the soak runs against; thread-safe where the pod churn and
     the checker share it (the state file)."""
@@ -39,8 +45,8 @@ class LabOps:
     # ---- pods -------------------------------------------------------------------
 
     def add_pod(self, node: NodePlan, label: str) -> PodRecord:
-        """Namespace, recorded in the lab state, then CNI ADD; on a failed
-        ADD the pod is taken away again (DEL, namespace) and the error raised."""
+        """Namespace, recorded in the lab state, then CNI ADD; a failed ADD
+        raises ``AddFailed`` with the record, which the caller must DEL."""
         with self.lock:
             ns = self.factory.new(label).name
             rec = PodRecord(label, node.name, ns, label, "")
@@ -50,9 +56,8 @@ class LabOps:
         try:
             res = run_cni(self.lab.state.ns(node.ns), "ADD", ns, label, conf, self.cni_path)
             address = str(res["ips"][0]["address"]).split("/")[0]
-        except BaseException:
-            self.remove_pod(rec)
-            raise
+        except Exception as e:
+            raise AddFailed(rec, str(e)) from e
         done = PodRecord(label, node.name, ns, label, address)
         with self.lock:
             pods = self.lab.state.pods

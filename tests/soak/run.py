@@ -39,7 +39,7 @@ from tests.soak.core import (
     track_since,
     window_start,
 )
-from tests.soak.lab_ops import LabOps, proc_sample
+from tests.soak.lab_ops import AddFailed, LabOps, proc_sample
 
 CHECK_EVERY_S = 10.0
 SETTLE_S = 5.0  # pods reach each other this long after the last fault
@@ -130,8 +130,10 @@ class Soak:
         quiet_before = self.quiet()
         try:
             rec = self.ops.add_pod(node, label)
-        except Exception as e:
+        except AddFailed as e:
             self.counts["add_errors"] += 1
+            with self.mu:
+                self.doomed.insert(0, e.rec)  # DEL until it works
             if quiet_before and self.quiet():
                 self.violation(
                     "pod ADD failed with no fault in progress", pod=label, error=str(e)[:300]
