@@ -157,3 +157,9 @@ def window_start(duration_s: float, steady_s: float = 300.0) -> float:
     """From when growth is measured: minute 5, or the last two thirds of a
     run too short to have a minute 5 worth measuring from."""
     return min(steady_s, duration_s / 3.0)
+
+
+def measured_from(started_s: float, window_s: float) -> float:
+    """From when a node process's growth counts: ``window_s`` into its own
+    life (a process the soak restarted warms up like the first one did)."""
+    return started_s + window_s

@@ -31,6 +31,7 @@ from tests.soak.core import (
     duplicate_addresses,
     ended,
     growth,
+    measured_from,
     orphan_routes,
     overdue,
     plan_faults,
@@ -78,6 +79,7 @@ class Soak:
     samples: list[dict[str, Any]] = field(default_factory=list)
     fault_active: bool = False
     routes_now: int | None = None
+    pairs_checked: int = 0
     last_fault_end: float = 0.0
     fail_since: dict[tuple[str, str], float] = field(default_factory=dict)
     outages: list[float] = field(default_factory=list)
@@ -215,7 +217,8 @@ class Soak:
         self._sample(t, len(live))
         print(
             f"soak: {t:7.1f}s check: {len(live)} pods, {self.routes_now} routes, "
-            f"{len(self.fail_since)} pod pairs failing, {len(self.violations)} violations",
+            f"{self.pairs_checked} pod pairs pinged so far, {len(self.fail_since)} failing, "
+            f"{len(self.violations)} violations",
             flush=True,
         )
 
@@ -262,7 +265,7 @@ class Soak:
         new_since = track_since(self.fail_since, failing, t)
         self.outages += ended(self.fail_since, new_since, t)
         self.fail_since = new_since
-        self.pairs_checked = len(eps) ** 2
+        self.pairs_checked += len(eps) ** 2
         if failing and due:
             self.violation(
                 "pods do not reach each other",
@@ -294,12 +297,17 @@ class Soak:
         """The worst (node, PID) incarnation's growth of ``metric`` from
         the growth window's start to the end."""
         start = window_start(self.duration_s)
+        first_pids = (
+            set(v["pid"] for v in self.samples[0]["nodes"].values()) if self.samples else set()
+        )
+        born: dict[int, float] = {}
         series: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for s in self.samples:
-            if s["t"] < start:
-                continue
             for name, v in s["nodes"].items():
-                series.setdefault((name, v["pid"]), []).append((s["t"], float(v[metric])))
+                pid = v["pid"]
+                born.setdefault(pid, 0.0 if pid in first_pids else s["t"])
+                if s["t"] >= measured_from(born[pid], start):
+                    series.setdefault((name, pid), []).append((s["t"], float(v[metric])))
         worst: dict[str, Any] = {"from_s": round(start, 1), "growth_pct": None}
         for (name, pid), pts in series.items():
             g = growth(pts)
@@ -358,6 +366,7 @@ class Soak:
             "faults": [asdict(f) for f in self.faults],
             "pods": dict(self.counts),
             "checks": len(self.samples),
+            "pod_pairs_pinged": self.pairs_checked,
             "invariant_violations": len(self.violations),
             "violations": self.violations,
             "max_pod_outage_s": round(max(self.outages + open_outages, default=0.0), 1),
@@ -445,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = random.Random(seed + 1)
         workers = [
             threading.Thread(target=soak.churn, args=(random.Random(rng.random()),), daemon=True)
-            for _ in range(3)
+            for _ in range(6)
         ]
         injector = threading.Thread(
             target=soak.inject, args=(faults, duration - quiet_tail), daemon=True

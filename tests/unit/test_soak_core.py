@@ -10,6 +10,7 @@ from tests.soak.core import (
     duplicate_addresses,
     ended,
     growth,
+    measured_from,
     orphan_routes,
     overdue,
     plan_faults,
@@ -112,3 +113,8 @@ def test_growth_slope_and_percent():
 def test_window_start():
     assert window_start(1800) == 300
     assert window_start(180) == 60
+
+
+def test_a_restarted_process_is_measured_after_its_own_warm_up():
+    assert measured_from(0.0, 300.0) == 300.0
+    assert measured_from(100.0, 60.0) == 160.0
