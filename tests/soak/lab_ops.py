@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -151,7 +152,10 @@ class LabOps:
         pool = next(d for d in docs if d["kind"] == "IPPool")
         pool["spec"]["blockSize"] = size
         path.write_text(yaml.safe_dump(pool, sort_keys=False))
-        p = meshroute_cli(self.lab, "apply", "-f", str(path))
+        try:
+            p = meshroute_cli(self.lab, "apply", "-f", str(path), timeout=60)
+        except subprocess.TimeoutExpired:
+            return -1, "meshroute apply -f did not answer in 60 s"
         return p.returncode, (p.stdout + p.stderr).strip()
 
     # ---- reading ----------------------------------------------------------------
@@ -185,13 +189,19 @@ class LabOps:
         return out
 
     def ipam_show(self) -> dict | None:  # type: ignore[type-arg]
-        p = meshroute_cli(self.lab, "ipam", "show", "--json", timeout=15)
+        try:
+            p = meshroute_cli(self.lab, "ipam", "show", "--json", timeout=30)
+        except subprocess.TimeoutExpired:
+            return None  # etcd frozen, or the machine too busy: compare next time
         if p.returncode != 0:
             return None
         return dict(json.loads(p.stdout))
 
     def ipam_check(self) -> tuple[int, str]:
-        p = meshroute_cli(self.lab, "ipam", "check", timeout=60)
+        try:
+            p = meshroute_cli(self.lab, "ipam", "check", timeout=120)
+        except subprocess.TimeoutExpired:
+            return -1, "meshroute ipam check did not answer in 120 s"
         return p.returncode, (p.stdout + p.stderr).strip()
 
     def tor_sessions_established(self) -> bool:
