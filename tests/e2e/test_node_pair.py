@@ -121,13 +121,14 @@ def test_two_nodes_peer_learn_blocks_and_pods_ping(pair: Pair) -> None:
     metrics = wait_for("the node counts the route it programmed", counted)
     assert 'meshroute_bgp_peers{state="established"} 1.0' in metrics
     assert re.search(r'meshroute_reconcile_seconds_count\{pass="full"\} [1-9]', metrics), metrics
-    text = subprocess.run(
+    shown = subprocess.run(
         [sys.executable, "-m", "meshroute.cli", "status", "--endpoint", a.http],
         capture_output=True,
         text=True,
         cwd=REPO,
-    ).stdout
-    assert b.address in text and "established" in text and "1/1" in text
+    )
+    text = shown.stdout
+    assert b.address in text and "established" in text and "1/1" in text, shown.stderr
 
     # kill -9 node A during a ping: the kernel keeps its routes, B keeps A's
     # routes through graceful restart; the restarted node converges.
