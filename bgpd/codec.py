@@ -250,8 +250,15 @@ def _decode_update(peer: IPAddress, peer_as: int, upd: dict[str, Any]) -> Update
     for family, by_nh in _obj(upd.get("announce", {}), "announce").items():
         if family not in FAMILIES:
             continue  # families we never configure; nothing to learn
-        for nh, nlris in _obj(by_nh, f"announce {family}").items():
-            attrs = _decode_attrs(attr, _addr(nh, "next-hop"))
+        hops = _obj(by_nh, f"announce {family}")
+        for nh, nlris in hops.items():
+            next_hop = _addr(nh, "next-hop")
+            if next_hop.is_link_local() and len(hops) > 1:
+                # RFC 2545: a peer on the link adds its link-local address
+                # after the global one, and ExaBGP lists each prefix under
+                # both; the global address is the next hop.
+                continue
+            attrs = _decode_attrs(attr, next_hop)
             if not isinstance(nlris, list):
                 raise _Bad(f"announce {family} {nh} is not a list")
             for item in nlris:

@@ -56,6 +56,7 @@ class ExabgpConfig:
     process_name: str = "meshroute"
     # None: no listener at all (every session outgoing); else address and port
     listen: tuple[IPAddress, int] | None = None
+    listen_v6: IPAddress | None = None  # also listen here (same port) for IPv6 peers
     manual_eor: bool = True
     adj_rib_in: bool = False
 
@@ -84,6 +85,10 @@ def validate(cfg: ExabgpConfig) -> None:
         _addr, port = cfg.listen
         if not 1 <= port <= 65535:
             raise ConfigError(f"listen port: {port} is not in 1..65535")
+    if cfg.listen_v6 is not None and (cfg.listen is None or cfg.listen_v6.version != 6):
+        raise ConfigError(
+            f"listen IPv6 address: {cfg.listen_v6} needs an IPv4 listener and must be IPv6"
+        )
     seen: set[IPAddress] = set()
     for n in cfg.neighbors:
         if n.address in seen:
@@ -218,7 +223,7 @@ def render_env(
             "exabgp_api_ack": "true",
             "exabgp_log_destination": "stdout",
             "exabgp_log_level": log_level,
-            "exabgp_tcp_bind": "" if cfg.listen is None else str(cfg.listen[0]),
+            "exabgp_tcp_bind": _bind(cfg),
             # A session stuck in OPEN exchange (its TTL or TCP-MD5 no longer
             # matching the peer's, changed while it connected) ignores
             # reloads until this runs out (default 60 s)
@@ -228,3 +233,9 @@ def render_env(
     if cfg.listen is not None:
         env["exabgp_tcp_port"] = str(cfg.listen[1])
     return env
+
+
+def _bind(cfg: ExabgpConfig) -> str:
+    if cfg.listen is None:
+        return ""
+    return " ".join(str(a) for a in (cfg.listen[0], cfg.listen_v6) if a is not None)

@@ -42,6 +42,7 @@ route refresh from the peers to learn them: ``set_context`` says so.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -119,6 +120,9 @@ class Rib:
         self._best: dict[Key, BestRoute] = {}
         self._stale: dict[IPAddress, set[Key]] = {}
         self._refused: dict[IPAddress, set[Key]] = {}
+        # IPv6 paths per peer (the rest of its Adj-RIB-In is IPv4): max-prefix
+        # counts each family on its own, as BIRD's per-channel import limit
+        self._v6_count: Counter[IPAddress] = Counter()
         # one (next_hop,) tuple per next hop, shared by every single-path
         # BestRoute through it (~5 MB at 100k prefixes)
         self._single_hops: dict[IPAddress, tuple[IPAddress]] = {}
@@ -167,8 +171,13 @@ class Rib:
         found = self._candidates.get(prefix_key(prefix))
         return () if found is None else tuple(_paths(found))
 
-    def accepted_count(self, peer: IPAddress) -> int:
-        return len(self._adj_in.get(peer, ()))
+    def accepted_count(self, peer: IPAddress, version: int | None = None) -> int:
+        """Accepted paths from ``peer``, of one IP version or of both."""
+        total = len(self._adj_in.get(peer, ()))
+        if version is None:
+            return total
+        v6 = self._v6_count.get(peer, 0)
+        return v6 if version == 6 else total - v6
 
     def received_count(self, peer: IPAddress) -> int:
         return len(self._adj_in.get(peer, ())) + len(self._refused.get(peer, ()))
@@ -204,7 +213,9 @@ class Rib:
             path = Path(prefix, address, event.peer_as, peer.router_id, peer.ebgp, attrs)
             reason = decide_import(ctx, path)
             if reason is None and key not in adj:
-                decision = decide_max_prefix(len(adj) + 1, peer.max_prefix, peer.max_prefix_action)
+                v6 = self._v6_count[address]
+                count = (v6 if key[0] == 6 else len(adj) - v6) + 1
+                decision = decide_max_prefix(count, peer.max_prefix, peer.max_prefix_action)
                 if decision is not MaxPrefixDecision.ACCEPT:
                     reason = RejectReason.MAX_PREFIX
                     close = close or decision is MaxPrefixDecision.CLOSE
@@ -218,6 +229,8 @@ class Rib:
                     touched.append(key)
                 continue
             refused.discard(key)
+            if key[0] == 6 and key not in adj:
+                self._v6_count[address] += 1
             adj[key] = path
             self._add_candidate(key, path)
             touched.append(key)
@@ -230,12 +243,27 @@ class Rib:
         cannot take back what was refused (paths are not kept): the caller
         asks the peer for a route refresh (``decide_limit_raised``)."""
         adj = self._adj_in.get(peer.address, {})
-        decision = decide_max_prefix(len(adj), peer.max_prefix, peer.max_prefix_action)
-        if decision is MaxPrefixDecision.CLOSE:
+        over = [
+            (version, decision)
+            for version in (4, 6)
+            if (
+                decision := decide_max_prefix(
+                    self.accepted_count(peer.address, version),
+                    peer.max_prefix,
+                    peer.max_prefix_action,
+                )
+            )
+            is not MaxPrefixDecision.ACCEPT
+        ]
+        if any(decision is MaxPrefixDecision.CLOSE for _, decision in over):
             return ApplyResult((), (), close_session=True)
-        if decision is MaxPrefixDecision.ACCEPT or peer.max_prefix is None:
+        if not over or peer.max_prefix is None:
             return ApplyResult(())
-        excess = list(adj)[peer.max_prefix :]  # dicts keep arrival order
+        excess = [  # each family keeps the paths it sent first: dicts keep arrival order
+            key
+            for version, _ in over
+            for key in [k for k in adj if k[0] == version][peer.max_prefix :]
+        ]
         refused = self._refused.setdefault(peer.address, set())
         rejected = []
         for key in excess:
@@ -298,6 +326,8 @@ class Rib:
     def _remove(self, peer: IPAddress, key: Key, adj: dict[Key, Path]) -> bool:
         if adj.pop(key, None) is None:
             return False
+        if key[0] == 6:
+            self._v6_count[peer] -= 1
         self._drop_candidate(key, peer)
         return True
 
@@ -326,6 +356,7 @@ class Rib:
         adj = self._adj_in.pop(peer, {})
         self._stale.pop(peer, None)
         self._refused.pop(peer, None)
+        self._v6_count.pop(peer, None)
         for key in adj:
             self._drop_candidate(key, peer)
         return self._recompute(adj)

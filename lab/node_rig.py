@@ -27,7 +27,16 @@ from lab.ports import free_ports
 REPO = Path(__file__).resolve().parents[1]
 BRIDGE = "/usr/lib/cni/bridge"
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
-__all__ = ["BRIDGE", "REPO", "Metrics", "NodeUnderTest", "add_pod", "node_in", "wait_for"]
+__all__ = [
+    "BRIDGE",
+    "REPO",
+    "Metrics",
+    "NodeUnderTest",
+    "add_pod",
+    "add_pod_ips",
+    "node_in",
+    "wait_for",
+]
 
 
 @dataclass
@@ -139,6 +148,14 @@ def add_pod(
 ) -> tuple[Netns, str]:
     """A pod behind ``node`` (bridge plugin on cni0, meshroute IPAM); its
     namespace and address."""
+    pod, ips = add_pod_ips(node, netns, cni_bin, label)
+    return pod, ips[0]
+
+
+def add_pod_ips(
+    node: NodeUnderTest, netns: NetnsFactory, cni_bin: Path, label: str, *, ipv6: bool = False
+) -> tuple[Netns, list[str]]:
+    """``add_pod`` with an IPv6 address too when ``ipv6``; every address."""
     pod = netns.new(label)
     conf = {
         "cniVersion": "1.0.0",
@@ -146,7 +163,7 @@ def add_pod(
         "type": "bridge",
         "bridge": "cni0",
         "isGateway": True,
-        "ipam": {"type": "meshroute-cni-ipam", "socket": node.socket},
+        "ipam": {"type": "meshroute-cni-ipam", "socket": node.socket, "assign_ipv6": ipv6},
     }
     env = {
         "PATH": os.environ["PATH"],
@@ -165,4 +182,4 @@ def add_pod(
         timeout=30,
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    return pod, json.loads(p.stdout)["ips"][0]["address"].split("/")[0]
+    return pod, [ip["address"].split("/")[0] for ip in json.loads(p.stdout)["ips"]]

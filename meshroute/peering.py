@@ -1,7 +1,14 @@
 """Which BGP sessions a node has, decided from the node registry and the
 BGP resources (Calico's model): the node-to-node mesh when it is on, plus
 every BGPPeer that selects this node, with explicit peers taking precedence
-over mesh sessions to the same address. Pure."""
+over mesh sessions to the same address. Pure.
+
+Which address families a session carries follows BGPConfiguration's
+``ipv6Transport``: with ``IPv6Peers`` (Calico's meaning) a session to an
+IPv4 address carries IPv4 and one to an IPv6 address IPv6, and the mesh and
+peer selectors pair nodes on each address they both have; with
+``MultiProtocol`` the IPv4 sessions of a node that has an IPv6 address carry
+IPv6 too. A node without an IPv6 address has no IPv6 session."""
 
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ class PeerPlan:
     max_prefix_action: str = "drop"
     peer_node: str | None = None  # the node behind the address, when it is one
     bfd_profile: str | None = None
+    families: tuple[int, ...] = (4,)  # IP versions of the routes the session carries
 
 
 def decide_node_as(node: NodeRecord, config: BGPConfigurationSpec) -> int:
@@ -43,8 +51,27 @@ def decide_node_as(node: NodeRecord, config: BGPConfigurationSpec) -> int:
     return node.asn or config.node_as_numbers.get(node.name) or config.as_number
 
 
-def _address(node: NodeRecord) -> IPAddress | None:
-    return IPNetwork(node.ipv4).ip if node.ipv4 else None
+def _address(node: NodeRecord, version: int) -> IPAddress | None:
+    text = node.ipv4 if version == 4 else node.ipv6
+    return IPNetwork(text).ip if text else None
+
+
+def decide_families(
+    address: IPAddress, me: NodeRecord, config: BGPConfigurationSpec
+) -> tuple[int, ...]:
+    """The IP versions a session to ``address`` carries; () when this node
+    cannot have the session (an IPv6 peer and no IPv6 address of its own)."""
+    has_v6 = _address(me, 6) is not None
+    if address.version == 6:
+        return (6,) if has_v6 else ()
+    if config.ipv6_transport == "MultiProtocol" and has_v6:
+        return (4, 6)
+    return (4,)
+
+
+def _session_versions(config: BGPConfigurationSpec) -> tuple[int, ...]:
+    """The node addresses sessions between nodes are made on."""
+    return (4,) if config.ipv6_transport == "MultiProtocol" else (4, 6)
 
 
 def decide_peer_applies(spec: BGPPeerSpec, me: NodeRecord) -> str | None:
@@ -62,26 +89,31 @@ def plan_peers(
     config: BGPConfigurationSpec,
     peers: Mapping[str, BGPPeerSpec],
 ) -> list[PeerPlan]:
-    my_addr = _address(me)
     local_as = decide_node_as(me, config)
+    versions = _session_versions(config)
+    mine = {v: a for v in (4, 6) if (a := _address(me, v)) is not None}
     out: dict[IPAddress, PeerPlan] = {}
 
-    if config.node_to_node_mesh_enabled and my_addr is not None:
+    if config.node_to_node_mesh_enabled:
         for other in nodes.values():
-            addr = _address(other)
-            if other.name == me.name or addr is None or addr == my_addr:
+            if other.name == me.name:
                 continue
-            # One session per pair, no connection race: the greater address waits.
-            out[addr] = PeerPlan(
-                address=addr,
-                peer_as=decide_node_as(other, config),
-                local_as=local_as,
-                kind=MESH,
-                source="mesh",
-                passive=my_addr > addr,
-                peer_node=other.name,
-                bfd_profile=config.node_to_node_mesh_bfd_profile,
-            )
+            for v in versions:
+                addr = _address(other, v)
+                if v not in mine or addr is None or addr == mine[v]:
+                    continue
+                # One session per pair, no connection race: the greater address waits.
+                out[addr] = PeerPlan(
+                    address=addr,
+                    peer_as=decide_node_as(other, config),
+                    local_as=local_as,
+                    kind=MESH,
+                    source="mesh",
+                    passive=mine[v] > addr,
+                    peer_node=other.name,
+                    bfd_profile=config.node_to_node_mesh_bfd_profile,
+                    families=decide_families(addr, me, config),
+                )
 
     for name, spec in sorted(peers.items()):
         kind = decide_peer_applies(spec, me)
@@ -92,14 +124,16 @@ def plan_peers(
             targets.append((spec.peer_ip, spec.as_number, None))
         elif spec.peer_selector is not None:
             for other in sorted(nodes.values(), key=lambda n: n.name):
-                addr = _address(other)
-                if other.name == me.name or addr is None:
+                if other.name == me.name or not matches(spec.peer_selector, other.labels):
                     continue
-                if matches(spec.peer_selector, other.labels):
-                    asn = spec.as_number or decide_node_as(other, config)
-                    targets.append((addr, asn, other.name))
+                asn = spec.as_number or decide_node_as(other, config)
+                for v in versions:
+                    addr = _address(other, v)
+                    if addr is not None:
+                        targets.append((addr, asn, other.name))
         for addr, asn, node_name in targets:
-            if addr == my_addr:
+            families = decide_families(addr, me, config)
+            if addr == mine.get(addr.version) or not families:
                 continue
             out[addr] = PeerPlan(
                 address=addr,
@@ -117,5 +151,6 @@ def plan_peers(
                 max_prefix_action=spec.max_prefix_action,
                 peer_node=node_name,
                 bfd_profile=spec.bfd_profile,
+                families=families,
             )
     return [out[a] for a in sorted(out)]

@@ -110,6 +110,13 @@ class BGPConfigurationSpec(_Strict):
     node_to_node_mesh_bfd_profile: str | None = Field(
         default=None, min_length=1, max_length=253, alias="nodeToNodeMeshBFDProfile"
     )
+    # How IPv6 routes travel. IPv6Peers (Calico's meaning): an IPv4 peer
+    # carries IPv4, an IPv6 peer IPv6, and the mesh pairs nodes on both
+    # addresses. MultiProtocol: the IPv4 sessions carry IPv6 as well
+    # (MP-BGP), with the node's IPv6 address as next hop.
+    ipv6_transport: Literal["IPv6Peers", "MultiProtocol"] = Field(
+        default="IPv6Peers", alias="ipv6Transport"
+    )
 
 
 class BGPConfigurationResource(_Strict):

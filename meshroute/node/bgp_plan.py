@@ -23,6 +23,9 @@ from meshroute.peering import PeerPlan
 def plan_exabgp_config(
     config: NodeConfig, local_as: int, listen_port: int, peers: Iterable[PeerPlan]
 ) -> ExabgpConfig:
+    """A session is sourced from the node's address of the peer's family;
+    peering leaves out IPv6 peers of a node without an IPv6 address."""
+    local = {4: config.ipv4.ip, 6: config.ipv6.ip if config.ipv6 else None}
     return ExabgpConfig(
         router_id=config.router_id,
         local_as=local_as,
@@ -30,19 +33,22 @@ def plan_exabgp_config(
             NeighborConfig(
                 address=p.address,
                 peer_as=p.peer_as,
-                local_address=config.ipv4.ip,
+                local_address=local[p.address.version],
                 password=p.password,
                 ttl_security=p.ttl_security,
                 hold_time=p.hold_time,
                 graceful_restart=p.graceful_restart_time or None,
                 passive=p.passive,
                 description=f"{p.kind}: {p.source}",
+                ipv4=4 in p.families,
+                ipv6=6 in p.families,
             )
             for p in peers
-            if p.address.version == 4
+            if local[p.address.version] is not None
         ),
         api_run=(),  # the speaker fills in its relay
         listen=(config.ipv4.ip, listen_port),
+        listen_v6=local[6],
     )
 
 
@@ -54,7 +60,8 @@ def plan_import_context(
         for p in sorted(view.ipam.pools.values(), key=lambda p: p.name)
         if not p.disabled
     )
-    own = {config.ipv4.ip} | ({tunnel_address} if tunnel_address else set())
+    own = {config.ipv4.ip} | {a.ip for a in (config.ipv6,) if a is not None}
+    own |= {tunnel_address} if tunnel_address else set()
     return ImportContext(
         pools=pools,
         own_blocks=frozenset(own_blocks(view, config.node_name)),
@@ -64,10 +71,21 @@ def plan_import_context(
 
 
 def plan_bgp_announcements(
-    prefixes: Iterable[IPNetwork], communities: Iterable[tuple[int, int]]
+    prefixes: Iterable[IPNetwork],
+    communities: Iterable[tuple[int, int]],
+    ipv6_next_hop: IPAddress | None,
 ) -> dict[IPNetwork, Announce]:
+    """IPv4 prefixes go out with next-hop self. IPv6 prefixes name the
+    node's IPv6 address: over an IPv4 session (MP-BGP) "self" would be an
+    IPv4 address; without an IPv6 address they are not announced."""
     cs = tuple(communities)
-    return {p: Announce(p, None, cs) for p in prefixes}  # next-hop self
+    out: dict[IPNetwork, Announce] = {}
+    for p in prefixes:
+        if p.version == 4:
+            out[p] = Announce(p, None, cs)
+        elif ipv6_next_hop is not None:
+            out[p] = Announce(p, ipv6_next_hop, cs)
+    return out
 
 
 def session_peer(p: PeerPlan) -> SessionPeer:

@@ -41,11 +41,14 @@ class NodeCollector(Collector):
             labels=["peer"],
         )
         accepted = GaugeMetricFamily(
-            "meshroute_bgp_prefixes_accepted", "prefixes held from each peer", labels=["peer"]
+            "meshroute_bgp_prefixes_accepted",
+            "prefixes held from each peer, per address family its session carries",
+            labels=["peer", "family"],
         )
-        for p in sorted(n.peers):
+        for p, plan in sorted(n.peers.items()):
             received.add_metric([str(p)], sessions.received.get(p, 0))
-            accepted.add_metric([str(p)], n.rib.accepted_count(p))
+            for v in plan.families:
+                accepted.add_metric([str(p), f"ipv{v}"], n.rib.accepted_count(p, v))
         yield received
         yield accepted
 

@@ -326,7 +326,8 @@ class NodeProcess:
         )
         await self.speaker.apply_config(exa)
         announce = plan_announcements(view, self.config.node_name)
-        self.speaker.set_desired(plan_bgp_announcements(announce, view.bgp_config.communities))
+        v6 = self.config.ipv6.ip if self.config.ipv6 else None
+        self.speaker.set_desired(plan_bgp_announcements(announce, view.bgp_config.communities, v6))
         ctx = plan_import_context(view, self.config, self.tunnel_address, self.local_as)
         if ctx != self.rib.context:
             result = self.rib.set_context(ctx)

@@ -239,7 +239,8 @@ def test_import_policy_refuses_foreign_default_and_own_block(rig: Rig) -> None:
                 frozenset({("peer", PEER_IP), ("reason", reason.value)}),
             )
             assert metrics.get(key) == 1, (reason, sorted(k for k in metrics if "rejected" in k[0]))
-        assert metrics[("meshroute_bgp_prefixes_accepted", frozenset({("peer", PEER_IP)}))] == 1
+        family = frozenset({("peer", PEER_IP), ("family", "ipv4")})
+        assert metrics[("meshroute_bgp_prefixes_accepted", family)] == 1
     finally:
         bird.stop()
 

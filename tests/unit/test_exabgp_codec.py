@@ -146,6 +146,34 @@ def test_ipv4_update_with_reflector_attributes() -> None:
     assert a.cluster_list == (IPAddress("192.0.2.9"),) and a.as_path == ()
 
 
+def test_ipv6_update_with_a_link_local_next_hop_keeps_the_global_one() -> None:
+    """BIRD on a shared link sends global + link-local next hops; ExaBGP
+    lists the prefix under each. Alone, a link-local next hop is kept."""
+
+    def update(*hops: str) -> str:
+        nlri = [{"nlri": "fd00:10::ffc0/122"}]
+        body = {
+            "attribute": {"origin": "igp"},
+            "announce": {"ipv6 unicast": {h: nlri for h in hops}},
+        }
+        neighbor = {
+            "address": {"local": "2001:db8::11", "peer": "2001:db8::21"},
+            "asn": {"local": 64512, "peer": 65020},
+            "direction": "receive",
+            "message": {"update": body},
+        }
+        return json.dumps({"type": "update", "neighbor": neighbor})
+
+    e = decode_line(update("2001:db8::21", "fe80::1"))
+    assert isinstance(e, UpdateEvent)
+    assert [(str(p), str(a.next_hop)) for p, a in e.announced] == [
+        ("fd00:10::ffc0/122", "2001:db8::21")
+    ]
+    e = decode_line(update("fe80::1"))
+    assert isinstance(e, UpdateEvent)
+    assert [str(a.next_hop) for _p, a in e.announced] == ["fe80::1"]
+
+
 def test_some_bad_lines() -> None:
     for line in (
         "",

@@ -191,6 +191,25 @@ def test_max_prefix_drop_keeps_the_session() -> None:
     assert rib.rejects.get(A.address, RejectReason.MAX_PREFIX) == 1
 
 
+def test_max_prefix_counts_each_family_of_a_multiprotocol_session() -> None:
+    """MP-BGP: one session, IPv4 and IPv6 paths; each family has its own limit."""
+    ctx = ImportContext(pools=(*CTX.pools, PoolRule(IPNetwork("fd00:10::/48"), 122)))
+    peer = PeerInfo(A.address, A.asn, A.router_id, False, max_prefix=2)
+    v6 = [IPNetwork(f"fd00:10::{i * 64:x}/122") for i in range(3)]
+    nh6 = PathAttrs(next_hop=IPAddress("2001:db8::2"))
+    rib = Rib(ctx)
+    rib.apply_update(announce(peer, P1, P2), peer)
+    r = rib.apply_update(UpdateEvent(A.address, A.asn, tuple((p, nh6) for p in v6)), peer)
+    assert set(r.changed) == set(v6[:2])
+    assert r.rejected == ((v6[2], RejectReason.MAX_PREFIX),)
+    assert (rib.accepted_count(A.address, 4), rib.accepted_count(A.address, 6)) == (2, 2)
+    rib.apply_update(UpdateEvent(A.address, A.asn, withdrawn=(v6[0],)), peer)
+    assert rib.accepted_count(A.address, 6) == 1
+    assert rib.apply_update(announce(peer, P3), peer).rejected == ((P3, RejectReason.MAX_PREFIX),)
+    rib.peer_down(A.address)
+    assert rib.accepted_count(A.address, 6) == 0
+
+
 def test_max_prefix_close_asks_to_close_the_session() -> None:
     peer = PeerInfo(A.address, A.asn, A.router_id, False, 1, MaxPrefixAction.CLOSE)
     rib = Rib(CTX)
