@@ -85,6 +85,9 @@ class BgpNeighbor:
     import_limit_action: str = "block"
     port: int | None = None  # the BGP port on both ends, when not 179
     bfd: BfdOptions | None = None
+    # address families the session carries, each a BIRD channel with the
+    # same filters and limit: "ipv4", "ipv6", or both (MP-BGP)
+    channels: tuple[str, ...] = ("ipv4",)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class BirdConfig:
     # reflector can resolve the next hops of iBGP routes it does not install
     kernel_learn: bool = False
     rr_cluster_id: str | None = None  # for the neighbors marked rr_client
+    # the direct and kernel protocols above cover IPv6 too
+    ipv6: bool = False
     # prefixes this router originates (blackhole statics, for export only)
     originate: tuple[str, ...] = ()
     log_file: str | None = None
@@ -206,16 +211,20 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
         out += ["  graceful restart on;", f"  graceful restart time {n.graceful_restart_time};"]
     else:
         out.append("  graceful restart off;")
-    out += [
-        "  ipv4 {",
-        f"    import {_filter_ref(n.import_filter, filters)};",
-        f"    export {_filter_ref(n.export_filter, filters)};",
-    ]
-    if n.import_limit is not None:
-        if n.import_limit < 1 or n.import_limit_action not in ("block", "restart"):
-            raise BirdConfigError(f"{n.name}: import limit needs N >= 1, action block|restart")
-        out.append(f"    import limit {n.import_limit} action {n.import_limit_action};")
-    out += ["  };", "}"]
+    if not n.channels or not set(n.channels) <= {"ipv4", "ipv6"}:
+        raise BirdConfigError(f"{n.name}: channels {n.channels}: ipv4, ipv6 or both")
+    for channel in n.channels:
+        out += [
+            f"  {channel} {{",
+            f"    import {_filter_ref(n.import_filter, filters)};",
+            f"    export {_filter_ref(n.export_filter, filters)};",
+        ]
+        if n.import_limit is not None:
+            if n.import_limit < 1 or n.import_limit_action not in ("block", "restart"):
+                raise BirdConfigError(f"{n.name}: import limit needs N >= 1, action block|restart")
+            out.append(f"    import limit {n.import_limit} action {n.import_limit_action};")
+        out.append("  };")
+    out.append("}")
     return out
 
 
@@ -239,21 +248,24 @@ def render_bird(cfg: BirdConfig) -> str:
     lines += [f"router id {IPAddress(cfg.router_id)};", "", "protocol device {", "}"]
     if any(n.bfd is not None for n in cfg.neighbors):
         lines += ["", "protocol bfd {", "}"]
+    families = ("ipv4", "ipv6") if cfg.ipv6 else ("ipv4",)
     if cfg.direct_interfaces:
         names = ", ".join(f'"{i}"' for i in cfg.direct_interfaces)
-        lines += ["", "protocol direct {", "  ipv4;", f"  interface {names};", "}"]
+        lines += ["", "protocol direct {", *(f"  {f};" for f in families)]
+        lines += [f"  interface {names};", "}"]
     if cfg.kernel_export_bgp or cfg.kernel_learn:
         export = "where source = RTS_BGP" if cfg.kernel_export_bgp else "none"
-        lines += ["", "protocol kernel {"]
-        if cfg.kernel_learn:
-            lines.append("  learn;")
-        lines += [
-            "  ipv4 {",
-            f"    import {'all' if cfg.kernel_learn else 'none'};",
-            f"    export {export};",
-            "  };",
-            "}",
-        ]
+        for family in families:  # a kernel protocol has one channel
+            lines += ["", "protocol kernel {"]
+            if cfg.kernel_learn:
+                lines.append("  learn;")
+            lines += [
+                f"  {family} {{",
+                f"    import {'all' if cfg.kernel_learn else 'none'};",
+                f"    export {export};",
+                "  };",
+                "}",
+            ]
     if cfg.originate:
         lines += ["", "protocol static {", "  ipv4;"]
         lines += [f"  route {IPNetwork(p).cidr} blackhole;" for p in cfg.originate]

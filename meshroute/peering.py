@@ -51,7 +51,7 @@ def decide_node_as(node: NodeRecord, config: BGPConfigurationSpec) -> int:
     return node.asn or config.node_as_numbers.get(node.name) or config.as_number
 
 
-def _address(node: NodeRecord, version: int) -> IPAddress | None:
+def node_address(node: NodeRecord, version: int) -> IPAddress | None:
     text = node.ipv4 if version == 4 else node.ipv6
     return IPNetwork(text).ip if text else None
 
@@ -61,7 +61,7 @@ def decide_families(
 ) -> tuple[int, ...]:
     """The IP versions a session to ``address`` carries; () when this node
     cannot have the session (an IPv6 peer and no IPv6 address of its own)."""
-    has_v6 = _address(me, 6) is not None
+    has_v6 = node_address(me, 6) is not None
     if address.version == 6:
         return (6,) if has_v6 else ()
     if config.ipv6_transport == "MultiProtocol" and has_v6:
@@ -69,7 +69,7 @@ def decide_families(
     return (4,)
 
 
-def _session_versions(config: BGPConfigurationSpec) -> tuple[int, ...]:
+def decide_session_versions(config: BGPConfigurationSpec) -> tuple[int, ...]:
     """The node addresses sessions between nodes are made on."""
     return (4,) if config.ipv6_transport == "MultiProtocol" else (4, 6)
 
@@ -90,8 +90,8 @@ def plan_peers(
     peers: Mapping[str, BGPPeerSpec],
 ) -> list[PeerPlan]:
     local_as = decide_node_as(me, config)
-    versions = _session_versions(config)
-    mine = {v: a for v in (4, 6) if (a := _address(me, v)) is not None}
+    versions = decide_session_versions(config)
+    mine = {v: a for v in (4, 6) if (a := node_address(me, v)) is not None}
     out: dict[IPAddress, PeerPlan] = {}
 
     if config.node_to_node_mesh_enabled:
@@ -99,7 +99,7 @@ def plan_peers(
             if other.name == me.name:
                 continue
             for v in versions:
-                addr = _address(other, v)
+                addr = node_address(other, v)
                 if v not in mine or addr is None or addr == mine[v]:
                     continue
                 # One session per pair, no connection race: the greater address waits.
@@ -128,7 +128,7 @@ def plan_peers(
                     continue
                 asn = spec.as_number or decide_node_as(other, config)
                 for v in versions:
-                    addr = _address(other, v)
+                    addr = node_address(other, v)
                     if addr is not None:
                         targets.append((addr, asn, other.name))
         for addr, asn, node_name in targets:

@@ -32,6 +32,7 @@ class BirdSection(Section):
 class ReflectorConfig(Section):
     name: str = Field(min_length=1, max_length=253)
     ipv4: InterfaceAddress = Field(description="the reflector's address with prefix length")
+    ipv6: InterfaceAddress | None = None  # reflects IPv6 sessions on this address too
     cluster_id: Address = Field(alias="clusterId")
     as_number: int | None = Field(default=None, ge=1, le=4294967295, alias="asNumber")
     router_id: Address | None = Field(default=None, alias="routerId")
@@ -48,6 +49,8 @@ class ReflectorConfig(Section):
             raise ValueError(f"clusterId: {self.cluster_id} must be an IPv4-style id")
         if self.ipv4.version != 4:
             raise ValueError(f"ipv4: {self.ipv4} is not IPv4")
+        if self.ipv6 is not None and self.ipv6.version != 6:
+            raise ValueError(f"ipv6: {self.ipv6} is not IPv6")
         return self
 
 

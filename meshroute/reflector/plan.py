@@ -6,17 +6,27 @@ node whose BGPPeer selection gives it a session to this reflector's address
 is a client, with that session's password, TTL security, hold time, graceful
 restart time and max-prefix. Reflectors that share this one's cluster id
 peer with it as non-clients. Sessions the reflector itself is selected for
-(a ToR above it, say) are plain peers."""
+(a ToR above it, say) are plain peers.
+
+Both families are reflected: a reflector with an IPv6 address has the
+sessions the nodes' ``plan_peers`` gives it on that address too (and, with
+``ipv6Transport: MultiProtocol``, an IPv6 channel on its IPv4 sessions)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from netaddr import IPAddress, IPNetwork
+from netaddr import IPAddress
 
 from bgpd.bird_config import BfdOptions, BgpNeighbor, BirdConfig, password_problem
-from meshroute.peering import decide_node_as, plan_peers
+from meshroute.peering import (
+    decide_families,
+    decide_node_as,
+    decide_session_versions,
+    node_address,
+    plan_peers,
+)
 from meshroute.registry import NodeRecord
 from meshroute.resources import BFDProfileSpec, BGPConfigurationSpec, BGPPeerSpec
 
@@ -44,12 +54,14 @@ class ReflectorSession:
     max_prefix: int | None = None
     max_prefix_action: str = "drop"
     bfd_profile: str | None = None
+    families: tuple[int, ...] = (4,)  # IP versions of the routes the session carries
 
     @property
     def protocol(self) -> str:
         """BIRD protocol name: stable per address and role, so an unrelated
         change leaves the protocol's text, and so its session, alone."""
-        return f"{ROLE_PREFIX[self.role]}_{str(self.address).replace('.', '_')}"
+        addr = str(self.address).replace(".", "_").replace(":", "_")
+        return f"{ROLE_PREFIX[self.role]}_{addr}"
 
 
 @dataclass(frozen=True)
@@ -65,10 +77,6 @@ def cluster_id_of(rec: NodeRecord) -> str | None:
     return rec.labels.get(CLUSTER_ID_LABEL)
 
 
-def _address(rec: NodeRecord) -> IPAddress | None:
-    return IPNetwork(rec.ipv4).ip if rec.ipv4 else None
-
-
 def plan_sessions(
     me: NodeRecord,
     nodes: Mapping[str, NodeRecord],
@@ -76,32 +84,38 @@ def plan_sessions(
     peers: Mapping[str, BGPPeerSpec],
 ) -> list[ReflectorSession]:
     """Raises SelectorError when a BGPPeer's selector does not parse."""
-    my_addr = _address(me)
-    if my_addr is None:
+    mine = {v: a for v in (4, 6) if (a := node_address(me, v)) is not None}
+    if 4 not in mine:
         raise ValueError(f"reflector {me.name} has no IPv4 address")
     my_cluster = cluster_id_of(me)
     local_as = decide_node_as(me, config)
     everyone = {**nodes, me.name: me}
+    versions = decide_session_versions(config)
     out: dict[IPAddress, ReflectorSession] = {}
     for other in sorted(everyone.values(), key=lambda n: n.name):
-        addr = _address(other)
-        if other.name == me.name or addr is None or addr == my_addr:
+        if other.name == me.name:
             continue
         if my_cluster is not None and cluster_id_of(other) == my_cluster:
-            out[addr] = ReflectorSession(
-                address=addr,
-                peer_as=decide_node_as(other, config),
-                role=REFLECTOR,
-                node=other.name,
-                source="cluster",
-                # one session per pair, no connection race: the greater address waits
-                passive=my_addr > addr,
-            )
+            for v in versions:
+                addr = node_address(other, v)
+                if addr is None or v not in mine or addr == mine[v]:
+                    continue
+                out[addr] = ReflectorSession(
+                    address=addr,
+                    peer_as=decide_node_as(other, config),
+                    role=REFLECTOR,
+                    node=other.name,
+                    source="cluster",
+                    # one session per pair, no connection race: the greater address waits
+                    passive=mine[v] > addr,
+                    families=decide_families(addr, me, config),
+                )
             continue
-        # Only sessions to my address matter, and those depend on my record
+        # Only sessions to my addresses matter, and those depend on my record
         # alone: plan with the two of us (O(nodes), not O(nodes^2)).
         for p in plan_peers(other, {other.name: other, me.name: me}, config, peers):
-            if p.address != my_addr:
+            addr = node_address(other, p.address.version)
+            if p.address != mine.get(p.address.version) or addr is None:
                 continue
             out[addr] = ReflectorSession(
                 address=addr,
@@ -118,6 +132,7 @@ def plan_sessions(
                 max_prefix=p.max_prefix,
                 max_prefix_action=p.max_prefix_action,
                 bfd_profile=p.bfd_profile,
+                families=p.families,
             )
     for p in plan_peers(me, everyone, config, peers):
         if p.address in out:
@@ -136,6 +151,7 @@ def plan_sessions(
             max_prefix=p.max_prefix,
             max_prefix_action=p.max_prefix_action,
             bfd_profile=p.bfd_profile,
+            families=p.families,
         )
     return [out[a] for a in sorted(out)]
 
@@ -155,6 +171,7 @@ def plan_bird_config(
     tuning: Tuning = Tuning(),
     log_file: str | None = None,
     bfd_profiles: Mapping[str, BFDProfileSpec] | None = None,
+    local_address6: IPAddress | None = None,
 ) -> BirdConfig:
     """Everything learned over BGP is reflected (BIRD applies RFC 4456's
     client/non-client rules and sets ORIGINATOR_ID and CLUSTER_LIST; next
@@ -168,12 +185,13 @@ def plan_bird_config(
         p = profiles.get(s.bfd_profile) if s.bfd_profile else None
         return bfd_options(p) if p is not None else None
 
+    local = {4: local_address, 6: local_address6}
     neighbors = tuple(
         BgpNeighbor(
             name=s.protocol,
             address=str(s.address),
             peer_as=s.peer_as,
-            local_address=str(local_address),
+            local_address=str(local[s.address.version]),
             import_filter="all",
             export_filter="bgp",
             passive=s.passive,
@@ -190,8 +208,10 @@ def plan_bird_config(
             import_limit_action="block" if s.max_prefix_action == "drop" else "restart",
             port=port if port != 179 else None,
             bfd=bfd(s),
+            channels=tuple(f"ipv{v}" for v in s.families),
         )
         for s in sessions
+        if local[s.address.version] is not None
     )
     return BirdConfig(
         router_id=str(router_id),
@@ -199,6 +219,7 @@ def plan_bird_config(
         neighbors=neighbors,
         direct_interfaces=("*",),
         kernel_learn=True,
+        ipv6=local_address6 is not None,
         rr_cluster_id=cluster_id,
         log_file=log_file,
         iso_times=True,

@@ -85,7 +85,8 @@ class ReflectorProcess:
     def record(self) -> NodeRecord:
         c = self.config
         labels = {**c.labels, REFLECTOR_LABEL: "true", CLUSTER_ID_LABEL: str(c.cluster_id)}
-        return NodeRecord(name=c.name, labels=labels, ipv4=str(c.ipv4), asn=c.as_number)
+        ipv6 = str(c.ipv6) if c.ipv6 else None
+        return NodeRecord(c.name, labels, ipv4=str(c.ipv4), ipv6=ipv6, asn=c.as_number)
 
     @property
     def router_id(self) -> str:
@@ -109,6 +110,7 @@ class ReflectorProcess:
                 plan_bird_config(
                     router_id=self.config.router_id or self.config.ipv4.ip,
                     local_address=self.config.ipv4.ip,
+                    local_address6=self.config.ipv6.ip if self.config.ipv6 else None,
                     local_as=decide_node_as(me, view.bgp_config),
                     cluster_id=str(self.config.cluster_id),
                     sessions=sessions,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -323,3 +324,70 @@ def test_clients_equal_the_inversion_of_every_nodes_full_plan(
             if p.address == IPAddress("192.0.2.1"):
                 want[n.name] = (p.source, not p.passive)
     assert got == want
+
+
+def dual(rec: NodeRecord, v6: str) -> NodeRecord:
+    return replace(rec, ipv6=f"{v6}/64")
+
+
+ME6 = dual(ME, "2001:db8::1")
+NODES6 = {
+    **NODES,
+    "rr1": ME6,
+    "rr2": dual(NODES["rr2"], "2001:db8::2"),
+    "a": dual(NODES["a"], "2001:db8::11"),
+}
+
+
+def test_reflects_both_families_on_each_address_or_over_mp_bgp(tmp_path: Path) -> None:
+    sessions = plan_sessions(ME6, NODES6, NO_MESH, {"to-rr": TO_RR})
+    got = {(s.node, str(s.address), s.families, s.role) for s in sessions}
+    assert got == {
+        ("a", "192.0.2.11", (4,), CLIENT),
+        ("a", "2001:db8::11", (6,), CLIENT),
+        ("b", "192.0.2.12", (4,), CLIENT),  # no IPv6 address: IPv4 only
+        ("rr2", "192.0.2.2", (4,), REFLECTOR),
+        ("rr2", "2001:db8::2", (6,), REFLECTOR),
+    }
+    (a6,) = [s for s in sessions if s.address == IPAddress("2001:db8::11")]
+    assert a6.protocol == "c_2001_db8__11" and a6.password == "s3cret"
+    bird = plan_bird_config(
+        router_id=IPAddress("192.0.2.1"),
+        local_address=IPAddress("192.0.2.1"),
+        local_address6=IPAddress("2001:db8::1"),
+        local_as=64512,
+        cluster_id="244.0.0.1",
+        sessions=sessions,
+    )
+    text = render_bird(bird)
+    assert "local 2001:db8::1 as 64512;" in text and "  ipv6 {" in text
+    validate_config(text, tmp_path / "dual.conf")
+    # without an IPv6 address of its own the reflector has no IPv6 session
+    v4only = plan_bird_config(
+        router_id=IPAddress("192.0.2.1"),
+        local_address=IPAddress("192.0.2.1"),
+        local_as=64512,
+        cluster_id="244.0.0.1",
+        sessions=sessions,
+    )
+    assert {n.address for n in v4only.neighbors} == {"192.0.2.11", "192.0.2.12", "192.0.2.2"}
+
+    mp = NO_MESH.model_copy(update={"ipv6_transport": "MultiProtocol"})
+    sessions = plan_sessions(ME6, NODES6, mp, {"to-rr": TO_RR})
+    got = {(s.node, str(s.address), s.families) for s in sessions}
+    assert got == {
+        ("a", "192.0.2.11", (4, 6)),
+        ("b", "192.0.2.12", (4,)),  # b has no IPv6 address: no IPv6 channel
+        ("rr2", "192.0.2.2", (4, 6)),
+    }
+    text = render_bird(
+        plan_bird_config(
+            router_id=IPAddress("192.0.2.1"),
+            local_address=IPAddress("192.0.2.1"),
+            local_address6=IPAddress("2001:db8::1"),
+            local_as=64512,
+            cluster_id="244.0.0.1",
+            sessions=sessions,
+        )
+    )
+    validate_config(text, tmp_path / "mp.conf")
