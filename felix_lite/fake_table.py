@@ -50,6 +50,7 @@ class FakeKernel:
     ops: Counter[str] = field(default_factory=Counter)
     ipip: IpipDevice | None = None
     vxlan: VxlanDevice | None = None
+    vxlan6: VxlanDevice | None = None
 
     def add_foreign(self, route: KernelRoute, proto: int) -> None:
         self.routes[route.key] = (proto, route)
@@ -76,7 +77,7 @@ class FakeKernel:
     def _has_device(self, name: str) -> bool:
         if self.devices is None:
             return True
-        tunnels = {d.name for d in (self.ipip, self.vxlan) if d is not None}
+        tunnels = {d.name for d in (self.ipip, self.vxlan, self.vxlan6) if d is not None}
         return name in self.devices or name in tunnels
 
     def apply_route(self, op: RouteOp, proto: int) -> int | None:
@@ -196,6 +197,14 @@ class FakeTunnels:
         if old is not None and (desired is None or desired.name != old.name):
             self._drop_device(old.name)
         self.kernel.vxlan = desired
+
+    async def apply_vxlan6(self, desired: VxlanDevice | None) -> None:
+        self._maybe_fail()
+        self.kernel.ops["vxlan6"] += 1
+        old = self.kernel.vxlan6
+        if old is not None and (desired is None or desired.name != old.name):
+            self._drop_device(old.name)
+        self.kernel.vxlan6 = desired
 
     def _drop_device(self, name: str) -> None:
         k = self.kernel

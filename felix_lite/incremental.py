@@ -186,6 +186,7 @@ class IncrementalPlanner:
             fdb=frozenset(self._fdb),
             ipip=self._ctx.ipip,
             vxlan=self._ctx.vxlan,
+            vxlan6=self._ctx.vxlan6,
         )
 
 

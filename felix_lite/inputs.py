@@ -18,6 +18,9 @@ from felix_lite.model import MAIN_TABLE
 IPIP_DEVICE = "tunl0"
 # Calico's names and numbers, so a host migrated from Calico keeps its VTEP.
 VXLAN_DEVICE = "vxlan.mesh"
+# IPv6 pools' VXLAN runs over the IPv6 underlay (Calico's vxlanModeV6): a
+# VXLAN device has one local address, so that is a second device.
+VXLAN_V6_DEVICE = "vxlan-v6.mesh"
 VXLAN_VNI = 4096
 VXLAN_PORT = 4789
 
@@ -64,7 +67,8 @@ class BestRoute:
 @dataclass(frozen=True)
 class RemoteVtep:
     """A remote node's VXLAN endpoint: its underlay ``node_ip`` (the FDB
-    destination), its VTEP address inside the overlay and the VTEP's MAC."""
+    destination), its VTEP address inside the overlay and the VTEP's MAC.
+    An IPv6 ``node_ip`` is a VTEP on the IPv6 underlay (IPv6 ``vtep_ip``)."""
 
     node_ip: IPAddress
     vtep_ip: IPAddress
@@ -97,6 +101,7 @@ class MtuOverrides:
 
     ipip: int | None = None
     vxlan: int | None = None
+    vxlan6: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,12 @@ class PlanInput:
     node_ip: IPAddress | None = None
     ipip_tunnel_address: IPAddress | None = None
     vxlan_tunnel_address: IPAddress | None = None
+    # the IPv6 underlay address and VTEP address (IPv6 pools using VXLAN)
+    node_ip6: IPAddress | None = None
+    vxlan_tunnel_address6: IPAddress | None = None
     vteps: tuple[RemoteVtep, ...] = ()
     underlay: tuple[UnderlayRoute, ...] = ()
     vxlan: VxlanParams = field(default_factory=VxlanParams)
+    vxlan6: VxlanParams = field(default_factory=lambda: VxlanParams(name=VXLAN_V6_DEVICE))
     mtu: MtuOverrides = field(default_factory=MtuOverrides)
     table: int = MAIN_TABLE

@@ -123,6 +123,7 @@ class KernelState:
     fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
     ipip: IpipDevice | None = None
     vxlan: VxlanDevice | None = None
+    vxlan6: VxlanDevice | None = None  # the VTEP on the IPv6 underlay
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,17 @@ Each rule lives once, here:
                       IPIP    ``via NH dev tunl0 onlink``
                       VXLAN   ``via VTEP_IP dev vxlan.mesh onlink`` plus a
                               permanent neighbour VTEP_IP -> MAC and an FDB
-                              entry MAC -> NH on the vxlan device
+                              entry MAC -> NH on the vxlan device; IPv6
+                              next hops use the IPv6 underlay's device
+                              (vxlan-v6.mesh, Calico's vxlanModeV6)
                       FABRIC  ``via GW dev IFACE`` where GW/IFACE come from the
                               underlay route that covers NH (see below)
 ``plan_route``        one route per prefix; several next hops make one ECMP
                       multipath route. Mixed kinds keep only the best-ranked
                       kind (``_KIND_RANK``: direct, then tunnel, then fabric).
 ``plan_blackholes``   a blackhole route for each of the host's own blocks.
-``plan_tunnel_mtu``   underlay MTU minus 20 (IPIP) or 50 (VXLAN), unless overridden.
+``plan_tunnel_mtu``   underlay MTU minus 20 (IPIP), 50 (VXLAN) or 70 (VXLAN over
+                      IPv6), unless overridden.
 
 ``Never`` with an off-subnet next hop (FABRIC): Linux has no recursive next
 hops; a gateway must be reachable through a link-scope (connected) route or
@@ -74,6 +77,7 @@ from felix_lite.model import (
 
 IPIP_OVERHEAD = 20  # outer IPv4 header
 VXLAN_OVERHEAD = 50  # outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14)
+VXLAN6_OVERHEAD = 70  # the same with an outer IPv6 header (40)
 _DEFAULT_MTU = 1500
 
 # (mode, next hop on a connected subnet) -> does the pool's encapsulation apply?
@@ -166,23 +170,30 @@ def decide_underlay(nh: IPAddress, underlay: Iterable[UnderlayRoute]) -> Underla
 
 
 def decide_main_interface(inp: PlanInput) -> HostInterface | None:
-    """The interface that carries ``node_ip``; without one, the up interface
+    """The interface that carries ``node_ip`` (or ``node_ip6``); without one, the up interface
     with an address and the smallest MTU (tunnels must fit the narrowest)."""
     candidates = [
         i
         for i in inp.interfaces
-        if i.up and i.addresses and i.name not in (IPIP_DEVICE, inp.vxlan.name, "lo")
+        if i.up
+        and i.addresses
+        and i.name not in (IPIP_DEVICE, inp.vxlan.name, inp.vxlan6.name, "lo")
     ]
-    if inp.node_ip is not None:
-        for i in candidates:
-            if any(a.ip == inp.node_ip for a in i.addresses):
-                return i
+    node_ips = {a for a in (inp.node_ip, inp.node_ip6) if a is not None}
+    for i in candidates:
+        if any(a.ip in node_ips for a in i.addresses):
+            return i
     return min(candidates, key=lambda i: (i.mtu, i.name)) if candidates else None
 
 
-def plan_tunnel_mtu(kind: RouteKind, underlay_mtu: int, overrides: MtuOverrides) -> int:
+def plan_tunnel_mtu(
+    kind: RouteKind, underlay_mtu: int, overrides: MtuOverrides, version: int = 4
+) -> int:
+    """The MTU of the tunnel ``kind`` over the IP ``version`` underlay."""
     if kind is RouteKind.IPIP:
         return overrides.ipip if overrides.ipip is not None else underlay_mtu - IPIP_OVERHEAD
+    if kind is RouteKind.VXLAN and version == 6:
+        return overrides.vxlan6 if overrides.vxlan6 is not None else underlay_mtu - VXLAN6_OVERHEAD
     if kind is RouteKind.VXLAN:
         return overrides.vxlan if overrides.vxlan is not None else underlay_mtu - VXLAN_OVERHEAD
     raise ValueError(f"{kind} is not a tunnel")
@@ -208,7 +219,7 @@ def plan_nexthop(
         vtep = vteps.get(nh)
         if vtep is None:
             return "no VTEP known for this next hop yet"
-        dev = inp.vxlan.name
+        dev = inp.vxlan6.name if vtep.node_ip.version == 6 else inp.vxlan.name
         return PlannedHop(
             NextHop(vtep.vtep_ip, dev, onlink=True),
             kind,
@@ -227,7 +238,7 @@ def plan_route(
     best: BestRoute,
     inp: PlanInput,
     vteps: dict[IPAddress, RemoteVtep],
-    mtus: dict[RouteKind, int],
+    mtus: dict[tuple[RouteKind, int], int],
     own_addresses: frozenset[IPAddress],
     hop_cache: dict[tuple[IPAddress, int], PlannedHop | str] | None = None,
 ) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
@@ -279,42 +290,58 @@ def _route(
     prefix: IPNetwork,
     kind: RouteKind,
     nexthops: tuple[NextHop, ...],
-    mtus: dict[RouteKind, int],
+    mtus: dict[tuple[RouteKind, int], int],
     table: int,
 ) -> KernelRoute:
     # .cidr builds a new network; most prefixes already have no host bits.
     dst = prefix if prefix.value == prefix.first else prefix.cidr
-    return KernelRoute(dst=dst, kind=kind, nexthops=nexthops, mtu=mtus.get(kind), table=table)
+    return KernelRoute(
+        dst=dst, kind=kind, nexthops=nexthops, mtu=mtus.get((kind, prefix.version)), table=table
+    )
 
 
 def plan_blackholes(own_blocks: Iterable[IPNetwork], table: int) -> list[KernelRoute]:
     return [KernelRoute(dst=b.cidr, kind=RouteKind.BLACKHOLE, table=table) for b in own_blocks]
 
 
+def _vxlan_device(
+    params: VxlanParams, local: IPAddress | None, address: IPAddress | None, mtu: int
+) -> VxlanDevice | None:
+    if local is None:
+        return None
+    return VxlanDevice(
+        name=params.name,
+        vni=params.vni,
+        port=params.port,
+        local=local,
+        parent=params.parent,
+        address=address,
+        mac=params.mac.lower() if params.mac else None,
+        mtu=mtu,
+    )
+
+
 def plan_devices(
-    inp: PlanInput, main: HostInterface | None, mtus: dict[RouteKind, int]
-) -> tuple[IpipDevice | None, VxlanDevice | None]:
-    """tunl0 exists when any pool uses IPIP, the vxlan device when any uses VXLAN."""
-    ipip = vxlan = None
+    inp: PlanInput, main: HostInterface | None, mtus: dict[tuple[RouteKind, int], int]
+) -> tuple[IpipDevice | None, VxlanDevice | None, VxlanDevice | None]:
+    """tunl0 exists when any pool uses IPIP, a VXLAN device per family whose
+    pools use VXLAN (the IPv6 one only with an IPv6 underlay address)."""
+    ipip = vxlan = vxlan6 = None
     if any(p.ipip_mode is not EncapMode.NEVER for p in inp.pools):
-        ipip = IpipDevice(address=inp.ipip_tunnel_address, mtu=mtus[RouteKind.IPIP])
-    if any(p.vxlan_mode is not EncapMode.NEVER for p in inp.pools):
+        ipip = IpipDevice(address=inp.ipip_tunnel_address, mtu=mtus[(RouteKind.IPIP, 4)])
+    versions = {p.cidr.version for p in inp.pools if p.vxlan_mode is not EncapMode.NEVER}
+    if 4 in versions:
         local = inp.node_ip
         if local is None and main is not None:
             local = next((a.ip for a in main.addresses if a.version == 4), None)
-        if local is not None:
-            params: VxlanParams = inp.vxlan
-            vxlan = VxlanDevice(
-                name=params.name,
-                vni=params.vni,
-                port=params.port,
-                local=local,
-                parent=params.parent,
-                address=inp.vxlan_tunnel_address,
-                mac=params.mac.lower() if params.mac else None,
-                mtu=mtus[RouteKind.VXLAN],
-            )
-    return ipip, vxlan
+        vxlan = _vxlan_device(
+            inp.vxlan, local, inp.vxlan_tunnel_address, mtus[(RouteKind.VXLAN, 4)]
+        )
+    if 6 in versions:
+        vxlan6 = _vxlan_device(
+            inp.vxlan6, inp.node_ip6, inp.vxlan_tunnel_address6, mtus[(RouteKind.VXLAN, 6)]
+        )
+    return ipip, vxlan, vxlan6
 
 
 # --- the whole plan ----------------------------------------------------------
@@ -330,7 +357,7 @@ class PlanContext:
 
     inp: PlanInput
     main: HostInterface | None
-    mtus: dict[RouteKind, int]
+    mtus: dict[tuple[RouteKind, int], int]
     vteps: dict[IPAddress, RemoteVtep]
     own_addresses: frozenset[IPAddress]
     # Routes are keyed by their prefix text (KernelRoute.key), which each
@@ -338,6 +365,7 @@ class PlanContext:
     blackholes: dict[str, KernelRoute]
     ipip: IpipDevice | None
     vxlan: VxlanDevice | None
+    vxlan6: VxlanDevice | None
     hop_cache: dict[tuple[IPAddress, int], PlannedHop | str]
 
 
@@ -345,10 +373,10 @@ def plan_context(inp: PlanInput) -> PlanContext:
     main = decide_main_interface(inp)
     underlay_mtu = main.mtu if main is not None else _DEFAULT_MTU
     mtus = {
-        RouteKind.IPIP: plan_tunnel_mtu(RouteKind.IPIP, underlay_mtu, inp.mtu),
-        RouteKind.VXLAN: plan_tunnel_mtu(RouteKind.VXLAN, underlay_mtu, inp.mtu),
+        (kind, version): plan_tunnel_mtu(kind, underlay_mtu, inp.mtu, version)
+        for kind, version in ((RouteKind.IPIP, 4), (RouteKind.VXLAN, 4), (RouteKind.VXLAN, 6))
     }
-    ipip, vxlan = plan_devices(inp, main, mtus)
+    ipip, vxlan, vxlan6 = plan_devices(inp, main, mtus)
     return PlanContext(
         inp=inp,
         main=main,
@@ -358,6 +386,7 @@ def plan_context(inp: PlanInput) -> PlanContext:
         blackholes={r.key[1]: r for r in plan_blackholes(inp.own_blocks, inp.table)},
         ipip=ipip,
         vxlan=vxlan,
+        vxlan6=vxlan6,
         hop_cache={},
     )
 
@@ -406,6 +435,7 @@ def plan_kernel(inp: PlanInput) -> PlanResult:
         fdb=frozenset(fdb),
         ipip=ctx.ipip,
         vxlan=ctx.vxlan,
+        vxlan6=ctx.vxlan6,
     )
     return PlanResult(state, tuple(unroutable))
 

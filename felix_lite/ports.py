@@ -116,6 +116,8 @@ class TunnelDevices(Protocol):
 
     async def apply_vxlan(self, desired: VxlanDevice | None) -> None: ...
 
+    async def apply_vxlan6(self, desired: VxlanDevice | None) -> None: ...
+
 
 class HostLinks(Protocol):
     """The host's interfaces, and a signal when they change."""

@@ -172,7 +172,9 @@ class Reconciler:
         self._actual_neighbors: set[NeighborEntry] = set()
         self._actual_fdb: set[FdbEntry] = set()
         self._read_all_equal = False
-        self._applied_devices: tuple[IpipDevice | None, VxlanDevice | None] | None = None
+        self._applied_devices: (
+            tuple[IpipDevice | None, VxlanDevice | None, VxlanDevice | None] | None
+        ) = None
         self.retries: dict[Hashable, Retry] = {}
         self._full_due = True
         self._last_full = -math.inf
@@ -407,8 +409,7 @@ class Reconciler:
         devices |= {n.ifname for n in desired.neighbors} | {e.ifname for e in desired.fdb}
         devices |= {n.ifname for n in self._actual_neighbors}
         devices |= {e.ifname for e in self._actual_fdb}
-        if desired.vxlan is not None:
-            devices.add(desired.vxlan.name)
+        devices |= {d.name for d in (desired.vxlan, desired.vxlan6) if d is not None}
         neighbors: set[NeighborEntry] = set()
         fdb: set[FdbEntry] = set()
         for dev in sorted(devices):
@@ -421,7 +422,7 @@ class Reconciler:
     async def _apply_devices(self, desired: KernelState, full: bool, counts: Counter[str]) -> None:
         if self._tunnels is None:
             return
-        want = (desired.ipip, desired.vxlan)
+        want = (desired.ipip, desired.vxlan, desired.vxlan6)
         if not full and self._applied_devices == want:
             return
         key = ("devices",)
@@ -430,6 +431,7 @@ class Reconciler:
         try:
             await self._tunnels.apply_ipip(desired.ipip)
             await self._tunnels.apply_vxlan(desired.vxlan)
+            await self._tunnels.apply_vxlan6(desired.vxlan6)
         except Exception as e:  # one device failing must not hold up the routes
             err = getattr(e, "errno", None) or getattr(e, "code", None)
             self._failed(key, want, err if isinstance(err, int) else 0, str(e), counts)

@@ -203,12 +203,21 @@ def _vxlan_mismatch(spec: VxlanDevice, link: ObservedLink) -> str | None:
 
 
 def plan_vxlan_changes(
-    desired: VxlanDevice | None, links: Sequence[ObservedLink]
+    desired: VxlanDevice | None, links: Sequence[ObservedLink], version: int = 4
 ) -> tuple[TunnelChange, ...]:
+    """``version``: the underlay family this device serves; each family has
+    its own device, and the other family's device is left alone."""
     steps: list[TunnelChange] = []
-    # Our VXLAN devices under another name (the configured name changed) go.
+    # Our VXLAN devices of this family under another name (the configured
+    # name changed) go.
     for link in links:
-        if link.owned and link.kind == "vxlan" and (desired is None or link.name != desired.name):
+        family = link.local.version if link.local is not None else 4
+        if (
+            link.owned
+            and link.kind == "vxlan"
+            and family == version
+            and (desired is None or link.name != desired.name)
+        ):
             steps.append(DeleteLink(link.name, "vxlan mode off or device renamed"))
     if desired is None:
         return tuple(steps)
@@ -236,15 +245,19 @@ def plan_tunnel_changes(
     kind: str,
 ) -> tuple[TunnelChange, ...]:
     """The steps that take ``links`` to ``desired`` for the ``kind``
-    ("ipip" or "vxlan") of tunnel; empty when nothing differs."""
+    ("ipip", "vxlan" or "vxlan6": VXLAN over IPv6) of tunnel; empty when
+    nothing differs."""
     if kind == "ipip":
         if isinstance(desired, VxlanDevice):
             raise TypeError("a VxlanDevice is not an ipip tunnel")
         return plan_ipip_changes(desired, links)
-    if kind == "vxlan":
+    if kind in ("vxlan", "vxlan6"):
         if isinstance(desired, IpipDevice):
             raise TypeError("an IpipDevice is not a vxlan tunnel")
-        return plan_vxlan_changes(desired, links)
+        version = 6 if kind == "vxlan6" else 4
+        if desired is not None and desired.local.version != version:
+            raise TunnelError(f"{desired.name}: local {desired.local} is not IPv{version}")
+        return plan_vxlan_changes(desired, links, version)
     raise ValueError(f"unknown tunnel kind {kind!r}")
 
 
@@ -292,6 +305,9 @@ class NetlinkTunnels:
 
     async def apply_vxlan(self, desired: VxlanDevice | None) -> None:
         await self._run(self._apply, desired, "vxlan")
+
+    async def apply_vxlan6(self, desired: VxlanDevice | None) -> None:
+        await self._run(self._apply, desired, "vxlan6")
 
     # ------------------------------------------------------ on the worker
 

@@ -29,6 +29,9 @@ class NodeRecord:
     asn: int | None = None
     tunnel_address: str | None = None
     vtep_mac: str | None = None
+    # the VTEP on the IPv6 underlay (IPv6 pools using VXLAN)
+    tunnel_address6: str | None = None
+    vtep_mac6: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +42,8 @@ class NodeRecord:
             "asn": self.asn,
             "tunnelAddress": self.tunnel_address,
             "vtepMAC": self.vtep_mac,
+            "ipv6TunnelAddress": self.tunnel_address6,
+            "vtepMACV6": self.vtep_mac6,
         }
 
     @classmethod
@@ -51,6 +56,8 @@ class NodeRecord:
             asn=d.get("asn"),
             tunnel_address=d.get("tunnelAddress"),
             vtep_mac=d.get("vtepMAC"),
+            tunnel_address6=d.get("ipv6TunnelAddress"),
+            vtep_mac6=d.get("vtepMACV6"),
         )
 
 

@@ -32,6 +32,7 @@ class FelixSection(Section):
     resync_seconds: float = Field(default=300.0, gt=0, alias="resyncIntervalSeconds")
     ipip_mtu: int | None = Field(default=None, ge=576, le=65535, alias="ipipMtu")
     vxlan_mtu: int | None = Field(default=None, ge=576, le=65535, alias="vxlanMtu")
+    vxlan_mtu_v6: int | None = Field(default=None, ge=576, le=65535, alias="vxlanMtuV6")
     vxlan_vni: int = Field(default=4096, ge=1, le=2**24 - 1, alias="vxlanVni")
     vxlan_port: int = Field(default=4789, ge=1, le=65535, alias="vxlanPort")
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.inputs import (
+    VXLAN_V6_DEVICE,
     BestRoute,
     EncapMode,
     HostInterface,
@@ -28,10 +29,12 @@ from meshroute.node.view import ClusterView
 from meshroute.registry import NodeRecord
 
 
-def decide_vtep_mac(node_name: str) -> str:
+def decide_vtep_mac(node_name: str, version: int = 4) -> str:
     """A stable, locally administered unicast MAC for this node's VXLAN
-    device, so that a restart (or another node's FDB) never sees it change."""
-    d = bytearray(hashlib.sha256(node_name.encode()).digest()[:6])
+    device of the IP ``version`` underlay, so that a restart (or another
+    node's FDB) never sees it change."""
+    seed = node_name if version == 4 else f"{node_name}/ipv6"
+    d = bytearray(hashlib.sha256(seed.encode()).digest()[:6])
     d[0] = (d[0] & 0xFC) | 0x02
     return ":".join(f"{b:02x}" for b in d)
 
@@ -75,12 +78,28 @@ def decide_encap_in_use(view: ClusterView) -> tuple[bool, bool]:
     )
 
 
+def decide_vxlan6_in_use(view: ClusterView, config: NodeConfig) -> bool:
+    """Whether this node needs a VTEP on the IPv6 underlay: an enabled IPv6
+    pool uses VXLAN and the node has an IPv6 address."""
+    return config.ipv6 is not None and any(
+        p.version == 6 and p.vxlan_mode is not IpamEncap.NEVER and not p.disabled
+        for p in view.ipam.pools.values()
+    )
+
+
 def remote_vteps(nodes: Mapping[str, NodeRecord], me: str) -> list[RemoteVtep]:
+    """Every other node's VTEPs: on its IPv4 address, and on its IPv6
+    address when it registered an IPv6 VTEP."""
     out = []
     for n in nodes.values():
-        if n.name == me or not (n.ipv4 and n.tunnel_address and n.vtep_mac):
+        if n.name == me:
             continue
-        out.append(RemoteVtep(IPNetwork(n.ipv4).ip, IPAddress(n.tunnel_address), n.vtep_mac))
+        for underlay, tunnel, mac in (
+            (n.ipv4, n.tunnel_address, n.vtep_mac),
+            (n.ipv6, n.tunnel_address6, n.vtep_mac6),
+        ):
+            if underlay and tunnel and mac:
+                out.append(RemoteVtep(IPNetwork(underlay).ip, IPAddress(tunnel), mac))
     return sorted(out, key=lambda v: v.node_ip)
 
 
@@ -91,6 +110,7 @@ def plan_felix_input(
     best: Iterable[BestRoute],
     tunnel_address: IPAddress | None,
     underlay: Iterable[UnderlayRoute] = (),
+    tunnel_address6: IPAddress | None = None,
 ) -> PlanInput:
     ipip, vxlan = decide_encap_in_use(view)
     pools = tuple(
@@ -114,10 +134,18 @@ def plan_felix_input(
         ipip_tunnel_address=tunnel_address if ipip else None,
         vxlan_tunnel_address=tunnel_address if vxlan else None,
         vteps=tuple(remote_vteps(view.nodes, config.node_name)) if vxlan else (),
+        node_ip6=config.ipv6.ip if config.ipv6 else None,
+        vxlan_tunnel_address6=tunnel_address6,
         underlay=tuple(underlay),
         vxlan=VxlanParams(
             vni=f.vxlan_vni, port=f.vxlan_port, mac=decide_vtep_mac(config.node_name)
         ),
-        mtu=MtuOverrides(ipip=f.ipip_mtu, vxlan=f.vxlan_mtu),
+        vxlan6=VxlanParams(
+            name=VXLAN_V6_DEVICE,
+            vni=f.vxlan_vni,
+            port=f.vxlan_port,
+            mac=decide_vtep_mac(config.node_name, 6),
+        ),
+        mtu=MtuOverrides(ipip=f.ipip_mtu, vxlan=f.vxlan_mtu, vxlan6=f.vxlan_mtu_v6),
         table=f.route_table,
     )

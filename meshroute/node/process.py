@@ -68,6 +68,7 @@ from meshroute.node.metrics import NodeCollector
 from meshroute.node.plan import (
     decide_encap_in_use,
     decide_vtep_mac,
+    decide_vxlan6_in_use,
     plan_announcements,
     plan_felix_input,
 )
@@ -114,6 +115,7 @@ class NodeProcess:
         self.started = time.monotonic()
         self.view: ClusterView | None = None
         self.tunnel_address: IPAddress | None = None
+        self.tunnel_address6: IPAddress | None = None  # VTEP on the IPv6 underlay
         self.peers: dict[IPAddress, PeerPlan] = {}
         self.rib = Rib(ImportContext(), max_paths=8)
         self.host: NetlinkHost | None = None
@@ -249,6 +251,10 @@ class NodeProcess:
             if self.tunnel_address
             else (existing.tunnel_address if existing else None),
             vtep_mac=decide_vtep_mac(c.node_name),
+            tunnel_address6=str(self.tunnel_address6)
+            if self.tunnel_address6
+            else (existing.tunnel_address6 if existing else None),
+            vtep_mac6=decide_vtep_mac(c.node_name, 6) if c.ipv6 else None,
         )
 
     async def _register(self, view: ClusterView) -> None:
@@ -256,6 +262,10 @@ class NodeProcess:
         if ipip or vxlan:
             got = await self.ipam.tunnel_address(self.config.node_name, dict(self.config.labels))
             self.tunnel_address = got.ip if got else None
+        if decide_vxlan6_in_use(view, self.config):
+            labels = dict(self.config.labels)
+            got = await self.ipam.tunnel_address(self.config.node_name, labels, version=6)
+            self.tunnel_address6 = got.ip if got else None
         await self.registry.upsert(self._me(view))
 
     async def _housekeeping(self) -> None:
@@ -296,7 +306,9 @@ class NodeProcess:
             self._view_dirty.clear()
             try:
                 view = await load_view(self.ipam, self.registry, self.bgp_store)
-                if self.tunnel_address is None and any(decide_encap_in_use(view)):
+                if (self.tunnel_address is None and any(decide_encap_in_use(view))) or (
+                    self.tunnel_address6 is None and decide_vxlan6_in_use(view, self.config)
+                ):
                     await self._register(view)
                 await self._apply_view(view)
                 failures = 0
@@ -430,6 +442,7 @@ class NodeProcess:
                 (),
                 self.tunnel_address,
                 self.host.underlay(),
+                self.tunnel_address6,
             )
         if self._rebuild_due or self.planner is None:
             self._rebuild_due = False

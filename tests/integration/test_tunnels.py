@@ -162,3 +162,31 @@ def _ipip_fails_naming_the_missing_module(ns: Netns) -> None:
     asyncio.run(scenario())
     assert asked == ["ipip"]
     assert "tunl0" not in ns.ip("link", "show")
+
+
+def test_vxlan_over_ipv6_is_its_own_device_beside_the_ipv4_one(netns):
+    ns = _host(netns)
+    ns.ip("addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
+    vx6 = _vx(name="vxlan-v6.mesh", local=IPAddress("2001:db8::1"), address=None, mtu=1430)
+
+    async def scenario() -> None:
+        t = NetlinkTunnels(ns.name)
+        try:
+            await t.apply_vxlan(_vx())
+            await t.apply_vxlan6(vx6)
+            info = _link(ns, "vxlan-v6.mesh")["linkinfo"]["info_data"]
+            assert (info["id"], info["local6"]) == (4096, "2001:db8::1")
+            assert _link(ns, "vxlan.mesh")["linkinfo"]["info_data"]["local"] == "192.0.2.1"
+            links = await t._run(t.observe)
+            assert plan_tunnel_changes(vx6, links, kind="vxlan6") == ()
+            # one family off: the other family's device stays
+            await t.apply_vxlan(None)
+            names = {x["ifname"] for x in json.loads(ns.ip("-j", "link", "show"))}
+            assert "vxlan.mesh" not in names and "vxlan-v6.mesh" in names
+            await t.apply_vxlan6(None)
+            names = {x["ifname"] for x in json.loads(ns.ip("-j", "link", "show"))}
+            assert "vxlan-v6.mesh" not in names
+        finally:
+            await asyncio.to_thread(t.close)
+
+    asyncio.run(scenario())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from netaddr import IPAddress, IPNetwork
 
@@ -260,6 +262,45 @@ def test_tunnel_devices_exist_only_for_modes_in_use() -> None:
     assert st.ipip is None and st.vxlan is not None
     assert (st.vxlan.name, st.vxlan.vni, st.vxlan.port) == ("vxlan.mesh", 4096, 4789)
     assert st.vxlan.local == A("192.0.2.10") and st.vxlan.address == A("10.244.1.0")
+
+
+def test_ipv6_pools_use_vxlan_over_the_ipv6_underlay() -> None:
+    """vxlanModeV6: an IPv6 next hop off our subnet goes through the IPv6
+    device (outer IPv6: 70 bytes of overhead), whose FDB points at the remote
+    node's IPv6 address; the IPv4 device exists only for IPv4 VXLAN pools."""
+    eth0 = HostInterface("eth0", (N("192.0.2.10/24"), N("2001:db8:1::10/64")), 1500)
+    vtep6 = RemoteVtep(A("2001:db8:2::7"), A("fd00:10::9:0"), "66:77:88:99:AA:06")
+    p = PlanInput(
+        interfaces=(eth0,),
+        pools=(
+            Pool(POOL),
+            Pool(N("fd00:10::/64"), vxlan_mode=EncapMode.CROSS_SUBNET),
+        ),
+        routes=(
+            BestRoute(N("fd00:10::1:0/122"), (vtep6.node_ip,)),
+            BestRoute(N("fd00:10::2:0/122"), (A("2001:db8:1::20"),)),
+        ),
+        node_ip=A("192.0.2.10"),
+        node_ip6=A("2001:db8:1::10"),
+        vxlan_tunnel_address6=A("fd00:10::5:0"),
+        vteps=(vtep6,),
+    )
+    st = plan_kernel_state(p)
+    routes = {str(r.dst): r for r in st.routes}
+    tunnelled = routes["fd00:10::1:0/122"]
+    assert tunnelled.kind is RouteKind.VXLAN and tunnelled.mtu == 1430
+    assert tunnelled.nexthops == (NextHop(vtep6.vtep_ip, "vxlan-v6.mesh", onlink=True),)
+    assert routes["fd00:10::2:0/122"].kind is RouteKind.DIRECT
+    assert st.fdb == {FdbEntry("vxlan-v6.mesh", "66:77:88:99:aa:06", vtep6.node_ip)}
+    assert st.vxlan is None and st.vxlan6 is not None
+    assert (st.vxlan6.name, st.vxlan6.local, st.vxlan6.address, st.vxlan6.mtu) == (
+        "vxlan-v6.mesh",
+        A("2001:db8:1::10"),
+        A("fd00:10::5:0"),
+        1430,
+    )
+    # no IPv6 underlay address: no IPv6 device
+    assert plan_kernel_state(replace(p, node_ip6=None)).vxlan6 is None
 
 
 def test_plan_is_deterministic_and_order_independent() -> None:

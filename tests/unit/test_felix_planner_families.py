@@ -1,6 +1,7 @@
 """The planner is family-blind: the same topology written in IPv4 and in
 IPv6 (every address and prefix embedded in fd00::/96) gets the same route
-kinds, the same next hops and the same refusals (Hypothesis)."""
+kinds, the same next hops and the same refusals (Hypothesis); only the
+VXLAN device differs (IPv6 runs over its own, ``vxlan-v6.mesh``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.inputs import (
+    VXLAN_DEVICE,
+    VXLAN_V6_DEVICE,
     BestRoute,
     EncapMode,
     HostInterface,
@@ -43,7 +46,7 @@ def to_v6(inp: PlanInput) -> PlanInput:
         routes=tuple(
             BestRoute(v6net(r.prefix), tuple(v6(h) for h in r.nexthops)) for r in inp.routes
         ),
-        node_ip=v6(inp.node_ip) if inp.node_ip else None,
+        node_ip6=v6(inp.node_ip) if inp.node_ip else None,
         vteps=tuple(RemoteVtep(v6(v.node_ip), v6(v.vtep_ip), v.mac) for v in inp.vteps),
         underlay=tuple(
             UnderlayRoute(v6net(u.dst), v6(u.gateway) if u.gateway else None, u.ifname)
@@ -53,7 +56,9 @@ def to_v6(inp: PlanInput) -> PlanInput:
 
 
 def summary(routes: frozenset[KernelRoute], embed: bool) -> set[tuple[object, ...]]:
-    """Each route's prefix, kind and next hops, in IPv4 terms."""
+    """Each route's prefix, kind and next hops, in IPv4 terms (the IPv6
+    VXLAN device named as the IPv4 one)."""
+    devices = {VXLAN_V6_DEVICE: VXLAN_DEVICE} if embed else {}
 
     def back(a: IPAddress) -> IPAddress:
         return IPAddress(int(a) - EMBED, 4) if embed else a
@@ -65,7 +70,11 @@ def summary(routes: frozenset[KernelRoute], embed: bool) -> set[tuple[object, ..
         (
             back_net(r.dst),
             r.kind,
-            tuple((back(h.gateway), h.ifname, h.onlink) for h in r.nexthops if h.gateway),
+            tuple(
+                (back(h.gateway), devices.get(h.ifname, h.ifname), h.onlink)
+                for h in r.nexthops
+                if h.gateway
+            ),
         )
         for r in routes
     }
@@ -111,5 +120,6 @@ def test_ipv4_and_ipv6_get_the_same_route_kinds(inp: PlanInput) -> None:
     assert summary(six.state.routes, embed=True) == summary(four.state.routes, embed=False)
     assert {r.dst.version for r in six.state.routes} <= {6}
     assert [u.reason for u in six.unroutable] == [u.reason for u in four.unroutable]
+    assert (four.state.vxlan is None) == (six.state.vxlan6 is None)
     kinds = {r.kind for r in four.state.routes}
     assert kinds <= {RouteKind.DIRECT, RouteKind.FABRIC, RouteKind.VXLAN, RouteKind.BLACKHOLE}

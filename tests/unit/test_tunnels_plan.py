@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from netaddr import IPAddress, IPNetwork
 
@@ -181,3 +183,21 @@ def test_kind_and_desired_type_must_agree() -> None:
         plan_tunnel_changes(VX, [], kind="ipip")
     with pytest.raises(ValueError, match="unknown"):
         plan_tunnel_changes(None, [], kind="gre")
+
+
+def test_each_underlay_family_has_its_own_vxlan_device() -> None:
+    """vxlanModeV6: the IPv6 device is planned apart; turning one family off
+    leaves the other family's device alone."""
+    vx6 = replace(VX, name="vxlan-v6.mesh", local=IPAddress("2001:db8::1"), mtu=1430)
+    link6 = _vx_link(name="vxlan-v6.mesh", local=IPAddress("2001:db8::1"), mtu=1430)
+    both = [_vx_link(), link6]
+    assert plan_tunnel_changes(VX, both, kind="vxlan") == ()
+    assert plan_tunnel_changes(vx6, both, kind="vxlan6") == ()
+    assert plan_tunnel_changes(None, both, kind="vxlan") == (
+        DeleteLink("vxlan.mesh", "vxlan mode off or device renamed"),
+    )
+    assert plan_tunnel_changes(None, both, kind="vxlan6") == (
+        DeleteLink("vxlan-v6.mesh", "vxlan mode off or device renamed"),
+    )
+    with pytest.raises(TunnelError, match="not IPv6"):
+        plan_tunnel_changes(VX, [], kind="vxlan6")
