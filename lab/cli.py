@@ -18,10 +18,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.topology import Encap
 
 DEFAULT_RUN_DIR = "/run/meshroute-lab"
+# as in lab.topology, which the parser does not import (it pulls in bgpd)
 TOPOLOGIES = ("mesh", "tor", "rr")
 POD_MODES = ("routed", "bridge")
+ENCAP_CHOICES = ("auto", "ipip", "vxlan")
 
 
 class UserError(Exception):
@@ -74,6 +80,13 @@ def _register_lab(lsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="routed pods by meshroute-cni (default), or Debian's bridge plugin with "
         "meshroute-cni-ipam on an L2 segment (one block per node)",
     )
+    up.add_argument(
+        "--encap",
+        choices=ENCAP_CHOICES,
+        default="auto",
+        help="how pods cross racks in mesh and rr: auto (IPIP where the kernel has it, "
+        "else VXLAN), ipip or vxlan (all CrossSubnet)",
+    )
     up.add_argument("--keep", action="store_true", help="leave the lab running")
     up.add_argument("--converge-seconds", type=float, default=30.0)
     up.set_defaults(func=cmd_up)
@@ -98,10 +111,19 @@ def _need_root() -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     _need_root()
     from lab.build import start_meshroute_node
+    from lab.kernel import kernel_has_module
     from lab.status import summary
-    from lab.topology import LabParams
+    from lab.topology import LabParams, decide_encap
     from lab.up import lab_down, lab_up
 
+    encap: Encap = "vxlan"
+    if args.topology != "tor":  # the fabric carries tor's pod routes: no tunnel
+        has_ipip = args.encap != "vxlan" and kernel_has_module("ipip")
+        try:
+            encap, note = decide_encap(args.encap, has_ipip)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        print(f"==> {note or f'{encap.upper()} CrossSubnet across racks'}", flush=True)
     params = LabParams(
         topology=args.topology,
         racks=args.racks,
@@ -111,6 +133,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         bgp_password=args.password,
         node_placement=args.placement,
         pod_mode=args.pod_mode,
+        encap=encap,
     )
     bad = params.problems()
     if bad:
@@ -172,6 +195,9 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="leave the (last) lab running; remove it with 'meshroute lab down'",
     )
     p.add_argument("--pod-mode", choices=POD_MODES, default="routed")
+    p.add_argument(
+        "--encap", choices=ENCAP_CHOICES, default="auto", help="as for 'lab up' (default auto)"
+    )
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.set_defaults(func=cmd_demo)
 
@@ -189,6 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             password=None,
             placement="root",
             pod_mode=args.pod_mode,
+            encap=args.encap,
             keep=args.keep and i == len(topologies) - 1,
             converge_seconds=30.0,
             run_dir=args.run_dir,

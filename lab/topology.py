@@ -35,8 +35,9 @@ exist only inside the lab's namespaces)::
   namespace on an out-of-band bridge that the nodes reach on ``mgmt0``
   whatever BGP does. Nothing is ever added to the root namespace.
 - ``mesh``: nodes in the cluster AS 64512, full iBGP mesh. Cross-rack
-  next hops are not on the node's subnet, so the pool uses VXLAN
-  CrossSubnet; the fabric only carries node addresses.
+  next hops are not on the node's subnet, so the pool tunnels CrossSubnet
+  (``encap``: IPIP, or VXLAN on a kernel without the ipip module); the
+  fabric only carries node addresses.
 - ``tor``: Calico's "AS per compute server" model: every node its own AS
   (64600 + 20 * (rack - 1) + n), eBGP to its rack's ToR (AS 65000 + rack),
   ToRs eBGP to the router. Calico's "AS per rack" puts a rack's nodes in the
@@ -48,7 +49,7 @@ exist only inside the lab's namespaces)::
   ``meshroute reflector`` processes (BIRD in a namespace on each of the first
   two racks, one cluster id; they register in etcd, find each other by the
   cluster id and their clients through the ``to-reflectors`` BGPPeer);
-  reflectors forward nothing, so as in ``mesh`` the pool uses VXLAN
+  reflectors forward nothing, so as in ``mesh`` the pool tunnels
   CrossSubnet.
 """
 
@@ -64,6 +65,10 @@ from bgpd.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
 
 Topology = Literal["mesh", "tor", "rr"]
 TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr")
+# how pod traffic crosses racks where the fabric does not carry pod routes
+Encap = Literal["ipip", "vxlan"]
+ENCAP_CHOICES = ("auto", "ipip", "vxlan")
+NO_IPIP = "this kernel has no ipip module: VXLAN CrossSubnet instead"
 Role = Literal["mgmt", "router", "tor", "reflector", "node"]
 # where a node's process runs: in the root namespace, driving its namespace
 # by name (node.yaml ``netns``), etcd on the root loopback; or inside its
@@ -112,9 +117,12 @@ class LabParams:
     # routed: meshroute-cni (a veth per pod, /32 routes); bridge: Debian's
     # bridge plugin with meshroute-cni-ipam on an L2 segment
     pod_mode: PodMode = "routed"
+    encap: Encap = "vxlan"
 
     def problems(self) -> list[str]:
         out = []
+        if self.encap not in ("ipip", "vxlan"):
+            out.append(f"encap {self.encap!r}: ipip or vxlan")
         if self.topology not in TOPOLOGIES:
             out.append(f"topology {self.topology!r} is not one of {', '.join(TOPOLOGIES)}")
         if not 1 <= self.racks <= MAX_RACKS:
@@ -360,9 +368,28 @@ def _speaker(ns: str, role: Role, bird: BirdConfig, run_dir: str) -> SpeakerPlan
     return SpeakerPlan(ns, role, bird, f"{d}/bird.conf", f"{d}/bird.ctl", f"{d}/bird.log")
 
 
+def decide_encap(choice: str, kernel_has_ipip: bool) -> tuple[Encap, str | None]:
+    """The lab's encapsulation for ``--encap`` and what to tell the user:
+    ``auto`` is the design's IPIP CrossSubnet where the kernel has ipip, else
+    VXLAN CrossSubnet, said in one line. Raises ValueError for ``ipip`` on a
+    kernel without it (pods across racks could never reach each other)."""
+    if choice == "vxlan":
+        return "vxlan", None
+    if choice not in ("auto", "ipip"):
+        raise ValueError(f"encap {choice!r}: one of {', '.join(ENCAP_CHOICES)}")
+    if kernel_has_ipip:
+        return "ipip", None
+    if choice == "ipip":
+        raise ValueError("encap ipip: this kernel has no ipip module (use --encap vxlan or auto)")
+    return "vxlan", NO_IPIP
+
+
 def plan_resources(params: LabParams, nodes: tuple[NodePlan, ...], reflectors: list[str]) -> str:
-    """The IPPool and BGP resources the lab applies, as multi-document YAML."""
-    encap = "Never" if params.topology == "tor" else "CrossSubnet"
+    """The IPPool and BGP resources the lab applies, as multi-document YAML.
+    ``tor``: the fabric carries pod routes, nothing is encapsulated."""
+    tunnel = "Never" if params.topology == "tor" else "CrossSubnet"
+    ipip = tunnel if params.encap == "ipip" else "Never"
+    vxlan = tunnel if params.encap == "vxlan" else "Never"
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "meshroute.io/v1",
@@ -371,8 +398,8 @@ def plan_resources(params: LabParams, nodes: tuple[NodePlan, ...], reflectors: l
             "spec": {
                 "cidr": str(POOL_CIDR),
                 "blockSize": POOL_BLOCK,
-                "ipipMode": "Never",
-                "vxlanMode": encap,
+                "ipipMode": ipip,
+                "vxlanMode": vxlan,
                 "nodeSelector": "all()",
             },
         },

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from lab.kernel import kernel_has_module
 from lab.netns import run
+from lab.topology import NO_IPIP
 
 pytestmark = [pytest.mark.netns, pytest.mark.etcd, pytest.mark.slow]
 # "mrlab" is the real lab's; one prefix per test process so that concurrent
@@ -78,3 +80,24 @@ def test_meshroute_lab_and_python_m_lab_are_one_command_line() -> None:
     demo = _meshroute("demo", "--help", timeout=30)
     assert demo.returncode == 0 and demo.stdout.startswith("usage: meshroute demo")
     assert "--topology" in demo.stdout
+
+
+def test_encap_auto_takes_ipip_where_the_kernel_has_it_else_says_vxlan(tmp_path: Path) -> None:
+    """The design's IPIP CrossSubnet when the kernel has ipip; this
+    development kernel has none, so the lab says it falls back to VXLAN.
+    Either way pods ping across racks."""
+    has_ipip = kernel_has_module("ipip")
+    common = ("--run-dir", str(tmp_path / "lab"), "--prefix", PREFIX)
+    if not has_ipip:
+        refused = _meshroute("lab", "up", "--encap", "ipip", *common)
+        assert refused.returncode == 1 and "no ipip module" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    up = _meshroute(
+        "lab", "up", "--topology", "mesh", "--racks", "2", "--nodes-per-rack", "1",
+        "--pods-per-node", "1", "--encap", "auto", *common,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    said = "IPIP CrossSubnet across racks" if has_ipip else NO_IPIP
+    assert f"==> {said}\n" in up.stdout, up.stdout
+    assert "every pod reached every pod" in up.stdout
+    assert not any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).split())

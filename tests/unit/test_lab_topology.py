@@ -4,19 +4,24 @@ own loaders accept, and the BGP wiring each topology promises."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from netaddr import IPNetwork
 
+from lab.kernel import kernel_has_module
 from lab.topology import (
     CLUSTER_AS,
     MGMT_NET,
+    NO_IPIP,
     RACK_SPACE,
     RR_CLUSTER_ID,
     TOPOLOGIES,
     TRANSIT_SPACE,
     LabParams,
     LabPlan,
+    decide_encap,
     finish_node_config,
     plan_lab,
     tor_as,
@@ -207,3 +212,36 @@ def test_bridge_pod_mode_puts_the_nodes_on_an_l2_segment() -> None:
     assert LabParams(pod_mode="vlan").problems() == [  # type: ignore[arg-type]
         "pod_mode 'vlan': routed or bridge"
     ]
+
+
+def test_encap_auto_prefers_ipip_and_falls_back_to_vxlan_saying_so() -> None:
+    assert decide_encap("auto", kernel_has_ipip=True) == ("ipip", None)
+    assert decide_encap("auto", kernel_has_ipip=False) == ("vxlan", NO_IPIP)
+    assert NO_IPIP == "this kernel has no ipip module: VXLAN CrossSubnet instead"
+    assert decide_encap("vxlan", kernel_has_ipip=True) == ("vxlan", None)
+    assert decide_encap("ipip", kernel_has_ipip=True) == ("ipip", None)
+    with pytest.raises(ValueError, match="no ipip module"):
+        decide_encap("ipip", kernel_has_ipip=False)
+    with pytest.raises(ValueError, match="one of auto, ipip, vxlan"):
+        decide_encap("gre", kernel_has_ipip=True)
+
+
+@pytest.mark.parametrize("topology", ["mesh", "rr", "tor"])
+@pytest.mark.parametrize("encap", ["ipip", "vxlan"])
+def test_the_pool_tunnels_cross_subnet_with_the_chosen_encap(topology: str, encap: str) -> None:
+    plan = plan_lab(LabParams(topology=topology, encap=encap))  # type: ignore[arg-type]
+    docs = [x.resource for x in parse_documents(plan.resources_yaml, "y")]
+    pool = next(d for d in docs if isinstance(d, IPPoolResource))
+    modes = (pool.spec.ipip_mode.value, pool.spec.vxlan_mode.value)
+    if topology == "tor":  # the fabric carries pod routes
+        assert modes == ("Never", "Never")
+    else:
+        assert modes == (("CrossSubnet", "Never") if encap == "ipip" else ("Never", "CrossSubnet"))
+    assert LabParams(encap="gre").problems() == ["encap 'gre': ipip or vxlan"]  # type: ignore[arg-type]
+
+
+def test_kernel_module_is_found_loaded_built_in_or_loadable(tmp_path: Path) -> None:
+    (tmp_path / "vxlan").mkdir()
+    assert kernel_has_module("vxlan", tmp_path, loadable=lambda m: False)
+    assert kernel_has_module("ipip", tmp_path, loadable=lambda m: m == "ipip")
+    assert not kernel_has_module("ipip", tmp_path, loadable=lambda m: False)
