@@ -110,6 +110,15 @@ def plan_reactivated(old: ExabgpConfig, new: ExabgpConfig) -> frozenset[IPAddres
     return frozenset(n.address for n in new.neighbors if not n.passive and n.address in was_passive)
 
 
+def plan_refamilied(old: ExabgpConfig, new: ExabgpConfig) -> frozenset[IPAddress]:
+    """Neighbours whose address families change. ExaBGP resets their
+    session, and the new one starts without the announcements that the old
+    one's families refused (an IPv6 route to an IPv4-only session): they
+    need the whole set again once up."""
+    before = families_of(old)
+    return frozenset(a for a, fams in families_of(new).items() if a in before and before[a] != fams)
+
+
 def families_of(cfg: ExabgpConfig) -> dict[IPAddress, tuple[str, ...]]:
     """The address families configured per neighbour, as ExaBGP names them."""
     return {
@@ -361,6 +370,7 @@ class Speaker:
         if new == self.cfg:
             return
         woken = plan_reactivated(self.cfg, new)
+        refamilied = plan_refamilied(self.cfg, new)
         p = self.proc
         running = p is not None and p.poll() is None
         if running and woken and self.settings.reload_with_signal:
@@ -381,6 +391,7 @@ class Speaker:
             keep = {n.address for n in cfg.neighbors}
             self._needs_full |= keep - set(self.peer_state) - self._known_peers
             self._needs_full |= woken & keep
+            self._needs_full |= refamilied
             self._known_peers = set(keep)
             for peer in [x for x in self.peer_state if x not in keep]:
                 del self.peer_state[peer]

@@ -3,7 +3,8 @@ its own IPv6 subnet (the underlay routes between them), so IPv4 pod routes
 go direct while IPv6 pod routes need VXLAN over the IPv6 underlay
 (``vxlan-v6.mesh``, Calico's vxlanModeV6). The nodes peer on both addresses
 (``ipv6Transport: IPv6Peers``), register an IPv6 VTEP, and pods ping across
-on both families."""
+on both families; then IPv6 moves onto the IPv4 sessions live
+(``MultiProtocol``)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class Pair:
     b: NodeUnderTest
     cni_bin: Path
     netns: NetnsFactory
+    etcd: EtcdCluster
+    etcd_prefix: str
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def pair(
             n.start()
         for n in nodes:
             n.wait_ready()
-        yield Pair(nodes[0], nodes[1], cni_bin, netns)
+        yield Pair(nodes[0], nodes[1], cni_bin, netns, etcd_server, etcd_prefix)
     finally:
         for n in nodes:
             n.stop()
@@ -115,3 +118,29 @@ def test_dual_stack_pods_ping_on_both_families_ipv6_over_vxlan_v6(pair: Pair) ->
     for target, flag in ((v4_b, ""), (v6_b, "-6 ")):
         out = pod_a.sh(f"ping {flag}-c 3 -i 0.2 -W 2 {target}", check=False)
         assert " 0% packet loss" in out, out
+
+    # live: IPv6 moves onto the IPv4 sessions (MP-BGP); the IPv6 sessions go
+    # and the IPv6 routes stay, now learned over IPv4 with an IPv6 next hop
+    mp = "apiVersion: meshroute.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\n"
+    mp += "spec: {ipv6Transport: MultiProtocol}\n"
+    assert cli(pair.etcd, pair.etcd_prefix, "apply", "-f", "-", stdin=mp).returncode == 0
+
+    def one_session() -> bool:
+        peers = {p["peer"]: p["state"] for p in a.status()["peers"]}
+        return peers == {"192.0.2.12": "established"}
+
+    wait_for("a keeps one session to b", one_session)
+
+    def v6_over_ipv4(n: NodeUnderTest, peer: str) -> bool:
+        key = frozenset({("peer", peer), ("family", "ipv6")})
+        return n.metrics().get(("meshroute_bgp_prefixes_accepted", key)) == 1
+
+    wait_for("a holds b's IPv6 block from the IPv4 session", lambda: v6_over_ipv4(a, "192.0.2.12"))
+    wait_for("b holds a's IPv6 block from the IPv4 session", lambda: v6_over_ipv4(b, "192.0.2.11"))
+    wait_for(
+        "a routes b's IPv6 block learned over IPv4",
+        lambda: [r for r in routes6(a) if r.get("dev") == "vxlan-v6.mesh"],
+    )
+    wait_for("b routes a's IPv6 block back", lambda: routes6(b))
+    out = pod_a.sh(f"ping -6 -c 3 -i 0.2 -W 2 {v6_b}", check=False)
+    assert " 0% packet loss" in out, out

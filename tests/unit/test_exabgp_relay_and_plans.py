@@ -17,7 +17,13 @@ from netaddr import IPAddress, IPNetwork
 from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
 from bgpd.model import Announce, RouteRefresh, Withdraw
 from bgpd.relay import RelayState
-from bgpd.speaker import decide_refresh, decide_restart_delay, plan_commands, plan_reactivated
+from bgpd.speaker import (
+    decide_refresh,
+    decide_restart_delay,
+    plan_commands,
+    plan_reactivated,
+    plan_refamilied,
+)
 
 FIX = Path(__file__).parent.parent / "fixtures" / "exabgp"
 
@@ -82,6 +88,22 @@ def test_reactivated_are_the_peers_going_from_passive_to_active() -> None:
     )  # d removed
     assert plan_reactivated(old, new) == {a}
     assert plan_reactivated(new, new) == frozenset()
+
+
+def test_refamilied_are_the_peers_whose_families_change() -> None:
+    a, b, c = (IPAddress(f"192.0.2.{i}") for i in (2, 3, 4))
+
+    def cfg(*neighbors: NeighborConfig) -> ExabgpConfig:
+        return ExabgpConfig(IPAddress("192.0.2.1"), 64512, neighbors, ("x",))
+
+    old = cfg(NeighborConfig(a, 1), NeighborConfig(b, 1), NeighborConfig(c, 1))
+    new = cfg(
+        NeighborConfig(a, 1, ipv6=True),  # MP-BGP now: needs every route again
+        NeighborConfig(b, 1, hold_time=30),  # same families
+        NeighborConfig(IPAddress("192.0.2.9"), 1, ipv6=True),  # new: handled as new
+    )
+    assert plan_refamilied(old, new) == {a}
+    assert plan_refamilied(new, new) == frozenset()
 
 
 def test_restart_delay_grows_and_is_capped() -> None:
