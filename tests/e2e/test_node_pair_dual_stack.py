@@ -94,7 +94,12 @@ def routes6(n: NodeUnderTest) -> list[dict[str, Any]]:
 def test_dual_stack_pods_ping_on_both_families_ipv6_over_vxlan_v6(pair: Pair) -> None:
     a, b = pair.a, pair.b
     pod_a, ips_a = add_pod_ips(a, pair.netns, pair.cni_bin, "pod-a", ipv6=True)
-    _, ips_b = add_pod_ips(b, pair.netns, pair.cni_bin, "pod-b", ipv6=True)
+    pod_b, ips_b = add_pod_ips(b, pair.netns, pair.cni_bin, "pod-b", ipv6=True)
+    # IPv6 addresses answer only once duplicate address detection is done
+    for ns in (pod_a, pod_b, a.ns, b.ns):
+        wait_for(
+            "no tentative IPv6 address", lambda ns=ns: not ns.ip("-6", "addr", "show", "tentative")
+        )
     [v4_b] = [ip for ip in ips_b if IPAddress(ip).version == 4]
     [v6_b] = [ip for ip in ips_b if IPAddress(ip).version == 6]
     assert len(ips_a) == 2
