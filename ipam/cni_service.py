@@ -193,11 +193,14 @@ def decode_request(d: object) -> Request:
     if op not in ("add", "del", "check"):
         raise BadRequest(f"unknown op {quote(op)}")
     container_id = _checked(d, "containerId", container_id_problem)
-    try:
+    try:  # from CNI_ARGS: the runtime's environment
         namespace = cni_args.namespace(
             str(d.get("namespace") or cni_args.DEFAULT_NAMESPACE), "namespace"
         )
         pod = cni_args.pod_name(str(d.get("pod") or container_id), "pod")
+    except cni_args.Invalid as e:
+        raise BadRequest(str(e), ERR_INVALID_ENV) from e
+    try:
         labels = cni_args.labels(d.get("labels"), "labels")
         ports = tuple(
             NamedPort(str(p["name"]), str(p["protocol"]), int(str(p["port"])))

@@ -75,12 +75,16 @@ def test_cni_installer_is_a_console_script(tmp_path: Path) -> None:
     assert script.exists(), "pip install -e . (scripts/bootstrap) installs it"
     r = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    launcher = tmp_path / "meshroute-cni-ipam"
-    assert r.stdout.strip() == str(launcher)
-    v = subprocess.run(
-        [str(launcher)], input=b"", env=cni_env("VERSION", None, None, None), capture_output=True
-    )
-    assert v.returncode == 0 and b"supportedVersions" in v.stdout
+    launchers = [tmp_path / "meshroute-cni-ipam", tmp_path / "meshroute-cni"]
+    assert r.stdout.split() == [str(p) for p in launchers]
+    for launcher in launchers:
+        v = subprocess.run(
+            [str(launcher)],
+            input=b"",
+            env=cni_env("VERSION", None, None, None),
+            capture_output=True,
+        )
+        assert v.returncode == 0 and b"supportedVersions" in v.stdout, launcher
     usage = subprocess.run([str(script)], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage: meshroute-cni-install DIR" in usage.stderr
 
