@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 SOAK_ARGS ?=
 
-.PHONY: bootstrap demo test test-fast lint bench soak clean
+.PHONY: bootstrap demo test test-fast lint bench soak image clean
 
 bootstrap:
 	@scripts/bootstrap
@@ -39,6 +39,11 @@ bench: bootstrap
 # the soak of issue 14 (root; 30 min unless SOAK_ARGS="--minutes N"); not part of `make test`
 soak: bootstrap
 	$(PY) -m tests.soak $(SOAK_ARGS)
+
+# Both images (localhost/meshroute-node, localhost/meshroute-reflector) with
+# podman; BASE=docker.io/library/debian:12-slim to build from the public base.
+image:
+	@docker/build.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -9,7 +9,7 @@ tested); ``bird -p -c FILE`` validates the result before BIRD runs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress, IPNetwork
 
@@ -67,7 +67,7 @@ class BgpNeighbor:
     import_filter: str  # a PrefixFilter name, or "all" / "none" / "bgp" (BGP-learned only)
     export_filter: str
     passive: bool = False
-    password: str | None = None  # TCP-MD5
+    password: str | None = field(default=None, repr=False)  # TCP-MD5
     rr_client: bool = False
     hold_time: int = 90
     graceful_restart: bool = True

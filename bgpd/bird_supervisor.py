@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bgpd.bird_ctl import BirdCtlError, bird_command
+from bgpd.private_file import write_private
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class BirdPaths:
 
 def validate_config(text: str, candidate: Path, bird: str = "bird") -> None:
     """Raise BirdConfigRejected unless BIRD's own parser accepts ``text``."""
-    candidate.write_text(text)
+    write_private(candidate, text)
     p = subprocess.run(
         [bird, "-p", "-c", str(candidate)], capture_output=True, text=True, timeout=30
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress
 
@@ -34,7 +34,8 @@ class NeighborConfig:
     address: IPAddress
     peer_as: int
     local_address: IPAddress | None = None
-    password: str | None = None  # TCP-MD5; printable ASCII, no quote or backslash
+    # TCP-MD5; printable ASCII, no quote or backslash; never in a repr or message
+    password: str | None = field(default=None, repr=False)
     # GTSM (RFC 5082) as Calico's ttlSecurity: the peer is at most this many
     # hops away. Rendered as outgoing-ttl 255 and incoming-ttl 256 - hops.
     ttl_security: int | None = None
@@ -131,15 +132,16 @@ def _validate_password(p: str, pw: str) -> None:
         raise ConfigError(f"{p}: password: empty (leave it unset for no TCP-MD5)")
     if len(pw.encode("utf-8")) > MAX_MD5_LEN:
         raise ConfigError(f"{p}: password: longer than {MAX_MD5_LEN} bytes (the kernel's limit)")
-    for c in pw:
+    for i, c in enumerate(pw):
         if not (" " <= c <= "~"):
             raise ConfigError(
-                f"{p}: password: only printable ASCII is accepted (found {c!r}); "
+                f"{p}: password: only printable ASCII is accepted (character {i + 1} is not); "
                 "ExaBGP encodes the key as ASCII"
             )
         if c in '"\\':
             raise ConfigError(
-                f"{p}: password: {c!r} cannot be written in ExaBGP's configuration syntax"
+                f"{p}: password: character {i + 1} (a quote or backslash) cannot be written"
+                " in ExaBGP's configuration syntax"
             )
 
 

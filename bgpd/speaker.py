@@ -49,6 +49,7 @@ from bgpd.model import (
     StateEvent,
     Withdraw,
 )
+from bgpd.private_file import write_private
 
 log = logging.getLogger("bgpd.speaker")
 
@@ -223,10 +224,9 @@ class Speaker:
     def _write_conf(self, cfg: ExabgpConfig) -> None:
         """Replace the config file whole: ExaBGP reading a half-written one
         (a reload racing the write) fails to load it, and its next good
-        load crashes sessions that were left unchanged (5.0.15)."""
-        tmp = self.conf_path.with_name(self.conf_path.name + ".new")
-        tmp.write_text(render(cfg))
-        os.replace(tmp, self.conf_path)
+        load crashes sessions that were left unchanged (5.0.15). Mode 0600:
+        it holds the TCP-MD5 passwords."""
+        write_private(self.conf_path, render(cfg))
 
     def _with_relay(self, cfg: ExabgpConfig) -> ExabgpConfig:
         run = (self.settings.python, "-m", "bgpd.relay", "--socket", str(self.socket_path))

@@ -1,6 +1,8 @@
 """The etcd KvStore on aetcd. It rotates over the configured endpoints when
 one cannot be reached, and turns client errors into ``StoreError`` at once
-(puts while etcd is down fail fast; nothing here blocks for long)."""
+(puts while etcd is down fail fast; nothing here blocks for long). TLS and
+etcd users come from ``etcd_tls``; the TLS files are re-read on every
+reconnection, so renewed certificates are taken up without a restart."""
 
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ import aetcd
 import aetcd.exceptions
 import grpc.aio
 
+from datastore.etcd_tls import (
+    EtcdSecurity,
+    SecureClient,
+    explain,
+    load_credentials,
+    parse_endpoints,
+)
 from datastore.port import (
     Compare,
     Condition,
@@ -53,15 +62,6 @@ def _closed_under_us(e: BaseException) -> bool:
 _TOO_LARGE = ("request is too large", "too many operations in txn request")
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` or ``http://host:port`` to (host, port)."""
-    e = endpoint.split("://", 1)[-1].rstrip("/")
-    host, _, port = e.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint {endpoint[:64]!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
 def split_endpoints(text: str) -> list[str]:
     """A comma-separated endpoint list (``--etcd``, ``MESHROUTE_ETCD``)."""
     return [e.strip() for e in text.split(",") if e.strip()]
@@ -78,18 +78,36 @@ def _revision_of(responses: Sequence[Any]) -> int:
 
 
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
-        if not endpoints:
-            raise ValueError("at least one etcd endpoint is needed")
-        self._endpoints = [parse_endpoint(e) for e in endpoints]
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        security: EtcdSecurity | None = None,
+    ) -> None:
+        """Raises ``StoreError`` naming the endpoint or file at fault."""
+        self._security = security or EtcdSecurity()
+        self._tls, self._endpoints = parse_endpoints(endpoints, self._security)
+        self._credentials = load_credentials(self._security) if self._tls else None
         self._timeout = timeout
         self._current = 0
         self._client: aetcd.Client | None = None
 
     def _open(self) -> aetcd.Client:
         if self._client is None:
-            host, port = self._endpoints[self._current]
-            self._client = aetcd.Client(host=host, port=port, timeout=int(self._timeout) or 1)
+            if self._tls:
+                try:
+                    self._credentials = load_credentials(self._security)
+                except StoreError as e:
+                    log.warning("%s; keeping the TLS files read before", e)
+            s = self._security
+            self._client = SecureClient(
+                self._endpoints[self._current],
+                self._credentials,
+                username=s.username,
+                password=s.password,
+                timeout=int(self._timeout) or 1,
+            )
         return self._client
 
     async def _rotate(self) -> None:
@@ -121,12 +139,21 @@ class EtcdStore:
                 last = e
                 closed += 1
                 self._forget(client)
+            except aetcd.exceptions.UnauthenticatedError as e:
+                # etcd's auth token lapsed (simple tokens live 5 min): log in anew
+                last = e
+                rotations += 1
+                await self._rotate()
             except aetcd.exceptions.ClientError as e:
                 if any(m in str(e) for m in _TOO_LARGE):
                     raise RequestTooLarge(f"etcd refused the {what} as too large: {e}") from e
-                raise StoreError(f"etcd {what}: {e}") from e
-        endpoints = ", ".join(f"{h}:{p}" for h, p in self._endpoints)
-        raise StoreError(f"etcd unreachable at {endpoints} ({what}): {last}") from last
+                raise StoreError(f"etcd {what}: {self._explain(e)}") from e
+        endpoints = ", ".join(map(str, self._endpoints))
+        why = self._explain(last) if last else "no endpoint"
+        raise StoreError(f"etcd unreachable at {endpoints} ({what}): {why}") from last
+
+    def _explain(self, e: BaseException) -> str:
+        return explain(str(e), self._tls, self._security)
 
     async def get(self, key: bytes) -> Versioned | None:
         r = await self._call("get", lambda c: c.get(key))
@@ -182,7 +209,7 @@ class EtcdStore:
                 yield last
             except (*_RETRYABLE, aetcd.exceptions.WatchTimeoutError) as e:
                 failures += 1
-                log.info("etcd watch on %s broke (%s); resuming", prefix.decode(), e)
+                log.info("etcd watch on %s broke (%s); resuming", prefix.decode(), self._explain(e))
                 await self._rotate()
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
             except _CLOSED_UNDER_US as e:

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "meshroute.cmd_reflector",
     "meshroute.cmd_status",
     "meshroute.cmd_lab",
+    "meshroute.cmd_secret",
 )
 
 
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before gRPC (etcd's client) loads: the node forks helpers (ExaBGP, pyroute2's
     # namespace helpers) and gRPC's fork handlers only log about skipping them.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -80,7 +80,10 @@ def add_serve_parser(ipam_subparsers: argparse._SubParsersAction[argparse.Argume
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    store = store_from_args(args)
+    try:
+        store = store_from_args(args)
+    except StoreError as e:
+        raise ServeError(f"cannot start: {e}") from e
     ipam = Ipam(store, prefix=args.prefix, l2_segment=args.l2_segment)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

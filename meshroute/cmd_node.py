@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from datastore.port import StoreError
 from meshroute.errors import UserError
+from meshroute.etcd_options import with_environment
 from meshroute.node.config import DEFAULT_CONFIG, load_node_config
 from meshroute.runtime.config import ConfigError
 from meshroute.runtime.stop import install_stop_handlers
@@ -33,6 +35,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     try:
         config = load_node_config(args.config)
+        config = config.model_copy(update={"etcd": with_environment(config.etcd, os.environ)})
     except ConfigError as e:
         raise UserError(str(e)) from e
     if not logging.getLogger().isEnabledFor(logging.INFO):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 from datastore.port import StoreError
 from meshroute.errors import UserError
+from meshroute.etcd_options import with_environment
 from meshroute.reflector.config import DEFAULT_REFLECTOR_CONFIG, load_reflector_config
 from meshroute.runtime.config import ConfigError
 from meshroute.runtime.stop import install_stop_handlers
@@ -27,6 +29,7 @@ def cmd_reflector(args: argparse.Namespace) -> int:
 
     try:
         config = load_reflector_config(args.config)
+        config = config.model_copy(update={"etcd": with_environment(config.etcd, os.environ)})
     except ConfigError as e:
         raise UserError(str(e)) from e
     if not logging.getLogger().isEnabledFor(logging.INFO):

@@ -13,6 +13,7 @@ from datastore.port import KvStore
 from ipam.ipam import Ipam
 from ipam.quoting import quote
 from meshroute.apply_txn import apply_all
+from meshroute.bgp_secrets import REDACTED
 from meshroute.bgp_store import BgpStore
 from meshroute.cli_support import print_json, print_table, run_with_store
 from meshroute.errors import UserError
@@ -21,6 +22,8 @@ from meshroute.policy_store import PolicyStore, to_document
 from meshroute.registry import Registry
 from meshroute.resources import (
     API_VERSION,
+    BGPPeerResource,
+    BGPPeerSpec,
     ResourceError,
     load_files,
     overlap_problems,
@@ -110,6 +113,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise UserError(f"nothing applied:\n{e}") from e
     if problems := overlap_problems(loaded, []):
         raise UserError("nothing applied:\n" + "\n".join(problems))
+    for item in loaded:
+        if isinstance(item.resource, BGPPeerResource) and item.resource.spec.password:
+            print(
+                f"meshroute: warning: {item.source}: spec.password is stored in etcd in the"
+                " clear, readable by every etcd user of the cluster prefix; prefer passwordFile"
+                " or passwordSecret",
+                file=sys.stderr,
+            )
 
     async def body(store: KvStore, ipam: Ipam, reg: Registry) -> list[str]:
         return await apply_all(store, args.prefix, loaded)
@@ -209,17 +220,14 @@ async def _bgp_docs(bgp: BgpStore, kind: str) -> tuple[list[dict[str, Any]], Row
         ]
         return docs, (BFD_COLUMNS, rows)
     peers = await bgp.peers()
-    docs = [
-        _doc("BGPPeer", name, spec.model_dump(mode="json", by_alias=True, exclude_none=True))
-        for name, spec in sorted(peers.items())
-    ]
+    docs = [_doc("BGPPeer", name, _redacted(spec)) for name, spec in sorted(peers.items())]
     rows = [
         [
             name,
             p.node or p.node_selector or "(all)",
             p.peer_ip or p.peer_selector,
             p.as_number,
-            "yes" if p.password else "",
+            _password_column(p),
             p.passive,
             p.bfd_profile or "",
         ]
@@ -260,6 +268,21 @@ async def _policy_docs(ps: PolicyStore, kind: str) -> tuple[list[dict[str, Any]]
         for r in nss
     ]
     return [to_document(r) for r in nss], (["NAME", "LABELS"], rows)
+
+
+def _redacted(spec: BGPPeerSpec) -> dict[str, Any]:
+    doc = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if "password" in doc:
+        doc["password"] = REDACTED
+    return doc
+
+
+def _password_column(p: BGPPeerSpec) -> str:
+    if p.password_file:
+        return f"file {p.password_file}"
+    if p.password_secret:
+        return f"secret {p.password_secret}"
+    return REDACTED if p.password else ""
 
 
 def _doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:

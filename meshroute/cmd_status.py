@@ -75,7 +75,16 @@ def print_node_status(status: dict[str, Any]) -> None:
     )
     now = time.time()
     print_table(
-        ["PEER ADDRESS", "PEER AS", "PEER TYPE", "STATE", "SINCE", "ACCEPTED/RECEIVED", "BFD"],
+        [
+            "PEER ADDRESS",
+            "PEER AS",
+            "PEER TYPE",
+            "STATE",
+            "SINCE",
+            "ACCEPTED/RECEIVED",
+            "BFD",
+            "MD5",
+        ],
         [
             [
                 p["peer"],
@@ -85,6 +94,7 @@ def print_node_status(status: dict[str, Any]) -> None:
                 _since(now - p["since"]),
                 f"{p['accepted']}/{p['received']}",
                 (p.get("bfd") or {}).get("state", "-"),
+                p.get("password") or "",
             ]
             for p in status["peers"]
         ],
@@ -94,6 +104,8 @@ def print_node_status(status: dict[str, Any]) -> None:
         print("\nLast session down:")
         for peer, why in downs:
             print(f"  {peer}: {why}")
+    for problem in status.get("peerProblems", []):
+        print(f"\nleft out: {problem}")
 
 
 def _status_endpoint(path: str) -> str:

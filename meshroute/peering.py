@@ -13,7 +13,7 @@ IPv6 too. A node without an IPv6 address has no IPv6 session."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress, IPNetwork
 
@@ -34,7 +34,7 @@ class PeerPlan:
     kind: str  # MESH | GLOBAL | NODE_SPECIFIC
     source: str  # "mesh" or the BGPPeer's name
     passive: bool = False
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ttl_security: int | None = None
     hold_time: int = 90
     graceful_restart_time: int = 120

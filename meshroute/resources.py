@@ -37,6 +37,9 @@ class ResourceError(Exception):
     """Invalid resources; the message names file, document and field."""
 
 
+SECRET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -132,7 +135,13 @@ class BGPPeerSpec(_Strict):
     peer_ip: Address | None = Field(default=None, alias="peerIP")  # the peer is an address ...
     peer_selector: str | None = Field(default=None, alias="peerSelector")  # ... or nodes
     as_number: int | None = Field(default=None, ge=1, le=4294967295, alias="asNumber")
-    password: str | None = Field(default=None, min_length=1, max_length=80)
+    # TCP-MD5, one of: the password itself (stored in etcd in the clear, so
+    # ``apply`` warns), a file on every host, or a secret in etcd (bgp_secrets)
+    password: str | None = Field(default=None, min_length=1, max_length=80, repr=False)
+    password_file: str | None = Field(
+        default=None, alias="passwordFile", min_length=2, max_length=4096, pattern=r"^/"
+    )
+    password_secret: str | None = Field(default=None, alias="passwordSecret", pattern=SECRET_NAME)
     ttl_security: int | None = Field(default=None, ge=1, le=254, alias="ttlSecurity")
     hold_time: int = Field(default=90, alias="holdTime")
     graceful_restart_time: int = Field(default=120, ge=0, le=4095, alias="gracefulRestartTime")
@@ -205,6 +214,9 @@ def bgp_peer_problems(spec: BGPPeerSpec) -> list[str]:
         out.append(f"spec.holdTime: {spec.hold_time} must be 0 or 3..65535 (RFC 4271)")
     if spec.password is not None and not spec.password.isprintable():
         out.append("spec.password: only printable characters")
+    given = [spec.password, spec.password_file, spec.password_secret]
+    if sum(v is not None for v in given) > 1:
+        out.append("spec.password: give one of password, passwordFile and passwordSecret")
     for f, sel in (
         ("spec.nodeSelector", spec.node_selector),
         ("spec.peerSelector", spec.peer_selector),

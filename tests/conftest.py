@@ -14,6 +14,7 @@ import pytest
 
 from lab.etcd import EtcdCluster, start_etcd
 from lab.netns import NetnsFactory, sweep_stale
+from tests.harness.etcd_tls import TlsEtcd, start_tls_etcd
 
 pytest_plugins = ["tests.datastore_fixtures"]
 
@@ -53,6 +54,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """One etcd member for the whole session; tests isolate by key prefix."""
     c = start_etcd(tmp_path_factory.mktemp("etcd"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEtcd]:
+    """One etcd member serving TLS only, client certificates demanded."""
+    c = start_tls_etcd(tmp_path_factory.mktemp("etcd-tls"))
     yield c
     c.stop()
 

@@ -45,7 +45,6 @@ from bgpd.policy import ImportContext
 from bgpd.rib import Rib
 from bgpd.sessions import Sessions
 from bgpd.speaker import Speaker, SpeakerSettings
-from datastore.etcd import EtcdStore
 from felix_lite.host_state import HostChange
 from felix_lite.incremental import IncrementalPlanner
 from felix_lite.netlink_host import NetlinkHost
@@ -54,7 +53,9 @@ from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
 from ipam.ipam import Ipam
+from meshroute.bgp_secrets import REDACTED, SecretStore, watch_password_files
 from meshroute.bgp_store import BgpStore
+from meshroute.etcd_options import open_store
 from meshroute.node.bfd_plan import decide_bfd_change, diag_text, plan_bfd_sessions
 from meshroute.node.bgp_plan import (
     plan_bgp_announcements,
@@ -107,11 +108,12 @@ class NodeProcess:
     def __init__(self, config: NodeConfig, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        self.store = EtcdStore(config.etcd.endpoints, timeout=config.etcd.timeout_seconds)
+        self.store = open_store(config.etcd)
         prefix = config.etcd.prefix
         self.ipam = Ipam(self.store, prefix=prefix, l2_segment=config.ipam.l2_segment)
         self.registry = Registry(self.store, prefix)
         self.bgp_store = BgpStore(self.store, prefix)
+        self.secrets = SecretStore(self.store, prefix)
         self.started = time.monotonic()
         self.view: ClusterView | None = None
         self.tunnel_address: IPAddress | None = None
@@ -153,7 +155,7 @@ class NodeProcess:
     async def run(self, stop: asyncio.Event) -> None:
         c = self.config
         self.notifier.notify("STATUS=connecting to etcd")
-        view = await load_view(self.ipam, self.registry, self.bgp_store)  # fails fast
+        view = await load_view(self.ipam, self.registry, self.bgp_store, self.secrets)  # fails fast
         await self._register(view)
 
         table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
@@ -211,6 +213,13 @@ class NodeProcess:
         self.tasks.spawn("policy-counters", self.policy.read_counters())
         self.tasks.spawn("alive", self.registry.stay_alive(c.node_name, LEASE_TTL_S))
         self.tasks.spawn("housekeeping", self._housekeeping())
+        self.tasks.spawn(
+            "password files",
+            watch_password_files(
+                lambda: self.view.password_files if self.view else frozenset(),
+                self._view_dirty.set,
+            ),
+        )
         ready = asyncio.create_task(self._become_ready(), name="ready")  # ends by design
         self.sessions.start()
         if self.notifier.watchdog_interval_s:
@@ -305,7 +314,7 @@ class NodeProcess:
             await asyncio.sleep(DEBOUNCE_S)
             self._view_dirty.clear()
             try:
-                view = await load_view(self.ipam, self.registry, self.bgp_store)
+                view = await load_view(self.ipam, self.registry, self.bgp_store, self.secrets)
                 if (self.tunnel_address is None and any(decide_encap_in_use(view))) or (
                     self.tunnel_address6 is None and decide_vxlan6_in_use(view, self.config)
                 ):
@@ -320,6 +329,9 @@ class NodeProcess:
 
     async def _apply_view(self, view: ClusterView) -> None:
         assert self.speaker is not None and self.sessions is not None
+        if self.view is None or view.peer_problems != self.view.peer_problems:
+            for problem in view.peer_problems:
+                log.error("%s", problem)
         self.view = view
         self._host_dirty = True
         me = self._me(view)
@@ -502,6 +514,7 @@ class NodeProcess:
                     "heldDown": s.held_down(addr),
                     "downReason": s.down_reason.get(addr),
                     "bfd": bfd_status.get(addr),
+                    "password": REDACTED if p.password else None,
                 }
             )
         return {
@@ -511,6 +524,7 @@ class NodeProcess:
             "ready": self.readiness().ok,
             "peers": peers,
             "policy": self.policy.status(),
+            "peerProblems": list(self.view.peer_problems) if self.view else [],
         }
 
     def metrics(self) -> bytes:

@@ -15,7 +15,7 @@ sessions the nodes' ``plan_peers`` gives it on that address too (and, with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress
 
@@ -47,7 +47,7 @@ class ReflectorSession:
     node: str | None = None
     source: str = ""  # the BGPPeer (or "cluster") the session comes from
     passive: bool = False
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ttl_security: int | None = None
     hold_time: int = 90
     graceful_restart_time: int = 120

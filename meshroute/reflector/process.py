@@ -20,9 +20,10 @@ from typing import Any
 from bgpd.bird_config import BirdConfigError, render_bird
 from bgpd.bird_ctl import BgpSessionInfo, BirdCtlError, bgp_sessions
 from bgpd.bird_supervisor import BirdConfigRejected, BirdPaths, BirdSupervisor
-from datastore.etcd import EtcdStore
 from ipam.selector import SelectorError
+from meshroute.bgp_secrets import REDACTED, SecretStore, watch_password_files
 from meshroute.bgp_store import BgpStore
+from meshroute.etcd_options import open_store
 from meshroute.peering import decide_node_as
 from meshroute.reflector.config import ReflectorConfig
 from meshroute.reflector.metrics import ReflectorCollector
@@ -58,9 +59,11 @@ class ReflectorProcess:
     def __init__(self, config: ReflectorConfig, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        self.store = EtcdStore(config.etcd.endpoints, timeout=config.etcd.timeout_seconds)
+        self.store = open_store(config.etcd)
         self.registry = Registry(self.store, config.etcd.prefix)
         self.bgp_store = BgpStore(self.store, config.etcd.prefix)
+        self.secrets = SecretStore(self.store, config.etcd.prefix)
+        self.password_files: frozenset[str] = frozenset()
         self.paths = BirdPaths(Path(config.bird.work_dir))
         self.bird = BirdSupervisor(
             self.paths,
@@ -130,12 +133,15 @@ class ReflectorProcess:
         """Read etcd, plan, validate, install, reload. False when refused
         (the running configuration stays). etcd errors propagate."""
         try:
-            view = await load_reflector_view(self.registry, self.bgp_store)
+            view = await load_reflector_view(self.registry, self.bgp_store, self.secrets)
+            self.password_files = view.password_files
             me = self.record()
             local_as = decide_node_as(me, view.bgp_config)
             sessions, text = self.decide_config(view)
             changed = await asyncio.to_thread(self.bird.install, text)
         except (ResourceRefused, ConfigRefused, BirdConfigRejected) as e:
+            if isinstance(e, ResourceRefused):
+                self.password_files = e.password_files
             self._refuse(str(e))
             return False
         self.local_as = local_as
@@ -188,6 +194,9 @@ class ReflectorProcess:
         self.tasks.spawn("apply", self._apply_loop())
         self.tasks.spawn("bird", self.bird.supervise())
         self.tasks.spawn("poll", self._poll_bird())
+        self.tasks.spawn(
+            "password files", watch_password_files(lambda: self.password_files, self._dirty.set)
+        )
         self.tasks.spawn("alive", self.registry.stay_alive(c.name, LEASE_TTL_S))
         if self.notifier.watchdog_interval_s:
             self.tasks.spawn(
@@ -205,7 +214,7 @@ class ReflectorProcess:
 
     def _watch_prefixes(self) -> list[bytes]:
         root = self.config.etcd.prefix.rstrip("/")
-        return [f"{root}/nodes/".encode(), self.bgp_store.watch_prefix]
+        return [f"{root}/nodes/".encode(), self.bgp_store.watch_prefix, self.secrets.watch_prefix]
 
     async def _watch(self, prefix: bytes, revision: int) -> None:
         async for _ in self.store.changes(prefix, revision):
@@ -284,6 +293,7 @@ class ReflectorProcess:
                     "received": info.received if info else 0,
                     "exported": info.exported if info else 0,
                     "lastError": info.last_error if info else "",
+                    "password": REDACTED if s.password else None,
                 }
             )
         return {

@@ -1,6 +1,7 @@
 """What the reflector reads from etcd: the node registry and the BGP
 resources, each BGPPeer checked on its own so a refusal names the resource
-and the field (resources written around ``meshroute apply`` included)."""
+and the field (resources written around ``meshroute apply`` included), its
+password resolved from its file or secret (``bgp_secrets``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from meshroute.bgp_secrets import SecretStore, resolve_peer_passwords
 from meshroute.bgp_store import BgpStore
 from meshroute.registry import NodeRecord, Registry
 from meshroute.resources import (
@@ -23,13 +25,18 @@ from meshroute.resources import (
 class ResourceRefused(ValueError):
     """Resources in etcd that cannot make a configuration; one line each."""
 
+    def __init__(self, message: str, password_files: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.password_files = password_files  # still watched: fixing one re-applies
+
 
 @dataclass(frozen=True)
 class ReflectorView:
     nodes: Mapping[str, NodeRecord]
     bgp_config: BGPConfigurationSpec
-    bgp_peers: Mapping[str, BGPPeerSpec]
+    bgp_peers: Mapping[str, BGPPeerSpec]  # passwords inline
     bfd_profiles: Mapping[str, BFDProfileSpec] = field(default_factory=dict)
+    password_files: frozenset[str] = field(default_factory=frozenset)
 
 
 def _errors(where: str, e: ValidationError) -> list[str]:
@@ -38,7 +45,9 @@ def _errors(where: str, e: ValidationError) -> list[str]:
     ]
 
 
-async def load_reflector_view(registry: Registry, bgp: BgpStore) -> ReflectorView:
+async def load_reflector_view(
+    registry: Registry, bgp: BgpStore, secrets: SecretStore
+) -> ReflectorView:
     problems: list[str] = []
     nodes = await registry.nodes()
     try:
@@ -66,6 +75,8 @@ async def load_reflector_view(registry: Registry, bgp: BgpStore) -> ReflectorVie
     except ValidationError as e:
         problems += _errors("BFDProfile", e)
         profiles = {}
+    resolved = await resolve_peer_passwords(peers, secrets)
+    problems += resolved.problems
     if problems:
-        raise ResourceRefused("\n".join(problems))
-    return ReflectorView(nodes, config, peers, profiles)
+        raise ResourceRefused("\n".join(problems), resolved.files)
+    return ReflectorView(nodes, config, resolved.peers, profiles, resolved.files)

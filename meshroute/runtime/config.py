@@ -28,6 +28,15 @@ class EtcdSection(Section):
     endpoints: list[str] = Field(default_factory=lambda: ["127.0.0.1:2379"], min_length=1)
     prefix: str = "/meshroute"
     timeout_seconds: float = Field(default=5.0, gt=0, alias="timeoutSeconds")
+    # TLS (PEM files) and etcd's own authentication; ``MESHROUTE_ETCD_*``
+    # environment variables override each (meshroute.etcd_options)
+    ca_file: str | None = Field(default=None, alias="caFile", min_length=1, max_length=4096)
+    cert_file: str | None = Field(default=None, alias="certFile", min_length=1, max_length=4096)
+    key_file: str | None = Field(default=None, alias="keyFile", min_length=1, max_length=4096)
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password_file: str | None = Field(
+        default=None, alias="passwordFile", min_length=1, max_length=4096
+    )
 
 
 class HttpSection(Section):

@@ -28,6 +28,7 @@ from lab.etcd import EtcdCluster
 from lab.netns import Netns, NetnsFactory
 from lab.poll import wait_for
 from lab.reflector_rig import Lan, Reflector
+from meshroute.bgp_secrets import SecretStore
 from meshroute.bgp_store import BgpStore
 from meshroute.registry import NodeRecord, Registry
 from meshroute.resources import BGPConfigurationSpec, BGPPeerSpec
@@ -357,12 +358,14 @@ def test_pair_keeps_every_route_when_bird_or_the_reflector_is_killed(
 def test_password_ttl_security_and_max_prefix_come_from_the_bgppeer(rig_factory: Any) -> None:
     """c1's own BGPPeer (named after to-reflectors, so it wins for c1) asks
     for TCP-MD5, GTSM and at most 2 prefixes, excess dropped: c1 (speaking
-    MD5 and GTSM itself) comes up, and only 2 of its 3 prefixes reach c2."""
+    MD5 and GTSM itself) comes up, and only 2 of its 3 prefixes reach c2.
+    The password is an etcd secret that appears only after the reflector
+    started: until then the configuration is refused, naming the secret."""
     c1_peer = BGPPeerSpec.model_validate(
         {
             "node": "c1",
             "peerSelector": "route-reflector == 'true'",
-            "password": "s3cret md5",
+            "passwordSecret": "c1-md5",
             "ttlSecurity": 1,
             "maxPrefix": 2,
             "maxPrefixAction": "drop",
@@ -378,11 +381,22 @@ def test_password_ttl_security_and_max_prefix_come_from_the_bgppeer(rig_factory:
         peers={"zz-c1": c1_peer},
     )
     rr = rig.reflectors[0]
+    wait_for("refused for the secret", lambda: rr.answering() and rr.status()["configError"], 20)
+    assert "passwordSecret c1-md5: no such secret" in rr.status()["configError"]
+    run_etcd(
+        rig.etcd,
+        rig.prefix,
+        lambda s, reg, bgp: SecretStore(s, rig.prefix).put("c1-md5", "s3cret md5"),
+    )
     try:
         wait_for("both sessions", lambda: all_established(rr, 2), 30)
         wait_for("c2 has c1's routes", lambda: rig.client(2).route_count("c2") >= 3, 15)
     except TimeoutError:
         raise AssertionError(rr.log() + rr.birdc("show", "protocols", "all")) from None
+    st = (rr.bird_dir / "bird.conf").stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o600, os.getuid())
+    assert "s3cret md5" not in rr.log()
+    assert rr.status()["sessions"][0]["password"] == "<redacted>"
     conf = (rr.bird_dir / "bird.conf").read_text()
     block = conf[conf.index("protocol bgp c_192_0_2_11") :].split("\n}\n")[0]
     for line in ('password "s3cret md5";', "ttl security on;", "import limit 2 action block;"):

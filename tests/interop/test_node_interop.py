@@ -350,3 +350,85 @@ def test_exabgp_killed_is_restarted_session_returns_no_reply_lost(rig: Rig) -> N
         assert rig.peer_ns.ip("route", "show", own)
     finally:
         bird.stop()
+
+
+def cli_run(rig: Rig, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshroute.cli", *args],
+        input=stdin,
+        env=rig.env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+
+
+def test_md5_password_from_a_secret_or_a_file_is_never_shown(rig: Rig) -> None:
+    """The password comes from an etcd secret, then a literal (warned about),
+    then a file that is rewritten live; BIRD follows each. ``get`` and
+    ``status`` redact it, ExaBGP's file is 0600 and ours, and no log or
+    command output holds any of the passwords."""
+    secret, literal, in_file, rotated = (
+        "from-etcd-7f3a",
+        "literal-9c1e",
+        "from-file-4b2d",
+        "rot-8e5f",
+    )
+    outputs: list[str] = []
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        p = cli_run(rig, *args, stdin=stdin)
+        assert p.returncode == 0, p.stderr
+        outputs.append(p.stdout + p.stderr)
+        return p.stdout + p.stderr
+
+    def session_with(password: str) -> None:
+        bird.reconfigure(bird_spec(password=password))
+        bird.wait_established("node", 30)
+        wait_for("the node sees the session", rig.established, 15)
+
+    run("secret", "set", "md5", stdin=secret + "\n")
+    assert "md5" in run("secret", "list")
+    assert "warning" not in run("apply", "-f", "-", stdin=bgp_peer(passwordSecret="md5"))
+    bird = start_bird(rig.peer_ns, rig.tmp / "bird", bird_spec(password=secret))
+    try:
+        bird.wait_established("node", 30)
+        wait_for("the node sees the session", rig.established, 15)
+        assert rig.peer_status()["password"] == "<redacted>"
+        conf = rig.node.bgp_dir / "exabgp.conf"
+        st = conf.stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, os.getuid())
+        assert secret in conf.read_text()
+
+        out = run("apply", "-f", "-", stdin=bgp_peer(password=literal))
+        assert "warning" in out and "stored in etcd in the clear" in out
+        session_with(literal)
+        for fmt in ("yaml", "json", "table"):
+            assert "<redacted>" in run("get", "bgppeers", "-o", fmt)
+        status = run("status", "--endpoint", rig.node.http, "--json")
+        assert "<redacted>" in status and "<redacted>" in run("status", "--endpoint", rig.node.http)
+
+        pw_file = rig.tmp / "secrets" / "external"
+        pw_file.parent.mkdir()
+        pw_file.write_text(in_file + "\n")
+        run("apply", "-f", "-", stdin=bgp_peer(passwordFile=str(pw_file)))
+        session_with(in_file)
+        assert f"file {pw_file}" in run("get", "bgppeers")
+        pw_file.write_text(rotated + "\n")  # live: no apply, no restart
+        session_with(rotated)
+        assert (conf.stat().st_mode & 0o777) == 0o600
+
+        pw_file.unlink()
+        wait_for("the node reports the missing file", lambda: rig.node.status()["peerProblems"])
+        [problem] = rig.node.status()["peerProblems"]
+        assert f"passwordFile {pw_file}: cannot read" in problem
+    finally:
+        bird.stop()
+    rig.node.stop()
+    logs = rig.node.logs() + "".join(
+        f.read_text(errors="replace") for f in rig.node.work.rglob("*.log")
+    )
+    for pw in (secret, literal, in_file, rotated):
+        assert pw not in logs, pw
+        assert not any(pw in o for o in outputs), pw

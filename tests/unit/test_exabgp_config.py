@@ -111,7 +111,7 @@ def nb(**kw: object) -> ExabgpConfig:
 @pytest.mark.parametrize(
     "cfg,words",
     [
-        (nb(password='has"quote'), ["192.0.2.2", "password", '"']),
+        (nb(password='has"quote'), ["192.0.2.2", "password", "character 4", "quote"]),
         (nb(password="back\\slash"), ["192.0.2.2", "password"]),
         (nb(password="x" * 81), ["192.0.2.2", "password", "80"]),
         (nb(password=""), ["192.0.2.2", "password", "empty"]),
@@ -144,6 +144,8 @@ def test_values_exabgp_cannot_take(cfg: ExabgpConfig, words: list[str]) -> None:
         validate(cfg)
     for w in words:
         assert w in str(ei.value)
+    for n in cfg.neighbors:
+        assert not n.password or n.password not in str(ei.value)  # never quoted
     with pytest.raises(ConfigError):
         render(cfg)
 

@@ -173,7 +173,7 @@ def test_the_reader_sees_the_real_imports(graph: dict[str, list[Import]]) -> Non
     """Guards against a reader that finds nothing, so passes everything."""
     assert {_part(m) for m in graph} == set(PARTS)
     process = {i.target for i in graph["meshroute.node.process"]}
-    assert {"bgpd.speaker", "felix_lite.reconciler", "datastore.etcd"} <= process
+    assert {"bgpd.speaker", "felix_lite.reconciler", "meshroute.etcd_options"} <= process
     assert next(i for i in graph[LAB_ENTRY] if i.target == "lab.cli").lazy
     # type-checking-only imports are no edges (node.metrics names the process
     # for its annotations; the process builds the collector)
