@@ -62,11 +62,6 @@ def _closed_under_us(e: BaseException) -> bool:
 _TOO_LARGE = ("request is too large", "too many operations in txn request")
 
 
-def split_endpoints(text: str) -> list[str]:
-    """A comma-separated endpoint list (``--etcd``, ``MESHROUTE_ETCD``)."""
-    return [e.strip() for e in text.split(",") if e.strip()]
-
-
 def _revision_of(responses: Sequence[Any]) -> int:
     """The revision a successful transaction produced, from the header of
     its first response (aetcd does not return the transaction's header)."""

@@ -130,7 +130,10 @@ def install_plugin(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="meshroute-cni-install", description="Install meshroute's CNI IPAM plugin."
+        prog="meshroute-cni-install",
+        usage="meshroute-cni-install DIR [--python PY] [--lib DIR [--lib-on-host DIR]]"
+        " [--plugins DIR]",
+        description="Install meshroute's CNI IPAM plugin (DIR: e.g. /opt/cni/bin).",
     )
     p.add_argument("dir", help="the runtime's CNI plugin directory, e.g. /opt/cni/bin")
     p.add_argument("--python", default=sys.executable, help="interpreter the launcher runs")
