@@ -36,7 +36,7 @@ import ipam
 PLUGIN_NAME = "meshroute-cni-ipam"
 MAIN_PLUGIN_NAME = "meshroute-cni"  # the same module; the netconf's type tells them apart
 # what the plugin imports: nothing else of ``ipam``, nothing outside the stdlib
-PLUGIN_MODULES = ("__init__.py", "cni_plugin.py", "cni_json.py", "quoting.py")
+PLUGIN_MODULES = ("__init__.py", "cni_plugin.py", "cni_json.py", "cni_args.py", "quoting.py")
 MAX_SHEBANG = 127  # the kernel's limit before Linux 5.1
 
 

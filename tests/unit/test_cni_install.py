@@ -24,23 +24,25 @@ def test_install_for_the_host(tmp_path: Path) -> None:
     bin_dir, lib = tmp_path / "opt-cni" / "bin", tmp_path / "opt-cni" / "meshroute"
     args = [str(bin_dir), "--python", HOST_PYTHON, "--lib", str(lib), "--plugins", str(plugins)]
     assert main(args) == 0
-    assert sorted(os.listdir(bin_dir)) == ["bridge", "meshroute-cni-ipam"]
+    assert sorted(os.listdir(bin_dir)) == ["bridge", "meshroute-cni", "meshroute-cni-ipam"]
     assert sorted(os.listdir(lib / "ipam")) == [
         "__init__.py",
+        "cni_args.py",
         "cni_json.py",
         "cni_plugin.py",
         "quoting.py",
     ]
-    p = subprocess.run(
-        [str(bin_dir / "meshroute-cni-ipam")],
-        input="{}",
-        env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert p.returncode == 0, p.stderr
-    assert "1.0.0" in json.loads(p.stdout)["supportedVersions"]
+    for plugin in ("meshroute-cni-ipam", "meshroute-cni"):
+        p = subprocess.run(
+            [str(bin_dir / plugin)],
+            input="{}",
+            env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert p.returncode == 0, p.stderr
+        assert "1.0.0" in json.loads(p.stdout)["supportedVersions"]
     assert main([str(bin_dir), "--plugins", str(tmp_path / "missing")]) == 1
     # in a container the host sees the library elsewhere
     main([str(bin_dir), "--lib", str(lib), "--lib-on-host", "/opt/cni/meshroute"])
