@@ -247,6 +247,8 @@ def test_arbitrary_text_never_raises(line: str | bytes) -> None:
         assert e == AckEvent(True)
     elif isinstance(e, AckEvent):
         assert stripped.startswith("error" if isinstance(stripped, str) else b"error")
+    elif isinstance(e, ExabgpNotice):  # ExaBGP's own words, e.g. "shutdown in progress"
+        assert e.text in ("reload in progress", "restart in progress", "shutdown in progress")
     else:
         # random text is at best a JSON scalar, never a neighbour message
         assert isinstance(e, MalformedLine)
