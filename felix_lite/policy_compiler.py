@@ -162,13 +162,31 @@ class _Builder:
                 type_,
                 (
                     e
-                    for (ns, labels), eps in self.groups.items()
-                    if self.scope(spec.match, ns, dict(labels))
+                    for ns, labels, eps in self._candidates(spec.match)
+                    if self.scope(spec.match, ns, labels)
                     for ep in eps
                     for e in spec.elements(ep)
                 ),
             )
         return name
+
+    @functools.cached_property
+    def _by_ns(self) -> dict[str, list[tuple[dict[str, str], Sequence[Endpoint]]]]:
+        out: dict[str, list[tuple[dict[str, str], Sequence[Endpoint]]]] = defaultdict(list)
+        for (ns, labels), eps in self.groups.items():
+            out[ns].append((dict(labels), eps))
+        return out
+
+    def _candidates(
+        self, m: EntityMatch | None
+    ) -> Iterable[tuple[str, dict[str, str], Sequence[Endpoint]]]:
+        """The groups that can be in ``m``'s scope: one namespace's when
+        ``m`` names it (most selectors of a NetworkPolicy), else all."""
+        if m is not None and m.namespace is not None:
+            namespaces: Iterable[str] = [m.namespace] if m.namespace in self._by_ns else []
+        else:
+            namespaces = self._by_ns
+        return ((ns, lb, eps) for ns in namespaces for lb, eps in self._by_ns[ns])
 
     def members(self, m: EntityMatch, fam: int) -> str:
         name = f"mrs_{_h('members', *_scope_key(m))}_{fam}"
