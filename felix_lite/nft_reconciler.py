@@ -51,9 +51,13 @@ class NftCli:
         out, err = await p.communicate(stdin)
         return p.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
-    async def read(self) -> str | None:
-        """``nft -j list table inet meshroute``; None when there is no table."""
-        rc, out, err = await self._run(["-j", "list", "table", FAMILY, TABLE])
+    async def read(self, terse: bool = False) -> str | None:
+        """``nft -j list table inet meshroute``; None when there is no table.
+        ``terse``: without set and map elements (``nft -t``), which are most
+        of the output on a node with thousands of pods."""
+        rc, out, err = await self._run(
+            ["-j", *(["-t"] if terse else []), "list", "table", FAMILY, TABLE]
+        )
         if rc != 0:
             if "No such file or directory" in err:
                 return None
@@ -131,8 +135,9 @@ class PolicyReconciler:
                 self._dirty.set()
 
     async def refresh_counters(self) -> None:
-        """Read the kernel's counters without changing anything."""
-        text = await self.nft.read()
+        """Read the kernel's counters without changing anything (rules
+        only: counters live in rules, and the elements are not needed)."""
+        text = await self.nft.read(terse=True)
         state = None if text is None else await asyncio.to_thread(parse_table_json, text)
         self.counters = state.counters if state else ()
 
