@@ -145,13 +145,31 @@ class _Builder:
     # Sets of a compile over the same endpoints and namespaces: a set's name
     # says what it selects, so its members are still right.
     known: Mapping[str, NftSet] = field(default_factory=dict)
+    # the names of the sets asked for since the last ``take_used``
+    used: list[str] = field(default_factory=list)
+
+    def take_used(self) -> tuple[str, ...]:
+        got, self.used = tuple(self.used), []
+        return got
+
+    def adopt(
+        self, names: Iterable[str], sets: Mapping[str, NftSet], scoped: Mapping[str, _Scoped]
+    ) -> None:
+        """Take sets from a compile over the same endpoints and namespaces."""
+        for name in names:
+            if name not in self.sets:
+                self.sets[name] = sets[name]
+                if name in scoped:
+                    self.scoped[name] = scoped[name]
 
     def add(self, name: str, type_: str, elements: Iterable[str], interval: bool = False) -> str:
+        self.used.append(name)
         if name not in self.sets:
             self.sets[name] = NftSet(name, type_, interval, frozenset(elements))
         return name
 
     def _scoped_set(self, name: str, type_: str, spec: _Scoped) -> str:
+        self.used.append(name)
         if name not in self.sets and name in self.known:
             self.scoped[name] = spec
             self.sets[name] = self.known[name]
@@ -364,9 +382,19 @@ def plan_endpoint_chains(d: Direction, tiers: Sequence[Sequence[Policy]]) -> lis
     return chains
 
 
+@dataclass(frozen=True)
+class _Applied:
+    """The policies that apply to endpoints in one direction, by tier, in
+    order; their signature and the chain that the dispatch map jumps to."""
+
+    tiers: list[list[Policy]]
+    sig: Signature
+    first: str
+
+
 class _Tiers:
-    """The policies that apply to an endpoint, by tier, in order; computed
-    once per (namespace, labels, direction)."""
+    """``_Applied`` of an endpoint (None: no policy applies), computed once
+    per (namespace, labels, direction)."""
 
     def __init__(self, policies: Sequence[Policy], ns_labels: Mapping[str, Mapping[str, str]]):
         self.ns_labels = ns_labels
@@ -375,21 +403,28 @@ class _Tiers:
         for p in policies:
             if p.namespace is not None:
                 self.by_ns[p.namespace].append(p)
-        self._memo: dict[
-            tuple[str, tuple[tuple[str, str], ...], Direction], list[list[Policy]]
-        ] = {}
+        self._memo: dict[GroupKey, dict[Direction, _Applied | None]] = {}
 
-    def __call__(self, ep: Endpoint, d: Direction) -> list[list[Policy]]:
-        key = (ep.namespace, ep.labels, d)
+    def __call__(self, ep: Endpoint, d: Direction) -> _Applied | None:
+        return self.both(ep)[d]
+
+    def both(self, ep: Endpoint) -> dict[Direction, _Applied | None]:
+        key = (ep.namespace, ep.labels)
         got = self._memo.get(key)
         if got is None:
-            by_tier: dict[int, list[Policy]] = defaultdict(list)
-            for p in sorted(self.global_ + self.by_ns.get(ep.namespace, []), key=_policy_order):
-                if decide_applies(p, ep, d, self.ns_labels):
-                    by_tier[p.tier].append(p)
-            got = [by_tier[t] for t in sorted(by_tier)]
-            self._memo[key] = got
+            got = self._memo[key] = {d: self._plan(ep, d) for d in Direction}
         return got
+
+    def _plan(self, ep: Endpoint, d: Direction) -> _Applied | None:
+        by_tier: dict[int, list[Policy]] = defaultdict(list)
+        for p in sorted(self.global_ + self.by_ns.get(ep.namespace, []), key=_policy_order):
+            if decide_applies(p, ep, d, self.ns_labels):
+                by_tier[p.tier].append(p)
+        if not by_tier:
+            return None
+        tiers = [by_tier[t] for t in sorted(by_tier)]
+        sig = signature(tiers)
+        return _Applied(tiers, sig, endpoint_chain(sig, d, 0))
 
 
 def _base_chains(b: _Builder, inp: PolicyInput) -> list[NftChain]:
@@ -428,25 +463,24 @@ def _base_chains(b: _Builder, inp: PolicyInput) -> list[NftChain]:
     return [forward, post]
 
 
-def _map_element(ep: Endpoint, d: Direction, sig: Signature) -> str:
-    return f'"{ep.iface}" : jump {endpoint_chain(sig, d, 0)}'
+def _map_element(ep: Endpoint, applied: _Applied) -> str:
+    return f'"{ep.iface}" : jump {applied.first}'
 
 
 def _endpoint_part(
-    ep: Endpoint, tiers: _Tiers, users: dict[tuple[Direction, Signature], int]
+    ep: Endpoint, tiers: _Tiers, users: dict[str, int]
 ) -> tuple[list[NftChain], dict[Direction, str]]:
     """A local endpoint's map elements by direction, and the chains it
     needs that no other endpoint brought (counted in ``users``)."""
     chains: list[NftChain] = []
     elements: dict[Direction, str] = {}
-    for d in Direction:
-        got = tiers(ep, d)
+    for d, got in tiers.both(ep).items():
         if got:
-            sig = signature(got)
-            if not users.get((d, sig)):
-                chains += plan_endpoint_chains(d, got)
-            users[(d, sig)] = users.get((d, sig), 0) + 1
-            elements[d] = _map_element(ep, d, sig)
+            n = users.get(got.first, 0)
+            if not n:
+                chains += plan_endpoint_chains(d, got.tiers)
+            users[got.first] = n + 1
+            elements[d] = _map_element(ep, got)
     return chains, elements
 
 
@@ -462,18 +496,32 @@ class _Compiled:
     tiers: _Tiers
     endpoints: frozenset[Endpoint]
     owners: dict[str, int]  # interface names and addresses -> how many endpoints hold them
-    users: dict[tuple[Direction, Signature], int]  # local endpoints per shared chain
+    users: dict[str, int]  # local endpoints by the first chain of their shared chains
+    parts: dict[tuple[Policy, Direction], _PolicyPart]
 
 
-def _compile(inp: PolicyInput, known: Mapping[str, NftSet] | None = None) -> _Compiled:
+@dataclass(frozen=True)
+class _PolicyPart:
+    """A policy's chain in one direction and the sets it names."""
+
+    chain: NftChain
+    sets: tuple[str, ...]
+
+
+def _compile(inp: PolicyInput, last: _Compiled | None = None) -> _Compiled:
+    """``last``: a compile over the same endpoints and namespaces, whose
+    sets (a set's name says what it selects) and policy chains are still
+    right: only policies it did not have are planned."""
+    known = last.ruleset.sets if last else {}
+    reuse = last.parts if last else {}
     ns_labels: dict[str, Mapping[str, str]] = {n.name: dict(n.labels) for n in inp.namespaces}
     scope = _Scope(ns_labels)
-    b = _Builder(_groups(inp.endpoints), scope, known=known or {})
+    b = _Builder(_groups(inp.endpoints), scope, known=known)
     policies = sorted(inp.policies, key=_policy_order)
     tiers = _Tiers(policies, ns_labels)
     chains: dict[str, NftChain] = {c.name: c for c in _base_chains(b, inp)}
     maps: dict[Direction, dict[str, str]] = {Direction.INGRESS: {}, Direction.EGRESS: {}}
-    users: dict[tuple[Direction, Signature], int] = {}
+    users: dict[str, int] = {}
     for ep in sorted(inp.endpoints, key=lambda e: e.iface):
         if ep.node != inp.node or not ep.iface:
             continue
@@ -483,16 +531,27 @@ def _compile(inp: PolicyInput, known: Mapping[str, NftSet] | None = None) -> _Co
             maps[d][ep.iface] = e
     # Every policy has its chains (and sets) whether or not a local endpoint
     # uses it yet: a pod coming or going never changes more than its own part.
+    parts: dict[tuple[Policy, Direction], _PolicyPart] = {}
     for p in policies:
         for d in sorted(p.types, key=lambda x: x.value):
-            c = plan_policy_chain(b, p, d)
-            chains[c.name] = c
+            part = reuse.get((p, d))
+            if part is None:
+                b.take_used()
+                part = _PolicyPart(plan_policy_chain(b, p, d), b.take_used())
+            else:
+                assert last is not None
+                b.adopt(part.sets, last.ruleset.sets, last.scoped)
+            parts[(p, d)] = part
+            chains[part.chain.name] = part.chain
     for d, name in _MAPS:
         b.add(name, "ifname : verdict", maps[d].values())
     owners: dict[str, int] = defaultdict(int)
-    for ep in inp.endpoints:
-        for k in _owned(ep):
-            owners[k] += 1
+    if last is not None:
+        owners.update(last.owners)
+    else:
+        for ep in inp.endpoints:
+            for k in _owned(ep):
+                owners[k] += 1
     return _Compiled(
         inp,
         Ruleset(sets=dict(b.sets), chains=chains),
@@ -502,6 +561,7 @@ def _compile(inp: PolicyInput, known: Mapping[str, NftSet] | None = None) -> _Co
         frozenset(inp.endpoints),
         owners,
         users,
+        parts,
     )
 
 
@@ -538,7 +598,7 @@ class PolicyCompiler:
                 inp.endpoints,
                 inp.namespaces,
             )
-            self._last = _compile(inp, last.ruleset.sets if same_members else None)
+            self._last = _compile(inp, last if same_members else None)
             return self._last.ruleset
         got = self._incremental(last, inp)
         self._last = got if got is not None else _compile(inp)
@@ -596,13 +656,12 @@ class PolicyCompiler:
                 got = last.tiers(ep, d)
                 if not got:
                     continue
-                sig = signature(got)
-                map_drop[d].add(_map_element(ep, d, sig))
-                users[(d, sig)] -= 1
-                if not users[(d, sig)]:
-                    del users[(d, sig)]
-                    for t in range(len(got)):
-                        chains.pop(endpoint_chain(sig, d, t), None)
+                map_drop[d].add(_map_element(ep, got))
+                users[got.first] -= 1
+                if not users[got.first]:
+                    del users[got.first]
+                    for t in range(len(got.tiers)):
+                        chains.pop(endpoint_chain(got.sig, d, t), None)
         for ep in added:
             if ep.node != inp.node or not ep.iface:
                 continue
@@ -617,5 +676,13 @@ class PolicyCompiler:
                     name, s.type, s.interval, (s.elements - map_drop[d]) | map_put[d]
                 )
         return _Compiled(
-            inp, Ruleset(sets, chains), last.scoped, last.scope, last.tiers, new, owners, users
+            inp,
+            Ruleset(sets, chains),
+            last.scoped,
+            last.scope,
+            last.tiers,
+            new,
+            owners,
+            users,
+            last.parts,
         )
