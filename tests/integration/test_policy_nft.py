@@ -305,3 +305,9 @@ async def test_global_policies_order_deny_pass_log_icmp_and_not_ports(rig: Rig) 
     assert state is not None
     logged = [x for x in state.counters if x.label == "gnp/first ingress r0 log"]
     assert logged and logged[0].packets >= 1  # b's and c's SYNs to 81 were logged
+    # the periodic counter read (rules only, no set elements) sees the same counters
+    await rec.refresh_counters()
+    assert {(x.chain, x.label) for x in rec.counters} == {
+        (x.chain, x.label) for x in state.counters
+    }
+    assert any(x.label == "gnp/first ingress r0 log" and x.packets >= 1 for x in rec.counters)
