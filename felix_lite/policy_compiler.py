@@ -578,10 +578,10 @@ class PolicyCompiler:
     """``plan_policy_ruleset`` with memory: when only endpoints changed
     since the last call, the new ruleset is the last one with the changed
     endpoints' set elements, chains and map elements swapped; when only
-    policies or pools changed, the sets of selectors seen before keep their
-    members. Always equal to a full compile (property-tested). Keeps a
-    pod's arrival in the milliseconds on a node with thousands of pods and
-    policies."""
+    policies or pools changed, the policies seen before keep their chains
+    and the sets of selectors seen before their members. Always equal to a
+    full compile (property-tested). Keeps a pod's arrival in the
+    milliseconds on a node with thousands of pods and policies."""
 
     INCREMENTAL_MAX = 256  # changed endpoints above which a full compile is cheaper
 
