@@ -56,7 +56,6 @@ samples. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -72,6 +71,7 @@ from typing import Any
 
 from netaddr import IPAddress
 
+from bench.report import alternating, print_result, require_root
 from lab.etcd import start_etcd
 from lab.netns import Netns, NetnsFactory
 from lab.node_rig import NodeUnderTest, node_in, wait_for
@@ -502,7 +502,7 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     node_ns.ip("route", "flush", "proto", str(NODE_PROTO), check=False)
 
             for i in range(repeat):
-                for run in (run_bird, run_node) if i % 2 == 0 else (run_node, run_bird):
+                for run in alternating(i, (run_bird, run_node)):
                     run(i)
         finally:
             if feeder is not None:
@@ -544,16 +544,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", help="py-spy raw profiles of the node to PATH.<i>.txt")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("bench.bgp_ingest needs root (network namespaces)")
+    require_root("bench.bgp_ingest")
     if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
         raise SystemExit("--profile needs py-spy in the venv: .venv/bin/pip install py-spy")
     result = bench(args.prefixes, args.repeat, args.timeout, args.profile)
-    if not args.json:
-        for k, v in result.items():
-            if k != "samples":
-                print(f"{k}: {v}")
-    print(json.dumps(result))
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

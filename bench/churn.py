@@ -30,7 +30,6 @@ last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bgp_ingest import REPO, Bird, NodeRun, kernel_count
+from bench.report import alternating, print_result, require_root
 from lab.etcd import start_etcd
 from lab.netns import Netns, NetnsFactory
 from lab.node_rig import wait_for
@@ -254,7 +254,7 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
                     node_ns.ip("route", "flush", "proto", NODE_PROTO, check=False)
 
             for i in range(repeat):
-                for run in (run_bird, run_node) if i % 2 == 0 else (run_node, run_bird):
+                for run in alternating(i, (run_bird, run_node)):
                     run(i)
         finally:
             for f in feeders:
@@ -308,14 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=600, help="per wait, seconds")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("bench.churn needs root (network namespaces)")
+    require_root("bench.churn")
     result = bench(args.prefixes, args.flaps, args.repeat, args.timeout)
-    if not args.json:
-        for k, v in result.items():
-            if k != "samples":
-                print(f"{k}: {v}")
-    print(json.dumps(result))
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from typing import Any
 from netaddr import IPAddress
 
 from bench.bgp_ingest import Bird, cpu_s
+from bench.report import alternating, print_result, require_root
 from bgpd.bfd.client import BfdClient
 from bgpd.bfd.packet import State
 from bgpd.bfd.session import Timers
@@ -192,7 +192,7 @@ def failover(repeat: int, tmp: Path, netns: NetnsFactory) -> dict[str, Any]:
                 theirs: list[float] = []
                 for i in range(repeat):
                     sides = [(ours, nss["node"], NODE), (theirs, nss["anchor"], ANCHOR)]
-                    for samples, victim, addr in sides if i % 2 == 0 else sides[::-1]:
+                    for samples, victim, addr in alternating(i, sides):
                         samples.append(detect_ms(nss["tor"], victim, addr))
                 key = f"{ms}x3"
                 out[f"detect_ms_p50_{key}"] = round(statistics.median(ours), 1)
@@ -272,8 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-seconds", type=float, default=10.0)
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("bench.failover needs root (network namespaces)")
+    require_root("bench.failover")
     netns = NetnsFactory()
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as d:
         tmp = Path(d)
@@ -282,11 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             result.update(cpu_100_sessions(args.cpu_seconds, tmp, netns))
         finally:
             netns.cleanup()
-    if not args.json:
-        for k, v in result.items():
-            if not k.startswith("samples"):
-                print(f"{k}: {v}")
-    print(json.dumps(result))
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

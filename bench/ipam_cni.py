@@ -36,6 +36,7 @@ from typing import Any
 
 from netaddr import IPNetwork
 
+from bench.report import print_result
 from datastore.etcd import EtcdStore
 from ipam.cni_install import install_plugin
 from ipam.ipam import Ipam
@@ -215,10 +216,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
     result = run_cni_bench(args.etcd, args.runs)
-    if not args.json:
-        for k, v in result.items():
-            print(f"{k:28} {v}")
-    print(json.dumps(result))
+    print_result(result, args.json, width=28)
     return 0
 
 

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import print_result, require_root
 from felix_lite.model import DEFAULT_PROTO
 
 PROTO = DEFAULT_PROTO
@@ -405,14 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_main(args.child, args.routes)
         return
-    if os.geteuid() != 0:
-        raise SystemExit("bench.routes needs root (network namespaces)")
+    require_root("bench.routes")
     result = bench(args.routes, args.repeat, args.pyroute2_routes)
-    if not args.json:
-        for k, v in result.items():
-            if k != "samples":
-                print(f"{k}: {v}")
-    print(json.dumps(result))
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":
