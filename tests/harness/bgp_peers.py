@@ -10,15 +10,14 @@ Nothing here creates namespaces or links; pass a ``Netns`` from
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab.netns import Netns
+from tests.harness.frr import FrrDaemons
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.2) -> None:
@@ -338,8 +337,6 @@ def start_gobgp(ns: Netns, workdir: Path, spec: GobgpSpec) -> Gobgp:
 
 # ---- FRR ---------------------------------------------------------------------
 
-FRR_DAEMONS = Path("/usr/lib/frr")
-
 
 @dataclass(frozen=True)
 class FrrNeighbor:
@@ -391,110 +388,10 @@ def frr_conf(spec: FrrSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class Frr:
-    """zebra and bgpd started by hand in ``ns`` with their own config, pid
-    files, zebra socket and vty sockets in a private directory (never the
-    system service). zebra drops to the ``frr`` user, so that directory
-    lives under /tmp (pytest's tmp_path is root-only) and is owned by frr."""
-
-    ns: Netns
-    config: str  # bgpd's configuration (an frr.conf holding only bgpd's part)
-    run_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="meshroute-frr-")))
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def _daemon(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        d = self.run_dir
-        argv = [
-            str(FRR_DAEMONS / name),
-            "-f",
-            str(d / f"{name}.conf"),
-            "-i",
-            str(d / f"{name}.pid"),
-            "-z",
-            str(d / "zserv.api"),
-            "--vty_socket",
-            str(d),
-            "-P",
-            "0",  # no TCP vty: vtysh talks to the socket in run_dir
-            "--log",
-            f"file:{d / name}.log",
-            *args,
-        ]
-        with open(d / f"{name}.out", "wb") as out:
-            return self.ns.popen(argv, stdout=out, stderr=subprocess.STDOUT)
-
-    def start(self) -> Frr:
-        shutil.chown(self.run_dir, "frr", "frr")
-        (self.run_dir / "zebra.conf").write_text("hostname frr\n")
-        (self.run_dir / "bgpd.conf").write_text(self.config)
-        self.procs.append(self._daemon("zebra", "-u", "frr", "-g", "frr"))
-        wait_for(lambda: (self.run_dir / "zserv.api").exists(), 15, "FRR zebra socket")
-        # bgpd stays root (-S): it needs no group to open its vty socket here
-        self.procs.append(self._daemon("bgpd", "-S"))
-        wait_for(lambda: (self.run_dir / "bgpd.vty").exists(), 15, "FRR bgpd vty socket")
-        return self
-
-    def vtysh(self, *commands: str) -> str:
-        argv = ["vtysh", "--vty_socket", str(self.run_dir)]
-        for c in commands:
-            argv += ["-c", c]
-        p = subprocess.run(
-            ["ip", "netns", "exec", self.ns.name, *argv],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if p.returncode != 0:
-            raise RuntimeError(f"vtysh {commands}: {p.stdout.strip()} {p.stderr.strip()}")
-        return p.stdout
-
-    def reconfigure(self, *commands: str) -> None:
-        """Change the running configuration, as an operator does in vtysh."""
-        self.vtysh("configure terminal", *commands)
-
-    def neighbor(self, address: str) -> dict[str, object]:
-        try:
-            data = json.loads(self.vtysh(f"show bgp neighbors {address} json"))
-        except (RuntimeError, ValueError):
-            return {}
-        found = data.get(address, {})
-        return found if isinstance(found, dict) else {}
-
-    def established(self, address: str) -> bool:
-        return self.neighbor(address).get("bgpState") == "Established"
-
-    def wait_established(self, address: str, timeout: float = 30) -> None:
-        wait_for(lambda: self.established(address), timeout, f"FRR neighbor {address}")
-
-    def routes(self) -> set[str]:
-        """Prefixes in FRR's IPv4 BGP table."""
-        try:
-            data = json.loads(self.vtysh("show bgp ipv4 unicast json"))
-        except (RuntimeError, ValueError):
-            return set()
-        return set(data.get("routes", {}))
-
-    def log(self) -> str:
-        f = self.run_dir / "bgpd.log"
-        return f.read_text(errors="replace") if f.exists() else ""
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        self.procs.clear()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def start_frr(ns: Netns, spec_or_config: FrrSpec | str) -> Frr:
+def start_frr(ns: Netns, spec_or_config: FrrSpec | str) -> FrrDaemons:
+    """zebra and bgpd in ``ns``, with this bgpd configuration."""
     config = spec_or_config if isinstance(spec_or_config, str) else frr_conf(spec_or_config)
-    return Frr(ns, config).start()
+    return FrrDaemons(ns, config, ("zebra", "bgpd")).start()
 
 
 # ---- addressing ------------------------------------------------------------

@@ -1,8 +1,10 @@
 """FRR daemons for interop tests, started by hand inside a namespace the
 caller created: never the system service. Each gets its own config, pid
 file, vty and control sockets in a private directory (owned by the ``frr``
-user, which the daemons drop to), is queried through ``vtysh --vty_socket``
-and stopped by PID with the namespace's other processes."""
+user, which the daemons drop to, so it lives under /tmp: pytest's tmp_path
+is root-only), is queried through ``vtysh --vty_socket`` (BFD peers, BGP
+neighbors and table) and stopped by PID with the namespace's other
+processes."""
 
 from __future__ import annotations
 
@@ -72,12 +74,18 @@ class FrrDaemons:
             out.close()
         wait_for(f"FRR {d} vty socket", lambda: (self.dir / f"{d}.vty").exists(), 15)
 
-    def vtysh(self, daemon: str, *commands: str) -> str:
+    def vtysh(self, daemon: str, *commands: str, check: bool = False) -> str:
         argv = ["vtysh", "--vty_socket", str(self.dir), "-d", daemon]
         for c in commands:
             argv += ["-c", c]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"vtysh {commands}: {p.stdout.strip()} {p.stderr.strip()}")
         return p.stdout
+
+    def reconfigure(self, *commands: str) -> None:
+        """Change bgpd's running configuration, as an operator does in vtysh."""
+        self.vtysh("bgpd", "configure terminal", *commands, check=True)
 
     def bfd_peers(self) -> list[dict[str, Any]]:
         try:
@@ -91,6 +99,32 @@ class FrrDaemons:
             if p.get("peer") == peer:
                 return p
         return {}
+
+    def neighbor(self, address: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.vtysh("bgpd", f"show bgp neighbors {address} json"))
+        except ValueError:
+            return {}
+        found = data.get(address, {}) if isinstance(data, dict) else {}
+        return found if isinstance(found, dict) else {}
+
+    def established(self, address: str) -> bool:
+        return self.neighbor(address).get("bgpState") == "Established"
+
+    def wait_established(self, address: str, timeout: float = 30) -> None:
+        wait_for(f"FRR neighbor {address}", lambda: self.established(address), timeout)
+
+    def routes(self) -> set[str]:
+        """Prefixes in bgpd's IPv4 table."""
+        try:
+            data = json.loads(self.vtysh("bgpd", "show bgp ipv4 unicast json"))
+        except ValueError:
+            return set()
+        return set(data.get("routes", {})) if isinstance(data, dict) else set()
+
+    def log(self, daemon: str = "bgpd") -> str:
+        f = self.dir / f"{daemon}.log"
+        return f.read_text(errors="replace") if f.exists() else ""
 
     def log_tails(self, chars: int = 4000) -> str:
         out = []

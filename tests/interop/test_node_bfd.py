@@ -111,14 +111,6 @@ def frr_bfd(frr: FrrDaemons) -> dict[str, Any]:
     return frr.bfd_peer(NODE_IP)
 
 
-def frr_established(frr: FrrDaemons) -> bool:
-    out = frr.vtysh("bgpd", f"show bgp neighbors {NODE_IP} json")
-    try:
-        return bool(yaml.safe_load(out)[NODE_IP]["bgpState"] == "Established")
-    except (ValueError, KeyError, TypeError, yaml.YAMLError):
-        return False
-
-
 def bfd_row(bird: Bird) -> dict[str, str]:
     for line in bird.birdc("show bfd sessions").splitlines():
         tok = line.split()
@@ -316,7 +308,7 @@ class Tor:
         if self.bird is not None:
             return self.bird.established("node")
         assert self.frr is not None
-        return frr_established(self.frr)
+        return self.frr.established(NODE_IP)
 
     def bfd(self) -> tuple[str, str]:
         """(state, mark) of its BFD session to the node; the mark changes

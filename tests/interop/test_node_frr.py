@@ -31,12 +31,12 @@ from lab.node_rig import REPO, NodeUnderTest, node_in, wait_for
 from tests.harness.bgp_peers import (
     BirdNeighbor,
     BirdSpec,
-    Frr,
     FrrNeighbor,
     FrrSpec,
     start_bird,
     start_frr,
 )
+from tests.harness.frr import FrrDaemons
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 NODE_IP, FRR_IP, STEADY_IP = "192.0.2.11", "192.0.2.21", "192.0.2.22"
@@ -155,11 +155,11 @@ def bird_state_since(show_protocols: str) -> str:
     raise AssertionError(show_protocols)
 
 
-def frr_established_count(frr: Frr) -> int:
+def frr_established_count(frr: FrrDaemons) -> int:
     return int(frr.neighbor(NODE_IP).get("connectionsEstablished", 0))  # type: ignore[call-overload]
 
 
-def wait_frr_reestablished(frr: Frr, before: int, what: str) -> None:
+def wait_frr_reestablished(frr: FrrDaemons, before: int, what: str) -> None:
     wait_for(what, lambda: frr_established_count(frr) > before and frr.established(NODE_IP), 30)
 
 
@@ -273,7 +273,7 @@ def test_routes_through_our_own_as_are_refused_and_counted(rig: Rig) -> None:
         )
         assert rig.node.metrics().get(key) == 1
         # a route refresh sends both again: the current counts do not grow
-        frr.vtysh(f"clear bgp ipv4 unicast {NODE_IP} soft out")
+        frr.vtysh("bgpd", f"clear bgp ipv4 unicast {NODE_IP} soft out", check=True)
         wait_for("the refused total grows", lambda: rig.node.metrics().get(key) == 2)
         assert (rig.peer(FRR_IP)["accepted"], rig.peer(FRR_IP)["received"]) == (1, 2)
     finally:

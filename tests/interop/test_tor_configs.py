@@ -30,7 +30,8 @@ from ipam.cni_install import install_plugin
 from lab.etcd import EtcdCluster
 from lab.netns import Netns, NetnsFactory, veth
 from lab.node_rig import REPO, NodeUnderTest, add_pod, node_in, wait_for
-from tests.harness.bgp_peers import Bird, BirdNeighbor, BirdSpec, Frr, start_bird, start_frr
+from tests.harness.bgp_peers import Bird, BirdNeighbor, BirdSpec, start_bird, start_frr
+from tests.harness.frr import FrrDaemons
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 TOR_DIR = REPO / "configs" / "tor"
@@ -142,7 +143,7 @@ def test_worked_tor_config_peers_with_a_real_node(rack: Rack, tor_kind: str) -> 
     install_plugin(cni_bin)
     _pod, ip = add_pod(node, rack.netns, cni_bin, "pod")
     my_block = str(IPNetwork(f"{ip}/26").cidr)
-    tor: Frr | Bird
+    tor: FrrDaemons | Bird
     if tor_kind == "frr":
         tor = start_frr(rack.tor_ns, (TOR_DIR / "frr.conf").read_text())
     else:
@@ -165,6 +166,6 @@ def test_worked_tor_config_peers_with_a_real_node(rack: Rack, tor_kind: str) -> 
         time.sleep(3)
         assert my_block in node2.routes_from("tor")
     finally:
-        if isinstance(tor, Frr):
+        if isinstance(tor, FrrDaemons):
             sys.stderr.write(tor.log()[-3000:])
         tor.stop()
