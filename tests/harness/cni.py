@@ -6,16 +6,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 VENV_BIN = Path(sys.executable).parent
 PLUGIN_NAME = "meshroute-cni-ipam"
+
+
+def start_ipam_service(
+    argv: Sequence[str], ready_within: float = 15, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start an IPAM service (``meshroute ipam serve`` and the like) with its
+    output piped; return it once it printed its ready line."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    assert p.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(p.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout=ready_within), "ipam serve printed nothing"
+    line = p.stdout.readline()
+    assert "ready" in line, (line, p.stderr.read() if p.stderr and p.poll() is not None else "")
+    return p
 
 
 def plugin_argv() -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from ipam.ipam import Ipam
 from ipam.model import Pool
 from lab.etcd import EtcdCluster
 from lab.netns import Netns, NetnsFactory
-from tests.harness.cni import PLUGIN_NAME, plugin_argv
+from tests.harness.cni import PLUGIN_NAME, plugin_argv, start_ipam_service
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns]
 
@@ -52,7 +51,7 @@ def service(
     and the prefix, stops it with SIGTERM and checks it left cleanly."""
     ipam_call(etcd_server.endpoint, etcd_prefix, lambda i: i.apply_pool(POOL))
     sock = str(tmp_path / "ipam.sock")
-    p = subprocess.Popen(
+    p = start_ipam_service(
         [
             sys.executable,
             "-m",
@@ -68,18 +67,9 @@ def service(
             etcd_server.endpoint,
             "--prefix",
             etcd_prefix,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ]
     )
     try:
-        assert p.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(p.stdout, selectors.EVENT_READ)
-            assert sel.select(timeout=15), "ipam serve printed nothing"
-        line = p.stdout.readline()
-        assert "ready" in line, (line, p.stderr.read() if p.stderr and p.poll() is not None else "")
         yield sock, etcd_prefix
     finally:
         p.terminate()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
-import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +30,7 @@ from ipam.model import Pool, dumps
 from ipam.pod_link import host_iface_name
 from lab.etcd import EtcdCluster
 from lab.netns import Netns, NetnsFactory, run
-from tests.harness.cni import VENV_BIN, PluginRun, run_plugin
+from tests.harness.cni import VENV_BIN, PluginRun, run_plugin, start_ipam_service
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns]
 
@@ -117,7 +115,7 @@ def rig(
     node.ip("addr", "add", f"{NODE_IP}/32", "dev", "lo")
     node.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
     sock = str(tmp_path / "ipam.sock")
-    p = subprocess.Popen(
+    p = start_ipam_service(
         [
             sys.executable,
             "-m",
@@ -134,18 +132,9 @@ def rig(
             etcd_server.endpoint,
             "--prefix",
             etcd_prefix,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ]
     )
     try:
-        assert p.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(p.stdout, selectors.EVENT_READ)
-            assert sel.select(timeout=15), "ipam serve printed nothing"
-        line = p.stdout.readline()
-        assert "ready" in line, (line, p.stderr.read() if p.poll() is not None else "")
         yield Rig(node, sock, etcd_prefix, etcd_server.endpoint, netns)
     finally:
         p.terminate()

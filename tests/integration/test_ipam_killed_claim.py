@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from ipam.ipam import AssignRequest, Ipam
 from ipam.model import AffinityState, Pool
 from lab.etcd import EtcdCluster
 from tests.harness.cli import REPO, cli
-from tests.harness.cni import cni_env, netconf, run_plugin
+from tests.harness.cni import cni_env, netconf, run_plugin, start_ipam_service
 
 pytestmark = pytest.mark.etcd
 HOST = "node-k"
@@ -33,7 +32,7 @@ POOL = Pool("pods", IPNetwork("10.244.0.0/16"), 26)
 
 
 def serve(etcd: EtcdCluster, prefix: str, sock: str, module: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen(
+    return start_ipam_service(
         [
             sys.executable,
             "-m",
@@ -47,18 +46,9 @@ def serve(etcd: EtcdCluster, prefix: str, sock: str, module: str) -> subprocess.
             "--prefix",
             prefix,
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ready_within=20,
         cwd=REPO,
     )
-    assert p.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(p.stdout, selectors.EVENT_READ)
-        assert sel.select(timeout=20), "ipam serve printed nothing"
-    line = p.stdout.readline()
-    assert "ready" in line, (line, p.stderr.read() if p.poll() is not None else "")
-    return p
 
 
 async def snapshot(etcd: EtcdCluster, prefix: str):  # type: ignore[no-untyped-def]
