@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from ipam.cni_install import install_plugin
 from lab.etcd import EtcdCluster
-from lab.netns import NetnsFactory, veth
-from lab.node_rig import REPO, NodeUnderTest, add_pod, node_in, wait_for
+from lab.netns import NetnsFactory
+from lab.node_rig import REPO, NodeUnderTest, add_pod, wait_for
 from tests.harness.cli import cli
+from tests.harness.node_pair import stop_nodes, two_nodes
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 POOLS = """
@@ -50,15 +50,7 @@ def pair(
     etcd_server: EtcdCluster, etcd_prefix: str, netns: NetnsFactory, tmp_path: Path
 ) -> Iterator[Pair]:
     assert cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=POOLS).returncode == 0
-    a_ns, b_ns = netns.new("nodeA"), netns.new("nodeB")
-    veth(a_ns, "eth0", b_ns, "eth0")
-    nodes = []
-    for ns, addr, name in ((a_ns, "192.0.2.11", "node-a"), (b_ns, "192.0.2.12", "node-b")):
-        ns.ip("addr", "add", f"{addr}/24", "dev", "eth0")
-        ns.sh("sysctl -qw net.ipv4.ip_forward=1")
-        nodes.append(node_in(ns, name, addr, 24, etcd_server, etcd_prefix, tmp_path / name))
-    cni_bin = tmp_path / "cni-bin"
-    install_plugin(cni_bin)
+    nodes, cni_bin = two_nodes(etcd_server, etcd_prefix, netns, tmp_path)
     # Node A runs as systemd would run it: a notify socket and a watchdog.
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
@@ -72,10 +64,7 @@ def pair(
         yield Pair(nodes[0], nodes[1], cni_bin, netns, notify)
     finally:
         notify.close()
-        for n in nodes:
-            n.stop()
-        for n in nodes:
-            sys.stderr.write(n.logs() + "\n")
+        stop_nodes(nodes)
 
 
 def notifications(sock: socket.socket, seconds: float) -> list[bytes]:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from ipam.cni_install import install_plugin
 from lab.etcd import EtcdCluster
-from lab.netns import NetnsFactory, veth
-from lab.node_rig import NodeUnderTest, add_pod, node_in, wait_for
+from lab.netns import NetnsFactory
+from lab.node_rig import NodeUnderTest, add_pod, wait_for
 from tests.harness.cli import cli
+from tests.harness.node_pair import stop_nodes, two_nodes
 
 pytestmark = [pytest.mark.etcd, pytest.mark.netns, pytest.mark.slow]
 POOL = """
@@ -54,15 +54,7 @@ def pair(
     etcd_server: EtcdCluster, etcd_prefix: str, netns: NetnsFactory, tmp_path: Path
 ) -> Iterator[tuple[NodeUnderTest, NodeUnderTest, str, str]]:
     assert cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=POOL).returncode == 0
-    a_ns, b_ns = netns.new("nodeA"), netns.new("nodeB")
-    veth(a_ns, "eth0", b_ns, "eth0")
-    nodes = []
-    for ns, addr, name in ((a_ns, "192.0.2.11", "node-a"), (b_ns, "192.0.2.12", "node-b")):
-        ns.ip("addr", "add", f"{addr}/24", "dev", "eth0")
-        ns.sh("sysctl -qw net.ipv4.ip_forward=1")
-        nodes.append(node_in(ns, name, addr, 24, etcd_server, etcd_prefix, tmp_path / name))
-    cni_bin = tmp_path / "cni-bin"
-    install_plugin(cni_bin)
+    nodes, cni_bin = two_nodes(etcd_server, etcd_prefix, netns, tmp_path)
     try:
         for n in nodes:
             n.start()
@@ -74,10 +66,7 @@ def pair(
             blocks.append(str(ipaddress.ip_network(f"{ip}/26", strict=False)))
         yield nodes[0], nodes[1], blocks[0], blocks[1]
     finally:
-        for n in nodes:
-            n.stop()
-        for n in nodes:
-            sys.stderr.write(n.logs() + "\n")
+        stop_nodes(nodes)
 
 
 def test_mesh_bfd_on_live_then_a_blackholed_path_is_detected(
