@@ -102,7 +102,6 @@ def start_service(endpoint: str, prefix: str, sock: str) -> subprocess.Popen[str
     args = [
         "--host",
         HOST,
-        "--l2-segment",
         "--socket",
         sock,
         "--etcd",
