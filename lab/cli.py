@@ -7,7 +7,9 @@ arguments here):
   reached every pod. ``down`` removes a lab, also after a crash.
 - ``demo`` (what ``make demo`` runs): the lab in each of its topologies in
   turn, full mesh, ToR eBGP and route reflectors, each built, checked with its
-  pod-to-pod ping matrix and taken down again.
+  pod-to-pod ping matrix and taken down again; in the first, a policy step
+  (``lab.policy``): default-deny plus one allow rule, the matrix with the
+  denied pairs marked, the policy removed, the full matrix again.
 
 Mistakes the operator can fix end with exit 1 and one line."""
 
@@ -150,6 +152,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     ok = res.matrix is None or res.matrix.all_ok
     try:
         print(summary(res.lab, res.matrix), flush=True)
+        if getattr(args, "policy_step", False):
+            from lab.policy import policy_step
+
+            print("==> policy step", flush=True)
+            try:
+                ok = policy_step(res.lab, lambda m: print(f"==> {m}", flush=True)) and ok
+            except RuntimeError as e:
+                print(f"==> policy step failed: {e}", flush=True)
+                ok = False
     finally:
         if not args.keep:
             lab_down(args.run_dir, args.prefix)
@@ -220,6 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             converge_seconds=30.0,
             run_dir=args.run_dir,
             prefix="mrlab",
+            policy_step=i == 0,  # once is enough: policy does not depend on the topology
         )
         results[topology] = cmd_up(up)
     print("\n######## demo ########")

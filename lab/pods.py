@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +57,11 @@ def run_cni(
     container_id: str,
     conf: dict[str, Any],
     cni_path: str,
+    cni_args: str | None = None,
 ) -> dict[str, Any]:
-    """The plugin as a runtime on the node would run it."""
+    """The plugin as a runtime on the node would run it; ``cni_args`` as an
+    orchestrator passes them (default: namespace ``lab``, named after the
+    container)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "CNI_COMMAND": command,
@@ -66,7 +69,7 @@ def run_cni(
         "CNI_NETNS": f"/var/run/netns/{pod_netns}",
         "CNI_IFNAME": "eth0",
         "CNI_PATH": cni_path,
-        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={container_id}",
+        "CNI_ARGS": cni_args or orchestrator_args("lab", container_id),
     }
     p = subprocess.run(
         ["ip", "netns", "exec", node_netns, _plugin(conf, cni_path)],
@@ -84,26 +87,50 @@ def run_cni(
     return out if isinstance(out, dict) else {}
 
 
-def create_pods(lab: Lab, node: NodePlan, cni_bin_dir: str | os.PathLike[str]) -> list[PodRecord]:
-    """Create the node's pods (its IPAM service must be running); each pod
-    is recorded in the lab state before its CNI ADD, so ``teardown`` removes
-    it even when the ADD fails half way."""
-    factory = NetnsFactory(prefix=lab.state.prefix)
+def orchestrator_args(
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str] | None = None,
+    ports: Sequence[tuple[str, str, int]] = (),
+) -> str:
+    """``CNI_ARGS`` as an orchestrator passes them: the pod's namespace and
+    name, its labels and its named ports ``(name, protocol, port)``."""
+    args = ["IgnoreUnknown=1", f"K8S_POD_NAMESPACE={namespace}", f"K8S_POD_NAME={name}"]
+    if labels:
+        args.append("MESHROUTE_LABELS=" + ",".join(f"{k}={v}" for k, v in labels.items()))
+    if ports:
+        args.append("MESHROUTE_PORTS=" + ",".join(f"{n}/{p}/{port}" for n, p, port in ports))
+    return ";".join(args)
+
+
+def create_pod(
+    lab: Lab,
+    node: NodePlan,
+    label: str,
+    container_id: str,
+    cni_bin_dir: str | os.PathLike[str],
+    cni_args: str | None = None,
+) -> PodRecord:
+    """One pod on ``node`` (its IPAM service must be running); it is
+    recorded in the lab state before its CNI ADD, so ``teardown`` removes it
+    even when the ADD fails half way."""
     cni_path = f"{cni_bin_dir}:{os.path.dirname(BRIDGE_PLUGIN)}"
     conf = pod_netconf(node, lab.plan.params.pod_mode)
-    made = []
-    for pod in node.pods:
-        ns = factory.new(pod.label).name
-        rec = PodRecord(pod.label, node.name, ns, pod.container_id, "")
-        lab.state.pods.append(rec)
-        lab.state.save()
-        res = run_cni(lab.state.ns(node.ns), "ADD", ns, pod.container_id, conf, cni_path)
-        address = str(res["ips"][0]["address"]).split("/")[0]
-        rec = PodRecord(pod.label, node.name, ns, pod.container_id, address)
-        lab.state.pods[-1] = rec
-        lab.state.save()
-        made.append(rec)
-    return made
+    ns = NetnsFactory(prefix=lab.state.prefix).new(label).name
+    lab.state.pods.append(PodRecord(label, node.name, ns, container_id, ""))
+    lab.state.save()
+    at = len(lab.state.pods) - 1
+    res = run_cni(lab.state.ns(node.ns), "ADD", ns, container_id, conf, cni_path, cni_args)
+    address = str(res["ips"][0]["address"]).split("/")[0]
+    rec = PodRecord(label, node.name, ns, container_id, address)
+    lab.state.pods[at] = rec
+    lab.state.save()
+    return rec
+
+
+def create_pods(lab: Lab, node: NodePlan, cni_bin_dir: str | os.PathLike[str]) -> list[PodRecord]:
+    """Create the node's planned pods (see ``create_pod``)."""
+    return [create_pod(lab, node, p.label, p.container_id, cni_bin_dir) for p in node.pods]
 
 
 def delete_pods(lab: Lab, cni_bin_dir: str | os.PathLike[str]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,6 +34,8 @@ class PolicyState:
     network_policies: tuple[NetworkPolicyResource, ...] = ()
     global_policies: tuple[GlobalNetworkPolicyResource, ...] = ()
     namespaces: tuple[NamespaceResource, ...] = ()
+    # the store revision these were read at; not part of what they say
+    revision: int = field(default=0, compare=False)
 
 
 class PolicyStore:
@@ -75,6 +77,7 @@ class PolicyStore:
             tuple(found[NetworkPolicyResource]),  # type: ignore[arg-type]
             tuple(found[GlobalNetworkPolicyResource]),  # type: ignore[arg-type]
             tuple(found[NamespaceResource]),  # type: ignore[arg-type]
+            listing.revision,
         )
 
 

@@ -156,6 +156,12 @@ def _policy_metrics(n: NodeProcess) -> Iterator[CounterMetricFamily | GaugeMetri
     endpoints = GaugeMetricFamily("meshroute_policy_endpoints", "workload endpoints known")
     endpoints.add_metric([], n.policy.endpoint_count)
     yield endpoints
+    revision = GaugeMetricFamily(
+        "meshroute_policy_applied_revision",
+        "etcd revision of the newest policy inputs the kernel enforces",
+    )
+    revision.add_metric([], n.policy.applied_revision())
+    yield revision
 
 
 def _bfd_metrics(

@@ -61,13 +61,19 @@ class PolicyAgent:
         self.endpoint_count = 0
         self.policy_count = 0
         self.compile_seconds = 0.0
+        # The store revision of the inputs behind the desired ruleset, and
+        # the newest one the kernel is known to enforce: a client that wrote
+        # at revision R waits for appliedRevision >= R on every node.
+        self._desired_revision = 0
+        self._applied_revision = 0
         self._dirty = asyncio.Event()
         self._dirty.set()
 
     def mark_dirty(self) -> None:
         self._dirty.set()
 
-    async def load_endpoints(self) -> tuple[Endpoint, ...]:
+    async def load_endpoints(self) -> tuple[tuple[Endpoint, ...], int]:
+        """The workload endpoints and the store revision they were read at."""
         listing = await self.store.list(self.endpoints_prefix)
         out = []
         bad = {}
@@ -89,7 +95,7 @@ class PolicyAgent:
         for k in bad.keys() - self.bad_records.keys():
             log.warning("ignoring workload endpoint %s: %s", k, bad[k])
         self.bad_records = bad
-        return tuple(out)
+        return tuple(out), listing.revision
 
     async def run(self) -> None:
         failures = 0
@@ -99,7 +105,7 @@ class PolicyAgent:
             self._dirty.clear()
             try:
                 state = await self.policies.load()
-                endpoints = await self.load_endpoints()
+                endpoints, endpoints_revision = await self.load_endpoints()
                 pools = await self.ipam.pools()
                 start = time.monotonic()
                 if self._lowered is None or self._lowered[0] != state:
@@ -109,7 +115,10 @@ class PolicyAgent:
                 self.compile_seconds = time.monotonic() - start
                 self.endpoint_count = len(endpoints)
                 self.policy_count = len(inp.policies)
+                # after set_desired, so that status() never pairs this
+                # revision with the previous ruleset's convergence
                 self.reconciler.set_desired(ruleset)
+                self._desired_revision = min(state.revision, endpoints_revision)
                 failures = 0
             except Exception as e:
                 failures += 1
@@ -130,9 +139,16 @@ class PolicyAgent:
         and per default deny (by the policies that selected the endpoint)."""
         return summarize_counters(self.reconciler.counters)
 
+    def applied_revision(self) -> int:
+        desired = self._desired_revision  # read before converged: see run()
+        if self.reconciler.converged:
+            self._applied_revision = max(self._applied_revision, desired)
+        return self._applied_revision
+
     def status(self) -> dict[str, Any]:
         r = self.reconciler
         return {
+            "appliedRevision": self.applied_revision(),
             "endpoints": self.endpoint_count,
             "policies": self.policy_count,
             "converged": r.converged,

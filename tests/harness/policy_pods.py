@@ -41,9 +41,13 @@ class Pod:
     ns: Netns
     iface: str
     ip4: IPAddress
-    ip6: IPAddress
+    ip6: IPAddress | None  # None: an IPv4-only pod
     labels: dict[str, str] = field(default_factory=dict)
     ports: tuple[NamedPort, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]:
+        return (self.ip4,) if self.ip6 is None else (self.ip4, self.ip6)
 
     def endpoint(self, node: str = "n1") -> Endpoint:
         return Endpoint(
@@ -51,7 +55,7 @@ class Pod:
             self.namespace,
             self.name,
             self.iface,
-            (IPNetwork(f"{self.ip4}/32"), IPNetwork(f"{self.ip6}/128")),
+            tuple(IPNetwork(f"{a}/{32 if a.version == 4 else 128}") for a in self.addresses),
             tuple(sorted(self.labels.items())),
             self.ports,
         )
@@ -100,7 +104,8 @@ class Servers:
         self.socks: list[socket.socket] = []
         self.sel = selectors.DefaultSelector()
         for pod in pods:
-            for fam, addr in ((socket.AF_INET, str(pod.ip4)), (socket.AF_INET6, str(pod.ip6))):
+            for ip in pod.addresses:
+                fam, addr = (socket.AF_INET if ip.version == 4 else socket.AF_INET6), str(ip)
                 for port in tcp:
                     s = call_in_netns(
                         pod.ns.name, lambda f=fam: socket.socket(f, socket.SOCK_STREAM)
