@@ -4,8 +4,9 @@ written into etcd), servers on TCP and UDP 80 and 81. Each case applies
 manifests with the CLI, waits for the node to apply them, probes the whole
 9x8 x port truth table with real connections, and compares it with the
 table the reference evaluator (written from the Kubernetes spec) expects;
-a failure prints the differing cells. (The lab's version, across nodes and
-racks, comes with routed pods in the lab.)"""
+a failure prints the differing cells. The cases and the
+table are shared with the lab's version across nodes and racks
+(``test_lab_policy.py``) in ``tests/harness/policy_cases.py``."""
 
 from __future__ import annotations
 
