@@ -23,18 +23,9 @@ lint: bootstrap
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
+# every benchmark, one after another; the run is kept in bench/results/
 bench: bootstrap
-	$(PY) -m bench.ipam --json
-	$(PY) -m bench.cni_routed --json
-	$(PY) -m bench.routes --routes 100000 --json
-	$(PY) -m bench.rib_ingest --prefixes 100000 --json
-	$(PY) -m bench.bgp_ingest --prefixes 100000 --json
-	$(PY) -m bench.bgp_ingest --prefixes 10000 --json
-	$(PY) -m bench.churn --prefixes 100000 --json
-	$(PY) -m bench.convergence --json
-	$(PY) -m bench.reflector --clients 200 --prefixes 4000 --json
-	$(PY) -m bench.policy --pods 5000 --policies 500 --json
-	$(PY) -m bench.failover --json
+	$(PY) -m bench
 
 # the soak of issue 14 (root; 30 min unless SOAK_ARGS="--minutes N"); not part of `make test`
 soak: bootstrap
