@@ -3,9 +3,10 @@
 ``build_underlay`` makes the namespaces (prefix ``mrlab``), bridges, veths,
 addresses, default routes and forwarding sysctls (only inside the lab's
 namespaces), starts etcd in the management namespace and BIRD in every
-router namespace, each by PID and recorded in the state file as soon as it
-exists. ``start_nodes`` starts every node through a callable the caller
-passes (``start_meshroute_node`` runs ``meshroute node --config``).
+router namespace (FRR's daemons in the dual-homed topology's second ToRs),
+each by PID and recorded in the state file as soon as it exists.
+``start_nodes`` starts every node through a callable the caller passes
+(``start_meshroute_node`` runs ``meshroute node --config``).
 In the ``rr`` topology ``build_underlay`` also starts the pair of
 ``meshroute reflector`` processes (BIRD in their namespaces; the processes
 where etcd is reachable), which register themselves and peer with each other
@@ -29,7 +30,9 @@ from pathlib import Path
 import yaml
 
 from bgpd.bird_config import render_bird
+from lab.dual_homed import plan_topology
 from lab.etcd import lab_member
+from lab.frr import DAEMONS, FRR_USER, daemon_argv, unreachable_parent, vty_ready
 from lab.netns import Netns, NetnsFactory, kill_pids_in, run, sweep_stale
 from lab.ports import free_ports
 from lab.state import (
@@ -42,13 +45,13 @@ from lab.state import (
     record_process,
 )
 from lab.topology import (
+    FrrPlan,
     LabParams,
     LabPlan,
     NodePlan,
     ReflectorPlan,
     SpeakerPlan,
     finish_node_config,
-    plan_lab,
 )
 
 LAB_PREFIX = "mrlab"
@@ -148,14 +151,15 @@ def _apply_links(lab: Lab) -> None:
         a, b = ns(v.a_ns), ns(v.b_ns)
         veth = ["link", "add", v.a_if, "type", "veth", "peer", "name", v.b_if, "netns", b]
         run(["ip", "-n", a, *veth])
-        for n, ifname, addr, bridge in (
-            (a, v.a_if, v.a_address, v.a_bridge),
-            (b, v.b_if, v.b_address, v.b_bridge),
+        for n, ifname, addr, peer, bridge in (
+            (a, v.a_if, v.a_address, v.a_peer, v.a_bridge),
+            (b, v.b_if, v.b_address, v.b_peer, v.b_bridge),
         ):
             if bridge:
                 run(["ip", "-n", n, "link", "set", ifname, "master", bridge])
             if addr:
-                run(["ip", "-n", n, "addr", "add", addr, "dev", ifname])
+                ptp = ["peer", peer] if peer else []
+                run(["ip", "-n", n, "addr", "add", addr, *ptp, "dev", ifname])
             run(["ip", "-n", n, "link", "set", ifname, "up"])
     for p in plan.namespaces:
         if p.forwarding:
@@ -189,6 +193,34 @@ def _wait_sockets(lab: Lab, timeout: float) -> None:
                 raise RuntimeError(f"BIRD in {sp.ns} exited: {log.read_text()[-1000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"BIRD in {sp.ns}: no control socket {sp.socket_path}")
+            time.sleep(0.05)
+
+
+def _start_frr(lab: Lab, fp: FrrPlan, timeout: float = 15.0) -> None:
+    """FRR's daemons in order, each once the one before answers on its vty
+    socket (bgpd and bfdd connect to zebra)."""
+    workdir = Path(fp.dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    closed = unreachable_parent(workdir)
+    if closed is not None:
+        raise RuntimeError(
+            f"FRR runs as user {FRR_USER}, which cannot enter {closed}: "
+            "use a run dir whose parents every user may enter"
+        )
+    shutil.chown(workdir, FRR_USER, FRR_USER)
+    (workdir / "frr.conf").write_text(fp.config)
+    for d in DAEMONS:
+        argv = daemon_argv(d, workdir)
+        p = spawn_in_netns(lab.state.ns(fp.ns), argv, workdir / f"{d}.out")
+        rec = record_process("frr", fp.ns, p.pid, p.argv)
+        lab.record(rec)
+        deadline = time.monotonic() + timeout
+        while not vty_ready(workdir, d):
+            if not alive(rec):
+                out = (workdir / f"{d}.out").read_text()[-1000:]
+                raise RuntimeError(f"FRR {d} in {fp.ns} exited: {out}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"FRR {d} in {fp.ns}: no vty socket in {workdir}")
             time.sleep(0.05)
 
 
@@ -293,6 +325,10 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
         for sp in plan.speakers:
             _start_bird(lab, sp)
         _wait_sockets(lab, timeout=10)
+        if plan.frr:
+            say(f"FRR in {', '.join(f.ns for f in plan.frr)}")
+            for fp in plan.frr:
+                _start_frr(lab, fp)
         if plan.reflectors:
             say(f"meshroute reflector in {', '.join(r.ns for r in plan.reflectors)}")
             _start_reflectors(lab)
@@ -387,14 +423,14 @@ def load_lab(run_dir: str | os.PathLike[str]) -> Lab | None:
     state = load_state(run_dir)
     if state is None:
         return None
-    return Lab(plan_lab(LabParams(**state.params)), state)
+    return Lab(plan_topology(LabParams(**state.params)), state)
 
 
 def teardown(state: LabState, *, remove_run_dir: bool = False) -> None:
     """End the processes the lab recorded (nodes first, etcd last), then
     whatever still runs inside its namespaces, then the namespaces."""
     # a reflector ends its own BIRD; nodes and reflectors before etcd
-    order = {"node": 0, "reflector": 0, "bird": 1, "etcd": 2}
+    order = {"node": 0, "reflector": 0, "bird": 1, "frr": 1, "etcd": 2}
     for role in sorted({r.role for r in state.processes}, key=lambda r: order.get(r, 0)):
         end_processes([r for r in state.processes if r.role == role])
     names = [p.netns for p in state.pods] + list(reversed(state.namespaces.values()))

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 DEFAULT_RUN_DIR = "/run/meshroute-lab"
 # as in lab.topology, which the parser does not import (it pulls in bgpd)
-TOPOLOGIES = ("mesh", "tor", "rr")
+TOPOLOGIES = ("mesh", "tor", "rr", "dual-homed")
+# the fabric carries these topologies' pod routes: no tunnel to choose
+FABRIC_ROUTED = ("tor", "dual-homed")
 POD_MODES = ("routed", "bridge")
 ENCAP_CHOICES = ("auto", "ipip", "vxlan")
 
@@ -119,7 +121,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lab.up import lab_down, lab_up
 
     encap: Encap = "vxlan"
-    if args.topology != "tor":  # the fabric carries tor's pod routes: no tunnel
+    if args.topology not in FABRIC_ROUTED:
         has_ipip = args.encap != "vxlan" and kernel_has_module("ipip")
         try:
             encap, note = decide_encap(args.encap, has_ipip)

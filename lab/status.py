@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 
 from lab.build import Lab, meshroute_cli
+from lab.frr import bgp_neighbors
 from lab.netns import call_in_netns, run
 from lab.pods import PingMatrix, format_matrix
-from lab.topology import NodePlan
+from lab.topology import FrrPlan, NodePlan
 
 FELIX_PROTO = 213  # felix_lite's route protocol (node.yaml felix.routeProtocol)
 VXLAN_PREFIX = "vxlan"
@@ -111,6 +112,12 @@ def format_routes(routes_by_node: Mapping[str, Iterable[NodeRoute]]) -> str:
     return "\n".join(rows)
 
 
+def frr_sessions(fp: FrrPlan) -> dict[str, str]:
+    """Each neighbour of an FRR router and its BGP state (``-``: unknown)."""
+    got = bgp_neighbors(Path(fp.dir))
+    return {a: str(got.get(a, {}).get("bgpState", "-")) for a in fp.neighbors}
+
+
 def format_sessions(lab: Lab) -> str:
     rows = [f"{'router':<8} {'peer':<14} {'state':<6} info"]
     bird = [(sp.ns, sp.socket_path) for sp in lab.plan.speakers]
@@ -124,6 +131,9 @@ def format_sessions(lab: Lab) -> str:
         for pr in protos:
             if pr.proto == "BGP":
                 rows.append(f"{ns:<8} {pr.name:<14} {pr.state:<6} {pr.info}")
+    for fp in lab.plan.frr:
+        for addr, state in frr_sessions(fp).items():
+            rows.append(f"{fp.ns:<8} {addr:<14} {'-':<6} {state} (FRR)")
     return "\n".join(rows)
 
 

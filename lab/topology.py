@@ -51,6 +51,8 @@ exist only inside the lab's namespaces)::
   cluster id and their clients through the ``to-reflectors`` BGPPeer);
   reflectors forward nothing, so as in ``mesh`` the pool tunnels
   CrossSubnet.
+- ``dual-homed``: ``tor`` with two ToRs per rack, BIRD and FRR, and two
+  uplinks per node, with BFD on every node session (``lab.dual_homed``).
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ from netaddr import IPNetwork
 
 from bgpd.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
 
-Topology = Literal["mesh", "tor", "rr"]
-TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr")
+Topology = Literal["mesh", "tor", "rr", "dual-homed"]
+TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr", "dual-homed")
 # how pod traffic crosses racks where the fabric does not carry pod routes
 Encap = Literal["ipip", "vxlan"]
 ENCAP_CHOICES = ("auto", "ipip", "vxlan")
@@ -167,6 +169,10 @@ class VethPlan:
     b_address: str | None = None
     a_bridge: str | None = None
     b_bridge: str | None = None
+    # a point-to-point address (``ADDR peer PEER``): the end's address,
+    # usually a /32, and the one address at the link's other end
+    a_peer: str | None = None
+    b_peer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,16 @@ class SpeakerPlan:
     config_path: str
     socket_path: str
     log_path: str
+
+
+@dataclass(frozen=True)
+class FrrPlan:
+    """FRR (``lab.frr.DAEMONS``) in namespace ``ns``, its files in ``dir``."""
+
+    ns: str
+    config: str  # frr.conf
+    dir: str
+    neighbors: tuple[str, ...]  # its BGP neighbours' addresses
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,7 @@ class LabPlan:
     etcd_endpoint: str | None  # None: on the root loopback, port chosen at build
     resources_yaml: str
     reflectors: tuple[ReflectorPlan, ...] = ()  # rr: meshroute reflectors
+    frr: tuple[FrrPlan, ...] = ()  # dual-homed: each rack's second ToR
 
     @property
     def run_dir(self) -> str:
@@ -454,6 +471,8 @@ def plan_lab(params: LabParams) -> LabPlan:
     bad = params.problems()
     if bad:
         raise ValueError("; ".join(bad))
+    if params.topology == "dual-homed":  # built on the tor plan made here
+        raise ValueError("topology dual-homed: plan it with lab.dual_homed.plan_topology")
     run = params.run_dir.rstrip("/")
     pods_filter, fabric_filter = _filters(params)
     mgmt = params.node_placement == "netns"

@@ -29,10 +29,11 @@ from lab.build import (
     teardown,
     wait_nodes_ready,
 )
+from lab.dual_homed import plan_topology
 from lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
 from lab.state import load_state
-from lab.status import bird_protocols, node_ready
-from lab.topology import LabParams, plan_lab
+from lab.status import bird_protocols, frr_sessions, node_ready
+from lab.topology import LabParams
 
 # BIRD protocols towards nodes: the routers' (lab plan) and the
 # reflectors' clients (meshroute reflector)
@@ -50,17 +51,24 @@ class UpResult:
 
 
 def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> bool:
-    """Until every BGP session of the lab's BIRD routers is Established
+    """Until every BGP session of the lab's BIRD and FRR routers is Established
     (with ``nodes_too``, also those towards the nodes); False on timeout."""
     deadline = time.monotonic() + timeout
     sockets = [sp.socket_path for sp in lab.plan.speakers]
     sockets += [r.socket_path for r in lab.plan.reflectors]
+    node_ips = {n.ip for n in lab.plan.nodes}
     while True:
         states = [
             pr.established
             for sock in sockets
             for pr in bird_protocols(sock)
             if pr.proto == "BGP" and (nodes_too or not pr.name.startswith(NODE_SESSIONS))
+        ]
+        states += [
+            state == "Established"
+            for fp in lab.plan.frr
+            for addr, state in frr_sessions(fp).items()
+            if nodes_too or addr not in node_ips
         ]
         if all(states):
             return True
@@ -102,7 +110,7 @@ def lab_up(
     to 20 s, then ``converge`` (default: every BIRD session Established,
     those with the nodes too, and every node's ``/readiness``) is polled up
     to ``converge_timeout`` s."""
-    plan = plan_lab(params)
+    plan = plan_topology(params)
     t0 = time.monotonic()
     lab = build_underlay(plan, prefix=prefix, say=say)
     try:

@@ -8,7 +8,6 @@ processes."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -16,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.frr import bfd_peers, bgp_neighbors, bgp_routes, daemon_argv, vty_ready, vtysh
 from lab.netns import Netns
 from lab.poll import wait_for
-
-FRR_LIBEXEC = Path("/usr/lib/frr")
 
 
 @dataclass
@@ -42,57 +40,23 @@ class FrrDaemons:
         return self
 
     def start_daemon(self, d: str) -> None:
-        argv = [
-            str(FRR_LIBEXEC / d),
-            "-f",
-            str(self.dir / "frr.conf"),
-            "-i",
-            str(self.dir / f"{d}.pid"),
-            "--vty_socket",
-            str(self.dir),
-            "-z",
-            str(self.dir / "zserv.api"),
-            "-u",
-            "frr",
-            "-g",
-            "frr",
-            "--log",
-            f"file:{self.dir / (d + '.log')}",
-            "--log-level",
-            "debug",
-            "-P",
-            "0",
-        ]
-        if d == "bfdd":
-            argv += ["--bfdctl", str(self.dir / "bfdd.sock")]
-        if d == "bgpd":
-            argv += ["-p", "179", "-l", "0.0.0.0"]
         out = open(self.dir / f"{d}.out", "wb")  # noqa: SIM115 - the child's
         try:
+            argv = daemon_argv(d, self.dir)
             self.procs[d] = self.ns.popen(argv, stdout=out, stderr=subprocess.STDOUT)
         finally:
             out.close()
-        wait_for(f"FRR {d} vty socket", lambda: (self.dir / f"{d}.vty").exists(), 15)
+        wait_for(f"FRR {d} vty socket", lambda: vty_ready(self.dir, d), 15)
 
     def vtysh(self, daemon: str, *commands: str, check: bool = False) -> str:
-        argv = ["vtysh", "--vty_socket", str(self.dir), "-d", daemon]
-        for c in commands:
-            argv += ["-c", c]
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if check and p.returncode != 0:
-            raise RuntimeError(f"vtysh {commands}: {p.stdout.strip()} {p.stderr.strip()}")
-        return p.stdout
+        return vtysh(self.dir, daemon, *commands, check=check)
 
     def reconfigure(self, *commands: str) -> None:
         """Change bgpd's running configuration, as an operator does in vtysh."""
         self.vtysh("bgpd", "configure terminal", *commands, check=True)
 
     def bfd_peers(self) -> list[dict[str, Any]]:
-        try:
-            got = json.loads(self.vtysh("bfdd", "show bfd peers json") or "[]")
-        except ValueError:
-            return []
-        return got if isinstance(got, list) else []
+        return bfd_peers(self.dir)
 
     def bfd_peer(self, peer: str) -> dict[str, Any]:
         for p in self.bfd_peers():
@@ -101,12 +65,7 @@ class FrrDaemons:
         return {}
 
     def neighbor(self, address: str) -> dict[str, Any]:
-        try:
-            data = json.loads(self.vtysh("bgpd", f"show bgp neighbors {address} json"))
-        except ValueError:
-            return {}
-        found = data.get(address, {}) if isinstance(data, dict) else {}
-        return found if isinstance(found, dict) else {}
+        return bgp_neighbors(self.dir).get(address, {})
 
     def established(self, address: str) -> bool:
         return self.neighbor(address).get("bgpState") == "Established"
@@ -116,11 +75,7 @@ class FrrDaemons:
 
     def routes(self) -> set[str]:
         """Prefixes in bgpd's IPv4 table."""
-        try:
-            data = json.loads(self.vtysh("bgpd", "show bgp ipv4 unicast json"))
-        except ValueError:
-            return set()
-        return set(data.get("routes", {})) if isinstance(data, dict) else set()
+        return bgp_routes(self.dir)
 
     def log(self, daemon: str = "bgpd") -> str:
         f = self.dir / f"{daemon}.log"

@@ -336,8 +336,8 @@ class Tor:
         state = str(frr_bfd(self.frr).get("status", ""))
         counters = self.frr.vtysh("bfdd", "show bfd peers counters json")
         try:
-            downs = [p["session-down-event"] for p in yaml.safe_load(counters)]
-        except (KeyError, TypeError, yaml.YAMLError):
+            downs = [p["session-down"] for p in yaml.safe_load(counters)]
+        except (TypeError, yaml.YAMLError):  # no answer yet; a renamed key must fail
             downs = []
         return state, str(downs)
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from netaddr import IPNetwork
 
+from lab.dual_homed import plan_topology
 from lab.kernel import kernel_has_module
 from lab.topology import (
     CLUSTER_AS,
@@ -37,10 +38,11 @@ from meshroute.resources import (
 SHAPES = [(1, 1), (2, 2), (3, 4), (4, 19)]
 
 
-def _addresses(plan: LabPlan) -> list[str]:
-    out = [b.address for b in plan.bridges if b.address]
+def _addresses(plan: LabPlan) -> list[tuple[str, str | None]]:
+    """(address, point-to-point peer) of every bridge and veth end."""
+    out: list[tuple[str, str | None]] = [(b.address, None) for b in plan.bridges if b.address]
     for v in plan.veths:
-        out += [a for a in (v.a_address, v.b_address) if a]
+        out += [(a, p) for a, p in ((v.a_address, v.a_peer), (v.b_address, v.b_peer)) if a]
     return out
 
 
@@ -50,7 +52,7 @@ def _addresses(plan: LabPlan) -> list[str]:
 def test_addresses_names_and_configs(
     topology: str, racks: int, per_rack: int, placement: str
 ) -> None:
-    plan = plan_lab(
+    plan = plan_topology(
         LabParams(
             topology=topology,  # type: ignore[arg-type]
             racks=racks,
@@ -63,9 +65,11 @@ def test_addresses_names_and_configs(
     assert (plan.etcd_endpoint is None) == (placement == "root")
     assert len(plan.nodes) == racks * per_rack
     addrs = _addresses(plan)
-    assert len({a.split("/")[0] for a in addrs}) == len(addrs)
+    # one address on several point-to-point links is fine, each to its own peer
+    assert len({(a.split("/")[0], p) for a, p in addrs}) == len(addrs)
     allowed = (RACK_SPACE, TRANSIT_SPACE, MGMT_NET)
-    assert all(any(IPNetwork(a).ip in net for net in allowed) for a in addrs)
+    assert all(any(IPNetwork(a).ip in net for net in allowed) for a, _ in addrs)
+    assert all(IPNetwork(p).ip in RACK_SPACE for _, p in addrs if p)
 
     labels = [n.label for n in plan.namespaces]
     assert len(set(labels)) == len(labels)
