@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from bgpd.bird_config import BfdOptions, BgpNeighbor, BirdConfig
+from bgpd.bird_config import BfdOptions, BgpNeighbor
 from lab.frr import FrrBfdProfile, FrrNeighbor, FrrRouter, render_frr
 from lab.topology import (
     MAX_RACKS,
@@ -56,10 +56,8 @@ from lab.topology import (
     NodePlan,
     SpeakerPlan,
     VethPlan,
-    _filters,
     _host,
     _lab_neighbor,
-    _node_protocol,
     _speaker,
     plan_lab,
     rack_subnet,
@@ -185,10 +183,11 @@ def plan_topology(params: LabParams) -> LabPlan:
 
 
 def plan_dual_homed(params: LabParams) -> LabPlan:
-    """The whole dual-homed lab; its nodes are the ``tor`` topology's."""
+    """The whole dual-homed lab, built on the ``tor`` plan: its nodes, its
+    BIRD ToRs (now ToR a, with BFD and no rack segment) and its spine (now
+    with the b ToRs as well)."""
     base = plan_lab(replace(params, topology="tor"))
     run = params.run_dir.rstrip("/")
-    pods_filter, fabric_filter = _filters(params)
     bfd = BfdOptions(BFD_MS, BFD_MS, BFD_MULTIPLIER)
     # the management network (netns placement) as the base plan has it
     namespaces = [p for p in base.namespaces if p.role == "mgmt"]
@@ -197,7 +196,7 @@ def plan_dual_homed(params: LabParams) -> LabPlan:
     veths: list[VethPlan] = [v for v in base.veths if "mgmt" in (v.a_ns, v.b_ns)]
     speakers: list[SpeakerPlan] = []
     frr: list[FrrPlan] = []
-    spine: list[BgpNeighbor] = []
+    spine_b: list[BgpNeighbor] = []
     for r in range(1, params.racks + 1):
         nodes = [n for n in base.nodes if n.rack == r]
         ta, tb = transit_subnet(r), transit_subnet(MAX_RACKS + r)
@@ -208,61 +207,30 @@ def plan_dual_homed(params: LabParams) -> LabPlan:
         veths.append(VethPlan("router", f"to-r{r}", a, "uplink", _host(ta, 1), _host(ta, 2)))
         veths.append(VethPlan("router", f"to-r{r}b", b, "uplink", _host(tb, 1), _host(tb, 2)))
         veths += [_uplink(n, side) for n in nodes for side in ("a", "b")]
-        for name, peer, asn, local in (
-            (f"tor{r}", ta[2], tor_as(r), ta[1]),
-            (f"tor{r}b", tb[2], tor_b_as(r), tb[1]),
-        ):
-            spine.append(
-                _lab_neighbor(
-                    name=name,
-                    address=str(peer),
-                    peer_as=asn,
-                    local_address=str(local),
-                    import_filter="fabric",
-                    export_filter="fabric",
-                )
+        spine_b.append(
+            _lab_neighbor(
+                name=f"tor{r}b",
+                address=str(tb[2]),
+                peer_as=tor_b_as(r),
+                local_address=str(tb[1]),
+                import_filter="fabric",
+                export_filter="fabric",
             )
-        tor_a = BirdConfig(
-            router_id=tor_ip(r, "a"),
-            local_as=tor_as(r),
-            neighbors=(
-                _lab_neighbor(
-                    name="spine",
-                    address=str(ta[1]),
-                    peer_as=ROUTER_AS,
-                    local_address=str(ta[2]),
-                    import_filter="fabric",
-                    export_filter="fabric",
-                ),
-                *(
-                    _lab_neighbor(
-                        name=_node_protocol(n),
-                        address=n.ip,
-                        peer_as=n.as_number,
-                        local_address=tor_ip(r, "a"),
-                        import_filter="pods",
-                        export_filter="pods",
-                        passive=True,
-                        password=params.bgp_password,
-                        bfd=bfd,
-                    )
-                    for n in nodes
-                ),
+        )
+        tor = next(s.bird for s in base.speakers if s.ns == f"r{r}-tor")
+        tor_a = replace(
+            tor,
+            neighbors=tuple(
+                replace(nb, bfd=bfd) if nb.name.startswith("node_") else nb for nb in tor.neighbors
             ),
-            filters=(pods_filter, fabric_filter),
-            kernel_export_bgp=True,
+            direct_interfaces=(),
         )
         speakers.append(_speaker(a, "tor", tor_a, run))
         config = render_frr(_frr_tor(params, r, nodes, str(tb[1])))
         neighbors = (str(tb[1]), *(n.ip for n in nodes))
         frr.append(FrrPlan(b, config, f"{run}/{b}/frr", neighbors))
-    router = BirdConfig(
-        router_id=str(transit_subnet(1)[1]),
-        local_as=ROUTER_AS,
-        neighbors=tuple(spine),
-        filters=(fabric_filter,),
-        kernel_export_bgp=True,
-    )
+    router = next(s.bird for s in base.speakers if s.role == "router")
+    router = replace(router, neighbors=(*router.neighbors, *spine_b))
     speakers.insert(0, _speaker("router", "router", router, run))
     return LabPlan(
         params=params,
