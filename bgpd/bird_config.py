@@ -21,7 +21,8 @@ class BirdConfigError(ValueError):
 @dataclass(frozen=True)
 class PrefixRange:
     """``cidr`` and every more specific prefix of length ``low..high``
-    (BIRD's ``10.244.0.0/16{26,32}``); without a range, the prefix itself."""
+    (BIRD's ``10.244.0.0/16{26,32}``); without a range, the prefix itself.
+    ``high`` defaults to a host route of the prefix's family (/32, /128)."""
 
     cidr: str
     low: int | None = None
@@ -31,9 +32,10 @@ class PrefixRange:
         net = IPNetwork(self.cidr)
         if self.low is None and self.high is None:
             return str(net.cidr)
+        top = 32 if net.version == 4 else 128
         low = self.low if self.low is not None else net.prefixlen
-        high = self.high if self.high is not None else 32
-        if not net.prefixlen <= low <= high <= 32:
+        high = self.high if self.high is not None else top
+        if not net.prefixlen <= low <= high <= top:
             raise BirdConfigError(f"{self.cidr}{{{low},{high}}}: bad length range")
         return f"{net.cidr}{{{low},{high}}}"
 
@@ -88,6 +90,9 @@ class BgpNeighbor:
     # address families the session carries, each a BIRD channel with the
     # same filters and limit: "ipv4", "ipv6", or both (MP-BGP)
     channels: tuple[str, ...] = ("ipv4",)
+    # the IPv6 next hop this router sets on IPv6 routes it sends over an
+    # IPv4 session (BIRD's "next hop address"): it has no IPv6 session address
+    next_hop_ipv6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,13 +162,13 @@ def _password(v: str) -> str:
 
 
 def _render_filter(f: PrefixFilter) -> list[str]:
-    ranges = ", ".join(p.render() for p in f.accept)
-    return [
-        f"filter {_name('filter', f.name)} {{",
-        f"  if net ~ [ {ranges} ] then accept;",
-        "  reject;",
-        "}",
-    ]
+    """One prefix set per address family: BIRD refuses a set that mixes them."""
+    out = [f"filter {_name('filter', f.name)} {{"]
+    for version in (4, 6):
+        ranges = ", ".join(p.render() for p in f.accept if IPNetwork(p.cidr).version == version)
+        if ranges:
+            out.append(f"  if net ~ [ {ranges} ] then accept;")
+    return [*out, "  reject;", "}"]
 
 
 def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list[str]:
@@ -223,6 +228,11 @@ def _render_neighbor(n: BgpNeighbor, cfg: BirdConfig, filters: set[str]) -> list
             if n.import_limit < 1 or n.import_limit_action not in ("block", "restart"):
                 raise BirdConfigError(f"{n.name}: import limit needs N >= 1, action block|restart")
             out.append(f"    import limit {n.import_limit} action {n.import_limit_action};")
+        if channel == "ipv6" and n.next_hop_ipv6 is not None:
+            hop = IPAddress(n.next_hop_ipv6)
+            if hop.version != 6:
+                raise BirdConfigError(f"{n.name}: IPv6 next hop {hop} is not IPv6")
+            out.append(f"    next hop address {hop};")
         out.append("  };")
     out.append("}")
     return out

@@ -140,33 +140,48 @@ def start_meshroute_node(launch: NodeLaunch) -> Spawned:
 # ---- underlay ----------------------------------------------------------------
 
 
+def _add_addresses(netns: str, ifname: str, *addresses: str | None) -> None:
+    for addr in addresses:
+        if addr:
+            # no duplicate address detection: the plan's addresses are unique,
+            # and a tentative address would not answer for a second or two
+            nodad = ["nodad"] if ":" in addr else []
+            run(["ip", "-n", netns, "addr", "add", addr, "dev", ifname, *nodad])
+
+
 def _apply_links(lab: Lab) -> None:
     plan, ns = lab.plan, lab.state.ns
     for br in plan.bridges:
-        run(["ip", "-n", ns(br.ns), "link", "add", br.name, "type", "bridge"])
-        if br.address:
-            run(["ip", "-n", ns(br.ns), "addr", "add", br.address, "dev", br.name])
+        # no multicast snooping: a snooping bridge sends a solicited-node
+        # group (IPv6 neighbour discovery) only to ports it heard an MLD report
+        # from, and a report sent before the port joined it is never heard
+        bridge = ["type", "bridge", "mcast_snooping", "0"]
+        run(["ip", "-n", ns(br.ns), "link", "add", br.name, *bridge])
+        _add_addresses(ns(br.ns), br.name, br.address, br.address6)
         run(["ip", "-n", ns(br.ns), "link", "set", br.name, "up"])
     for v in plan.veths:
         a, b = ns(v.a_ns), ns(v.b_ns)
         veth = ["link", "add", v.a_if, "type", "veth", "peer", "name", v.b_if, "netns", b]
         run(["ip", "-n", a, *veth])
-        for n, ifname, addr, peer, bridge in (
-            (a, v.a_if, v.a_address, v.a_peer, v.a_bridge),
-            (b, v.b_if, v.b_address, v.b_peer, v.b_bridge),
+        for n, ifname, addr, peer, addr6, bridge in (
+            (a, v.a_if, v.a_address, v.a_peer, v.a_address6, v.a_bridge),
+            (b, v.b_if, v.b_address, v.b_peer, v.b_address6, v.b_bridge),
         ):
             if bridge:
                 run(["ip", "-n", n, "link", "set", ifname, "master", bridge])
             if addr:
                 ptp = ["peer", peer] if peer else []
                 run(["ip", "-n", n, "addr", "add", addr, *ptp, "dev", ifname])
+            _add_addresses(n, ifname, addr6)
             run(["ip", "-n", n, "link", "set", ifname, "up"])
     for p in plan.namespaces:
         if p.forwarding:
             # only inside our own namespace: each has its own sysctl copy
-            run(["ip", "netns", "exec", ns(p.label), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        if p.default_via:
-            run(["ip", "-n", ns(p.label), "route", "add", "default", "via", p.default_via])
+            sysctls = ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+            run(["ip", "netns", "exec", ns(p.label), "sysctl", "-qw", *sysctls])
+        for via in (p.default_via, p.default_via6):
+            if via:
+                run(["ip", "-n", ns(p.label), "route", "add", "default", "via", via])
 
 
 def _start_bird(lab: Lab, sp: SpeakerPlan) -> None:
@@ -228,6 +243,7 @@ def write_reflector_config(lab: Lab, rp: ReflectorPlan, http_port: int) -> Path:
     cfg = {
         "name": rp.name,
         "ipv4": rp.address,
+        **({"ipv6": rp.address6} if rp.address6 else {}),
         "clusterId": rp.cluster_id,
         "etcd": {"endpoints": [lab.etcd_endpoint], "prefix": lab.plan.params.etcd_prefix},
         # the lab restarts peers on purpose: reconnect within seconds

@@ -4,11 +4,14 @@ arguments here):
 
 - ``up|down|status``: ``up`` builds a lab, prints the summary and, unless
   ``--keep``, takes it down again; its exit status says whether every pod
-  reached every pod. ``down`` removes a lab, also after a crash.
+  reached every pod. ``down`` removes a lab, also after a crash. The lab is
+  dual stack unless ``--ipv4-only`` (the dual-homed topology is IPv4 only):
+  both families everywhere, and an IPv6 ping matrix (``ping -6``) beside the
+  IPv4 one.
 - ``demo`` (what ``make demo`` runs): the lab in three of its topologies in
   turn, full mesh, ToR eBGP and route reflectors (``--topology dual-homed``
   adds the fourth), each built, checked with its
-  pod-to-pod ping matrix and taken down again; in the first, a policy step
+  pod-to-pod ping matrices and taken down again; in the first, a policy step
   (``lab.policy``): default-deny plus one allow rule, the matrix with the
   denied pairs marked, the policy removed, the full matrix again.
 
@@ -36,6 +39,9 @@ FABRIC_ROUTED = ("tor", "dual-homed")
 DEMO_TOPOLOGIES = ("mesh", "tor", "rr")
 POD_MODES = ("routed", "bridge")
 ENCAP_CHOICES = ("auto", "ipip", "vxlan")
+IPV6_TRANSPORTS = ("IPv6Peers", "MultiProtocol")
+# topologies the lab builds on IPv4 only, whatever --dual-stack says
+IPV4_ONLY = ("dual-homed",)
 
 
 class UserError(Exception):
@@ -95,6 +101,7 @@ def _register_lab(lsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="how pods cross racks in mesh and rr: auto (IPIP where the kernel has it, "
         "else VXLAN), ipip or vxlan (all CrossSubnet)",
     )
+    _add_family_switch(up)
     up.add_argument("--keep", action="store_true", help="leave the lab running")
     up.add_argument("--converge-seconds", type=float, default=30.0)
     up.set_defaults(func=cmd_up)
@@ -109,6 +116,31 @@ def _register_lab(lsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     for p in (up, down, status):
         p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=f"default {DEFAULT_RUN_DIR}")
         p.add_argument("--prefix", default="mrlab", help=argparse.SUPPRESS)
+
+
+def _add_family_switch(p: argparse.ArgumentParser) -> None:
+    families = p.add_mutually_exclusive_group()
+    families.add_argument(
+        "--dual-stack",
+        dest="dual_stack",
+        action="store_true",
+        default=True,
+        help="IPv4 and IPv6 on every node, pod and router, two ping matrices (default)",
+    )
+    families.add_argument(
+        "--ipv4-only",
+        "--single-stack",
+        dest="dual_stack",
+        action="store_false",
+        help="IPv4 only",
+    )
+    p.add_argument(
+        "--ipv6-transport",
+        choices=IPV6_TRANSPORTS,
+        default="IPv6Peers",
+        help="how IPv6 routes reach and leave the nodes (BGPConfiguration ipv6Transport): "
+        "sessions on the IPv6 addresses too (default), or IPv6 on the IPv4 sessions",
+    )
 
 
 def _need_root() -> None:
@@ -132,6 +164,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from e
         print(f"==> {note or f'{encap.upper()} CrossSubnet across racks'}", flush=True)
+    dual_stack = args.dual_stack and args.topology not in IPV4_ONLY
+    if args.dual_stack and not dual_stack:
+        print(f"==> the {args.topology} topology is IPv4 only", flush=True)
     params = LabParams(
         topology=args.topology,
         racks=args.racks,
@@ -142,6 +177,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         node_placement=args.placement,
         pod_mode=args.pod_mode,
         encap=encap,
+        dual_stack=dual_stack,
+        ipv6_transport=args.ipv6_transport,
     )
     bad = params.problems()
     if bad:
@@ -155,9 +192,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     except RuntimeError as e:
         raise UserError(f"lab up failed: {e}") from e
-    ok = res.matrix is None or res.matrix.all_ok
+    ok = res.all_ok
     try:
-        print(summary(res.lab, res.matrix), flush=True)
+        print(summary(res.lab, res.matrix, matrix6=res.matrix6), flush=True)
         if getattr(args, "policy_step", False):
             from lab.policy import policy_step
 
@@ -170,7 +207,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         if not args.keep:
             lab_down(args.run_dir, args.prefix)
-    print(f"==> {'every pod reached every pod' if ok else 'some pods did not answer'}")
+    families = " on IPv4 and IPv6" if res.matrix6 is not None else ""
+    print(f"==> {'every pod reached every pod' + families if ok else 'some pods did not answer'}")
     if args.keep:
         print(f"==> the lab keeps running; remove it: meshroute lab down --run-dir {args.run_dir}")
     return 0 if ok else 1
@@ -193,9 +231,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     lab = load_lab(args.run_dir)
     if lab is None:
         raise UserError(f"no lab in {args.run_dir}")
-    matrix = None if args.no_ping or not lab.state.pods else ping_matrix(pod_endpoints(lab))
-    print(summary(lab, matrix))
-    return 0 if matrix is None or matrix.all_ok else 1
+    ping = not args.no_ping and bool(lab.state.pods)
+    matrix = ping_matrix(pod_endpoints(lab)) if ping else None
+    matrix6 = ping_matrix(pod_endpoints(lab, 6)) if ping and lab.plan.params.dual_stack else None
+    print(summary(lab, matrix, matrix6=matrix6))
+    return 0 if all(m is None or m.all_ok for m in (matrix, matrix6)) else 1
 
 
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -215,6 +255,7 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument(
         "--encap", choices=ENCAP_CHOICES, default="auto", help="as for 'lab up' (default auto)"
     )
+    _add_family_switch(p)
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.set_defaults(func=cmd_demo)
 
@@ -233,6 +274,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             placement="root",
             pod_mode=args.pod_mode,
             encap=args.encap,
+            dual_stack=args.dual_stack,
+            ipv6_transport=args.ipv6_transport,
             keep=args.keep and i == len(topologies) - 1,
             converge_seconds=60.0 if topology == "dual-homed" else 30.0,
             run_dir=args.run_dir,
@@ -242,5 +285,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         results[topology] = cmd_up(up)
     print("\n######## demo ########")
     for topology, rc in results.items():
-        print(f"{topology:>5}: {'every pod reached every pod' if rc == 0 else 'FAILED'}")
+        both = args.dual_stack and topology not in IPV4_ONLY
+        families = " on IPv4 and IPv6" if both else ""
+        print(f"{topology:>5}: {'every pod reached every pod' + families if rc == 0 else 'FAILED'}")
     return 0 if all(rc == 0 for rc in results.values()) else 1

@@ -1,7 +1,8 @@
 """Pods and pings in a built lab: pods made by ``meshroute-cni`` (routed
 pods, the default) or by Debian's CNI ``bridge`` plugin with
 ``meshroute-cni-ipam`` (``pod_mode="bridge"``), against their node's IPAM
-socket; a ping matrix run from inside each source namespace, in parallel."""
+socket, with an IPv6 address too in a dual-stack lab; a ping matrix per
+address family run from inside each source namespace, in parallel."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ POD_BRIDGE = "cni0"
 
 
 def pod_netconf(node: NodePlan, mode: PodMode = "routed") -> dict[str, Any]:
+    """A node with an IPv6 address gives its pods one too."""
+    families = {"assign_ipv6": True} if node.address6 else {}
     if mode == "routed":
         return {
             "cniVersion": "1.0.0",
             "name": "meshroute-lab",
             "type": ROUTED_PLUGIN,
             "socket": node.ipam_socket,
+            **({"ipam": families} if families else {}),
         }
     return {
         "cniVersion": "1.0.0",
@@ -37,7 +41,7 @@ def pod_netconf(node: NodePlan, mode: PodMode = "routed") -> dict[str, Any]:
         "type": "bridge",
         "bridge": POD_BRIDGE,
         "isGateway": True,
-        "ipam": {"type": "meshroute-cni-ipam", "socket": node.ipam_socket},
+        "ipam": {"type": "meshroute-cni-ipam", "socket": node.ipam_socket, **families},
     }
 
 
@@ -121,8 +125,10 @@ def create_pod(
     lab.state.save()
     at = len(lab.state.pods) - 1
     res = run_cni(lab.state.ns(node.ns), "ADD", ns, container_id, conf, cni_path, cni_args)
-    address = str(res["ips"][0]["address"]).split("/")[0]
-    rec = PodRecord(label, node.name, ns, container_id, address)
+    ips = [str(ip["address"]).split("/")[0] for ip in res["ips"]]
+    address = next(ip for ip in ips if ":" not in ip)
+    address6 = next((ip for ip in ips if ":" in ip), "")
+    rec = PodRecord(label, node.name, ns, container_id, address, address6)
     lab.state.pods[at] = rec
     lab.state.save()
     return rec
@@ -168,6 +174,7 @@ class PingMatrix:
 
 
 def ping_once(netns: str, address: str, timeout_s: int = 1, count: int = 1) -> bool:
+    family = ["-6"] if ":" in address else []
     p = subprocess.run(
         [
             "ip",
@@ -175,6 +182,7 @@ def ping_once(netns: str, address: str, timeout_s: int = 1, count: int = 1) -> b
             "exec",
             netns,
             "ping",
+            *family,
             "-n",
             "-q",
             "-c",
@@ -224,8 +232,14 @@ def format_matrix(m: PingMatrix) -> str:
     return "\n".join(rows)
 
 
-def pod_endpoints(lab: Lab) -> list[Endpoint]:
-    return [Endpoint(p.label, p.netns, p.address) for p in lab.state.pods if p.address]
+def pod_endpoints(lab: Lab, version: int = 4) -> list[Endpoint]:
+    """The pods' addresses of one family (IPv6: those of a dual-stack lab)."""
+    out = []
+    for p in lab.state.pods:
+        address = p.address if version == 4 else p.address6
+        if address:
+            out.append(Endpoint(p.label, p.netns, address))
+    return out
 
 
 def node_endpoints(lab: Lab) -> list[Endpoint]:

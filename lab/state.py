@@ -35,6 +35,7 @@ class PodRecord:
     netns: str
     container_id: str
     address: str  # without prefix length
+    address6: str = ""  # dual stack only
 
 
 @dataclass

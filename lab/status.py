@@ -94,8 +94,9 @@ def classify_route(r: Mapping[str, Any]) -> NodeRoute:
     return NodeRoute(str(r.get("dst")), kind, via, dev if isinstance(dev, str) else None)
 
 
-def node_routes(netns: str, proto: int = FELIX_PROTO) -> list[NodeRoute]:
-    out = run(["ip", "-n", netns, "-j", "route", "show", "proto", str(proto)], check=False)
+def node_routes(netns: str, proto: int = FELIX_PROTO, version: int = 4) -> list[NodeRoute]:
+    family = f"-{version}"
+    out = run(["ip", "-n", netns, family, "-j", "route", "show", "proto", str(proto)], check=False)
     entries = json.loads(out) if out.strip() else []
     return [classify_route(e) for e in entries]
 
@@ -211,7 +212,14 @@ def ipam_use(lab: Lab) -> str:
     return (p.stdout or p.stderr).rstrip()
 
 
-def summary(lab: Lab, matrix: PingMatrix | None = None, *, with_ipam: bool = True) -> str:
+def summary(
+    lab: Lab,
+    matrix: PingMatrix | None = None,
+    *,
+    with_ipam: bool = True,
+    matrix6: PingMatrix | None = None,
+) -> str:
+    versions = (4, 6) if lab.plan.params.dual_stack else (4,)
     parts = [
         f"lab: {lab.plan.params.topology}, {len(lab.plan.nodes)} nodes, run dir "
         f"{lab.plan.run_dir}, etcd {lab.etcd_endpoint}",
@@ -219,10 +227,17 @@ def summary(lab: Lab, matrix: PingMatrix | None = None, *, with_ipam: bool = Tru
         "BGP sessions of the nodes:\n"
         + format_node_sessions({n.name: node_sessions(lab, n) for n in lab.plan.nodes}),
         "routes programmed on the nodes:\n"
-        + format_routes({n.name: node_routes(lab.state.ns(n.ns)) for n in lab.plan.nodes}),
+        + format_routes(
+            {
+                n.name: [r for v in versions for r in node_routes(lab.state.ns(n.ns), version=v)]
+                for n in lab.plan.nodes
+            }
+        ),
     ]
     if with_ipam:
         parts.append("IPAM:\n" + ipam_use(lab))
     if matrix is not None:
         parts.append("pod to pod (row pings column):\n" + format_matrix(matrix))
+    if matrix6 is not None:
+        parts.append("pod to pod over IPv6 (ping -6; row pings column):\n" + format_matrix(matrix6))
     return "\n\n".join(parts)

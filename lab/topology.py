@@ -53,6 +53,17 @@ exist only inside the lab's namespaces)::
   CrossSubnet.
 - ``dual-homed``: ``tor`` with two ToRs per rack, BIRD and FRR, and two
   uplinks per node, with BFD on every node session (``lab.dual_homed``).
+- ``dual_stack`` (not ``dual-homed``): every node, pod, ToR, reflector and
+  the router get IPv6 beside IPv4: a /64 per rack from 2001:db8:1::/48 (same host offsets), a
+  /64 per ToR-router link from 2001:db8:ff::/48, and pods from a second
+  pool, fd00:10:244::/64 in /122 blocks. IPv6 never uses IPIP: where the
+  IPv4 pool tunnels, the IPv6 pool uses VXLAN CrossSubnet (over the IPv6
+  underlay), else direct routes. The router and the ToRs speak IPv6 on
+  IPv6 sessions of their own. Towards the nodes the lab follows
+  ``ipv6_transport`` (BGPConfiguration's ``ipv6Transport``): ``IPv6Peers``
+  (the default), sessions on the IPv6 addresses too (node-node, node-ToR,
+  node-reflector); ``MultiProtocol``, IPv6 on the IPv4 sessions (MP-BGP),
+  where a ToR sets its rack address as the IPv6 next hop.
 """
 
 from __future__ import annotations
@@ -61,7 +72,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import yaml
-from netaddr import IPNetwork
+from netaddr import IPAddress, IPNetwork
 
 from bgpd.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
 
@@ -77,6 +88,8 @@ Role = Literal["mgmt", "router", "tor", "reflector", "node"]
 # namespace (``ip netns exec``), etcd on the management network
 Placement = Literal["root", "netns"]
 PodMode = Literal["routed", "bridge"]
+Ipv6Transport = Literal["IPv6Peers", "MultiProtocol"]
+IPV6_TRANSPORTS: tuple[Ipv6Transport, ...] = ("IPv6Peers", "MultiProtocol")
 
 CLUSTER_AS = 64512
 ROUTER_AS = 65000
@@ -85,6 +98,10 @@ TRANSIT_SPACE = IPNetwork("198.51.100.0/24")  # one /30 per ToR-router link
 MGMT_NET = IPNetwork("203.0.113.0/24")
 POOL_CIDR = IPNetwork("10.244.0.0/16")
 POOL_BLOCK = 26
+RACK_SPACE6 = IPNetwork("2001:db8:1::/48")  # one /64 per rack
+TRANSIT_SPACE6 = IPNetwork("2001:db8:ff::/48")  # one /64 per ToR-router link
+POOL6_CIDR = IPNetwork("fd00:10:244::/64")
+POOL6_BLOCK = 122  # 64 addresses, as the IPv4 /26
 ETCD_PORT = 2379
 RR_CLUSTER_ID = "244.0.0.1"
 MAX_RACKS = 4
@@ -120,9 +137,17 @@ class LabParams:
     # bridge plugin with meshroute-cni-ipam on an L2 segment
     pod_mode: PodMode = "routed"
     encap: Encap = "vxlan"
+    dual_stack: bool = False  # the command line's default is True (lab.cli)
+    ipv6_transport: Ipv6Transport = "IPv6Peers"
 
     def problems(self) -> list[str]:
         out = []
+        if self.ipv6_transport not in IPV6_TRANSPORTS:
+            out.append(f"ipv6_transport {self.ipv6_transport!r}: {' or '.join(IPV6_TRANSPORTS)}")
+        elif self.ipv6_transport != "IPv6Peers" and not self.dual_stack:
+            out.append(f"ipv6_transport {self.ipv6_transport}: only in a dual-stack lab")
+        if self.dual_stack and self.topology == "dual-homed":
+            out.append("dual_stack: the dual-homed topology is IPv4 only")
         if self.encap not in ("ipip", "vxlan"):
             out.append(f"encap {self.encap!r}: ipip or vxlan")
         if self.topology not in TOPOLOGIES:
@@ -147,6 +172,7 @@ class NamespacePlan:
     rack: int | None = None
     forwarding: bool = False
     default_via: str | None = None
+    default_via6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +180,7 @@ class BridgePlan:
     ns: str  # namespace label
     name: str
     address: str | None  # with prefix length
+    address6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +200,8 @@ class VethPlan:
     # usually a /32, and the one address at the link's other end
     a_peer: str | None = None
     b_peer: str | None = None
+    a_address6: str | None = None
+    b_address6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +236,7 @@ class ReflectorPlan:
     address: str  # with prefix length
     cluster_id: str
     run_dir: str
+    address6: str | None = None  # dual stack: reflects IPv6 sessions on it too
 
     @property
     def ip(self) -> str:
@@ -250,6 +280,12 @@ class NodePlan:
     pods: tuple[PodPlan, ...]
     http_port: int
     config: dict[str, Any] = field(hash=False)
+    address6: str | None = None  # dual stack: underlay IPv6, with prefix length
+    gateway6: str | None = None
+
+    @property
+    def ip6(self) -> str | None:
+        return _ip(self.address6) if self.address6 else None
 
     @property
     def config_path(self) -> str:
@@ -300,6 +336,18 @@ def transit_subnet(rack: int) -> IPNetwork:
     return list(TRANSIT_SPACE.subnet(30))[rack - 1]
 
 
+def _nth64(space: IPNetwork, k: int) -> IPNetwork:
+    return IPNetwork(f"{IPAddress(int(space.network) + (k << 64), 6)}/64")
+
+
+def rack_subnet6(rack: int) -> IPNetwork:
+    return _nth64(RACK_SPACE6, rack)
+
+
+def transit_subnet6(rack: int) -> IPNetwork:
+    return _nth64(TRANSIT_SPACE6, rack)
+
+
 def _host(net: IPNetwork, offset: int) -> str:
     return f"{net[offset]}/{net.prefixlen}"
 
@@ -319,6 +367,7 @@ def plan_node_config(
     etcd_endpoint: str | None,
     etcd_prefix: str,
     l2_segment: bool = False,
+    address6: str | None = None,
 ) -> dict[str, Any]:
     """A ``node.yaml`` as a dict (``meshroute.node.config.NodeConfig`` schema);
     what only the build knows is filled in by ``finish_node_config``."""
@@ -328,6 +377,7 @@ def plan_node_config(
     return {
         "nodeName": name,
         "ipv4": address,
+        **({"ipv6": address6} if address6 else {}),
         "asNumber": as_number,
         "labels": dict(labels),
         "etcd": etcd,
@@ -358,15 +408,21 @@ def finish_node_config(
 
 
 def _filters(params: LabParams) -> tuple[PrefixFilter, PrefixFilter]:
-    pods = PrefixFilter("pods", (PrefixRange(str(POOL_CIDR), POOL_BLOCK, 32),))
-    fabric = PrefixFilter(
-        "fabric",
-        (
-            *(PrefixRange(str(rack_subnet(r))) for r in range(1, params.racks + 1)),
-            PrefixRange(str(POOL_CIDR), POOL_BLOCK, 32),
-        ),
-    )
-    return pods, fabric
+    """``pods``: the pools' blocks and pod routes; ``fabric``: those and the
+    racks' subnets (both families in a dual-stack lab)."""
+    racks = range(1, params.racks + 1)
+    pods = [PrefixRange(str(POOL_CIDR), POOL_BLOCK, 32)]
+    subnets = [PrefixRange(str(rack_subnet(r))) for r in racks]
+    if params.dual_stack:
+        pods.append(PrefixRange(str(POOL6_CIDR), POOL6_BLOCK, 128))
+        subnets += [PrefixRange(str(rack_subnet6(r))) for r in racks]
+    return PrefixFilter("pods", tuple(pods)), PrefixFilter("fabric", (*subnets, *pods))
+
+
+def _ipv6_sessions(params: LabParams) -> bool:
+    """IPv6 routes between the nodes and their peers travel on sessions
+    between IPv6 addresses (else on the IPv4 sessions, or not at all)."""
+    return params.dual_stack and params.ipv6_transport == "IPv6Peers"
 
 
 def _lab_neighbor(**kw: Any) -> BgpNeighbor:
@@ -403,52 +459,64 @@ def decide_encap(choice: str, kernel_has_ipip: bool) -> tuple[Encap, str | None]
 
 def plan_resources(params: LabParams, nodes: tuple[NodePlan, ...], reflectors: list[str]) -> str:
     """The IPPool and BGP resources the lab applies, as multi-document YAML.
-    ``tor``: the fabric carries pod routes, nothing is encapsulated."""
+    ``tor``: the fabric carries pod routes, nothing is encapsulated. The IPv6
+    pool never uses IPIP: VXLAN where the IPv4 pool tunnels."""
     tunnel = "Never" if params.topology == "tor" else "CrossSubnet"
     ipip = tunnel if params.encap == "ipip" else "Never"
     vxlan = tunnel if params.encap == "vxlan" else "Never"
+    pools = [("lab-pods", POOL_CIDR, POOL_BLOCK, ipip, vxlan)]
+    if params.dual_stack:
+        pools.append(("lab-pods6", POOL6_CIDR, POOL6_BLOCK, "Never", tunnel))
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "meshroute.io/v1",
             "kind": "IPPool",
-            "metadata": {"name": "lab-pods"},
+            "metadata": {"name": name},
             "spec": {
-                "cidr": str(POOL_CIDR),
-                "blockSize": POOL_BLOCK,
-                "ipipMode": ipip,
-                "vxlanMode": vxlan,
+                "cidr": str(cidr),
+                "blockSize": block,
+                "ipipMode": pool_ipip,
+                "vxlanMode": pool_vxlan,
                 "nodeSelector": "all()",
             },
-        },
+        }
+        for name, cidr, block, pool_ipip, pool_vxlan in pools
+    ]
+    docs.append(
         {
             "apiVersion": "meshroute.io/v1",
             "kind": "BGPConfiguration",
             "metadata": {"name": "default"},
             "spec": {
                 "asNumber": CLUSTER_AS,
+                **({"ipv6Transport": params.ipv6_transport} if params.dual_stack else {}),
                 "nodeToNodeMeshEnabled": params.topology == "mesh",
                 "nodeASNumbers": (
                     {n.name: n.as_number for n in nodes} if params.topology == "tor" else {}
                 ),
             },
-        },
-    ]
+        }
+    )
     password = {"password": params.bgp_password} if params.bgp_password else {}
     if params.topology == "tor":
         for r in range(1, params.racks + 1):
-            docs.append(
+            tors = [(f"rack{r}-tor", rack_subnet(r)[1])]
+            if _ipv6_sessions(params):
+                tors.append((f"rack{r}-tor6", rack_subnet6(r)[1]))
+            docs += [
                 {
                     "apiVersion": "meshroute.io/v1",
                     "kind": "BGPPeer",
-                    "metadata": {"name": f"rack{r}-tor"},
+                    "metadata": {"name": name},
                     "spec": {
                         "nodeSelector": f"rack == 'r{r}'",
-                        "peerIP": str(rack_subnet(r)[1]),
+                        "peerIP": str(tor_ip),
                         "asNumber": tor_as(r),
                         **password,
                     },
                 }
-            )
+                for name, tor_ip in tors
+            ]
     elif params.topology == "rr" and reflectors:
         # the reflectors register themselves with this label (meshroute reflector)
         docs.append(
@@ -488,12 +556,14 @@ def plan_lab(params: LabParams) -> LabPlan:
     # nodes first: the ToRs' and reflectors' neighbours are made from them
     nodes: list[NodePlan] = []
     mgmt_host = NODE_HOST_OFFSET
+    dual = params.dual_stack
     for r in range(1, params.racks + 1):
-        subnet = rack_subnet(r)
+        subnet, subnet6 = rack_subnet(r), rack_subnet6(r)
         for i in range(1, params.nodes_per_rack + 1):
             name = f"rack{r}-node{i}"
             ns = f"r{r}-n{i}"
             address = _host(subnet, NODE_HOST_OFFSET + i - 1)
+            address6 = _host(subnet6, NODE_HOST_OFFSET + i - 1) if dual else None
             labels = {"rack": f"r{r}"}
             asn = node_as(params.topology, r, i)
             port = HTTP_BASE_PORT + len(nodes)
@@ -511,6 +581,7 @@ def plan_lab(params: LabParams) -> LabPlan:
                 etcd_endpoint=etcd_endpoint,
                 etcd_prefix=params.etcd_prefix,
                 l2_segment=params.pod_mode == "bridge",
+                address6=address6,
             )
             nodes.append(
                 NodePlan(
@@ -527,61 +598,91 @@ def plan_lab(params: LabParams) -> LabPlan:
                     pods=pods,
                     http_port=port,
                     config=config,
+                    address6=address6,
+                    gateway6=str(subnet6[1]) if dual else None,
                 )
             )
             mgmt_host += 1
 
-    reflectors: list[tuple[str, int, str]] = []  # (ns label, rack, address)
+    # (ns label, rack, address, IPv6 address)
+    reflectors: list[tuple[str, int, str, str | None]] = []
     if params.topology == "rr":
         for k in (1, 2):
             rack = (k - 1) % params.racks + 1
             offset = REFLECTOR_HOST_OFFSET + (k - 1) // params.racks
-            reflectors.append((f"rr{k}", rack, _host(rack_subnet(rack), offset)))
+            addr6 = _host(rack_subnet6(rack), offset) if dual else None
+            reflectors.append((f"rr{k}", rack, _host(rack_subnet(rack), offset), addr6))
 
     speakers: list[SpeakerPlan] = []
     router_neighbors: list[BgpNeighbor] = []
     for r in range(1, params.racks + 1):
         subnet, transit = rack_subnet(r), transit_subnet(r)
+        subnet6, transit6 = rack_subnet6(r), transit_subnet6(r)
         tor = f"r{r}-tor"
         namespaces.append(NamespacePlan(tor, "tor", rack=r, forwarding=True))
-        bridges.append(BridgePlan(tor, RACK_BRIDGE, _host(subnet, 1)))
-        veths.append(
-            VethPlan("router", f"to-r{r}", tor, "uplink", _host(transit, 1), _host(transit, 2))
+        bridges.append(
+            BridgePlan(tor, RACK_BRIDGE, _host(subnet, 1), _host(subnet6, 1) if dual else None)
         )
-        router_neighbors.append(
-            _lab_neighbor(
-                name=f"tor{r}",
-                address=str(transit[2]),
-                peer_as=tor_as(r),
-                local_address=str(transit[1]),
-                import_filter="fabric",
-                export_filter="fabric",
+        veths.append(
+            VethPlan(
+                "router",
+                f"to-r{r}",
+                tor,
+                "uplink",
+                _host(transit, 1),
+                _host(transit, 2),
+                a_address6=_host(transit6, 1) if dual else None,
+                b_address6=_host(transit6, 2) if dual else None,
             )
         )
+        # the fabric's own IPv6 sessions beside the IPv4 ones
+        links = [("", transit)] + ([("_v6", transit6)] if dual else [])
+        router_neighbors += [
+            _lab_neighbor(
+                name=f"tor{r}{suffix}",
+                address=str(net[2]),
+                peer_as=tor_as(r),
+                local_address=str(net[1]),
+                import_filter="fabric",
+                export_filter="fabric",
+                channels=(f"ipv{net.version}",),
+            )
+            for suffix, net in links
+        ]
         tor_neighbors = [
             _lab_neighbor(
-                name="spine",
-                address=str(transit[1]),
+                name=f"spine{suffix}",
+                address=str(net[1]),
                 peer_as=ROUTER_AS,
-                local_address=str(transit[2]),
+                local_address=str(net[2]),
                 import_filter="fabric",
                 export_filter="fabric",
+                channels=(f"ipv{net.version}",),
             )
+            for suffix, net in links
         ]
         if params.topology == "tor":
+            rack_nodes = [n for n in nodes if n.rack == r]
+            multiprotocol = dual and not _ipv6_sessions(params)
+            on_v4 = ("ipv4", "ipv6") if multiprotocol else ("ipv4",)
+            # (node, protocol suffix, its address, the ToR's, families)
+            sessions = [(n, "", n.ip, subnet[1], on_v4) for n in rack_nodes]
+            if _ipv6_sessions(params):
+                sessions += [(n, "_v6", str(n.ip6), subnet6[1], ("ipv6",)) for n in rack_nodes]
             tor_neighbors += [
                 _lab_neighbor(
-                    name=_node_protocol(n),
-                    address=n.ip,
+                    name=_node_protocol(n) + suffix,
+                    address=ip,
                     peer_as=n.as_number,
-                    local_address=str(subnet[1]),
+                    local_address=str(tor_ip),
                     import_filter="pods",
                     export_filter="pods",
                     passive=True,
                     password=params.bgp_password,
+                    channels=channels,
+                    next_hop_ipv6=str(subnet6[1]) if len(channels) == 2 else None,
                 )
-                for n in nodes
-                if n.rack == r
+                for n, suffix, ip, tor_ip, channels in sessions
             ]
         bird = BirdConfig(
             router_id=str(subnet[1]),
@@ -590,15 +691,31 @@ def plan_lab(params: LabParams) -> LabPlan:
             filters=(pods_filter, fabric_filter),
             direct_interfaces=(RACK_BRIDGE,),
             kernel_export_bgp=True,
+            ipv6=dual,
         )
         speakers.append(_speaker(tor, "tor", bird, run))
         for n in nodes:
             if n.rack == r:
                 namespaces.append(
-                    NamespacePlan(n.ns, "node", rack=r, forwarding=True, default_via=n.gateway)
+                    NamespacePlan(
+                        n.ns,
+                        "node",
+                        rack=r,
+                        forwarding=True,
+                        default_via=n.gateway,
+                        default_via6=n.gateway6,
+                    )
                 )
                 veths.append(
-                    VethPlan(n.ns, "eth0", tor, f"p-{n.ns}", a_address=n.address, b_bridge="rack")
+                    VethPlan(
+                        n.ns,
+                        "eth0",
+                        tor,
+                        f"p-{n.ns}",
+                        a_address=n.address,
+                        b_bridge="rack",
+                        a_address6=n.address6,
+                    )
                 )
                 if n.mgmt_address is not None:
                     veths.append(
@@ -611,12 +728,22 @@ def plan_lab(params: LabParams) -> LabPlan:
                             b_bridge=MGMT_BRIDGE,
                         )
                     )
-        for label, rack, addr in reflectors:
+        for label, rack, addr, addr6 in reflectors:
             if rack == r:
                 namespaces.append(
-                    NamespacePlan(label, "reflector", rack=r, default_via=str(subnet[1]))
+                    NamespacePlan(
+                        label,
+                        "reflector",
+                        rack=r,
+                        default_via=str(subnet[1]),
+                        default_via6=str(subnet6[1]) if dual else None,
+                    )
                 )
-                veths.append(VethPlan(label, "eth0", tor, f"p-{label}", addr, b_bridge="rack"))
+                veths.append(
+                    VethPlan(
+                        label, "eth0", tor, f"p-{label}", addr, b_bridge="rack", a_address6=addr6
+                    )
+                )
 
     speakers.insert(
         0,
@@ -629,13 +756,14 @@ def plan_lab(params: LabParams) -> LabPlan:
                 neighbors=tuple(router_neighbors),
                 filters=(fabric_filter,),
                 kernel_export_bgp=True,
+                ipv6=dual,
             ),
             run,
         ),
     )
     reflector_plans = tuple(
-        ReflectorPlan(label, label, addr, RR_CLUSTER_ID, f"{run}/{label}")
-        for label, _rack, addr in reflectors
+        ReflectorPlan(label, label, addr, RR_CLUSTER_ID, f"{run}/{label}", addr6)
+        for label, _rack, addr, addr6 in reflectors
     )
 
     node_tuple = tuple(nodes)
@@ -647,6 +775,6 @@ def plan_lab(params: LabParams) -> LabPlan:
         speakers=tuple(speakers),
         nodes=node_tuple,
         etcd_endpoint=etcd_endpoint,
-        resources_yaml=plan_resources(params, node_tuple, [_ip(a) for _, _, a in reflectors]),
+        resources_yaml=plan_resources(params, node_tuple, [_ip(a) for _, _, a, _ in reflectors]),
         reflectors=reflector_plans,
     )

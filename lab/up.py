@@ -5,7 +5,8 @@ module never needs to know how a node works.
 
     underlay (namespaces, links, etcd, BIRD) -> resources (pools, BGP)
     -> nodes (start_node per node, wait for their IPAM sockets)
-    -> pods (meshroute-cni, or bridge + meshroute-cni-ipam) -> sessions up -> ping matrix
+    -> pods (meshroute-cni, or bridge + meshroute-cni-ipam) -> sessions up
+    -> ping matrix (and the IPv6 one, ``ping -6``, in a dual-stack lab)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lab.build import (
 )
 from lab.dual_homed import plan_topology
 from lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
-from lab.state import load_state
+from lab.state import PodRecord, load_state
 from lab.status import bird_protocols, frr_sessions, node_ready
 from lab.topology import LabParams
 
@@ -48,6 +49,11 @@ def _say(msg: str) -> None:
 class UpResult:
     lab: Lab
     matrix: PingMatrix | None
+    matrix6: PingMatrix | None = None  # dual stack only
+
+    @property
+    def all_ok(self) -> bool:
+        return all(m is None or m.all_ok for m in (self.matrix, self.matrix6))
 
 
 def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> bool:
@@ -123,20 +129,26 @@ def lab_up(
         install_cni_plugin(cni_bin)
         for node in plan.nodes:
             pods = create_pods(lab, node, cni_bin)
-            say(f"{node.name}: pods " + ", ".join(f"{p.label} {p.address}" for p in pods))
+            say(f"{node.name}: pods " + ", ".join(_pod_addresses(p) for p in pods))
         if not wait_fabric(lab, timeout=20):
             say("warning: some sessions between the routers are not Established")
         ready = converge or converged
         deadline = time.monotonic() + converge_timeout
         while not ready(lab) and time.monotonic() < deadline:
             time.sleep(0.5)
-        say(f"built in {time.monotonic() - t0:.1f} s; ping matrix")
+        dual = params.dual_stack and bool(lab.state.pods)
+        say(f"built in {time.monotonic() - t0:.1f} s; ping matri{'ces' if dual else 'x'}")
         matrix = ping_matrix(pod_endpoints(lab)) if lab.state.pods else None
+        matrix6 = ping_matrix(pod_endpoints(lab, 6)) if dual else None
     except BaseException:
         say("failed: tearing down what was built")
         teardown(lab.state)
         raise
-    return UpResult(lab, matrix)
+    return UpResult(lab, matrix, matrix6)
+
+
+def _pod_addresses(p: PodRecord) -> str:
+    return f"{p.label} {p.address}" + (f" {p.address6}" if p.address6 else "")
 
 
 def lab_down(run_dir: str, prefix: str = LAB_PREFIX, say: Say = _say) -> None:

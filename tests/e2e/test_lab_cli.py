@@ -1,6 +1,7 @@
 """``meshroute lab up|status|down`` as an operator types it: a fresh
 ``meshroute`` process that hands its arguments to the lab's own command line
-(``python -m lab``), with real ``meshroute node`` processes."""
+(``python -m lab``), with real ``meshroute node`` processes; dual stack by
+default (two ping matrices), IPv4 only with ``--ipv4-only``."""
 
 from __future__ import annotations
 
@@ -41,13 +42,16 @@ def test_lab_up_keep_status_down(tmp_path: Path) -> None:
             "--keep", *common,
         )  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "every pod reached every pod" in up.stdout and "2/4" not in up.stdout
-        assert "r1-tor" in up.stdout and "spine" in up.stdout and "Established" in up.stdout
+        assert "every pod reached every pod on IPv4 and IPv6" in up.stdout
+        assert "2/4" not in up.stdout and up.stdout.count("4/4 pairs answered") == 2
+        assert "pod to pod over IPv6 (ping -6" in up.stdout
+        assert "r1-tor" in up.stdout and "spine_v6" in up.stdout and "Established" in up.stdout
         assert (tmp_path / "lab" / "state.json").exists()
 
         status = _meshroute("lab", "status", *common)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "4/4 pairs answered" in status.stdout and "IPAM" in status.stdout
+        assert status.stdout.count("4/4 pairs answered") == 2 and "IPAM" in status.stdout
+        assert "fd00:10:244:" in status.stdout  # the IPv6 pod routes
     finally:
         down = _meshroute("lab", "down", *common)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -60,6 +64,8 @@ def test_bad_parameters_and_no_lab(tmp_path: Path) -> None:
         pytest.skip("needs root")
     bad = _meshroute("lab", "up", "--racks", "9", "--run-dir", str(tmp_path))
     assert bad.returncode == 1 and "racks" in bad.stderr and "Traceback" not in bad.stderr
+    both = _meshroute("lab", "up", "--dual-stack", "--ipv4-only", "--run-dir", str(tmp_path))
+    assert both.returncode == 2 and "not allowed with" in both.stderr, both.stderr
     none = _meshroute("lab", "status", "--run-dir", str(tmp_path))
     assert none.returncode == 1 and "no lab" in none.stderr and "Traceback" not in none.stderr
 
@@ -80,6 +86,7 @@ def test_meshroute_lab_and_python_m_lab_are_one_command_line() -> None:
     demo = _meshroute("demo", "--help", timeout=30)
     assert demo.returncode == 0 and demo.stdout.startswith("usage: meshroute demo")
     assert "--topology" in demo.stdout
+    assert "--ipv4-only" in demo.stdout and "--ipv4-only" in via_meshroute.stdout
 
 
 def test_encap_auto_takes_ipip_where_the_kernel_has_it_else_says_vxlan(tmp_path: Path) -> None:
@@ -94,10 +101,11 @@ def test_encap_auto_takes_ipip_where_the_kernel_has_it_else_says_vxlan(tmp_path:
         assert "Traceback" not in refused.stderr
     up = _meshroute(
         "lab", "up", "--topology", "mesh", "--racks", "2", "--nodes-per-rack", "1",
-        "--pods-per-node", "1", "--encap", "auto", *common,
+        "--pods-per-node", "1", "--encap", "auto", "--ipv4-only", *common,
     )  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
     said = "IPIP CrossSubnet across racks" if has_ipip else NO_IPIP
     assert f"==> {said}\n" in up.stdout, up.stdout
-    assert "every pod reached every pod" in up.stdout
+    assert "==> every pod reached every pod\n" in up.stdout  # IPv4 only: one matrix
+    assert "ping -6" not in up.stdout and "fd00:" not in up.stdout
     assert not any(n.startswith(PREFIX) for n in run(["ip", "netns", "list"]).split())

@@ -67,9 +67,17 @@ FULL = BirdConfig(
 )
 
 
-def _plan_config(topology: str, ns: str) -> BirdConfig:
-    plan = plan_lab(LabParams(topology=topology, run_dir=RUN, bgp_password="lab-md5"))  # type: ignore[arg-type]
-    return next(s.bird for s in plan.speakers if s.ns == ns)
+def _plan_config(
+    topology: str, ns: str, dual_stack: bool = False, transport: str = "IPv6Peers"
+) -> BirdConfig:
+    params = LabParams(
+        topology=topology,  # type: ignore[arg-type]
+        run_dir=RUN,
+        bgp_password="lab-md5",
+        dual_stack=dual_stack,
+        ipv6_transport=transport,  # type: ignore[arg-type]
+    )
+    return next(s.bird for s in plan_lab(params).speakers if s.ns == ns)
 
 
 CASES = {
@@ -77,6 +85,9 @@ CASES = {
     "tor-r1-tor": _plan_config("tor", "r1-tor"),
     "tor-router": _plan_config("tor", "router"),
     "mesh-r2-tor": _plan_config("mesh", "r2-tor"),
+    "dual-tor-r1-tor": _plan_config("tor", "r1-tor", dual_stack=True),
+    "dual-mesh-router": _plan_config("mesh", "router", dual_stack=True),
+    "dual-mp-tor-r1-tor": _plan_config("tor", "r1-tor", True, "MultiProtocol"),
 }
 
 
@@ -97,9 +108,23 @@ def _bird_parses(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
 
 
+@pytest.mark.parametrize(
+    ("dual_stack", "transport"),
+    [(False, "IPv6Peers"), (True, "IPv6Peers"), (True, "MultiProtocol")],
+)
 @pytest.mark.parametrize("topology", TOPOLOGIES)
-def test_bird_accepts_every_router_of_every_topology(topology: str, tmp_path: Path) -> None:
-    plan = plan_lab(LabParams(topology=topology, racks=3, run_dir=RUN, bgp_password="x"))  # type: ignore[arg-type]
+def test_bird_accepts_every_router_of_every_topology(
+    topology: str, dual_stack: bool, transport: str, tmp_path: Path
+) -> None:
+    params = LabParams(
+        topology=topology,  # type: ignore[arg-type]
+        racks=3,
+        run_dir=RUN,
+        bgp_password="x",
+        dual_stack=dual_stack,
+        ipv6_transport=transport,  # type: ignore[arg-type]
+    )
+    plan = plan_lab(params)
     assert plan.speakers
     for sp in plan.speakers:
         p = _bird_parses(render_bird(sp.bird), tmp_path)
@@ -138,3 +163,24 @@ def test_duplicates_and_bad_ranges_are_refused() -> None:
         render_bird(replace(FULL, filters=(FULL.filters[0], FULL.filters[0])))
     with pytest.raises(BirdConfigError, match="length range"):
         PrefixRange("10.244.0.0/16", 8, 32).render()
+    with pytest.raises(BirdConfigError, match="length range"):
+        PrefixRange("fd00:10::/64", 122, 129).render()
+    v4_hop = replace(FULL.neighbors[0], channels=("ipv4", "ipv6"), next_hop_ipv6="192.0.2.1")
+    with pytest.raises(BirdConfigError, match="not IPv6"):
+        render_bird(replace(FULL, neighbors=(v4_hop,)))
+
+
+def test_ipv6_ranges_reach_host_routes_and_a_filter_keeps_one_set_per_family() -> None:
+    assert PrefixRange("fd00:10::/64", 122).render() == "fd00:10::/64{122,128}"
+    assert PrefixRange("10.244.0.0/16", 26).render() == "10.244.0.0/16{26,32}"
+    mixed = PrefixFilter(
+        "pods",
+        (
+            PrefixRange("10.244.0.0/16", 26),
+            PrefixRange("fd00:10::/64", 122),
+            PrefixRange("192.0.2.0/26"),
+        ),
+    )
+    text = render_bird(replace(FULL, filters=(mixed,), neighbors=()))
+    assert "  if net ~ [ 10.244.0.0/16{26,32}, 192.0.2.0/26 ] then accept;\n" in text
+    assert "  if net ~ [ fd00:10::/64{122,128} ] then accept;\n" in text

@@ -1,6 +1,7 @@
 """The lab's plan: every address unique and inside the documentation or pool
 ranges, names the kernel accepts, node configs and resources that meshroute's
-own loaders accept, and the BGP wiring each topology promises."""
+own loaders accept, and the BGP wiring each topology promises, on one address
+family or on both."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from netaddr import IPNetwork
+from netaddr import IPAddress, IPNetwork
 
+from bgpd.bird_config import BgpNeighbor
 from lab.dual_homed import plan_topology
 from lab.kernel import kernel_has_module
 from lab.topology import (
     CLUSTER_AS,
     MGMT_NET,
     NO_IPIP,
+    POOL6_BLOCK,
+    POOL6_CIDR,
     RACK_SPACE,
+    RACK_SPACE6,
     RR_CLUSTER_ID,
     TOPOLOGIES,
     TRANSIT_SPACE,
+    TRANSIT_SPACE6,
     LabParams,
     LabPlan,
     decide_encap,
@@ -39,37 +45,50 @@ SHAPES = [(1, 1), (2, 2), (3, 4), (4, 19)]
 
 
 def _addresses(plan: LabPlan) -> list[tuple[str, str | None]]:
-    """(address, point-to-point peer) of every bridge and veth end."""
-    out: list[tuple[str, str | None]] = [(b.address, None) for b in plan.bridges if b.address]
+    """(address, point-to-point peer) of every bridge and veth end, both families."""
+    out: list[tuple[str, str | None]] = [
+        (a, None) for b in plan.bridges for a in (b.address, b.address6) if a
+    ]
     for v in plan.veths:
-        out += [(a, p) for a, p in ((v.a_address, v.a_peer), (v.b_address, v.b_peer)) if a]
+        ends = ((v.a_address, v.a_peer), (v.b_address, v.b_peer))
+        ends += ((v.a_address6, None), (v.b_address6, None))
+        out += [(a, p) for a, p in ends if a]
     return out
 
 
+@pytest.mark.parametrize("dual_stack", [False, True])
 @pytest.mark.parametrize("placement", ["root", "netns"])
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 @pytest.mark.parametrize(("racks", "per_rack"), SHAPES)
 def test_addresses_names_and_configs(
-    topology: str, racks: int, per_rack: int, placement: str
+    topology: str, racks: int, per_rack: int, placement: str, dual_stack: bool
 ) -> None:
-    plan = plan_topology(
-        LabParams(
-            topology=topology,  # type: ignore[arg-type]
-            racks=racks,
-            nodes_per_rack=per_rack,
-            run_dir="/run/x",
-            node_placement=placement,  # type: ignore[arg-type]
-        )
+    params = LabParams(
+        topology=topology,  # type: ignore[arg-type]
+        racks=racks,
+        nodes_per_rack=per_rack,
+        run_dir="/run/x",
+        node_placement=placement,  # type: ignore[arg-type]
+        dual_stack=dual_stack,
     )
+    if dual_stack and topology == "dual-homed":
+        with pytest.raises(ValueError, match="dual-homed topology is IPv4 only"):
+            plan_topology(params)
+        return
+    plan = plan_topology(params)
     assert ("mgmt" in [n.label for n in plan.namespaces]) == (placement == "netns")
     assert (plan.etcd_endpoint is None) == (placement == "root")
     assert len(plan.nodes) == racks * per_rack
     addrs = _addresses(plan)
     # one address on several point-to-point links is fine, each to its own peer
     assert len({(a.split("/")[0], p) for a, p in addrs}) == len(addrs)
-    allowed = (RACK_SPACE, TRANSIT_SPACE, MGMT_NET)
+    allowed = (RACK_SPACE, TRANSIT_SPACE, MGMT_NET, RACK_SPACE6, TRANSIT_SPACE6)
     assert all(any(IPNetwork(a).ip in net for net in allowed) for a, _ in addrs)
     assert all(IPNetwork(p).ip in RACK_SPACE for _, p in addrs if p)
+    # both ends of every link, and every rack segment, on both families or on IPv4 only
+    assert any(":" in a for a, _ in addrs) == dual_stack
+    for ns in plan.namespaces:
+        assert (ns.default_via6 is not None) == (dual_stack and ns.default_via is not None)
 
     labels = [n.label for n in plan.namespaces]
     assert len(set(labels)) == len(labels)
@@ -111,12 +130,18 @@ def test_addresses_names_and_configs(
         assert str(c.ipv4) == n.address
         # a node's gateway is its ToR, on its own subnet
         assert IPNetwork(f"{n.gateway}/26") == IPNetwork(n.address).cidr
+        if dual_stack:
+            assert str(c.ipv6) == n.address6 and n.gateway6 is not None
+            assert IPNetwork(f"{n.gateway6}/64") == IPNetwork(str(n.address6)).cidr
+        else:
+            assert c.ipv6 is None and n.address6 is None
     if plan.etcd_endpoint:
         assert plan.etcd_endpoint.split(":")[0] in MGMT_NET
 
     loaded = parse_documents(plan.resources_yaml, "lab.yaml")
     kinds = [type(x.resource) for x in loaded]
-    assert kinds.count(IPPoolResource) == 1 and kinds.count(BGPConfigurationResource) == 1
+    assert kinds.count(IPPoolResource) == 1 + dual_stack
+    assert kinds.count(BGPConfigurationResource) == 1
 
 
 def test_tor_topology_peers_each_node_with_its_own_tor() -> None:
@@ -249,3 +274,93 @@ def test_kernel_module_is_found_loaded_built_in_or_loadable(tmp_path: Path) -> N
     assert kernel_has_module("vxlan", tmp_path, loadable=lambda m: False)
     assert kernel_has_module("ipip", tmp_path, loadable=lambda m: m == "ipip")
     assert not kernel_has_module("ipip", tmp_path, loadable=lambda m: False)
+
+
+def _pools(plan: LabPlan) -> dict[int, IPPoolResource]:
+    docs = [x.resource for x in parse_documents(plan.resources_yaml, "y")]
+    return {p.spec.cidr.version: p for p in docs if isinstance(p, IPPoolResource)}
+
+
+@pytest.mark.parametrize("topology", ["mesh", "rr", "tor"])
+@pytest.mark.parametrize("encap", ["ipip", "vxlan"])
+def test_the_ipv6_pool_uses_vxlan_or_direct_routes_never_ipip(topology: str, encap: str) -> None:
+    plan = plan_lab(LabParams(topology=topology, encap=encap, dual_stack=True))  # type: ignore[arg-type]
+    pool6 = _pools(plan)[6].spec
+    assert pool6.cidr == POOL6_CIDR and pool6.block_size == POOL6_BLOCK
+    tunnel = "Never" if topology == "tor" else "CrossSubnet"
+    assert (pool6.ipip_mode.value, pool6.vxlan_mode.value) == ("Never", tunnel)
+    assert set(_pools(plan_lab(LabParams(topology=topology)))) == {4}  # type: ignore[arg-type]
+
+
+def _v6_sessions(neighbors: tuple[BgpNeighbor, ...]) -> dict[str, str]:
+    return {nb.name: nb.address for nb in neighbors if IPAddress(nb.address).version == 6}
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_dual_stack_routers_have_ipv6_sessions_of_their_own(topology: str) -> None:
+    """The fabric speaks IPv6 on IPv6 sessions (router-ToR), carrying the
+    racks' IPv6 subnets and the IPv6 pool's routes; in ``tor`` each ToR also
+    has an IPv6 session per node of its rack, which the nodes find through a
+    second BGPPeer naming the ToR's IPv6 address."""
+    plan = plan_lab(LabParams(topology=topology, racks=2, nodes_per_rack=2, dual_stack=True))  # type: ignore[arg-type]
+    router = next(s for s in plan.speakers if s.ns == "router").bird
+    assert router.ipv6 and set(_v6_sessions(router.neighbors)) == {"tor1_v6", "tor2_v6"}
+    docs = {x.resource.metadata.name: x.resource for x in parse_documents(plan.resources_yaml, "y")}
+    for r in (1, 2):
+        tor = next(s for s in plan.speakers if s.ns == f"r{r}-tor").bird
+        rack_nodes = [n for n in plan.nodes if n.rack == r]
+        v6 = _v6_sessions(tor.neighbors)
+        expected = {"spine_v6"}
+        if topology == "tor":
+            expected |= {f"node_r{r}_n{n.index}_v6" for n in rack_nodes}
+            assert {v6[f"node_r{r}_n{n.index}_v6"] for n in rack_nodes} == {
+                n.ip6 for n in rack_nodes
+            }
+            peer6 = docs[f"rack{r}-tor6"]
+            assert isinstance(peer6, BGPPeerResource)
+            assert str(peer6.spec.peer_ip) == rack_nodes[0].gateway6
+        assert tor.ipv6 and set(v6) == expected
+        for nb in tor.neighbors:
+            assert nb.channels == (f"ipv{IPAddress(nb.address).version}",)
+        fabric = next(f for f in tor.filters if f.name == "fabric")
+        accepted = {IPNetwork(p.cidr).cidr for p in fabric.accept}
+        assert {POOL6_CIDR, IPNetwork(f"{rack_nodes[0].gateway6}/64").cidr} <= accepted
+    if topology == "rr":
+        assert all(r.address6 and IPNetwork(r.address6).ip in RACK_SPACE6 for r in plan.reflectors)
+    else:
+        assert not plan.reflectors
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_multiprotocol_carries_ipv6_on_the_ipv4_sessions(topology: str) -> None:
+    """``ipv6_transport="MultiProtocol"``: no IPv6 session towards a node
+    (no IPv6 ToR peer); a ToR's IPv4 session with a node has an IPv6 channel
+    too, with the ToR's rack address as the IPv6 next hop it sets. The
+    fabric's own IPv6 sessions stay."""
+    plan = plan_lab(
+        LabParams(topology=topology, dual_stack=True, ipv6_transport="MultiProtocol")  # type: ignore[arg-type]
+    )
+    docs = [x.resource for x in parse_documents(plan.resources_yaml, "y")]
+    conf = next(d for d in docs if isinstance(d, BGPConfigurationResource))
+    assert conf.spec.ipv6_transport == "MultiProtocol"
+    peers = [d for d in docs if isinstance(d, BGPPeerResource)]
+    assert all(p.spec.peer_ip is None or p.spec.peer_ip.version == 4 for p in peers)
+    for r in (1, 2):
+        tor = next(s for s in plan.speakers if s.ns == f"r{r}-tor").bird
+        assert set(_v6_sessions(tor.neighbors)) == {"spine_v6"}
+        to_nodes = [nb for nb in tor.neighbors if nb.name.startswith("node_")]
+        assert len(to_nodes) == (2 if topology == "tor" else 0)
+        gateway6 = next(n.gateway6 for n in plan.nodes if n.rack == r)
+        for nb in to_nodes:
+            assert nb.channels == ("ipv4", "ipv6") and nb.next_hop_ipv6 == gateway6
+
+
+def test_ipv6_transport_is_checked() -> None:
+    assert LabParams(ipv6_transport="MultiProtocol").problems() == [
+        "ipv6_transport MultiProtocol: only in a dual-stack lab"
+    ]
+    assert LabParams(dual_stack=True, ipv6_transport="Both").problems() == [  # type: ignore[arg-type]
+        "ipv6_transport 'Both': IPv6Peers or MultiProtocol"
+    ]
+    peers = plan_lab(LabParams(topology="tor", dual_stack=True)).resources_yaml
+    assert "ipv6Transport: IPv6Peers" in peers
