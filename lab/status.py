@@ -103,13 +103,14 @@ def node_routes(netns: str, proto: int = FELIX_PROTO, version: int = 4) -> list[
 
 def format_routes(routes_by_node: Mapping[str, Iterable[NodeRoute]]) -> str:
     rows = []
-    for node, routes in routes_by_node.items():
-        rs = sorted(routes, key=lambda r: r.dst)
+    by_node = {node: sorted(routes, key=lambda r: r.dst) for node, routes in routes_by_node.items()}
+    width = max([18] + [len(r.dst) for rs in by_node.values() for r in rs])  # IPv6 runs longer
+    for node, rs in by_node.items():
         counts = Counter(r.kind for r in rs)
         rows.append(f"{node}: " + ", ".join(f"{counts[k]} {k}" for k in ROUTE_KINDS))
         for r in rs:
             where = f"via {r.via} " if r.via else ""
-            rows.append(f"  {r.dst:<18} {r.kind:<9} {where}{'dev ' + r.dev if r.dev else ''}")
+            rows.append(f"  {r.dst:<{width}} {r.kind:<9} {where}{'dev ' + r.dev if r.dev else ''}")
     return "\n".join(rows)
 
 
