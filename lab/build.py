@@ -155,8 +155,8 @@ def _apply_links(lab: Lab) -> None:
         # no multicast snooping: a snooping bridge sends a solicited-node
         # group (IPv6 neighbour discovery) only to ports it heard an MLD report
         # from, and a report sent before the port joined it is never heard
-        bridge = ["type", "bridge", "mcast_snooping", "0"]
-        run(["ip", "-n", ns(br.ns), "link", "add", br.name, *bridge])
+        kind = ["type", "bridge", "mcast_snooping", "0"]
+        run(["ip", "-n", ns(br.ns), "link", "add", br.name, *kind])
         _add_addresses(ns(br.ns), br.name, br.address, br.address6)
         run(["ip", "-n", ns(br.ns), "link", "set", br.name, "up"])
     for v in plan.veths:
