@@ -151,13 +151,18 @@ def test_truth_tables_across_nodes_and_racks(rig: LabRig) -> None:
 
 
 def test_demo_policy_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The policy step ``make demo`` runs, on a small mesh lab: the matrix
-    with denied pairs marked matches the policy, and after the policy is
-    deleted every pod reaches every pod again."""
+    """The policy step ``make demo`` runs, on a small dual-stack mesh lab
+    (as the demo's): the matrix with denied pairs marked matches the policy,
+    and after the policy is deleted every pod reaches every pod again."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     params = LabParams(
-        topology="mesh", racks=2, nodes_per_rack=1, pods_per_node=2, run_dir=str(tmp_path / "lab")
+        topology="mesh",
+        racks=2,
+        nodes_per_rack=1,
+        pods_per_node=2,
+        run_dir=str(tmp_path / "lab"),
+        dual_stack=True,
     )
     lab = lab_up(params, start_meshroute_node, prefix=PREFIX, say=lambda m: None).lab
     try:
