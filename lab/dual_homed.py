@@ -186,6 +186,9 @@ def plan_dual_homed(params: LabParams) -> LabPlan:
     """The whole dual-homed lab, built on the ``tor`` plan: its nodes, its
     BIRD ToRs (now ToR a, with BFD and no rack segment) and its spine (now
     with the b ToRs as well)."""
+    bad = params.problems()  # the tor plan below cannot see what is wrong only here
+    if bad:
+        raise ValueError("; ".join(bad))
     base = plan_lab(replace(params, topology="tor"))
     run = params.run_dir.rstrip("/")
     bfd = BfdOptions(BFD_MS, BFD_MS, BFD_MULTIPLIER)

@@ -78,6 +78,7 @@ from bgpd.bird_config import BgpNeighbor, BirdConfig, PrefixFilter, PrefixRange
 
 Topology = Literal["mesh", "tor", "rr", "dual-homed"]
 TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr", "dual-homed")
+DUAL_STACK_TOPOLOGIES: tuple[Topology, ...] = ("mesh", "tor", "rr")
 # how pod traffic crosses racks where the fabric does not carry pod routes
 Encap = Literal["ipip", "vxlan"]
 ENCAP_CHOICES = ("auto", "ipip", "vxlan")
@@ -146,8 +147,8 @@ class LabParams:
             out.append(f"ipv6_transport {self.ipv6_transport!r}: {' or '.join(IPV6_TRANSPORTS)}")
         elif self.ipv6_transport != "IPv6Peers" and not self.dual_stack:
             out.append(f"ipv6_transport {self.ipv6_transport}: only in a dual-stack lab")
-        if self.dual_stack and self.topology == "dual-homed":
-            out.append("dual_stack: the dual-homed topology is IPv4 only")
+        if self.dual_stack and self.topology not in DUAL_STACK_TOPOLOGIES:
+            out.append(f"dual_stack: the {self.topology} topology is IPv4 only")
         if self.encap not in ("ipip", "vxlan"):
             out.append(f"encap {self.encap!r}: ipip or vxlan")
         if self.topology not in TOPOLOGIES:

@@ -20,7 +20,8 @@ from bgpd.bird_config import (
     PrefixRange,
     render_bird,
 )
-from lab.topology import TOPOLOGIES, LabParams, plan_lab
+from lab.dual_homed import plan_topology
+from lab.topology import DUAL_STACK_TOPOLOGIES, TOPOLOGIES, LabParams, plan_lab
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bird"
 RUN = "/run/meshroute-lab"
@@ -109,10 +110,10 @@ def _bird_parses(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    ("dual_stack", "transport"),
-    [(False, "IPv6Peers"), (True, "IPv6Peers"), (True, "MultiProtocol")],
+    ("topology", "dual_stack", "transport"),
+    [(t, False, "IPv6Peers") for t in TOPOLOGIES]
+    + [(t, True, tr) for t in DUAL_STACK_TOPOLOGIES for tr in ("IPv6Peers", "MultiProtocol")],
 )
-@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_bird_accepts_every_router_of_every_topology(
     topology: str, dual_stack: bool, transport: str, tmp_path: Path
 ) -> None:
@@ -124,7 +125,7 @@ def test_bird_accepts_every_router_of_every_topology(
         dual_stack=dual_stack,
         ipv6_transport=transport,  # type: ignore[arg-type]
     )
-    plan = plan_lab(params)
+    plan = plan_topology(params)
     assert plan.speakers
     for sp in plan.speakers:
         p = _bird_parses(render_bird(sp.bird), tmp_path)

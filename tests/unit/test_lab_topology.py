@@ -16,6 +16,7 @@ from lab.dual_homed import plan_topology
 from lab.kernel import kernel_has_module
 from lab.topology import (
     CLUSTER_AS,
+    DUAL_STACK_TOPOLOGIES,
     MGMT_NET,
     NO_IPIP,
     POOL6_BLOCK,
@@ -296,7 +297,7 @@ def _v6_sessions(neighbors: tuple[BgpNeighbor, ...]) -> dict[str, str]:
     return {nb.name: nb.address for nb in neighbors if IPAddress(nb.address).version == 6}
 
 
-@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("topology", DUAL_STACK_TOPOLOGIES)
 def test_dual_stack_routers_have_ipv6_sessions_of_their_own(topology: str) -> None:
     """The fabric speaks IPv6 on IPv6 sessions (router-ToR), carrying the
     racks' IPv6 subnets and the IPv6 pool's routes; in ``tor`` each ToR also
@@ -331,7 +332,7 @@ def test_dual_stack_routers_have_ipv6_sessions_of_their_own(topology: str) -> No
         assert not plan.reflectors
 
 
-@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("topology", DUAL_STACK_TOPOLOGIES)
 def test_multiprotocol_carries_ipv6_on_the_ipv4_sessions(topology: str) -> None:
     """``ipv6_transport="MultiProtocol"``: no IPv6 session towards a node
     (no IPv6 ToR peer); a ToR's IPv4 session with a node has an IPv6 channel
