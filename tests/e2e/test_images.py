@@ -20,7 +20,9 @@ restarted unit brings the sessions back.
 
 Budget, measured on the shared 2-core development machine: from nothing
 (debootstrap base and both images) 2.5 min when it was quiet, up to 6 min
-under load; with podman's layer cache warm 30-50 s in all, the lab ~12 s."""
+under load (17 min at load 40-50); with podman's layer cache warm 30-50 s
+in all. The lab with the reflector's lifecycle: 67 s at load 40-50 (2 min
+45 s in all with a warm cache)."""
 
 from __future__ import annotations
 
