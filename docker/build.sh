@@ -8,9 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/docker/containers.conf}
-base=${BASE:-localhost/debian:bookworm-slim}
+# the local base is named after its recipe: a changed recipe makes a new one
+local_base=localhost/debian:bookworm-slim-$(cat docker/make-base.sh scripts/debian-mirrors.sh | sha1sum | cut -c1-8)
+base=${BASE:-$local_base}
 tag=${TAG:-latest}
-if [ "$base" = localhost/debian:bookworm-slim ]; then
+if [ "$base" = "$local_base" ]; then
   docker/make-base.sh "$base"
 fi
 pipconf=$(mktemp)

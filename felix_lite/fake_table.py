@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from felix_lite.inputs import HostInterface
 from felix_lite.model import (
     FdbEntry,
     IpipDevice,
@@ -215,24 +214,3 @@ class FakeTunnels:
         }
         k.neighbors = {key: n for key, n in k.neighbors.items() if n.ifname != name}
         k.fdb = {e for e in k.fdb if e.ifname != name}
-
-
-class FakeLinks:
-    """``HostLinks`` whose changes a test triggers with ``set``."""
-
-    def __init__(self, interfaces: Iterable[HostInterface] = ()) -> None:
-        self._interfaces = list(interfaces)
-        self._changed = asyncio.Event()
-
-    def set(self, interfaces: Iterable[HostInterface]) -> None:
-        self._interfaces = list(interfaces)
-        self._changed.set()
-
-    async def interfaces(self) -> list[HostInterface]:
-        return list(self._interfaces)
-
-    async def changes(self) -> AsyncIterator[None]:
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            yield None

@@ -1,15 +1,14 @@
-"""The real ``RouteTable`` and ``HostLinks`` ports, over netlink.
+"""The real ``RouteTable`` port, over netlink.
 
 This module owns the translation between the ports' named, typed values and
 the kernel: interface names resolved to indexes (and back) at this edge,
 routes written and streamed through ``netlink_bulk`` (the fast path), and
-the few neighbour, FDB, link and address operations through pyroute2.
+the few neighbour, FDB and link operations through pyroute2.
 
 All netlink work runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
-by two threads at once. Link and address changes arrive on a multicast
-netlink socket watched by the event loop itself (``add_reader``): the
-handler only drains the socket and marks "changed".
+by two threads at once. (The host's links and addresses are read by
+``felix_lite.netlink_host``.)
 
 A namespace name (``netns``) makes every socket live in that namespace
 (see ``netlink_bulk.netlink_socket``; pyroute2 is opened with its own
@@ -27,17 +26,16 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from netaddr import IPAddress, IPNetwork
+from netaddr import IPAddress
 
 from felix_lite import netlink_codec as nc
-from felix_lite.inputs import IPIP_DEVICE, VXLAN_DEVICE, HostInterface
+from felix_lite.inputs import IPIP_DEVICE, VXLAN_DEVICE
 from felix_lite.model import FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
 from felix_lite.netlink_bulk import (
     OP_ADD,
     OP_DELETE,
     OP_REPLACE,
     BulkRoutes,
-    netlink_socket,
 )
 from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
 
@@ -47,9 +45,6 @@ Op_ = TypeVar("Op_", NeighborOp, FdbOp)
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV6_IFADDR = 0x100
 LINKS_MAX_AGE = 1.0
 
 _OP_CODE = {Op.ADD: OP_ADD, Op.REPLACE: OP_REPLACE, Op.DELETE: OP_DELETE}
@@ -308,67 +303,3 @@ class NetlinkRouteTable:
 
 def _strerror(err: int) -> str:
     return os.strerror(err)
-
-
-class NetlinkHostLinks:
-    """``ports.HostLinks``: the interfaces with their addresses and MTUs, and
-    a change signal from the link/address multicast groups."""
-
-    def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
-        self._worker = _Worker("felix-links")
-        self._ipr: Any = self._worker.call(_open_ipr, netns)
-
-    def close(self) -> None:
-        self._worker.call(self._ipr.close)
-        self._worker.shutdown()
-
-    def _interfaces(self) -> list[HostInterface]:
-        addrs: dict[int, list[IPNetwork]] = {}
-        for a in self._ipr.get_addr():
-            ip = a.get_attr("IFA_ADDRESS")
-            if a.get_attr("IFA_LOCAL"):
-                ip = a.get_attr("IFA_LOCAL")  # point-to-point: LOCAL is ours
-            if ip:
-                addrs.setdefault(a["index"], []).append(IPNetwork(f"{ip}/{a['prefixlen']}"))
-        out = []
-        for link in self._ipr.get_links():
-            out.append(
-                HostInterface(
-                    name=link.get_attr("IFLA_IFNAME"),
-                    addresses=tuple(addrs.get(link["index"], ())),
-                    mtu=int(link.get_attr("IFLA_MTU") or 0),
-                    up=bool(link["flags"] & 1),  # IFF_UP
-                )
-            )
-        return out
-
-    async def interfaces(self) -> list[HostInterface]:
-        return await self._worker.run(self._interfaces)
-
-    async def changes(self) -> AsyncIterator[None]:
-        groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        sock = await self._worker.run(lambda: netlink_socket(self.netns, groups=groups))
-        sock.setblocking(False)
-        changed = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_readable() -> None:
-            try:
-                while sock.recv(65536):
-                    pass
-            except BlockingIOError:
-                pass
-            except OSError:  # ENOBUFS: events were lost, which still means "changed"
-                pass
-            changed.set()
-
-        loop.add_reader(sock.fileno(), on_readable)
-        try:
-            while True:
-                await changed.wait()
-                changed.clear()
-                yield None
-        finally:
-            loop.remove_reader(sock.fileno())
-            sock.close()

@@ -1,5 +1,6 @@
 """The ports the reconciler drives: the kernel route table, the VXLAN
-neighbour/FDB tables, the tunnel devices and the host's links.
+neighbour/FDB tables and the tunnel devices (the host's links and addresses
+are read by ``felix_lite.netlink_host``).
 
 Two implementations each: ``felix_lite.fake_table`` (in memory, for unit and
 property tests) and the netlink adapters (``felix_lite.netlink_table``,
@@ -43,7 +44,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from felix_lite.inputs import HostInterface
 from felix_lite.model import FdbEntry, IpipDevice, KernelRoute, NeighborEntry, VxlanDevice
 
 T = TypeVar("T")
@@ -117,14 +117,3 @@ class TunnelDevices(Protocol):
     async def apply_vxlan(self, desired: VxlanDevice | None) -> None: ...
 
     async def apply_vxlan6(self, desired: VxlanDevice | None) -> None: ...
-
-
-class HostLinks(Protocol):
-    """The host's interfaces, and a signal when they change."""
-
-    async def interfaces(self) -> list[HostInterface]: ...
-
-    def changes(self) -> AsyncIterator[None]:
-        """Yield (at least) once after any link or address change; bursts may
-        be coalesced into one yield. Runs until cancelled."""
-        ...

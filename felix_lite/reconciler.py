@@ -44,7 +44,7 @@ from felix_lite.delta import (
     plan_delta,
     plan_route_ops_for,
 )
-from felix_lite.inputs import VXLAN_DEVICE, HostInterface
+from felix_lite.inputs import VXLAN_DEVICE
 from felix_lite.model import (
     DEFAULT_PROTO,
     MAIN_TABLE,
@@ -58,7 +58,6 @@ from felix_lite.model import (
 )
 from felix_lite.ports import (
     FdbOp,
-    HostLinks,
     NeighborOp,
     Op,
     OpFailure,
@@ -135,8 +134,6 @@ class Reconciler:
         routes: RouteTable,
         *,
         tunnels: TunnelDevices | None = None,
-        links: HostLinks | None = None,
-        on_host_changed: Callable[[list[HostInterface]], None] | None = None,
         proto: int = DEFAULT_PROTO,
         table: int = MAIN_TABLE,
         resync_interval: float = 90.0,
@@ -147,8 +144,6 @@ class Reconciler:
     ) -> None:
         self._routes = routes
         self._tunnels = tunnels
-        self._links = links
-        self._on_host_changed = on_host_changed
         self.proto = proto
         self.table = table
         self.resync_interval = resync_interval
@@ -246,32 +241,25 @@ class Reconciler:
 
     async def run(self) -> None:
         """Reconcile until cancelled."""
-        watcher = asyncio.create_task(self._watch_links()) if self._links else None
         failures = 0
-        try:
-            while True:
-                await self._wait_for_work()
-                if self._desired is None:
-                    continue
-                full = self._full_due or self._clock() - self._last_full >= self.resync_interval
-                try:
-                    await self.sync_once(full=full)
-                    failures = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # A broken channel: our belief about the kernel is suspect.
-                    failures += 1
-                    delay = self.backoff.delay(failures)
-                    log.exception("reconcile pass failed; full resync in %.1fs", delay)
-                    self._full_due = True
-                    await asyncio.sleep(delay)
-                    self._dirty.set()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+        while True:
+            await self._wait_for_work()
+            if self._desired is None:
+                continue
+            full = self._full_due or self._clock() - self._last_full >= self.resync_interval
+            try:
+                await self.sync_once(full=full)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A broken channel: our belief about the kernel is suspect.
+                failures += 1
+                delay = self.backoff.delay(failures)
+                log.exception("reconcile pass failed; full resync in %.1fs", delay)
+                self._full_due = True
+                await asyncio.sleep(delay)
+                self._dirty.set()
 
     async def _wait_for_work(self) -> None:
         if self._desired is None:
@@ -284,23 +272,6 @@ class Reconciler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._dirty.wait(), timeout)
         self._dirty.clear()
-
-    async def _watch_links(self) -> None:
-        assert self._links is not None
-        while True:
-            try:
-                async for _ in self._links.changes():
-                    interfaces = await self._links.interfaces()
-                    if self._on_host_changed is not None:
-                        self._on_host_changed(interfaces)
-                    # The kernel drops routes through a link that goes down.
-                    self.request_resync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("link watch failed; restarting it")
-                self.request_resync()
-                await asyncio.sleep(1.0)
 
     # --- one pass --------------------------------------------------------
 

@@ -135,7 +135,7 @@ def node_in(
         "netns": ns.name,
         "etcd": {"endpoints": [endpoint], "prefix": etcd_prefix},
         "ipam": {"socket": str(work / "ipam.sock"), "l2Segment": True},
-        "bgp": {"workDir": str(work / "bgp"), "gracefulRestartSeconds": 120},
+        "bgp": {"workDir": str(work / "bgp")},
         "http": {"listen": http},
         **extra,
     }

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from datastore.port import StoreError
 from ipam.allocator import IpamError
 from ipam.cni_plugin import DEFAULT_SOCKET
-from ipam.cni_service import HostIdentity, serve
 from ipam.ipam import Ipam
 from ipam.quoting import quote
 from meshroute.errors import UserError
@@ -80,6 +79,13 @@ def add_serve_parser(ipam_subparsers: argparse._SubParsersAction[argparse.Argume
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    # Loaded only to serve: the service makes routed pods' veths with
+    # pyroute2, which the command line does not need and the reflector's
+    # image leaves out.
+    try:
+        from ipam.cni_service import HostIdentity, serve
+    except ImportError as e:
+        raise ServeError(f"cannot start: {e} (the IPAM service runs on nodes)") from e
     try:
         store = store_from_args(args)
     except StoreError as e:

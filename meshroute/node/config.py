@@ -23,7 +23,6 @@ class BgpSection(Section):
     router_id: Address | None = Field(default=None, alias="routerId")
     exabgp: str = "exabgp"
     work_dir: str = Field(default="/run/meshroute/bgp", alias="workDir")
-    restart_grace_seconds: int = Field(default=120, ge=1, le=3600, alias="gracefulRestartSeconds")
 
 
 class FelixSection(Section):

@@ -5,8 +5,14 @@ they ask for (level-triggered: every change re-plans everything; BIRD's
 cannot be made, or that BIRD refuses, leaves the running configuration in
 place and is reported (log, /status, /readiness, metrics).
 
-Stopping (SIGTERM) ends BIRD too; a ``kill -9`` of this process leaves BIRD
-serving, and the next run adopts it without resetting a session."""
+Stopping (SIGTERM) ends BIRD too. On a bare host a ``kill -9`` of this
+process leaves BIRD serving, and the next run adopts it without resetting a
+session. In the container this process is PID 1 and BIRD its child in the
+container's PID namespace, which the kernel ends with its init: BIRD ends
+with this process whatever the signal, the container exits with it, and
+the container is the unit systemd restarts (Restart=on-failure on the exit
+status conmon passes on). Nothing is adopted there: redundant reflector
+pairs, and graceful restart at the clients, carry the routes meanwhile."""
 
 from __future__ import annotations
 

@@ -1,6 +1,12 @@
 """systemd's notify protocol (sd_notify) without libsystemd: one datagram
 per state change to ``$NOTIFY_SOCKET``, and the watchdog interval from
-``$WATCHDOG_USEC`` (pinged at half of it, as sd_watchdog_enabled advises)."""
+``$WATCHDOG_USEC`` (pinged at half of it, as sd_watchdog_enabled advises).
+
+Sending never waits: it runs on the event loop, and a datagram to a
+receiver whose queue is full (10 datagrams by default, net.unix.
+max_dgram_qlen) would block until the receiver reads. systemd always reads;
+a receiver that does not would otherwise freeze the whole process (HTTP,
+BGP, routes) on a watchdog ping. Such a notification is dropped instead."""
 
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ class Notifier:
             return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             try:
-                s.sendto("\n".join(lines).encode(), self._addr)
-            except OSError:
+                s.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self._addr)
+            except OSError:  # BlockingIOError included: the receiver's queue is full
                 return False
         return True

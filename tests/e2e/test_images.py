@@ -1,11 +1,18 @@
 """The container images, built with ``make image``'s script and run as an
-operator runs them: a small lab on one L2 segment (a bridge in a ``lan``
-namespace) with etcd, a BIRD top-of-rack router, the reflector image and two
-node images, each container in its own lab namespace through
-``podman run --network ns:``. The CNI plugins come from the node image's
-installer. Checked: the reflector's and the ToR's sessions with both nodes,
-the ToR learns both nodes' pod blocks, a pod behind one node container pings
-a pod behind the other.
+operator runs them: through our Quadlet units (configs/systemd/*.container),
+turned into systemd services by Podman Quadlet's own generator and run the
+way systemd runs them (ExecStartPre, ExecStart under a notify socket,
+ExecStopPost, ExecStop). A small lab on one L2 segment (a bridge in a
+``lan`` namespace) holds etcd, a BIRD top-of-rack router, the reflector
+container and two node containers, each started inside its own lab
+namespace (the units say ``Network=host``). The CNI plugins come from the
+node unit's installer step. Checked: READY=1 and watchdog pings from every
+container, the reflector's and the ToR's sessions with both nodes, the ToR
+learns both nodes' pod blocks, a pod behind one node container pings a pod
+behind the other; then the reflector's lifecycle: BIRD killed inside the
+container is restarted by the reflector, the reflector killed ends its
+container (and BIRD with it) with the status systemd restarts on, and the
+restarted unit brings the sessions back.
 
     lan (br0) 192.0.2.0/24
       .100 etcd       .1 BIRD ToR (AS 65001)      .2 meshroute-reflector
@@ -13,17 +20,20 @@ a pod behind the other.
 
 Budget, measured on the shared 2-core development machine: from nothing
 (debootstrap base and both images) 2.5 min when it was quiet, up to 6 min
-under load; with podman's layer cache warm 30-50 s in all, the lab ~12 s."""
+under load (17 min at load 40-50); with podman's layer cache warm 30-50 s
+in all. The lab with the reflector's lifecycle: 67 s at load 40-50 (2 min
+45 s in all with a warm cache)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +48,17 @@ from lab.poll import http_get, wait_for
 from lab.reflector_rig import Lan
 from tests.harness.bgp_peers import Bird, BirdNeighbor, BirdSpec, start_bird
 from tests.harness.cli import REPO
+from tests.harness.quadlet import GeneratedService, generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns, pytest.mark.timeout(1200)]
-TAG = "smoke"
+# its own tag: other runs of this test on the same podman storage retag theirs
+TAG = f"smoke-{os.getpid()}"
+# Quadlet's ExecStart puts conmon and the container in sub-cgroups of the
+# unit's own cgroup (Delegate=yes). Without systemd as PID 1 there is no
+# such cgroup, and podman stops ("could not find cgroup mount in
+# /proc/self/cgroup"): here the command runs without this one flag, every
+# other one as generated.
+SPLIT_CGROUPS = "--cgroups=split"
 CONF = str(REPO / "docker" / "containers.conf")
 ETCD_IP, TOR_IP, RR_IP = "192.0.2.100", "192.0.2.1", "192.0.2.2"
 NODES = {"node-a": "192.0.2.11", "node-b": "192.0.2.12"}
@@ -81,7 +99,7 @@ def podman(
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, str]:
+def images() -> Iterator[dict[str, str]]:
     p = subprocess.run(
         [str(REPO / "docker" / "build.sh")],
         env={**os.environ, "TAG": TAG, "CONTAINERS_CONF": CONF},
@@ -91,14 +109,105 @@ def images() -> dict[str, str]:
     )
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     sys.stderr.write(p.stdout)  # the sizes, for the record
-    return {k: f"localhost/meshroute-{k}:{TAG}" for k in ("node", "reflector")}
+    tagged = {k: f"localhost/meshroute-{k}:{TAG}" for k in ("node", "reflector")}
+    yield tagged
+    for name in tagged.values():  # the layers stay cached for the next run
+        podman("untag", name, name)
+
+
+class Notify:
+    """A NOTIFY_SOCKET as systemd holds one for a unit: what was said on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.said: set[str] = set()
+
+    def heard(self) -> set[str]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.said.update(self.sock.recv(4096).decode().splitlines())
+        return self.said
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @dataclass
 class Container:
+    """One of our Quadlet units on this machine: the systemd service Quadlet
+    generated for it, run the way systemd runs it (ExecStartPre, ExecStart
+    with the unit's environment and a notify socket, ExecStopPost after the
+    main process ends, ExecStop to stop it), inside the lab namespace ``ns``
+    (``Network=host``: podman runs in the namespace and the container shares
+    it)."""
+
+    unit: GeneratedService
     name: str
     ns: Netns
+    work: Path
     http: str  # inside ns
+    notify: Notify | None = None
+
+    def _run(self, argv: list[str], env: dict[str, str] | None = None, check: bool = True) -> None:
+        p = subprocess.run(
+            # only the network namespace: podman's mounts stay the host's
+            ["nsenter", f"--net=/run/netns/{self.ns.name}", *argv],
+            env={**os.environ, "CONTAINERS_CONF": CONF, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert p.returncode == 0 or not check, f"{shlex.join(argv)}: {p.stderr[-2000:]}"
+
+    def start(self, pre: Callable[[list[str]], list[str]] = lambda argv: argv) -> None:
+        """ExecStartPre (each through ``pre``), then ExecStart; systemd's
+        WATCHDOG_USEC comes from WatchdogSec (30 s), shortened to 2 s here
+        so that pings arrive within the test's patience."""
+        rt = self.work / "rt"
+        rt.mkdir(exist_ok=True)
+        for argv in self.unit.commands("ExecStartPre", rt):
+            self._run(pre(argv))
+        if self.notify is not None:
+            self.notify.close()
+            self.notify.path.unlink()
+        self.notify = Notify(self.work / "notify.sock")
+        env = {
+            **self.unit.environment(),
+            "NOTIFY_SOCKET": str(self.notify.path),
+            "WATCHDOG_USEC": "2000000",
+        }
+        (argv,) = self.unit.commands("ExecStart", rt)
+        self._run([a for a in argv if a != SPLIT_CGROUPS], env)
+
+    def stopped(self) -> None:
+        """What systemd runs once the main process has ended (ExecStopPost,
+        whose failure systemd ignores: the unit says '-')."""
+        for argv in self.unit.commands("ExecStopPost", self.work / "rt"):
+            self._run(argv, check=False)
+        # Podman 4.4 and later remove the --cidfile with the container, and
+        # Quadlet relies on it (it no longer generates the ExecStartPre
+        # 'rm -f %t/%N.cid' it once had); podman 4.3 leaves the file, and
+        # the next ExecStart would refuse to run: what that line did, here.
+        (self.work / "rt" / f"{self.unit.name.removesuffix('.service')}.cid").unlink(
+            missing_ok=True
+        )
+
+    def stop(self) -> None:
+        for argv in self.unit.commands("ExecStop", self.work / "rt"):
+            self._run(argv)
+        self.stopped()
+
+    def wait_notified(self, *messages: str) -> None:
+        assert self.notify is not None
+        notify = self.notify
+        wait_for(
+            f"{' and '.join(messages)} from {self.name}",
+            lambda: set(messages) <= notify.heard(),
+            90,
+        )
 
     def get(self, path: str) -> tuple[int, bytes]:
         return call_in_netns(self.ns.name, lambda: http_get(self.http, path))
@@ -107,9 +216,46 @@ class Container:
         code, body = self.get("/status")
         return json.loads(body) if code == 200 else {}
 
+    def running(self) -> bool:
+        p = podman("container", "inspect", "--format", "{{.State.Running}}", self.name)
+        return p.returncode == 0 and p.stdout.strip() == "true"
+
     def logs(self) -> str:
         p = podman("logs", self.name)
         return f"--- {self.name} ---\n{(p.stdout + p.stderr)[-4000:]}\n"
+
+
+def site_unit(kind: str, work: Path, cni: Path, label: str) -> str:
+    """configs/systemd/meshroute-KIND.container as this site has it: the
+    image under test, a container name of its own, host directories under
+    ``work`` (and ``cni`` for /opt/cni). Nothing else changes."""
+    text = (REPO / "configs" / "systemd" / f"meshroute-{kind}.container").read_text()
+    site = {
+        f"Image=localhost/meshroute-{kind}:latest": f"Image=localhost/meshroute-{kind}:{TAG}",
+        "meshroute-node:latest install-cni": f"meshroute-node:{TAG} install-cni",
+        f"ContainerName=meshroute-{kind}\n": f"ContainerName={container_name(label)}\n",
+        "Volume=/etc/meshroute:": f"Volume={work / 'etc'}:",
+        "Volume=/run/meshroute:": f"Volume={work / 'run'}:",
+        "mkdir -p /run/meshroute": f"mkdir -p {work / 'run'}",
+        " /opt/cni/bin": f" {cni / 'bin'}",
+        "-v /opt/cni:/opt/cni": f"-v {cni}:/opt/cni",
+    }
+    for old, new in site.items():
+        text = text.replace(old, new)
+    return text
+
+
+def container_name(label: str) -> str:
+    return f"meshroute-smoke-{label}-{os.getpid()}"
+
+
+def generated(kind: str, work: Path, cni: Path, label: str) -> GeneratedService:
+    """The systemd service Quadlet generates from our unit for ``kind``, as
+    this site has it (``site_unit``)."""
+    units = work / "units"
+    units.mkdir(parents=True)
+    (units / f"meshroute-{kind}.container").write_text(site_unit(kind, work, cni, label))
+    return generate(units)[f"meshroute-{kind}.service"]
 
 
 @dataclass
@@ -120,37 +266,14 @@ class Lab:
     tor: Bird
     containers: list[Container]
 
-    def run(
-        self,
-        image: str,
-        label: str,
-        ns: Netns,
-        config: dict[str, Any],
-        *caps: str,
-        systemd: dict[str, str] | None = None,
-    ) -> Container:
-        """``image`` in ``ns`` with ``config`` at /etc/meshroute/config.yaml
-        and a host directory at /run/meshroute (sockets, daemon files).
-        ``systemd``: the NOTIFY_SOCKET and WATCHDOG_USEC systemd would give
-        podman, passed on as the Quadlet units do."""
+    def unit(self, kind: str, label: str, ns: Netns, config: dict[str, Any]) -> Container:
+        """Our Quadlet unit for ``kind`` through Quadlet's generator, with
+        ``config`` as its /etc/meshroute/KIND.yaml; not started."""
         work = self.tmp / label
-        (work / "etc").mkdir(parents=True)
-        (work / "run").mkdir()
-        (work / "etc" / "config.yaml").write_text(yaml.safe_dump(config))
-        name = f"meshroute-smoke-{label}-{os.getpid()}"
-        kind = "node" if "node" in image else "reflector"
-        p = podman(
-            "run", "-d", "--name", name, f"--network=ns:/run/netns/{ns.name}",
-            "--cap-drop=all", *[f"--cap-add={c}" for c in caps],
-            # as the Quadlet units: ReadOnly=true, NoNewPrivileges=true
-            "--read-only", "--security-opt=no-new-privileges",
-            "-v", f"{work / 'etc'}:/etc/meshroute:ro", "-v", f"{work / 'run'}:/run/meshroute",
-            *(["--sdnotify=container", "--env=WATCHDOG_USEC"] if systemd else []),
-            image, "meshroute", kind, "--config", "/etc/meshroute/config.yaml",
-            env=systemd,
-        )  # fmt: skip
-        assert p.returncode == 0, p.stderr
-        c = Container(name, ns, config["http"]["listen"])
+        unit = generated(kind, work, self.tmp / "opt-cni", label)
+        (work / "etc").mkdir()
+        (work / "etc" / f"{kind}.yaml").write_text(yaml.safe_dump(config))
+        c = Container(unit, container_name(label), ns, work, config["http"]["listen"])
         self.containers.append(c)
         return c
 
@@ -187,6 +310,8 @@ def lab(netns: NetnsFactory, tmp_path: Path) -> Iterator[Lab]:
         for c in lab.containers:
             sys.stderr.write(c.logs())
             podman("rm", "-f", "-t", "5", c.name)
+            if c.notify is not None:
+                c.notify.close()
         tor.stop()
         etcd.kill()
 
@@ -232,26 +357,62 @@ def pinged(pod: Netns, ip: str) -> bool:
     return p.returncode == 0
 
 
+def install_cni_here(cni: Path) -> Callable[[list[str]], list[str]]:
+    """The node unit's ExecStartPre as this site needs it: the host's CNI
+    directory is not /opt/cni here, so the installer is told where it is
+    (HOST_CNI_DIR), as an operator with another directory would tell it."""
+
+    def pre(argv: list[str]) -> list[str]:
+        if argv[-1] != "install-cni":
+            return argv
+        i = argv.index("run") + 1
+        return [*argv[:i], f"--env=HOST_CNI_DIR={cni}", *argv[i:]]
+
+    return pre
+
+
+def test_generated_services_are_the_units_systemd_expects(tmp_path: Path) -> None:
+    """What Quadlet makes of our units, checked where it matters: Type=notify
+    with the container's notifications accepted, the restart policy, and
+    the podman flags that make the container what the units promise."""
+    for kind, caps in (
+        ("reflector", ["cap_net_bind_service"]),
+        ("node", ["cap_net_admin", "cap_net_raw", "cap_net_bind_service"]),
+    ):
+        u = generated(kind, tmp_path / kind, tmp_path / "opt-cni", kind)
+        assert (u.value("Type"), u.value("NotifyAccess")) == ("notify", "all"), u.text
+        assert (u.value("Restart"), u.value("WatchdogSec"), u.value("KillMode")) == (
+            "on-failure",
+            "30",
+            "mixed",
+        )
+        (argv,) = u.commands("ExecStart", tmp_path)
+        assert argv[:4] == ["/usr/bin/podman", "run", "--name", container_name(kind)], argv
+        flags = set(argv)
+        assert {"--sdnotify=container", "--env=WATCHDOG_USEC", "--read-only", "-d"} <= flags
+        assert {"--security-opt=no-new-privileges", "--replace", "--rm", SPLIT_CGROUPS} <= flags
+        assert argv[argv.index("--network") + 1] == "host"
+        assert argv[argv.index("--cap-drop") + 1] == "all"
+        assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"] == caps
+        image = argv.index(f"localhost/meshroute-{kind}:{TAG}")
+        assert argv[image + 1 :] == [
+            "meshroute", kind, "--config", f"/etc/meshroute/{kind}.yaml"
+        ]  # fmt: skip
+        assert u.commands("ExecStop", tmp_path)[0][:3] == ["/usr/bin/podman", "rm", "-v"]
+    pre = u.commands("ExecStartPre", tmp_path)
+    assert pre[-1][-2:] == [f"localhost/meshroute-node:{TAG}", "install-cni"], pre
+
+
+def node_sessions(c: Container) -> dict[str, str]:
+    return {p["peer"]: p["state"] for p in c.status().get("peers", [])}
+
+
 def test_reflector_and_node_images_in_a_lab(images: dict[str, str], lab: Lab) -> None:
     cni = lab.tmp / "opt-cni"
-    cni.mkdir()
-    p = podman(
-        "run", "--rm", "-v", f"{cni}:/opt/cni", f"--env=HOST_CNI_DIR={cni}",
-        images["node"], "install-cni",
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    assert (cni / "bin" / "meshroute-cni-ipam").exists() and (cni / "bin" / "bridge").exists()
-
-    rr_ns = lab.lan.member("rr", RR_IP)
-    # the reflector runs as systemd runs it (Type=notify, WatchdogSec=2)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(lab.tmp / "notify.sock"))
-    notify.settimeout(1)
-    systemd = {"NOTIFY_SOCKET": str(lab.tmp / "notify.sock"), "WATCHDOG_USEC": "2000000"}
-    rr = lab.run(
-        images["reflector"],
+    rr = lab.unit(
+        "reflector",
         "rr",
-        rr_ns,
+        lab.lan.member("rr", RR_IP),
         {
             "name": "rr1",
             "ipv4": f"{RR_IP}/24",
@@ -260,18 +421,10 @@ def test_reflector_and_node_images_in_a_lab(images: dict[str, str], lab: Lab) ->
             "bird": {"workDir": "/run/meshroute/reflector", "errorWaitSeconds": [1, 3]},
             "http": {"listen": f"{RR_IP}:9098"},
         },
-        "CAP_NET_BIND_SERVICE",
-        systemd=systemd,
     )
-    heard: set[str] = set()
-
-    def ready_and_pinging() -> bool:
-        with contextlib.suppress(TimeoutError):
-            heard.update(notify.recv(4096).decode().splitlines())
-        return {"READY=1", "WATCHDOG=1"} <= heard
-
-    wait_for("READY=1 and watchdog pings from the reflector container", ready_and_pinging, 60)
-    notify.close()
+    rr.start()
+    # as systemd runs it: Type=notify, the watchdog pinged
+    rr.wait_notified("READY=1", "WATCHDOG=1")
     nodes = {}
     for name, ip in NODES.items():
         ns = lab.lan.member(name, ip)
@@ -284,8 +437,9 @@ def test_reflector_and_node_images_in_a_lab(images: dict[str, str], lab: Lab) ->
             "bgp": {"workDir": "/run/meshroute/bgp"},
             "http": {"listen": f"{ip}:9099"},
         }
-        caps = ("CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE")
-        nodes[name] = lab.run(images["node"], name, ns, config, *caps)
+        nodes[name] = lab.unit("node", name, ns, config)
+        nodes[name].start(install_cni_here(cni))
+    assert (cni / "bin" / "meshroute-cni-ipam").exists() and (cni / "bin" / "bridge").exists()
 
     def sessions_up() -> bool:
         ss = rr.status().get("sessions", [])
@@ -297,7 +451,8 @@ def test_reflector_and_node_images_in_a_lab(images: dict[str, str], lab: Lab) ->
     wait_for("the reflector's sessions with both node containers", sessions_up, 90)
     for name in NODES:
         lab.tor.wait_established(proto(name), 60)
-        wait_for(f"{name} ready", lambda n=name: nodes[n].get("/readiness")[0] == 200, 60)
+        nodes[name].wait_notified("READY=1", "WATCHDOG=1")
+        assert nodes[name].get("/readiness")[0] == 200
 
     pods = {}
     for name in NODES:
@@ -315,3 +470,46 @@ def test_reflector_and_node_images_in_a_lab(images: dict[str, str], lab: Lab) ->
         lambda: pinged(pod_a, ip_b),
         30,
     )
+
+    # The reflector's lifecycle in its container. BIRD dying is the
+    # reflector's to repair: it starts BIRD again, the container stays.
+    killed = podman(
+        "exec", rr.name, "sh", "-c", "kill -9 $(cat /run/meshroute/reflector/bird.pid)"
+    )  # fmt: skip
+    assert killed.returncode == 0, killed.stderr
+    wait_for("BIRD started again", lambda: rr.status().get("birdRestarts") == 1, 30)
+    wait_for("the sessions back", sessions_up, 90)
+    assert rr.running()
+
+    # The reflector dying is the container's end: BIRD, its child in the
+    # container's PID namespace, ends with it (no BIRD outlives meshroute
+    # to be adopted, as on a bare host), the container exits with the
+    # status systemd's Restart=on-failure acts on, and the restart (the same
+    # ExecStart) brings the sessions back.
+    waiter = subprocess.Popen(
+        ["podman", "wait", rr.name],
+        env={**os.environ, "CONTAINERS_CONF": CONF},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = podman("kill", "--signal", "KILL", rr.name)
+    assert killed.returncode == 0, killed.stderr
+    out, err = waiter.communicate(timeout=60)
+    assert out.strip() == "137", (out, err)
+    wait_for(
+        "node-a sees the reflector's session go",
+        lambda: node_sessions(nodes["node-a"]).get(RR_IP) != "established",
+        30,
+    )
+    rr.stopped()
+    rr.start()
+    rr.wait_notified("READY=1", "WATCHDOG=1")
+    wait_for("the sessions with the restarted reflector", sessions_up, 90)
+    wait_for(
+        "node-a's session with it",
+        lambda: node_sessions(nodes["node-a"]).get(RR_IP) == "established",
+        60,
+    )
+    rr.stop()
+    assert not rr.running()

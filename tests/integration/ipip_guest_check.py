@@ -4,7 +4,7 @@ Two hosts on different subnets joined by a router (all network namespaces of
 the guest), each with one pod (namespace + veth, Calico style: a /32 on the
 pod, a default route via 169.254.1.1 answered by proxy ARP). On each host
 felix_lite does the real work: the planner gets the host's interfaces (read
-by ``NetlinkHostLinks``), the pool 10.244.0.0/16 with ``ipipMode:
+by ``NetlinkHost``, as the node reads them), the pool 10.244.0.0/16 with ``ipipMode:
 CrossSubnet``, the host's block and tunnel address and the best route to the
 other host's block; the reconciler, through ``NetlinkTunnels`` and
 ``NetlinkRouteTable`` opened in the host's namespace, configures tunl0 (the
@@ -180,21 +180,18 @@ async def program_with_felix(hosts: dict[str, Netns]) -> dict[str, object]:
 
     from felix_lite.inputs import BestRoute, EncapMode, PlanInput, Pool
     from felix_lite.model import DEFAULT_PROTO, MAIN_TABLE, IpipDevice, KernelRoute
-    from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
+    from felix_lite.netlink_table import NetlinkRouteTable
     from felix_lite.planner import plan_kernel
     from felix_lite.reconciler import Reconciler
     from felix_lite.tunnels import NetlinkTunnels
+    from tests.harness.host_interfaces import read_interfaces
 
     log("felix_lite imported")
     assert DEFAULT_PROTO == PROTO
     out: dict[str, object] = {}
     for me, peer in ((A, B), (B, A)):
         ns = hosts[me.label].name
-        links = NetlinkHostLinks(netns=ns)
-        try:
-            interfaces = await links.interfaces()
-        finally:
-            links.close()
+        interfaces = await read_interfaces(ns)
         result = plan_kernel(
             PlanInput(
                 interfaces=tuple(interfaces),

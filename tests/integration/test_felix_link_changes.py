@@ -1,6 +1,7 @@
-"""The reconciler reacts to addresses and links coming and going in a real
-namespace: the change signal re-plans from the new interfaces and a full
-resync puts back what the kernel dropped with a link."""
+"""felix_lite's host reader and reconciler, composed as the node composes
+them, react to addresses and links coming and going in a real namespace:
+a change re-plans from the new interfaces, and after a link change a full
+resync puts back what the kernel dropped with the link."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from collections.abc import Callable
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from felix_lite.host_state import HostChange
 from felix_lite.inputs import BestRoute, HostInterface, PlanInput, Pool
 from felix_lite.model import DEFAULT_PROTO
-from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
+from felix_lite.netlink_host import NetlinkHost
+from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.planner import plan_kernel_state
 from felix_lite.reconciler import Reconciler
 from lab.netns import NetnsFactory
@@ -54,17 +57,20 @@ def test_address_and_link_changes_replan_and_resync(netns: NetnsFactory) -> None
 
     async def go() -> None:
         table = await asyncio.to_thread(NetlinkRouteTable, ns.name)
-        links = await asyncio.to_thread(NetlinkHostLinks, ns.name)
-        rec: Reconciler
+        host = NetlinkHost(ns.name, own_proto=DEFAULT_PROTO, table=254)
+        rec = Reconciler(table)
 
-        def on_host_changed(interfaces: list[HostInterface]) -> None:
-            rec.set_desired(plan_kernel_state(plan(interfaces)))
+        def on_host_changed(changed: set[HostChange]) -> None:
+            if HostChange.LINKS in changed:
+                rec.request_resync()  # the kernel drops routes with a link
+            rec.set_desired(plan_kernel_state(plan(host.interfaces())))
 
-        rec = Reconciler(table, links=links, on_host_changed=on_host_changed)
-        # No interface reaches the next hop yet: nothing to install.
-        rec.set_desired(plan_kernel_state(plan(await links.interfaces())))
-        task = asyncio.create_task(rec.run())
+        tasks = [asyncio.create_task(host.run(on_host_changed))]
         try:
+            await asyncio.wait_for(host.wait_ready(), 10)
+            # No interface reaches the next hop yet: nothing to install.
+            rec.set_desired(plan_kernel_state(plan(host.interfaces())))
+            tasks.append(asyncio.create_task(rec.run()))
             await asyncio.wait_for(rec.wait_converged(), 5)
             assert route_dev() is None
 
@@ -79,10 +85,10 @@ def test_address_and_link_changes_replan_and_resync(netns: NetnsFactory) -> None
             ns.ip("link", "set", "eth1", "up")
             await until(lambda: route_dev() == "eth1")
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for t in tasks:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             await asyncio.to_thread(table.close)
-            await asyncio.to_thread(links.close)
 
     asyncio.run(go())

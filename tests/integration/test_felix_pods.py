@@ -36,11 +36,12 @@ from felix_lite.inputs import (
     VxlanParams,
 )
 from felix_lite.model import DEFAULT_PROTO, KernelState
-from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
+from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.planner import plan_kernel
 from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
 from lab.netns import Netns, NetnsFactory, veth
+from tests.harness.host_interfaces import read_interfaces
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -121,11 +122,7 @@ def build(netns: NetnsFactory) -> tuple[Netns, list[Host]]:
 
 
 async def plan_for(h: Host, hosts: list[Host]) -> KernelState:
-    links = NetlinkHostLinks(netns=h.ns.name)
-    try:
-        interfaces = await links.interfaces()
-    finally:
-        await asyncio.to_thread(links.close)
+    interfaces = await read_interfaces(h.ns.name)
     others = [o for o in hosts if o is not h]
     result = plan_kernel(
         PlanInput(

@@ -35,6 +35,7 @@ def test_full_read_then_changes_by_notification(netns: NetnsFactory) -> None:
     host, peer = netns.new("host"), netns.new("peer")
     veth(host, "eth0", peer, "eth0")
     host.ip("addr", "add", "192.0.2.11/24", "dev", "eth0")
+    host.ip("addr", "add", "2001:db8:1::11/64", "dev", "eth0", "nodad")
     host.ip("route", "add", "198.51.100.0/24", "via", "192.0.2.1", "proto", "static")
     host.ip("route", "add", "default", "via", "192.0.2.254", "proto", "dhcp")
     host.ip("route", "add", "203.0.113.0/24", "via", "192.0.2.2", "table", "100")
@@ -56,6 +57,7 @@ def test_full_read_then_changes_by_notification(netns: NetnsFactory) -> None:
             ]
             eth0 = next(i for i in reader.interfaces() if i.name == "eth0")
             assert IPNetwork("192.0.2.11/24") in eth0.addresses and eth0.up
+            assert IPNetwork("2001:db8:1::11/64") in eth0.addresses and eth0.mtu == 1500
             assert reader.full_reads == 1
 
             seen.clear()

@@ -1,4 +1,4 @@
-"""The real RouteTable / HostLinks adapters in a network namespace."""
+"""The real RouteTable adapter in a network namespace."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from netaddr import IPAddress, IPNetwork
 
 from felix_lite.delta import decide_route_equal
 from felix_lite.model import DEFAULT_PROTO, FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
-from felix_lite.netlink_table import NetlinkHostLinks, NetlinkRouteTable
+from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.ports import FdbOp, NeighborOp, Op, RouteOp
 from lab.netns import Netns, NetnsFactory
 
@@ -160,32 +160,6 @@ def test_neighbors_and_fdb_on_the_vxlan_device(netns):
 
     asyncio.run(scenario())
     assert "PERMANENT" not in ns.ip("neigh", "show", "dev", VX)
-
-
-def test_host_links_lists_interfaces_and_signals_changes(netns):
-    ns = _host(netns)
-
-    async def scenario() -> None:
-        links = NetlinkHostLinks(ns.name)
-        try:
-            by_name = {i.name: i for i in await links.interfaces()}
-            v0 = by_name["v0"]
-            assert IPNetwork("192.0.2.1/24") in v0.addresses
-            assert IPNetwork("2001:db8:1::1/64") in v0.addresses
-            assert v0.mtu == 1500 and v0.up
-            changes = links.changes()
-            waiter = asyncio.ensure_future(anext(changes))
-            await asyncio.sleep(0.2)  # the subscription is open before the change
-            assert not waiter.done()
-            await asyncio.to_thread(ns.ip, "addr", "add", "198.51.100.1/24", "dev", "v1")
-            await asyncio.wait_for(waiter, 5)
-            await changes.aclose()
-            by_name = {i.name: i for i in await links.interfaces()}
-            assert IPNetwork("198.51.100.1/24") in by_name["v1"].addresses
-        finally:
-            await asyncio.to_thread(links.close)
-
-    asyncio.run(scenario())
 
 
 def test_a_device_created_after_the_last_link_read_is_found(netns):

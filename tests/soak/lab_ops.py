@@ -164,8 +164,16 @@ class LabOps:
         return dict(yaml.safe_load(Path(node.config_path).read_text()))
 
     def graceful_restart_s(self) -> float:
-        cfg = self.node_config(self.lab.plan.nodes[0])
-        return float(cfg["bgp"].get("gracefulRestartSeconds", DEFAULT_GRACEFUL_RESTART_S))
+        """The longest time a peer keeps a stopped node's routes: the lab's
+        BGPPeers' ``gracefulRestartTime`` (120 s for the mesh and for a
+        BGPPeer that names none)."""
+        docs = yaml.safe_load_all(self.lab.plan.resources_yaml)
+        times = [
+            d["spec"].get("gracefulRestartTime", DEFAULT_GRACEFUL_RESTART_S)
+            for d in docs
+            if d and d.get("kind") == "BGPPeer"
+        ]
+        return float(max(times, default=DEFAULT_GRACEFUL_RESTART_S))
 
     def converged(self) -> bool:
         return converged(self.lab)

@@ -10,8 +10,7 @@ import errno
 
 from netaddr import IPAddress, IPNetwork
 
-from felix_lite.fake_table import FakeKernel, FakeLinks, FakeRouteTable, FakeTunnels
-from felix_lite.inputs import HostInterface
+from felix_lite.fake_table import FakeKernel, FakeRouteTable, FakeTunnels
 from felix_lite.model import (
     DEFAULT_PROTO,
     FdbEntry,
@@ -216,20 +215,12 @@ def test_tunnel_devices_applied_once_retried_on_failure_and_removed_when_off() -
     asyncio.run(go())
 
 
-def test_run_loop_waits_for_desired_resyncs_and_reacts_to_links() -> None:
+def test_run_loop_waits_for_desired_resyncs_and_on_request() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
         k = FakeKernel()
         k.add_foreign(route(1), PROTO)  # owned, from a previous run
-        links = FakeLinks([HostInterface("eth0", (N("192.0.2.10/24"),), 1500)])
-        seen: list[list[HostInterface]] = []
-        rec = Reconciler(
-            FakeRouteTable(k),
-            links=links,
-            on_host_changed=seen.append,
-            resync_interval=90.0,
-            clock=loop.time,
-        )
+        rec = Reconciler(FakeRouteTable(k), resync_interval=90.0, clock=loop.time)
         task = asyncio.create_task(rec.run())
         await asyncio.sleep(600)  # no desired state yet: it waits, however long
         assert k.ops["dump"] == 0 and route(1).key in k.routes  # nothing swept yet
@@ -246,9 +237,8 @@ def test_run_loop_waits_for_desired_resyncs_and_reacts_to_links() -> None:
         assert route(2).key in k.routes
 
         dumps = k.ops["dump"]
-        links.set([HostInterface("eth0", (N("192.0.2.10/24"),), 9000)])
-        await asyncio.sleep(0.001)  # the link change alone wakes it, no timer due
-        assert seen and seen[-1][0].mtu == 9000
+        rec.request_resync()  # as the node does after a link change
+        await asyncio.sleep(0.001)  # the request alone wakes it, no timer due
         assert k.ops["dump"] > dumps
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -36,6 +36,10 @@ def test_example_config_loads_with_documented_defaults() -> None:
             "nodeName: n\nipv4: 192.0.2.1/24\nbgp: {routerid: 1.1.1.1}\n",
             "node.yaml: bgp.routerid: Extra inputs are not permitted",
         ),
+        (  # gone: each BGPPeer's gracefulRestartTime says it (120 s for the mesh)
+            "nodeName: n\nipv4: 192.0.2.1/24\nbgp: {gracefulRestartSeconds: 120}\n",
+            "node.yaml: bgp.gracefulRestartSeconds: Extra inputs are not permitted",
+        ),
         ("nodeName: [\n", "node.yaml: not valid YAML"),
         ("- a\n", "node.yaml: expected a mapping"),
     ],

@@ -30,6 +30,21 @@ def test_notify_reaches_a_real_notify_socket(tmp_path: Path) -> None:
         assert s.recv(4096) == b"WATCHDOG=1"
 
 
+def test_notify_never_waits_for_a_receiver_that_does_not_read(tmp_path: Path) -> None:
+    """The node's event loop sends the watchdog pings: a full receiver queue
+    (a test's socket nobody reads any more) must drop them, not block. It
+    froze a node's HTTP answers once, and with them `meshroute status`."""
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        n = Notifier({"NOTIFY_SOCKET": path})
+        sent = [n.notify("WATCHDOG=1") for _ in range(200)]  # far past any queue
+        assert sent[0] and not sent[-1]
+        s.settimeout(2)
+        assert s.recv(4096) == b"WATCHDOG=1"
+        assert n.notify("STATUS=read again")  # room again: delivered
+
+
 def test_notify_without_systemd_and_watchdog_for_another_pid() -> None:
     assert not Notifier({}).notify("READY=1")
     assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None

@@ -1,8 +1,9 @@
-"""The Quadlet units (configs/systemd/*.container), checked offline: this
-machine's podman (4.3) has no Quadlet generator. Every [Container] key is
-one podman 4.5's podman-systemd.unit(5) documents, the service stays
-Type=notify with a watchdog, and the capabilities are the ones the images
-need (the smoke test, tests/e2e/test_images.py, runs them with these)."""
+"""The Quadlet units (configs/systemd/*.container), checked as text: every
+[Container] key is one podman 4.5 (the oldest Quadlet the units claim)
+documents in podman-systemd.unit(5), the service stays Type=notify with a
+watchdog, and the capabilities are the ones the images need. Quadlet's own
+generator (Debian 13's) turns them into services and the smoke test runs
+those (tests/e2e/test_images.py)."""
 
 from __future__ import annotations
 
