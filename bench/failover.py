@@ -23,8 +23,9 @@ same profiles), ``hold_timer_detect_ms`` (BIRD without BFD, hold time 3 s,
 the least BIRD accepts), ``cpu_pct_100_sessions`` (the BFD daemon's CPU, in
 percent of one core, running 100 sessions at 50 ms against BIRD, over
 ``--cpu-seconds``) with ``bird_cpu_pct_100_sessions`` (the BIRD on the other
-end, for reference). p99 of few samples is their maximum. The last line is
-one JSON object.
+end, for reference). p99 of few samples is their maximum.
+``load_avg_1m_start`` and ``load_avg_1m_end`` say how busy the machine was;
+``--only failover|cpu`` runs one half. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -270,17 +271,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--repeat", type=int, default=10, help="samples per side and profile")
     ap.add_argument("--cpu-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--only", choices=("failover", "cpu"), help="run one half (detection or CPU) alone"
+    )
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
     require_root("bench.failover")
     netns = NetnsFactory()
+    result: dict[str, Any] = {"load_avg_1m_start": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as d:
         tmp = Path(d)
         try:
-            result = failover(args.repeat, tmp, netns)
-            result.update(cpu_100_sessions(args.cpu_seconds, tmp, netns))
+            if args.only != "cpu":
+                result.update(failover(args.repeat, tmp, netns))
+            if args.only != "failover":
+                result.update(cpu_100_sessions(args.cpu_seconds, tmp, netns))
         finally:
             netns.cleanup()
+    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print_result(result, args.json)
 
 
