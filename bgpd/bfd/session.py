@@ -142,18 +142,27 @@ def jittered(s: Session, jitter: float, slack: float = 0.0) -> float:
 
 
 def packet(s: Session, *, final: bool = False) -> ControlPacket:
+    t = s.timers
+    # positional: this runs for every packet sent
     return ControlPacket(
-        state=s.state,
-        diag=s.diag,
-        detect_mult=s.timers.detect_mult,
-        my_disc=s.local_disc,
-        your_disc=s.remote_disc,
-        desired_min_tx_us=advertised_tx_us(s),
-        required_min_rx_us=s.timers.required_min_rx_us,
-        poll=s.polling and not final,
-        final=final,
-        cpi=s.timers.cpi,
+        s.state,
+        t.detect_mult,
+        s.local_disc,
+        s.remote_disc,
+        advertised_tx_us(s),
+        t.required_min_rx_us,
+        0,  # Required Min Echo RX: we do not ask for echo
+        s.diag,
+        s.polling and not final,
+        final,
+        t.cpi,
     )
+
+
+def _at_times(s: Session, next_tx: float, detect_at: float | None) -> Session:
+    """``s._replace(next_tx=..., detect_at=...)`` (the last two fields) at a
+    third of the cost, for the paths nearly every packet takes."""
+    return tuple.__new__(Session, (*s[:-2], next_tx, detect_at))
 
 
 # ---- transitions --------------------------------------------------------------
@@ -196,7 +205,7 @@ def receive(s: Session, p: ControlPacket, now: float) -> Step:
         # Up and told nothing new (nearly every packet): all that moves is
         # the detection time, as _receive would move it
         detect_us = p.detect_mult * max(s.rx_us, p.desired_min_tx_us)
-        return Step(s._replace(detect_at=now + detect_us / 1e6))
+        return Step(_at_times(s, s.next_tx, now + detect_us / 1e6))
     return _receive(s, p, now)
 
 
@@ -267,7 +276,7 @@ def tick(s: Session, now: float, jitter: float, slack: float = 0.0) -> Step:
         # wakeup does not slow the cadence (the peer's detection time counts
         # on it); yet never sooner than 75 % after the packet sent now.
         soonest = now + 0.75 * tx_interval_us(s) / 1e6
-        s = s._replace(next_tx=max(s.next_tx + jittered(s, jitter, slack), soonest))
+        s = _at_times(s, max(s.next_tx + jittered(s, jitter, slack), soonest), s.detect_at)
     return Step(s, send, change)
 
 
