@@ -23,7 +23,8 @@ same profiles), ``hold_timer_detect_ms`` (BIRD without BFD, hold time 3 s,
 the least BIRD accepts), ``cpu_pct_100_sessions`` (the BFD daemon's CPU, in
 percent of one core, running 100 sessions at 50 ms against BIRD, over
 ``--cpu-seconds``) with ``bird_cpu_pct_100_sessions`` (the BIRD on the other
-end, for reference). p99 of few samples is their maximum.
+end, for reference; ``sessions_up_before`` and ``sessions_up_after`` say
+how many of the 100 were Up around it). p99 of few samples is their maximum.
 ``load_avg_1m_start`` and ``load_avg_1m_end`` say how busy the machine was;
 ``--only failover|cpu`` runs one half. The last line is one JSON object.
 """
@@ -240,12 +241,15 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
         try:
             tm = Timers(50_000, 50_000, 3)
             client.set_sessions([PeerSpec(IPAddress(t), tm, local=IPAddress(o)) for o, t in pairs])
+            # On a loaded machine a few sessions may flap and never be Up all
+            # at once: measure anyway and say how many were Up.
             deadline = time.monotonic() + 60
             while sum(s.state is State.UP for s in client.status()) < len(pairs):
                 if time.monotonic() > deadline:
-                    raise TimeoutError("100 sessions did not all come Up in 60 s")
+                    break
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2)  # past every Poll Sequence
+            ups_before = sum(s.state is State.UP for s in client.status())
             pid = int((tmp / "bfd-daemon" / "bfd.pid").read_text())
             ours0, bird0, t0 = cpu_s([pid]), cpu_s([bird.proc.pid]), time.perf_counter()
             await asyncio.sleep(seconds)
@@ -256,6 +260,7 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
                 "bird_cpu_pct_100_sessions": round(
                     100 * (cpu_s([bird.proc.pid]) - bird0) / wall, 2
                 ),
+                "sessions_up_before": ups_before,
                 "sessions_up_after": ups,
             }
         finally:
