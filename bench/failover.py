@@ -25,7 +25,6 @@ percent of one core, running 100 sessions at 50 ms against BIRD, over
 ``--cpu-seconds``) with ``bird_cpu_pct_100_sessions`` (the BIRD on the other
 end, for reference; ``sessions_up_before`` and ``sessions_up_after`` say
 how many of the 100 were Up around it). p99 of few samples is their maximum.
-``load_avg_1m_start`` and ``load_avg_1m_end`` say how busy the machine was;
 ``--only failover|cpu`` runs one half. The last line is one JSON object.
 """
 
@@ -283,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     require_root("bench.failover")
     netns = NetnsFactory()
-    result: dict[str, Any] = {"load_avg_1m_start": round(os.getloadavg()[0], 2)}
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as d:
         tmp = Path(d)
         try:
@@ -293,7 +292,6 @@ def main(argv: list[str] | None = None) -> None:
                 result.update(cpu_100_sessions(args.cpu_seconds, tmp, netns))
         finally:
             netns.cleanup()
-    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print_result(result, args.json)
 
 
