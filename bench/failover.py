@@ -23,8 +23,9 @@ same profiles), ``hold_timer_detect_ms`` (BIRD without BFD, hold time 3 s,
 the least BIRD accepts), ``cpu_pct_100_sessions`` (the BFD daemon's CPU, in
 percent of one core, running 100 sessions at 50 ms against BIRD, over
 ``--cpu-seconds``) with ``bird_cpu_pct_100_sessions`` (the BIRD on the other
-end, for reference). p99 of few samples is their maximum. The last line is
-one JSON object.
+end, for reference; ``sessions_up_before`` and ``sessions_up_after`` say
+how many of the 100 were Up around it). p99 of few samples is their maximum.
+``--only failover|cpu`` runs one half. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -239,12 +240,15 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
         try:
             tm = Timers(50_000, 50_000, 3)
             client.set_sessions([PeerSpec(IPAddress(t), tm, local=IPAddress(o)) for o, t in pairs])
+            # On a loaded machine a few sessions may flap and never be Up all
+            # at once: measure anyway and say how many were Up.
             deadline = time.monotonic() + 60
             while sum(s.state is State.UP for s in client.status()) < len(pairs):
                 if time.monotonic() > deadline:
-                    raise TimeoutError("100 sessions did not all come Up in 60 s")
+                    break
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2)  # past every Poll Sequence
+            ups_before = sum(s.state is State.UP for s in client.status())
             pid = int((tmp / "bfd-daemon" / "bfd.pid").read_text())
             ours0, bird0, t0 = cpu_s([pid]), cpu_s([bird.proc.pid]), time.perf_counter()
             await asyncio.sleep(seconds)
@@ -255,6 +259,7 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
                 "bird_cpu_pct_100_sessions": round(
                     100 * (cpu_s([bird.proc.pid]) - bird0) / wall, 2
                 ),
+                "sessions_up_before": ups_before,
                 "sessions_up_after": ups,
             }
         finally:
@@ -270,15 +275,21 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--repeat", type=int, default=10, help="samples per side and profile")
     ap.add_argument("--cpu-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--only", choices=("failover", "cpu"), help="run one half (detection or CPU) alone"
+    )
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
     require_root("bench.failover")
     netns = NetnsFactory()
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as d:
         tmp = Path(d)
         try:
-            result = failover(args.repeat, tmp, netns)
-            result.update(cpu_100_sessions(args.cpu_seconds, tmp, netns))
+            if args.only != "cpu":
+                result.update(failover(args.repeat, tmp, netns))
+            if args.only != "failover":
+                result.update(cpu_100_sessions(args.cpu_seconds, tmp, netns))
         finally:
             netns.cleanup()
     print_result(result, args.json)

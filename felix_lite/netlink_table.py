@@ -156,7 +156,9 @@ class NetlinkRouteTable:
     def _apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
         # The reconciler sends a big change as many batches: reading the
         # links once a second is plenty, and an unknown name forces a read.
-        fresh = self._refresh_links(max_age=LINKS_MAX_AGE)
+        # Deletes name no device: a batch of them (a peer gone, as BFD
+        # reports it) goes out without waiting for the links.
+        fresh = links_checked = False
         failures: list[OpFailure[RouteOp]] = []
         items: list[tuple[int, bytes]] = []
         sent: list[RouteOp] = []
@@ -169,6 +171,10 @@ class NetlinkRouteTable:
                     if kind is delete:
                         item = (OP_DELETE, enc.delete_body(op.route))
                     else:
+                        if not links_checked:
+                            links_checked = True
+                            fresh = self._refresh_links(max_age=LINKS_MAX_AGE)
+                            enc = self._encoder(proto)
                         item = (OP_ADD if kind is add else OP_REPLACE, enc.new_body(op.route))
                 except KeyError:
                     if fresh:

@@ -12,8 +12,13 @@ Timer rules kept (§6.8.2, §6.8.3, §6.8.4):
   longer receive interval takes effect at once, a slower transmit or a
   shorter receive interval only when the Poll Sequence ends (Final received);
 - transmit interval = max(local desired TX in force, remote Required Min RX),
-  jittered to 75-100 % (75-90 % with a detection multiplier of 1); none at
-  all while the remote asks for a Required Min RX of 0;
+  jittered to 75-100 % (75-90 % with a detection multiplier of 1, §6.8.7);
+  none at all while the remote asks for a Required Min RX of 0. The next
+  packet is planned from when the last one was due (a late wakeup does not
+  slow the cadence), never sooner than 75 % after it left. A caller that
+  batches its wakeups says how late it may run (``slack``): the next packet
+  is planned that much earlier, never below 75 %, so it still leaves within
+  the range;
 - detection time = remote multiplier x max(local required RX in force,
   remote Desired Min TX), restarted by every valid packet.
 
@@ -116,31 +121,48 @@ def detection_time_us(s: Session) -> int:
     return s.remote_detect_mult * max(s.rx_us, s.remote_desired_tx_us)
 
 
-def next_wakeup(s: Session) -> float | None:
-    """When ``tick`` has something to do next (a packet or the detection time)."""
-    times = [t for t in (s.detect_at, s.next_tx if may_send(s) else None) if t is not None]
-    return min(times) if times else None
+def next_wakeup(s: Session, slack: float = 0.0) -> float | None:
+    """The latest time ``tick`` must run: a periodic packet may wait up to
+    ``slack`` (``tick`` planned it that much early), the detection time
+    never does."""
+    tx = s.next_tx + slack if may_send(s) else None
+    if s.detect_at is None:
+        return tx
+    return s.detect_at if tx is None or s.detect_at < tx else tx
 
 
-def jittered(s: Session, jitter: float) -> float:
-    """Seconds to the next periodic packet; ``jitter`` is uniform in [0, 1)."""
-    spread = 0.15 if s.timers.detect_mult == 1 else 0.25
-    return tx_interval_us(s) * (1.0 - spread * jitter) / 1e6
+def jittered(s: Session, jitter: float, slack: float = 0.0) -> float:
+    """Seconds to the next periodic packet; ``jitter`` is uniform in [0, 1).
+    §6.8.7: 75-100 % of the interval, 75-90 % with a multiplier of 1;
+    ``slack`` earlier, as long as that stays at or above 75 %."""
+    interval = tx_interval_us(s) / 1e6
+    top = 0.9 if s.timers.detect_mult == 1 else 1.0
+    planned = interval * (top - (top - 0.75) * jitter) - slack
+    return max(planned, 0.75 * interval)
 
 
 def packet(s: Session, *, final: bool = False) -> ControlPacket:
+    t = s.timers
+    # positional: this runs for every packet sent
     return ControlPacket(
-        state=s.state,
-        diag=s.diag,
-        detect_mult=s.timers.detect_mult,
-        my_disc=s.local_disc,
-        your_disc=s.remote_disc,
-        desired_min_tx_us=advertised_tx_us(s),
-        required_min_rx_us=s.timers.required_min_rx_us,
-        poll=s.polling and not final,
-        final=final,
-        cpi=s.timers.cpi,
+        s.state,
+        t.detect_mult,
+        s.local_disc,
+        s.remote_disc,
+        advertised_tx_us(s),
+        t.required_min_rx_us,
+        0,  # Required Min Echo RX: we do not ask for echo
+        s.diag,
+        s.polling and not final,
+        final,
+        t.cpi,
     )
+
+
+def _at_times(s: Session, next_tx: float, detect_at: float | None) -> Session:
+    """``s._replace(next_tx=..., detect_at=...)`` (the last two fields) at a
+    third of the cost, for the paths nearly every packet takes."""
+    return tuple.__new__(Session, (*s[:-2], next_tx, detect_at))
 
 
 # ---- transitions --------------------------------------------------------------
@@ -167,6 +189,27 @@ def receive(s: Session, p: ControlPacket, now: float) -> Step:
     """A valid packet (``packet.decode`` accepted it) addressed to ``s``."""
     if s.state is State.ADMIN_DOWN:
         return Step(s)  # §6.8.6: discarded
+    if (
+        s.state is State.UP
+        and p.state is State.UP
+        and s.remote_state is State.UP
+        and not p.poll
+        and not p.final
+        and p.my_disc == s.remote_disc
+        and p.required_min_rx_us == s.remote_min_rx_us
+        and p.desired_min_tx_us == s.remote_desired_tx_us
+        and p.detect_mult == s.remote_detect_mult
+        and p.diag == s.remote_diag
+        and p.cpi == s.remote_cpi
+    ):
+        # Up and told nothing new (nearly every packet): all that moves is
+        # the detection time, as _receive would move it
+        detect_us = p.detect_mult * max(s.rx_us, p.desired_min_tx_us)
+        return Step(_at_times(s, s.next_tx, now + detect_us / 1e6))
+    return _receive(s, p, now)
+
+
+def _receive(s: Session, p: ControlPacket, now: float) -> Step:
     before = tx_interval_us(s)
     polling, tx_us, rx_us, next_tx = s.polling, s.tx_us, s.rx_us, s.next_tx
     if p.final and polling:
@@ -207,8 +250,9 @@ def receive(s: Session, p: ControlPacket, now: float) -> Step:
     return Step(s, send, change)
 
 
-def tick(s: Session, now: float, jitter: float) -> Step:
-    """Whatever is due at ``now``: the detection time, then a periodic packet."""
+def tick(s: Session, now: float, jitter: float, slack: float = 0.0) -> Step:
+    """Whatever is due at ``now``: the detection time, then a periodic packet
+    (the next one planned for a caller that may run ``slack`` late)."""
     change = None
     if s.detect_at is not None and now >= s.detect_at:
         if s.state in (State.INIT, State.UP):
@@ -228,7 +272,11 @@ def tick(s: Session, now: float, jitter: float) -> Step:
     send: tuple[ControlPacket, ...] = ()
     if may_send(s) and now >= s.next_tx:
         send = (packet(s),)
-        s = s._replace(next_tx=now + jittered(s, jitter))
+        # Planned from when this packet was due, not from now: a late
+        # wakeup does not slow the cadence (the peer's detection time counts
+        # on it); yet never sooner than 75 % after the packet sent now.
+        soonest = now + 0.75 * tx_interval_us(s) / 1e6
+        s = _at_times(s, max(s.next_tx + jittered(s, jitter, slack), soonest), s.detect_at)
     return Step(s, send, change)
 
 

@@ -1,8 +1,11 @@
 """The sockets of the BFD edge: receivers on the well-known ports that report
-each packet's TTL (IP_RECVTTL / IPV6_RECVHOPLIMIT) and per-session senders
-bound to a source port in 49152-65535 with TTL 255 (RFC 5881 §4, §5;
-RFC 5883 §2). Sockets can be opened inside a named network namespace: the
-opening thread enters it, the socket stays there."""
+each packet's TTL (IP_RECVTTL / IPV6_RECVHOPLIMIT) and the time the kernel
+received it (SO_TIMESTAMPNS, so a packet read late still restarts the
+detection time from when it came), and per-session senders bound to a
+source port in 49152-65535 with TTL 255 (RFC 5881 §4, §5; RFC 5883 §2),
+connected to their peer where a route exists. Sockets can be opened inside
+a named network namespace: the opening thread enters it, the socket stays
+there."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import ctypes
 import os
 import random
 import socket
+import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -23,6 +27,13 @@ MULTIHOP_PORT = 4784
 SOURCE_PORTS = range(49152, 65536)
 TTL = 255
 IP_RECVTTL = 12  # linux/in.h; Python's socket module (3.11) does not name it
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (SCM_TIMESTAMPNS is the same); not named either
+RECEIVE_BUFFER = 1 << 20  # packets wait here between batched reads
+ANC_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(16)  # TTL, then a timespec
+_TIMESPEC = struct.Struct("@qq")
+_TTL_KINDS = frozenset(
+    {(socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)}
+)
 _CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -64,6 +75,8 @@ def open_receiver(family: socket.AddressFamily, port: int) -> socket.socket:
     s = socket.socket(family, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
@@ -107,14 +120,29 @@ def open_sender(local: IPAddress | None, family: socket.AddressFamily) -> socket
     return s
 
 
-def received_ttl(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+def received_meta(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, float | None]:
+    """The TTL (hop limit) and the kernel's receive time (CLOCK_REALTIME
+    seconds) in a packet's ancillary data, each None when absent."""
+    ttl: int | None = None
+    stamp: float | None = None
     for level, kind, data in ancdata:
-        if (level, kind) in (
-            (socket.IPPROTO_IP, socket.IP_TTL),
-            (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT),
-        ) and len(data) >= 4:
-            return int.from_bytes(data[:4], sys.byteorder)
-    return None
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            stamp = sec + nsec * 1e-9
+        elif (level, kind) in _TTL_KINDS and len(data) >= 4:
+            ttl = int.from_bytes(data[:4], sys.byteorder)
+    return ttl, stamp
+
+
+def connect_if_routed(s: socket.socket, peer: str, port: int) -> bool:
+    """Fix the socket's destination (a plain ``send`` then skips the address
+    parsing and the route lookup of ``sendto``); False when there is no
+    route yet, and the caller keeps using ``sendto``."""
+    try:
+        s.connect((peer, port))
+    except OSError:
+        return False
+    return True
 
 
 def close_quietly(s: socket.socket) -> None:

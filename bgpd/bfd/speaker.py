@@ -4,11 +4,23 @@
 (``PeerSpec``), starts what is new, stops what is gone and reconfigures
 what changed (a live change keeps the session Up; RFC 5880 Poll Sequence).
 Everything a session decides comes from ``bgpd.bfd.session``; this module
-only moves datagrams, keeps one timer per session, demultiplexes received
-packets (by Your Discriminator, else by source address) and counts what it
-drops. A packet that fails any check is dropped and counted under its
-reason; it never raises past the socket callback and never touches a
-session.
+only moves datagrams, keeps time, demultiplexes received packets (by Your
+Discriminator, else by source address) and counts what it drops. A packet
+that fails any check is dropped and counted under its reason; it never
+raises past the socket callback and never touches a session.
+
+Cost is per wakeup more than per packet, so the speaker batches them:
+- one timer for all sessions (``Deadlines``): a periodic packet may leave
+  up to ``BATCH_S`` late (the session plans it that much early, within the
+  jitter range), so packets due close together share a wakeup; a detection
+  time is never late;
+- a receive socket that had traffic is read from that timer every
+  ``BATCH_S`` until it falls quiet, then handed back to epoll; the kernel's
+  receive timestamp keeps the detection time exact, and every socket is
+  read before a detection time is declared expired;
+- a session's encoded packet is kept until its content changes, and its
+  socket is connected to the peer; a received packet equal to one seen
+  before is not decoded again.
 """
 
 from __future__ import annotations
@@ -25,21 +37,27 @@ from dataclasses import dataclass, field
 from netaddr import IPAddress
 
 from bgpd.bfd import session as sm
-from bgpd.bfd.packet import Malformed, Reason, State, decode, encode
+from bgpd.bfd.deadlines import Deadlines
+from bgpd.bfd.packet import ControlPacket, Malformed, Reason, State, decode, encode
 from bgpd.bfd.sockets import (
+    ANC_SPACE,
     MULTIHOP_PORT,
     SINGLE_HOP_PORT,
     TTL,
     close_quietly,
+    connect_if_routed,
     family_of,
     in_netns,
     open_receiver,
     open_sender,
-    received_ttl,
+    received_meta,
 )
 
 log = logging.getLogger("bgpd.bfd")
-MAX_BATCH = 64  # datagrams read per wakeup before yielding to the loop
+MAX_BATCH = 256  # datagrams read from one socket per wakeup
+BATCH_S = 0.002  # how late a periodic packet or a read may be, to share a wakeup
+DECODED_MAX = 4096  # distinct well-formed packets remembered
+STAMP_TRUST_S = 1.0  # a receive time further back than this is a clock step: use now
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +83,30 @@ class BfdChange:
     remote_diag: int  # the peer's last diagnostic
 
 
-@dataclass
+@dataclass(eq=False, slots=True)  # by identity: a key of the deadlines
 class _Live:
     spec: PeerSpec
     session: sm.Session
     sock: socket.socket
-    timer: asyncio.TimerHandle | None = None
+    peer_text: str  # the peer as recvmsg reports a source address
+    dest: tuple[str, int]
+    connected: bool
+    alive: bool = True
+    tx_packet: ControlPacket | None = None
+    tx_bytes: bytes = b""
     since: float = field(default_factory=time.time)
     sent: int = 0
     received: int = 0
     send_errors: int = 0
     last_down_diag: int | None = None
     last_down_at: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Receiver:
+    sock: socket.socket
+    multihop: bool
+    polling: bool = False  # read from the timer rather than from epoll
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +142,13 @@ class BfdSpeaker:
         self.drops: Counter[Reason] = Counter()
         self._sessions: dict[tuple[IPAddress, bool], _Live] = {}
         self._by_disc: dict[int, _Live] = {}
-        self._receivers: list[socket.socket] = []
+        self._by_source: dict[tuple[str, bool], _Live] = {}
+        self._decoded: dict[bytes, ControlPacket] = {}  # decode is pure; peers repeat
+        self._receivers: list[_Receiver] = []
+        self._polling: list[_Receiver] = []
+        self._deadlines: Deadlines[_Live] = Deadlines()
+        self._timer: asyncio.TimerHandle | None = None
+        self._waking = False  # in _wake: it arms the timer once at the end
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle ----
@@ -135,16 +171,21 @@ class BfdSpeaker:
             return out
 
         for s, multihop in await asyncio.to_thread(in_netns, self.netns, open_all):
-            self._receivers.append(s)
-            self._loop.add_reader(s.fileno(), self._on_readable, s, multihop)
+            r = _Receiver(s, multihop)
+            self._receivers.append(r)
+            self._loop.add_reader(s.fileno(), self._on_readable, r)
 
     async def stop(self) -> None:
         self.set_sessions(())
-        for s in self._receivers:
-            if self._loop is not None:
-                self._loop.remove_reader(s.fileno())
-            close_quietly(s)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for r in self._receivers:
+            if self._loop is not None and not r.polling:
+                self._loop.remove_reader(r.sock.fileno())
+            close_quietly(r.sock)
         self._receivers.clear()
+        self._polling.clear()
 
     # ---- desired sessions ----
 
@@ -172,16 +213,28 @@ class BfdSpeaker:
         disc = self.rng.randrange(1, 0xFFFFFFFF)
         while disc in self._by_disc:
             disc = self.rng.randrange(1, 0xFFFFFFFF)
-        live = _Live(spec, sm.new_session(disc, spec.timers, self._now()), sock)
+        family = family_of(spec.peer)
+        text = socket.inet_ntop(family, socket.inet_pton(family, str(spec.peer)))
+        dest = (text, self.ports[1] if spec.multihop else self.ports[0])
+        live = _Live(
+            spec,
+            sm.new_session(disc, spec.timers, self._now()),
+            sock,
+            text,
+            dest,
+            connect_if_routed(sock, *dest),
+        )
         self._sessions[spec.key] = live
         self._by_disc[disc] = live
-        self._schedule(live)
+        self._by_source[(text, spec.multihop)] = live
+        self._plan(live)
 
     def _remove(self, live: _Live) -> None:
-        if live.timer is not None:
-            live.timer.cancel()
+        live.alive = False
+        self._deadlines.discard(live)
         self._sessions.pop(live.spec.key, None)
         self._by_disc.pop(live.session.local_disc, None)
+        self._by_source.pop((live.peer_text, live.spec.multihop), None)
         close_quietly(live.sock)
 
     def _change(self, live: _Live, spec: PeerSpec) -> None:
@@ -199,86 +252,161 @@ class BfdSpeaker:
     def _step(self, live: _Live, step: sm.Step) -> None:
         live.session = step.session
         for p in step.send:
-            self._send(live, encode(p))
+            self._send(live, p)
         if step.change is not None:
             c = step.change
             live.since = time.time()
             if c.new in (State.DOWN, State.ADMIN_DOWN) and c.old is State.UP:
                 live.last_down_diag, live.last_down_at = c.diag, live.since
             log.info("BFD %s: %s -> %s (%d)", live.spec.peer, c.old.name, c.new.name, c.diag)
-            self.on_change(
-                BfdChange(
-                    live.spec.peer,
-                    live.spec.multihop,
-                    c.old,
-                    c.new,
-                    c.diag,
-                    live.session.remote_diag,
-                )
+            change = BfdChange(
+                live.spec.peer, live.spec.multihop, c.old, c.new, c.diag, live.session.remote_diag
             )
-        if self._sessions.get(live.spec.key) is live:
-            self._schedule(live)
+            try:
+                self.on_change(change)
+            except Exception:  # the sessions run on whatever a user does with it
+                log.exception("BFD change handler failed on %s", change)
+        if live.alive:
+            self._plan(live)
 
-    def _schedule(self, live: _Live) -> None:
-        when = sm.next_wakeup(live.session)
-        t = live.timer
+    def _plan(self, live: _Live) -> None:
+        when = sm.next_wakeup(live.session, BATCH_S)
+        if when is None or not self._deadlines.set(live, when) or self._waking:
+            return
+        t = self._timer
+        if t is None or when < t.when():
+            self._arm()
+
+    def _arm(self) -> None:
+        """One timer, at the earliest deadline (or the next read of a busy
+        receive socket)."""
+        assert self._loop is not None
+        when = self._deadlines.earliest()
+        if self._polling:
+            poll_at = self._loop.time() + BATCH_S
+            when = poll_at if when is None else min(when, poll_at)
+        t = self._timer
         if t is not None:
             if when is not None and t.when() <= when:
-                # it fires first and the tick then finds the real next
-                # wakeup: no cancel and re-arm for every packet received
-                return
+                return  # it fires first; _wake then arms for the rest
             t.cancel()
-            live.timer = None
-        if when is not None and self._loop is not None:
-            live.timer = self._loop.call_at(when, self._on_timer, live)
+            self._timer = None
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._wake)
 
-    def _on_timer(self, live: _Live) -> None:
-        live.timer = None
-        self._step(live, sm.tick(live.session, self._now(), self.rng.random()))
-
-    def _send(self, live: _Live, data: bytes) -> None:
-        port = self.ports[1] if live.spec.multihop else self.ports[0]
+    def _wake(self) -> None:
+        self._timer = None
+        now = self._now()
+        self._waking = True
         try:
-            live.sock.sendto(data, (str(live.spec.peer), port))
-            live.sent += 1
-        except OSError as e:  # no route, a full buffer: the timers cope
-            live.send_errors += 1
-            log.debug("BFD send to %s: %s", live.spec.peer, e)
+            self._poll(now)
+            drained = False
+            for live in self._deadlines.pop_due(now + BATCH_S):
+                if not live.alive:
+                    continue
+                s = live.session
+                if not drained and s.detect_at is not None and s.detect_at <= now:
+                    # a packet still in a socket may save the session
+                    drained = True
+                    for r in self._receivers:
+                        self._drain(r, now)
+                    if not live.alive:
+                        continue
+                    s = live.session
+                self._step(live, sm.tick(s, now, self.rng.random(), BATCH_S))
+        finally:
+            self._waking = False
+            self._arm()
 
-    def _on_readable(self, sock: socket.socket, multihop: bool) -> None:
-        for _ in range(MAX_BATCH):
+    def _send(self, live: _Live, p: ControlPacket) -> None:
+        if p != live.tx_packet:
+            live.tx_packet, live.tx_bytes = p, encode(p)
+        # A connected socket reports an earlier ICMP error on the next send,
+        # which then did not go out: that one is worth a second try.
+        for _ in range(2 if live.connected else 1):
             try:
-                data, anc, _flags, addr = sock.recvmsg(512, 64)
-            except (BlockingIOError, InterruptedError):
+                if live.connected:
+                    live.sock.send(live.tx_bytes)
+                else:
+                    live.sock.sendto(live.tx_bytes, live.dest)
+                live.sent += 1
                 return
+            except OSError as e:  # no route, a full buffer: the timers cope
+                log.debug("BFD send to %s: %s", live.spec.peer, e)
+        live.send_errors += 1
+
+    # ---- receiving ----
+
+    def _on_readable(self, r: _Receiver) -> None:
+        assert self._loop is not None
+        if self._drain(r, self._now()) and not r.polling:
+            # traffic: read it from the timer until it falls quiet
+            self._loop.remove_reader(r.sock.fileno())
+            r.polling = True
+            self._polling.append(r)
+            self._arm()
+
+    def _poll(self, now: float) -> None:
+        if not self._polling:
+            return
+        assert self._loop is not None
+        busy = []
+        for r in self._polling:
+            if self._drain(r, now):
+                busy.append(r)
+            else:
+                r.polling = False
+                self._loop.add_reader(r.sock.fileno(), self._on_readable, r)
+        self._polling = busy
+
+    def _drain(self, r: _Receiver, now: float) -> int:
+        offset = time.time() - now  # from the kernel's receive time to the loop's clock
+        recv, multihop = r.sock.recvmsg, r.multihop
+        n = 0
+        while n < MAX_BATCH:
+            try:
+                data, anc, _flags, addr = recv(512, ANC_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
             except OSError as e:  # ICMP errors surface here; nothing to read
                 log.debug("BFD receive: %s", e)
-                return
-            self._on_datagram(data, received_ttl(anc), IPAddress(addr[0].split("%")[0]), multihop)
+                break
+            n += 1
+            ttl, stamp = received_meta(anc)
+            at = now if stamp is None else min(now, max(stamp - offset, now - STAMP_TRUST_S))
+            self._on_datagram(data, ttl, addr[0], multihop, at)
+        return n
 
-    def _on_datagram(self, data: bytes, ttl: int | None, src: IPAddress, multihop: bool) -> None:
+    def _on_datagram(
+        self, data: bytes, ttl: int | None, src: str, multihop: bool, at: float
+    ) -> None:
         if not multihop and ttl != TTL:
             self.drops[Reason.BAD_TTL] += 1  # RFC 5881 §5: GTSM
             return
-        try:
-            p = decode(data)
-        except Malformed as e:
-            self.drops[e.reason] += 1
-            return
-        if src.is_ipv4_mapped():
-            src = src.ipv4()
+        p = self._decoded.get(data)
+        if p is None:
+            try:
+                p = decode(data)
+            except Malformed as e:
+                self.drops[e.reason] += 1
+                return
+            if len(self._decoded) >= DECODED_MAX:
+                self._decoded.clear()
+            self._decoded[data] = p
+        if "%" in src:
+            src = src.split("%", 1)[0]  # a link-local source's scope
         if p.your_disc:
             live = self._by_disc.get(p.your_disc)
         else:
-            live = self._sessions.get((src, multihop))
-        if live is None or live.spec.peer != src or live.spec.multihop != multihop:
+            live = self._by_source.get((src, multihop))
+        if live is None or live.peer_text != src or live.spec.multihop != multihop:
             self.drops[Reason.NO_SESSION] += 1
             return
         if multihop and (ttl is None or ttl < live.spec.minimum_ttl):
             self.drops[Reason.BAD_TTL] += 1
             return
         live.received += 1
-        self._step(live, sm.receive(live.session, p, self._now()))
+        self._step(live, sm.receive(live.session, p, at))
 
     # ---- what operators see ----
 

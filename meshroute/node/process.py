@@ -129,6 +129,7 @@ class NodeProcess:
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
+        self._felix_urgent = False  # a BFD Down: the next pass does not wait to batch
         self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
@@ -395,6 +396,7 @@ class NodeProcess:
         verdict = decide_bfd_change(c)
         if verdict is None:
             return
+        self._felix_urgent = True
         if self.sessions.bfd_down(c.peer, verdict.reason, tear_down=verdict.tear_down):
             log.warning("peer %s: %s; closing its BGP session", c.peer, verdict.reason)
             self._side_task(self._send([Teardown(c.peer)]))
@@ -430,7 +432,9 @@ class NodeProcess:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._felix_dirty.wait(), rebuild_at - loop.time())
-            await asyncio.sleep(FELIX_DEBOUNCE_S)
+            if not self._felix_urgent:
+                await asyncio.sleep(FELIX_DEBOUNCE_S)
+            self._felix_urgent = False
             self._felix_dirty.clear()
             if self.view is None:
                 continue

@@ -113,6 +113,29 @@ def test_routes_apply_and_dump_back_equal(netns):
     assert ns.ip("route", "show", "proto", str(PROTO)) == ""
 
 
+def test_a_batch_of_deletes_does_not_wait_for_the_links(netns):
+    """A peer's routes leaving (BFD Down) must not first re-read the links:
+    with that read broken, deletes still go out, and an add reports it."""
+    ns = _host(netns)
+
+    async def scenario() -> None:
+        async with NetlinkRouteTable(ns.name) as t:
+            assert await t.apply_routes([RouteOp(Op.ADD, r) for r in ROUTES], PROTO) == []
+            t._links_read_at = float("-inf")  # due for a read
+
+            def broken() -> list[object]:
+                raise OSError(errno.EIO, "links not readable")
+
+            t._ipr.get_links = broken
+            deletes = [RouteOp(Op.DELETE, r) for r in ROUTES]
+            assert await t.apply_routes(deletes, PROTO) == []
+            assert ns.ip("route", "show", "proto", str(PROTO)) == ""
+            with pytest.raises(OSError):
+                await t.apply_routes([RouteOp(Op.ADD, ROUTES[0])], PROTO)
+
+    asyncio.run(scenario())
+
+
 def test_abandoned_dump_leaves_the_adapter_usable(netns):
     ns = _host(netns)
 

@@ -194,8 +194,39 @@ def test_jitter_range() -> None:
     s = sm.receive(at(State.UP), pkt(State.UP, final=True), 0.0).session
     assert sm.jittered(s, 0.0) == 0.3
     assert abs(sm.jittered(s, 0.999) - 0.3 * 0.75) < 0.001
-    one = s._replace(timers=replace(FAST, detect_mult=1))
-    assert abs(sm.jittered(one, 0.999) - 0.3 * 0.85) < 0.001
+    one = s._replace(timers=replace(FAST, detect_mult=1))  # §6.8.7: 75-90 %
+    assert abs(sm.jittered(one, 0.0) - 0.3 * 0.9) < 1e-9
+    assert abs(sm.jittered(one, 0.999) - 0.3 * 0.75) < 0.001
+
+
+@given(st.floats(0, 0.999), st.floats(0, 1), st.sampled_from([1, 3]))
+def test_a_packet_sent_up_to_slack_late_stays_within_the_jitter_range(
+    jitter: float, part: float, mult: int
+) -> None:
+    """Any slack up to the width of the range (the speaker's 2 ms against
+    intervals of 10 ms and more)."""
+    s = sm.receive(at(State.UP), pkt(State.UP, final=True), 0.0).session
+    s = s._replace(timers=replace(FAST, detect_mult=mult))
+    top = 0.9 if mult == 1 else 1.0
+    late = part * (top - 0.75) * 0.3
+    planned = sm.jittered(s, jitter, slack=late)
+    assert 0.3 * 0.75 - 1e-9 <= planned <= 0.3 * top + 1e-9
+    assert 0.3 * 0.75 - 1e-9 <= planned + late <= 0.3 * top + 1e-9
+
+
+def test_next_wakeup_lets_a_packet_wait_but_never_the_detection_time() -> None:
+    s = at(State.UP)._replace(next_tx=1.0, detect_at=5.0)
+    assert sm.next_wakeup(s) == 1.0
+    assert sm.next_wakeup(s, slack=0.002) == 1.002
+    assert sm.next_wakeup(s._replace(detect_at=1.001), slack=0.002) == 1.001
+    step = sm.tick(s, 1.002, 0.0, slack=0.002)
+    assert step.send and abs(step.session.next_tx - (1.0 + 0.298)) < 1e-9
+
+
+def test_a_late_tick_keeps_the_cadence_but_never_sends_sooner_than_75_percent() -> None:
+    s = at(State.UP)._replace(next_tx=1.0, detect_at=5.0)
+    assert sm.tick(s, 1.05, 0.0).session.next_tx == 1.3  # when it was due + 300 ms
+    assert sm.tick(s, 1.2, 0.0).session.next_tx == 1.2 + 0.225  # 75 % after it left
 
 
 def test_periodic_tx_carries_our_values() -> None:
@@ -288,3 +319,48 @@ def test_pair_comes_up_and_detects_a_cut_within_detection_time(
     (down,) = [t for t, s in r["changes"] if s is State.DOWN]
     assert 5.0 < down <= 5.0 + 0.9 + 0.01  # 3 x 300 ms after the last packet
     assert r["a"].state is State.DOWN
+
+
+STEADY_CHANGES: dict[str, object] = {
+    "state": State.INIT,
+    "poll": True,
+    "final": True,
+    "my_disc": 98,
+    "required_min_rx_us": 50_000,
+    "desired_min_tx_us": 1_000_000,
+    "detect_mult": 5,
+    "diag": Diag.PATH_DOWN,
+    "cpi": True,
+}
+
+
+def changed(field: str | None) -> ControlPacket:
+    """An Up packet from the peer, ``field`` changed from the usual."""
+    kw = {"state": State.UP, **({field: STEADY_CHANGES[field]} if field else {})}
+    state = kw.pop("state")
+    assert isinstance(state, State)
+    return pkt(state, **kw)
+
+
+@given(
+    st.sampled_from([None, *STEADY_CHANGES]),
+    st.sampled_from([None, *STEADY_CHANGES]),
+    st.booleans(),
+    st.floats(0.5, 5.0),
+)
+def test_the_steady_state_shortcut_is_what_the_full_rules_do(
+    last: str | None, this: str | None, polling: bool, now: float
+) -> None:
+    """Up, the last packet differing from the defaults in ``last`` and this
+    one in ``this`` (None: in nothing): the same Step either way."""
+    s = at(State.UP)
+    if last is not None:
+        s = sm.receive(s, changed(last), 0.2).session
+    s = sm.receive(s, pkt(State.UP), 0.4).session
+    if polling:  # a Poll Sequence of ours under way
+        s = sm.reconfigure(s, replace(FAST, required_min_rx_us=600_000), 0.4).session
+    p = changed(this)
+    assert sm.receive(s, p, now) == sm._receive(s, p, now)
+    if this is None and s.state is State.UP:
+        expected = now + 3 * max(s.rx_us, 300_000) / 1e6
+        assert sm.receive(s, p, now).session == s._replace(detect_at=expected)
