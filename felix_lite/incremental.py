@@ -48,9 +48,12 @@ _NOTHING: _Planned = (None, (), ())
 
 def _held(planned: _Planned) -> KernelRoute | _Planned:
     route, hops, problems = planned
-    if route is not None and not problems and all(h.neighbor is h.fdb is None for h in hops):
-        return route
-    return planned
+    if route is None or problems:
+        return planned
+    for h in hops:  # a loop, not all(genexpr): this runs for every route planned
+        if h.neighbor is not None or h.fdb is not None:
+            return planned
+    return route
 
 
 def _unheld(held: KernelRoute | _Planned) -> _Planned:
@@ -102,9 +105,19 @@ class IncrementalPlanner:
         # one replan a prefix, of its last pair: a route planned and gone
         # again in one change must not leave as both an upsert and a remove
         last = {prefix_text(prefix): best for prefix, best in changes}
+        planned, blackholes = self._planned, self._ctx.blackholes
         for text, best in last.items():
             if best is None:
-                if self._best.pop(text, None) is not None:
+                if self._best.pop(text, None) is None:
+                    continue
+                held = planned.get(text)
+                if isinstance(held, KernelRoute):
+                    # the common withdrawal (a peer going down: 50k of them):
+                    # a route alone, no hop or problem counted; _replan's way
+                    del planned[text]
+                    if text not in blackholes:
+                        removes.append(held.key)
+                else:
                     self._replan(text, None, upserts, removes)
             else:
                 self._best[text] = best
