@@ -44,11 +44,17 @@ poll's end time is taken):
   the feeder announces one more /26 (``birdc enable extra``, a static
   protocol of its own); until the receiver's kernel routes it: the cost of
   one change with a full table;
+- ``exabgp_floor_s`` / ``exabgp_floor_after_up_s``: ExaBGP alone with the
+  node's configuration and a no-op API reader, clocked the same way until it
+  wrote the End-of-RIB line (``bench.exabgp_floor``); ``exabgp_floor_cpu_s``
+  its CPU. ``meshroute_own_s`` is ``meshroute_s`` minus that floor (medians),
+  ``own_ratio`` that over ``bird_s``: the goal when ExaBGP is the floor;
+- ``loadavg_1m``: the machine's one-minute load average before and after;
 - ``node_rss_mb``: VmRSS of the node process plus its ExaBGP (pid from
   ``<workDir>/exabgp.pid``) and ExaBGP's children (the API relay), read after
   the ingest; ``bird_rss_mb`` the receiving BIRD's, for reference.
 
-The two are measured one after the other, never together (two cores),
+The three are measured one after the other, never together (two cores),
 alternating which goes first. Medians over ``--repeat`` samples, with the
 samples. The last line is one JSON object.
 """
@@ -71,6 +77,8 @@ from typing import Any
 
 from netaddr import IPAddress
 
+from bench.exabgp_floor import exabgp_floor
+from bench.procstat import cpu_s, descendants, rss_mb
 from bench.report import alternating, print_result, require_root
 from lab.etcd import start_etcd
 from lab.netns import Netns, NetnsFactory
@@ -194,19 +202,6 @@ def kernel_count(ns: Netns, proto: str) -> int:
     return out.count(b"\n")
 
 
-def cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes (all their threads)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 @dataclass
 class Ingest:
     seconds: float  # enable -> all N in the kernel
@@ -275,30 +270,6 @@ def one_more(feeder: Bird, ns: Netns, timeout: float = 120) -> float:
             time.sleep(0.005)
     finally:
         feeder.birdc("disable extra")
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        out += map(int, kids)
-        todo += map(int, kids)
-    return out
 
 
 class NodeRun(NodeUnderTest):
@@ -387,8 +358,13 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
             "bird_after_up_s",
             "meshroute_one_more_ms",
             "bird_one_more_ms",
+            "exabgp_floor_s",
+            "exabgp_floor_after_up_s",
+            "exabgp_floor_cpu_s",
         )
     }
+    node_conf: list[str] = []  # the node's ExaBGP configuration, for the floor
+    load = [os.getloadavg()[0]]
     parts: list[dict[str, float]] = []
     cpu_parts: dict[str, list[float]] = {k: [] for k in ("node", "exabgp", "relay", "feeder")}
     with tempfile.TemporaryDirectory(prefix="mrbench-") as tmp:
@@ -450,6 +426,8 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                 spy = None
                 try:
                     node.wait_started()
+                    if not node_conf:
+                        node_conf.append((node.bgp_dir / "exabgp.conf").read_text())
                     time.sleep(1)  # let the start-up work settle before the clock starts
                     if profile and node.proc is not None:
                         spy = subprocess.Popen(
@@ -501,9 +479,21 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     node.stop()
                     node_ns.ip("route", "flush", "proto", str(NODE_PROTO), check=False)
 
+            def run_floor(i: int) -> None:
+                assert feeder is not None
+                conf, listen = node_conf[0], (NODE_ADDR, 179)
+                got = exabgp_floor(
+                    feeder, "tonode", node_ns, conf, listen, work / f"floor{i}", timeout
+                )
+                samples["exabgp_floor_s"].append(got.seconds)
+                samples["exabgp_floor_after_up_s"].append(nan_if_none(got.after_up_s))
+                samples["exabgp_floor_cpu_s"].append(got.cpu_s)
+
             for i in range(repeat):
-                for run in alternating(i, (run_bird, run_node)):
+                # the floor takes the configuration of the first node run, which precedes it
+                for run in alternating(i, (run_bird, run_node, run_floor)):
                     run(i)
+            load.append(os.getloadavg()[0])
         finally:
             if feeder is not None:
                 feeder.stop()
@@ -516,6 +506,9 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
         return None if x is None or not y else round(x / y, 2)
 
     rss = med["node_rss_mb"]
+    floor, whole = med["exabgp_floor_s"], med["meshroute_s"]
+    own = None if floor is None or whole is None else round(whole - floor, 3)
+    own_ratio = None if own is None or not med["bird_s"] else round(own / med["bird_s"], 2)
     return {
         "prefixes": n,
         **med,
@@ -523,13 +516,17 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
         "ratio_after_up": ratio("meshroute_after_up_s", "bird_after_up_s"),
         "cpu_ratio": ratio("meshroute_cpu_s", "bird_cpu_s"),
         "node_cpu_ratio": ratio("meshroute_node_cpu_s", "bird_cpu_s"),
+        "meshroute_own_s": own,
+        "own_ratio": own_ratio,
         "meshroute_cpu_parts_s": {k: median(v) for k, v in cpu_parts.items()},
         "node_rss_parts_mb": {k: median([p[k] for p in parts]) for k in parts[0]},
         "goals": {
             "ratio_le_2": (ratio("meshroute_s", "bird_s") or 99) <= 2.0,
             "node_rss_le_250mb_at_100k": rss <= 250 if rss and n >= 100_000 else None,
             "node_rss_le_100mb_at_10k": rss <= 100 if rss and n <= 10_000 else None,
+            "own_share_le_1x_bird": None if own_ratio is None else own_ratio <= 1.0,
         },
+        "loadavg_1m": [round(x, 2) for x in load],
         "repeat": repeat,
         "samples": {k: [None if x != x else round(x, 3) for x in v] for k, v in samples.items()},
         "anchor": "the same feeder to BIRD 2 (protocol kernel, export all) in the same run",

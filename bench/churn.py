@@ -12,15 +12,24 @@ network namespaces (removed in ``finally``):
   reaches it over a second link, multihop);
 - ``recv``: BIRD importing from both and exporting to its kernel table.
 
-For each receiver, with all N + 1 routes in its kernel:
+For each receiver, with all N + 1 routes in its kernel, a watcher in its
+namespace (``bench/route_watch.py``) stamps each BGP UPDATE from peer A as it
+reaches the receiver's interface and each kernel route notification:
 
 - ``flap_to_kernel_ms_p50`` / ``_p99``: the flapping block is withdrawn and
   announced again ``--flaps`` times (``birdc disable/enable flap``); each
-  change is timed until the receiver's kernel shows it (``ip route show
-  exact``, polled every 5 ms). Both directions are samples;
+  change is timed from peer A's UPDATE reaching the receiver until the
+  kernel's notification of the route's deletion (or addition): what the
+  receiver adds. Both directions are samples;
+- ``flap_birdc_to_kernel_ms_p50`` / ``_p99``: the same changes clocked from
+  before ``birdc`` until that notification: the feeder's and ``birdc``'s
+  time included (tens of ms on this machine, for either receiver);
 - ``peer_down_to_kernel_s``: peer B's session is shut down (``birdc
   disable``: a Cease NOTIFICATION, so no graceful restart keeps its routes)
-  until none of its N/2 routes is left in the kernel.
+  until the kernel has notified the deletion of all N/2 of its routes (then
+  checked by reading the table once; read every 20 ms instead if
+  notifications were lost);
+- ``loadavg_1m``: the machine's one-minute load average before and after.
 
 ``bird_*`` are BIRD's figures, ``*_ratio`` meshroute's over BIRD's.
 Medians of ``--repeat`` runs, alternating which receiver goes first; the
@@ -43,12 +52,14 @@ from typing import Any
 
 from bench.bgp_ingest import REPO, Bird, NodeRun, kernel_count
 from bench.report import alternating, print_result, require_root
+from bench.route_watch_client import RouteWatch
 from lab.etcd import start_etcd
 from lab.netns import Netns, NetnsFactory
 from lab.node_rig import wait_for
 
 NODE_PROTO = "213"
 BIRD_PROTO = "bird"
+PROTO_NUMBER = {NODE_PROTO: 213, BIRD_PROTO: 12}
 FEED_AS, NODE_AS, RECV_AS = 65001, 64512, 65002
 # links: feeda-node 192.0.2.0/24 (the node's own address, and the peer
 # NodeRun waits for), feedb-node 203.0.113.0/24, feeda-recv 198.51.100.0/24,
@@ -131,15 +142,6 @@ def has_all(feeder: Bird, want: int) -> bool:
     return f"{want} of {want} routes" in feeder.birdc("show route count")
 
 
-def has_route(ns: Netns, proto: str) -> bool:
-    out = subprocess.run(
-        ["ip", "-n", ns.name, "route", "show", "exact", FLAP, "proto", proto],
-        capture_output=True,
-        timeout=30,
-    ).stdout
-    return bool(out.strip())
-
-
 def until(check: Callable[[], bool], what: str, timeout: float, poll: float) -> float:
     """Seconds until ``check`` holds (the end of the poll that saw it)."""
     t0 = time.perf_counter()
@@ -153,7 +155,7 @@ def until(check: Callable[[], bool], what: str, timeout: float, poll: float) -> 
 
 def churn(
     feeders: tuple[Bird, Bird], ns: Netns, proto: str, protocol: str, n: int, flaps: int,
-    timeout: float,
+    timeout: float, peer_a: str,
 ) -> dict[str, Any]:  # fmt: skip
     """Enable both feeders' ``protocol`` towards one receiver; with the full
     table in its kernel, flap A's extra block, then take B down."""
@@ -161,33 +163,46 @@ def churn(
     for f in feeders:
         f.birdc(f"enable {protocol}")
     until(lambda: kernel_count(ns, proto) >= n + 1, f"{ns.name}: full table", timeout, 0.5)
-    flap_ms: list[float] = []
-    for _ in range(flaps):
-        t0 = time.perf_counter()
-        a.birdc("disable flap")
-        until(lambda: not has_route(ns, proto), "flap withdrawn", 60, POLL_S)
-        flap_ms.append(1000 * (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        a.birdc("enable flap")
-        until(lambda: has_route(ns, proto), "flap announced", 60, POLL_S)
-        flap_ms.append(1000 * (time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    b.birdc(f"disable {protocol}")
-    left = n // 2 + 1  # peer A's half plus the flap block
-    until(lambda: kernel_count(ns, proto) <= left, f"{ns.name}: peer B gone", timeout, 0.02)
-    down_s = time.perf_counter() - t0
+    b_routes = n - n // 2
+    with RouteWatch(ns, "eth0", peer_a, FLAP, PROTO_NUMBER[proto], b_routes) as watch:
+        wire_ms: list[float] = []
+        birdc_ms: list[float] = []
+        for _ in range(flaps):
+            for cmd, event in (("disable flap", "del"), ("enable flap", "new")):
+                t0 = time.monotonic()
+                a.birdc(cmd)
+                t = watch.next(event, t0, 60)
+                birdc_ms.append(1000 * (t - t0))
+                update = watch.first("update", t0, t)
+                wire_ms.append(float("nan") if update is None else 1000 * (t - update))
+        watch.start_counting()
+        t0 = time.monotonic()
+        b.birdc(f"disable {protocol}")
+        left = n // 2 + 1  # peer A's half plus the flap block
+        gone = watch.next_or_lost("gone", t0, timeout)
+        if gone is None:  # notifications lost: read the table instead
+            until(lambda: kernel_count(ns, proto) <= left, f"{ns.name}: peer B gone", timeout, 0.02)
+            gone = time.monotonic()
+        down_s = gone - t0
+        if kernel_count(ns, proto) > left:
+            raise RuntimeError(f"{ns.name}: peer B's routes reported gone but still there")
     a.birdc(f"disable {protocol}")
-    return {"flap_ms": flap_ms, "peer_down_s": down_s}
+    return {"flap_ms": wire_ms, "flap_birdc_ms": birdc_ms, "peer_down_s": down_s}
 
 
 def percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
+    """Of the samples that were measured (a flap whose UPDATE the watcher
+    missed has none)."""
+    s = sorted(x for x in xs if x == x)
+    if not s:
+        raise RuntimeError("no sample measured: the watcher saw none of the UPDATEs")
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
     factory = NetnsFactory("mrchurn")
     runs: dict[str, list[dict[str, Any]]] = {"meshroute": [], "bird": []}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="mrchurn-") as tmp:
         work = Path(tmp)
         etcd = start_etcd(work / "etcd")
@@ -231,7 +246,9 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
             def run_bird(i: int) -> None:
                 receiver = Bird(recv, work / f"recv{i}", receiver_conf())
                 try:
-                    runs["bird"].append(churn(pair, recv, BIRD_PROTO, "tobird", n, flaps, timeout))
+                    runs["bird"].append(
+                        churn(pair, recv, BIRD_PROTO, "tobird", n, flaps, timeout, RECV_A)
+                    )
                 finally:
                     for f in pair:
                         f.birdc("disable tobird")
@@ -245,7 +262,7 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
                 try:
                     node.wait_started()
                     runs["meshroute"].append(
-                        churn(pair, node_ns, NODE_PROTO, "tonode", n, flaps, timeout)
+                        churn(pair, node_ns, NODE_PROTO, "tonode", n, flaps, timeout, FEED_A)
                     )
                 finally:
                     for f in pair:
@@ -256,6 +273,7 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
             for i in range(repeat):
                 for run in alternating(i, (run_bird, run_node)):
                     run(i)
+            load.append(os.getloadavg()[0])
         finally:
             for f in feeders:
                 f.stop()
@@ -264,13 +282,15 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
 
     def figures(side: str) -> dict[str, float]:
         rs = runs[side]
+
+        def pct(key: str, q: float) -> float:
+            return round(statistics.median(percentile(r[key], q) for r in rs), 2)
+
         return {
-            "flap_to_kernel_ms_p50": round(
-                statistics.median(percentile(r["flap_ms"], 0.5) for r in rs), 2
-            ),
-            "flap_to_kernel_ms_p99": round(
-                statistics.median(percentile(r["flap_ms"], 0.99) for r in rs), 2
-            ),
+            "flap_to_kernel_ms_p50": pct("flap_ms", 0.5),
+            "flap_to_kernel_ms_p99": pct("flap_ms", 0.99),
+            "flap_birdc_to_kernel_ms_p50": pct("flap_birdc_ms", 0.5),
+            "flap_birdc_to_kernel_ms_p99": pct("flap_birdc_ms", 0.99),
             "peer_down_to_kernel_s": round(statistics.median(r["peer_down_s"] for r in rs), 3),
         }
 
@@ -286,10 +306,12 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
         "peer_down_le_1.5x_bird": result["peer_down_ratio"] <= 1.5,
     }
     result["repeat"] = repeat
+    result["loadavg_1m"] = [round(x, 2) for x in load]
     result["samples"] = {
         side: [
             {
-                "flap_ms": [round(x, 1) for x in r["flap_ms"]],
+                "flap_ms": [round(x, 2) if x == x else None for x in r["flap_ms"]],
+                "flap_birdc_ms": [round(x, 1) for x in r["flap_birdc_ms"]],
                 "peer_down_s": round(r["peer_down_s"], 3),
             }
             for r in rs

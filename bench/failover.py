@@ -43,7 +43,8 @@ from typing import Any
 
 from netaddr import IPAddress
 
-from bench.bgp_ingest import Bird, cpu_s
+from bench.bgp_ingest import Bird
+from bench.procstat import cpu_s
 from bench.report import alternating, print_result, require_root
 from bgpd.bfd.client import BfdClient
 from bgpd.bfd.packet import State

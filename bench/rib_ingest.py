@@ -33,6 +33,7 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Iterable
 
 from netaddr import IPAddress, IPNetwork
 
@@ -130,8 +131,10 @@ def run(n: int) -> dict[str, float | int]:
     }
 
 
-def _felix(changes: dict[IPNetwork, BestRoute | None]) -> dict[IPNetwork, FelixBest | None]:
-    return {p: None if b is None else FelixBest(b.prefix, b.next_hops) for p, b in changes.items()}
+def _felix(
+    changes: Iterable[tuple[IPNetwork, BestRoute | None]],
+) -> list[tuple[IPNetwork, FelixBest | None]]:
+    return [(p, None if b is None else FelixBest(b.prefix, b.next_hops)) for p, b in changes]
 
 
 async def _one_more(n: int, repeat: int) -> dict[str, object]:
@@ -148,7 +151,7 @@ async def _one_more(n: int, repeat: int) -> dict[str, object]:
     planner = IncrementalPlanner(host)
     table = FakeRouteTable()
     rec = Reconciler(table)
-    planner.update(_felix(dict(rib.take_all())))
+    planner.update(_felix(rib.take_all()))
     rec.set_desired(planner.state())
     await rec.sync_once(full=True)
     extra = iter(prefixes[n:])
@@ -172,7 +175,7 @@ async def _one_more(n: int, repeat: int) -> dict[str, object]:
         report = await rec.sync_once(full=False)
         assert report.route_adds == 1
         elapsed = time.perf_counter() - t
-        planner.update({prefix: FelixBest(prefix, (peer.address,))})  # for the next samples
+        planner.update([(prefix, FelixBest(prefix, (peer.address,)))])  # for the next samples
         return elapsed
 
     fast: list[float] = []

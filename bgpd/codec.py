@@ -2,7 +2,8 @@
 
 Decoding: one line ExaBGP writes to its API process (``encoder json``,
 ``receive { parsed; update; notification; open; }``, ``neighbor-changes``,
-acks on) becomes one typed event from ``bgpd.model``. A line that is not
+acks on, NLRI either compact, ``"10.0.0.0/26"``, or not,
+``{"nlri": "10.0.0.0/26"}``) becomes one typed event from ``bgpd.model``. A line that is not
 understood becomes ``MalformedLine`` with the reason; decoding never raises.
 
 Encoding: typed commands become ExaBGP API text, one command a line;
@@ -261,16 +262,21 @@ def _decode_update(peer: IPAddress, peer_as: int, upd: dict[str, Any]) -> Update
             attrs = _decode_attrs(attr, next_hop)
             if not isinstance(nlris, list):
                 raise _Bad(f"announce {family} {nh} is not a list")
-            for item in nlris:
-                announced.append((_net(_obj(item, "nlri").get("nlri"), "nlri"), attrs))
+            announced += [(_nlri(item), attrs) for item in nlris]
     for family, nlris in _obj(upd.get("withdraw", {}), "withdraw").items():
         if family not in FAMILIES:
             continue
         if not isinstance(nlris, list):
             raise _Bad(f"withdraw {family} is not a list")
-        for item in nlris:
-            withdrawn.append(_net(_obj(item, "nlri").get("nlri"), "nlri"))
+        withdrawn += [_nlri(item) for item in nlris]
     return UpdateEvent(peer, peer_as, tuple(announced), tuple(withdrawn))
+
+
+def _nlri(item: Any) -> IPNetwork:
+    """A prefix as ExaBGP's compact API writes it (a string), or as an object."""
+    if isinstance(item, str):
+        return _net(item, "nlri")
+    return _net(_obj(item, "nlri").get("nlri"), "nlri")
 
 
 def decode_lines(lines: Iterable[str | bytes]) -> list[Event]:

@@ -223,6 +223,9 @@ def render_env(
             # on one host would fight over them
             "exabgp_api_cli": "false",
             "exabgp_api_ack": "true",
+            # prefixes as "10.0.0.0/26" rather than {"nlri": "10.0.0.0/26"}:
+            # half the JSON, and a string a prefix instead of an object
+            "exabgp_api_compact": "true",
             "exabgp_log_destination": "stdout",
             "exabgp_log_level": log_level,
             "exabgp_tcp_bind": _bind(cfg),

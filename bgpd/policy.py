@@ -138,7 +138,7 @@ def candidate(ctx: ImportContext, path: Path) -> Candidate:
     host_bits = (1 << (host_length - length)) - 1
     first = prefix.value & ~host_bits
     last = first | host_bits
-    ranges = tuple(r for r in ctx._ranges if r[0] == version and r[1] <= first and last <= r[2])
+    ranges = tuple([r for r in ctx._ranges if r[0] == version and r[1] <= first and last <= r[2]])
     return Candidate(path, version, first, last, length, host_length, nh.version, int(nh), ranges)
 
 

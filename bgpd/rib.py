@@ -9,7 +9,9 @@ work done is proportional to the prefixes the call touches, never to the
 table size. The RIB also gathers them until its consumer (the dataplane)
 takes them: ``take_changes`` hands over each changed prefix once with its
 best route now (``None``: gone), so the consumer's copy of the Loc-RIB stays
-equal to ``best_routes`` at the cost of the changes.
+equal to ``best_routes`` at the cost of the changes. Both it and
+``take_all`` hand over ``(prefix, route)`` pairs, not a dict keyed by
+prefix, for the reason below.
 
 Internally prefixes are keyed by ``(version, network number, length)``
 integers: hashing a netaddr ``IPNetwork`` costs ~1.5 us (it recomputes its
@@ -147,22 +149,22 @@ class Rib:
     def changes_pending(self) -> bool:
         return bool(self._untaken)
 
-    def take_changes(self) -> dict[IPNetwork, BestRoute | None]:
-        """Each prefix whose best route changed since the last call, with
-        its best route now (``None``: no route any more)."""
+    def take_changes(self) -> list[tuple[IPNetwork, BestRoute | None]]:
+        """Each prefix whose best route changed since the last call, once,
+        with its best route now (``None``: no route any more)."""
         untaken, self._untaken = self._untaken, {}
         best = self._best
-        out: dict[IPNetwork, BestRoute | None] = {}
+        out: list[tuple[IPNetwork, BestRoute | None]] = []
         for key, prefix in untaken.items():
             route = best.get(key)
-            out[prefix if route is None else route.prefix] = route
+            out.append((prefix, None) if route is None else (route.prefix, route))
         return out
 
-    def take_all(self) -> dict[IPNetwork, BestRoute]:
-        """The whole Loc-RIB, forgetting the changes not taken yet: for a
-        consumer that rebuilds from scratch."""
+    def take_all(self) -> list[tuple[IPNetwork, BestRoute]]:
+        """The whole Loc-RIB as (prefix, best route) pairs, forgetting the
+        changes not taken yet: for a consumer that rebuilds from scratch."""
         self._untaken = {}
-        return self.best_routes()
+        return [(route.prefix, route) for route in self._best.values()]
 
     def adj_rib_in(self, peer: IPAddress) -> dict[IPNetwork, Path]:
         return {path.prefix: path for path in self._adj_in.get(peer, {}).values()}

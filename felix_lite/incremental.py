@@ -7,8 +7,9 @@ Pure: no I/O, no clock.
   ``routes`` are ignored). Equal to the last ones: nothing to do. Different:
   every held route is planned again (O(table), the rare case: a link, a
   pool, a block, a node) and only the routes that came out different leave.
-- ``update(changes)``: prefix -> best route, or ``None`` when withdrawn;
-  only those prefixes are planned again (O(change), the common case).
+- ``update(changes)``: (prefix, best route) pairs, ``None`` when withdrawn
+  (the last pair of a prefix counts); only those prefixes are planned again
+  (O(change), the common case).
 
 Both return a ``DesiredChange`` for the reconciler. ``state()`` and
 ``unroutable()`` are the whole picture (O(table): for a full resync and for
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from typing import TypeVar
 
 from netaddr import IPNetwork
@@ -47,9 +48,12 @@ _NOTHING: _Planned = (None, (), ())
 
 def _held(planned: _Planned) -> KernelRoute | _Planned:
     route, hops, problems = planned
-    if route is not None and not problems and all(h.neighbor is h.fdb is None for h in hops):
-        return route
-    return planned
+    if route is None or problems:
+        return planned
+    for h in hops:  # a loop, not all(genexpr): this runs for every route planned
+        if h.neighbor is not None or h.fdb is not None:
+            return planned
+    return route
 
 
 def _unheld(held: KernelRoute | _Planned) -> _Planned:
@@ -95,13 +99,25 @@ class IncrementalPlanner:
             self._replan(text, best, upserts, removes)
         return DesiredChange(tuple(upserts), tuple(removes), self._base())
 
-    def update(self, changes: Mapping[IPNetwork, BestRoute | None]) -> DesiredChange:
+    def update(self, changes: Iterable[tuple[IPNetwork, BestRoute | None]]) -> DesiredChange:
         upserts: list[KernelRoute] = []
         removes: list[tuple[int, str]] = []
-        for prefix, best in changes.items():
-            text = prefix_text(prefix)
+        # one replan a prefix, of its last pair: a route planned and gone
+        # again in one change must not leave as both an upsert and a remove
+        last = {prefix_text(prefix): best for prefix, best in changes}
+        planned, blackholes = self._planned, self._ctx.blackholes
+        for text, best in last.items():
             if best is None:
-                if self._best.pop(text, None) is not None:
+                if self._best.pop(text, None) is None:
+                    continue
+                held = planned.get(text)
+                if isinstance(held, KernelRoute):
+                    # the common withdrawal (a peer going down: 50k of them):
+                    # a route alone, no hop or problem counted; _replan's way
+                    del planned[text]
+                    if text not in blackholes:
+                        removes.append(held.key)
+                else:
                     self._replan(text, None, upserts, removes)
             else:
                 self._best[text] = best
@@ -207,6 +223,6 @@ def _host_only(inp: PlanInput) -> PlanInput:
     return inp if not inp.routes else dataclasses.replace(inp, routes=())
 
 
-def best_changes(routes: Iterable[BestRoute]) -> dict[IPNetwork, BestRoute | None]:
+def best_changes(routes: Iterable[BestRoute]) -> list[tuple[IPNetwork, BestRoute | None]]:
     """A whole table as changes, for a planner that starts empty."""
-    return {b.prefix: b for b in routes}
+    return [(b.prefix, b) for b in routes]

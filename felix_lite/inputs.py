@@ -56,9 +56,10 @@ class Pool:
             raise ValueError(f"pool {self.cidr}: ipipMode and vxlanMode cannot both be enabled")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BestRoute:
-    """bgpd's winner for one prefix: one next hop, or several equal ones (ECMP)."""
+    """bgpd's winner for one prefix: one next hop, or several equal ones (ECMP).
+    Slots: the incremental planner holds one per route (~100 bytes less each)."""
 
     prefix: IPNetwork
     nexthops: tuple[IPAddress, ...]

@@ -14,7 +14,12 @@ applies the difference through the ports.
   route costs one comparison, not a table's (after ``set_desired`` every
   key counts as changed).
 - Nothing is swept before the first ``set_desired``: a restarted process
-  must not delete what it is about to want again.
+  must not delete what it is about to want again. Changes given before it
+  (``apply_change``: a node programming routes while its peers still send
+  their tables) are applied key by key: their routes are added or replaced,
+  and a route is deleted only when a change removes its key; neighbour and
+  FDB entries are only added. The first ``set_desired`` says the desired
+  state is whole, and the next pass sweeps what it does not hold.
 - Each failed item is retried with exponential backoff, keyed by what it
   is (route key, neighbour, FDB entry); the rest of its batch and of the
   pass goes on. A changed desire for that key cancels its backoff.
@@ -162,6 +167,7 @@ class Reconciler:
         self._pending: list[DesiredChange] = []
         self._changed_keys: set[RouteKey] = set()
         self._all_changed = True
+        self._whole = False  # set_desired came: passes may sweep
         self._generation = 0  # counts every change of the desired state
         self._actual_routes: dict[RouteKey, KernelRoute] = {}
         self._actual_neighbors: set[NeighborEntry] = set()
@@ -191,12 +197,14 @@ class Reconciler:
         self._pending.clear()
         self._changed_keys.clear()
         self._all_changed = True
+        self._whole = True
         self._changed()
 
     def apply_change(self, change: DesiredChange) -> None:
         """Change the desired state by ``change`` (applied to the routes at
         the start of the next pass, in the order given). Before the first
-        ``set_desired`` it starts from an empty state."""
+        ``set_desired`` it starts from an empty state and sweeps nothing
+        (see the module docstring)."""
         if self._desired is None:
             self._desired = change.base
         self._pending.append(change)
@@ -286,7 +294,10 @@ class Reconciler:
         # Taken before the first await: what changes during this pass waits
         # (in _pending, or as a new _all_changed) for the next one, and the
         # routes diffed below never move under a worker thread.
-        all_changed, self._all_changed = self._all_changed or full, False
+        whole = self._whole
+        all_changed = whole and (self._all_changed or full)
+        if whole:
+            self._all_changed = False
         keys, self._changed_keys = self._changed_keys, set()
         counts: Counter[str] = Counter()
         started = time.perf_counter()
@@ -311,6 +322,8 @@ class Reconciler:
                 if isinstance(k, tuple) and k[0] == "route":
                     keys.add(k[1])
             delta = self._plan_keys(desired, keys)
+            if not whole:  # what was not given yet may still be wanted
+                delta = dataclasses.replace(delta, neighbor_deletes=(), fdb_deletes=())
 
         await self._apply_fdb(delta.fdb_deletes, counts)
         await self._apply_neighbors(delta.neighbor_upserts, counts)

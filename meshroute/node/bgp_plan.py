@@ -4,7 +4,7 @@ best routes become felix_lite's input."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from netaddr import IPAddress, IPNetwork
 
@@ -100,11 +100,12 @@ def session_peer(p: PeerPlan) -> SessionPeer:
 
 
 def to_felix_changes(
-    changes: Mapping[IPNetwork, BgpBest | None],
-) -> dict[IPNetwork, FelixBest | None]:
+    changes: Iterable[tuple[IPNetwork, BgpBest | None]],
+) -> list[tuple[IPNetwork, FelixBest | None]]:
     """bgpd's changed winners as felix_lite's changes; a route without next
-    hops has nothing to install, as one that is gone."""
-    return {
-        p: FelixBest(b.prefix, b.next_hops) if b is not None and b.next_hops else None
-        for p, b in changes.items()
-    }
+    hops has nothing to install, as one that is gone. Pairs, as bgpd hands
+    them over: a dict would hash every IPNetwork (~1.5 us each)."""
+    return [
+        (p, FelixBest(b.prefix, b.next_hops) if b is not None and b.next_hops else None)
+        for p, b in changes
+    ]

@@ -11,9 +11,13 @@ mark work dirty, loops do the work (level-triggered):
   ``NetlinkHost``: links, addresses, underlay routes from netlink
   notifications) -> ``_felix_loop``: felix_lite's incremental planner turns
   just what changed into a change of the reconciler's desired state, which
-  owns the kernel table. A full rebuild (every best route planned again,
-  the whole desired state handed over) happens at start and every
-  ``felix.resyncIntervalSeconds``;
+  owns the kernel table. Routes are programmed as they are learned, from
+  the first update on; once bgpd's sessions are synced (End-of-RIB from
+  every peer, or its timeout) the planner's whole state is handed over, and
+  only from then on is what nobody wants any more swept from the kernel (a
+  restarted node keeps the last run's routes until its peers resent
+  theirs). A full rebuild (every best route planned again, the whole
+  desired state handed over) happens every ``felix.resyncIntervalSeconds``;
 - the IPAM service answers the CNI plugin on its socket.
 
 Stopping (SIGTERM) leaves the kernel routes in place and lets ExaBGP close
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -47,6 +52,7 @@ from bgpd.sessions import Sessions
 from bgpd.speaker import Speaker, SpeakerSettings
 from felix_lite.host_state import HostChange
 from felix_lite.incremental import IncrementalPlanner
+from felix_lite.model import DesiredChange
 from felix_lite.netlink_host import NetlinkHost
 from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.reconciler import Reconciler
@@ -87,10 +93,6 @@ log = logging.getLogger("meshroute.node")
 
 LEASE_TTL_S = 30
 DEBOUNCE_S = 0.02
-# A route change costs the planner and the reconciler the size of the change,
-# so the kernel pass waits only long enough to take a burst of ExaBGP lines
-# in one go (it was 20 ms while every pass re-planned the whole table).
-FELIX_DEBOUNCE_S = 0.002
 
 
 def exabgp_argv(name: str) -> tuple[str, ...]:
@@ -124,12 +126,13 @@ class NodeProcess:
         self.planner: IncrementalPlanner | None = None
         self._host_dirty = True  # the view or the host changed: re-plan the host part
         self._rebuild_due = True
+        # the reconciler holds the planner's whole state (after bgpd synced)
+        self._whole_handed = asyncio.Event()
         self._ready = asyncio.Event()
         self.local_as = 0
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._view_dirty = asyncio.Event()
         self._felix_dirty = asyncio.Event()
-        self._felix_urgent = False  # a BFD Down: the next pass does not wait to batch
         self.tasks = LongTasks()
         self.reconciler: Reconciler | None = None
         self.speaker: Speaker | None = None
@@ -294,9 +297,8 @@ class NodeProcess:
             log.warning("cannot apply the GTSM table (%s); retrying at the next resync", e)
 
     async def _become_ready(self) -> None:
-        assert self.reconciler is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reconciler.wait_converged(), 30)
+            await asyncio.wait_for(self._programmed(), 30)
         self._ready.set()
         self.notifier.notify("READY=1", f"STATUS=serving {len(self.peers)} BGP peers")
 
@@ -396,7 +398,6 @@ class NodeProcess:
         verdict = decide_bfd_change(c)
         if verdict is None:
             return
-        self._felix_urgent = True
         if self.sessions.bfd_down(c.peer, verdict.reason, tear_down=verdict.tear_down):
             log.warning("peer %s: %s; closing its BGP session", c.peer, verdict.reason)
             self._side_task(self._send([Teardown(c.peer)]))
@@ -420,21 +421,27 @@ class NodeProcess:
         self._host_dirty = True
         self._felix_dirty.set()
 
+    async def _programmed(self) -> None:
+        """Until the kernel holds the whole desired state once."""
+        assert self.reconciler is not None
+        await self._whole_handed.wait()  # set_desired cleared "converged"
+        await self.reconciler.wait_converged()
+
     @property
     def unroutable(self) -> int:
         return self.planner.unroutable_count if self.planner is not None else 0
 
     async def _felix_loop(self) -> None:
         assert self.reconciler is not None and self.sessions is not None
-        await self.sessions.synced.wait()
         loop = asyncio.get_running_loop()
         rebuild_at = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._felix_dirty.wait(), rebuild_at - loop.time())
-            if not self._felix_urgent:
-                await asyncio.sleep(FELIX_DEBOUNCE_S)
-            self._felix_urgent = False
+            # No debounce: a pass costs the size of its change, so a flap goes
+            # straight through; one turn of the loop lets the lines already
+            # read reach the RIB first, which is all the batching needed.
+            await asyncio.sleep(0)
             self._felix_dirty.clear()
             if self.view is None:
                 continue
@@ -446,8 +453,11 @@ class NodeProcess:
     def _plan_pass(self) -> None:
         """Hand the reconciler what changed since the last pass: the host
         part when the view or the host changed, then the best routes the
-        RIB changed. A rebuild plans everything again from scratch."""
+        RIB changed. A rebuild plans everything again from scratch. Once
+        bgpd is synced, the first pass (and every rebuild) hands over the
+        whole state, which lets the reconciler sweep."""
         assert self.reconciler is not None and self.host is not None and self.view is not None
+        assert self.sessions is not None
         host = self.planner.host if self.planner is not None and not self._host_dirty else None
         if host is None:
             self._host_dirty = False
@@ -460,16 +470,28 @@ class NodeProcess:
                 self.host.underlay(),
                 self.tunnel_address6,
             )
-        if self._rebuild_due or self.planner is None:
+        synced = self.sessions.synced.is_set()
+        fresh = self.planner is None or (self._rebuild_due and self._whole_handed.is_set())
+        if fresh:
             self._rebuild_due = False
             self.planner = IncrementalPlanner(host)
             self.planner.update(to_felix_changes(self.rib.take_all()))
-            self.reconciler.set_desired(self.planner.state())
         else:
+            assert self.planner is not None
             self.reconciler.apply_change(self.planner.set_host(host))
             if self.rib.changes_pending:
                 changes = to_felix_changes(self.rib.take_changes())
                 self.reconciler.apply_change(self.planner.update(changes))
+        assert self.planner is not None
+        if synced and (fresh or not self._whole_handed.is_set()):
+            self.reconciler.set_desired(self.planner.state())
+            self._whole_handed.set()
+        elif fresh:  # before the sync: what is planned so far, nothing swept
+            state = self.planner.state()
+            so_far = DesiredChange(
+                upserts=tuple(state.routes), base=dataclasses.replace(state, routes=frozenset())
+            )
+            self.reconciler.apply_change(so_far)
         for u in self.planner.take_new_unroutable():
             log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
 

@@ -194,6 +194,36 @@ def test_gobgp_external_peer_learns_our_block_and_we_install_its_route(rig: Rig)
         gobgp.stop()
 
 
+def test_routes_are_installed_as_learned_and_nothing_swept_before_the_sync(rig: Rig) -> None:
+    """A restarted node with a peer that answers and one that never does:
+    bgpd is not synced until its timeout (30 s), yet what the live peer sends
+    is in the kernel at once, and the last run's route stays until the
+    sync; then it goes."""
+    rig.node.stop()
+    silent = yaml.safe_load(bgp_peer())
+    silent["metadata"]["name"] = "silent"
+    silent["spec"]["peerIP"] = "192.0.2.99"  # nobody: never sends End-of-RIB
+    rig.apply(bgp_peer() + "---\n" + yaml.safe_dump(silent))
+    stale = "10.244.77.0/26"  # the last run's, learned from nobody now
+    rig.node_ns.ip("route", "add", stale, "via", PEER_IP, "proto", "213")
+    gobgp = start_gobgp(
+        rig.peer_ns,
+        rig.tmp / "gobgp",
+        GobgpSpec(PEER_IP, PEER_AS, (GobgpNeighbor(NODE_IP, NODE_AS),)),
+    )
+    try:
+        gobgp.add_route(PEER_BLOCK)
+        started = time.monotonic()
+        rig.node.start()
+        wait_for("the node installs GoBGP's route", lambda: PEER_BLOCK in rig.via_peer(), 20)
+        assert time.monotonic() - started < 25  # bgpd syncs at 30 s
+        assert rig.kernel_routes(stale), "swept before bgpd was synced"
+        wait_for("the stale route swept after the sync", lambda: not rig.kernel_routes(stale), 40)
+        assert PEER_BLOCK in rig.via_peer()
+    finally:
+        gobgp.stop()
+
+
 def test_wrong_md5_password_never_comes_up_the_right_one_does(rig: Rig) -> None:
     rig.apply(bgp_peer(password="s3cret pass"))
     bird = start_bird(rig.peer_ns, rig.tmp / "bird", bird_spec(password="wrong pass"))

@@ -5,6 +5,7 @@ BIRD 2 and GoBGP (tests/fixtures/exabgp/, re-captured with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -117,33 +118,56 @@ def test_teardown_is_a_bfd_down_cease_by_default() -> None:
     assert encode_command(Teardown(IPAddress("192.0.2.2"))) == "neighbor 192.0.2.2 teardown 10"
 
 
-def test_ipv4_update_with_reflector_attributes() -> None:
-    line = json.dumps(
+def received_update(peer_as: int, update: dict[str, object]) -> str:
+    """One ExaBGP ``update`` line from 192.0.2.9 carrying ``update``."""
+    return json.dumps(
         {
             "type": "update",
             "neighbor": {
                 "address": {"local": "192.0.2.1", "peer": "192.0.2.9"},
-                "asn": {"local": 64512, "peer": 64512},
+                "asn": {"local": 64512, "peer": peer_as},
                 "direction": "receive",
-                "message": {
-                    "update": {
-                        "attribute": {
-                            "origin": "igp",
-                            "local-preference": 200,
-                            "originator-id": "192.0.2.33",
-                            "cluster-list": ["192.0.2.9"],
-                        },
-                        "announce": {"ipv4 unicast": {"192.0.2.33": [{"nlri": "10.244.7.0/26"}]}},
-                    }
-                },
+                "message": {"update": update},
             },
         }
     )
-    e = decode_line(line)
+
+
+def test_ipv4_update_with_reflector_attributes() -> None:
+    attribute = {
+        "origin": "igp",
+        "local-preference": 200,
+        "originator-id": "192.0.2.33",
+        "cluster-list": ["192.0.2.9"],
+    }
+    announce = {"ipv4 unicast": {"192.0.2.33": [{"nlri": "10.244.7.0/26"}]}}
+    e = decode_line(received_update(64512, {"attribute": attribute, "announce": announce}))
     assert isinstance(e, UpdateEvent)
     ((_p, a),) = e.announced
     assert a.local_pref == 200 and a.originator_id == IPAddress("192.0.2.33")
     assert a.cluster_list == (IPAddress("192.0.2.9"),) and a.as_path == ()
+
+
+def test_compact_nlri_decode_as_the_object_form_does() -> None:
+    """``exabgp_api_compact`` (the speaker's setting) writes each prefix as a
+    string; the object form stays understood (add-path keeps it)."""
+
+    def update(item: Callable[[str], object]) -> str:
+        return received_update(
+            64513,
+            {
+                "attribute": {"origin": "igp"},
+                "announce": {"ipv4 unicast": {"192.0.2.9": [item("10.244.7.0/26")]}},
+                "withdraw": {"ipv4 unicast": [item("10.244.8.64/26")]},
+            },
+        )
+
+    compact = decode_line(update(lambda p: p))
+    assert compact == decode_line(update(lambda p: {"nlri": p}))
+    assert isinstance(compact, UpdateEvent)
+    assert [p for p, _ in compact.announced] == [IPNetwork("10.244.7.0/26")]
+    assert compact.withdrawn == (IPNetwork("10.244.8.64/26"),)
+    assert isinstance(decode_line(update(lambda p: 7)), MalformedLine)
 
 
 def test_ipv6_update_with_a_link_local_next_hop_keeps_the_global_one() -> None:

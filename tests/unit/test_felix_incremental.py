@@ -114,13 +114,14 @@ def test_incremental_plan_equals_a_plan_from_scratch(
             host = arg  # type: ignore[assignment]
             change = plan.set_host(host)
         else:
-            changes: dict[IPNetwork, BestRoute | None] = {}
+            # in order, a prefix maybe several times: the last pair counts
+            changes: list[tuple[IPNetwork, BestRoute | None]] = []
             for item in arg:  # type: ignore[attr-defined]
                 if isinstance(item, BestRoute):
-                    changes[item.prefix] = item
+                    changes.append((item.prefix, item))
                     table[key(item.prefix)] = item
                 else:
-                    changes[item] = None
+                    changes.append((item, None))
                     table.pop(key(item), None)
             change = plan.update(changes)
         apply(mirror, change)
@@ -152,12 +153,13 @@ def test_reconciler_fed_changes_ends_where_a_full_resync_does(
                 host = arg
                 rec.apply_change(plan.set_host(host))
             else:
-                changes: dict[IPNetwork, BestRoute | None] = {}
+                changes: list[tuple[IPNetwork, BestRoute | None]] = []
                 for item in arg:  # type: ignore[attr-defined]
                     if isinstance(item, BestRoute):
-                        changes[item.prefix] = table[key(item.prefix)] = item
+                        changes.append((item.prefix, item))
+                        table[key(item.prefix)] = item
                     else:
-                        changes[item] = None
+                        changes.append((item, None))
                         table.pop(key(item), None)
                 rec.apply_change(plan.update(changes))
             if data.draw(st.booleans(), label="pass now"):
@@ -206,7 +208,7 @@ def test_one_more_prefix_plans_and_diffs_one_route(monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(incremental, "plan_one", counting)
         monkeypatch.setattr(KernelRoute, "__eq__", counting_eq)
         extra = BestRoute(N("11.0.0.0/26"), (A("192.0.2.30"),))
-        rec.apply_change(plan.update({extra.prefix: extra}))
+        rec.apply_change(plan.update([(extra.prefix, extra)]))
         report = await rec.sync_once(full=False)
         assert planned == [extra]
         assert report.route_adds == 1 and report.changes == 1

@@ -13,6 +13,7 @@ from netaddr import IPAddress, IPNetwork
 from felix_lite.fake_table import FakeKernel, FakeRouteTable, FakeTunnels
 from felix_lite.model import (
     DEFAULT_PROTO,
+    DesiredChange,
     FdbEntry,
     IpipDevice,
     KernelRoute,
@@ -78,6 +79,37 @@ def test_stale_owned_swept_changed_replaced_foreign_kept() -> None:
         assert (rep.route_adds, rep.route_replaces, rep.route_deletes) == (1, 1, 1)
         assert k.owned(PROTO) == {route(2), route(3)}
         assert k.foreign(PROTO) == {foreign.key: (4, foreign)}
+
+    asyncio.run(go())
+
+
+def test_changes_before_the_whole_state_program_routes_but_sweep_nothing() -> None:
+    """A restarted node programs what it learns before its peers finished
+    sending (``apply_change`` before ``set_desired``): the last run's routes
+    and neighbours stay until the whole state is given, a route is replaced
+    in place, and a removed key goes at once."""
+
+    async def go() -> None:
+        k = FakeKernel()
+        dev = "vxlan.mesh"
+        old_n = NeighborEntry(dev, A("10.244.8.0"), "66:77:88:99:aa:02")
+        k.neighbors[(dev, str(old_n.ip))] = old_n
+        k.add_foreign(route(1), PROTO)  # the last run's, not learned again yet
+        k.add_foreign(route(2, gw="192.0.2.21"), PROTO)  # learned again, elsewhere
+        rec = Reconciler(FakeRouteTable(k))
+        rec.apply_change(DesiredChange(upserts=(route(2), route(3), route(4))))
+        rep = await rec.sync_once(full=True)
+        assert (rep.route_adds, rep.route_replaces, rep.route_deletes) == (2, 1, 0)
+        assert k.owned(PROTO) == {route(1), route(2), route(3), route(4)}
+        assert set(k.neighbors.values()) == {old_n}
+        rec.apply_change(DesiredChange(removes=(route(4).key,)))
+        rep = await rec.sync_once(full=True)  # a full read sweeps nothing either
+        assert (rep.route_deletes, rep.changes) == (1, 1)
+        assert k.owned(PROTO) == {route(1), route(2), route(3)}
+        rec.set_desired(state(route(2), route(3)))
+        rep = await rec.sync_once(full=False)
+        assert (rep.route_deletes, rep.neighbor_ops, rep.changes) == (1, 1, 2)
+        assert k.owned(PROTO) == {route(2), route(3)} and not k.neighbors
 
     asyncio.run(go())
 

@@ -28,7 +28,7 @@ def test_felix_changes_drop_routes_lacking_next_hops() -> None:
     }
     best[IPNetwork("10.2.0.0/26")] = BestRoute(IPNetwork("10.2.0.0/26"), ())
     best[IPNetwork("10.3.0.0/26")] = None
-    got = to_felix_changes(best)
+    got = dict(to_felix_changes(best.items()))
     assert got[IPNetwork("10.2.0.0/26")] is None and got[IPNetwork("10.3.0.0/26")] is None
     kept = {str(p): r for p, r in got.items() if r is not None}
     assert sorted(kept) == sorted(prefixes)
