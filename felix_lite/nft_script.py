@@ -154,7 +154,9 @@ def _elem_text(e: Any, interval: bool) -> str:
             raise NftJsonError(f"unknown map element {e!r:.80}")
         ((kind, arg),) = verdict.items()
         target = f" {arg['target']}" if isinstance(arg, dict) and "target" in arg else ""
-        return f'"{key}" : {kind}{target}'
+        # interface names are quoted in the ruleset's text; concatenations are not
+        shown = f'"{key}"' if isinstance(key, str) else _elem_text(key, False)
+        return f"{shown} : {kind}{target}"
     if isinstance(e, dict) and "concat" in e:
         return " . ".join(_elem_text(x, False) for x in e["concat"])
     if isinstance(e, dict) and "prefix" in e:
