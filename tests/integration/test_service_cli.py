@@ -169,3 +169,11 @@ def test_service_ranges_apply_and_read_back(etcd_server: EtcdCluster, etcd_prefi
     assert spec["serviceClusterIPs"] == ["10.96.0.0/12", "fd00:96::/108"]
     assert spec["serviceExternalIPs"] == ["198.51.100.0/24"]
     assert spec["serviceLoadBalancerIPs"] == ["203.0.113.0/24"]
+
+
+def test_the_example_applies_verbatim(etcd_server: EtcdCluster, etcd_prefix: str) -> None:
+    assert cli(etcd_server, etcd_prefix, "apply", "-f", "-", stdin=POOL).returncode == 0
+    example = Path(__file__).resolve().parents[2] / "configs" / "services.yaml"
+    got = cli(etcd_server, etcd_prefix, "apply", "-f", str(example))
+    assert got.returncode == 0, got.stderr
+    assert names(etcd_server, etcd_prefix) == ["web", "web-v6"]
