@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from netaddr import IPAddress
+from netaddr import AddrFormatError, IPAddress
 
 from datastore.port import (
     Compare,
@@ -152,11 +152,15 @@ async def _check_services(items: Sequence[Loaded], reads: Reads, ctx: Context) -
     listing = await reads.list(services.root)
     existing = {}
     for k, v in listing.items.items():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError, AddrFormatError):
             existing[k[len(services.root) :].decode()] = IPAddress(loads(v.value)["address"])
     pools = await reads.list(ctx.ipam_keys.pools)
     cidrs = {p.name: p.cidr for p in (Pool.from_dict(loads(v.value)) for v in pools.items.values())}
-    new = [(i.source, i.resource.metadata.name, i.resource.spec.address) for i in items]  # type: ignore[union-attr]
+    new = [
+        (i.source, r.metadata.name, r.spec.address)
+        for i in items
+        if isinstance(r := i.resource, ServiceAddressResource)
+    ]
     return service_conflicts(new, existing, cidrs)
 
 
