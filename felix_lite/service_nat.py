@@ -67,15 +67,18 @@ def _target(ip: IPAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def plan_dnat(address_family: int, targets: Iterable[IPAddress], port: int) -> str:
+def plan_dnat(address_family: int, protocol: str, targets: Iterable[IPAddress], port: int) -> str:
     """One DNAT statement over ``targets`` (sorted, so the text, and the
-    rule's id, depend only on the set)."""
+    rule's id, depend only on the set). nft maps a port only after a
+    transport protocol match."""
     ordered = sorted(targets, key=int)
     a = _ADDR[address_family]
     if len(ordered) == 1:
-        return f"dnat {a} to {_target(ordered[0], port)}"
+        return f"meta l4proto {protocol} dnat {a} to {_target(ordered[0], port)}"
     choices = ", ".join(f"{i} : {ip} . {port}" for i, ip in enumerate(ordered))
-    return f"dnat {a} to numgen random mod {len(ordered)} map {{ {choices} }}"
+    return (
+        f"meta l4proto {protocol} dnat {a} to numgen random mod {len(ordered)} map {{ {choices} }}"
+    )
 
 
 def _service_chains(s: ServiceNat) -> list[tuple[str, NftChain]]:
@@ -92,7 +95,7 @@ def _service_chains(s: ServiceNat) -> list[tuple[str, NftChain]]:
             )
         rules.append(
             NftRule(
-                plan_dnat(fam, s.targets, p.target_port),
+                plan_dnat(fam, p.protocol, s.targets, p.target_port),
                 f"svc {s.address} {p.protocol}/{p.port}",
             )
         )

@@ -67,8 +67,12 @@ class NameServer:
 def open_conn(ns: str, address: str, port: int, timeout: float = 3.0) -> socket.socket:
     fam = socket.AF_INET6 if ":" in address else socket.AF_INET
     s = call_in_netns(ns, lambda: socket.socket(fam, socket.SOCK_STREAM))
-    s.settimeout(timeout)
-    s.connect((address, port))
+    try:
+        s.settimeout(timeout)
+        s.connect((address, port))
+    except OSError:
+        s.close()
+        raise
     return s
 
 

@@ -59,24 +59,25 @@ def test_shape_one_map_lookup_per_family_and_a_chain_per_port() -> None:
     )
     [udp] = r.chains[service_chain(VIP, two_ports[1])].rules
     assert udp.text == (
-        "dnat ip to numgen random mod 2 map { 0 : 10.244.1.5 . 5353, 1 : 10.244.2.7 . 5353 }"
+        "meta l4proto udp dnat ip to numgen random mod 2"
+        " map { 0 : 10.244.1.5 . 5353, 1 : 10.244.2.7 . 5353 }"
     )
     [six] = r.chains[service_chain(VIP6, WEB[0])].rules
-    assert six.text == "dnat ip6 to [fd00::5]:8080"
+    assert six.text == "meta l4proto tcp dnat ip6 to [fd00::5]:8080"
 
 
 def test_rule_ids_depend_on_the_target_set_not_its_order() -> None:
     one = plan_service_ruleset([ServiceNat(VIP, WEB, (A, B))])
     other = plan_service_ruleset([ServiceNat(VIP, WEB, (B, A))])
     assert one == other
-    assert plan_dnat(4, [B, A], 80) == plan_dnat(4, [A, B], 80)
+    assert plan_dnat(4, "tcp", [B, A], 80) == plan_dnat(4, "tcp", [A, B], 80)
 
 
 def test_masquerade_marks_before_dnat() -> None:
     r = plan_service_ruleset([ServiceNat(VIP, WEB, (A,), masquerade=True)])
     mark, dnat = r.chains[service_chain(VIP, WEB[0])].rules
     assert mark.text == "meta mark set meta mark | 0x40000"
-    assert dnat.text == "dnat ip to 10.244.1.5:8080"
+    assert dnat.text == "meta l4proto tcp dnat ip to 10.244.1.5:8080"
     assert "masquerade" in r.chains[POSTROUTING].rules[0].text
 
 
