@@ -12,8 +12,9 @@ namespaces (removed in ``finally``) on one bridge::
 
 Every ServiceAddress lists the four pods as endpoints, so every node serves
 every address: the ToR ends with ``N`` networks of four paths from each
-side, in two tables (``mesh`` for the nodes, ``anchor`` for the BIRDs), each
-counted with ``birdc show route count table T``, polled every 10 ms.
+side, in two tables (``mesh`` for the nodes, on top of their pod blocks,
+``anchor`` for the BIRDs), each counted with ``birdc show route count table
+T``, polled every 10 ms.
 
 - ``advertise_s``: from the start of ``apply`` (in-process, ``apply_txn``
   in transactions of 100 resources: etcd's 128-operation bound) to the
@@ -137,7 +138,8 @@ class Meshroute:
 
     def __init__(self, store: EtcdStore, pods: list[str], tor: Bird, n: int) -> None:
         self.store, self.pods, self.tor, self.n = store, pods, tor, n
-        self.want = n * len(pods)
+        self.blocks = len(pods)  # one pod, so one block, per node, also in table mesh
+        self.want = self.blocks + n * len(pods)
 
     async def _apply(self, docs: list[dict[str, Any]]) -> None:
         for i in range(0, len(docs), BATCH):
@@ -159,7 +161,7 @@ class Meshroute:
         keys = list((await self.store.list(root)).items)
         for i in range(0, len(keys), BATCH):
             await self.store.txn([], [Delete(k) for k in keys[i : i + BATCH]])
-        await asyncio.to_thread(wait_paths, self.tor, "mesh", 0, time.perf_counter())
+        await asyncio.to_thread(wait_paths, self.tor, "mesh", self.blocks, time.perf_counter())
 
 
 class Anchor:
@@ -194,6 +196,14 @@ class Anchor:
         for i in range(len(self.birds)):
             self._configure(i, [])
         await asyncio.to_thread(wait_paths, self.tor, "anchor", 0, time.perf_counter())
+
+
+def established(tor: Bird, protocol: str) -> None:
+    wait_for(
+        f"the ToR's session {protocol}",
+        lambda: "Established" in tor.birdc(f"show protocols {protocol}"),
+        60,
+    )
 
 
 def p99(xs: list[float]) -> float:
@@ -261,19 +271,10 @@ def run(
                 for m in members:
                     await asyncio.to_thread(m.wait_ready, 120)
                 pods = [add_pod(m, netns, cni_bin, f"pod{i}")[1] for i, m in enumerate(members)]
-                for i in range(nodes):
-                    await asyncio.to_thread(
-                        wait_for,
-                        f"ToR session to node{i}",
-                        lambda i=i: "Established" in tor.birdc(f"show protocols node{i}"),
-                        60,
-                    )
-                    await asyncio.to_thread(
-                        wait_for,
-                        f"ToR session to anchor{i}",
-                        lambda i=i: "Established" in tor.birdc(f"show protocols anchor{i}"),
-                        60,
-                    )
+                for proto in [f"{kind}{i}" for i in range(nodes) for kind in ("node", "anchor")]:
+                    await asyncio.to_thread(established, tor, proto)
+                # every node's pod block: the paths in table mesh before any service
+                await asyncio.to_thread(wait_paths, tor, "mesh", nodes, time.perf_counter(), 60)
                 sides: dict[str, Meshroute | Anchor] = {
                     "meshroute": Meshroute(store, pods, tor, n),
                     "bird": Anchor(birds, tor, n),
