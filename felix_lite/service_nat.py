@@ -22,6 +22,7 @@ Without services the part is empty: the table is the policy compiler's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,7 +82,11 @@ def plan_dnat(address_family: int, protocol: str, targets: Iterable[IPAddress], 
     )
 
 
-def _service_chains(s: ServiceNat) -> list[tuple[str, NftChain]]:
+@functools.lru_cache(maxsize=1 << 16)
+def _service_chains(s: ServiceNat) -> tuple[tuple[str, NftChain], ...]:
+    """Memoised: a change to one of a thousand services builds (and hashes
+    the rules of) its own chains only, and the reconciler's diff finds the
+    others' chains the very values it applied."""
     out = []
     fam = s.address.version
     for p in s.ports:
@@ -103,7 +108,7 @@ def _service_chains(s: ServiceNat) -> list[tuple[str, NftChain]]:
         out.append(
             (f"{s.address} . {p.protocol} . {p.port} : goto {name}", NftChain(name, tuple(rules)))
         )
-    return out
+    return tuple(out)
 
 
 def plan_service_ruleset(services: Iterable[ServiceNat]) -> Ruleset:

@@ -11,7 +11,6 @@ from typing import Any, BinaryIO, Literal
 from netaddr import IPNetwork
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
 )
@@ -29,6 +28,7 @@ from meshroute.policy_resources import (
     network_policy_problems,
 )
 from meshroute.schema_types import Address, Cidr, Community, field_path
+from meshroute.schema_types import StrictModel as _Strict
 from meshroute.service_resources import ServiceAddressResource, service_address_problems
 from meshroute.yaml_input import YamlInputError, documents, read_text
 
@@ -40,16 +40,6 @@ class ResourceError(Exception):
 
 
 SECRET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        arbitrary_types_allowed=True,
-        populate_by_name=True,
-        allow_inf_nan=False,
-    )
 
 
 class Metadata(_Strict):

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from meshroute.schema_types import Address
+from meshroute.schema_types import StrictModel as _Strict
 
 MAX_PORTS = 128
 MAX_ENDPOINTS = 1024
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        arbitrary_types_allowed=True,
-        populate_by_name=True,
-        allow_inf_nan=False,
-    )
 
 
 class ServicePortSpec(_Strict):

@@ -24,6 +24,9 @@ class ServiceStore:
     def __init__(self, store: KvStore, prefix: str = "/meshroute") -> None:
         self.store = store
         self.root = (prefix.rstrip("/") + "/services/v1/addresses/").encode()
+        # the specs of the last load by their stored bytes: a change to one
+        # of a thousand records validates that one again, not all of them
+        self._parsed: dict[bytes, ServiceAddressSpec] = {}
 
     def key(self, name: str) -> bytes:
         return self.root + name.encode()
@@ -32,12 +35,18 @@ class ServiceStore:
         listing = await self.store.list(self.root)
         out: dict[str, ServiceAddressSpec] = {}
         problems = []
+        parsed = {}
         for k, v in sorted(listing.items.items()):
             name = k[len(self.root) :].decode(errors="replace")
-            try:
-                out[name] = ServiceAddressSpec.model_validate(json.loads(v.value))
-            except (ValueError, ValidationError) as e:
-                problems.append(f"serviceaddress {name[:64]!r}: {str(e)[:200]}")
+            spec = self._parsed.get(v.value)
+            if spec is None:
+                try:
+                    spec = ServiceAddressSpec.model_validate(json.loads(v.value))
+                except (ValueError, ValidationError) as e:
+                    problems.append(f"serviceaddress {name[:64]!r}: {str(e)[:200]}")
+                    continue
+            out[name] = parsed[v.value] = spec
+        self._parsed = parsed
         return ServiceState(out, tuple(problems))
 
     async def delete(self, name: str) -> bool:

@@ -17,8 +17,6 @@ BGPConfiguration's service ranges come and go live.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 from collections import Counter
@@ -33,7 +31,7 @@ import yaml
 from ipam.cni_install import install_plugin
 from lab.etcd import EtcdCluster
 from lab.netns import Netns, NetnsFactory, plug, switch, veth
-from lab.node_rig import REPO, NodeUnderTest, add_pod, nodes_on_switch, wait_for
+from lab.node_rig import NodeUnderTest, add_pod, nodes_on_switch, wait_for
 from tests.harness.bgp_peers import (
     Bird,
     BirdNeighbor,
@@ -44,6 +42,7 @@ from tests.harness.bgp_peers import (
     start_bird,
     start_gobgp,
 )
+from tests.harness.cli import cli
 from tests.harness.node_pair import stop_nodes
 from tests.harness.service_clients import FAILED, NameServer, ask, connect_many
 
@@ -71,21 +70,14 @@ class Rig:
     client: Netns
     bird: Bird
     gobgp: Gobgp
-    env: dict[str, str]
+    etcd: EtcdCluster
+    prefix: str
     pods: dict[str, tuple[Netns, str]] = field(default_factory=dict)
     servers: list[NameServer] = field(default_factory=list)
 
     def apply(self, *docs: dict[str, Any]) -> None:
-        p = subprocess.run(
-            [sys.executable, "-m", "meshroute.cli", "apply", "-f", "-"],
-            input=yaml.safe_dump_all(docs),
-            env=self.env,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=30,
-        )
-        assert p.returncode == 0, p.stderr
+        done = cli(self.etcd, self.prefix, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+        assert done.returncode == 0, done.stderr
 
     def tor_next_hops(self, prefix: str) -> set[str]:
         """The next hops of ``prefix`` in the ToR's kernel (BIRD's ECMP route)."""
@@ -110,7 +102,6 @@ class Rig:
 def rig(
     etcd_server: EtcdCluster, etcd_prefix: str, netns: NetnsFactory, tmp_path: Path
 ) -> Iterator[Rig]:
-    env = {**os.environ, "MESHROUTE_ETCD": etcd_server.endpoint, "MESHROUTE_PREFIX": etcd_prefix}
     sw = switch(netns)
     nodes = nodes_on_switch(sw, netns, NODES, etcd_server, etcd_prefix, tmp_path)
     tor, gobgp_ns, client = netns.new("tor"), netns.new("gobgp"), netns.new("client")
@@ -144,7 +135,7 @@ def rig(
         tmp_path / "gobgp",
         GobgpSpec(GOBGP, GOBGP_AS, tuple(GobgpNeighbor(ip, NODE_AS) for ip in NODES.values())),
     )
-    r = Rig(nodes, tor, client, bird, gobgp, env)
+    r = Rig(nodes, tor, client, bird, gobgp, etcd_server, etcd_prefix)
     try:
         r.apply(
             doc("IPPool", "pods", {"cidr": "10.244.0.0/16", "blockSize": 26}),
