@@ -29,6 +29,7 @@ BENCHES: tuple[tuple[str, ...], ...] = (
     ("bench.reflector", "--clients", "200", "--prefixes", "4000"),
     ("bench.policy", "--pods", "5000", "--policies", "500"),
     ("bench.failover",),
+    ("bench.services", "--services", "1000"),
 )
 
 

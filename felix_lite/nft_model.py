@@ -108,3 +108,16 @@ class TableState:
             sets=dict(ruleset.sets),
             chains={n: ChainState(n, c.rule_ids, c.hook) for n, c in ruleset.chains.items()},
         )
+
+
+def merge_rulesets(*parts: Ruleset) -> Ruleset:
+    """One table from parts that name their sets and chains apart (each part
+    has its own prefix); a name in two parts is a bug in a compiler."""
+    sets: dict[str, NftSet] = {}
+    chains: dict[str, NftChain] = {}
+    for p in parts:
+        if sets.keys() & p.sets.keys() or chains.keys() & p.chains.keys():
+            raise ValueError("two rulesets name the same set or chain")
+        sets.update(p.sets)
+        chains.update(p.chains)
+    return Ruleset(sets, chains)

@@ -5,8 +5,9 @@ to a ``TableState`` (``parse_table_json``). Pure.
 Order inside the script matters to nft (a chain cannot be deleted while a
 rule or map element still jumps to it), so a script goes: declare new sets,
 maps and chains; add set elements; rewrite changed chains; swap changed map
-elements; delete stale set elements; empty, then delete, chains no longer
-wanted; delete sets no longer wanted. When the kernel's table has a shape
+elements; delete stale set elements; empty the chains no longer wanted;
+delete the sets and maps no longer wanted (a map's elements may still jump
+to those chains); delete the chains. When the kernel's table has a shape
 this cannot morph (a base chain on another hook, a set of another type), the
 script deletes and re-creates the table whole, still in one transaction.
 """
@@ -135,10 +136,11 @@ def plan_nft_script(desired: Ruleset, actual: TableState | None) -> list[str]:
     lines += removals
     gone_chains = [n for n in actual.chains if n not in desired.chains]
     lines += [f"flush chain {T} {n}" for n in gone_chains]
-    lines += [f"delete chain {T} {n}" for n in gone_chains]
+    # a map going away still jumps to chains going away: the map first
     for name, s in actual.sets.items():
         if name not in desired.sets:
             lines.append(f"delete {'map' if s.is_map else 'set'} {T} {name}")
+    lines += [f"delete chain {T} {n}" for n in gone_chains]
     return lines
 
 
@@ -154,7 +156,9 @@ def _elem_text(e: Any, interval: bool) -> str:
             raise NftJsonError(f"unknown map element {e!r:.80}")
         ((kind, arg),) = verdict.items()
         target = f" {arg['target']}" if isinstance(arg, dict) and "target" in arg else ""
-        return f'"{key}" : {kind}{target}'
+        # interface names are quoted in the ruleset's text; concatenations are not
+        shown = f'"{key}"' if isinstance(key, str) else _elem_text(key, False)
+        return f"{shown} : {kind}{target}"
     if isinstance(e, dict) and "concat" in e:
         return " . ".join(_elem_text(x, False) for x in e["concat"])
     if isinstance(e, dict) and "prefix" in e:

@@ -136,6 +136,23 @@ def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:
     b.ip("link", "set", b_if, "up")
 
 
+def switch(factory: NetnsFactory, label: str = "sw") -> Netns:
+    """A namespace holding bridge ``br0``: one L2 segment for the
+    namespaces ``plug`` connects to it."""
+    sw = factory.new(label)
+    sw.ip("link", "add", "br0", "type", "bridge")
+    sw.ip("link", "set", "br0", "up")
+    return sw
+
+
+def plug(sw: Netns, ns: Netns, port: str, address: str, ifname: str = "eth0") -> None:
+    """``ns``'s ``ifname`` on the switch's bridge (port ``port``), holding
+    ``address`` (with its prefix length)."""
+    veth(sw, port, ns, ifname)
+    sw.ip("link", "set", port, "master", "br0")
+    ns.ip("addr", "add", address, "dev", ifname)
+
+
 def sweep_stale(prefix: str = TEST_PREFIX, *, all_of_them: bool = False) -> list[str]:
     """Remove our namespaces whose creating process is gone (or all with
     this prefix, for ``lab down``)."""

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.etcd import EtcdCluster
-from lab.netns import Netns, NetnsFactory
+from lab.netns import Netns, NetnsFactory, plug
 from lab.poll import http_get, wait_for
 from lab.ports import free_ports
 
@@ -35,6 +35,7 @@ __all__ = [
     "add_pod",
     "add_pod_ips",
     "node_in",
+    "nodes_on_switch",
     "wait_for",
 ]
 
@@ -141,6 +142,26 @@ def node_in(
     }
     (work / "node.yaml").write_text(yaml.safe_dump(config))
     return NodeUnderTest(name, ns, address, work, http, config["ipam"]["socket"])
+
+
+def nodes_on_switch(
+    sw: Netns,
+    netns: NetnsFactory,
+    addresses: Mapping[str, str],
+    etcd: EtcdCluster | str,
+    etcd_prefix: str,
+    work: Path,
+    prefixlen: int = 24,
+) -> list[NodeUnderTest]:
+    """A node per (name, underlay address), each in its own namespace on
+    the switch ``sw`` (``lab.netns.switch``), forwarding on, not started."""
+    out = []
+    for name, address in addresses.items():
+        ns = netns.new(name)
+        plug(sw, ns, f"p-{name}"[:15], f"{address}/{prefixlen}")
+        ns.sh("sysctl -qw net.ipv4.ip_forward=1")
+        out.append(node_in(ns, name, address, prefixlen, etcd, etcd_prefix, work / name))
+    return out
 
 
 def add_pod(

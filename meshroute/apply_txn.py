@@ -21,9 +21,12 @@ leave half applied.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from netaddr import AddrFormatError, IPAddress
 
 from datastore.port import (
     Compare,
@@ -53,9 +56,12 @@ from meshroute.resources import (
     IPAMConfigurationResource,
     IPPoolResource,
     Loaded,
+    ServiceAddressResource,
     missing_profile_problems,
     overlap_problems,
 )
+from meshroute.service_rules import service_conflicts
+from meshroute.service_store import ServiceStore, encode_service
 
 MAX_ROUNDS = 8
 
@@ -139,6 +145,25 @@ async def _check_pools(items: Sequence[Loaded], reads: Reads, ctx: Context) -> l
     return problems
 
 
+async def _check_services(items: Sequence[Loaded], reads: Reads, ctx: Context) -> list[str]:
+    """No two ServiceAddresses share an address, and none lies in an IP pool
+    (pod routes and the service's host routes would fight)."""
+    services = ServiceStore(ctx.store, ctx.prefix)
+    listing = await reads.list(services.root)
+    existing = {}
+    for k, v in listing.items.items():
+        with contextlib.suppress(ValueError, KeyError, TypeError, AddrFormatError):
+            existing[k[len(services.root) :].decode()] = IPAddress(loads(v.value)["address"])
+    pools = await reads.list(ctx.ipam_keys.pools)
+    cidrs = {p.name: p.cidr for p in (Pool.from_dict(loads(v.value)) for v in pools.items.values())}
+    new = [
+        (i.source, r.metadata.name, r.spec.address)
+        for i in items
+        if isinstance(r := i.resource, ServiceAddressResource)
+    ]
+    return service_conflicts(new, existing, cidrs)
+
+
 APPLIERS: dict[type, KindApply] = {
     IPPoolResource: KindApply(
         "ippool",
@@ -177,6 +202,12 @@ APPLIERS: dict[type, KindApply] = {
         "bfdprofile",
         key=lambda r, ctx: ctx.bgp.bfd_profile_key(r.metadata.name),
         value=lambda r: encode_spec(r.spec),
+    ),
+    ServiceAddressResource: KindApply(
+        "serviceaddress",
+        key=lambda r, ctx: ServiceStore(ctx.store, ctx.prefix).key(r.metadata.name),
+        value=lambda r: encode_service(r.spec),
+        check=_check_services,
     ),
 }
 

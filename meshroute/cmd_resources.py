@@ -29,6 +29,7 @@ from meshroute.resources import (
     overlap_problems,
     pool_to_resource,
 )
+from meshroute.service_store import ServiceStore
 
 POOL_COLUMNS = ["NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "SELECTOR", "USES"]
 NODE_COLUMNS = ["NAME", "IPV4", "ASN", "ALIVE", "LABELS"]
@@ -60,6 +61,9 @@ GET_KINDS = {
     "ns": "namespaces",
     "bfdprofiles": "bfdprofiles",
     "bfdprofile": "bfdprofiles",
+    "serviceaddresses": "serviceaddresses",
+    "serviceaddress": "serviceaddresses",
+    "svcaddr": "serviceaddresses",
 }
 SINGULAR = {
     "networkpolicies": "networkpolicy",
@@ -78,7 +82,10 @@ DELETE_KINDS = {
     "namespace": "namespaces",
     "ns": "namespaces",
     "bfdprofile": "bfdprofiles",
+    "serviceaddress": "serviceaddresses",
+    "svcaddr": "serviceaddresses",
 }
+SERVICE_COLUMNS = ["NAME", "ADDRESS", "PORTS", "ENDPOINTS"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -155,6 +162,8 @@ def cmd_get(args: argparse.Namespace) -> int:
             return await _policy_docs(PolicyStore(store, args.prefix), kind)
         if kind in ("bgpconfig", "bgppeers", "bfdprofiles"):
             return await _bgp_docs(BgpStore(store, args.prefix), kind)
+        if kind == "serviceaddresses":
+            return await _service_docs(ServiceStore(store, args.prefix))
         if kind == "ipamconfig":
             s = await ipam.settings()
             doc = {
@@ -236,6 +245,27 @@ async def _bgp_docs(bgp: BgpStore, kind: str) -> tuple[list[dict[str, Any]], Row
     return docs, (PEER_COLUMNS, rows)
 
 
+async def _service_docs(services: ServiceStore) -> tuple[list[dict[str, Any]], Rows]:
+    state = await services.load()
+    for problem in state.problems:
+        print(f"meshroute: warning: {problem}", file=sys.stderr)
+    items = sorted(state.addresses.items())
+    docs = [
+        _doc("ServiceAddress", n, s.model_dump(mode="json", by_alias=True, exclude_none=True))
+        for n, s in items
+    ]
+    rows = [
+        [
+            n,
+            s.address,
+            ",".join(f"{p.port}/{p.protocol}" for p in s.ports),
+            len(s.endpoints),
+        ]
+        for n, s in items
+    ]
+    return docs, (SERVICE_COLUMNS, rows)
+
+
 async def _policy_docs(ps: PolicyStore, kind: str) -> tuple[list[dict[str, Any]], Rows]:
     state = await ps.load()
     if kind == "networkpolicies":
@@ -308,6 +338,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
             return f"bgppeer/{args.name} deleted"
         if kind == "bfdprofiles":
             return await _delete_bfd_profile(BgpStore(store, args.prefix), args.name)
+        if kind == "serviceaddresses":
+            if not await ServiceStore(store, args.prefix).delete(args.name):
+                raise UserError(f"serviceaddress {quote(args.name)} does not exist")
+            return f"serviceaddress/{args.name} deleted"
         if not await reg.delete(args.name):
             raise UserError(f"node {quote(args.name)} does not exist")
         return (

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+from netaddr import IPNetwork
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
 )
@@ -28,6 +28,8 @@ from meshroute.policy_resources import (
     network_policy_problems,
 )
 from meshroute.schema_types import Address, Cidr, Community, field_path
+from meshroute.schema_types import StrictModel as _Strict
+from meshroute.service_resources import ServiceAddressResource, service_address_problems
 from meshroute.yaml_input import YamlInputError, documents, read_text
 
 API_VERSION = "meshroute.io/v1"
@@ -38,16 +40,6 @@ class ResourceError(Exception):
 
 
 SECRET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        arbitrary_types_allowed=True,
-        populate_by_name=True,
-        allow_inf_nan=False,
-    )
 
 
 class Metadata(_Strict):
@@ -120,6 +112,20 @@ class BGPConfigurationSpec(_Strict):
     ipv6_transport: Literal["IPv6Peers", "MultiProtocol"] = Field(
         default="IPv6Peers", alias="ipv6Transport"
     )
+    # Service ranges every node advertises as they are (Calico's service
+    # advertisement); ServiceAddresses add host routes inside or beside them.
+    service_cluster_ips: tuple[Cidr, ...] = Field(
+        default=(), max_length=64, alias="serviceClusterIPs"
+    )
+    service_external_ips: tuple[Cidr, ...] = Field(
+        default=(), max_length=64, alias="serviceExternalIPs"
+    )
+    service_load_balancer_ips: tuple[Cidr, ...] = Field(
+        default=(), max_length=64, alias="serviceLoadBalancerIPs"
+    )
+
+    def service_ranges(self) -> tuple[IPNetwork, ...]:
+        return self.service_cluster_ips + self.service_external_ips + self.service_load_balancer_ips
 
 
 class BGPConfigurationResource(_Strict):
@@ -186,6 +192,7 @@ Resource = (
     | GlobalNetworkPolicyResource
     | NamespaceResource
     | BFDProfileResource
+    | ServiceAddressResource
 )
 KINDS: dict[str, type[BaseModel]] = {
     "IPPool": IPPoolResource,
@@ -196,9 +203,27 @@ KINDS: dict[str, type[BaseModel]] = {
     "GlobalNetworkPolicy": GlobalNetworkPolicyResource,
     "Namespace": NamespaceResource,
     "BFDProfile": BFDProfileResource,
+    "ServiceAddress": ServiceAddressResource,
 }
 # Kinds of which the cluster has exactly one, named "default".
 SINGLETONS = (IPAMConfigurationResource, BGPConfigurationResource)
+
+
+SERVICE_RANGE_FIELDS = (
+    ("spec.serviceClusterIPs", "service_cluster_ips"),
+    ("spec.serviceExternalIPs", "service_external_ips"),
+    ("spec.serviceLoadBalancerIPs", "service_load_balancer_ips"),
+)
+
+
+def bgp_config_problems(spec: BGPConfigurationSpec) -> list[str]:
+    """Service ranges are prefixes, as routers will see them."""
+    out = []
+    for label, attr in SERVICE_RANGE_FIELDS:
+        for i, c in enumerate(getattr(spec, attr)):
+            if c.ip != c.network:
+                out.append(f"{label}.{i}: {c} has host bits set (did you mean {c.cidr}?)")
+    return out
 
 
 def bgp_peer_problems(spec: BGPPeerSpec) -> list[str]:
@@ -288,6 +313,10 @@ def parse_documents(text: str, source: str) -> list[Loaded]:
             problems += [f"{where}: {p}" for p in global_policy_problems(res)]
         elif isinstance(res, NamespaceResource):
             problems += [f"{where}: {p}" for p in namespace_problems(res)]
+        elif isinstance(res, BGPConfigurationResource):
+            problems += [f"{where}: {p}" for p in bgp_config_problems(res.spec)]
+        elif isinstance(res, ServiceAddressResource):
+            problems += [f"{where}: {p}" for p in service_address_problems(res.spec)]
         if isinstance(res, SINGLETONS) and res.metadata.name != "default":
             problems.append(
                 f"{where}: metadata.name: {quote(res.metadata.name)} is not 'default' "

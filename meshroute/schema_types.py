@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from ipam.quoting import quote
 
@@ -57,6 +57,19 @@ Address = Annotated[IPAddress, BeforeValidator(_address), PlainSerializer(str)]
 Community = Annotated[
     tuple[int, int], BeforeValidator(_community), PlainSerializer(lambda c: f"{c[0]}:{c[1]}")
 ]
+
+
+class StrictModel(BaseModel):
+    """Every resource schema's base: unknown fields, NaN and infinity refused;
+    values frozen; fields by name or by alias."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
+    )
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

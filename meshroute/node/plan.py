@@ -1,4 +1,5 @@
-"""The node's decisions over a ClusterView, all pure: what to announce,
+"""The node's decisions over a ClusterView, all pure: what to announce
+(blocks, borrowed addresses, service prefixes),
 what felix_lite should plan with, the tunnel settings and the VTEP MAC."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from felix_lite.inputs import (
 from ipam.model import AffinityState
 from ipam.model import EncapMode as IpamEncap
 from meshroute.node.config import NodeConfig
+from meshroute.node.services_plan import endpoint_addresses, plan_service_prefixes
 from meshroute.node.view import ClusterView
 from meshroute.registry import NodeRecord
 
@@ -66,7 +68,11 @@ def borrowed_addresses(view: ClusterView, host: str) -> list[IPNetwork]:
 
 
 def plan_announcements(view: ClusterView, host: str) -> list[IPNetwork]:
-    return own_blocks(view, host) + borrowed_addresses(view, host)
+    """Own blocks, borrowed pod addresses, and the service prefixes this
+    host advertises (``services_plan``)."""
+    local = endpoint_addresses(((ep.node, ep.ips) for ep, _ in view.ipam.endpoints.values()), host)
+    services = plan_service_prefixes(view.bgp_config, view.services, local)
+    return own_blocks(view, host) + borrowed_addresses(view, host) + services
 
 
 def decide_encap_in_use(view: ClusterView) -> tuple[bool, bool]:

@@ -1,6 +1,8 @@
 """The node's packet-filter part: policy resources, namespaces, workload
-endpoints and pools from etcd, lowered and compiled for this node, handed
-to felix_lite's policy reconciler (which owns table ``inet meshroute``).
+endpoints and pools from etcd, lowered and compiled for this node, with the
+DNAT of the ServiceAddresses (``services_plan``, felix_lite's
+``service_nat``) merged in, handed to felix_lite's policy reconciler (which
+owns table ``inet meshroute``).
 
 ``mark_dirty`` is all an etcd change does; ``run`` re-reads and compiles
 (level-triggered, a burst of changes costs one pass). Counters are read
@@ -17,11 +19,13 @@ from collections import defaultdict
 from typing import Any
 
 from datastore.port import KvStore
-from felix_lite.nft_model import RuleCounter
+from felix_lite.nft_model import RuleCounter, merge_rulesets
 from felix_lite.nft_reconciler import NftCli, NftError, PolicyReconciler
 from felix_lite.policy_compiler import PolicyCompiler
 from felix_lite.policy_inputs import Endpoint, Policy
+from felix_lite.service_nat import plan_service_ruleset
 from ipam.ipam import Ipam
+from meshroute.node.services_plan import endpoint_addresses, plan_service_nat
 from meshroute.policy_lowering import (
     EndpointRecordError,
     endpoint_from_record,
@@ -29,6 +33,7 @@ from meshroute.policy_lowering import (
     plan_policy_input,
 )
 from meshroute.policy_store import PolicyState, PolicyStore
+from meshroute.service_store import ServiceStore
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class PolicyAgent:
         self.ipam = ipam
         self.node = node
         self.policies = PolicyStore(store, prefix)
+        self.services = ServiceStore(store, prefix)
         self.endpoints_prefix = (prefix.rstrip("/") + "/ipam/v1/endpoints/").encode()
         self.reconciler = PolicyReconciler(NftCli(netns), resync_interval=resync_seconds)
         self.bad_records: dict[str, str] = {}
@@ -60,6 +66,7 @@ class PolicyAgent:
         self._lowered: tuple[PolicyState, tuple[Policy, ...]] | None = None
         self.endpoint_count = 0
         self.policy_count = 0
+        self.service_count = 0  # service addresses this node delivers
         self.compile_seconds = 0.0
         # The store revision of the inputs behind the desired ruleset, and
         # the newest one the kernel is known to enforce: a client that wrote
@@ -112,6 +119,15 @@ class PolicyAgent:
                     self._lowered = (state, lower_policies(state))
                 inp = plan_policy_input(self.node, state, endpoints, pools, self._lowered[1])
                 ruleset = await asyncio.to_thread(self.compiler.compile, inp)
+                services = await self.services.load()
+                pairs = [(ep.node, ep.ips) for ep in endpoints]
+                nat = plan_service_nat(
+                    services.addresses,
+                    endpoint_addresses(pairs, self.node),
+                    endpoint_addresses(pairs),
+                )
+                ruleset = merge_rulesets(ruleset, plan_service_ruleset(nat))
+                self.service_count = len(nat)
                 self.compile_seconds = time.monotonic() - start
                 self.endpoint_count = len(endpoints)
                 self.policy_count = len(inp.policies)
@@ -151,6 +167,7 @@ class PolicyAgent:
             "appliedRevision": self.applied_revision(),
             "endpoints": self.endpoint_count,
             "policies": self.policy_count,
+            "services": self.service_count,
             "converged": r.converged,
             "transactions": r.applied,
             "refused": r.failures,

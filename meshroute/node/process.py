@@ -88,6 +88,7 @@ from meshroute.runtime.http import Endpoints, Health, serve_http
 from meshroute.runtime.long_tasks import LongTasks
 from meshroute.runtime.metrics import render_metrics
 from meshroute.runtime.systemd import Notifier
+from meshroute.service_store import ServiceStore
 
 log = logging.getLogger("meshroute.node")
 
@@ -116,6 +117,7 @@ class NodeProcess:
         self.registry = Registry(self.store, prefix)
         self.bgp_store = BgpStore(self.store, prefix)
         self.secrets = SecretStore(self.store, prefix)
+        self.services = ServiceStore(self.store, prefix)
         self.started = time.monotonic()
         self.view: ClusterView | None = None
         self.tunnel_address: IPAddress | None = None
@@ -159,7 +161,9 @@ class NodeProcess:
     async def run(self, stop: asyncio.Event) -> None:
         c = self.config
         self.notifier.notify("STATUS=connecting to etcd")
-        view = await load_view(self.ipam, self.registry, self.bgp_store, self.secrets)  # fails fast
+        view = await load_view(
+            self.ipam, self.registry, self.bgp_store, self.secrets, self.services
+        )  # fails fast
         await self._register(view)
 
         table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
@@ -317,7 +321,9 @@ class NodeProcess:
             await asyncio.sleep(DEBOUNCE_S)
             self._view_dirty.clear()
             try:
-                view = await load_view(self.ipam, self.registry, self.bgp_store, self.secrets)
+                view = await load_view(
+                    self.ipam, self.registry, self.bgp_store, self.secrets, self.services
+                )
                 if (self.tunnel_address is None and any(decide_encap_in_use(view))) or (
                     self.tunnel_address6 is None and decide_vxlan6_in_use(view, self.config)
                 ):
@@ -334,6 +340,9 @@ class NodeProcess:
         assert self.speaker is not None and self.sessions is not None
         if self.view is None or view.peer_problems != self.view.peer_problems:
             for problem in view.peer_problems:
+                log.error("%s", problem)
+        if self.view is None or view.service_problems != self.view.service_problems:
+            for problem in view.service_problems:
                 log.error("%s", problem)
         self.view = view
         self._host_dirty = True

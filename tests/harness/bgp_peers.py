@@ -55,6 +55,7 @@ class BirdSpec:
     static4: tuple[str, ...] = ()  # prefixes BIRD originates (blackhole statics)
     static6: tuple[str, ...] = ()
     kernel: bool = False  # export learned routes to the namespace's kernel table
+    merge_paths: bool = False  # ... equal BGP paths as one multipath (ECMP) route
     extra: str = ""  # raw top-level lines (e.g. a ``protocol bfd`` block)
 
 
@@ -72,7 +73,8 @@ def bird_conf(spec: BirdSpec) -> str:
         lines += [f"  route {p} blackhole;" for p in spec.static6]
         lines.append("}")
     if spec.kernel:
-        lines.append("protocol kernel k4 { ipv4 { export all; }; }")
+        merge = " merge paths on;" if spec.merge_paths else ""
+        lines.append(f"protocol kernel k4 {{ ipv4 {{ export all; }};{merge} }}")
     for n in spec.neighbors:
         fam = "ipv6" if n.ipv6 else "ipv4"
         body = [
