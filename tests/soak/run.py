@@ -77,7 +77,7 @@ class Soak:
     stop: threading.Event = field(default_factory=threading.Event)
     live: dict[str, PodRecord] = field(default_factory=dict)
     created_at: dict[str, float] = field(default_factory=dict)
-    held: dict[str, str] = field(default_factory=dict)  # address -> pod, from ADD until its DEL
+    held: dict[str, str] = field(default_factory=dict)  # address -> pod, from ADD to DEL start
     doomed: list[PodRecord] = field(default_factory=list)  # DEL failed: retried
     counts: Counter[str] = field(default_factory=Counter)
     op_ends: list[float] = field(default_factory=list)  # when each ADD or DEL succeeded
@@ -214,25 +214,23 @@ class Soak:
 
     def _delete(self, rec: PodRecord) -> None:
         t0 = self.now()
+        with self.mu:
+            # From here IPAM may free the address at any moment, and hand it
+            # out again before this thread hears that the DEL is done.
+            if self.held.get(rec.address) == rec.container_id:
+                del self.held[rec.address]
         try:
             self.ops.remove_pod(rec)
         except Exception:
             with self.mu:
                 self.counts["del_errors"] += 1
                 self.doomed.insert(0, rec)
-                # a DEL that failed may have released the address all the same
-                self._let_go(rec)
             return
         t1 = self.now()
         with self.mu:
             self.op_ends.append(t1)
             self.latency["del"].append(t1 - t0)
             self.counts["deleted"] += 1
-            self._let_go(rec)
-
-    def _let_go(self, rec: PodRecord) -> None:
-        if self.held.get(rec.address) == rec.container_id:
-            del self.held[rec.address]
 
     # ---- faults -----------------------------------------------------------------
 
