@@ -18,8 +18,10 @@ refusal wins. The rules, in that order:
                       /128 inside an own block is *not* refused: that is an
                       address another node borrowed from us, and traffic for
                       it must go there.
-``not-in-pool``       inside no enabled pool and no allow-list entry. An
-                      allowed default route skips this rule.
+``not-in-pool``       inside no pool and no allow-list entry (a disabled
+                      pool counts: it hands out no new addresses, but its
+                      pods keep their routes). An allowed default route
+                      skips this rule.
 ``too-specific``      inside a pool but longer than the pool's block size,
                       except host routes (/32, /128): those are borrowed
                       addresses. Shorter prefixes (aggregates a ToR may send)
@@ -71,7 +73,7 @@ class MaxPrefixDecision(enum.Enum):
 
 @dataclass(frozen=True)
 class PoolRule:
-    """An enabled pool as import policy sees it."""
+    """A pool (disabled ones too) as import policy sees it."""
 
     cidr: IPNetwork
     block_size: int  # prefix length of the pool's blocks (26 for IPv4 by default)

@@ -3,13 +3,15 @@ changes only what differs (``plan_nft_script``), and the kernel's JSON back
 to a ``TableState`` (``parse_table_json``). Pure.
 
 Order inside the script matters to nft (a chain cannot be deleted while a
-rule or map element still jumps to it), so a script goes: declare new sets,
-maps and chains; add set elements; rewrite changed chains; swap changed map
-elements; delete stale set elements; empty the chains no longer wanted;
-delete the sets and maps no longer wanted (a map's elements may still jump
-to those chains); delete the chains. When the kernel's table has a shape
-this cannot morph (a base chain on another hook, a set of another type), the
-script deletes and re-creates the table whole, still in one transaction.
+rule or map element still jumps to it; an interval set refuses an element
+overlapping one that the transaction deletes only later), so a script goes:
+declare new sets, maps and chains; delete stale set elements, then add new
+ones; rewrite changed chains; swap changed map elements; empty the chains no
+longer wanted; delete the sets and maps no longer wanted (a map's elements
+may still jump to those chains); delete the chains. When the kernel's table
+has a shape this cannot morph (a base chain on another hook, a set of another
+type), the script deletes and re-creates the table whole, still in one
+transaction.
 """
 
 from __future__ import annotations
@@ -111,7 +113,6 @@ def plan_nft_script(desired: Ruleset, actual: TableState | None) -> list[str]:
         if n in actual.chains and actual.chains[n].rule_ids != c.rule_ids
     ]
     lines = [_declare_set(s) for s in new_sets] + [_declare_chain(c) for c in new_chains]
-    removals: list[str] = []
     map_deletes: list[str] = []
     for name, s in desired.sets.items():
         if actual.sets.get(name) is s:
@@ -122,8 +123,8 @@ def plan_nft_script(desired: Ruleset, actual: TableState | None) -> list[str]:
             if stale:
                 map_deletes += _elements("delete", name, (_map_key(e) for e in stale))
             continue
+        lines += _elements("delete", name, have - s.elements)
         lines += _elements("add", name, s.elements - have)
-        removals += _elements("delete", name, have - s.elements)
     for c in changed:
         lines += [f"flush chain {T} {c.name}", *_fill_chain(c)]
     for c in new_chains:
@@ -133,7 +134,6 @@ def plan_nft_script(desired: Ruleset, actual: TableState | None) -> list[str]:
         if s.is_map and actual.sets.get(name) is not s:
             have = actual.sets[name].elements if name in actual.sets else frozenset()
             lines += _elements("add", name, s.elements - have)
-    lines += removals
     gone_chains = [n for n in actual.chains if n not in desired.chains]
     lines += [f"flush chain {T} {n}" for n in gone_chains]
     # a map going away still jumps to chains going away: the map first

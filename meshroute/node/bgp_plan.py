@@ -55,10 +55,10 @@ def plan_exabgp_config(
 def plan_import_context(
     view: ClusterView, config: NodeConfig, tunnel_address: IPAddress | None, local_as: int
 ) -> ImportContext:
+    # A disabled pool hands out no new addresses; its pods keep their routes.
     pools = tuple(
         PoolRule(p.cidr, p.block_size)
         for p in sorted(view.ipam.pools.values(), key=lambda p: p.name)
-        if not p.disabled
     )
     own = {config.ipv4.ip} | {a.ip for a in (config.ipv6,) if a is not None}
     own |= {tunnel_address} if tunnel_address else set()

@@ -76,8 +76,9 @@ def plan_announcements(view: ClusterView, host: str) -> list[IPNetwork]:
 
 
 def decide_encap_in_use(view: ClusterView) -> tuple[bool, bool]:
-    """Whether any enabled pool uses IPIP, VXLAN."""
-    pools = [p for p in view.ipam.pools.values() if not p.disabled]
+    """Whether any pool uses IPIP, VXLAN (a disabled one too: it hands out
+    no new addresses, but its pods still use the tunnel)."""
+    pools = view.ipam.pools.values()
     return (
         any(p.ipip_mode is not IpamEncap.NEVER for p in pools),
         any(p.vxlan_mode is not IpamEncap.NEVER for p in pools),
@@ -85,11 +86,10 @@ def decide_encap_in_use(view: ClusterView) -> tuple[bool, bool]:
 
 
 def decide_vxlan6_in_use(view: ClusterView, config: NodeConfig) -> bool:
-    """Whether this node needs a VTEP on the IPv6 underlay: an enabled IPv6
-    pool uses VXLAN and the node has an IPv6 address."""
+    """Whether this node needs a VTEP on the IPv6 underlay: an IPv6 pool
+    (disabled or not) uses VXLAN and the node has an IPv6 address."""
     return config.ipv6 is not None and any(
-        p.version == 6 and p.vxlan_mode is not IpamEncap.NEVER and not p.disabled
-        for p in view.ipam.pools.values()
+        p.version == 6 and p.vxlan_mode is not IpamEncap.NEVER for p in view.ipam.pools.values()
     )
 
 
@@ -119,10 +119,10 @@ def plan_felix_input(
     tunnel_address6: IPAddress | None = None,
 ) -> PlanInput:
     ipip, vxlan = decide_encap_in_use(view)
+    # disabled pools too: their pods' routes keep their encapsulation
     pools = tuple(
         FelixPool(p.cidr, EncapMode(p.ipip_mode.value), EncapMode(p.vxlan_mode.value))
         for p in sorted(view.ipam.pools.values(), key=lambda p: p.name)
-        if not p.disabled
     )
     f = config.felix
     # On an L2 segment each block is the bridge's connected subnet, a kernel

@@ -5,8 +5,9 @@ what it measured."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -16,13 +17,24 @@ FAULT_KINDS = (
     "exabgp_kill",  # SIGKILL to the node's ExaBGP
     "etcd_stop",  # etcd frozen (SIGSTOP) for ETCD_STOP_S, then SIGCONT
     "tor_reset",  # ``birdc restart`` of one ToR's session with a node
-    "pool_block_size",  # ``meshroute apply -f`` of the pool with another blockSize
+    "pool_block_size",  # the pods move to a new pool of another blockSize (see plan_pool_move)
 )
 NODE_KINDS = ("node_restart", "node_kill9", "exabgp_kill", "tor_reset")
 ETCD_STOP_S = 20.0
-BLOCK_SIZES = (27, 28)
+BLOCK_SIZES = (28, 26)  # away from the lab's /26 and back again
 
 K = TypeVar("K")
+
+
+@dataclass
+class FaultRecord:
+    """A fault as injected: when it started and recovered, what it did."""
+
+    kind: str
+    target: str
+    start_s: float
+    end_s: float | None = None
+    outcome: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,20 @@ def orphan_routes(
     return out
 
 
+def missing_block_routes(
+    routes: Iterable[tuple[str, str]], owners: Mapping[str, str], nodes: Iterable[str]
+) -> set[tuple[str, str]]:
+    """(node, block) for every block (-> owning host) that a node other
+    than its owner has no kernel route for, exactly that prefix."""
+    have = {(where, str(ipaddress.ip_network(dst, strict=False))) for where, dst in routes}
+    return {
+        (n, block)
+        for block, owner in owners.items()
+        for n in nodes
+        if n != owner and (n, str(ipaddress.ip_network(block))) not in have
+    }
+
+
 def _within(a: ipaddress.IPv4Network | ipaddress.IPv6Network, b: object) -> bool:
     return isinstance(b, type(a)) and a.subnet_of(b)  # type: ignore[arg-type]
 
@@ -163,3 +189,92 @@ def measured_from(started_s: float, window_s: float) -> float:
     """From when a node process's growth counts: ``window_s`` into its own
     life (a process the soak restarted warms up like the first one did)."""
     return started_s + window_s
+
+
+def failures_among_live(
+    failing: Iterable[tuple[str, str]], live: Collection[str]
+) -> set[tuple[str, str]]:
+    """The failed (source, destination) pairs whose pods were both still
+    live when the probe ended: a pod the churn deleted meanwhile is no failure."""
+    return {(a, b) for a, b in failing if a in live and b in live}
+
+
+def distribution(values: Sequence[float]) -> dict[str, float] | None:
+    """count, min, median, p95 and max (nearest rank) of ``values``; None
+    when there are none."""
+    if not values:
+        return None
+    v = sorted(values)
+
+    def rank(q: float) -> float:
+        return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
+
+    return {
+        "count": len(v),
+        "min": round(v[0], 3),
+        "p50": round(rank(0.5), 3),
+        "p95": round(rank(0.95), 3),
+        "max": round(v[-1], 3),
+    }
+
+
+def rates_by_window(times: Iterable[float], start: float, end: float, window: float) -> list[float]:
+    """Events a second in each whole ``window`` from ``start`` to ``end``."""
+    n = int((end - start) // window)
+    counts = [0] * n
+    for t in times:
+        i = int((t - start) // window)
+        if 0 <= i < n:
+            counts[i] += 1
+    return [c / window for c in counts]
+
+
+def pool_slots(supernet: str, count: int = 4) -> list[str]:
+    """``supernet`` cut into ``count`` (a power of two) equal slots: the
+    CIDRs the soak's pools take in turn (pools may not overlap)."""
+    net = ipaddress.ip_network(supernet)
+    extra = count.bit_length() - 1
+    if count < 1 or 1 << extra != count:
+        raise ValueError(f"pool_slots: {count} is not a power of two")
+    return [str(s) for s in net.subnets(prefixlen_diff=extra)]
+
+
+@dataclass(frozen=True)
+class PoolState:
+    name: str
+    cidr: str
+    disabled: bool
+    blocks: int
+
+
+@dataclass(frozen=True)
+class PoolMove:
+    """Calico's way to change the block size: retire the disabled pools
+    nothing is left in, create a pool of the new size in a free slot and
+    disable the pools in use, so new pods take addresses from the new one
+    while the old pods leave."""
+
+    delete: tuple[str, ...]
+    create: str  # the new pool's name
+    cidr: str
+    block_size: int
+    disable: tuple[str, ...]
+
+
+def plan_pool_move(
+    pools: Sequence[PoolState], slots: Sequence[str], block_size: int, name: str
+) -> PoolMove | str:
+    """The next move to ``block_size``, or why there is none: every slot is
+    still held by a pool with blocks. The new pool takes the first free
+    slot after the enabled pool's (a retired slot is reused last)."""
+    delete = tuple(sorted(p.name for p in pools if p.disabled and p.blocks == 0))
+    kept = [p for p in pools if p.name not in delete]
+    taken = {p.cidr for p in kept}
+    enabled = [p for p in kept if not p.disabled]
+    after = max((slots.index(p.cidr) for p in enabled if p.cidr in slots), default=-1)
+    order = [slots[(after + 1 + k) % len(slots)] for k in range(len(slots))]
+    free = [s for s in order if s not in taken]
+    if not free:
+        held = ", ".join(f"{p.name} ({p.blocks} blocks)" for p in kept)
+        return f"no free slot for a new pool: {held}"
+    return PoolMove(delete, name, free[0], block_size, tuple(sorted(p.name for p in enabled)))

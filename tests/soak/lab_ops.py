@@ -11,8 +11,10 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -20,11 +22,13 @@ from lab.build import Lab, NodeLaunch, meshroute_cli, start_meshroute_node
 from lab.netns import NetnsFactory, run
 from lab.pods import BRIDGE_PLUGIN, pod_netconf, run_cni
 from lab.state import PodRecord, alive, end_processes, record_process, still_ours
-from lab.status import bird_protocols, node_ready, node_routes
+from lab.status import node_routes
 from lab.topology import NodePlan, _node_protocol
 from lab.up import converged
+from tests.soak.ipam_reader import IpamReader
 
 DEFAULT_GRACEFUL_RESTART_S = 120.0
+APPLY_TIMEOUT_S = 180.0  # a CLI start alone took 85 s at load average 38
 
 
 class AddFailed(Exception):
@@ -42,14 +46,20 @@ class LabOps:
         self.cni_path = f"{cni_bin}:{os.path.dirname(BRIDGE_PLUGIN)}"
         self.factory = NetnsFactory(prefix=lab.state.prefix)
         self.lock = threading.Lock()
+        if lab.state.namespaces.get("mgmt"):
+            raise RuntimeError("the soak reads etcd from the root namespace: no management one")
+        self.reader = IpamReader(lab.etcd_endpoint, lab.plan.params.etcd_prefix)
+
+    def close(self) -> None:
+        self.reader.close()
 
     # ---- pods -------------------------------------------------------------------
 
     def add_pod(self, node: NodePlan, label: str) -> PodRecord:
         """Namespace, recorded in the lab state, then CNI ADD; a failed ADD
         raises ``AddFailed`` with the record, which the caller must DEL."""
+        ns = self.factory.new(label).name  # two ``ip`` calls: not under the lock
         with self.lock:
-            ns = self.factory.new(label).name
             rec = PodRecord(label, node.name, ns, label, "")
             self.lab.state.pods.append(rec)
             self.lab.state.save()
@@ -146,16 +156,33 @@ class LabOps:
         p = run(["birdc", "-s", sock, "restart", proto], check=False)
         return p.strip()
 
-    def apply_block_size(self, size: int, path: Path) -> tuple[int, str]:
-        """``meshroute apply -f`` of the lab's pool with ``blockSize: size``."""
-        docs = list(yaml.safe_load_all(self.lab.plan.resources_yaml))
-        pool = next(d for d in docs if d["kind"] == "IPPool")
-        pool["spec"]["blockSize"] = size
-        path.write_text(yaml.safe_dump(pool, sort_keys=False))
+    def lab_pool(self) -> dict[str, Any]:
+        """The IPPool document the lab applied."""
+        docs = yaml.safe_load_all(self.lab.plan.resources_yaml)
+        return dict(next(d for d in docs if d["kind"] == "IPPool"))
+
+    def pool_doc(self, name: str, cidr: str, block_size: int) -> dict[str, Any]:
+        """An enabled IPPool like the lab's (encapsulation, selector) with
+        this name, CIDR and block size."""
+        doc = self.lab_pool()
+        doc["metadata"] = {"name": name}
+        doc["spec"] = {**doc["spec"], "cidr": cidr, "blockSize": block_size, "disabled": False}
+        return doc
+
+    def apply(self, docs: list[dict[str, Any]], path: Path) -> tuple[int, str]:
+        """``meshroute apply -f`` of ``docs`` as one file (all or nothing)."""
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        return self._cli(APPLY_TIMEOUT_S, "apply", "-f", str(path))
+
+    def delete_pool(self, name: str) -> tuple[int, str]:
+        return self._cli(APPLY_TIMEOUT_S, "delete", "ippool", name)
+
+    def _cli(self, timeout: float, *args: str) -> tuple[int, str]:
+        """Exit status and output (-1 when it did not answer in time)."""
         try:
-            p = meshroute_cli(self.lab, "apply", "-f", str(path), timeout=60)
+            p = meshroute_cli(self.lab, *args, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return -1, "meshroute apply -f did not answer in 60 s"
+            return -1, f"meshroute {' '.join(args)} did not answer in {timeout:.0f} s"
         return p.returncode, (p.stdout + p.stderr).strip()
 
     # ---- reading ----------------------------------------------------------------
@@ -178,47 +205,30 @@ class LabOps:
     def converged(self) -> bool:
         return converged(self.lab)
 
-    def node_ready(self, node: NodePlan) -> bool:
-        return node_ready(self.lab, node)
-
     def routes(self) -> list[tuple[str, str]]:
         """(where, destination) of the kernel routes the nodes programmed
-        (felix_lite's protocol) and the ToRs' BIRD exported."""
-        out = [
-            (n.name, r.dst)
-            for n in self.lab.plan.nodes
-            for r in node_routes(self.lab.state.ns(n.ns))
-        ]
-        for sp in self.lab.plan.speakers:
-            raw = run(
-                ["ip", "-n", self.lab.state.ns(sp.ns), "-j", "route", "show", "proto", "bird"]
-            )
-            out += [(sp.ns, str(r["dst"])) for r in json.loads(raw or "[]")]
-        return out
+        (felix_lite's protocol) and the ToRs' BIRD exported: one ``ip``
+        read per namespace, all at once."""
 
-    def ipam_show(self) -> dict | None:  # type: ignore[type-arg]
-        try:
-            p = meshroute_cli(self.lab, "ipam", "show", "--json", timeout=30)
-        except subprocess.TimeoutExpired:
-            return None  # etcd frozen, or the machine too busy: compare next time
-        if p.returncode != 0:
-            return None
-        return dict(json.loads(p.stdout))
+        def node(n: NodePlan) -> list[tuple[str, str]]:
+            return [(n.name, r.dst) for r in node_routes(self.lab.state.ns(n.ns))]
+
+        def tor(ns: str) -> list[tuple[str, str]]:
+            cmd = ["ip", "-n", self.lab.state.ns(ns), "-j", "route", "show", "proto", "bird"]
+            return [(ns, str(r["dst"])) for r in json.loads(run(cmd) or "[]")]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            parts = [pool.submit(node, n) for n in self.lab.plan.nodes]
+            parts += [pool.submit(tor, sp.ns) for sp in self.lab.plan.speakers]
+            return [r for f in parts for r in f.result()]
+
+    def ipam_show(self, timeout: float) -> dict[str, Any] | None:
+        """``meshroute ipam show --json``'s view, read in process (see
+        ``ipam_reader``); None when etcd does not answer in ``timeout`` s."""
+        return self.reader.show(timeout)
 
     def ipam_check(self) -> tuple[int, str]:
-        try:
-            p = meshroute_cli(self.lab, "ipam", "check", timeout=120)
-        except subprocess.TimeoutExpired:
-            return -1, "meshroute ipam check did not answer in 120 s"
-        return p.returncode, (p.stdout + p.stderr).strip()
-
-    def tor_sessions_established(self) -> bool:
-        return all(
-            pr.established
-            for sp in self.lab.plan.speakers
-            for pr in bird_protocols(sp.socket_path)
-            if pr.proto == "BGP"
-        )
+        return self._cli(120, "ipam", "check")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ def test_set_elements_only() -> None:
     old = rs(BASE, M, S, C1)
     new = rs(BASE, M, NftSet("s", "ipv4_addr", elements=frozenset({"10.0.0.2", "10.0.0.3"})), C1)
     assert plan_nft_script(new, TableState.of(old)) == [
-        f"add element {T} s {{ 10.0.0.3 }}",
         f"delete element {T} s {{ 10.0.0.1 }}",
+        f"add element {T} s {{ 10.0.0.3 }}",
     ]
 
 

@@ -7,13 +7,21 @@ from tests.soak.core import (
     BLOCK_SIZES,
     FAULT_KINDS,
     NODE_KINDS,
+    PoolMove,
+    PoolState,
+    distribution,
     duplicate_addresses,
     ended,
+    failures_among_live,
     growth,
     measured_from,
+    missing_block_routes,
     orphan_routes,
     overdue,
     plan_faults,
+    plan_pool_move,
+    pool_slots,
+    rates_by_window,
     reachability_due,
     settled_pods,
     track_since,
@@ -118,3 +126,80 @@ def test_window_start():
 def test_a_restarted_process_is_measured_after_its_own_warm_up():
     assert measured_from(0.0, 300.0) == 300.0
     assert measured_from(100.0, 60.0) == 160.0
+
+
+def test_block_sizes_go_away_from_the_labs_and_back():
+    assert BLOCK_SIZES == (28, 26)
+    sizes = [f.target for f in plan_faults(5, 1800, NODES) if f.kind == "pool_block_size"]
+    assert sizes[:4] == ["28", "26", "28", "26"]
+
+
+def test_failures_of_pods_deleted_meanwhile_do_not_count():
+    failing = [("a", "b"), ("a", "c"), ("c", "a"), ("b", "b")]
+    assert failures_among_live(failing, {"a", "b"}) == {("a", "b"), ("b", "b")}
+    assert failures_among_live(failing, set()) == set()
+
+
+def test_distribution():
+    assert distribution([]) is None
+    d = distribution([10.0, 10.2, 9.9, 30.0, 10.1])
+    assert d == {"count": 5, "min": 9.9, "p50": 10.1, "p95": 30.0, "max": 30.0}
+    assert distribution([3.0]) == {"count": 1, "min": 3.0, "p50": 3.0, "p95": 3.0, "max": 3.0}
+
+
+def test_rates_by_window_count_whole_windows_only():
+    times = [0.5, 1.0, 59.9, 60.0, 61.0, 125.0, 200.0]
+    assert rates_by_window(times, 0.0, 130.0, 60.0) == [3 / 60, 2 / 60]
+    assert rates_by_window(times, 10.0, 60.0, 60.0) == []
+
+
+def test_pool_slots():
+    assert pool_slots("10.244.0.0/16") == [
+        "10.244.0.0/18",
+        "10.244.64.0/18",
+        "10.244.128.0/18",
+        "10.244.192.0/18",
+    ]
+    assert pool_slots("10.244.0.0/16", 1) == ["10.244.0.0/16"]
+    with pytest.raises(ValueError):
+        pool_slots("10.244.0.0/16", 3)
+
+
+SLOTS = pool_slots("10.244.0.0/16")
+
+
+def test_pool_move_creates_in_the_next_slot_and_disables_the_pool_in_use():
+    first = [PoolState("lab-pods", SLOTS[0], False, 4)]
+    assert plan_pool_move(first, SLOTS, 28, "soak-1-b28") == PoolMove(
+        (), "soak-1-b28", SLOTS[1], 28, ("lab-pods",)
+    )
+    # the old pool still holds blocks: kept; the next slot after the enabled one
+    second = [PoolState("lab-pods", SLOTS[0], True, 2), PoolState("soak-1", SLOTS[1], False, 4)]
+    assert plan_pool_move(second, SLOTS, 26, "soak-2-b26") == PoolMove(
+        (), "soak-2-b26", SLOTS[2], 26, ("soak-1",)
+    )
+
+
+def test_pool_move_deletes_the_empty_disabled_pools_and_wraps_around():
+    pools = [
+        PoolState("lab-pods", SLOTS[0], True, 0),
+        PoolState("soak-1", SLOTS[1], True, 1),
+        PoolState("soak-2", SLOTS[2], True, 0),
+        PoolState("soak-3", SLOTS[3], False, 4),
+    ]
+    assert plan_pool_move(pools, SLOTS, 28, "soak-4-b28") == PoolMove(
+        ("lab-pods", "soak-2"), "soak-4-b28", SLOTS[0], 28, ("soak-3",)
+    )
+
+
+def test_pool_move_says_why_when_every_slot_is_held():
+    pools = [PoolState(f"p{i}", s, i != 3, 1) for i, s in enumerate(SLOTS)]
+    why = plan_pool_move(pools, SLOTS, 28, "soak-9-b28")
+    assert isinstance(why, str) and "no free slot" in why and "p0 (1 blocks)" in why
+
+
+def test_missing_block_routes_are_owned_blocks_another_node_does_not_route():
+    routes = [("n1", "10.244.0.64/26"), ("n2", "10.244.0.0/26"), ("n3", "10.244.0.0/26")]
+    owners = {"10.244.0.0/26": "n1", "10.244.0.64/26": "n2"}
+    assert missing_block_routes(routes, owners, ["n1", "n2", "n3"]) == {("n3", "10.244.0.64/26")}
+    assert missing_block_routes(routes, {}, ["n1"]) == set()
