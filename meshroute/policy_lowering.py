@@ -13,9 +13,10 @@ namespace carries the label ``kubernetes.io/metadata.name``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from netaddr import AddrFormatError, IPNetwork
@@ -224,6 +225,32 @@ def lower_policies(state: PolicyState) -> tuple[Policy, ...]:
         [lower_global_policy(r) for r in state.global_policies]
         + [lower_network_policy(r) for r in state.network_policies]
     )
+
+
+class PolicyLowering:
+    """``lower_policies`` with memory: a resource object that was lowered
+    last time keeps its ``Policy`` object, so a change to one of 500
+    policies lowers one, and the compiler's comparisons of the rest are
+    identity checks. (``PolicyStore.load`` keeps the objects of records
+    that did not change.)"""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[object, Policy]] = {}
+
+    def __call__(self, state: PolicyState) -> tuple[Policy, ...]:
+        seen: dict[int, tuple[object, Policy]] = {}
+
+        def one(r: object, lower: Callable[[], Policy]) -> Policy:
+            got = self._last.get(id(r))
+            if got is None or got[0] is not r:  # the id of an object since freed
+                got = (r, lower())
+            seen[id(r)] = got
+            return got[1]
+
+        out = [one(r, functools.partial(lower_global_policy, r)) for r in state.global_policies]
+        out += [one(r, functools.partial(lower_network_policy, r)) for r in state.network_policies]
+        self._last = seen
+        return tuple(out)
 
 
 def plan_policy_input(
