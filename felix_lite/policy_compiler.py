@@ -628,7 +628,11 @@ def _policy_delta(last: _Compiled, inp: PolicyInput, most: int) -> _Compiled | N
     old = last.policies
     if len(new) != len(inp.policies):
         return None
-    changed = [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
+    changed = [
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) is not new.get(k) and old.get(k) != new.get(k)
+    ]
     if len(changed) > most:
         return None
     sets = dict(last.ruleset.sets)
@@ -667,7 +671,6 @@ def _policy_delta(last: _Compiled, inp: PolicyInput, most: int) -> _Compiled | N
         chains[part.chain.name] = part.chain
     # Dispatch: only groups that a policy whose reach changed selects.
     ns_labels = last.scope.ns_labels
-    tiers = _Tiers(sorted(inp.policies, key=_policy_order), ns_labels)
     movers = [
         p
         for k in changed
@@ -675,12 +678,19 @@ def _policy_delta(last: _Compiled, inp: PolicyInput, most: int) -> _Compiled | N
         for p in (old.get(k), new.get(k))
         if p is not None
     ]
-    affected = {
-        g
-        for g in last.tiers.groups()
-        if any(decide_applies(p, g, d, ns_labels) for p in movers for d in p.types)
-    }
-    tiers.keep(last.tiers, (g for g in last.tiers.groups() if g not in affected))
+    # No policy's reach changed: every group keeps its answer, and the last
+    # tiers (whose lists may hold an older version of a changed policy, with
+    # the same reach) answer new groups as new tiers would.
+    tiers = last.tiers
+    affected: set[GroupKey] = set()
+    if movers:
+        tiers = _Tiers(sorted(inp.policies, key=_policy_order), ns_labels)
+        affected = {
+            g
+            for g in last.tiers.groups()
+            if any(decide_applies(p, g, d, ns_labels) for p in movers for d in p.types)
+        }
+        tiers.keep(last.tiers, (g for g in last.tiers.groups() if g not in affected))
     users = dict(last.users)
     if affected:
         moved = [

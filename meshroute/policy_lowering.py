@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -207,10 +208,13 @@ def lower_global_policy(r: GlobalNetworkPolicyResource) -> Policy:
     )
 
 
+_NAMESPACE = operator.attrgetter("namespace")
+
+
 def plan_namespaces(state: PolicyState, endpoints: Iterable[Endpoint]) -> tuple[NamespaceInfo, ...]:
     labels: dict[str, dict[str, str]] = defaultdict(dict)
-    for ep in endpoints:
-        labels[ep.namespace]
+    for ns in set(map(_NAMESPACE, endpoints)):  # one C-level pass over thousands of pods
+        labels[ns]
     for n in state.namespaces:
         labels[n.metadata.name].update(n.metadata.labels or {})
     for p in state.network_policies:
