@@ -8,9 +8,10 @@ equal to the compiler's desired ruleset. Level-triggered:
   that: after a restart the previous run's table is adopted, and only what
   differs changes. Incremental passes diff against what the last successful
   transaction left.
-- Every pass is one ``nft -f`` transaction. When nft refuses it, the kernel
-  keeps the last good ruleset (nft applies all or nothing); the error is
-  logged and counted and the pass retried after a backoff.
+- Every pass is one transaction (one ``nft -f`` script, through the port:
+  ``felix_lite.nft_lib.NftLib`` in the node). When nft refuses it, the
+  kernel keeps the last good ruleset (nft applies all or nothing); the
+  error is logged and counted and the pass retried after a backoff.
 - Nothing is written before the first ``set_desired``: a restarted process
   leaves the last ruleset enforcing until it knows what it wants.
 """
@@ -23,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from felix_lite.nft_model import FAMILY, TABLE, RuleCounter, Ruleset, TableState
 from felix_lite.nft_script import parse_table_json, plan_nft_script
@@ -34,8 +36,17 @@ class NftError(Exception):
     """nft refused a transaction or could not run."""
 
 
+class NftPort(Protocol):
+    """What the reconciler needs of nftables: ``NftLib`` (libnftables in
+    this process) or ``NftCli`` (an ``nft`` process per call)."""
+
+    async def read(self, terse: bool = False) -> str | None: ...
+
+    async def apply(self, script: str) -> None: ...
+
+
 class NftCli:
-    """The real port: the ``nft`` command, in a network namespace or not."""
+    """The ``nft`` command, in a network namespace or not: a process per call."""
 
     def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
         self.argv: tuple[str, ...] = ("ip", "netns", "exec", netns, nft) if netns else (nft,)
@@ -81,7 +92,7 @@ class PolicyPass:
 class PolicyReconciler:
     def __init__(
         self,
-        nft: NftCli,
+        nft: NftPort,
         resync_interval: float = 10.0,
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,

@@ -17,18 +17,19 @@ from collections import defaultdict
 from typing import Any
 
 from datastore.port import KvStore
+from felix_lite.nft_lib import NftLib
 from felix_lite.nft_model import RuleCounter
-from felix_lite.nft_reconciler import NftCli, NftError, PolicyReconciler
+from felix_lite.nft_reconciler import NftError, PolicyReconciler
 from felix_lite.policy_compiler import PolicyCompiler
-from felix_lite.policy_inputs import Endpoint, Policy
+from felix_lite.policy_inputs import Endpoint
 from ipam.ipam import Ipam
 from meshroute.policy_lowering import (
     EndpointRecordError,
+    PolicyLowering,
     endpoint_from_record,
-    lower_policies,
     plan_policy_input,
 )
-from meshroute.policy_store import PolicyState, PolicyStore
+from meshroute.policy_store import PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,14 @@ class PolicyAgent:
         self.node = node
         self.policies = PolicyStore(store, prefix)
         self.endpoints_prefix = (prefix.rstrip("/") + "/ipam/v1/endpoints/").encode()
-        self.reconciler = PolicyReconciler(NftCli(netns), resync_interval=resync_seconds)
+        # libnftables in this process: no nft process (nor ip netns exec) per change
+        self.reconciler = PolicyReconciler(NftLib(netns), resync_interval=resync_seconds)
         self.bad_records: dict[str, str] = {}
         self.compiler = PolicyCompiler()
         # Kept between passes so that a pod's arrival re-parses one record and
         # the compiler sees the same policy values (its fast path).
         self._records: dict[bytes, tuple[bytes, Endpoint]] = {}
-        self._lowered: tuple[PolicyState, tuple[Policy, ...]] | None = None
+        self.lower = PolicyLowering()
         self.endpoint_count = 0
         self.policy_count = 0
         self.compile_seconds = 0.0
@@ -108,9 +110,7 @@ class PolicyAgent:
                 endpoints, endpoints_revision = await self.load_endpoints()
                 pools = await self.ipam.pools()
                 start = time.monotonic()
-                if self._lowered is None or self._lowered[0] != state:
-                    self._lowered = (state, lower_policies(state))
-                inp = plan_policy_input(self.node, state, endpoints, pools, self._lowered[1])
+                inp = plan_policy_input(self.node, state, endpoints, pools, self.lower(state))
                 ruleset = await asyncio.to_thread(self.compiler.compile, inp)
                 self.compile_seconds = time.monotonic() - start
                 self.endpoint_count = len(endpoints)

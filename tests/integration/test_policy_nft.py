@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from felix_lite.nft_lib import NftLib
 from felix_lite.nft_model import NftChain, NftRule, Ruleset
-from felix_lite.nft_reconciler import NftCli, PolicyReconciler
+from felix_lite.nft_reconciler import PolicyReconciler
 from felix_lite.nft_script import parse_table_json
 from felix_lite.policy_compiler import plan_policy_ruleset
 from felix_lite.policy_inputs import (
@@ -66,7 +67,7 @@ class Rig:
         self.b = self.node.add_pod("b", "x", 2, app="b")
         self.c = self.node.add_pod("c", "x", 3, app="c")
         self.servers = Servers(self.node.pods, tcp=(80, 81), udp=(80, 81))
-        self.nft = NftCli(self.node.ns.name)
+        self.nft = NftLib(self.node.ns.name)
 
     def ruleset(self, *policies: Policy, pods: tuple[Pod, ...] | None = None) -> Ruleset:
         eps = tuple(p.endpoint() for p in (pods or tuple(self.node.pods)))
@@ -81,6 +82,7 @@ def rig(netns: NetnsFactory) -> Iterator[Rig]:
     r = Rig(netns)
     yield r
     r.servers.close()
+    r.nft.close()
 
 
 async def test_enforce_adopt_and_apply_only_differences(rig: Rig) -> None:
