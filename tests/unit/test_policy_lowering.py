@@ -212,6 +212,14 @@ def test_endpoint_record_of_a_bridged_pod_has_no_interface() -> None:
 def test_endpoint_record() -> None:
     ep = endpoint_from_record(record())
     assert ep.iface == "mr1234" and ep.ips == (IPNetwork("10.244.0.5/32"), IPNetwork("fd00::5/128"))
+    # the same values netaddr's own parser gives, host bits and a bare address included
+    for text in ("10.1.2.3/24", "10.1.2.3", "fd00::1:0:5/64", "::ffff:10.0.0.1/128", "::"):
+        (got,) = endpoint_from_record(record(ips=[text])).ips
+        assert (got, got.ip, got.prefixlen) == (
+            IPNetwork(text),
+            IPNetwork(text).ip,
+            IPNetwork(text).prefixlen,
+        )
     assert ep.ports == (NamedPort("http", "tcp", 80),) and ep.labels == (("app", "a"),)
 
 
@@ -223,6 +231,14 @@ def test_endpoint_record() -> None:
         b"[" * 100_000,
         record(hostIface="x" * 16),
         record(ips=["10.300.0.1/32"]),
+        record(ips=["10.0.0.1/33"]),
+        record(ips=["fd00::1/129"]),
+        record(ips=["10.0.0.1/-1"]),
+        record(ips=["10.0.0.1/"]),
+        record(ips=["10.0.0.1/٣"]),  # a digit, but not an ASCII one
+        record(ips=["fe80::1%eth0/64"]),
+        record(ips=[10]),
+        record(ips=["x" * 100_000]),
         record(labels={"a": 1}),
         record(ports=[{"name": "x"}]),
         record(node=None),
