@@ -96,8 +96,13 @@ class PolicyReconciler:
         resync_interval: float = 10.0,
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,
+        counters: NftPort | None = None,
     ) -> None:
         self.nft = nft
+        # The periodic counter read may take a port of its own: a read of a
+        # large table through the one libnftables context would hold up the
+        # next transaction (a pod add) for as long as it takes.
+        self.counters_nft = counters or nft
         self.resync_interval = resync_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -148,7 +153,7 @@ class PolicyReconciler:
     async def refresh_counters(self) -> None:
         """Read the kernel's counters without changing anything (rules
         only: counters live in rules, and the elements are not needed)."""
-        text = await self.nft.read(terse=True)
+        text = await self.counters_nft.read(terse=True)
         state = None if text is None else await asyncio.to_thread(parse_table_json, text)
         self.counters = state.counters if state else ()
 

@@ -53,7 +53,9 @@ class PolicyAgent:
         self.policies = PolicyStore(store, prefix)
         self.endpoints_prefix = (prefix.rstrip("/") + "/ipam/v1/endpoints/").encode()
         # libnftables in this process: no nft process (nor ip netns exec) per change
-        self.reconciler = PolicyReconciler(NftLib(netns), resync_interval=resync_seconds)
+        self.reconciler = PolicyReconciler(
+            NftLib(netns), resync_interval=resync_seconds, counters=NftLib(netns)
+        )
         self.bad_records: dict[str, str] = {}
         self.compiler = PolicyCompiler()
         # Kept between passes so that a pod's arrival re-parses one record and

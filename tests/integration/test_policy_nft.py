@@ -14,7 +14,7 @@ import pytest
 
 from felix_lite.nft_lib import NftLib
 from felix_lite.nft_model import NftChain, NftRule, Ruleset
-from felix_lite.nft_reconciler import PolicyReconciler
+from felix_lite.nft_reconciler import NftCli, PolicyReconciler
 from felix_lite.nft_script import parse_table_json
 from felix_lite.policy_compiler import plan_policy_ruleset
 from felix_lite.policy_inputs import (
@@ -284,7 +284,8 @@ async def test_global_policies_order_deny_pass_log_icmp_and_not_ports(rig: Rig) 
             ],
         },
     )
-    rec = PolicyReconciler(rig.nft)
+    # counters read through a port of their own, as the node does
+    rec = PolicyReconciler(rig.nft, counters=NftCli(rig.node.ns.name))
     rec.set_desired(rig.ruleset(second, first, b_out, k8s))
     assert (await rec.pass_once()).error is None
     got = probe_all(
