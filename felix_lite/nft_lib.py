@@ -22,8 +22,7 @@ import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from felix_lite.nft_model import FAMILY, TABLE
-from felix_lite.nft_reconciler import NftError
+from felix_lite.nft_reconciler import LIST_TABLE, NftError, applied, listed
 
 LIBRARY = "libnftables.so.1"
 CLONE_NEWNET = 0x40000000
@@ -116,18 +115,11 @@ class NftLib:
         """The table as ``nft -j`` prints it; None when there is no table.
         ``terse``: without set and map elements (``nft -t``)."""
         flags = _OUTPUT_JSON | (_OUTPUT_TERSE if terse else 0)
-        rc, out, err = await self._call(f"list table {FAMILY} {TABLE}", flags)
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise NftError(f"nft list failed: {err.strip()[:300]}")
-        return out
+        return listed(*await self._call(" ".join(LIST_TABLE), flags))
 
     async def apply(self, script: str) -> None:
         """One transaction: all of ``script`` or, when refused, nothing."""
-        rc, _, err = await self._call(script, 0)
-        if rc != 0:
-            raise NftError(err.strip()[:2000] or f"nft exited {rc}")
+        applied(*await self._call(script, 0))
 
     def close(self) -> None:
         """Free the context; the port cannot be used afterwards."""

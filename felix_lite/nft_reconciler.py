@@ -66,19 +66,29 @@ class NftCli:
         """``nft -j list table inet meshroute``; None when there is no table.
         ``terse``: without set and map elements (``nft -t``), which are most
         of the output on a node with thousands of pods."""
-        rc, out, err = await self._run(
-            ["-j", *(["-t"] if terse else []), "list", "table", FAMILY, TABLE]
-        )
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise NftError(f"nft list failed: {err.strip()[:300]}")
-        return out
+        return listed(*await self._run(["-j", *(["-t"] if terse else []), *LIST_TABLE]))
 
     async def apply(self, script: str) -> None:
-        rc, _, err = await self._run(["-f", "-"], stdin=script.encode())
-        if rc != 0:
-            raise NftError(err.strip()[:2000] or f"nft exited {rc}")
+        applied(*await self._run(["-f", "-"], stdin=script.encode()))
+
+
+LIST_TABLE = ("list", "table", FAMILY, TABLE)
+
+
+def listed(rc: int, out: str, err: str) -> str | None:
+    """A port's answer to listing the table: its text, None when there is
+    no table, NftError for anything else."""
+    if rc != 0:
+        if "No such file or directory" in err:
+            return None
+        raise NftError(f"nft list failed: {err.strip()[:300]}")
+    return out
+
+
+def applied(rc: int, out: str, err: str) -> None:
+    """A port's answer to a transaction: NftError when nft refused it."""
+    if rc != 0:
+        raise NftError(err.strip()[:2000] or f"nft exited {rc}")
 
 
 @dataclass(frozen=True)
