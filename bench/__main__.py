@@ -28,6 +28,7 @@ BENCHES: tuple[tuple[str, ...], ...] = (
     ("bench.convergence",),
     ("bench.reflector", "--clients", "200", "--prefixes", "4000"),
     ("bench.policy", "--pods", "5000", "--policies", "500"),
+    ("bench.nft_txn", "--pods", "5000", "--policies", "500"),
     ("bench.failover",),
     ("bench.services", "--services", "1000"),
 )

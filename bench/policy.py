@@ -11,12 +11,13 @@ validated as ``meshroute apply`` does. Network namespaces (removed in
 ``finally``):
 
 - ``full_apply_s``: from the records and policies to the kernel enforcing
-  them: lowering, compiling, planning and one ``nft -f`` into an empty
-  table; ``nft_apply_s`` is the ``nft -f`` part alone, ``compile_cpu_s``
-  the CPU time of the rest.
+  them: lowering, compiling, planning and one transaction into an empty
+  table through libnftables, as the node does (``felix_lite.nft_lib``);
+  ``nft_apply_s`` is the transaction alone, ``compile_s`` the rest.
 - ``*_cpu_s``, ``*_cpu_ms_*``: the CPU time of the same (this process's,
-  plus nft's or iptables-restore's where they run), which a loaded machine
-  inflates far less than wall time; ``iptables_over_nft_cpu`` compares those.
+  every thread, which includes libnftables' and the kernel's work for it;
+  iptables-restore's for the anchor), which a loaded machine inflates far
+  less than wall time; ``iptables_over_nft_cpu`` compares those.
 - ``iptables_full_apply_s`` (anchor, same run, alternating which goes
   first): the same policies as ``iptables-restore`` input the way
   iptables pod networks write it: FORWARD jumps to one chain per endpoint
@@ -24,10 +25,11 @@ validated as ``meshroute apply`` does. Network namespaces (removed in
   ports expanded to one rule per address (no ipset; IPv4 only, where
   meshroute also loads IPv6). Timed: ``iptables-restore`` alone.
 - ``pod_add_ms_p50/p99``: one more endpoint record, to its rules in the
-  kernel: parse, lower, compile (the incremental path), plan, ``nft -f``;
-  ``pod_add_cpu_ms_*`` is this process's CPU time of it (nft's excluded),
-  which a loaded machine inflates less than wall time.
-- ``policy_change_ms_p50/p99``: one policy's port changed, to the kernel.
+  kernel: parse, lower, compile (the incremental path), plan, one
+  transaction.
+- ``policy_change_ms_p50/p99``: one policy's port changed, to the kernel:
+  lowering with the agent's memory (``PolicyLowering``), the compiler's
+  policy delta, plan, one transaction.
 - ``pps_5000_over_pps_10``: new flows forwarded per second from a sender
   pod through the node to a receiver pod that a policy admits, with all N
   endpoints' rules loaded against 10's, alternating which goes first: UDP
@@ -53,13 +55,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from felix_lite.nft_reconciler import NftCli, PolicyReconciler
+from felix_lite.nft_lib import NftLib
+from felix_lite.nft_reconciler import PolicyReconciler
 from felix_lite.policy_compiler import PolicyCompiler
 from felix_lite.policy_inputs import Direction, Endpoint, EntityMatch, PolicyInput, Rule
 from lab.netns import Netns, NetnsFactory
 from meshroute.policy_lowering import (
+    PolicyLowering,
     endpoint_from_record,
-    lower_policies,
     plan_policy_input,
 )
 from meshroute.policy_resources import NetworkPolicyResource
@@ -308,22 +311,26 @@ class Bench:
         return PolicyState((*tuple(policies), self.real_policy), (), ())
 
     async def full_apply(self, ns: Netns) -> dict[str, float]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        endpoints = tuple(endpoint_from_record(r) for r in self.records + self.real_records)
-        inp = plan_policy_input("n1", self.state(self.policies), endpoints, [])
-        rec = PolicyReconciler(NftCli(ns.name))
-        rec.set_desired(PolicyCompiler().compile(inp))
-        t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
-        res = await rec.pass_once(full=True)
-        t2, k2 = time.perf_counter(), _children_cpu()
+        nft = NftLib(ns.name)
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            endpoints = tuple(endpoint_from_record(r) for r in self.records + self.real_records)
+            inp = plan_policy_input("n1", self.state(self.policies), endpoints, [])
+            rec = PolicyReconciler(nft)
+            rec.set_desired(PolicyCompiler().compile(inp))
+            t1, c1 = time.perf_counter(), time.process_time()
+            res = await rec.pass_once(full=True)
+            t2, c2 = time.perf_counter(), time.process_time()
+        finally:
+            nft.close()
         assert res.error is None, res.error
         return {
             "full_apply_s": t2 - t0,
-            "full_apply_cpu_s": c1 - c0 + k2 - k1,
+            "full_apply_cpu_s": c2 - c0,
             "compile_s": t1 - t0,
             "compile_cpu_s": c1 - c0,
             "nft_apply_s": t2 - t1,
-            "nft_apply_cpu_s": k2 - k1,
+            "nft_apply_cpu_s": c2 - c1,
         }
 
     def iptables_apply(self, ns: Netns) -> tuple[float, float]:
@@ -338,11 +345,13 @@ class Bench:
     async def changes(self, ns: Netns, adds: int, changes: int) -> dict[str, Any]:
         """Pod adds, then policy changes, on a loaded table."""
         compiler = PolicyCompiler()
-        rec = PolicyReconciler(NftCli(ns.name))
+        nft = NftLib(ns.name)
+        rec = PolicyReconciler(nft)
         records = list(self.records + self.real_records)
         endpoints = [endpoint_from_record(r) for r in records]
         state = self.state(self.policies)
-        lowered = lower_policies(state)
+        lower = PolicyLowering()  # as the node's policy agent keeps it
+        lowered = lower(state)
         rec.set_desired(
             compiler.compile(plan_policy_input("n1", state, tuple(endpoints), [], lowered))
         )
@@ -365,13 +374,14 @@ class Bench:
             pols[k] = policy(k, port=81 + j)
             t0, c0 = time.perf_counter(), time.process_time()
             state = self.state(pols)
-            lowered = lower_policies(state)
+            lowered = lower(state)
             inp = plan_policy_input("n1", state, tuple(endpoints), [], lowered)
             rec.set_desired(compiler.compile(inp))
             res = await rec.pass_once(full=False)
             change_ms.append((time.perf_counter() - t0) * 1000)
             change_cpu_ms.append((time.process_time() - c0) * 1000)
             assert res.error is None and res.statements > 0, res
+        nft.close()
         return {
             "add_ms": add_ms,
             "add_cpu_ms": add_cpu_ms,
@@ -395,9 +405,11 @@ class Bench:
             if synthetic >= self.n_pods or p.metadata.name in {f"pol{k}" for k in range(10)}
         ]
         inp = plan_policy_input("n1", self.state(pols), endpoints, [])
-        rec = PolicyReconciler(NftCli(ns.name))
+        nft = NftLib(ns.name)
+        rec = PolicyReconciler(nft)
         rec.set_desired(PolicyCompiler().compile(inp))
         res = await rec.pass_once(full=True)
+        nft.close()
         assert res.error is None, res.error
         before = self._received()
         # a source port of its own per run: no tuple of an earlier run is

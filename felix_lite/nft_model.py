@@ -50,6 +50,12 @@ class NftChain:
     def rule_ids(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.rules)
 
+    @functools.cached_property
+    def state(self) -> ChainState:
+        """What the kernel holds once this chain is applied; one object per
+        chain, so that the next diff sees it unchanged by identity."""
+        return ChainState(self.name, self.rule_ids, self.hook)
+
 
 @dataclass(frozen=True)
 class NftSet:
@@ -106,7 +112,7 @@ class TableState:
         """What the kernel holds once ``ruleset`` is applied (counters aside)."""
         return cls(
             sets=dict(ruleset.sets),
-            chains={n: ChainState(n, c.rule_ids, c.hook) for n, c in ruleset.chains.items()},
+            chains={n: c.state for n, c in ruleset.chains.items()},
         )
 
 

@@ -8,9 +8,10 @@ equal to the compiler's desired ruleset. Level-triggered:
   that: after a restart the previous run's table is adopted, and only what
   differs changes. Incremental passes diff against what the last successful
   transaction left.
-- Every pass is one ``nft -f`` transaction. When nft refuses it, the kernel
-  keeps the last good ruleset (nft applies all or nothing); the error is
-  logged and counted and the pass retried after a backoff.
+- Every pass is one transaction (one ``nft -f`` script, through the port:
+  ``felix_lite.nft_lib.NftLib`` in the node). When nft refuses it, the
+  kernel keeps the last good ruleset (nft applies all or nothing); the
+  error is logged and counted and the pass retried after a backoff.
 - Nothing is written before the first ``set_desired``: a restarted process
   leaves the last ruleset enforcing until it knows what it wants.
 """
@@ -23,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from felix_lite.nft_model import FAMILY, TABLE, RuleCounter, Ruleset, TableState
 from felix_lite.nft_script import parse_table_json, plan_nft_script
@@ -34,8 +36,17 @@ class NftError(Exception):
     """nft refused a transaction or could not run."""
 
 
+class NftPort(Protocol):
+    """What the reconciler needs of nftables: ``NftLib`` (libnftables in
+    this process) or ``NftCli`` (an ``nft`` process per call)."""
+
+    async def read(self, terse: bool = False) -> str | None: ...
+
+    async def apply(self, script: str) -> None: ...
+
+
 class NftCli:
-    """The real port: the ``nft`` command, in a network namespace or not."""
+    """The ``nft`` command, in a network namespace or not: a process per call."""
 
     def __init__(self, netns: str | None = None, nft: str = "nft") -> None:
         self.argv: tuple[str, ...] = ("ip", "netns", "exec", netns, nft) if netns else (nft,)
@@ -55,19 +66,29 @@ class NftCli:
         """``nft -j list table inet meshroute``; None when there is no table.
         ``terse``: without set and map elements (``nft -t``), which are most
         of the output on a node with thousands of pods."""
-        rc, out, err = await self._run(
-            ["-j", *(["-t"] if terse else []), "list", "table", FAMILY, TABLE]
-        )
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise NftError(f"nft list failed: {err.strip()[:300]}")
-        return out
+        return listed(*await self._run(["-j", *(["-t"] if terse else []), *LIST_TABLE]))
 
     async def apply(self, script: str) -> None:
-        rc, _, err = await self._run(["-f", "-"], stdin=script.encode())
-        if rc != 0:
-            raise NftError(err.strip()[:2000] or f"nft exited {rc}")
+        applied(*await self._run(["-f", "-"], stdin=script.encode()))
+
+
+LIST_TABLE = ("list", "table", FAMILY, TABLE)
+
+
+def listed(rc: int, out: str, err: str) -> str | None:
+    """A port's answer to listing the table: its text, None when there is
+    no table, NftError for anything else."""
+    if rc != 0:
+        if "No such file or directory" in err:
+            return None
+        raise NftError(f"nft list failed: {err.strip()[:300]}")
+    return out
+
+
+def applied(rc: int, out: str, err: str) -> None:
+    """A port's answer to a transaction: NftError when nft refused it."""
+    if rc != 0:
+        raise NftError(err.strip()[:2000] or f"nft exited {rc}")
 
 
 @dataclass(frozen=True)
@@ -81,12 +102,17 @@ class PolicyPass:
 class PolicyReconciler:
     def __init__(
         self,
-        nft: NftCli,
+        nft: NftPort,
         resync_interval: float = 10.0,
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,
+        counters: NftPort | None = None,
     ) -> None:
         self.nft = nft
+        # The periodic counter read may take a port of its own: a read of a
+        # large table through the one libnftables context would hold up the
+        # next transaction (a pod add) for as long as it takes.
+        self.counters_nft = counters or nft
         self.resync_interval = resync_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -137,7 +163,7 @@ class PolicyReconciler:
     async def refresh_counters(self) -> None:
         """Read the kernel's counters without changing anything (rules
         only: counters live in rules, and the elements are not needed)."""
-        text = await self.nft.read(terse=True)
+        text = await self.counters_nft.read(terse=True)
         state = None if text is None else await asyncio.to_thread(parse_table_json, text)
         self.counters = state.counters if state else ()
 

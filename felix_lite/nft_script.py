@@ -89,11 +89,11 @@ def plan_full_script(desired: Ruleset) -> list[str]:
 def _reshaped(desired: Ruleset, actual: TableState) -> bool:
     for name, s in desired.sets.items():
         a = actual.sets.get(name)
-        if a is not None and a.shape != s.shape:
+        if a is not None and a is not s and a.shape != s.shape:
             return True
     for name, c in desired.chains.items():
         ac = actual.chains.get(name)
-        if ac is not None and ac.hook != c.hook:
+        if ac is not None and ac is not c.state and ac.hook != c.hook:
             return True
     return False
 
@@ -106,12 +106,14 @@ def plan_nft_script(desired: Ruleset, actual: TableState | None) -> list[str]:
     if _reshaped(desired, actual):
         return [f"delete table {T}", *plan_full_script(desired)]
     new_sets = [s for n, s in desired.sets.items() if n not in actual.sets]
-    new_chains = [c for n, c in desired.chains.items() if n not in actual.chains]
-    changed = [
-        c
-        for n, c in desired.chains.items()
-        if n in actual.chains and actual.chains[n].rule_ids != c.rule_ids
-    ]
+    new_chains: list[NftChain] = []
+    changed: list[NftChain] = []
+    for n, c in desired.chains.items():
+        ac = actual.chains.get(n)
+        if ac is None:
+            new_chains.append(c)
+        elif ac is not c.state and ac.rule_ids != c.rule_ids:
+            changed.append(c)
     lines = [_declare_set(s) for s in new_sets] + [_declare_chain(c) for c in new_chains]
     map_deletes: list[str] = []
     for name, s in desired.sets.items():

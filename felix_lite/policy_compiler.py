@@ -29,7 +29,7 @@ import hashlib
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netaddr import IPNetwork, cidr_merge
 
@@ -138,7 +138,7 @@ def _groups(endpoints: Iterable[Endpoint]) -> dict[GroupKey, list[Endpoint]]:
 
 @dataclass
 class _Builder:
-    groups: Mapping[GroupKey, Sequence[Endpoint]]
+    endpoints: Sequence[Endpoint]
     scope: _Scope
     sets: dict[str, NftSet] = field(default_factory=dict)
     scoped: dict[str, _Scoped] = field(default_factory=dict)
@@ -190,8 +190,10 @@ class _Builder:
 
     @functools.cached_property
     def _by_ns(self) -> dict[str, list[tuple[dict[str, str], Sequence[Endpoint]]]]:
+        # only when a selector not seen before needs its members: a policy
+        # change that brings none never walks the endpoints
         out: dict[str, list[tuple[dict[str, str], Sequence[Endpoint]]]] = defaultdict(list)
-        for (ns, labels), eps in self.groups.items():
+        for (ns, labels), eps in _groups(self.endpoints).items():
             out[ns].append((dict(labels), eps))
         return out
 
@@ -199,9 +201,13 @@ class _Builder:
         self, m: EntityMatch | None
     ) -> Iterable[tuple[str, dict[str, str], Sequence[Endpoint]]]:
         """The groups that can be in ``m``'s scope: one namespace's when
-        ``m`` names it (most selectors of a NetworkPolicy), else all."""
+        ``m`` names it (most selectors of a NetworkPolicy), those of the
+        namespaces its namespace selector matches, else all."""
         if m is not None and m.namespace is not None:
             namespaces: Iterable[str] = [m.namespace] if m.namespace in self._by_ns else []
+        elif m is not None and m.namespace_selector is not None:
+            sel, labels = m.namespace_selector, self.scope.ns_labels
+            namespaces = [ns for ns in self._by_ns if sel.match(labels.get(ns, {}))]
         else:
             namespaces = self._by_ns
         return ((ns, lb, eps) for ns in namespaces for lb, eps in self._by_ns[ns])
@@ -211,9 +217,16 @@ class _Builder:
         return self._scoped_set(name, _ADDR_TYPE[fam], _Scoped(m, fam))
 
     def nets(self, nets: Sequence[IPNetwork], fam: int) -> str:
+        """What a rule compares an address with: the prefix itself when the
+        nets merge into one, else ``@`` a named interval set. (Before a
+        transaction that adds or deletes any set element, nft 1.0 reads
+        back every interval set's elements, one netlink dump per set: a
+        pod's arrival would pay for each ipBlock of each policy.)"""
         merged = [str(n) for n in cidr_merge([n for n in nets if n.version == fam])]
+        if len(merged) == 1:
+            return merged[0]
         name = f"mrn_{_h('nets', *merged)}_{fam}"
-        return self.add(name, _ADDR_TYPE[fam], merged, interval=True)
+        return "@" + self.add(name, _ADDR_TYPE[fam], merged, interval=True)
 
     def named_ports(self, m: EntityMatch, names: Sequence[str], proto: str, fam: int) -> str:
         scope = _scope_key(m) if m.selects_endpoints else ("any",)
@@ -250,9 +263,9 @@ def _side(
         if m.nets:
             if not any(n.version == fam for n in m.nets):
                 return None
-            parts.append(f"{addr} @{b.nets(m.nets, fam)}")
+            parts.append(f"{addr} {b.nets(m.nets, fam)}")
         if any(n.version == fam for n in m.not_nets):
-            parts.append(f"{addr} != @{b.nets(m.not_nets, fam)}")
+            parts.append(f"{addr} != {b.nets(m.not_nets, fam)}")
     port = f"th {which}port"
     numbered = [p for p in m.not_ports if p.name is None]
     if numbered:
@@ -329,17 +342,18 @@ def plan_policy_chain(b: _Builder, p: Policy, d: Direction) -> NftChain:
 
 
 def decide_applies(
-    p: Policy, ep: Endpoint, d: Direction, ns_labels: Mapping[str, Mapping[str, str]]
+    p: Policy, group: GroupKey, d: Direction, ns_labels: Mapping[str, Mapping[str, str]]
 ) -> bool:
+    """Whether ``p`` selects, in direction ``d``, the endpoints of ``group``
+    (a namespace and its pods' labels)."""
+    ns, labels = group
     if d not in p.types:
         return False
-    if p.namespace is not None and p.namespace != ep.namespace:
+    if p.namespace is not None and p.namespace != ns:
         return False
-    if p.namespace_selector is not None and not p.namespace_selector.match(
-        ns_labels.get(ep.namespace, {})
-    ):
+    if p.namespace_selector is not None and not p.namespace_selector.match(ns_labels.get(ns, {})):
         return False
-    return p.selector.match(ep.label_map)
+    return p.selector.match(dict(labels))
 
 
 def _policy_order(p: Policy) -> tuple[int, bool, float, str]:
@@ -412,13 +426,25 @@ class _Tiers:
         key = (ep.namespace, ep.labels)
         got = self._memo.get(key)
         if got is None:
-            got = self._memo[key] = {d: self._plan(ep, d) for d in Direction}
+            got = self._memo[key] = {d: self._plan(key, d) for d in Direction}
         return got
 
-    def _plan(self, ep: Endpoint, d: Direction) -> _Applied | None:
+    def groups(self) -> Iterable[GroupKey]:
+        """The groups asked about so far."""
+        return self._memo.keys()
+
+    def keep(self, other: _Tiers, groups: Iterable[GroupKey]) -> None:
+        """Take ``other``'s answers for ``groups``, which the policies that
+        differ between the two do not select."""
+        for g in groups:
+            got = other._memo.get(g)
+            if got is not None:
+                self._memo[g] = got
+
+    def _plan(self, group: GroupKey, d: Direction) -> _Applied | None:
         by_tier: dict[int, list[Policy]] = defaultdict(list)
-        for p in sorted(self.global_ + self.by_ns.get(ep.namespace, []), key=_policy_order):
-            if decide_applies(p, ep, d, self.ns_labels):
+        for p in sorted(self.global_ + self.by_ns.get(group[0], []), key=_policy_order):
+            if decide_applies(p, group, d, self.ns_labels):
                 by_tier[p.tier].append(p)
         if not by_tier:
             return None
@@ -497,7 +523,9 @@ class _Compiled:
     endpoints: frozenset[Endpoint]
     owners: dict[str, int]  # interface names and addresses -> how many endpoints hold them
     users: dict[str, int]  # local endpoints by the first chain of their shared chains
-    parts: dict[tuple[Policy, Direction], _PolicyPart]
+    policies: dict[str, Policy]  # by key
+    parts: dict[tuple[str, Direction], _PolicyPart]  # by policy key
+    set_refs: dict[str, int]  # how many parts name each set
 
 
 @dataclass(frozen=True)
@@ -505,7 +533,17 @@ class _PolicyPart:
     """A policy's chain in one direction and the sets it names."""
 
     chain: NftChain
-    sets: tuple[str, ...]
+    sets: frozenset[str]
+
+
+def _plan_part(b: _Builder, p: Policy, d: Direction) -> _PolicyPart:
+    b.take_used()
+    chain = plan_policy_chain(b, p, d)
+    return _PolicyPart(chain, frozenset(b.take_used()))
+
+
+def _directions(p: Policy) -> list[Direction]:
+    return sorted(p.types, key=lambda x: x.value)
 
 
 def _compile(inp: PolicyInput, last: _Compiled | None = None) -> _Compiled:
@@ -513,10 +551,9 @@ def _compile(inp: PolicyInput, last: _Compiled | None = None) -> _Compiled:
     sets (a set's name says what it selects) and policy chains are still
     right: only policies it did not have are planned."""
     known = last.ruleset.sets if last else {}
-    reuse = last.parts if last else {}
     ns_labels: dict[str, Mapping[str, str]] = {n.name: dict(n.labels) for n in inp.namespaces}
     scope = _Scope(ns_labels)
-    b = _Builder(_groups(inp.endpoints), scope, known=known)
+    b = _Builder(inp.endpoints, scope, known=known)
     policies = sorted(inp.policies, key=_policy_order)
     tiers = _Tiers(policies, ns_labels)
     chains: dict[str, NftChain] = {c.name: c for c in _base_chains(b, inp)}
@@ -531,17 +568,17 @@ def _compile(inp: PolicyInput, last: _Compiled | None = None) -> _Compiled:
             maps[d][ep.iface] = e
     # Every policy has its chains (and sets) whether or not a local endpoint
     # uses it yet: a pod coming or going never changes more than its own part.
-    parts: dict[tuple[Policy, Direction], _PolicyPart] = {}
+    parts: dict[tuple[str, Direction], _PolicyPart] = {}
     for p in policies:
-        for d in sorted(p.types, key=lambda x: x.value):
-            part = reuse.get((p, d))
+        seen = last is not None and last.policies.get(p.key) == p
+        for d in _directions(p):
+            part = last.parts.get((p.key, d)) if last is not None and seen else None
             if part is None:
-                b.take_used()
-                part = _PolicyPart(plan_policy_chain(b, p, d), b.take_used())
+                part = _plan_part(b, p, d)
             else:
                 assert last is not None
                 b.adopt(part.sets, last.ruleset.sets, last.scoped)
-            parts[(p, d)] = part
+            parts[(p.key, d)] = part
             chains[part.chain.name] = part.chain
     for d, name in _MAPS:
         b.add(name, "ifname : verdict", maps[d].values())
@@ -552,6 +589,10 @@ def _compile(inp: PolicyInput, last: _Compiled | None = None) -> _Compiled:
         for ep in inp.endpoints:
             for k in _owned(ep):
                 owners[k] += 1
+    refs: dict[str, int] = defaultdict(int)
+    for part in parts.values():
+        for name in part.sets:
+            refs[name] += 1
     return _Compiled(
         inp,
         Ruleset(sets=dict(b.sets), chains=chains),
@@ -561,8 +602,161 @@ def _compile(inp: PolicyInput, last: _Compiled | None = None) -> _Compiled:
         frozenset(inp.endpoints),
         owners,
         users,
+        {p.key: p for p in policies},
         parts,
+        dict(refs),
     )
+
+
+def _reach(p: Policy | None) -> object:
+    """What decides which endpoints a policy's chains are jumped to from,
+    and what their shared chains say of it: a policy change that keeps
+    this rewrites the policy's own chains only."""
+    if p is None:
+        return None
+    passes = tuple(_can_pass(p, d) for d in Direction)
+    return (p.tier, p.order, p.namespace, p.namespace_selector, p.selector, p.types, passes)
+
+
+def _policy_delta(last: _Compiled, inp: PolicyInput, most: int) -> _Compiled | None:
+    """``inp`` is ``last.inp`` with other policies: re-plan the chains of the
+    policies that changed, the dispatch of the endpoint groups that those
+    select (before or after), and the sets no part names any more or that
+    a new part names first. None when a full compile decides (duplicate
+    keys or interfaces, more than ``most`` changed policies)."""
+    new = {p.key: p for p in inp.policies}
+    old = last.policies
+    if len(new) != len(inp.policies):
+        return None
+    changed = [
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) is not new.get(k) and old.get(k) != new.get(k)
+    ]
+    if len(changed) > most:
+        return None
+    sets = dict(last.ruleset.sets)
+    chains = dict(last.ruleset.chains)
+    scoped = dict(last.scoped)
+    parts = dict(last.parts)
+    refs = dict(last.set_refs)
+    # The policies' own chains: the new parts first, so that a set the old
+    # part named too keeps its value (and the next diff skips it).
+    b = _Builder(inp.endpoints, last.scope, known=last.ruleset.sets)
+    planned: dict[tuple[str, Direction], _PolicyPart] = {}
+    for k in sorted(changed):
+        p = new.get(k)
+        if p is not None:
+            for d in _directions(p):
+                planned[(k, d)] = _plan_part(b, p, d)
+    for part in planned.values():
+        for name in part.sets:
+            refs[name] = refs.get(name, 0) + 1
+            if name not in sets:
+                sets[name] = b.sets[name]
+                if name in b.scoped:
+                    scoped[name] = b.scoped[name]
+    for k in changed:
+        p_old = old.get(k)
+        for d in _directions(p_old) if p_old is not None else ():
+            part = parts.pop((k, d))
+            del chains[part.chain.name]
+            for name in part.sets:
+                refs[name] -= 1
+                if not refs[name]:
+                    del refs[name], sets[name]
+                    scoped.pop(name, None)
+    for key, part in planned.items():
+        parts[key] = part
+        chains[part.chain.name] = part.chain
+    # Dispatch: only groups that a policy whose reach changed selects.
+    ns_labels = last.scope.ns_labels
+    movers = [
+        p
+        for k in changed
+        if _reach(old.get(k)) != _reach(new.get(k))
+        for p in (old.get(k), new.get(k))
+        if p is not None
+    ]
+    # No policy's reach changed: every group keeps its answer, and the last
+    # tiers (whose lists may hold an older version of a changed policy, with
+    # the same reach) answer new groups as new tiers would.
+    tiers = last.tiers
+    affected: set[GroupKey] = set()
+    if movers:
+        tiers = _Tiers(sorted(inp.policies, key=_policy_order), ns_labels)
+        affected = {
+            g
+            for g in last.tiers.groups()
+            if any(decide_applies(p, g, d, ns_labels) for p in movers for d in p.types)
+        }
+        tiers.keep(last.tiers, (g for g in last.tiers.groups() if g not in affected))
+    users = dict(last.users)
+    if affected:
+        moved = [
+            ep
+            for ep in last.inp.endpoints
+            if ep.node == inp.node and ep.iface and (ep.namespace, ep.labels) in affected
+        ]
+        if any(last.owners[f"if {ep.iface}"] > 1 for ep in moved):
+            return None  # an interface two endpoints claim: the full compile decides
+        drop = _drop_dispatch(moved, last.tiers, users, chains)
+        put = _add_dispatch(moved, tiers, users, chains)
+        _swap_map_elements(sets, drop, put)
+    return _Compiled(
+        inp,
+        Ruleset(sets, chains),
+        scoped,
+        last.scope,
+        tiers,
+        last.endpoints,
+        last.owners,
+        users,
+        new,
+        parts,
+        refs,
+    )
+
+
+def _drop_dispatch(
+    eps: Iterable[Endpoint], tiers: _Tiers, users: dict[str, int], chains: dict[str, NftChain]
+) -> dict[Direction, set[str]]:
+    """Take local endpoints' map elements out, and the shared chains that no
+    endpoint jumps to any more."""
+    drop: dict[Direction, set[str]] = {d: set() for d in Direction}
+    for ep in eps:
+        for d in Direction:
+            got = tiers(ep, d)
+            if not got:
+                continue
+            drop[d].add(_map_element(ep, got))
+            users[got.first] -= 1
+            if not users[got.first]:
+                del users[got.first]
+                for t in range(len(got.tiers)):
+                    chains.pop(endpoint_chain(got.sig, d, t), None)
+    return drop
+
+
+def _add_dispatch(
+    eps: Iterable[Endpoint], tiers: _Tiers, users: dict[str, int], chains: dict[str, NftChain]
+) -> dict[Direction, set[str]]:
+    put: dict[Direction, set[str]] = {d: set() for d in Direction}
+    for ep in eps:
+        ep_chains, elements = _endpoint_part(ep, tiers, users)
+        chains.update((c.name, c) for c in ep_chains)
+        for d, e in elements.items():
+            put[d].add(e)
+    return put
+
+
+def _swap_map_elements(
+    sets: dict[str, NftSet], drop: dict[Direction, set[str]], put: dict[Direction, set[str]]
+) -> None:
+    for d, name in _MAPS:
+        if drop[d] != put[d]:
+            s = sets[name]
+            sets[name] = NftSet(name, s.type, s.interval, (s.elements - drop[d]) | put[d])
 
 
 def _owned(ep: Endpoint) -> list[str]:
@@ -574,115 +768,97 @@ def plan_policy_ruleset(inp: PolicyInput) -> Ruleset:
     return _compile(inp).ruleset
 
 
-class PolicyCompiler:
-    """``plan_policy_ruleset`` with memory: when only endpoints changed
-    since the last call, the new ruleset is the last one with the changed
-    endpoints' set elements, chains and map elements swapped; when only
-    policies or pools changed, the policies seen before keep their chains
-    and the sets of selectors seen before their members. Always equal to a
-    full compile (property-tested). Keeps a pod's arrival in the
-    milliseconds on a node with thousands of pods and policies."""
+def _endpoint_delta(last: _Compiled, inp: PolicyInput, most: int) -> _Compiled | None:
+    """``inp`` is ``last.inp`` with other endpoints: swap the changed ones'
+    set elements, shared chains and map elements. None when a full compile
+    decides (more than ``most`` changed, duplicates)."""
+    new = frozenset(inp.endpoints)
+    removed, added = last.endpoints - new, new - last.endpoints
+    if len(removed) + len(added) > most or len(new) != len(inp.endpoints):
+        return None
+    owners = dict(last.owners)
+    for ep in removed:
+        for k in _owned(ep):
+            owners[k] -= 1
+    for ep in added:
+        for k in _owned(ep):
+            owners[k] = owners.get(k, 0) + 1
+    # An interface or address held by two endpoints would need reference
+    # counts in sets and maps: leave such (broken) inputs to the full compile.
+    if any(owners[k] > 1 for ep in added for k in _owned(ep)):
+        return None
+    if any(last.owners[k] > 1 for ep in removed for k in _owned(ep)):
+        return None
+    sets = dict(last.ruleset.sets)
+    chains = dict(last.ruleset.chains)
+    for name, spec in last.scoped.items():
+        drop = {
+            e for ep in removed if last.scope.endpoint(spec.match, ep) for e in spec.elements(ep)
+        }
+        put = {e for ep in added if last.scope.endpoint(spec.match, ep) for e in spec.elements(ep)}
+        if drop or put:
+            s = sets[name]
+            sets[name] = NftSet(s.name, s.type, s.interval, (s.elements - drop) | put)
+    users = dict(last.users)
 
-    INCREMENTAL_MAX = 256  # changed endpoints above which a full compile is cheaper
+    def local(eps: Iterable[Endpoint]) -> list[Endpoint]:
+        return [ep for ep in eps if ep.node == inp.node and ep.iface]
+
+    drop_map = _drop_dispatch(local(removed), last.tiers, users, chains)
+    put_map = _add_dispatch(local(added), last.tiers, users, chains)
+    _swap_map_elements(sets, drop_map, put_map)
+    return _Compiled(
+        inp,
+        Ruleset(sets, chains),
+        last.scoped,
+        last.scope,
+        last.tiers,
+        new,
+        owners,
+        users,
+        last.policies,
+        last.parts,
+        last.set_refs,
+    )
+
+
+class PolicyCompiler:
+    """``plan_policy_ruleset`` with memory, always equal to a full compile
+    (property-tested), so that a change costs what it touches on a node
+    with thousands of pods and policies:
+
+    - endpoints came or went: the last ruleset with their set elements,
+      shared chains and map elements swapped;
+    - policies changed: their chains re-planned, the dispatch of the
+      endpoint groups they select re-planned, sets added or dropped;
+    - both at once: the one, then the other;
+    - pools or namespaces changed: a full compile that keeps the chains
+      of the policies seen before and the members of selectors seen before
+      (unless the endpoints changed too)."""
+
+    INCREMENTAL_MAX = 256  # changed endpoints (or policies) above which a full compile is cheaper
 
     def __init__(self) -> None:
         self._last: _Compiled | None = None
 
     def compile(self, inp: PolicyInput) -> Ruleset:
-        last = self._last
-        if last is None:
-            self._last = _compile(inp)
-            return self._last.ruleset
-        if not self._only_endpoints_changed(last.inp, inp):
-            same_members = (last.inp.endpoints, last.inp.namespaces) == (
-                inp.endpoints,
-                inp.namespaces,
-            )
-            self._last = _compile(inp, last if same_members else None)
-            return self._last.ruleset
-        got = self._incremental(last, inp)
-        self._last = got if got is not None else _compile(inp)
+        self._last = self._next(inp)
         return self._last.ruleset
 
-    @staticmethod
-    def _only_endpoints_changed(a: PolicyInput, b: PolicyInput) -> bool:
-        return (a.node, a.namespaces, a.policies, a.pools) == (
-            b.node,
-            b.namespaces,
-            b.policies,
-            b.pools,
-        )
-
-    def _incremental(self, last: _Compiled, inp: PolicyInput) -> _Compiled | None:
-        new = frozenset(inp.endpoints)
-        removed, added = last.endpoints - new, new - last.endpoints
-        if len(removed) + len(added) > self.INCREMENTAL_MAX or len(new) != len(inp.endpoints):
-            return None  # many changes, or duplicates: the full compile decides
-        owners = dict(last.owners)
-        for ep in removed:
-            for k in _owned(ep):
-                owners[k] -= 1
-        for ep in added:
-            for k in _owned(ep):
-                owners[k] = owners.get(k, 0) + 1
-        # An interface or address held by two endpoints would need reference
-        # counts in sets and maps: leave such (broken) inputs to the full compile.
-        if any(owners[k] > 1 for ep in added for k in _owned(ep)):
-            return None
-        if any(last.owners[k] > 1 for ep in removed for k in _owned(ep)):
-            return None
-        sets = dict(last.ruleset.sets)
-        chains = dict(last.ruleset.chains)
-        for name, spec in last.scoped.items():
-            drop = {
-                e
-                for ep in removed
-                if last.scope.endpoint(spec.match, ep)
-                for e in spec.elements(ep)
-            }
-            put = {
-                e for ep in added if last.scope.endpoint(spec.match, ep) for e in spec.elements(ep)
-            }
-            if drop or put:
-                s = sets[name]
-                sets[name] = NftSet(s.name, s.type, s.interval, (s.elements - drop) | put)
-        map_drop: dict[Direction, set[str]] = {d: set() for d in Direction}
-        map_put: dict[Direction, set[str]] = {d: set() for d in Direction}
-        users = dict(last.users)
-        for ep in removed:
-            if ep.node != inp.node or not ep.iface:
-                continue
-            for d in Direction:
-                got = last.tiers(ep, d)
-                if not got:
-                    continue
-                map_drop[d].add(_map_element(ep, got))
-                users[got.first] -= 1
-                if not users[got.first]:
-                    del users[got.first]
-                    for t in range(len(got.tiers)):
-                        chains.pop(endpoint_chain(got.sig, d, t), None)
-        for ep in added:
-            if ep.node != inp.node or not ep.iface:
-                continue
-            ep_chains, elements = _endpoint_part(ep, last.tiers, users)
-            chains.update((c.name, c) for c in ep_chains)
-            for d, e in elements.items():
-                map_put[d].add(e)
-        for d, name in _MAPS:
-            if map_drop[d] or map_put[d]:
-                s = sets[name]
-                sets[name] = NftSet(
-                    name, s.type, s.interval, (s.elements - map_drop[d]) | map_put[d]
-                )
-        return _Compiled(
-            inp,
-            Ruleset(sets, chains),
-            last.scoped,
-            last.scope,
-            last.tiers,
-            new,
-            owners,
-            users,
-            last.parts,
-        )
+    def _next(self, inp: PolicyInput) -> _Compiled:
+        last = self._last
+        if last is None:
+            return _compile(inp)
+        a = last.inp
+        if (a.node, a.namespaces, a.pools) != (inp.node, inp.namespaces, inp.pools):
+            same_members = (a.endpoints, a.namespaces) == (inp.endpoints, inp.namespaces)
+            return _compile(inp, last if same_members else None)
+        if a.policies != inp.policies:
+            step = PolicyInput(a.node, a.endpoints, a.namespaces, inp.policies, a.pools)
+            got = _policy_delta(last, step, self.INCREMENTAL_MAX)
+            if got is None:
+                return _compile(inp, last if a.endpoints == inp.endpoints else None)
+            last = got
+        if last.inp.endpoints == inp.endpoints:
+            return last if last.inp is inp else replace(last, inp=inp)
+        return _endpoint_delta(last, inp, self.INCREMENTAL_MAX) or _compile(inp)

@@ -70,8 +70,13 @@ class Endpoint:
     ports: tuple[NamedPort, ...] = ()
 
     def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
         # equal endpoints have equal identities: hashing the addresses
-        # (netaddr objects) would cost more than the set lookups it serves
+        # (netaddr objects) would cost more than the set lookups it serves;
+        # kept, as the compiler hashes every endpoint on each pod change
         return hash((self.node, self.namespace, self.pod, self.iface))
 
     @property

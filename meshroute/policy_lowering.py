@@ -13,9 +13,12 @@ namespace carries the label ``kubernetes.io/metadata.name``.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
+import socket
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from netaddr import AddrFormatError, IPNetwork
@@ -206,10 +209,13 @@ def lower_global_policy(r: GlobalNetworkPolicyResource) -> Policy:
     )
 
 
+_NAMESPACE = operator.attrgetter("namespace")
+
+
 def plan_namespaces(state: PolicyState, endpoints: Iterable[Endpoint]) -> tuple[NamespaceInfo, ...]:
     labels: dict[str, dict[str, str]] = defaultdict(dict)
-    for ep in endpoints:
-        labels[ep.namespace]
+    for ns in set(map(_NAMESPACE, endpoints)):  # one C-level pass over thousands of pods
+        labels[ns]
     for n in state.namespaces:
         labels[n.metadata.name].update(n.metadata.labels or {})
     for p in state.network_policies:
@@ -224,6 +230,32 @@ def lower_policies(state: PolicyState) -> tuple[Policy, ...]:
         [lower_global_policy(r) for r in state.global_policies]
         + [lower_network_policy(r) for r in state.network_policies]
     )
+
+
+class PolicyLowering:
+    """``lower_policies`` with memory: a resource object that was lowered
+    last time keeps its ``Policy`` object, so a change to one of 500
+    policies lowers one, and the compiler's comparisons of the rest are
+    identity checks. (``PolicyStore.load`` keeps the objects of records
+    that did not change.)"""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[object, Policy]] = {}
+
+    def __call__(self, state: PolicyState) -> tuple[Policy, ...]:
+        seen: dict[int, tuple[object, Policy]] = {}
+
+        def one(r: object, lower: Callable[[], Policy]) -> Policy:
+            got = self._last.get(id(r))
+            if got is None or got[0] is not r:  # the id of an object since freed
+                got = (r, lower())
+            seen[id(r)] = got
+            return got[1]
+
+        out = [one(r, functools.partial(lower_global_policy, r)) for r in state.global_policies]
+        out += [one(r, functools.partial(lower_network_policy, r)) for r in state.network_policies]
+        self._last = seen
+        return tuple(out)
 
 
 def plan_policy_input(
@@ -266,6 +298,23 @@ def _host_iface(d: Mapping[str, Any]) -> str:
     return v
 
 
+def _ip_network(x: object) -> IPNetwork:
+    """``ADDRESS/PREFIXLEN`` (or an address alone) as netaddr reads it, by
+    way of libc: a node's start parses every pod's addresses, and netaddr's
+    own parser costs several times more (five times for IPv6)."""
+    if not isinstance(x, str):
+        raise ValueError(f"not an address: {x!r:.40}")
+    addr, slash, plen = x.partition("/")
+    fam, af, bits = (6, socket.AF_INET6, 128) if ":" in addr else (4, socket.AF_INET, 32)
+    try:
+        value = int.from_bytes(socket.inet_pton(af, addr), "big")
+    except OSError as e:
+        raise ValueError(f"not an IPv{fam} address: {addr[:40]!r}") from e
+    if slash and not (plen.isascii() and plen.isdigit() and len(plen) <= 3):
+        raise ValueError(f"bad prefix length: {plen[:10]!r}")
+    return IPNetwork((value, int(plen) if slash else bits), version=fam)
+
+
 def endpoint_from_record(raw: bytes) -> Endpoint:
     """A WorkloadEndpoint record's JSON as felix_lite's Endpoint."""
     try:
@@ -275,7 +324,7 @@ def endpoint_from_record(raw: bytes) -> Endpoint:
     if not isinstance(d, dict):
         raise EndpointRecordError("not a JSON object")
     try:
-        ips = tuple(IPNetwork(str(x)) for x in d.get("ips") or [])
+        ips = tuple(_ip_network(x) for x in d.get("ips") or [])
         labels = d.get("labels") or {}
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()

@@ -42,6 +42,10 @@ class PolicyStore:
     def __init__(self, store: KvStore, prefix: str = "/meshroute") -> None:
         self.store = store
         self.root = prefix.rstrip("/") + "/policy/v1/"
+        # what ``load`` parsed, by key: a record whose bytes did not change
+        # is not validated again and keeps its object (so equality with the
+        # last state is an identity check)
+        self._parsed: dict[bytes, tuple[bytes, BaseModel]] = {}
 
     def key(self, r: PolicyResource) -> bytes:
         name = r.metadata.name
@@ -64,15 +68,25 @@ class PolicyStore:
         another version) is logged and left out."""
         listing = await self.store.list(self.root.encode())
         found: dict[type[BaseModel], list[BaseModel]] = {t: [] for t in _DIRS}
+        parsed: dict[bytes, tuple[bytes, BaseModel]] = {}
         for key, v in sorted(listing.items.items()):
             kind = key[len(self.root) :].split(b"/", 1)[0].decode()
             model = next((t for t, d in _DIRS.items() if d == kind), None)
             if model is None:
                 continue
+            known = self._parsed.get(key)
+            if known is not None and known[0] == v.value:
+                parsed[key] = known
+                found[model].append(known[1])
+                continue
             try:
-                found[model].append(model.model_validate(json.loads(v.value)))
+                r = model.model_validate(json.loads(v.value))
             except (ValueError, ValidationError) as e:
                 log.warning("ignoring %s: %.200s", key.decode(errors="replace"), e)
+                continue
+            parsed[key] = (v.value, r)
+            found[model].append(r)
+        self._parsed = parsed
         return PolicyState(
             tuple(found[NetworkPolicyResource]),  # type: ignore[arg-type]
             tuple(found[GlobalNetworkPolicyResource]),  # type: ignore[arg-type]

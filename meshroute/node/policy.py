@@ -19,20 +19,21 @@ from collections import defaultdict
 from typing import Any
 
 from datastore.port import KvStore
+from felix_lite.nft_lib import NftLib
 from felix_lite.nft_model import RuleCounter, merge_rulesets
-from felix_lite.nft_reconciler import NftCli, NftError, PolicyReconciler
+from felix_lite.nft_reconciler import NftError, PolicyReconciler
 from felix_lite.policy_compiler import PolicyCompiler
-from felix_lite.policy_inputs import Endpoint, Policy
+from felix_lite.policy_inputs import Endpoint
 from felix_lite.service_nat import plan_service_ruleset
 from ipam.ipam import Ipam
 from meshroute.node.services_plan import endpoint_addresses, plan_service_nat
 from meshroute.policy_lowering import (
     EndpointRecordError,
+    PolicyLowering,
     endpoint_from_record,
-    lower_policies,
     plan_policy_input,
 )
-from meshroute.policy_store import PolicyState, PolicyStore
+from meshroute.policy_store import PolicyStore
 from meshroute.service_store import ServiceStore
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,16 @@ class PolicyAgent:
         self.policies = PolicyStore(store, prefix)
         self.services = ServiceStore(store, prefix)
         self.endpoints_prefix = (prefix.rstrip("/") + "/ipam/v1/endpoints/").encode()
-        self.reconciler = PolicyReconciler(NftCli(netns), resync_interval=resync_seconds)
+        # libnftables in this process: no nft process (nor ip netns exec) per change
+        self.reconciler = PolicyReconciler(
+            NftLib(netns), resync_interval=resync_seconds, counters=NftLib(netns)
+        )
         self.bad_records: dict[str, str] = {}
         self.compiler = PolicyCompiler()
         # Kept between passes so that a pod's arrival re-parses one record and
         # the compiler sees the same policy values (its fast path).
         self._records: dict[bytes, tuple[bytes, Endpoint]] = {}
-        self._lowered: tuple[PolicyState, tuple[Policy, ...]] | None = None
+        self.lower = PolicyLowering()
         self.endpoint_count = 0
         self.policy_count = 0
         self.service_count = 0  # service addresses this node delivers
@@ -115,9 +119,7 @@ class PolicyAgent:
                 endpoints, endpoints_revision = await self.load_endpoints()
                 pools = await self.ipam.pools()
                 start = time.monotonic()
-                if self._lowered is None or self._lowered[0] != state:
-                    self._lowered = (state, lower_policies(state))
-                inp = plan_policy_input(self.node, state, endpoints, pools, self._lowered[1])
+                inp = plan_policy_input(self.node, state, endpoints, pools, self.lower(state))
                 ruleset = await asyncio.to_thread(self.compiler.compile, inp)
                 services = await self.services.load()
                 pairs = [(ep.node, ep.ips) for ep in endpoints]

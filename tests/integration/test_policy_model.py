@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from felix_lite.nft_reconciler import NftCli, PolicyReconciler
+from felix_lite.nft_lib import NftLib
+from felix_lite.nft_reconciler import PolicyReconciler
 from felix_lite.policy_compiler import plan_policy_ruleset
 from felix_lite.policy_inputs import NamedPort
 from lab.netns import NetnsFactory
@@ -166,7 +167,8 @@ class Rig:
         for p in self.pods:
             p.name = f"{p.namespace}-{p.name}"
         self.servers = Servers(self.pods, tcp=(80, 81), udp=(80,))
-        self.reconciler = PolicyReconciler(NftCli(self.node.ns.name))
+        self.nft = NftLib(self.node.ns.name)
+        self.reconciler = PolicyReconciler(self.nft)
 
 
 @pytest.fixture
@@ -174,6 +176,7 @@ def rig(netns: NetnsFactory) -> Iterator[Rig]:
     r = Rig(netns)
     yield r
     r.servers.close()
+    r.nft.close()
 
 
 @settings(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from felix_lite.nft_lib import NftLib
 from felix_lite.nft_model import NftChain, NftRule, Ruleset
 from felix_lite.nft_reconciler import NftCli, PolicyReconciler
 from felix_lite.nft_script import parse_table_json
@@ -66,7 +67,7 @@ class Rig:
         self.b = self.node.add_pod("b", "x", 2, app="b")
         self.c = self.node.add_pod("c", "x", 3, app="c")
         self.servers = Servers(self.node.pods, tcp=(80, 81), udp=(80, 81))
-        self.nft = NftCli(self.node.ns.name)
+        self.nft = NftLib(self.node.ns.name)
 
     def ruleset(self, *policies: Policy, pods: tuple[Pod, ...] | None = None) -> Ruleset:
         eps = tuple(p.endpoint() for p in (pods or tuple(self.node.pods)))
@@ -81,6 +82,7 @@ def rig(netns: NetnsFactory) -> Iterator[Rig]:
     r = Rig(netns)
     yield r
     r.servers.close()
+    r.nft.close()
 
 
 async def test_enforce_adopt_and_apply_only_differences(rig: Rig) -> None:
@@ -282,7 +284,8 @@ async def test_global_policies_order_deny_pass_log_icmp_and_not_ports(rig: Rig) 
             ],
         },
     )
-    rec = PolicyReconciler(rig.nft)
+    # counters read through a port of their own, as the node does
+    rec = PolicyReconciler(rig.nft, counters=NftCli(rig.node.ns.name))
     rec.set_desired(rig.ruleset(second, first, b_out, k8s))
     assert (await rec.pass_once()).error is None
     got = probe_all(

@@ -137,18 +137,30 @@ def test_a_new_pod_changes_set_elements_only() -> None:
     assert "10.0.0.9" in after.sets[changed.pop()].elements
 
 
-def test_ipblock_with_except_two_interval_sets() -> None:
-    rule = Rule(
+def test_ipblock_with_except_prefixes_inline_or_interval_sets() -> None:
+    one = Rule(
         Action.ALLOW,
         source=EntityMatch(nets=(IPNetwork("10.1.0.0/16"),), not_nets=(IPNetwork("10.1.2.0/24"),)),
     )
-    rs = compile_(np_("p", "x", "app == 'a'", rule))
+    rs = compile_(np_("p", "x", "app == 'a'", one))
+    (text,) = texts(rs, policy_chain("np/x/p", IN))
+    # one prefix each: compared inline, no set
+    assert text.startswith("ip saddr 10.1.0.0/16 ip saddr != 10.1.2.0/24 ")
+    assert not any(s.interval for n, s in rs.sets.items() if n.startswith("mrn_"))
+    assert "ip6" not in text  # a v4 block makes no v6 rule
+    several = Rule(
+        Action.ALLOW,
+        source=EntityMatch(
+            nets=(IPNetwork("10.1.0.0/16"), IPNetwork("10.3.0.0/16")),
+            not_nets=(IPNetwork("10.1.2.0/24"), IPNetwork("10.1.4.0/24")),
+        ),
+    )
+    rs = compile_(np_("p", "x", "app == 'a'", several))
     (text,) = texts(rs, policy_chain("np/x/p", IN))
     assert "ip saddr @" in text and "ip saddr != @" in text
     nets, excepted = (rs.sets[w.split()[0]] for w in text.split("@")[1:3])
-    assert nets.interval and nets.elements == {"10.1.0.0/16"}
-    assert excepted.elements == {"10.1.2.0/24"}
-    assert "ip6" not in text  # a v4 block makes no v6 rule
+    assert nets.interval and nets.elements == {"10.1.0.0/16", "10.3.0.0/16"}
+    assert excepted.elements == {"10.1.2.0/24", "10.1.4.0/24"}
 
 
 def test_ports_ranges_and_protocol() -> None:
@@ -308,44 +320,93 @@ pods = st.builds(
     st.sampled_from(["a", "b"]),
     st.sampled_from([0, 80, 8080]),
 )
-POLICIES = (
-    np_(
-        "p",
-        "x",
-        "app == 'a'",
-        Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'b'"), namespace="x")),
-        Rule(Action.ALLOW, "tcp", destination=EntityMatch(ports=(PortRange(name="http"),))),
-        egress=(Rule(Action.ALLOW, destination=EntityMatch(namespace_selector=sel("all()"))),),
+# Versions of each policy (one key, other contents): rules only (its own
+# chain changes), its selector (which endpoints jump to it), Pass or not
+# (what the chains shared by its endpoints say).
+P_RULES = (
+    Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'b'"), namespace="x")),
+    Rule(Action.ALLOW, "tcp", destination=EntityMatch(ports=(PortRange(name="http"),))),
+)
+P_EGRESS = (Rule(Action.ALLOW, destination=EntityMatch(namespace_selector=sel("all()"))),)
+VERSIONS: tuple[tuple[Policy, ...], ...] = (
+    (
+        np_("p", "x", "app == 'a'", *P_RULES, egress=P_EGRESS),
+        np_("p", "x", "app == 'a'", P_RULES[1], egress=P_EGRESS),
+        np_("p", "x", "app == 'b'", *P_RULES),
     ),
-    Policy(
-        "gnp/g",
-        GLOBAL_TIER,
-        sel("app == 'b'"),
-        frozenset({IN}),
-        order=1,
-        ingress=(Rule(Action.PASS, source=EntityMatch(selector=sel("all()"))),),
+    (
+        Policy(
+            "gnp/g",
+            GLOBAL_TIER,
+            sel("app == 'b'"),
+            frozenset({IN}),
+            order=1,
+            ingress=(Rule(Action.PASS, source=EntityMatch(selector=sel("all()"))),),
+        ),
+        Policy(
+            "gnp/g",
+            GLOBAL_TIER,
+            sel("app == 'b'"),
+            frozenset({IN, OUT}),
+            order=1,
+            ingress=(
+                Rule(Action.DENY, "udp", source=EntityMatch(nets=(IPNetwork("10.0.0.0/30"),))),
+            ),
+        ),
+    ),
+    (
+        np_(
+            "q",
+            "y",
+            "all()",
+            Rule(Action.ALLOW, source=EntityMatch(selector=sel("app == 'a'"), namespace="y")),
+        ),
     ),
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(
             st.one_of(st.none(), st.lists(pods, max_size=8)),  # None: the same endpoints
-            st.frozensets(st.sampled_from(range(len(POLICIES)))),
+            st.tuples(*(st.sampled_from([None, *range(len(v))]) for v in VERSIONS)),
         ),
         min_size=1,
         max_size=6,
     )
 )
 def test_incremental_compile_equals_a_full_one(
-    steps: list[tuple[list[Endpoint] | None, frozenset[int]]],
+    steps: list[tuple[list[Endpoint] | None, tuple[int | None, ...]]],
 ) -> None:
+    """Pods come and go, policies come, go and change, alone or at once:
+    the compiler's ruleset is always the one a full compile makes."""
     compiler = PolicyCompiler()
     eps: tuple[Endpoint, ...] = ()
     for new_eps, chosen in steps:
         eps = eps if new_eps is None else tuple(new_eps)
-        policies = tuple(POLICIES[i] for i in sorted(chosen))
+        policies = tuple(v[i] for v, i in zip(VERSIONS, chosen, strict=True) if i is not None)
         inp = PolicyInput("n1", eps, NAMESPACES, policies)
         assert compiler.compile(inp) == plan_policy_ruleset(inp)
+
+
+def test_a_policy_change_touches_only_what_it_concerns() -> None:
+    """Its rules changed: its own chain is new, every other chain and every
+    set (the dispatch maps included) is the very value of the last compile,
+    which the reconciler's diff skips without looking at elements."""
+    p1, p2 = VERSIONS[0][0], VERSIONS[0][1]
+    g = VERSIONS[1][0]
+    eps = (A, B, C)
+    compiler = PolicyCompiler()
+    before = compiler.compile(PolicyInput("n1", eps, NAMESPACES, (p1, g)))
+    after = compiler.compile(PolicyInput("n1", eps, NAMESPACES, (p2, g)))
+    assert after == plan_policy_ruleset(PolicyInput("n1", eps, NAMESPACES, (p2, g)))
+    own = {policy_chain("np/x/p", d) for d in (IN, OUT)}
+    assert all(c is before.chains[n] for n, c in after.chains.items() if n not in own)
+    assert {n for n in own if after.chains[n] != before.chains[n]} == {policy_chain("np/x/p", IN)}
+    assert all(s is before.sets[n] for n, s in after.sets.items())
+    # its selector changed: the dispatch of the endpoints it selects changes too
+    p3 = VERSIONS[0][2]
+    moved = compiler.compile(PolicyInput("n1", eps, NAMESPACES, (p3, g)))
+    assert moved == plan_policy_ruleset(PolicyInput("n1", eps, NAMESPACES, (p3, g)))
+    assert moved.sets[INGRESS_MAP] != after.sets[INGRESS_MAP]

@@ -9,11 +9,14 @@ from typing import Any
 import pytest
 from netaddr import IPNetwork
 
+from datastore.memory import MemoryStore
+from datastore.port import Put
 from felix_lite.nft_model import RuleCounter
 from felix_lite.policy_inputs import Action, Direction, NamedPort, PortRange
 from meshroute.node.policy import summarize_counters
 from meshroute.policy_lowering import (
     EndpointRecordError,
+    PolicyLowering,
     endpoint_from_record,
     k8s_selector_text,
     lower_global_policy,
@@ -26,7 +29,7 @@ from meshroute.policy_resources import (
     NamespaceResource,
     NetworkPolicyResource,
 )
-from meshroute.policy_store import PolicyState
+from meshroute.policy_store import PolicyState, PolicyStore, encode_resource
 
 
 def np_(spec: dict[str, Any]) -> NetworkPolicyResource:
@@ -209,6 +212,14 @@ def test_endpoint_record_of_a_bridged_pod_has_no_interface() -> None:
 def test_endpoint_record() -> None:
     ep = endpoint_from_record(record())
     assert ep.iface == "mr1234" and ep.ips == (IPNetwork("10.244.0.5/32"), IPNetwork("fd00::5/128"))
+    # the same values netaddr's own parser gives, host bits and a bare address included
+    for text in ("10.1.2.3/24", "10.1.2.3", "fd00::1:0:5/64", "::ffff:10.0.0.1/128", "::"):
+        (got,) = endpoint_from_record(record(ips=[text])).ips
+        assert (got, got.ip, got.prefixlen) == (
+            IPNetwork(text),
+            IPNetwork(text).ip,
+            IPNetwork(text).prefixlen,
+        )
     assert ep.ports == (NamedPort("http", "tcp", 80),) and ep.labels == (("app", "a"),)
 
 
@@ -220,6 +231,14 @@ def test_endpoint_record() -> None:
         b"[" * 100_000,
         record(hostIface="x" * 16),
         record(ips=["10.300.0.1/32"]),
+        record(ips=["10.0.0.1/33"]),
+        record(ips=["fd00::1/129"]),
+        record(ips=["10.0.0.1/-1"]),
+        record(ips=["10.0.0.1/"]),
+        record(ips=["10.0.0.1/٣"]),  # a digit, but not an ASCII one
+        record(ips=["fe80::1%eth0/64"]),
+        record(ips=[10]),
+        record(ips=["x" * 100_000]),
         record(labels={"a": 1}),
         record(ports=[{"name": "x"}]),
         record(node=None),
@@ -272,3 +291,43 @@ def test_the_example_policy_file_validates_and_lowers() -> None:
         PortRange(80, 80),
         PortRange(name="metrics"),
     )
+
+
+def test_lowering_with_memory_lowers_only_new_resources() -> None:
+    a = np_({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{}]})
+    b = GlobalNetworkPolicyResource.model_validate(
+        {
+            "apiVersion": "meshroute.io/v1",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "g"},
+            "spec": {"selector": "all()", "ingress": [{"action": "Deny"}]},
+        }
+    )
+    lower = PolicyLowering()
+    first = lower(PolicyState((a,), (b,)))
+    assert first == (lower_global_policy(b), lower_network_policy(a))
+    # the same resource objects: the same Policy objects (identity, not only equality)
+    again = lower(PolicyState((a,), (b,)))
+    assert all(x is y for x, y in zip(first, again, strict=True))
+    # one changed: that one lowered anew, the other kept
+    a2 = np_({"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{}]})
+    changed = lower(PolicyState((a2,), (b,)))
+    assert changed[0] is first[0]
+    assert changed[1] == lower_network_policy(a2) != first[1]
+    assert lower(PolicyState()) == ()
+
+
+async def test_store_load_keeps_the_objects_of_unchanged_records() -> None:
+    store = MemoryStore()
+    ps = PolicyStore(store)
+    a = np_({"podSelector": {}, "ingress": [{}]})
+    await store.txn([], [Put(ps.key(a), encode_resource(a))])
+    bad = ps.key_of("networkpolicies", "x/bad")
+    await store.txn([], [Put(bad, b'{"kind": "NetworkPolicy"}')])
+    first = await ps.load()
+    assert first.network_policies == (a,)  # the bad record left out
+    second = await ps.load()
+    assert second.network_policies[0] is first.network_policies[0]
+    a2 = np_({"podSelector": {}, "egress": [{}]})
+    await store.txn([], [Put(ps.key(a2), encode_resource(a2))])
+    assert (await ps.load()).network_policies == (a2,)  # a changed record is parsed anew
