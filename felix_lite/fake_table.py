@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from felix_lite.delta import decide_route_equal
 from felix_lite.model import (
     FdbEntry,
     IpipDevice,
@@ -111,11 +112,17 @@ class FakeRouteTable:
     def __init__(self, kernel: FakeKernel | None = None) -> None:
         self.kernel = kernel if kernel is not None else FakeKernel()
 
-    async def dump_owned(self, proto: int, table: int) -> AsyncIterator[KernelRoute]:
+    async def dump_owned(
+        self, proto: int, table: int, known: Mapping[tuple[int, str], KernelRoute] | None = None
+    ) -> AsyncIterator[KernelRoute]:
         self.kernel.ops["dump"] += 1
         for p, r in list(self.kernel.routes.values()):
             if p == proto and r.table == table:
-                yield _blur(r)
+                want = known.get(r.key) if known else None
+                if want is not None and decide_route_equal(want, r):
+                    yield want
+                else:
+                    yield _blur(r)
         await asyncio.sleep(0)
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:

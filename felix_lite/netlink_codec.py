@@ -577,9 +577,23 @@ class RouteDecoder:
     """Parses dump messages straight into KernelRoutes (see ``parse_route``
     for the rules), with next hops built once per distinct value."""
 
-    def __init__(self, ifname: Mapping[int, str], kind_of: KindOf = default_kind_of) -> None:
+    def __init__(
+        self,
+        ifname: Mapping[int, str],
+        kind_of: KindOf = default_kind_of,
+        known: Mapping[tuple[int, str], KernelRoute] | None = None,
+    ) -> None:
         self.ifname = ifname
         self.kind_of = kind_of
+        # Routes the caller already holds, by key: a dumped route equal to
+        # one of them is answered with that object, with no prefix or route
+        # built (a no-op resync of 100k routes is then a dict look-up and a
+        # compare of the few fields the message carries, per route).
+        self.known = known
+        # id(known next hops) -> (those next hops, the decoded ones, equal?):
+        # a table shares a few next-hop tuples; the tuple is held so that
+        # its id is not reused while it is remembered.
+        self._same: dict[int, tuple[tuple[NextHop, ...], tuple[NextHop, ...], bool]] = {}
         self._nh: dict[tuple[bytes, int, int, int], NextHop] = {}
         self._kind: dict[tuple[NextHop, ...], RouteKind] = {}
         # (gateway, oif, onlink) of a single-gateway IPv4 route -> its next
@@ -637,9 +651,31 @@ class RouteDecoder:
                 self.kind_of(WireRoute(family, "", dst_len), hops),
             )
         nexthops, kind = single
+        if self.known:
+            want = self.known.get((table, f"{socket.inet_ntop(AF_INET, dst)}/{dst_len}"))
+            if (
+                want is not None
+                and want.mtu == mtu
+                and want.kind is not RouteKind.BLACKHOLE
+                and self._same_hops(want.nexthops, nexthops)
+            ):
+                return want
         return KernelRoute(
             IPNetwork((int.from_bytes(dst, "big"), dst_len), version=4), kind, nexthops, mtu, table
         )
+
+    def _same_hops(self, want: tuple[NextHop, ...], have: tuple[NextHop, ...]) -> bool:
+        """``decide_route_equal``'s next-hop test, remembered per pair."""
+        if want is have:
+            return True
+        seen = self._same.get(id(want))
+        if seen is not None and seen[0] is want and seen[1] is have:
+            return seen[2]
+        same = want == have or (len(want) == len(have) and set(want) == set(have))
+        if len(self._same) > 1024:
+            self._same.clear()
+        self._same[id(want)] = (want, have, same)
+        return same
 
     def parse(
         self, buf: bytes, start: int, end: int, proto: int | None = None

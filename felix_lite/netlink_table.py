@@ -22,7 +22,7 @@ import errno
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -203,9 +203,11 @@ class NetlinkRouteTable:
             return OP_DELETE, enc.delete_body(op.route)
         return _OP_CODE[op.op], enc.new_body(op.route)
 
-    def _dump_chunks(self, proto: int, table: int) -> Generator[list[KernelRoute], None, None]:
+    def _dump_chunks(
+        self, proto: int, table: int, known: Mapping[tuple[int, str], KernelRoute] | None
+    ) -> Generator[list[KernelRoute], None, None]:
         self._refresh_links()
-        decoder = nc.RouteDecoder({i: n for n, i in self._index.items()}, self._kinds)
+        decoder = nc.RouteDecoder({i: n for n, i in self._index.items()}, self._kinds, known)
         decode = decoder.parse
 
         def parse(buf: bytes, start: int, end: int) -> KernelRoute | None:
@@ -279,8 +281,12 @@ class NetlinkRouteTable:
 
     # ------------------------------------------------------------ the port
 
-    async def dump_owned(self, proto: int, table: int) -> AsyncIterator[KernelRoute]:
-        chunks = self._dump_chunks(proto, table)
+    async def dump_owned(
+        self, proto: int, table: int, known: Mapping[tuple[int, str], KernelRoute] | None = None
+    ) -> AsyncIterator[KernelRoute]:
+        # ``known`` is read on the worker while the dump runs: the reconciler
+        # does not change the mapping it passes until the dump is over.
+        chunks = self._dump_chunks(proto, table, known)
         try:
             while True:
                 chunk = await self._worker.run(next, chunks, None)

@@ -72,6 +72,7 @@ from felix_lite.model import (
     NextHop,
     RouteKind,
     VxlanDevice,
+    network_value,
     prefix_text,
 )
 
@@ -134,8 +135,16 @@ class PlannedHop:
 
 def decide_pool(prefix: IPNetwork, pools: Iterable[Pool]) -> Pool | None:
     """The first pool whose cidr contains the whole prefix."""
+    # Plain integer tests: netaddr's ``in`` builds sort keys for both sides,
+    # and every planned route asks this.
+    version, plen, value = prefix.version, prefix.prefixlen, prefix.value
+    width = 32 if version == 4 else 128
     for pool in pools:
-        if pool.cidr.version == prefix.version and prefix in pool.cidr:
+        cidr = pool.cidr
+        if cidr.version != version or cidr.prefixlen > plen:
+            continue
+        host_bits = width - cidr.prefixlen
+        if value >> host_bits == cidr.value >> host_bits:
             return pool
     return None
 
@@ -249,15 +258,15 @@ def plan_route(
     problems: list[Unroutable] = []
     nexthop_set = best.nexthops if len(best.nexthops) == 1 else sorted(set(best.nexthops))
     for nh in nexthop_set:
-        if nh in own_addresses:
-            problems.append(Unroutable(best.prefix, nh, "next hop is this host"))
-            continue
         key = (nh, id(pool))  # pools are the same objects throughout one plan
         hop = hop_cache.get(key) if hop_cache is not None else None
         if hop is None:
-            connected = decide_connected(nh, inp.interfaces)
-            kind = decide_encap(pool, connected is not None)
-            hop = plan_nexthop(nh, kind, connected, inp, vteps)
+            if nh in own_addresses:
+                hop = "next hop is this host"
+            else:
+                connected = decide_connected(nh, inp.interfaces)
+                kind = decide_encap(pool, connected is not None)
+                hop = plan_nexthop(nh, kind, connected, inp, vteps)
             if hop_cache is not None:
                 hop_cache[key] = hop
         if isinstance(hop, str):
@@ -294,10 +303,9 @@ def _route(
     table: int,
 ) -> KernelRoute:
     # .cidr builds a new network; most prefixes already have no host bits.
-    dst = prefix if prefix.value == prefix.first else prefix.cidr
-    return KernelRoute(
-        dst=dst, kind=kind, nexthops=nexthops, mtu=mtus.get((kind, prefix.version)), table=table
-    )
+    dst = prefix if prefix.value == network_value(prefix) else prefix.cidr
+    mtu = mtus.get((kind, prefix.version)) if mtus else None
+    return KernelRoute(dst, kind, nexthops, mtu, table)
 
 
 def plan_blackholes(own_blocks: Iterable[IPNetwork], table: int) -> list[KernelRoute]:

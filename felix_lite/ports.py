@@ -40,7 +40,7 @@ Conventions every implementation follows:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -84,8 +84,13 @@ class OpFailure(Generic[T]):
 
 
 class RouteTable(Protocol):
-    def dump_owned(self, proto: int, table: int) -> AsyncIterator[KernelRoute]:
-        """Stream the routes of protocol ``proto`` in ``table``."""
+    def dump_owned(
+        self, proto: int, table: int, known: Mapping[tuple[int, str], KernelRoute] | None = None
+    ) -> AsyncIterator[KernelRoute]:
+        """Stream the routes of protocol ``proto`` in ``table``. A route the
+        kernel holds exactly as ``known[route.key]`` (by
+        ``delta.decide_route_equal``) may be yielded as that very object:
+        a resync that finds everything in place builds nothing."""
         ...
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:

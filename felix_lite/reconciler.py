@@ -189,11 +189,13 @@ class Reconciler:
 
     def set_desired(self, state: KernelState) -> None:
         """A whole new desired state (a full rebuild): every key is diffed."""
-        foreign_tables = {r.table for r in state.routes} - {self.table}
-        if foreign_tables:
-            log.warning("ignoring desired routes in tables %s", sorted(foreign_tables))
+        routes = index_routes(state.routes)
+        if any(table != self.table for table, _ in routes):
+            foreign = sorted({table for table, _ in routes} - {self.table})
+            log.warning("ignoring desired routes in tables %s", foreign)
+            routes = {key: r for key, r in routes.items() if key[0] == self.table}
         self._desired = state
-        self._desired_routes = index_routes(r for r in state.routes if r.table == self.table)
+        self._desired_routes = routes
         self._pending.clear()
         self._changed_keys.clear()
         self._all_changed = True
@@ -378,12 +380,13 @@ class Reconciler:
         routes: dict[RouteKey, KernelRoute] = {}
         desired_routes = self._desired_routes
         equal = 0
-        async for r in self._routes.dump_owned(self.proto, self.table):
+        async for r in self._routes.dump_owned(self.proto, self.table, desired_routes):
             want = desired_routes.get(r.key)
             # Keep the desired object when the kernel's route equals it: the
             # dumped copy is freed at once (a 100k-route table is held once,
-            # not twice) and the diff settles it by identity.
-            if want is not None and decide_route_equal(want, r):
+            # not twice) and the diff settles it by identity. The adapter may
+            # already have answered with that object (see ``dump_owned``).
+            if r is want or (want is not None and decide_route_equal(want, r)):
                 routes[r.key] = want
                 equal += 1
             else:
@@ -463,18 +466,24 @@ class Reconciler:
             failures = await self._routes.apply_routes(batch, self.proto)
             failed = self._record(batch, failures, counts)
             actual = self._actual_routes
-            done: Counter[Op] = Counter()
+            adds = replaces = deletes = 0
             for op in batch:
-                # Hashing a route is costly: only look when something failed.
+                # Only look an op up when something failed.
                 if failed and op in failed:
                     continue
-                if op.op is Op.DELETE:
-                    actual.pop(op.route.key, None)
+                kind, route = op.op, op.route
+                if kind is Op.DELETE:
+                    actual.pop(route.key, None)
+                    deletes += 1
                 else:
-                    actual[op.route.key] = op.route
-                done[op.op] += 1
-            for kind, n in done.items():
-                counts[f"route_{kind.value}"] += n
+                    actual[route.key] = route
+                    if kind is Op.ADD:
+                        adds += 1
+                    else:
+                        replaces += 1
+            counts["route_add"] += adds
+            counts["route_replace"] += replaces
+            counts["route_delete"] += deletes
 
     async def _apply_neighbors(self, ops: Sequence[NeighborOp], counts: Counter[str]) -> None:
         ready = self._ready_ops(ops, counts)

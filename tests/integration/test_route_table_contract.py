@@ -230,3 +230,28 @@ def test_reconciler_restart_over_this_table_changes_nothing(env: Env) -> None:
         assert report.changes == 0 and report.failures == 0
 
     asyncio.run(go())
+
+
+def test_dump_answers_known_routes_with_the_known_object_only_when_equal(env: Env) -> None:
+    """``known`` lets a resync that finds everything in place build nothing:
+    a plain route held exactly as known comes back as the known object; one
+    that differs comes back as the kernel has it."""
+    wider = KernelRoute(OFFSUBNET_ONLINK.dst, OFFSUBNET_ONLINK.kind,
+                        OFFSUBNET_ONLINK.nexthops, 1300)  # fmt: skip
+    other_gw = KernelRoute(DIRECT.dst, DIRECT.kind, (NextHop(A("192.0.2.9"), "eth0"),))
+
+    async def go() -> None:
+        assert await env.table.apply_routes([RouteOp(Op.ADD, r) for r in ALL], PROTO) == []
+        for changed in (wider, other_gw):
+            known = {r.key: r for r in ALL} | {changed.key: changed}
+            got = {r.key: r async for r in env.table.dump_owned(PROTO, 254, known)}
+            assert set(got) == {r.key for r in ALL}
+            for r in ALL:
+                assert decide_route_equal(r, got[r.key]), (r, got[r.key])
+            assert got[changed.key] is not changed
+            assert not decide_route_equal(changed, got[changed.key])
+            for plain in (DIRECT, ONLINK):
+                if plain.key != changed.key:
+                    assert got[plain.key] is plain
+
+    asyncio.run(go())
