@@ -18,10 +18,12 @@ builds, in one run, three network namespaces on one bridge (removed in
 
 Figures:
 
-- ``convergence_s`` / ``anchor_s``: from ``birdc enable "*"`` on the clients'
-  BIRD until every client protocol has imported every other client's
-  prefixes (``show protocols all``, polled), with the reflector already
-  running and configured; ``ratio = convergence_s / anchor_s``;
+- ``convergence_s`` / ``anchor_s``: from the start of the reflector (the
+  anchor's BIRD; the ``meshroute reflector`` process, which reads etcd and
+  starts its BIRD) until every client protocol has imported every other
+  client's prefixes, read from the clients' BIRD (``show protocols all``,
+  polled); the clients are enabled as soon as the reflector is configured
+  and listening; ``ratio = convergence_s / anchor_s``;
 - ``reflector_rss_mb``: VmRSS of BIRD plus the ``meshroute reflector``
   process after convergence (``bird_rss_mb``, ``process_rss_mb`` apart;
   ``anchor_rss_mb`` the anchor BIRD's);
@@ -35,7 +37,9 @@ Figures:
   ``anchor_config_change_s``: the same by rewriting the hand-written file
   and ``birdc configure``, measured against the anchor.
 
-Medians over ``--repeat`` samples. The last line is one JSON object.
+Each of the ``--repeat`` rounds runs both reflectors, alternating which one
+goes first; medians are reported with their samples. The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -220,15 +224,19 @@ def register(endpoint: str, clients: Sequence[Client]) -> None:
 
 
 def sample(
-    bird: BirdClients, clients: Sequence[Client], late: Client, add_late: Callable[[], None]
+    bird: BirdClients,
+    clients: Sequence[Client],
+    late: Client,
+    add_late: Callable[[], None],
+    t0: float,
 ) -> tuple[float, float, float]:
-    """(sessions up, convergence, config change), in seconds."""
+    """(sessions up, convergence, config change), in seconds; the first two
+    from ``t0``, the moment the reflector was started."""
     names = [c.name for c in clients]
     per = len(clients[0].prefixes)
     want = per * (len(clients) - 1)
-    # every client protocol is disabled here (the reflector was started
-    # after they were): no session has been tried and refused yet
-    t0 = time.monotonic()
+    # every client protocol is disabled here (enabled once the reflector
+    # listens): no session has been tried and refused yet
     bird.birdc("enable", '"c*_rr1"')
     up_at: list[float] = []
     conv = wait(all_have(bird, names, want, up_at), 600, "every client has every route") - t0
@@ -269,16 +277,20 @@ def main(argv: list[str] | None = None) -> int:
             clients_conf([*clients, late], [RR], AS, disabled=True, connect_delay=1),
         )
 
-        # the anchor: a hand-written BIRD reflector
+        register(etcd.endpoint, clients)
         anchor_s, anchor_change, anchor_up = [], [], []
-        for _ in range(args.repeat):
-            anchor = BirdClients(rr_ns, tmp / "anchor", anchor_conf(clients))
+        conv_s, change_s, conv_up = [], [], []
+
+        def run_anchor(i: int) -> None:
+            nonlocal anchor
+            t0 = time.monotonic()  # the anchor's BIRD starts here
+            anchor = BirdClients(rr_ns, tmp / f"anchor{i}", anchor_conf(clients))
 
             def add_late_by_hand(a: BirdClients = anchor) -> None:
                 a.conf.write_text(anchor_conf([*clients, late]))
                 a.birdc("configure")
 
-            up, conv, change = sample(bird, clients, late, add_late_by_hand)
+            up, conv, change = sample(bird, clients, late, add_late_by_hand, t0)
             anchor_up.append(up)
             anchor_s.append(conv)
             anchor_change.append(change)
@@ -286,10 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             anchor.stop()
             anchor = None
 
-        # meshroute reflector
-        conv_s, change_s, conv_up = [], [], []
-        register(etcd.endpoint, clients)
-        for i in range(args.repeat):
+        def run_meshroute(i: int) -> None:
+            nonlocal rr
             etcd_do(etcd.endpoint, lambda reg, bgp: reg.delete(late.name))
             rr = Reflector("rr1", RR, rr_ns, tmp / f"rr{i}", etcd.endpoint, PREFIX, CLUSTER)
             rr.extra = {
@@ -301,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                     "errorWaitSeconds": [1, 3],
                 },
             }
+            # From the launch of the process that starts its BIRD: reading
+            # etcd and writing BIRD's configuration are on meshroute's clock.
+            t0 = time.monotonic()
             rr.start()
             wait(
                 lambda r=rr: r.answering() and len(r.status()["sessions"]) == len(clients),  # type: ignore[misc]
@@ -316,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
 
-            up, conv, change = sample(bird, clients, late, add_late_in_etcd)
+            up, conv, change = sample(bird, clients, late, add_late_in_etcd, t0)
             conv_up.append(up)
             conv_s.append(conv)
             change_s.append(change)
@@ -327,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             result["process_rss_mb"] = round(rss_mb(rr.proc.pid), 1)
             rr.stop()
             rr = None
+
+        for i in range(args.repeat):
+            # alternate which reflector runs first
+            order = (run_anchor, run_meshroute) if i % 2 == 0 else (run_meshroute, run_anchor)
+            for run in order:
+                run(i)
 
         conv_m, anchor_m = statistics.median(conv_s), statistics.median(anchor_s)
         result.update(
