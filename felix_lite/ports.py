@@ -55,7 +55,7 @@ class Op(enum.Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a full pass holds one per route
 class RouteOp:
     op: Op
     route: KernelRoute

@@ -194,7 +194,9 @@ class Reconciler:
             foreign = sorted({table for table, _ in routes} - {self.table})
             log.warning("ignoring desired routes in tables %s", foreign)
             routes = {key: r for key, r in routes.items() if key[0] == self.table}
-        self._desired = state
+        # The routes live on in _desired_routes only: a second copy of a
+        # 100k-route set is ~4 MB.
+        self._desired = dataclasses.replace(state, routes=frozenset())
         self._desired_routes = routes
         self._pending.clear()
         self._changed_keys.clear()
