@@ -173,7 +173,7 @@ def test_an_underlay_change_reaches_the_planner_by_notification(netns: NetnsFact
                 )
 
             planner = IncrementalPlanner(host_input())
-            planner.update({best.prefix: best})
+            planner.update([(best.prefix, best)])
             assert not planner.state().routes  # no underlay route covers the next hop yet
             for gateway in ("192.0.2.1", "192.0.2.254"):
                 cmd = ("route", "replace", "198.51.100.0/24", "via", gateway, "proto", "static")
