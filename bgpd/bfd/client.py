@@ -47,7 +47,6 @@ class BfdClient:
         self.adopted = False  # True when we found a daemon already running
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,9 +58,12 @@ class BfdClient:
         return self.workdir / "bfd.pid"
 
     async def start(self) -> None:
+        """Reach the daemon (adopting the one a previous run left, or
+        spawning one) in the background: routing never waits for BFD, and
+        the sessions go to the daemon whenever it answers. A daemon slow to
+        start (a loaded or emulated host) once held the node's whole start."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._task = asyncio.create_task(self._run(), name="bfd-client")
-        await asyncio.wait_for(self._connected.wait(), 30)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -150,7 +152,6 @@ class BfdClient:
             failures = 0
             self._writer = writer
             self._push()
-            self._connected.set()
             try:
                 while line := await reader.readline():
                     self._on_line(line)

@@ -206,7 +206,7 @@ class NodeProcess:
             on_peers_changed=self._view_dirty.set,
         )
         await self.speaker.start()
-        await self.bfd.start()  # adopts the BFD daemon a previous run left
+        await self.bfd.start()  # adopts the BFD daemon a previous run left, in the background
         await self._apply_view(view)
 
         http = await serve_http(
