@@ -316,9 +316,12 @@ def _clear_previous_run(plan: LabPlan) -> None:
         (run_dir / "resources.yaml").unlink()
 
 
-def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet) -> Lab:
+def build_underlay(
+    plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet, slowness: float = 1.0
+) -> Lab:
     """Namespaces, links, etcd and BIRD; on failure everything made so far
-    is removed again and the error raised."""
+    is removed again and the error raised. Every wait for a daemon to come
+    up is ``slowness`` times its usual timeout (e.g. under CPU emulation)."""
     run_dir = Path(plan.run_dir)
     if (run_dir / "state.json").exists():
         raise RuntimeError(f"{run_dir}: a lab is already up here (run lab down first)")
@@ -335,19 +338,19 @@ def build_underlay(plan: LabPlan, *, prefix: str = LAB_PREFIX, say: Say = _quiet
             state.save()
         say(f"{len(plan.bridges)} bridges, {len(plan.veths)} veth pairs, addresses, routes")
         _apply_links(lab)
-        _start_etcd(lab)
+        _start_etcd(lab, timeout=20.0 * slowness)
         say(f"etcd on {lab.etcd_endpoint}")
         say(f"BIRD in {', '.join(sp.ns for sp in plan.speakers)}")
         for sp in plan.speakers:
             _start_bird(lab, sp)
-        _wait_sockets(lab, timeout=10)
+        _wait_sockets(lab, timeout=10.0 * slowness)
         if plan.frr:
             say(f"FRR in {', '.join(f.ns for f in plan.frr)}")
             for fp in plan.frr:
-                _start_frr(lab, fp)
+                _start_frr(lab, fp, timeout=15.0 * slowness)
         if plan.reflectors:
             say(f"meshroute reflector in {', '.join(r.ns for r in plan.reflectors)}")
-            _start_reflectors(lab)
+            _start_reflectors(lab, timeout=20.0 * slowness)
     except BaseException:
         teardown(state)
         raise

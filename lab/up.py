@@ -110,27 +110,30 @@ def lab_up(
     say: Say = _say,
     converge: Callable[[Lab], bool] | None = None,
     converge_timeout: float = 30.0,
+    slowness: float = 1.0,
 ) -> UpResult:
     """Build the whole lab; on any failure everything is torn down again.
     Before the ping matrix, the routers' sessions among themselves get up
     to 20 s, then ``converge`` (default: every BIRD session Established,
     those with the nodes too, and every node's ``/readiness``) is polled up
-    to ``converge_timeout`` s."""
+    to ``converge_timeout`` s. ``slowness`` multiplies every other wait
+    (daemons and nodes coming up): more than 1 under CPU emulation, where
+    importing a node alone takes tens of seconds."""
     plan = plan_topology(params)
     t0 = time.monotonic()
-    lab = build_underlay(plan, prefix=prefix, say=say)
+    lab = build_underlay(plan, prefix=prefix, say=say, slowness=slowness)
     try:
         apply_resources(lab)
         say(f"applied {Path(plan.run_dir) / 'resources.yaml'} (pool, BGP configuration, peers)")
         start_nodes(lab, start_node, say=say)
-        wait_nodes_ready(lab)
+        wait_nodes_ready(lab, 30.0 * slowness)
         say("every node serves IPAM")
         cni_bin = Path(plan.run_dir) / "cni-bin"
         install_cni_plugin(cni_bin)
         for node in plan.nodes:
             pods = create_pods(lab, node, cni_bin)
             say(f"{node.name}: pods " + ", ".join(_pod_addresses(p) for p in pods))
-        if not wait_fabric(lab, timeout=20):
+        if not wait_fabric(lab, timeout=20.0 * slowness):
             say("warning: some sessions between the routers are not Established")
         ready = converge or converged
         deadline = time.monotonic() + converge_timeout
