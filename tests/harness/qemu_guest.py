@@ -54,13 +54,27 @@ QEMU = "qemu-system-x86_64"
 BUSYBOX = Path("/bin/busybox")
 
 # Loaded in the guest (plus what they depend on): the IPIP stack, veth for
-# pods, virtio + 9p for the shared folders, virtio-rng so that Python's
-# getrandom() never waits for entropy under slow emulation.
+# pods, bridge for the lab's rack segments, the nf_tables expressions the
+# node's policy and NAT tables use, virtio + 9p for the shared folders,
+# virtio-rng so that Python's getrandom() never waits for entropy under slow
+# emulation.
 DEFAULT_MODULES = (
     "tunnel4",
     "ip_tunnel",
     "ipip",
     "veth",
+    "bridge",
+    # libcrc32c (under nf_conntrack) needs a crc32c algorithm at load time:
+    # a soft dependency, which depends= does not list
+    "crc32c_generic",
+    "nf_tables",
+    "nft_ct",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_log",
+    "nf_log_syslog",
+    "nft_reject_inet",
+    "nft_fib_inet",
     "virtio_pci",
     "9pnet_virtio",
     "9p",

@@ -29,6 +29,9 @@ for m in $(cat /modules.order); do
 done
 mark modules
 
+# The guest's own loopback (etcd and the nodes' HTTP live there in the lab).
+ip link set lo up || { echo "MESHROUTE-QEMU-ERROR cannot bring lo up"; finish 125; }
+
 # meshroute.share=TAG:PATH (read-only, mounted at the same path) and
 # meshroute.results=TAG (writable, mounted at /mnt/results).
 shares=""
