@@ -82,16 +82,29 @@ class Rig:
         ]
         self.cli("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
 
+    def etcd_revision(self) -> int:
+        async def read() -> int:
+            store = EtcdStore([self.etcd.endpoint])
+            try:
+                return (await store.list(self.prefix.encode())).revision
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
+
     def settle(self, change: Any) -> None:
-        """Make a change and wait until the node has applied a transaction."""
-        before = self.node.status()["policy"]["transactions"]
+        """Make a change and wait until the node's kernel enforces etcd as it
+        stands after it. Waiting for any new transaction was not enough: a
+        change of two writes (apply the new policies, delete the old one)
+        was once probed between them, on a loaded machine."""
         change()
+        want = self.etcd_revision()
 
         def applied() -> bool:
             p = self.node.status()["policy"]
-            return p["transactions"] > before and p["converged"]
+            return bool(p["appliedRevision"] >= want and p["converged"])
 
-        wait_for("policy applied", applied, 30)
+        wait_for(f"policy at etcd revision {want} applied", applied, 30)
 
     def set_policies(self, *docs: dict[str, Any]) -> None:
         old = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in self.policies}
