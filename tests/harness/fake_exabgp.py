@@ -78,10 +78,14 @@ def main() -> int:
             cmd = ln.decode()
             seen["commands"].append(cmd)  # type: ignore[attr-defined]
             acks.append("done" if KNOWN.match(cmd) else "error")
+        # What was seen is on record before the acks go out, whole (a rename):
+        # a test that saw the acks once read a record still being written.
+        record = Path(str(conf) + ".fake.json")
+        record.with_suffix(".tmp").write_text(json.dumps(seen))
+        record.with_suffix(".tmp").replace(record)
         if acks:
             out.write(("\n".join(acks) + "\n").encode())
             out.flush()
-        Path(str(conf) + ".fake.json").write_text(json.dumps(seen))
 
 
 if __name__ == "__main__":
