@@ -13,6 +13,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lab.build import Lab, meshroute_cli
 from lab.frr import bgp_neighbors
 from lab.netns import call_in_netns, run
 from lab.pods import PingMatrix, format_matrix
+from lab.state import PodRecord
 from lab.topology import FrrPlan, NodePlan
 
 FELIX_PROTO = 213  # felix_lite's route protocol (node.yaml felix.routeProtocol)
@@ -99,6 +101,48 @@ def node_routes(netns: str, proto: int = FELIX_PROTO, version: int = 4) -> list[
     out = run(["ip", "-n", netns, family, "-j", "route", "show", "proto", str(proto)], check=False)
     entries = json.loads(out) if out.strip() else []
     return [classify_route(e) for e in entries]
+
+
+def unrouted_pods(
+    routes_by_node: Mapping[str, Iterable[str]], pods: Iterable[PodRecord]
+) -> list[tuple[str, str]]:
+    """(node, pod address) pairs where none of the node's route
+    destinations (``ip -j route``'s ``dst``: blackholes left out by the
+    caller) covers a pod on another node, both families: what a ping matrix
+    would find unreachable for want of a route."""
+    nets = {
+        node: [
+            ip_network(net)
+            for d in dsts
+            for net in (("0.0.0.0/0", "::/0") if d == "default" else (d,))
+        ]
+        for node, dsts in routes_by_node.items()
+    }
+    missing = []
+    for node, have in nets.items():
+        for pod in pods:
+            if pod.node == node:
+                continue
+            for address in filter(None, (pod.address, pod.address6)):
+                ip = ip_address(address)
+                if not any(ip in n for n in have if n.version == ip.version):
+                    missing.append((node, address))
+    return missing
+
+
+def pod_routes_missing(lab: Lab) -> list[tuple[str, str]]:
+    """``unrouted_pods`` read from every node's kernel (felix_lite's routes)."""
+    families = (4, 6) if lab.plan.params.dual_stack else (4,)
+    routes = {
+        n.name: [
+            r.dst
+            for v in families
+            for r in node_routes(lab.state.ns(n.ns), version=v)
+            if r.kind != "blackhole"
+        ]
+        for n in lab.plan.nodes
+    }
+    return unrouted_pods(routes, lab.state.pods)
 
 
 def format_routes(routes_by_node: Mapping[str, Iterable[NodeRoute]]) -> str:

@@ -33,7 +33,7 @@ from lab.build import (
 from lab.dual_homed import plan_topology
 from lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
 from lab.state import PodRecord, load_state
-from lab.status import bird_protocols, frr_sessions, node_ready
+from lab.status import bird_protocols, frr_sessions, node_ready, pod_routes_missing
 from lab.topology import LabParams
 
 # BIRD protocols towards nodes: the routers' (lab plan) and the
@@ -84,10 +84,14 @@ def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> 
 
 
 def converged(lab: Lab) -> bool:
-    """Every BIRD session Established (those with the nodes too) and every
-    node's ``/readiness`` 200."""
-    return wait_fabric(lab, timeout=0, nodes_too=True) and all(
-        node_ready(lab, n) for n in lab.plan.nodes
+    """Every BIRD session Established (those with the nodes too), every
+    node's ``/readiness`` 200, and on every node a route towards every other
+    node's pods, both families: readiness alone says the sessions are up,
+    not that the blocks the pods were just given a moment ago have arrived."""
+    return (
+        wait_fabric(lab, timeout=0, nodes_too=True)
+        and all(node_ready(lab, n) for n in lab.plan.nodes)
+        and not pod_routes_missing(lab)
     )
 
 

@@ -19,7 +19,7 @@ from lab.state import (
     record_process,
     still_ours,
 )
-from lab.status import classify_route, format_routes, parse_protocols
+from lab.status import classify_route, format_routes, parse_protocols, unrouted_pods
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bird"
 
@@ -62,6 +62,22 @@ def test_route_kinds() -> None:
     assert classify_route(routes[4]).via == "192.0.2.1,192.0.2.2"
     text = format_routes({"rack1-node1": [classify_route(r) for r in routes]})
     assert text.splitlines()[0] == "rack1-node1: 2 direct, 1 vxlan, 1 ipip, 1 blackhole"
+
+
+def test_unrouted_pods_are_the_other_nodes_pods_no_route_covers() -> None:
+    pods = [
+        PodRecord("a1", "node-a", "ns1", "c1", "10.244.0.1", "fd00::1"),
+        PodRecord("b1", "node-b", "ns2", "c2", "10.244.0.65", "fd00::41"),
+        PodRecord("b2", "node-b", "ns3", "c3", "10.244.0.130", ""),
+    ]
+    routes = {
+        # a: b's IPv4 block, not b2's, nor b1's IPv6 address
+        "node-a": ["10.244.0.64/26", "fd00::/122"],
+        # b: a default route covers a's pods of both families
+        "node-b": ["default"],
+    }
+    assert unrouted_pods(routes, pods) == [("node-a", "fd00::41"), ("node-a", "10.244.0.130")]
+    assert unrouted_pods({"node-a": ["10.244.0.0/16", "fd00::/64"]}, pods) == []
 
 
 def test_ping_matrix_retries_once_and_formats() -> None:
