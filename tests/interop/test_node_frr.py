@@ -271,10 +271,13 @@ def test_routes_through_our_own_as_are_refused_and_counted(rig: Rig) -> None:
             "meshroute_bgp_prefixes_rejected_total",
             frozenset({("peer", FRR_IP), ("reason", RejectReason.AS_PATH_LOOP.value)}),
         )
-        assert rig.node.metrics().get(key) == 1
+        # a total of refused UPDATEs: FRR may well have sent the block twice
+        # already (BGP promises no count of UPDATEs), so only "grows" is exact
+        before = rig.node.metrics().get(key)
+        assert before is not None and before >= 1
         # a route refresh sends both again: the current counts do not grow
         frr.vtysh("bgpd", f"clear bgp ipv4 unicast {NODE_IP} soft out", check=True)
-        wait_for("the refused total grows", lambda: rig.node.metrics().get(key) == 2)
+        wait_for("the refused total grows", lambda: (rig.node.metrics().get(key) or 0) > before)
         assert (rig.peer(FRR_IP)["accepted"], rig.peer(FRR_IP)["received"]) == (1, 2)
     finally:
         sys.stderr.write(frr.log()[-4000:])
