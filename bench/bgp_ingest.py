@@ -50,9 +50,13 @@ poll's end time is taken):
   its CPU. ``meshroute_own_s`` is ``meshroute_s`` minus that floor (medians),
   ``own_ratio`` that over ``bird_s``: the goal when ExaBGP is the floor;
 - ``loadavg_1m``: the machine's one-minute load average before and after;
-- ``node_rss_mb``: VmRSS of the node process plus its ExaBGP (pid from
-  ``<workDir>/exabgp.pid``) and ExaBGP's children (the API relay), read after
-  the ingest; ``bird_rss_mb`` the receiving BIRD's, for reference.
+- ``node_rss_mb``: VmRSS of every process the node runs, summed, read after
+  the ingest: the node, its ExaBGP (pid from ``<workDir>/exabgp.pid``),
+  ExaBGP's children (the API relay) and the node's other descendants (its
+  BFD daemon, when one runs); ``node_rss_parts_mb`` by part, and
+  ``node_rss_start_mb`` / ``node_rss_start_parts_mb`` the same before the
+  session (no route): what the processes cost before any route.
+  ``bird_rss_mb`` the receiving BIRD's, for reference.
 
 The three are measured one after the other, never together (two cores),
 alternating which goes first. Medians over ``--repeat`` samples, with the
@@ -319,12 +323,16 @@ class NodeRun(NodeUnderTest):
         }
 
     def rss(self) -> dict[str, float]:
+        """VmRSS by part; the parts cover the node's whole process tree."""
         assert self.proc is not None
         exa = self.exabgp_pid()
+        relay = descendants(exa)
+        others = [p for p in descendants(self.proc.pid) if p != exa and p not in relay]
         return {
             "node": rss_mb(self.proc.pid),
             "exabgp": rss_mb(exa),
-            "exabgp_children": sum(rss_mb(p) for p in descendants(exa)),
+            "exabgp_children": sum(rss_mb(p) for p in relay),
+            "node_children": sum(rss_mb(p) for p in others),
         }
 
 
@@ -347,6 +355,7 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
             "meshroute_s",
             "bird_s",
             "node_rss_mb",
+            "node_rss_start_mb",
             "bird_rss_mb",
             "meshroute_cpu_s",
             "meshroute_node_cpu_s",
@@ -366,6 +375,7 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
     node_conf: list[str] = []  # the node's ExaBGP configuration, for the floor
     load = [os.getloadavg()[0]]
     parts: list[dict[str, float]] = []
+    start_parts: list[dict[str, float]] = []
     cpu_parts: dict[str, list[float]] = {k: [] for k in ("node", "exabgp", "relay", "feeder")}
     with tempfile.TemporaryDirectory(prefix="mrbench-") as tmp:
         work = Path(tmp)
@@ -429,6 +439,9 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
                     if not node_conf:
                         node_conf.append((node.bgp_dir / "exabgp.conf").read_text())
                     time.sleep(1)  # let the start-up work settle before the clock starts
+                    start = node.rss()
+                    start_parts.append(start)
+                    samples["node_rss_start_mb"].append(sum(start.values()))
                     if profile and node.proc is not None:
                         spy = subprocess.Popen(
                             [
@@ -520,6 +533,7 @@ def bench(n: int, repeat: int, timeout: float, profile: str | None) -> dict[str,
         "own_ratio": own_ratio,
         "meshroute_cpu_parts_s": {k: median(v) for k, v in cpu_parts.items()},
         "node_rss_parts_mb": {k: median([p[k] for p in parts]) for k in parts[0]},
+        "node_rss_start_parts_mb": {k: median([p[k] for p in start_parts]) for k in parts[0]},
         "goals": {
             "ratio_le_2": (ratio("meshroute_s", "bird_s") or 99) <= 2.0,
             "node_rss_le_250mb_at_100k": rss <= 250 if rss and n >= 100_000 else None,

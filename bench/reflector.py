@@ -18,12 +18,16 @@ builds, in one run, three network namespaces on one bridge (removed in
 
 Figures:
 
-- ``convergence_s`` / ``anchor_s``: from the start of the reflector (the
-  anchor's BIRD; the ``meshroute reflector`` process, which reads etcd and
-  starts its BIRD) until every client protocol has imported every other
-  client's prefixes, read from the clients' BIRD (``show protocols all``,
-  polled); the clients are enabled as soon as the reflector is configured
-  and listening; ``ratio = convergence_s / anchor_s``;
+- ``convergence_s`` / ``anchor_s``: both clocked the same way, from the
+  start of the reflector's BIRD process (its start time in /proc: the
+  anchor's, and the one ``meshroute reflector`` starts after reading etcd)
+  until every client protocol has imported every other client's prefixes,
+  read from the clients' BIRD (``show protocols all``, polled); the clients
+  are enabled, for both alike, once the reflector's BIRD has every client
+  session past Idle (waiting for a connection or about to open one);
+  ``ratio = convergence_s / anchor_s``; ``launch_to_bird_s``: from the
+  launch of the ``meshroute reflector`` process to its BIRD's start (not in
+  ``convergence_s``);
 - ``reflector_rss_mb``: VmRSS of BIRD plus the ``meshroute reflector``
   process after convergence (``bird_rss_mb``, ``process_rss_mb`` apart;
   ``anchor_rss_mb`` the anchor BIRD's);
@@ -56,6 +60,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import rss_mb, started_at
 from bgpd.bird_ctl import parse_show_protocols_all
 from datastore.etcd import EtcdStore
 from lab.bird_clients import BirdClients, Client, clients_conf
@@ -148,6 +153,18 @@ def imported(bird: BirdClients, up: set[str] | None = None) -> dict[str, int]:
     return {s.protocol: s.imported for s in sessions}
 
 
+def sessions_waiting(birdc: Callable[..., str], n: int) -> Callable[[], bool]:
+    """True once the reflector's BIRD has ``n`` BGP sessions past Idle:
+    each takes a connection now (or is about to open one). The clients are
+    enabled at that moment, the same one for both reflectors."""
+
+    def check() -> bool:
+        sessions = parse_show_protocols_all(birdc("show", "protocols", "all"))
+        return sum(s.bgp_state not in ("", "Idle", "Down") for s in sessions) >= n
+
+    return check
+
+
 def wait(pred: Callable[[], bool], timeout: float, what: str) -> float:
     deadline = time.monotonic() + timeout
     while True:
@@ -172,13 +189,6 @@ def all_have(
         return all(got.get(f"{n}_rr1", 0) >= want for n in names)
 
     return check
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def etcd_do(endpoint: str, body: Callable[[Registry, BgpStore], Any]) -> None:
@@ -231,7 +241,7 @@ def sample(
     t0: float,
 ) -> tuple[float, float, float]:
     """(sessions up, convergence, config change), in seconds; the first two
-    from ``t0``, the moment the reflector was started."""
+    from ``t0``, the moment the reflector's BIRD started."""
     names = [c.name for c in clients]
     per = len(clients[0].prefixes)
     want = per * (len(clients) - 1)
@@ -279,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
 
         register(etcd.endpoint, clients)
         anchor_s, anchor_change, anchor_up = [], [], []
-        conv_s, change_s, conv_up = [], [], []
+        conv_s, change_s, conv_up, launch_s = [], [], [], []
 
         def run_anchor(i: int) -> None:
             nonlocal anchor
-            t0 = time.monotonic()  # the anchor's BIRD starts here
             anchor = BirdClients(rr_ns, tmp / f"anchor{i}", anchor_conf(clients))
+            t0 = started_at(anchor.proc.pid)
+            wait(sessions_waiting(anchor.birdc, len(clients)), 120, "the anchor's sessions")
 
             def add_late_by_hand(a: BirdClients = anchor) -> None:
                 a.conf.write_text(anchor_conf([*clients, late]))
@@ -311,15 +322,18 @@ def main(argv: list[str] | None = None) -> int:
                     "errorWaitSeconds": [1, 3],
                 },
             }
-            # From the launch of the process that starts its BIRD: reading
-            # etcd and writing BIRD's configuration are on meshroute's clock.
-            t0 = time.monotonic()
+            launched = time.monotonic()
             rr.start()
             wait(
                 lambda r=rr: r.answering() and len(r.status()["sessions"]) == len(clients),  # type: ignore[misc]
                 120,
                 "meshroute reflector configured",
             )
+            bird_pid = rr.bird_pid()
+            assert bird_pid is not None
+            t0 = started_at(bird_pid)
+            launch_s.append(t0 - launched)
+            wait(sessions_waiting(rr.birdc, len(clients)), 120, "the reflector's sessions")
 
             def add_late_in_etcd() -> None:
                 etcd_do(
@@ -334,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
             conv_s.append(conv)
             change_s.append(change)
             assert rr.proc is not None
-            bird_pid = rr.bird_pid()
-            assert bird_pid is not None
             result["bird_rss_mb"] = round(rss_mb(bird_pid), 1)
             result["process_rss_mb"] = round(rss_mb(rr.proc.pid), 1)
             rr.stop()
@@ -357,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             anchor_config_change_s=round(statistics.median(anchor_change), 3),
             sessions_up_s=round(statistics.median(conv_up), 3),
             anchor_sessions_up_s=round(statistics.median(anchor_up), 3),
+            launch_to_bird_s=round(statistics.median(launch_s), 3),
             samples={
                 "convergence_s": [round(x, 3) for x in conv_s],
                 "anchor_s": [round(x, 3) for x in anchor_s],
@@ -364,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 "anchor_config_change_s": [round(x, 3) for x in anchor_change],
                 "sessions_up_s": [round(x, 3) for x in conv_up],
                 "anchor_sessions_up_s": [round(x, 3) for x in anchor_up],
+                "launch_to_bird_s": [round(x, 3) for x in launch_s],
             },
             repeat=args.repeat,
         )

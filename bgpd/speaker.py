@@ -56,6 +56,7 @@ log = logging.getLogger("bgpd.speaker")
 MAX_IN_FLIGHT = 200
 STABLE_AFTER_S = 60.0  # an ExaBGP that lived this long resets the backoff
 RELAY_MARK = b'{"relay"'
+RELAY = Path(__file__).with_name("relay.py")
 
 
 # ---- pure decisions ------------------------------------------------------------
@@ -229,7 +230,9 @@ class Speaker:
         write_private(self.conf_path, render(cfg))
 
     def _with_relay(self, cfg: ExabgpConfig) -> ExabgpConfig:
-        run = (self.settings.python, "-m", "bgpd.relay", "--socket", str(self.socket_path))
+        # by path, without site: the relay needs only the standard library
+        # and lives as long as ExaBGP (~10 MB so, ~21 MB through the venv)
+        run = (self.settings.python, "-S", "-I", str(RELAY), "--socket", str(self.socket_path))
         return replace(cfg, api_run=run)
 
     # ---- lifecycle ----

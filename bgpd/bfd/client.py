@@ -1,7 +1,9 @@
 """The node's side of the BFD daemon (``bgpd.bfd.daemon``): connects to the
 daemon a previous node process left running, or starts one (in its own
-session, so it outlives us), keeps it told the desired sessions (sent again
-on every reconnect), and hands changes and the latest snapshot to its user.
+session, so it outlives us) once a first BFD session is wanted (a node whose
+peers use no BFD runs no daemon: ~24 MB saved), keeps it told the desired
+sessions (sent again on every reconnect), and hands changes and the latest
+snapshot to its user.
 
 ``stop`` leaves the daemon running (a restart keeps BFD up); ``terminate``
 ends it (decommission)."""
@@ -48,6 +50,7 @@ class BfdClient:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._wanted = asyncio.Event()  # set by the first non-empty desired set
 
     @property
     def socket_path(self) -> Path:
@@ -83,6 +86,8 @@ class BfdClient:
 
     def set_sessions(self, specs: Iterable[PeerSpec]) -> None:
         self.desired = sorted(specs, key=lambda s: (s.peer, s.multihop))
+        if self.desired:
+            self._wanted.set()
         self._push()
 
     def status(self) -> list[SessionStatus]:
@@ -132,6 +137,9 @@ class BfdClient:
         except OSError:
             pass
         if self._daemon_pid() is None:
+            # none to adopt: start one only for a session (an empty set has
+            # nothing to tell a daemon that is not there)
+            await self._wanted.wait()
             self._spawn()
         for _ in range(200):
             await asyncio.sleep(0.05)

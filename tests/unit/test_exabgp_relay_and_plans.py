@@ -10,14 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
 from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
 from bgpd.model import Announce, RouteRefresh, Withdraw
-from bgpd.relay import RelayState
+from bgpd.relay import LineSplitter, RelayState, parse_args
 from bgpd.speaker import (
+    RELAY,
     decide_refresh,
     decide_restart_delay,
     plan_commands,
@@ -44,6 +46,22 @@ def test_relay_buffers_bounded_and_counts_drops() -> None:
     assert out[:-1] == [b'{"n": 2}\n', b'{"n": 3}\n', b'{"n": 4}\n']
     assert json.loads(out[-1]) == {"relay": "synced", "replayed": 0, "buffered": 3, "dropped": 2}
     assert json.loads(s.on_node_connected()[-1])["dropped"] == 0
+
+
+def test_lines_split_across_chunks_and_an_over_long_one_skipped_whole() -> None:
+    s = LineSplitter(limit=8)
+    assert s.feed(b"ab") == []
+    assert s.feed(b"c\nde\nf") == [b"abc\n", b"de\n"]
+    assert s.feed(b"0123456789") == [] and s.skipped == 1  # f0123456789: too long
+    assert s.feed(b"xyz\nok\n") == [b"ok\n"]  # the rest of the long line is gone
+    assert s.feed(b"0123456789\nok\n") == [b"0123456789\n", b"ok\n"]  # whole in one chunk
+
+
+def test_relay_arguments_are_checked() -> None:
+    assert parse_args(["--socket", "/s", "--buffer=5"]) == ("/s", 5, 256 * 1024 * 1024)
+    for bad in ([], ["--socket"], ["--sock", "/s"], ["--socket", "/s", "--buffer", "x"]):
+        with pytest.raises(SystemExit, match="usage"):
+            parse_args(bad)
 
 
 def test_relay_replays_latest_state_unless_still_buffered() -> None:
@@ -156,7 +174,8 @@ def test_plan_makes_announced_equal_desired(desired: dict, announced: dict) -> N
 async def test_relay_process_between_pipe_and_socket(tmp_path: Path) -> None:
     sock = tmp_path / "node.sock"
     relay = subprocess.Popen(  # noqa: ASYNC220 - starting it is quick
-        [sys.executable, "-m", "bgpd.relay", "--socket", str(sock), "--buffer", "1000"],
+        # as ExaBGP runs it: by path, no site, the standard library only
+        [sys.executable, "-S", "-I", str(RELAY), "--socket", str(sock), "--buffer", "1000"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
