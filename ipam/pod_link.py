@@ -19,28 +19,20 @@ kernel. Blocking (netlink, sysctl files): the IPAM service runs these
 functions on its own worker thread, which enters the node's and the pod's
 network namespaces with ``setns`` (a thread's own namespace, restored
 after every call) instead of forking a helper per namespace.
-
-pyroute2 (~10 MB resident in the node) loads on the first veth made,
-checked or removed: a node with no routed pods never carries it, and the
-start-up sweep only lists interface names (``if_nameindex``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from netaddr import IPAddress
-
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
+from pyroute2.netns import setns
 
 HOST_IFACE_PREFIX = "mr"
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
@@ -50,7 +42,6 @@ DEFAULT_MTU = 1500
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 RT_SCOPE_LINK = 253
-CLONE_NEWNET = 0x40000000
 
 
 class PodLinkError(Exception):
@@ -86,36 +77,22 @@ class LinkInfo:
     pod_mac: str
 
 
-def _setns(fd: int) -> None:
-    """This thread into the network namespace open at ``fd``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 @contextlib.contextmanager
 def _entered(netns: str | None) -> Iterator[None]:
-    """This thread in ``netns`` (a name under /var/run/netns or a path;
-    None: stay) for the block."""
+    """This thread in ``netns`` (a name or path; None: stay) for the block."""
     if netns is None:
         yield
         return
-    path = netns if "/" in netns else f"/var/run/netns/{netns}"
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         try:
-            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(target)
-            finally:
-                os.close(target)
+            setns(netns, flags=0)
         except OSError as e:
             raise PodLinkError(f"cannot enter network namespace {netns}: {e}") from e
         try:
             yield
         finally:
-            _setns(back)
+            setns(back, flags=0)
     finally:
         os.close(back)
 
@@ -138,8 +115,6 @@ def apply_pod_link(link: PodLink, host_netns: str | None) -> LinkInfo:
     """Create the pod's veth, its addresses and routes (both ends). A host
     end left by an earlier attempt for the same handle is replaced; on
     failure whatever was made is removed again."""
-    from pyroute2 import NetlinkError
-
     try:
         fd = os.open(link.netns, os.O_RDONLY)
     except OSError as e:
@@ -162,8 +137,6 @@ def apply_pod_link(link: PodLink, host_netns: str | None) -> LinkInfo:
 
 
 def _add_host_end(link: PodLink, host_netns: str | None, pod_fd: int) -> str:
-    from pyroute2 import IPRoute, NetlinkError
-
     with _entered(host_netns), IPRoute() as ipr:
         old = _index(ipr, link.host_iface)
         if old is not None:
@@ -197,8 +170,6 @@ def _add_host_end(link: PodLink, host_netns: str | None, pod_fd: int) -> str:
 
 
 def _configure_pod_end(link: PodLink) -> str:
-    from pyroute2 import IPRoute
-
     with _entered(link.netns), IPRoute() as ipr:
         index = _index(ipr, link.ifname)
         if index is None:
@@ -237,8 +208,6 @@ def _configure_pod_end(link: PodLink) -> str:
 def remove_pod_link(host_iface: str, host_netns: str | None) -> bool:
     """Delete the pod's veth by its host end (the pod end goes with it);
     False when it was not there."""
-    from pyroute2 import IPRoute, NetlinkError
-
     try:
         with _entered(host_netns), IPRoute() as ipr:
             index = _index(ipr, host_iface)
@@ -257,8 +226,6 @@ def remove_pod_link(host_iface: str, host_netns: str | None) -> bool:
 
 def check_pod_link(link: PodLink, host_netns: str | None) -> list[str]:
     """What differs from what ``apply_pod_link`` made ([] when nothing)."""
-    from pyroute2 import IPRoute, NetlinkError
-
     problems: list[str] = []
     try:
         with _entered(host_netns), IPRoute() as ipr:
@@ -291,9 +258,8 @@ def check_pod_link(link: PodLink, host_netns: str | None) -> list[str]:
 
 def list_host_ifaces(host_netns: str | None) -> list[str]:
     """The names of this module's veth host ends in the node's namespace."""
-    with _entered(host_netns):
-        # the socket if_nameindex opens is in this thread's namespace
-        names = [name for _, name in socket.if_nameindex()]
+    with _entered(host_netns), IPRoute() as ipr:
+        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
     return [n for n in names if is_host_iface_name(n)]
 
 
