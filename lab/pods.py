@@ -22,6 +22,9 @@ from lab.topology import NodePlan, PodMode
 BRIDGE_PLUGIN = "/usr/lib/cni/bridge"
 ROUTED_PLUGIN = "meshroute-cni"
 POD_BRIDGE = "cni0"
+# one plugin run: its own request timeout (30 s, the netconf's default)
+# plus the plugin's start; ``lab_up`` stretches it under CPU emulation
+CNI_TIMEOUT_S = 60.0
 
 
 def pod_netconf(node: NodePlan, mode: PodMode = "routed") -> dict[str, Any]:
@@ -62,6 +65,7 @@ def run_cni(
     conf: dict[str, Any],
     cni_path: str,
     cni_args: str | None = None,
+    timeout: float = CNI_TIMEOUT_S,
 ) -> dict[str, Any]:
     """The plugin as a runtime on the node would run it; ``cni_args`` as an
     orchestrator passes them (default: namespace ``lab``, named after the
@@ -81,7 +85,7 @@ def run_cni(
         env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
     )
     if p.returncode != 0:
         raise RuntimeError(
@@ -114,6 +118,7 @@ def create_pod(
     container_id: str,
     cni_bin_dir: str | os.PathLike[str],
     cni_args: str | None = None,
+    timeout: float = CNI_TIMEOUT_S,
 ) -> PodRecord:
     """One pod on ``node`` (its IPAM service must be running); it is
     recorded in the lab state before its CNI ADD, so ``teardown`` removes it
@@ -124,7 +129,7 @@ def create_pod(
     lab.state.pods.append(PodRecord(label, node.name, ns, container_id, ""))
     lab.state.save()
     at = len(lab.state.pods) - 1
-    res = run_cni(lab.state.ns(node.ns), "ADD", ns, container_id, conf, cni_path, cni_args)
+    res = run_cni(lab.state.ns(node.ns), "ADD", ns, container_id, conf, cni_path, cni_args, timeout)
     ips = [str(ip["address"]).split("/")[0] for ip in res["ips"]]
     address = next(ip for ip in ips if ":" not in ip)
     address6 = next((ip for ip in ips if ":" in ip), "")
@@ -134,9 +139,18 @@ def create_pod(
     return rec
 
 
-def create_pods(lab: Lab, node: NodePlan, cni_bin_dir: str | os.PathLike[str]) -> list[PodRecord]:
-    """Create the node's planned pods (see ``create_pod``)."""
-    return [create_pod(lab, node, p.label, p.container_id, cni_bin_dir) for p in node.pods]
+def create_pods(
+    lab: Lab,
+    node: NodePlan,
+    cni_bin_dir: str | os.PathLike[str],
+    timeout: float = CNI_TIMEOUT_S,
+) -> list[PodRecord]:
+    """Create the node's planned pods (see ``create_pod``); ``timeout`` for
+    each plugin run."""
+    return [
+        create_pod(lab, node, p.label, p.container_id, cni_bin_dir, timeout=timeout)
+        for p in node.pods
+    ]
 
 
 def delete_pods(lab: Lab, cni_bin_dir: str | os.PathLike[str]) -> None:

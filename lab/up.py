@@ -31,7 +31,7 @@ from lab.build import (
     wait_nodes_ready,
 )
 from lab.dual_homed import plan_topology
-from lab.pods import PingMatrix, create_pods, ping_matrix, pod_endpoints
+from lab.pods import CNI_TIMEOUT_S, PingMatrix, create_pods, ping_matrix, pod_endpoints
 from lab.state import PodRecord, load_state
 from lab.status import bird_protocols, frr_sessions, node_ready, pod_routes_missing
 from lab.topology import LabParams
@@ -95,14 +95,14 @@ def converged(lab: Lab) -> bool:
     )
 
 
-def install_cni_plugin(cni_bin: Path) -> None:
+def install_cni_plugin(cni_bin: Path, timeout: float = 60.0) -> None:
     """The CNI plugin's launcher, installed the way the README tells an
     operator to."""
     subprocess.run(
         [sys.executable, "-m", "ipam.cni_install", str(cni_bin)],
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -133,9 +133,9 @@ def lab_up(
         wait_nodes_ready(lab, 30.0 * slowness)
         say("every node serves IPAM")
         cni_bin = Path(plan.run_dir) / "cni-bin"
-        install_cni_plugin(cni_bin)
+        install_cni_plugin(cni_bin, timeout=60.0 * slowness)
         for node in plan.nodes:
-            pods = create_pods(lab, node, cni_bin)
+            pods = create_pods(lab, node, cni_bin, timeout=CNI_TIMEOUT_S * slowness)
             say(f"{node.name}: pods " + ", ".join(_pod_addresses(p) for p in pods))
         if not wait_fabric(lab, timeout=20.0 * slowness):
             say("warning: some sessions between the routers are not Established")
