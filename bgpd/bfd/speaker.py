@@ -18,9 +18,12 @@ Cost is per wakeup more than per packet, so the speaker batches them:
   ``BATCH_S`` until it falls quiet, then handed back to epoll; the kernel's
   receive timestamp keeps the detection time exact, and every socket is
   read before a detection time is declared expired;
-- a session's encoded packet is kept until its content changes, and its
-  socket is connected to the peer; a received packet equal to one seen
-  before is not decoded again.
+- a session's periodic packet is encoded once per session value
+  (``bgpd.bfd.running``), and its socket is connected to the peer;
+- a received payload equal to the last one that told its session nothing
+  new is looked up whole (``_quiet``) and only moves the detection time,
+  without decoding or a new session value; any other well-formed payload
+  is decoded once (``_decoded``) and goes through the state machine.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from netaddr import IPAddress
 from bgpd.bfd import session as sm
 from bgpd.bfd.deadlines import Deadlines
 from bgpd.bfd.packet import ControlPacket, Malformed, Reason, State, decode, encode
+from bgpd.bfd.running import Running
 from bgpd.bfd.sockets import (
     ANC_SPACE,
     MULTIHOP_PORT,
@@ -86,14 +90,13 @@ class BfdChange:
 @dataclass(eq=False, slots=True)  # by identity: a key of the deadlines
 class _Live:
     spec: PeerSpec
-    session: sm.Session
+    run: Running
     sock: socket.socket
     peer_text: str  # the peer as recvmsg reports a source address
     dest: tuple[str, int]
     connected: bool
     alive: bool = True
-    tx_packet: ControlPacket | None = None
-    tx_bytes: bytes = b""
+    quiet_rx: bytes | None = None  # its key in BfdSpeaker._quiet
     since: float = field(default_factory=time.time)
     sent: int = 0
     received: int = 0
@@ -144,6 +147,7 @@ class BfdSpeaker:
         self._by_disc: dict[int, _Live] = {}
         self._by_source: dict[tuple[str, bool], _Live] = {}
         self._decoded: dict[bytes, ControlPacket] = {}  # decode is pure; peers repeat
+        self._quiet: dict[bytes, _Live] = {}  # Running.quiet_rx of each session
         self._receivers: list[_Receiver] = []
         self._polling: list[_Receiver] = []
         self._deadlines: Deadlines[_Live] = Deadlines()
@@ -218,7 +222,7 @@ class BfdSpeaker:
         dest = (text, self.ports[1] if spec.multihop else self.ports[0])
         live = _Live(
             spec,
-            sm.new_session(disc, spec.timers, self._now()),
+            Running(sm.new_session(disc, spec.timers, self._now())),
             sock,
             text,
             dest,
@@ -233,7 +237,9 @@ class BfdSpeaker:
         live.alive = False
         self._deadlines.discard(live)
         self._sessions.pop(live.spec.key, None)
-        self._by_disc.pop(live.session.local_disc, None)
+        self._by_disc.pop(live.run.value().local_disc, None)
+        if live.quiet_rx is not None:
+            self._quiet.pop(live.quiet_rx, None)
         self._by_source.pop((live.peer_text, live.spec.multihop), None)
         close_quietly(live.sock)
 
@@ -245,14 +251,21 @@ class BfdSpeaker:
             self._add(spec, sock)
             return
         live.spec = spec
-        self._step(live, sm.reconfigure(live.session, spec.timers, self._now()))
+        self._step(live, live.run.step(sm.reconfigure, spec.timers, self._now()))
 
     # ---- timers and packets ----
 
     def _step(self, live: _Live, step: sm.Step) -> None:
-        live.session = step.session
+        """What a transition ``live.run`` has taken says to do."""
         for p in step.send:
-            self._send(live, p)
+            self._send(live, encode(p))
+        q = live.run.quiet_rx
+        if q != live.quiet_rx:
+            if live.quiet_rx is not None:
+                self._quiet.pop(live.quiet_rx, None)
+            if q is not None and live.alive:
+                self._quiet[q] = live
+            live.quiet_rx = q
         if step.change is not None:
             c = step.change
             live.since = time.time()
@@ -260,7 +273,7 @@ class BfdSpeaker:
                 live.last_down_diag, live.last_down_at = c.diag, live.since
             log.info("BFD %s: %s -> %s (%d)", live.spec.peer, c.old.name, c.new.name, c.diag)
             change = BfdChange(
-                live.spec.peer, live.spec.multihop, c.old, c.new, c.diag, live.session.remote_diag
+                live.spec.peer, live.spec.multihop, c.old, c.new, c.diag, step.session.remote_diag
             )
             try:
                 self.on_change(change)
@@ -270,7 +283,7 @@ class BfdSpeaker:
             self._plan(live)
 
     def _plan(self, live: _Live) -> None:
-        when = sm.next_wakeup(live.session, BATCH_S)
+        when = live.run.next_wakeup(BATCH_S)
         if when is None or not self._deadlines.set(live, when) or self._waking:
             return
         t = self._timer
@@ -304,31 +317,34 @@ class BfdSpeaker:
             for live in self._deadlines.pop_due(now + BATCH_S):
                 if not live.alive:
                     continue
-                s = live.session
-                if not drained and s.detect_at is not None and s.detect_at <= now:
+                run = live.run
+                if not drained and run.detect_at is not None and run.detect_at <= now:
                     # a packet still in a socket may save the session
                     drained = True
                     for r in self._receivers:
                         self._drain(r, now)
                     if not live.alive:
                         continue
-                    s = live.session
-                self._step(live, sm.tick(s, now, self.rng.random(), BATCH_S))
+                if run.detect_at is not None and run.detect_at <= now:
+                    self._step(live, run.step(sm.tick, now, self.rng.random(), BATCH_S))
+                    continue
+                # what tick does short of the detection time, without a new value
+                if run.cadence is not None and run.periodic(now, self.rng.random(), BATCH_S):
+                    self._send(live, run.tx_bytes)
+                self._plan(live)
         finally:
             self._waking = False
             self._arm()
 
-    def _send(self, live: _Live, p: ControlPacket) -> None:
-        if p != live.tx_packet:
-            live.tx_packet, live.tx_bytes = p, encode(p)
+    def _send(self, live: _Live, data: bytes) -> None:
         # A connected socket reports an earlier ICMP error on the next send,
         # which then did not go out: that one is worth a second try.
         for _ in range(2 if live.connected else 1):
             try:
                 if live.connected:
-                    live.sock.send(live.tx_bytes)
+                    live.sock.send(data)
                 else:
-                    live.sock.sendto(live.tx_bytes, live.dest)
+                    live.sock.sendto(data, live.dest)
                 live.sent += 1
                 return
             except OSError as e:  # no route, a full buffer: the timers cope
@@ -361,7 +377,7 @@ class BfdSpeaker:
 
     def _drain(self, r: _Receiver, now: float) -> int:
         offset = time.time() - now  # from the kernel's receive time to the loop's clock
-        recv, multihop = r.sock.recvmsg, r.multihop
+        recv, multihop, quiet = r.sock.recvmsg, r.multihop, self._quiet
         n = 0
         while n < MAX_BATCH:
             try:
@@ -374,6 +390,16 @@ class BfdSpeaker:
             n += 1
             ttl, stamp = received_meta(anc)
             at = now if stamp is None else min(now, max(stamp - offset, now - STAMP_TRUST_S))
+            live = quiet.get(data)
+            if (
+                live is not None
+                and addr[0] == live.peer_text
+                and live.spec.multihop == multihop
+                and (ttl == TTL or (multihop and ttl is not None and ttl >= live.spec.minimum_ttl))
+            ):
+                live.received += 1
+                live.run.heard_quiet(at)
+                continue
             self._on_datagram(data, ttl, addr[0], multihop, at)
         return n
 
@@ -406,14 +432,14 @@ class BfdSpeaker:
             self.drops[Reason.BAD_TTL] += 1
             return
         live.received += 1
-        self._step(live, sm.receive(live.session, p, at))
+        self._step(live, live.run.receive(data, p, at))
 
     # ---- what operators see ----
 
     def status(self) -> list[SessionStatus]:
         out = []
         for live in self._sessions.values():
-            s = live.session
+            s = live.run.value()
             out.append(
                 SessionStatus(
                     peer=live.spec.peer,
@@ -435,4 +461,4 @@ class BfdSpeaker:
 
     def state_of(self, peer: IPAddress, multihop: bool = False) -> State | None:
         live = self._sessions.get((peer, multihop))
-        return live.session.state if live is not None else None
+        return live.run.value().state if live is not None else None
