@@ -75,16 +75,18 @@ class Running:
         """``quiet_rx`` came again, at ``at``."""
         self.detect_at = at + self.detect_s
 
-    def periodic(self, now: float, jitter: float, slack: float) -> bool:
-        """Whether the periodic packet (``tx_bytes``) is due at ``now``; if
-        so, the next one is planned. Only while the detection time has not
-        expired (``tick`` handles that) and ``cadence`` is set."""
+    def tick(self, now: float, jitter: float, slack: float) -> tuple[bytes | None, sm.Step | None]:
+        """``session.tick``: once the detection time has expired, its step;
+        else the periodic packet if one is due now (the next one is then
+        planned), or None."""
+        d = self.detect_at
+        if d is not None and now >= d:
+            return None, self.step(sm.tick, now, jitter, slack)
         c = self.cadence
-        assert c is not None and (self.detect_at is None or now < self.detect_at)
-        if now < self.next_tx:
-            return False
+        if c is None or now < self.next_tx:
+            return None, None
         self.next_tx = c.next_tx(self.next_tx, now, jitter, slack)
-        return True
+        return self.tx_bytes, None
 
     def next_wakeup(self, slack: float) -> float | None:
         """``session.next_wakeup``."""

@@ -325,12 +325,12 @@ class BfdSpeaker:
                         self._drain(r, now)
                     if not live.alive:
                         continue
-                if run.detect_at is not None and run.detect_at <= now:
-                    self._step(live, run.step(sm.tick, now, self.rng.random(), BATCH_S))
+                periodic, step = run.tick(now, self.rng.random(), BATCH_S)
+                if step is not None:
+                    self._step(live, step)
                     continue
-                # what tick does short of the detection time, without a new value
-                if run.cadence is not None and run.periodic(now, self.rng.random(), BATCH_S):
-                    self._send(live, run.tx_bytes)
+                if periodic is not None:
+                    self._send(live, periodic)
                 self._plan(live)
         finally:
             self._waking = False
