@@ -33,8 +33,10 @@ class Running:
         "cadence",
         "detect_at",
         "detect_s",
+        "late",
         "next_tx",
         "quiet_rx",
+        "slack",
         "tx_bytes",
     )
 
@@ -45,10 +47,13 @@ class Running:
     tx_bytes: bytes  # the periodic packet, encoded
     quiet_rx: bytes | None  # the last payload received, while it tells nothing new
     detect_s: float
+    slack: float  # how late the caller may run (session.tick's slack)
+    late: float  # how much of it this session takes (Cadence.late)
     _heard: tuple[bytes, ControlPacket] | None
 
-    def __init__(self, s: sm.Session) -> None:
+    def __init__(self, s: sm.Session, slack: float = 0.0) -> None:
         self._heard: tuple[bytes, ControlPacket] | None = None
+        self.slack = slack
         self._settle(s)
 
     def value(self) -> sm.Session:
@@ -75,22 +80,22 @@ class Running:
         """``quiet_rx`` came again, at ``at``."""
         self.detect_at = at + self.detect_s
 
-    def tick(self, now: float, jitter: float, slack: float) -> tuple[bytes | None, sm.Step | None]:
+    def tick(self, now: float, jitter: float) -> tuple[bytes | None, sm.Step | None]:
         """``session.tick``: once the detection time has expired, its step;
         else the periodic packet if one is due now (the next one is then
         planned), or None."""
         d = self.detect_at
         if d is not None and now >= d:
-            return None, self.step(sm.tick, now, jitter, slack)
+            return None, self.step(sm.tick, now, jitter, self.slack)
         c = self.cadence
         if c is None or now < self.next_tx:
             return None, None
-        self.next_tx = c.next_tx(self.next_tx, now, jitter, slack)
+        self.next_tx = c.next_tx(self.next_tx, now, jitter, self.late)
         return self.tx_bytes, None
 
-    def next_wakeup(self, slack: float) -> float | None:
+    def next_wakeup(self) -> float | None:
         """``session.next_wakeup``."""
-        tx = self.next_tx + slack if self.cadence is not None else None
+        tx = self.next_tx + self.late if self.cadence is not None else None
         d = self.detect_at
         if d is None:
             return tx
@@ -101,6 +106,7 @@ class Running:
         self.next_tx, self.detect_at = s.next_tx, s.detect_at
         c = sm.cadence(s)
         self.detect_s = c.detect_s
+        self.late = c.late(self.slack)
         sending = sm.may_send(s)
         self.cadence = c if sending else None
         self.tx_bytes = encode(sm.packet(s)) if sending else b""

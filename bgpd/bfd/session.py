@@ -17,8 +17,9 @@ Timer rules kept (§6.8.2, §6.8.3, §6.8.4):
   packet is planned from when the last one was due (a late wakeup does not
   slow the cadence), never sooner than 75 % after it left. A caller that
   batches its wakeups says how late it may run (``slack``): the next packet
-  is planned that much earlier, never below 75 %, so it still leaves within
-  the range;
+  is planned that much earlier, by at most half the jitter range (short
+  intervals get less of the slack), so it still leaves at a random point
+  within the range;
 - detection time = remote multiplier x max(local required RX in force,
   remote Desired Min TX), restarted by every valid packet.
 
@@ -123,9 +124,9 @@ def detection_time_us(s: Session) -> int:
 
 def next_wakeup(s: Session, slack: float = 0.0) -> float | None:
     """The latest time ``tick`` must run: a periodic packet may wait up to
-    ``slack`` (``tick`` planned it that much early), the detection time
-    never does."""
-    tx = s.next_tx + slack if may_send(s) else None
+    ``slack`` (``tick`` planned it that much early; ``Cadence.late``), the
+    detection time never does."""
+    tx = s.next_tx + cadence(s).late(slack) if may_send(s) else None
     if s.detect_at is None:
         return tx
     return s.detect_at if tx is None or s.detect_at < tx else tx
@@ -148,9 +149,14 @@ class Cadence(NamedTuple):
     soonest_s: float  # 0.75 x interval: the least gap after a packet sent
     detect_s: float  # detection_time_us
 
+    def late(self, slack: float) -> float:
+        """How much of a caller's ``slack`` this session takes: at most half
+        the jitter range."""
+        return min(slack, (self.top - 0.75) * self.interval_s / 2)
+
     def gap(self, jitter: float, slack: float = 0.0) -> float:
         """``jittered``."""
-        planned = self.interval_s * (self.top - (self.top - 0.75) * jitter) - slack
+        planned = self.interval_s * (self.top - (self.top - 0.75) * jitter) - self.late(slack)
         return max(planned, 0.75 * self.interval_s)
 
     def next_tx(self, due: float, now: float, jitter: float, slack: float = 0.0) -> float:

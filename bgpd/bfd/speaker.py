@@ -11,9 +11,9 @@ raises past the socket callback and never touches a session.
 
 Cost is per wakeup more than per packet, so the speaker batches them:
 - one timer for all sessions (``Deadlines``): a periodic packet may leave
-  up to ``BATCH_S`` late (the session plans it that much early, within the
-  jitter range), so packets due close together share a wakeup; a detection
-  time is never late;
+  up to ``BATCH_S`` late, or half its jitter range if that is less (the
+  session plans it that much early, within the range), so packets due close
+  together share a wakeup; a detection time is never late;
 - a receive socket that had traffic is read from that timer every
   ``BATCH_S`` until it falls quiet, then handed back to epoll; the kernel's
   receive timestamp keeps the detection time exact, and every socket is
@@ -59,7 +59,7 @@ from bgpd.bfd.sockets import (
 
 log = logging.getLogger("bgpd.bfd")
 MAX_BATCH = 256  # datagrams read from one socket per wakeup
-BATCH_S = 0.002  # how late a periodic packet or a read may be, to share a wakeup
+BATCH_S = 0.005  # how late a periodic packet or a read may be, to share a wakeup
 DECODED_MAX = 4096  # distinct well-formed packets remembered
 STAMP_TRUST_S = 1.0  # a receive time further back than this is a clock step: use now
 
@@ -222,7 +222,7 @@ class BfdSpeaker:
         dest = (text, self.ports[1] if spec.multihop else self.ports[0])
         live = _Live(
             spec,
-            Running(sm.new_session(disc, spec.timers, self._now())),
+            Running(sm.new_session(disc, spec.timers, self._now()), BATCH_S),
             sock,
             text,
             dest,
@@ -283,7 +283,7 @@ class BfdSpeaker:
             self._plan(live)
 
     def _plan(self, live: _Live) -> None:
-        when = live.run.next_wakeup(BATCH_S)
+        when = live.run.next_wakeup()
         if when is None or not self._deadlines.set(live, when) or self._waking:
             return
         t = self._timer
@@ -325,7 +325,7 @@ class BfdSpeaker:
                         self._drain(r, now)
                     if not live.alive:
                         continue
-                periodic, step = run.tick(now, self.rng.random(), BATCH_S)
+                periodic, step = run.tick(now, self.rng.random())
                 if step is not None:
                     self._step(live, step)
                     continue
