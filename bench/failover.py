@@ -25,7 +25,8 @@ percent of one core, running 100 sessions at 50 ms against BIRD, over
 ``--cpu-seconds``) with ``bird_cpu_pct_100_sessions`` (the BIRD on the other
 end, for reference), ``cpu_us_per_packet`` and ``bird_cpu_us_per_packet``
 (those CPU seconds over the packets the daemon sent and received, less
-sensitive to a loaded machine), ``packets_per_s``; ``sessions_up_before`` and
+sensitive to a loaded machine), ``cpu_sys_pct_100_sessions`` (the kernel's
+part of the daemon's), ``packets_per_s``; ``sessions_up_before`` and
 ``sessions_up_after`` say how many of the 100 were Up around it. p99 of few
 samples is their maximum.
 ``--only failover|cpu`` runs one half. The last line is one JSON object.
@@ -47,7 +48,7 @@ from typing import Any
 from netaddr import IPAddress
 
 from bench.bgp_ingest import Bird
-from bench.procstat import cpu_s
+from bench.procstat import cpu_s, cpu_split_s
 from bench.report import alternating, print_result, require_root
 from bgpd.bfd.client import BfdClient
 from bgpd.bfd.packet import State
@@ -255,15 +256,19 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
             ups_before = sum(s.state is State.UP for s in client.status())
             pid = int((tmp / "bfd-daemon" / "bfd.pid").read_text())
             packets0 = await fresh_packets(client)
-            ours0, bird0, t0 = cpu_s([pid]), cpu_s([bird.proc.pid]), time.perf_counter()
+            (user0, sys0), bird0 = cpu_split_s([pid]), cpu_s([bird.proc.pid])
+            t0 = time.perf_counter()
             await asyncio.sleep(seconds)
             packets = await fresh_packets(client) - packets0
-            ours, theirs = cpu_s([pid]) - ours0, cpu_s([bird.proc.pid]) - bird0
+            (user, system), theirs = cpu_split_s([pid]), cpu_s([bird.proc.pid]) - bird0
+            user, system = user - user0, system - sys0
+            ours = user + system
             wall = time.perf_counter() - t0
             ups = sum(s.state is State.UP for s in client.status())
             return {
                 "cpu_pct_100_sessions": round(100 * ours / wall, 2),
                 "bird_cpu_pct_100_sessions": round(100 * theirs / wall, 2),
+                "cpu_sys_pct_100_sessions": round(100 * system / wall, 2),
                 "cpu_us_per_packet": round(1e6 * ours / max(packets, 1), 2),
                 "bird_cpu_us_per_packet": round(1e6 * theirs / max(packets, 1), 2),
                 "packets_per_s": round(packets / wall),

@@ -47,7 +47,11 @@ from bgpd.bfd.sockets import (
     ANC_SPACE,
     MULTIHOP_PORT,
     SINGLE_HOP_PORT,
+    SO_TIMESTAMPNS,
+    TIMESPEC,
     TTL,
+    TTL_255,
+    TTL_CMSG,
     close_quietly,
     connect_if_routed,
     family_of,
@@ -110,6 +114,10 @@ class _Receiver:
     sock: socket.socket
     multihop: bool
     polling: bool = False  # read from the timer rather than from epoll
+
+    @property
+    def ttl_cmsg(self) -> tuple[int, int]:
+        return TTL_CMSG[self.sock.family]
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,10 +319,11 @@ class BfdSpeaker:
         self._timer = None
         now = self._now()
         self._waking = True
+        random, deadlines = self.rng.random, self._deadlines
         try:
             self._poll(now)
             drained = False
-            for live in self._deadlines.pop_due(now + BATCH_S):
+            for live in deadlines.pop_due(now + BATCH_S):
                 if not live.alive:
                     continue
                 run = live.run
@@ -325,13 +334,15 @@ class BfdSpeaker:
                         self._drain(r, now)
                     if not live.alive:
                         continue
-                periodic, step = run.tick(now, self.rng.random())
+                periodic, step = run.tick(now, random())
                 if step is not None:
                     self._step(live, step)
                     continue
                 if periodic is not None:
                     self._send(live, periodic)
-                self._plan(live)
+                when = run.next_wakeup()  # _plan, which arms no timer while waking
+                if when is not None:
+                    deadlines.set(live, when)
         finally:
             self._waking = False
             self._arm()
@@ -377,7 +388,9 @@ class BfdSpeaker:
 
     def _drain(self, r: _Receiver, now: float) -> int:
         offset = time.time() - now  # from the kernel's receive time to the loop's clock
+        earliest = now - STAMP_TRUST_S
         recv, multihop, quiet = r.sock.recvmsg, r.multihop, self._quiet
+        ttl_level, ttl_type = r.ttl_cmsg
         n = 0
         while n < MAX_BATCH:
             try:
@@ -388,8 +401,28 @@ class BfdSpeaker:
                 log.debug("BFD receive: %s", e)
                 break
             n += 1
+            live = quiet.get(data)
+            if live is not None and not multihop and len(anc) == 2 and addr[0] == live.peer_text:
+                # Nearly every packet: what follows, for a single-hop packet
+                # with TTL 255, in the order the kernel writes the ancillary
+                # data (the receive time, then the TTL).
+                (l0, t0, d0), (l1, t1, d1) = anc
+                if (
+                    t0 == SO_TIMESTAMPNS
+                    and l0 == socket.SOL_SOCKET
+                    and t1 == ttl_type
+                    and l1 == ttl_level
+                    and d1 == TTL_255
+                    and len(d0) == TIMESPEC.size
+                    and not live.spec.multihop
+                ):
+                    sec, nsec = TIMESPEC.unpack(d0)
+                    at = sec + nsec * 1e-9 - offset
+                    live.received += 1
+                    live.run.heard_quiet(now if at > now else earliest if at < earliest else at)
+                    continue
             ttl, stamp = received_meta(anc)
-            at = now if stamp is None else min(now, max(stamp - offset, now - STAMP_TRUST_S))
+            at = now if stamp is None else min(now, max(stamp - offset, earliest))
             live = quiet.get(data)
             if (
                 live is not None
