@@ -26,9 +26,12 @@ percent of one core, running 100 sessions at 50 ms against BIRD, over
 end, for reference), ``cpu_us_per_packet`` and ``bird_cpu_us_per_packet``
 (those CPU seconds over the packets the daemon sent and received, less
 sensitive to a loaded machine), ``cpu_sys_pct_100_sessions`` (the kernel's
-part of the daemon's), ``packets_per_s``; ``sessions_up_before`` and
-``sessions_up_after`` say how many of the 100 were Up around it. p99 of few
-samples is their maximum.
+part of the daemon's), ``packets_per_s``; ``floor_cpu_us_per_packet``,
+``floor_sys_us_per_packet`` and ``floor_cpu_pct_100_sessions`` (that per
+packet at the daemon's packet rate): the same sockets and rates without BFD,
+from Python (``bench.bfd_floor``), run right after in the same namespaces;
+``sessions_up_before`` and ``sessions_up_after`` say how many of the 100 were
+Up around it. p99 of few samples is their maximum.
 ``--only failover|cpu`` runs one half. The last line is one JSON object.
 """
 
@@ -47,6 +50,7 @@ from typing import Any
 
 from netaddr import IPAddress
 
+from bench import bfd_floor
 from bench.bgp_ingest import Bird
 from bench.procstat import cpu_s, cpu_split_s
 from bench.report import alternating, print_result, require_root
@@ -279,9 +283,14 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
             await client.terminate()
 
     try:
-        return asyncio.run(run())
+        out = asyncio.run(run())
     finally:
         bird.stop()
+    floor = asyncio.run(bfd_floor.measure(a.name, b.name, pairs, seconds))
+    out["floor_cpu_us_per_packet"] = round(floor.us_per_packet, 2)
+    out["floor_sys_us_per_packet"] = round(floor.sys_us_per_packet, 2)
+    out["floor_cpu_pct_100_sessions"] = round(floor.us_per_packet * out["packets_per_s"] / 1e4, 2)
+    return out
 
 
 async def fresh_packets(client: BfdClient) -> int:
