@@ -35,7 +35,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netaddr import IPAddress
 
@@ -120,6 +120,12 @@ class _Receiver:
         return TTL_CMSG[self.sock.family]
 
 
+def went_down(c: BfdChange) -> bool:
+    """Whether ``c`` took an Up session down (its time and diagnostic are
+    kept as the session's last down)."""
+    return c.old is State.UP and c.new in (State.DOWN, State.ADMIN_DOWN)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionStatus:
     peer: IPAddress
@@ -135,6 +141,20 @@ class SessionStatus:
     received: int
     last_down_diag: int | None
     last_down_at: float | None
+
+    def after(self, c: BfdChange, at: float) -> SessionStatus:
+        """This status once ``c`` (a change of this session) happened at
+        ``at``: what the next snapshot will say of it, short of counters."""
+        down = went_down(c)
+        return replace(
+            self,
+            state=c.new,
+            diag=c.diag,
+            remote_diag=c.remote_diag,
+            since=at,
+            last_down_diag=c.diag if down else self.last_down_diag,
+            last_down_at=at if down else self.last_down_at,
+        )
 
 
 class BfdSpeaker:
@@ -277,12 +297,12 @@ class BfdSpeaker:
         if step.change is not None:
             c = step.change
             live.since = time.time()
-            if c.new in (State.DOWN, State.ADMIN_DOWN) and c.old is State.UP:
-                live.last_down_diag, live.last_down_at = c.diag, live.since
-            log.info("BFD %s: %s -> %s (%d)", live.spec.peer, c.old.name, c.new.name, c.diag)
             change = BfdChange(
                 live.spec.peer, live.spec.multihop, c.old, c.new, c.diag, step.session.remote_diag
             )
+            if went_down(change):
+                live.last_down_diag, live.last_down_at = c.diag, live.since
+            log.info("BFD %s: %s -> %s (%d)", live.spec.peer, c.old.name, c.new.name, c.diag)
             try:
                 self.on_change(change)
             except Exception:  # the sessions run on whatever a user does with it
