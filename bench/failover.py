@@ -23,8 +23,15 @@ same profiles), ``hold_timer_detect_ms`` (BIRD without BFD, hold time 3 s,
 the least BIRD accepts), ``cpu_pct_100_sessions`` (the BFD daemon's CPU, in
 percent of one core, running 100 sessions at 50 ms against BIRD, over
 ``--cpu-seconds``) with ``bird_cpu_pct_100_sessions`` (the BIRD on the other
-end, for reference; ``sessions_up_before`` and ``sessions_up_after`` say
-how many of the 100 were Up around it). p99 of few samples is their maximum.
+end, for reference), ``cpu_us_per_packet`` and ``bird_cpu_us_per_packet``
+(those CPU seconds over the packets the daemon sent and received, less
+sensitive to a loaded machine), ``cpu_sys_pct_100_sessions`` (the kernel's
+part of the daemon's), ``packets_per_s``; ``floor_cpu_us_per_packet``,
+``floor_sys_us_per_packet`` and ``floor_cpu_pct_100_sessions`` (that per
+packet at the daemon's packet rate): the same sockets and rates without BFD,
+from Python (``bench.bfd_floor``), run right after in the same namespaces;
+``sessions_up_before`` and ``sessions_up_after`` say how many of the 100 were
+Up around it. p99 of few samples is their maximum.
 ``--only failover|cpu`` runs one half. The last line is one JSON object.
 """
 
@@ -43,8 +50,9 @@ from typing import Any
 
 from netaddr import IPAddress
 
+from bench import bfd_floor
 from bench.bgp_ingest import Bird
-from bench.procstat import cpu_s
+from bench.procstat import cpu_s, cpu_split_s
 from bench.report import alternating, print_result, require_root
 from bgpd.bfd.client import BfdClient
 from bgpd.bfd.packet import State
@@ -251,15 +259,23 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
             await asyncio.sleep(2)  # past every Poll Sequence
             ups_before = sum(s.state is State.UP for s in client.status())
             pid = int((tmp / "bfd-daemon" / "bfd.pid").read_text())
-            ours0, bird0, t0 = cpu_s([pid]), cpu_s([bird.proc.pid]), time.perf_counter()
+            packets0 = await fresh_packets(client)
+            (user0, sys0), bird0 = cpu_split_s([pid]), cpu_s([bird.proc.pid])
+            t0 = time.perf_counter()
             await asyncio.sleep(seconds)
+            packets = await fresh_packets(client) - packets0
+            (user, system), theirs = cpu_split_s([pid]), cpu_s([bird.proc.pid]) - bird0
+            user, system = user - user0, system - sys0
+            ours = user + system
             wall = time.perf_counter() - t0
             ups = sum(s.state is State.UP for s in client.status())
             return {
-                "cpu_pct_100_sessions": round(100 * (cpu_s([pid]) - ours0) / wall, 2),
-                "bird_cpu_pct_100_sessions": round(
-                    100 * (cpu_s([bird.proc.pid]) - bird0) / wall, 2
-                ),
+                "cpu_pct_100_sessions": round(100 * ours / wall, 2),
+                "bird_cpu_pct_100_sessions": round(100 * theirs / wall, 2),
+                "cpu_sys_pct_100_sessions": round(100 * system / wall, 2),
+                "cpu_us_per_packet": round(1e6 * ours / max(packets, 1), 2),
+                "bird_cpu_us_per_packet": round(1e6 * theirs / max(packets, 1), 2),
+                "packets_per_s": round(packets / wall),
                 "sessions_up_before": ups_before,
                 "sessions_up_after": ups,
             }
@@ -267,9 +283,25 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
             await client.terminate()
 
     try:
-        return asyncio.run(run())
+        out = asyncio.run(run())
     finally:
         bird.stop()
+    floor = asyncio.run(bfd_floor.measure(a.name, b.name, pairs, seconds))
+    out["floor_cpu_us_per_packet"] = round(floor.us_per_packet, 2)
+    out["floor_sys_us_per_packet"] = round(floor.sys_us_per_packet, 2)
+    out["floor_cpu_pct_100_sessions"] = round(floor.us_per_packet * out["packets_per_s"] / 1e4, 2)
+    return out
+
+
+async def fresh_packets(client: BfdClient) -> int:
+    """Packets sent and received by the daemon's sessions, as of the next
+    snapshot it sends (one a second), read the moment it comes."""
+    seen = client.sessions
+    for _ in range(1000):  # 5 s
+        if client.sessions is not seen:
+            return sum(s.sent + s.received for s in client.status())
+        await asyncio.sleep(0.005)
+    raise TimeoutError("no snapshot from the BFD daemon in 5 s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,15 +10,22 @@ from pathlib import Path
 
 def cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds of these processes (all their threads)."""
+    user, system = cpu_split_s(pids)
+    return user + system
+
+
+def cpu_split_s(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes (all their threads)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        user += int(fields[11])  # utime
+        system += int(fields[12])  # stime
+    return user / tick, system / tick
 
 
 def rss_mb(pid: int) -> float:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -175,7 +176,13 @@ class BfdClient:
         try:
             msg = json.loads(line)
             if "change" in msg:
-                self.on_change(change_from_json(msg["change"]))
+                c = change_from_json(msg["change"])
+                # the snapshot comes later, once for a burst of changes:
+                # until then, what we report must not contradict the change
+                key = (c.peer, c.multihop)
+                if key in self.sessions:  # in place: a new dict is a new snapshot
+                    self.sessions[key] = self.sessions[key].after(c, time.time())
+                self.on_change(c)
             elif "snapshot" in msg:
                 snap = msg["snapshot"]
                 got = [status_from_json(d) for d in snap["sessions"]]

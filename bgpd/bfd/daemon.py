@@ -9,7 +9,12 @@ It serves one node at a time on a unix socket (``bgpd.bfd.wire``): the node
 sends the desired sessions, the daemon reports changes and snapshots. With
 no node connected it keeps the last sessions running; after
 ``--orphan-exit`` seconds without one it exits, and peers see the sessions
-go down (a node that never came back must not look alive forever)."""
+go down (a node that never came back must not look alive forever).
+
+A change is sent the moment it happens; the snapshot that follows it is
+sent once for all the changes of the next ``SNAPSHOT_AFTER_CHANGE_S``: a
+snapshot per change costs a pass over every session, and on a loaded host
+a burst of flaps paid for that many passes, went late, and flapped more."""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from bgpd.bfd.wire import MAX_LINE, change_to_json, decode_sessions, status_to_j
 
 log = logging.getLogger("bgpd.bfd.daemon")
 SNAPSHOT_EVERY_S = 1.0
+SNAPSHOT_AFTER_CHANGE_S = 0.05
 
 
 class Daemon:
@@ -39,6 +45,7 @@ class Daemon:
         self._writer: asyncio.StreamWriter | None = None
         self._done = asyncio.Event()
         self._orphan: asyncio.TimerHandle | None = None
+        self._snapshot_due: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         await self.speaker.start()
@@ -81,9 +88,14 @@ class Daemon:
 
     def _on_change(self, c: BfdChange) -> None:
         self._send({"change": change_to_json(c)})
-        self._snapshot()
+        if self._snapshot_due is None:
+            loop = asyncio.get_running_loop()
+            self._snapshot_due = loop.call_later(SNAPSHOT_AFTER_CHANGE_S, self._snapshot)
 
     def _snapshot(self) -> None:
+        if self._snapshot_due is not None:
+            self._snapshot_due.cancel()
+            self._snapshot_due = None
         drops = {r.value: n for r, n in self.speaker.drops.items()}
         sessions = [status_to_json(s) for s in self.speaker.status()]
         self._send({"snapshot": {"sessions": sessions, "drops": drops}})

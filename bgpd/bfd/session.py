@@ -17,8 +17,9 @@ Timer rules kept (§6.8.2, §6.8.3, §6.8.4):
   packet is planned from when the last one was due (a late wakeup does not
   slow the cadence), never sooner than 75 % after it left. A caller that
   batches its wakeups says how late it may run (``slack``): the next packet
-  is planned that much earlier, never below 75 %, so it still leaves within
-  the range;
+  is planned that much earlier, by at most half the jitter range (short
+  intervals get less of the slack), so it still leaves at a random point
+  within the range;
 - detection time = remote multiplier x max(local required RX in force,
   remote Desired Min TX), restarted by every valid packet.
 
@@ -123,9 +124,9 @@ def detection_time_us(s: Session) -> int:
 
 def next_wakeup(s: Session, slack: float = 0.0) -> float | None:
     """The latest time ``tick`` must run: a periodic packet may wait up to
-    ``slack`` (``tick`` planned it that much early), the detection time
-    never does."""
-    tx = s.next_tx + slack if may_send(s) else None
+    ``slack`` (``tick`` planned it that much early; ``Cadence.late``), the
+    detection time never does."""
+    tx = s.next_tx + cadence(s).late(slack) if may_send(s) else None
     if s.detect_at is None:
         return tx
     return s.detect_at if tx is None or s.detect_at < tx else tx
@@ -135,10 +136,65 @@ def jittered(s: Session, jitter: float, slack: float = 0.0) -> float:
     """Seconds to the next periodic packet; ``jitter`` is uniform in [0, 1).
     §6.8.7: 75-100 % of the interval, 75-90 % with a multiplier of 1;
     ``slack`` earlier, as long as that stays at or above 75 %."""
-    interval = tx_interval_us(s) / 1e6
-    top = 0.9 if s.timers.detect_mult == 1 else 1.0
-    planned = interval * (top - (top - 0.75) * jitter) - slack
-    return max(planned, 0.75 * interval)
+    return cadence(s).gap(jitter, slack)
+
+
+class Cadence(NamedTuple):
+    """The arithmetic ``receive`` and ``tick`` do per packet, done once per
+    session value: the speaker keeps it while the session does not change
+    and gets the same numbers without building a new ``Session`` per packet."""
+
+    interval_s: float  # tx_interval_us
+    top: float  # the top of the jitter range (§6.8.7)
+    soonest_s: float  # 0.75 x interval: the least gap after a packet sent
+    detect_s: float  # detection_time_us
+
+    def late(self, slack: float) -> float:
+        """How much of a caller's ``slack`` this session takes: at most half
+        the jitter range."""
+        return min(slack, (self.top - 0.75) * self.interval_s / 2)
+
+    def gap(self, jitter: float, slack: float = 0.0) -> float:
+        """``jittered``."""
+        planned = self.interval_s * (self.top - (self.top - 0.75) * jitter) - self.late(slack)
+        return max(planned, 0.75 * self.interval_s)
+
+    def next_tx(self, due: float, now: float, jitter: float, slack: float = 0.0) -> float:
+        """When the packet after one due at ``due`` and sent at ``now`` is due:
+        planned from when this one was due, not from now (a late wakeup does
+        not slow the cadence: the peer's detection time counts on it), yet
+        never sooner than 75 % after the one sent now."""
+        return max(due + self.gap(jitter, slack), now + self.soonest_s)
+
+
+def cadence(s: Session) -> Cadence:
+    interval = tx_interval_us(s)
+    return Cadence(
+        interval / 1e6,
+        0.9 if s.timers.detect_mult == 1 else 1.0,
+        0.75 * interval / 1e6,
+        detection_time_us(s) / 1e6,
+    )
+
+
+def quiet(s: Session, p: ControlPacket) -> bool:
+    """Whether receiving ``p`` (addressed to ``s``) tells ``s`` nothing new:
+    Up on both ends, no Poll or Final, every field the session keeps about
+    its peer unchanged. All such a packet moves is the detection time, to
+    when it came plus ``detection_time_us`` (nearly every packet)."""
+    return (
+        s.state is State.UP
+        and p.state is State.UP
+        and s.remote_state is State.UP
+        and not p.poll
+        and not p.final
+        and p.my_disc == s.remote_disc
+        and p.required_min_rx_us == s.remote_min_rx_us
+        and p.desired_min_tx_us == s.remote_desired_tx_us
+        and p.detect_mult == s.remote_detect_mult
+        and p.diag == s.remote_diag
+        and p.cpi == s.remote_cpi
+    )
 
 
 def packet(s: Session, *, final: bool = False) -> ControlPacket:
@@ -159,7 +215,7 @@ def packet(s: Session, *, final: bool = False) -> ControlPacket:
     )
 
 
-def _at_times(s: Session, next_tx: float, detect_at: float | None) -> Session:
+def with_times(s: Session, next_tx: float, detect_at: float | None) -> Session:
     """``s._replace(next_tx=..., detect_at=...)`` (the last two fields) at a
     third of the cost, for the paths nearly every packet takes."""
     return tuple.__new__(Session, (*s[:-2], next_tx, detect_at))
@@ -189,23 +245,8 @@ def receive(s: Session, p: ControlPacket, now: float) -> Step:
     """A valid packet (``packet.decode`` accepted it) addressed to ``s``."""
     if s.state is State.ADMIN_DOWN:
         return Step(s)  # §6.8.6: discarded
-    if (
-        s.state is State.UP
-        and p.state is State.UP
-        and s.remote_state is State.UP
-        and not p.poll
-        and not p.final
-        and p.my_disc == s.remote_disc
-        and p.required_min_rx_us == s.remote_min_rx_us
-        and p.desired_min_tx_us == s.remote_desired_tx_us
-        and p.detect_mult == s.remote_detect_mult
-        and p.diag == s.remote_diag
-        and p.cpi == s.remote_cpi
-    ):
-        # Up and told nothing new (nearly every packet): all that moves is
-        # the detection time, as _receive would move it
-        detect_us = p.detect_mult * max(s.rx_us, p.desired_min_tx_us)
-        return Step(_at_times(s, s.next_tx, now + detect_us / 1e6))
+    if quiet(s, p):
+        return Step(with_times(s, s.next_tx, now + detection_time_us(s) / 1e6))
     return _receive(s, p, now)
 
 
@@ -272,11 +313,7 @@ def tick(s: Session, now: float, jitter: float, slack: float = 0.0) -> Step:
     send: tuple[ControlPacket, ...] = ()
     if may_send(s) and now >= s.next_tx:
         send = (packet(s),)
-        # Planned from when this packet was due, not from now: a late
-        # wakeup does not slow the cadence (the peer's detection time counts
-        # on it); yet never sooner than 75 % after the packet sent now.
-        soonest = now + 0.75 * tx_interval_us(s) / 1e6
-        s = _at_times(s, max(s.next_tx + jittered(s, jitter, slack), soonest), s.detect_at)
+        s = with_times(s, cadence(s).next_tx(s.next_tx, now, jitter, slack), s.detect_at)
     return Step(s, send, change)
 
 

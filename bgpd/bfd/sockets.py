@@ -30,10 +30,13 @@ IP_RECVTTL = 12  # linux/in.h; Python's socket module (3.11) does not name it
 SO_TIMESTAMPNS = 35  # asm-generic/socket.h (SCM_TIMESTAMPNS is the same); not named either
 RECEIVE_BUFFER = 1 << 20  # packets wait here between batched reads
 ANC_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(16)  # TTL, then a timespec
-_TIMESPEC = struct.Struct("@qq")
-_TTL_KINDS = frozenset(
-    {(socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)}
-)
+TIMESPEC = struct.Struct("@qq")
+TTL_CMSG = {  # the (level, type) of the TTL's control message, by family
+    socket.AF_INET: (socket.IPPROTO_IP, socket.IP_TTL),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT),
+}
+TTL_255 = TTL.to_bytes(4, sys.byteorder)  # that message's data for TTL 255
+_TTL_KINDS = frozenset(TTL_CMSG.values())
 _CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -127,7 +130,7 @@ def received_meta(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, fl
     stamp: float | None = None
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = _TIMESPEC.unpack_from(data)
+            sec, nsec = TIMESPEC.unpack_from(data)
             stamp = sec + nsec * 1e-9
         elif (level, kind) in _TTL_KINDS and len(data) >= 4:
             ttl = int.from_bytes(data[:4], sys.byteorder)

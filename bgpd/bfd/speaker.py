@@ -11,16 +11,19 @@ raises past the socket callback and never touches a session.
 
 Cost is per wakeup more than per packet, so the speaker batches them:
 - one timer for all sessions (``Deadlines``): a periodic packet may leave
-  up to ``BATCH_S`` late (the session plans it that much early, within the
-  jitter range), so packets due close together share a wakeup; a detection
-  time is never late;
+  up to ``BATCH_S`` late, or half its jitter range if that is less (the
+  session plans it that much early, within the range), so packets due close
+  together share a wakeup; a detection time is never late;
 - a receive socket that had traffic is read from that timer every
   ``BATCH_S`` until it falls quiet, then handed back to epoll; the kernel's
   receive timestamp keeps the detection time exact, and every socket is
   read before a detection time is declared expired;
-- a session's encoded packet is kept until its content changes, and its
-  socket is connected to the peer; a received packet equal to one seen
-  before is not decoded again.
+- a session's periodic packet is encoded once per session value
+  (``bgpd.bfd.running``), and its socket is connected to the peer;
+- a received payload equal to the last one that told its session nothing
+  new is looked up whole (``_quiet``) and only moves the detection time,
+  without decoding or a new session value; any other well-formed payload
+  is decoded once (``_decoded``) and goes through the state machine.
 """
 
 from __future__ import annotations
@@ -32,18 +35,23 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netaddr import IPAddress
 
 from bgpd.bfd import session as sm
 from bgpd.bfd.deadlines import Deadlines
 from bgpd.bfd.packet import ControlPacket, Malformed, Reason, State, decode, encode
+from bgpd.bfd.running import Running
 from bgpd.bfd.sockets import (
     ANC_SPACE,
     MULTIHOP_PORT,
     SINGLE_HOP_PORT,
+    SO_TIMESTAMPNS,
+    TIMESPEC,
     TTL,
+    TTL_255,
+    TTL_CMSG,
     close_quietly,
     connect_if_routed,
     family_of,
@@ -55,7 +63,7 @@ from bgpd.bfd.sockets import (
 
 log = logging.getLogger("bgpd.bfd")
 MAX_BATCH = 256  # datagrams read from one socket per wakeup
-BATCH_S = 0.002  # how late a periodic packet or a read may be, to share a wakeup
+BATCH_S = 0.005  # how late a periodic packet or a read may be, to share a wakeup
 DECODED_MAX = 4096  # distinct well-formed packets remembered
 STAMP_TRUST_S = 1.0  # a receive time further back than this is a clock step: use now
 
@@ -86,14 +94,13 @@ class BfdChange:
 @dataclass(eq=False, slots=True)  # by identity: a key of the deadlines
 class _Live:
     spec: PeerSpec
-    session: sm.Session
+    run: Running
     sock: socket.socket
     peer_text: str  # the peer as recvmsg reports a source address
     dest: tuple[str, int]
     connected: bool
     alive: bool = True
-    tx_packet: ControlPacket | None = None
-    tx_bytes: bytes = b""
+    quiet_rx: bytes | None = None  # its key in BfdSpeaker._quiet
     since: float = field(default_factory=time.time)
     sent: int = 0
     received: int = 0
@@ -107,6 +114,16 @@ class _Receiver:
     sock: socket.socket
     multihop: bool
     polling: bool = False  # read from the timer rather than from epoll
+
+    @property
+    def ttl_cmsg(self) -> tuple[int, int]:
+        return TTL_CMSG[self.sock.family]
+
+
+def went_down(c: BfdChange) -> bool:
+    """Whether ``c`` took an Up session down (its time and diagnostic are
+    kept as the session's last down)."""
+    return c.old is State.UP and c.new in (State.DOWN, State.ADMIN_DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +141,20 @@ class SessionStatus:
     received: int
     last_down_diag: int | None
     last_down_at: float | None
+
+    def after(self, c: BfdChange, at: float) -> SessionStatus:
+        """This status once ``c`` (a change of this session) happened at
+        ``at``: what the next snapshot will say of it, short of counters."""
+        down = went_down(c)
+        return replace(
+            self,
+            state=c.new,
+            diag=c.diag,
+            remote_diag=c.remote_diag,
+            since=at,
+            last_down_diag=c.diag if down else self.last_down_diag,
+            last_down_at=at if down else self.last_down_at,
+        )
 
 
 class BfdSpeaker:
@@ -144,6 +175,7 @@ class BfdSpeaker:
         self._by_disc: dict[int, _Live] = {}
         self._by_source: dict[tuple[str, bool], _Live] = {}
         self._decoded: dict[bytes, ControlPacket] = {}  # decode is pure; peers repeat
+        self._quiet: dict[bytes, _Live] = {}  # Running.quiet_rx of each session
         self._receivers: list[_Receiver] = []
         self._polling: list[_Receiver] = []
         self._deadlines: Deadlines[_Live] = Deadlines()
@@ -218,7 +250,7 @@ class BfdSpeaker:
         dest = (text, self.ports[1] if spec.multihop else self.ports[0])
         live = _Live(
             spec,
-            sm.new_session(disc, spec.timers, self._now()),
+            Running(sm.new_session(disc, spec.timers, self._now()), BATCH_S),
             sock,
             text,
             dest,
@@ -233,7 +265,9 @@ class BfdSpeaker:
         live.alive = False
         self._deadlines.discard(live)
         self._sessions.pop(live.spec.key, None)
-        self._by_disc.pop(live.session.local_disc, None)
+        self._by_disc.pop(live.run.value().local_disc, None)
+        if live.quiet_rx is not None:
+            self._quiet.pop(live.quiet_rx, None)
         self._by_source.pop((live.peer_text, live.spec.multihop), None)
         close_quietly(live.sock)
 
@@ -245,23 +279,30 @@ class BfdSpeaker:
             self._add(spec, sock)
             return
         live.spec = spec
-        self._step(live, sm.reconfigure(live.session, spec.timers, self._now()))
+        self._step(live, live.run.step(sm.reconfigure, spec.timers, self._now()))
 
     # ---- timers and packets ----
 
     def _step(self, live: _Live, step: sm.Step) -> None:
-        live.session = step.session
+        """What a transition ``live.run`` has taken says to do."""
         for p in step.send:
-            self._send(live, p)
+            self._send(live, encode(p))
+        q = live.run.quiet_rx
+        if q != live.quiet_rx:
+            if live.quiet_rx is not None:
+                self._quiet.pop(live.quiet_rx, None)
+            if q is not None and live.alive:
+                self._quiet[q] = live
+            live.quiet_rx = q
         if step.change is not None:
             c = step.change
             live.since = time.time()
-            if c.new in (State.DOWN, State.ADMIN_DOWN) and c.old is State.UP:
+            change = BfdChange(
+                live.spec.peer, live.spec.multihop, c.old, c.new, c.diag, step.session.remote_diag
+            )
+            if went_down(change):
                 live.last_down_diag, live.last_down_at = c.diag, live.since
             log.info("BFD %s: %s -> %s (%d)", live.spec.peer, c.old.name, c.new.name, c.diag)
-            change = BfdChange(
-                live.spec.peer, live.spec.multihop, c.old, c.new, c.diag, live.session.remote_diag
-            )
             try:
                 self.on_change(change)
             except Exception:  # the sessions run on whatever a user does with it
@@ -270,7 +311,7 @@ class BfdSpeaker:
             self._plan(live)
 
     def _plan(self, live: _Live) -> None:
-        when = sm.next_wakeup(live.session, BATCH_S)
+        when = live.run.next_wakeup()
         if when is None or not self._deadlines.set(live, when) or self._waking:
             return
         t = self._timer
@@ -298,37 +339,43 @@ class BfdSpeaker:
         self._timer = None
         now = self._now()
         self._waking = True
+        random, deadlines = self.rng.random, self._deadlines
         try:
             self._poll(now)
             drained = False
-            for live in self._deadlines.pop_due(now + BATCH_S):
+            for live in deadlines.pop_due(now + BATCH_S):
                 if not live.alive:
                     continue
-                s = live.session
-                if not drained and s.detect_at is not None and s.detect_at <= now:
+                run = live.run
+                if not drained and run.detect_at is not None and run.detect_at <= now:
                     # a packet still in a socket may save the session
                     drained = True
                     for r in self._receivers:
                         self._drain(r, now)
                     if not live.alive:
                         continue
-                    s = live.session
-                self._step(live, sm.tick(s, now, self.rng.random(), BATCH_S))
+                periodic, step = run.tick(now, random())
+                if step is not None:
+                    self._step(live, step)
+                    continue
+                if periodic is not None:
+                    self._send(live, periodic)
+                when = run.next_wakeup()  # _plan, which arms no timer while waking
+                if when is not None:
+                    deadlines.set(live, when)
         finally:
             self._waking = False
             self._arm()
 
-    def _send(self, live: _Live, p: ControlPacket) -> None:
-        if p != live.tx_packet:
-            live.tx_packet, live.tx_bytes = p, encode(p)
+    def _send(self, live: _Live, data: bytes) -> None:
         # A connected socket reports an earlier ICMP error on the next send,
         # which then did not go out: that one is worth a second try.
         for _ in range(2 if live.connected else 1):
             try:
                 if live.connected:
-                    live.sock.send(live.tx_bytes)
+                    live.sock.send(data)
                 else:
-                    live.sock.sendto(live.tx_bytes, live.dest)
+                    live.sock.sendto(data, live.dest)
                 live.sent += 1
                 return
             except OSError as e:  # no route, a full buffer: the timers cope
@@ -361,7 +408,9 @@ class BfdSpeaker:
 
     def _drain(self, r: _Receiver, now: float) -> int:
         offset = time.time() - now  # from the kernel's receive time to the loop's clock
-        recv, multihop = r.sock.recvmsg, r.multihop
+        earliest = now - STAMP_TRUST_S
+        recv, multihop, quiet = r.sock.recvmsg, r.multihop, self._quiet
+        ttl_level, ttl_type = r.ttl_cmsg
         n = 0
         while n < MAX_BATCH:
             try:
@@ -372,8 +421,38 @@ class BfdSpeaker:
                 log.debug("BFD receive: %s", e)
                 break
             n += 1
+            live = quiet.get(data)
+            if live is not None and not multihop and len(anc) == 2 and addr[0] == live.peer_text:
+                # Nearly every packet: what follows, for a single-hop packet
+                # with TTL 255, in the order the kernel writes the ancillary
+                # data (the receive time, then the TTL).
+                (l0, t0, d0), (l1, t1, d1) = anc
+                if (
+                    t0 == SO_TIMESTAMPNS
+                    and l0 == socket.SOL_SOCKET
+                    and t1 == ttl_type
+                    and l1 == ttl_level
+                    and d1 == TTL_255
+                    and len(d0) == TIMESPEC.size
+                    and not live.spec.multihop
+                ):
+                    sec, nsec = TIMESPEC.unpack(d0)
+                    at = sec + nsec * 1e-9 - offset
+                    live.received += 1
+                    live.run.heard_quiet(now if at > now else earliest if at < earliest else at)
+                    continue
             ttl, stamp = received_meta(anc)
-            at = now if stamp is None else min(now, max(stamp - offset, now - STAMP_TRUST_S))
+            at = now if stamp is None else min(now, max(stamp - offset, earliest))
+            live = quiet.get(data)
+            if (
+                live is not None
+                and addr[0] == live.peer_text
+                and live.spec.multihop == multihop
+                and (ttl == TTL or (multihop and ttl is not None and ttl >= live.spec.minimum_ttl))
+            ):
+                live.received += 1
+                live.run.heard_quiet(at)
+                continue
             self._on_datagram(data, ttl, addr[0], multihop, at)
         return n
 
@@ -406,14 +485,14 @@ class BfdSpeaker:
             self.drops[Reason.BAD_TTL] += 1
             return
         live.received += 1
-        self._step(live, sm.receive(live.session, p, at))
+        self._step(live, live.run.receive(data, p, at))
 
     # ---- what operators see ----
 
     def status(self) -> list[SessionStatus]:
         out = []
         for live in self._sessions.values():
-            s = live.session
+            s = live.run.value()
             out.append(
                 SessionStatus(
                     peer=live.spec.peer,
@@ -435,4 +514,4 @@ class BfdSpeaker:
 
     def state_of(self, peer: IPAddress, multihop: bool = False) -> State | None:
         live = self._sessions.get((peer, multihop))
-        return live.session.state if live is not None else None
+        return live.run.value().state if live is not None else None

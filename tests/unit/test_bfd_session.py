@@ -203,13 +203,17 @@ def test_jitter_range() -> None:
 def test_a_packet_sent_up_to_slack_late_stays_within_the_jitter_range(
     jitter: float, part: float, mult: int
 ) -> None:
-    """Any slack up to the width of the range (the speaker's 2 ms against
-    intervals of 10 ms and more)."""
+    """Any slack, up to twice the width of the range: the session takes at
+    most half the range of it (``Cadence.late``), and the caller's wakeup
+    (``next_wakeup``) comes at most that late."""
     s = sm.receive(at(State.UP), pkt(State.UP, final=True), 0.0).session
-    s = s._replace(timers=replace(FAST, detect_mult=mult))
+    s = s._replace(timers=replace(FAST, detect_mult=mult), next_tx=1.0, detect_at=5.0)
     top = 0.9 if mult == 1 else 1.0
-    late = part * (top - 0.75) * 0.3
-    planned = sm.jittered(s, jitter, slack=late)
+    slack = part * (top - 0.75) * 0.3 * 2
+    late = sm.cadence(s).late(slack)
+    assert late <= slack and late <= (top - 0.75) * 0.3 / 2 + 1e-12
+    assert sm.next_wakeup(s, slack) == 1.0 + late
+    planned = sm.jittered(s, jitter, slack=slack)
     assert 0.3 * 0.75 - 1e-9 <= planned <= 0.3 * top + 1e-9
     assert 0.3 * 0.75 - 1e-9 <= planned + late <= 0.3 * top + 1e-9
 
