@@ -162,12 +162,21 @@ class IncrementalPlanner:
         upserts: list[KernelRoute],
         removes: list[tuple[int, str]],
     ) -> None:
-        old = _unheld(self._planned.get(text, _NOTHING))
+        held = self._planned.get(text)
         if best is None:
             new = _NOTHING
         else:
-            route, hops, problems = plan_one(self._ctx, best)
+            route, hops, problems = plan_one(self._ctx, best, text)
             new = (route, tuple(hops), tuple(problems))
+            if held is None and route is not None:
+                kept = _held(new)
+                if kept is route:
+                    # A new prefix planned into a route alone (a node's start:
+                    # every route): nothing to count, forget or remove.
+                    self._planned[text] = route
+                    upserts.append(route)
+                    return
+        old = _NOTHING if held is None else _unheld(held)
         if new[0] is None and new[2] == ():
             self._planned.pop(text, None)
         else:

@@ -194,9 +194,9 @@ def test_one_more_prefix_plans_and_diffs_one_route(monkeypatch: pytest.MonkeyPat
         planned: list[BestRoute] = []
         real_plan_one = incremental.plan_one
 
-        def counting(ctx: planner.PlanContext, best: BestRoute):  # type: ignore[no-untyped-def]
+        def counting(ctx: planner.PlanContext, best: BestRoute, text: str | None = None):  # type: ignore[no-untyped-def]
             planned.append(best)
-            return real_plan_one(ctx, best)
+            return real_plan_one(ctx, best, text)
 
         compared: list[int] = []
         real_equal = KernelRoute.__eq__
@@ -233,9 +233,9 @@ def test_an_underlay_change_re_plans_only_the_routes_that_use_it(
     planned: list[BestRoute] = []
     real_plan_one = incremental.plan_one
 
-    def counting(ctx: planner.PlanContext, best: BestRoute):  # type: ignore[no-untyped-def]
+    def counting(ctx: planner.PlanContext, best: BestRoute, text: str | None = None):  # type: ignore[no-untyped-def]
         planned.append(best)
-        return real_plan_one(ctx, best)
+        return real_plan_one(ctx, best, text)
 
     monkeypatch.setattr(incremental, "plan_one", counting)
     moved = dataclasses.replace(
