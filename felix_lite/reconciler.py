@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from felix_lite.delta import (
     KernelDelta,
@@ -123,6 +123,12 @@ class PassReport:
             + self.fdb_ops
             + self.device_ops
         )
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an abandoned batch's outcome as seen (the pass failed already)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _retry_key(op: RouteOp | NeighborOp | FdbOp) -> Hashable:
@@ -463,29 +469,49 @@ class Reconciler:
 
     async def _apply_routes(self, ops: Sequence[RouteOp], counts: Counter[str]) -> None:
         ready = self._ready_ops(ops, counts)
-        for start in range(0, len(ready), self.batch_size):
-            batch = ready[start : start + self.batch_size]
-            failures = await self._routes.apply_routes(batch, self.proto)
-            failed = self._record(batch, failures, counts)
-            actual = self._actual_routes
-            adds = replaces = deletes = 0
-            for op in batch:
-                # Only look an op up when something failed.
-                if failed and op in failed:
-                    continue
-                kind, route = op.op, op.route
-                if kind is Op.DELETE:
-                    actual.pop(route.key, None)
-                    deletes += 1
+        size = self.batch_size
+        # One batch ahead: the adapter writes batch i+1 while this thread
+        # settles batch i (the kernel's share runs without the GIL), and the
+        # adapter never waits for this thread to wake up between batches.
+        ahead: asyncio.Future[list[OpFailure[RouteOp]]] | None = None
+        try:
+            for start in range(0, len(ready), size):
+                batch = ready[start : start + size]
+                if ahead is None:
+                    ahead = asyncio.ensure_future(self._routes.apply_routes(batch, self.proto))
+                sent, ahead = ahead, None
+                if start + size < len(ready):
+                    nxt = ready[start + size : start + 2 * size]
+                    ahead = asyncio.ensure_future(self._routes.apply_routes(nxt, self.proto))
+                self._settle_routes(batch, await sent, counts)
+        finally:
+            if ahead is not None:  # a broken channel: the pass ends here
+                ahead.cancel()
+                ahead.add_done_callback(_retrieve)
+
+    def _settle_routes(
+        self, batch: Sequence[RouteOp], failures: Sequence[OpFailure[RouteOp]], counts: Counter[str]
+    ) -> None:
+        failed = self._record(batch, failures, counts)
+        actual = self._actual_routes
+        adds = replaces = deletes = 0
+        for op in batch:
+            # Only look an op up when something failed.
+            if failed and op in failed:
+                continue
+            kind, route = op
+            if kind is Op.DELETE:
+                actual.pop(route.key, None)
+                deletes += 1
+            else:
+                actual[route.key] = route
+                if kind is Op.ADD:
+                    adds += 1
                 else:
-                    actual[route.key] = route
-                    if kind is Op.ADD:
-                        adds += 1
-                    else:
-                        replaces += 1
-            counts["route_add"] += adds
-            counts["route_replace"] += replaces
-            counts["route_delete"] += deletes
+                    replaces += 1
+        counts["route_add"] += adds
+        counts["route_replace"] += replaces
+        counts["route_delete"] += deletes
 
     async def _apply_neighbors(self, ops: Sequence[NeighborOp], counts: Counter[str]) -> None:
         ready = self._ready_ops(ops, counts)

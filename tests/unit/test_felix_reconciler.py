@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 
+import pytest
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.fake_table import FakeKernel, FakeRouteTable, FakeTunnels
@@ -193,6 +194,39 @@ def test_batches_respect_batch_size() -> None:
         rec.set_desired(state(*(route(i) for i in range(10))))
         await rec.sync_once(full=True)
         assert k.ops["route_batches"] == 3
+
+    asyncio.run(go())
+
+
+class BreaksAt(FakeRouteTable):
+    """The channel breaks on the ``at``-th batch of routes (1-based)."""
+
+    def __init__(self, kernel: FakeKernel, at: int) -> None:
+        super().__init__(kernel)
+        self.calls = 0
+        self.at = at
+
+    async def apply_routes(self, ops, proto):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == self.at:
+            raise OSError(errno.EPIPE, "channel broke")
+        return await super().apply_routes(ops, proto)
+
+
+def test_a_channel_broken_mid_pass_settles_only_answered_batches_and_a_full_pass_repairs() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        # batches go one ahead: the third is on its way when the second breaks
+        rec = Reconciler(BreaksAt(k, at=2), batch_size=4)
+        want = {route(i) for i in range(10)}
+        rec.set_desired(state(*want))
+        with pytest.raises(OSError, match="channel broke"):
+            await rec.sync_once(full=True)
+        assert len(rec.actual_routes) == 4  # the first batch, answered
+        assert set(rec.actual_routes.values()) <= k.owned(PROTO)
+        rep = await rec.sync_once(full=True)
+        assert rep.failures == 0 and k.owned(PROTO) == want
+        assert set(rec.actual_routes.values()) == want
 
     asyncio.run(go())
 
