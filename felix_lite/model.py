@@ -75,25 +75,21 @@ class KernelRoute:
     # planner spells each prefix once, for its own index); not stored.
     text: InitVar[str | None] = None
 
-    # Computed once in __post_init__: diffs of 100k routes look it up several
-    # times per route, and netaddr's str(cidr) costs ~1.5 us each time.
-    _key: tuple[int, str] = field(init=False, repr=False, compare=False, hash=False)
+    # Identity in the kernel: one owned route per (table, prefix), the prefix
+    # spelled ``network/len`` (as ``str(dst.cidr)`` would). Computed once in
+    # __post_init__ and held in a slot, not a property: a 100k-route pass
+    # reads it several times per route.
+    key: tuple[int, str] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self, text: str | None) -> None:
-        object.__setattr__(self, "_key", (self.table, text or prefix_text(self.dst)))
+        object.__setattr__(self, "key", (self.table, text or prefix_text(self.dst)))
 
     def __hash__(self) -> int:
         # Equal routes have equal keys, and the key's hash is nearly free:
         # the generated hash walked the netaddr prefix and every next hop
         # (Python-level hashes), which dominated building a 100k-route
         # frozenset. Routes that differ only in content share a bucket.
-        return hash(self._key)
-
-    @property
-    def key(self) -> tuple[int, str]:
-        """Identity in the kernel: one owned route per (table, prefix), the
-        prefix spelled ``network/len`` (as ``str(dst.cidr)`` would)."""
-        return self._key
+        return hash(self.key)
 
 
 @dataclass(frozen=True, order=True)
