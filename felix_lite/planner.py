@@ -254,6 +254,20 @@ def plan_nexthop(
     raise ValueError(f"no next hop for {kind}")
 
 
+def _decide_hop(ctx: PlanContext, nh: IPAddress, pool: Pool | None) -> PlannedHop | str:
+    key = (nh, id(pool))  # pools are the same objects throughout one plan
+    hop = ctx.hop_cache.get(key)
+    if hop is None:
+        if nh in ctx.own_addresses:
+            hop = "next hop is this host"
+        else:
+            connected = decide_connected(nh, ctx.inp.interfaces)
+            kind = decide_encap(pool, connected is not None)
+            hop = plan_nexthop(nh, kind, connected, ctx.inp, ctx.vteps)
+        ctx.hop_cache[key] = hop
+    return hop
+
+
 def plan_route(
     ctx: PlanContext, best: BestRoute, text: str | None = None
 ) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
@@ -268,18 +282,13 @@ def plan_route(
     hops: list[PlannedHop] = []
     problems: list[Unroutable] = []
     nexthop_set = best.nexthops if len(best.nexthops) == 1 else sorted(set(best.nexthops))
-    hop_cache = ctx.hop_cache
     for nh in nexthop_set:
-        key = (nh, id(pool))  # pools are the same objects throughout one plan
-        hop = hop_cache.get(key)
-        if hop is None:
-            if nh in ctx.own_addresses:
-                hop = "next hop is this host"
-            else:
-                connected = decide_connected(nh, ctx.inp.interfaces)
-                kind = decide_encap(pool, connected is not None)
-                hop = plan_nexthop(nh, kind, connected, ctx.inp, ctx.vteps)
-            hop_cache[key] = hop
+        last = ctx.last_hop
+        if last is not None and last[0] is nh and last[1] is pool:
+            hop = last[2]
+        else:
+            hop = _decide_hop(ctx, nh, pool)
+            ctx.last_hop = (nh, pool, hop)
         if isinstance(hop, str):
             problems.append(Unroutable(prefix, nh, hop))
         else:
@@ -380,6 +389,10 @@ class PlanContext:
     vxlan: VxlanDevice | None
     vxlan6: VxlanDevice | None
     hop_cache: dict[tuple[IPAddress, int], PlannedHop | str]
+    # The last (next hop, pool) decided, matched by identity: the routes of
+    # one BGP UPDATE share their next-hop object, and hashing an IPAddress
+    # for hop_cache is a Python call.
+    last_hop: tuple[IPAddress, Pool | None, PlannedHop | str] | None = None
 
 
 def plan_context(inp: PlanInput) -> PlanContext:
