@@ -497,13 +497,11 @@ class Reconciler:
     ) -> None:
         failed = self._record(batch, failures, counts)
         actual = self._actual_routes
+        if failed:  # the rare case: only then is an op looked up
+            batch = [op for op in batch if op not in failed]
         adds = replaces = deletes = 0
         add, delete = Op.ADD, Op.DELETE
-        for op in batch:
-            # Only look an op up when something failed.
-            if failed and op in failed:
-                continue
-            kind, route = op
+        for kind, route in batch:
             if kind is delete:
                 actual.pop(route.key, None)
                 deletes += 1
