@@ -24,8 +24,9 @@ _was_enabled = False
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic collection inside; the collector's state is restored when
-    the outermost pause ends. For synchronous bulk steps only: never hold
-    it across an ``await``, where other work would run without it."""
+    the outermost pause ends. Other work that runs meanwhile (threads, or
+    tasks while the holder awaits) runs without it too: hold it only for
+    a bounded bulk step, never across a wait for outside events."""
     global _depth, _was_enabled
     with _lock:
         if _depth == 0:

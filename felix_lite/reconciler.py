@@ -340,8 +340,12 @@ class Reconciler:
         await self._apply_fdb(delta.fdb_deletes, counts)
         await self._apply_neighbors(delta.neighbor_upserts, counts)
         await self._apply_fdb(delta.fdb_upserts, counts)
-        await self._apply_routes(delta.route_upserts, counts)
-        await self._apply_routes(delta.route_deletes, counts)
+        big = len(delta.route_upserts) + len(delta.route_deletes) > _THREAD_DIFF_ABOVE
+        # A big write allocates per route too (messages, tuples): no cyclic
+        # collection until it is over, which the socket's timeout bounds.
+        with gc_paused() if big else contextlib.nullcontext():
+            await self._apply_routes(delta.route_upserts, counts)
+            await self._apply_routes(delta.route_deletes, counts)
         await self._apply_neighbors(delta.neighbor_deletes, counts)
 
         report = PassReport(

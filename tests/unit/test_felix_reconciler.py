@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 
 import pytest
 from netaddr import IPAddress, IPNetwork
@@ -227,6 +228,44 @@ def test_a_channel_broken_mid_pass_settles_only_answered_batches_and_a_full_pass
         rep = await rec.sync_once(full=True)
         assert rep.failures == 0 and k.owned(PROTO) == want
         assert set(rec.actual_routes.values()) == want
+
+    asyncio.run(go())
+
+
+class WatchesGc(FakeRouteTable):
+    """Records whether the cyclic GC was on during each batch written."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        super().__init__(kernel)
+        self.gc_on: list[bool] = []
+
+    async def apply_routes(self, ops, proto):  # type: ignore[no-untyped-def]
+        self.gc_on.append(gc.isenabled())
+        return await super().apply_routes(ops, proto)
+
+
+def test_a_big_write_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> None:
+    def many(n: int) -> list[KernelRoute]:
+        return [
+            KernelRoute(
+                N(f"10.{i >> 8}.{i & 255}.0/26"),
+                RouteKind.DIRECT,
+                (NextHop(A("192.0.2.20"), "eth0"),),
+            )
+            for i in range(n)
+        ]
+
+    async def go() -> None:
+        gc.enable()
+        table = WatchesGc(FakeKernel())
+        rec = Reconciler(table)
+        rec.set_desired(state(*many(6000)))
+        await rec.sync_once(full=True)
+        assert table.gc_on and not any(table.gc_on) and gc.isenabled()
+        table.gc_on.clear()
+        rec.set_desired(state(*many(6001)))
+        await rec.sync_once(full=False)
+        assert table.gc_on == [True]
 
     asyncio.run(go())
 
