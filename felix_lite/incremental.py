@@ -11,7 +11,9 @@ Pure: no I/O, no clock.
   (the last pair of a prefix counts); only those prefixes are planned again
   (O(change), the common case).
 
-Both return a ``DesiredChange`` for the reconciler. ``state()`` and
+Both return a ``DesiredChange`` for the reconciler, and pause the cyclic
+GC while they plan (``felix_lite.gc_pause``: a whole table's objects make
+no cycles). ``state()`` and
 ``unroutable()`` are the whole picture (O(table): for a full resync and for
 tests); after any sequence of calls they equal ``plan_kernel`` of the same
 host and routes (tests/unit/test_felix_incremental.py).
@@ -26,6 +28,7 @@ from typing import TypeVar
 
 from netaddr import IPNetwork
 
+from felix_lite.gc_pause import gc_paused
 from felix_lite.inputs import BestRoute, PlanInput
 from felix_lite.model import (
     DesiredChange,
@@ -79,6 +82,10 @@ class IncrementalPlanner:
         host = _host_only(host)
         if host == self._ctx.inp:
             return DesiredChange(base=self._base())
+        with gc_paused():
+            return self._set_host(host)
+
+    def _set_host(self, host: PlanInput) -> DesiredChange:
         # Only fabric routes (and routes that could not be planned) look at
         # the underlay: a change there alone re-plans just those.
         underlay_only = host == dataclasses.replace(self._ctx.inp, underlay=host.underlay)
@@ -100,6 +107,10 @@ class IncrementalPlanner:
         return DesiredChange(tuple(upserts), tuple(removes), self._base())
 
     def update(self, changes: Iterable[tuple[IPNetwork, BestRoute | None]]) -> DesiredChange:
+        with gc_paused():
+            return self._update(changes)
+
+    def _update(self, changes: Iterable[tuple[IPNetwork, BestRoute | None]]) -> DesiredChange:
         upserts: list[KernelRoute] = []
         removes: list[tuple[int, str]] = []
         # one replan a prefix, of its last pair: a route planned and gone
@@ -162,12 +173,21 @@ class IncrementalPlanner:
         upserts: list[KernelRoute],
         removes: list[tuple[int, str]],
     ) -> None:
-        old = _unheld(self._planned.get(text, _NOTHING))
+        held = self._planned.get(text)
         if best is None:
             new = _NOTHING
         else:
-            route, hops, problems = plan_one(self._ctx, best)
+            route, hops, problems = plan_one(self._ctx, best, text)
             new = (route, tuple(hops), tuple(problems))
+            if held is None and route is not None:
+                kept = _held(new)
+                if kept is route:
+                    # A new prefix planned into a route alone (a node's start:
+                    # every route): nothing to count, forget or remove.
+                    self._planned[text] = route
+                    upserts.append(route)
+                    return
+        old = _NOTHING if held is None else _unheld(held)
         if new[0] is None and new[2] == ():
             self._planned.pop(text, None)
         else:

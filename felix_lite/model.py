@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from netaddr import IPAddress, IPNetwork
 
@@ -43,11 +43,14 @@ def network_value(net: IPNetwork) -> int:
 
 def prefix_text(net: IPNetwork) -> str:
     """``str(net.cidr)``, without building a second IPNetwork."""
+    plen = net.prefixlen
     if net.version == 4:
-        text = socket.inet_ntop(socket.AF_INET, network_value(net).to_bytes(4, "big"))
-    else:
-        text = socket.inet_ntop(socket.AF_INET6, network_value(net).to_bytes(16, "big"))
-    return f"{text}/{net.prefixlen}"
+        # Each netaddr property read once, the dotted quad by arithmetic:
+        # every route planned is spelled once (its key).
+        v = net.value >> (32 - plen) << (32 - plen)
+        return f"{v >> 24}.{v >> 16 & 255}.{v >> 8 & 255}.{v & 255}/{plen}"
+    text = socket.inet_ntop(socket.AF_INET6, network_value(net).to_bytes(16, "big"))
+    return f"{text}/{plen}"
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -68,26 +71,25 @@ class KernelRoute:
     nexthops: tuple[NextHop, ...] = ()
     mtu: int | None = None
     table: int = MAIN_TABLE
+    # ``prefix_text(dst)`` when the caller has spelled it already (the
+    # planner spells each prefix once, for its own index); not stored.
+    text: InitVar[str | None] = None
 
-    # Computed once in __post_init__: diffs of 100k routes look it up several
-    # times per route, and netaddr's str(cidr) costs ~1.5 us each time.
-    _key: tuple[int, str] = field(init=False, repr=False, compare=False, hash=False)
+    # Identity in the kernel: one owned route per (table, prefix), the prefix
+    # spelled ``network/len`` (as ``str(dst.cidr)`` would). Computed once in
+    # __post_init__ and held in a slot, not a property: a 100k-route pass
+    # reads it several times per route.
+    key: tuple[int, str] = field(init=False, repr=False, compare=False, hash=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (self.table, prefix_text(self.dst)))
+    def __post_init__(self, text: str | None) -> None:
+        object.__setattr__(self, "key", (self.table, text or prefix_text(self.dst)))
 
     def __hash__(self) -> int:
         # Equal routes have equal keys, and the key's hash is nearly free:
         # the generated hash walked the netaddr prefix and every next hop
         # (Python-level hashes), which dominated building a 100k-route
         # frozenset. Routes that differ only in content share a bucket.
-        return hash(self._key)
-
-    @property
-    def key(self) -> tuple[int, str]:
-        """Identity in the kernel: one owned route per (table, prefix), the
-        prefix spelled ``network/len`` (as ``str(dst.cidr)`` would)."""
-        return self._key
+        return hash(self.key)
 
 
 @dataclass(frozen=True, order=True)

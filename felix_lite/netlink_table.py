@@ -5,9 +5,11 @@ the kernel: interface names resolved to indexes (and back) at this edge,
 routes written and streamed through ``netlink_bulk`` (the fast path), and
 the few neighbour, FDB and link operations through pyroute2.
 
-All netlink work runs on one worker thread per adapter (a single-thread
+All netlink I/O runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
-by two threads at once. (The host's links and addresses are read by
+by two threads at once. Route batches are encoded on the caller's thread
+(about a millisecond per thousand routes), so encoding one batch overlaps
+the kernel's work on the one before. (The host's links and addresses are read by
 ``felix_lite.netlink_host``.)
 
 A namespace name (``netns``) makes every socket live in that namespace
@@ -47,7 +49,8 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 LINKS_MAX_AGE = 1.0
 
-_OP_CODE = {Op.ADD: OP_ADD, Op.REPLACE: OP_REPLACE, Op.DELETE: OP_DELETE}
+# A batch encoded: (messages, the ops they are, failures so far).
+_Encoded = tuple[list[tuple[int, bytes]], list[RouteOp], list[OpFailure[RouteOp]]]
 
 
 def _open_ipr(netns: str | None) -> Any:
@@ -144,8 +147,7 @@ class NetlinkRouteTable:
             return False
         index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in self._ipr.get_links()}
         if index != self._index:
-            self._index = index
-            self._encoders.clear()  # their cached next hops carry old indexes
+            self._index = index  # encoders made with the old one are replaced on use
         self._links_read_at = now
         return True
 
@@ -153,55 +155,44 @@ class NetlinkRouteTable:
         found = self._ipr.link_lookup(ifname=ifname)
         return int(found[0]) if found else None
 
-    def _apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
-        # The reconciler sends a big change as many batches: reading the
-        # links once a second is plenty, and an unknown name forces a read.
-        # Deletes name no device: a batch of them (a peer gone, as BFD
-        # reports it) goes out without waiting for the links.
-        fresh = links_checked = False
+    def _encode_routes(self, ops: Sequence[RouteOp], proto: int, fresh: bool) -> _Encoded:
+        """(messages, the ops they are, failures so far). A device name
+        not in the links read raises KeyError, unless they were just read
+        (``fresh``): then it is that route's ENODEV."""
         failures: list[OpFailure[RouteOp]] = []
         items: list[tuple[int, bytes]] = []
         sent: list[RouteOp] = []
         enc = self._encoder(proto)
         add, delete = Op.ADD, Op.DELETE
         for op in ops:
-            kind = op.op
+            kind, route = op
             try:
-                try:
-                    if kind is delete:
-                        item = (OP_DELETE, enc.delete_body(op.route))
-                    else:
-                        if not links_checked:
-                            links_checked = True
-                            fresh = self._refresh_links(max_age=LINKS_MAX_AGE)
-                            enc = self._encoder(proto)
-                        item = (OP_ADD if kind is add else OP_REPLACE, enc.new_body(op.route))
-                except KeyError:
-                    if fresh:
-                        raise
-                    fresh = self._refresh_links()
-                    enc = self._encoder(proto)
-                    item = self._encode(enc, op)
+                if kind is delete:
+                    item = (OP_DELETE, enc.delete_body(route))
+                else:
+                    item = (OP_ADD if kind is add else OP_REPLACE, enc.new_body(route))
             except KeyError as e:
+                if not fresh:
+                    raise
                 failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
                 continue
             items.append(item)
             sent.append(op)
+        return items, sent, failures
+
+    def _send_routes(self, encoded: _Encoded) -> list[OpFailure[RouteOp]]:
+        items, sent, failures = encoded
         for f in self._bulk.apply_encoded(items):
             failures.append(OpFailure(sent[f.index], f.errno, f.message or _strerror(f.errno)))
         return failures
 
     def _encoder(self, proto: int) -> nc.RouteEncoder:
         enc = self._encoders.get(proto)
-        if enc is None:
+        # An encoder made before the links were read again carries their
+        # old indexes (and caches next hops encoded with them).
+        if enc is None or enc.ifindex is not self._index:
             enc = self._encoders[proto] = nc.RouteEncoder(self._index, proto)
         return enc
-
-    @staticmethod
-    def _encode(enc: nc.RouteEncoder, op: RouteOp) -> tuple[int, bytes]:
-        if op.op is Op.DELETE:
-            return OP_DELETE, enc.delete_body(op.route)
-        return _OP_CODE[op.op], enc.new_body(op.route)
 
     def _dump_chunks(
         self, proto: int, table: int, known: Mapping[tuple[int, str], KernelRoute] | None
@@ -298,7 +289,23 @@ class NetlinkRouteTable:
             await self._worker.run(chunks.close)
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
-        return await self._worker.run(self._apply_routes, ops, proto)
+        # Encoded here, on the caller's thread; only the send is the worker's.
+        # The reconciler keeps a batch ahead, so this one is encoded while
+        # the kernel works on the last (a send releases the GIL). The links
+        # are read at most once a second for a batch that writes (deletes
+        # name no device: a peer's routes go without waiting for them), and
+        # at once when a name is unknown.
+        fresh = False
+        if time.monotonic() - self._links_read_at >= LINKS_MAX_AGE and any(
+            op.op is not Op.DELETE for op in ops
+        ):
+            fresh = await self._worker.run(self._refresh_links)
+        try:
+            encoded = self._encode_routes(ops, proto, fresh)
+        except KeyError:
+            await self._worker.run(self._refresh_links)
+            encoded = self._encode_routes(ops, proto, True)
+        return await self._worker.run(self._send_routes, encoded)
 
     async def dump_neighbors(self, ifname: str) -> list[NeighborEntry]:
         return await self._worker.run(self._dump_neighbors, ifname)

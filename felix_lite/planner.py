@@ -72,7 +72,6 @@ from felix_lite.model import (
     NextHop,
     RouteKind,
     VxlanDevice,
-    network_value,
     prefix_text,
 )
 
@@ -135,16 +134,28 @@ class PlannedHop:
 
 def decide_pool(prefix: IPNetwork, pools: Iterable[Pool]) -> Pool | None:
     """The first pool whose cidr contains the whole prefix."""
-    # Plain integer tests: netaddr's ``in`` builds sort keys for both sides,
-    # and every planned route asks this.
-    version, plen, value = prefix.version, prefix.prefixlen, prefix.value
+    return _pool_of(prefix.version, prefix.prefixlen, prefix.value, pool_bounds(pools))
+
+
+PoolBounds = tuple[tuple[int, int, int, Pool], ...]
+
+
+def pool_bounds(pools: Iterable[Pool]) -> PoolBounds:
+    """Each pool as (IP version, prefix length, network bits, pool): plain
+    integers, read from netaddr once per plan, not once per route."""
+    return tuple(
+        (p.cidr.version, p.cidr.prefixlen, p.cidr.value >> _host_bits(p.cidr), p) for p in pools
+    )
+
+
+def _host_bits(net: IPNetwork) -> int:
+    return (32 if net.version == 4 else 128) - net.prefixlen
+
+
+def _pool_of(version: int, plen: int, value: int, bounds: PoolBounds) -> Pool | None:
     width = 32 if version == 4 else 128
-    for pool in pools:
-        cidr = pool.cidr
-        if cidr.version != version or cidr.prefixlen > plen:
-            continue
-        host_bits = width - cidr.prefixlen
-        if value >> host_bits == cidr.value >> host_bits:
+    for pool_version, pool_plen, bits, pool in bounds:
+        if pool_version == version and pool_plen <= plen and value >> (width - pool_plen) == bits:
             return pool
     return None
 
@@ -243,69 +254,71 @@ def plan_nexthop(
     raise ValueError(f"no next hop for {kind}")
 
 
+def _decide_hop(ctx: PlanContext, nh: IPAddress, pool: Pool | None) -> PlannedHop | str:
+    key = (nh, id(pool))  # pools are the same objects throughout one plan
+    hop = ctx.hop_cache.get(key)
+    if hop is None:
+        if nh in ctx.own_addresses:
+            hop = "next hop is this host"
+        else:
+            connected = decide_connected(nh, ctx.inp.interfaces)
+            kind = decide_encap(pool, connected is not None)
+            hop = plan_nexthop(nh, kind, connected, ctx.inp, ctx.vteps)
+        ctx.hop_cache[key] = hop
+    return hop
+
+
 def plan_route(
-    best: BestRoute,
-    inp: PlanInput,
-    vteps: dict[IPAddress, RemoteVtep],
-    mtus: dict[tuple[RouteKind, int], int],
-    own_addresses: frozenset[IPAddress],
-    hop_cache: dict[tuple[IPAddress, int], PlannedHop | str] | None = None,
+    ctx: PlanContext, best: BestRoute, text: str | None = None
 ) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
-    """``hop_cache`` remembers each (next hop, pool) decision across the
-    routes of one plan: a table of 100k prefixes has a handful of next hops."""
-    pool = decide_pool(best.prefix, inp.pools)
+    """``ctx.hop_cache`` remembers each (next hop, pool) decision across the
+    routes of one plan: a table of 100k prefixes has a handful of next hops.
+    ``text`` is ``prefix_text(best.prefix)`` if the caller has it."""
+    prefix = best.prefix
+    # Each netaddr property read once (they are Python calls): this runs
+    # for every route planned.
+    version, plen, value = prefix.version, prefix.prefixlen, prefix.value
+    pool = _pool_of(version, plen, value, ctx.pool_bounds)
     hops: list[PlannedHop] = []
     problems: list[Unroutable] = []
     nexthop_set = best.nexthops if len(best.nexthops) == 1 else sorted(set(best.nexthops))
     for nh in nexthop_set:
-        key = (nh, id(pool))  # pools are the same objects throughout one plan
-        hop = hop_cache.get(key) if hop_cache is not None else None
-        if hop is None:
-            if nh in own_addresses:
-                hop = "next hop is this host"
-            else:
-                connected = decide_connected(nh, inp.interfaces)
-                kind = decide_encap(pool, connected is not None)
-                hop = plan_nexthop(nh, kind, connected, inp, vteps)
-            if hop_cache is not None:
-                hop_cache[key] = hop
+        last = ctx.last_hop
+        if last is not None and last[0] is nh and last[1] is pool:
+            hop = last[2]
+        else:
+            hop = _decide_hop(ctx, nh, pool)
+            ctx.last_hop = (nh, pool, hop)
         if isinstance(hop, str):
-            problems.append(Unroutable(best.prefix, nh, hop))
+            problems.append(Unroutable(prefix, nh, hop))
         else:
             hops.append(hop)
     if not hops:
         if not best.nexthops:
-            problems.append(Unroutable(best.prefix, None, "no next hop"))
+            problems.append(Unroutable(prefix, None, "no next hop"))
         return None, [], problems
     if len(hops) == 1:
-        only = hops[0]
-        return _route(best.prefix, only.kind, only.alone, mtus, inp.table), hops, problems
-    kind = min((h.kind for h in hops), key=_KIND_RANK.index)
-    for h in hops:
-        if h.kind is not kind:
-            problems.append(
-                Unroutable(
-                    best.prefix,
-                    h.nexthop.gateway,
-                    f"dropped {h.kind.value} hop from a {kind.value} route",
+        kind, nexthops = hops[0].kind, hops[0].alone
+    else:
+        kind = min((h.kind for h in hops), key=_KIND_RANK.index)
+        for h in hops:
+            if h.kind is not kind:
+                problems.append(
+                    Unroutable(
+                        prefix,
+                        h.nexthop.gateway,
+                        f"dropped {h.kind.value} hop from a {kind.value} route",
+                    )
                 )
-            )
-    hops = [h for h in hops if h.kind is kind]
-    nexthops = tuple(sorted({h.nexthop for h in hops}))
-    return _route(best.prefix, kind, nexthops, mtus, inp.table), hops, problems
-
-
-def _route(
-    prefix: IPNetwork,
-    kind: RouteKind,
-    nexthops: tuple[NextHop, ...],
-    mtus: dict[tuple[RouteKind, int], int],
-    table: int,
-) -> KernelRoute:
+        hops = [h for h in hops if h.kind is kind]
+        nexthops = tuple(sorted({h.nexthop for h in hops}))
     # .cidr builds a new network; most prefixes already have no host bits.
-    dst = prefix if prefix.value == network_value(prefix) else prefix.cidr
-    mtu = mtus.get((kind, prefix.version)) if mtus else None
-    return KernelRoute(dst, kind, nexthops, mtu, table)
+    host_bits = (32 if version == 4 else 128) - plen
+    dst = prefix if value >> host_bits << host_bits == value else prefix.cidr
+    # Only tunnels have an MTU of their own (and an enum hashes in Python).
+    tunnel = kind is RouteKind.IPIP or kind is RouteKind.VXLAN
+    mtu = ctx.mtus.get((kind, version)) if tunnel else None
+    return KernelRoute(dst, kind, nexthops, mtu, ctx.inp.table, text), hops, problems
 
 
 def plan_blackholes(own_blocks: Iterable[IPNetwork], table: int) -> list[KernelRoute]:
@@ -368,6 +381,7 @@ class PlanContext:
     mtus: dict[tuple[RouteKind, int], int]
     vteps: dict[IPAddress, RemoteVtep]
     own_addresses: frozenset[IPAddress]
+    pool_bounds: PoolBounds
     # Routes are keyed by their prefix text (KernelRoute.key), which each
     # route computes once: hashing netaddr objects dominated 100k-route plans.
     blackholes: dict[str, KernelRoute]
@@ -375,6 +389,10 @@ class PlanContext:
     vxlan: VxlanDevice | None
     vxlan6: VxlanDevice | None
     hop_cache: dict[tuple[IPAddress, int], PlannedHop | str]
+    # The last (next hop, pool) decided, matched by identity: the routes of
+    # one BGP UPDATE share their next-hop object, and hashing an IPAddress
+    # for hop_cache is a Python call.
+    last_hop: tuple[IPAddress, Pool | None, PlannedHop | str] | None = None
 
 
 def plan_context(inp: PlanInput) -> PlanContext:
@@ -391,6 +409,7 @@ def plan_context(inp: PlanInput) -> PlanContext:
         mtus=mtus,
         vteps={v.node_ip: v for v in inp.vteps},
         own_addresses=frozenset(a.ip for i in inp.interfaces for a in i.addresses),
+        pool_bounds=pool_bounds(inp.pools),
         blackholes={r.key[1]: r for r in plan_blackholes(inp.own_blocks, inp.table)},
         ipip=ipip,
         vxlan=vxlan,
@@ -400,14 +419,15 @@ def plan_context(inp: PlanInput) -> PlanContext:
 
 
 def plan_one(
-    ctx: PlanContext, best: BestRoute
+    ctx: PlanContext, best: BestRoute, text: str | None = None
 ) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
     """The kernel route for one best route, the hops it uses and what could
-    not be installed. A best route for one of our own blocks plans nothing:
-    the blackhole (plus the pods' /32s) is the truth."""
-    if ctx.blackholes and prefix_text(best.prefix) in ctx.blackholes:
+    not be installed (``text``: ``prefix_text(best.prefix)``, if the caller
+    has it). A best route for one of our own blocks plans nothing: the
+    blackhole (plus the pods' /32s) is the truth."""
+    if ctx.blackholes and (text or prefix_text(best.prefix)) in ctx.blackholes:
         return None, [], []
-    return plan_route(best, ctx.inp, ctx.vteps, ctx.mtus, ctx.own_addresses, ctx.hop_cache)
+    return plan_route(ctx, best, text)
 
 
 def _route_order(b: BestRoute) -> tuple[int, int, int]:

@@ -39,7 +39,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from felix_lite.delta import (
     KernelDelta,
@@ -49,6 +50,7 @@ from felix_lite.delta import (
     plan_delta,
     plan_route_ops_for,
 )
+from felix_lite.gc_pause import gc_paused
 from felix_lite.inputs import VXLAN_DEVICE
 from felix_lite.model import (
     DEFAULT_PROTO,
@@ -125,6 +127,12 @@ class PassReport:
         )
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an abandoned batch's outcome as seen (the pass failed already)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _retry_key(op: RouteOp | NeighborOp | FdbOp) -> Hashable:
     if isinstance(op, RouteOp):
         return ("route", op.route.key)
@@ -190,9 +198,9 @@ class Reconciler:
     def set_desired(self, state: KernelState) -> None:
         """A whole new desired state (a full rebuild): every key is diffed."""
         routes = index_routes(state.routes)
-        if any(table != self.table for table, _ in routes):
-            foreign = sorted({table for table, _ in routes} - {self.table})
-            log.warning("ignoring desired routes in tables %s", foreign)
+        foreign = set(map(itemgetter(0), routes)) - {self.table}  # no Python call per route
+        if foreign:
+            log.warning("ignoring desired routes in tables %s", sorted(foreign))
             routes = {key: r for key, r in routes.items() if key[0] == self.table}
         # The routes live on in _desired_routes only: a second copy of a
         # 100k-route set is ~4 MB.
@@ -332,8 +340,12 @@ class Reconciler:
         await self._apply_fdb(delta.fdb_deletes, counts)
         await self._apply_neighbors(delta.neighbor_upserts, counts)
         await self._apply_fdb(delta.fdb_upserts, counts)
-        await self._apply_routes(delta.route_upserts, counts)
-        await self._apply_routes(delta.route_deletes, counts)
+        big = len(delta.route_upserts) + len(delta.route_deletes) > _THREAD_DIFF_ABOVE
+        # A big write allocates per route too (messages, tuples): no cyclic
+        # collection until it is over, which the socket's timeout bounds.
+        with gc_paused() if big else contextlib.nullcontext():
+            await self._apply_routes(delta.route_upserts, counts)
+            await self._apply_routes(delta.route_deletes, counts)
         await self._apply_neighbors(delta.neighbor_deletes, counts)
 
         report = PassReport(
@@ -364,14 +376,15 @@ class Reconciler:
         desired_routes: dict[RouteKey, KernelRoute],
         actual_routes: dict[RouteKey, KernelRoute] | None = None,
     ) -> KernelDelta:
-        return plan_delta(
-            desired_routes,
-            self._actual_routes if actual_routes is None else actual_routes,
-            desired.neighbors,
-            self._actual_neighbors,
-            desired.fdb,
-            self._actual_fdb,
-        )
+        with gc_paused():  # one op per route of a big diff: no cycles among them
+            return plan_delta(
+                desired_routes,
+                self._actual_routes if actual_routes is None else actual_routes,
+                desired.neighbors,
+                self._actual_neighbors,
+                desired.fdb,
+                self._actual_fdb,
+            )
 
     def _plan_keys(self, desired: KernelState, keys: set[RouteKey]) -> KernelDelta:
         r_up, r_del = plan_route_ops_for(keys, self._desired_routes, self._actual_routes)
@@ -463,29 +476,48 @@ class Reconciler:
 
     async def _apply_routes(self, ops: Sequence[RouteOp], counts: Counter[str]) -> None:
         ready = self._ready_ops(ops, counts)
-        for start in range(0, len(ready), self.batch_size):
-            batch = ready[start : start + self.batch_size]
-            failures = await self._routes.apply_routes(batch, self.proto)
-            failed = self._record(batch, failures, counts)
-            actual = self._actual_routes
-            adds = replaces = deletes = 0
-            for op in batch:
-                # Only look an op up when something failed.
-                if failed and op in failed:
-                    continue
-                kind, route = op.op, op.route
-                if kind is Op.DELETE:
-                    actual.pop(route.key, None)
-                    deletes += 1
+        size = self.batch_size
+        # One batch ahead: the adapter writes batch i+1 while this thread
+        # settles batch i (the kernel's share runs without the GIL), and the
+        # adapter never waits for this thread to wake up between batches.
+        ahead: asyncio.Future[list[OpFailure[RouteOp]]] | None = None
+        try:
+            for start in range(0, len(ready), size):
+                batch = ready[start : start + size]
+                if ahead is None:
+                    ahead = asyncio.ensure_future(self._routes.apply_routes(batch, self.proto))
+                sent, ahead = ahead, None
+                if start + size < len(ready):
+                    nxt = ready[start + size : start + 2 * size]
+                    ahead = asyncio.ensure_future(self._routes.apply_routes(nxt, self.proto))
+                self._settle_routes(batch, await sent, counts)
+        finally:
+            if ahead is not None:  # a broken channel: the pass ends here
+                ahead.cancel()
+                ahead.add_done_callback(_retrieve)
+
+    def _settle_routes(
+        self, batch: Sequence[RouteOp], failures: Sequence[OpFailure[RouteOp]], counts: Counter[str]
+    ) -> None:
+        failed = self._record(batch, failures, counts)
+        actual = self._actual_routes
+        if failed:  # the rare case: only then is an op looked up
+            batch = [op for op in batch if op not in failed]
+        adds = replaces = deletes = 0
+        add, delete = Op.ADD, Op.DELETE
+        for kind, route in batch:
+            if kind is delete:
+                actual.pop(route.key, None)
+                deletes += 1
+            else:
+                actual[route.key] = route
+                if kind is add:
+                    adds += 1
                 else:
-                    actual[route.key] = route
-                    if kind is Op.ADD:
-                        adds += 1
-                    else:
-                        replaces += 1
-            counts["route_add"] += adds
-            counts["route_replace"] += replaces
-            counts["route_delete"] += deletes
+                    replaces += 1
+        counts["route_add"] += adds
+        counts["route_replace"] += replaces
+        counts["route_delete"] += deletes
 
     async def _apply_neighbors(self, ops: Sequence[NeighborOp], counts: Counter[str]) -> None:
         ready = self._ready_ops(ops, counts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -194,9 +195,9 @@ def test_one_more_prefix_plans_and_diffs_one_route(monkeypatch: pytest.MonkeyPat
         planned: list[BestRoute] = []
         real_plan_one = incremental.plan_one
 
-        def counting(ctx: planner.PlanContext, best: BestRoute):  # type: ignore[no-untyped-def]
+        def counting(ctx: planner.PlanContext, best: BestRoute, text: str | None = None):  # type: ignore[no-untyped-def]
             planned.append(best)
-            return real_plan_one(ctx, best)
+            return real_plan_one(ctx, best, text)
 
         compared: list[int] = []
         real_equal = KernelRoute.__eq__
@@ -233,9 +234,9 @@ def test_an_underlay_change_re_plans_only_the_routes_that_use_it(
     planned: list[BestRoute] = []
     real_plan_one = incremental.plan_one
 
-    def counting(ctx: planner.PlanContext, best: BestRoute):  # type: ignore[no-untyped-def]
+    def counting(ctx: planner.PlanContext, best: BestRoute, text: str | None = None):  # type: ignore[no-untyped-def]
         planned.append(best)
-        return real_plan_one(ctx, best)
+        return real_plan_one(ctx, best, text)
 
     monkeypatch.setattr(incremental, "plan_one", counting)
     moved = dataclasses.replace(
@@ -246,3 +247,22 @@ def test_an_underlay_change_re_plans_only_the_routes_that_use_it(
     (route,) = change.upserts
     assert route.nexthops[0].gateway == A("192.0.2.254")
     assert plan.state() == plan_kernel(dataclasses.replace(moved, routes=(direct, fabric))).state
+
+
+def test_planning_runs_with_the_cyclic_gc_paused_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = PlanInput(interfaces=(ETH0,), pools=(Pool(N("10.244.0.0/16")),))
+    seen: list[bool] = []
+    real_plan_one = incremental.plan_one
+
+    def watching(ctx: planner.PlanContext, best: BestRoute, text: str | None = None):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return real_plan_one(ctx, best, text)
+
+    monkeypatch.setattr(incremental, "plan_one", watching)
+    gc.enable()
+    plan = IncrementalPlanner(host)
+    plan.update(best_changes([BestRoute(N("10.244.1.0/26"), (A("192.0.2.20"),))]))
+    plan.set_host(dataclasses.replace(host, interfaces=(ETH0_NARROW,)))
+    assert seen == [False, False] and gc.isenabled()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 
+import pytest
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.fake_table import FakeKernel, FakeRouteTable, FakeTunnels
@@ -193,6 +195,77 @@ def test_batches_respect_batch_size() -> None:
         rec.set_desired(state(*(route(i) for i in range(10))))
         await rec.sync_once(full=True)
         assert k.ops["route_batches"] == 3
+
+    asyncio.run(go())
+
+
+class BreaksAt(FakeRouteTable):
+    """The channel breaks on the ``at``-th batch of routes (1-based)."""
+
+    def __init__(self, kernel: FakeKernel, at: int) -> None:
+        super().__init__(kernel)
+        self.calls = 0
+        self.at = at
+
+    async def apply_routes(self, ops, proto):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == self.at:
+            raise OSError(errno.EPIPE, "channel broke")
+        return await super().apply_routes(ops, proto)
+
+
+def test_a_channel_broken_mid_pass_settles_only_answered_batches_and_a_full_pass_repairs() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        # batches go one ahead: the third is on its way when the second breaks
+        rec = Reconciler(BreaksAt(k, at=2), batch_size=4)
+        want = {route(i) for i in range(10)}
+        rec.set_desired(state(*want))
+        with pytest.raises(OSError, match="channel broke"):
+            await rec.sync_once(full=True)
+        assert len(rec.actual_routes) == 4  # the first batch, answered
+        assert set(rec.actual_routes.values()) <= k.owned(PROTO)
+        rep = await rec.sync_once(full=True)
+        assert rep.failures == 0 and k.owned(PROTO) == want
+        assert set(rec.actual_routes.values()) == want
+
+    asyncio.run(go())
+
+
+class WatchesGc(FakeRouteTable):
+    """Records whether the cyclic GC was on during each batch written."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        super().__init__(kernel)
+        self.gc_on: list[bool] = []
+
+    async def apply_routes(self, ops, proto):  # type: ignore[no-untyped-def]
+        self.gc_on.append(gc.isenabled())
+        return await super().apply_routes(ops, proto)
+
+
+def test_a_big_write_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> None:
+    def many(n: int) -> list[KernelRoute]:
+        return [
+            KernelRoute(
+                N(f"10.{i >> 8}.{i & 255}.0/26"),
+                RouteKind.DIRECT,
+                (NextHop(A("192.0.2.20"), "eth0"),),
+            )
+            for i in range(n)
+        ]
+
+    async def go() -> None:
+        gc.enable()
+        table = WatchesGc(FakeKernel())
+        rec = Reconciler(table)
+        rec.set_desired(state(*many(6000)))
+        await rec.sync_once(full=True)
+        assert table.gc_on and not any(table.gc_on) and gc.isenabled()
+        table.gc_on.clear()
+        rec.set_desired(state(*many(6001)))
+        await rec.sync_once(full=False)
+        assert table.gc_on == [True]
 
     asyncio.run(go())
 
