@@ -87,14 +87,17 @@ def test_full_read_then_changes_by_notification(netns: NetnsFactory) -> None:
             assert reader.notifications - before < 10
 
             seen.clear()
+            reads = reader.full_reads
             await asyncio.to_thread(host.ip, "link", "set", "eth0", "down")
             await until(lambda: any(HostChange.LINKS in s for s in seen))
             eth0 = next(i for i in reader.interfaces() if i.name == "eth0")
             assert not eth0.up
             # the kernel dropped the routes through the link without a word
-            # about each: a link change is read again in full
+            # about each: a link change is read again in full (once per batch
+            # of notifications holding one: the carrier's change, which the
+            # kernel's linkwatch sends a moment later, may well come apart)
             await until(lambda: not any(u.ifname == "eth0" for u in reader.underlay()))
-            assert reader.full_reads == 2 and reader.lost == 0
+            assert reader.full_reads > reads and reader.lost == 0
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
