@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from felix_lite.model import DEFAULT_PROTO, MAIN_TABLE, KernelRoute, NextHop, RouteKind
+from felix_lite.model import (
+    DEFAULT_PROTO,
+    MAIN_TABLE,
+    KernelRoute,
+    NextHop,
+    RouteKind,
+    network_value,
+)
 
 # <linux/netlink.h>
 NLMSG_ERROR = 2
@@ -563,9 +570,11 @@ class RouteEncoder:
             head += _RTA_U32.pack(8, RTA_TABLE, table)
         if not plen:
             return head
+        # network_value, not dst.first: netaddr's property costs several
+        # calls, and a peer lost is 50k deletes
         if v4:
-            return head + _RTA_DST4 + dst.first.to_bytes(4, "big")
-        return head + _RTA_DST6 + dst.first.to_bytes(16, "big")
+            return head + _RTA_DST4 + network_value(dst).to_bytes(4, "big")
+        return head + _RTA_DST6 + network_value(dst).to_bytes(16, "big")
 
 
 _FAST_V4 = struct.Struct("=BBBBBBBBIHHIHH4sHH4sHHI")

@@ -143,6 +143,7 @@ class Reconciler:
         table: int = MAIN_TABLE,
         resync_interval: float = 90.0,
         batch_size: int = 1000,
+        delete_batch_size: int = 32768,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         vxlan_devices: Iterable[str] = (VXLAN_DEVICE,),
@@ -153,6 +154,7 @@ class Reconciler:
         self.table = table
         self.resync_interval = resync_interval
         self.batch_size = batch_size
+        self.delete_batch_size = delete_batch_size
         self.backoff = backoff or Backoff()
         self._clock = clock
         # Devices whose permanent neighbours and FDB entries are ours, read
@@ -165,7 +167,9 @@ class Reconciler:
         self._desired: KernelState | None = None
         self._desired_routes: dict[RouteKey, KernelRoute] = {}
         self._pending: list[DesiredChange] = []
-        self._changed_keys: set[RouteKey] = set()
+        # a dict, not a set: the keys keep the order they changed in, so a
+        # pass's deletes need no sort to come out the same every run
+        self._changed_keys: dict[RouteKey, None] = {}
         self._all_changed = True
         self._whole = False  # set_desired came: passes may sweep
         self._generation = 0  # counts every change of the desired state
@@ -227,13 +231,13 @@ class Reconciler:
         for change in pending:
             for key in change.removes:
                 routes.pop(key, None)
-                keys.add(key)
+                keys[key] = None
             for r in change.upserts:
                 if r.table != self.table:
                     log.warning("ignoring a desired route in table %d", r.table)
                     continue
                 routes[r.key] = r
-                keys.add(r.key)
+                keys[r.key] = None
             self._desired = change.base
 
     def request_resync(self) -> None:
@@ -302,7 +306,7 @@ class Reconciler:
         all_changed = whole and (self._all_changed or full)
         if whole:
             self._all_changed = False
-        keys, self._changed_keys = self._changed_keys, set()
+        keys, self._changed_keys = self._changed_keys, {}
         counts: Counter[str] = Counter()
         started = time.perf_counter()
 
@@ -324,7 +328,7 @@ class Reconciler:
         else:
             for k in self.retries:
                 if isinstance(k, tuple) and k[0] == "route":
-                    keys.add(k[1])
+                    keys[k[1]] = None
             delta = self._plan_keys(desired, keys)
             if not whole:  # what was not given yet may still be wanted
                 delta = dataclasses.replace(delta, neighbor_deletes=(), fdb_deletes=())
@@ -332,8 +336,8 @@ class Reconciler:
         await self._apply_fdb(delta.fdb_deletes, counts)
         await self._apply_neighbors(delta.neighbor_upserts, counts)
         await self._apply_fdb(delta.fdb_upserts, counts)
-        await self._apply_routes(delta.route_upserts, counts)
-        await self._apply_routes(delta.route_deletes, counts)
+        await self._apply_routes(delta.route_upserts, counts, self.batch_size)
+        await self._apply_routes(delta.route_deletes, counts, self.delete_batch_size)
         await self._apply_neighbors(delta.neighbor_deletes, counts)
 
         report = PassReport(
@@ -373,7 +377,7 @@ class Reconciler:
             self._actual_fdb,
         )
 
-    def _plan_keys(self, desired: KernelState, keys: set[RouteKey]) -> KernelDelta:
+    def _plan_keys(self, desired: KernelState, keys: Iterable[RouteKey]) -> KernelDelta:
         r_up, r_del = plan_route_ops_for(keys, self._desired_routes, self._actual_routes)
         small = self._plan(desired, {}, {})
         return dataclasses.replace(small, route_upserts=tuple(r_up), route_deletes=tuple(r_del))
@@ -461,10 +465,17 @@ class Reconciler:
 
     # --- applying --------------------------------------------------------
 
-    async def _apply_routes(self, ops: Sequence[RouteOp], counts: Counter[str]) -> None:
+    async def _apply_routes(
+        self, ops: Sequence[RouteOp], counts: Counter[str], batch_size: int
+    ) -> None:
+        # Deletes go in far bigger batches than upserts: a peer gone is tens
+        # of thousands of them, and each batch is a round trip to the netlink
+        # worker thread, which a loaded machine may take milliseconds to
+        # schedule (the netlink layer still frames them into sends of a few
+        # thousand messages).
         ready = self._ready_ops(ops, counts)
-        for start in range(0, len(ready), self.batch_size):
-            batch = ready[start : start + self.batch_size]
+        for start in range(0, len(ready), batch_size):
+            batch = ready[start : start + batch_size]
             failures = await self._routes.apply_routes(batch, self.proto)
             failed = self._record(batch, failures, counts)
             actual = self._actual_routes
