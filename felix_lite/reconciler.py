@@ -25,6 +25,10 @@ applies the difference through the ports.
   pass goes on. A changed desire for that key cancels its backoff.
 - Every kernel call goes through the async ports, and diffs of big tables
   run in a worker thread, so the event loop never stalls on this.
+  Upserts go to the port ``batch_size`` at a time, deletes in far bigger
+  batches (``delete_batch_size``): a lost peer's tens of thousands of them
+  cost one or two round trips to the netlink thread, in the order their
+  keys changed.
 """
 
 from __future__ import annotations

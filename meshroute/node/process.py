@@ -514,7 +514,11 @@ class NodeProcess:
         assert self.reconciler is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reconciler.wait_converged(), SETTLE_WAIT_S)
-        settle_long_lived()
+        t0 = time.perf_counter()
+        frozen = settle_long_lived()
+        log.info(
+            "heap settled: %d objects frozen in %.0f ms", frozen, 1000 * (time.perf_counter() - t0)
+        )
 
     # ---- operator-facing state -------------------------------------------
 

@@ -1,6 +1,6 @@
-"""settle_long_lived: dead cycles are collected first, what lives is frozen
-(out of the cyclic collector's scans), and frozen objects still die by
-reference count."""
+"""settle_long_lived: what lives is frozen (out of the cyclic collector's
+scans) without a pause the first time; the next call collects the cycles
+that died meanwhile; frozen objects still die by reference count."""
 
 from __future__ import annotations
 
@@ -15,22 +15,31 @@ class Cell:
         self.me: object = self
 
 
-def test_dead_cycles_go_and_the_living_are_frozen() -> None:
-    dead = Cell()
-    dead_ref = weakref.ref(dead)
-    del dead  # a cycle: only the collector can free it
-    alive = Cell()
+def frozen(x: object) -> bool:
+    # get_objects() lists the collector's generations, not the frozen objects
+    return not any(o is x for o in gc.get_objects())
+
+
+def test_first_call_freezes_the_next_collects_what_died() -> None:
+    gc.unfreeze()
+    cycle = Cell()
+    cycle_ref = weakref.ref(cycle)
     plain = Cell()
     plain.me = None  # no cycle: reference counting frees it
     plain_ref = weakref.ref(plain)
+    alive = Cell()
     try:
-        settle_long_lived()
-        assert dead_ref() is None
-        assert gc.get_freeze_count() > 0
-        # get_objects() lists the collector's generations, not the frozen
-        assert not any(o is alive for o in gc.get_objects())
+        count = settle_long_lived()
+        assert count == gc.get_freeze_count() > 0
+        assert frozen(cycle) and frozen(alive)
         del plain
         assert plain_ref() is None
+        del cycle  # a frozen cycle dies: only a collection can free it
+        gc.collect()
+        assert cycle_ref() is not None
+        settle_long_lived()
+        assert cycle_ref() is None
+        assert frozen(alive)
     finally:
         gc.unfreeze()
-    assert any(o is alive for o in gc.get_objects())
+    assert not frozen(alive)
