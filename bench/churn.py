@@ -29,6 +29,12 @@ reaches the receiver's interface and each kernel route notification:
   until the kernel has notified the deletion of all N/2 of its routes (then
   checked by reading the table once; read every 20 ms instead if
   notifications were lost);
+- ``peer_down_cpu_s``: the CPU seconds (user + system, from /proc) the
+  receiver used over that same span: for meshroute the node, ExaBGP and its
+  API relay, for BIRD the receiving BIRD. Less at the mercy of a loaded
+  machine than the wall time (a process waiting for a core uses none), at
+  the kernel's 10 ms tick; it includes the kernel's work done in the
+  receiver's own system calls (the route deletes);
 - ``loadavg_1m``: the machine's one-minute load average before and after.
 
 ``bird_*`` are BIRD's figures, ``*_ratio`` meshroute's over BIRD's.
@@ -51,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bgp_ingest import REPO, Bird, NodeRun, kernel_count
+from bench.procstat import cpu_s, descendants
 from bench.report import alternating, print_result, require_root
 from bench.route_watch_client import RouteWatch
 from lab.etcd import start_etcd
@@ -155,10 +162,11 @@ def until(check: Callable[[], bool], what: str, timeout: float, poll: float) -> 
 
 def churn(
     feeders: tuple[Bird, Bird], ns: Netns, proto: str, protocol: str, n: int, flaps: int,
-    timeout: float, peer_a: str,
+    timeout: float, peer_a: str, pids: Callable[[], list[int]],
 ) -> dict[str, Any]:  # fmt: skip
     """Enable both feeders' ``protocol`` towards one receiver; with the full
-    table in its kernel, flap A's extra block, then take B down."""
+    table in its kernel, flap A's extra block, then take B down. ``pids``:
+    the receiver's processes, whose CPU the peer down is charged."""
     a, b = feeders
     for f in feeders:
         f.birdc(f"enable {protocol}")
@@ -176,10 +184,13 @@ def churn(
                 update = watch.first("update", t0, t)
                 wire_ms.append(float("nan") if update is None else 1000 * (t - update))
         watch.start_counting()
+        receiver = pids()
+        cpu0 = cpu_s(receiver)
         t0 = time.monotonic()
         b.birdc(f"disable {protocol}")
         left = n // 2 + 1  # peer A's half plus the flap block
         gone = watch.next_or_lost("gone", t0, timeout)
+        down_cpu = cpu_s(receiver) - cpu0
         if gone is None:  # notifications lost: read the table instead
             until(lambda: kernel_count(ns, proto) <= left, f"{ns.name}: peer B gone", timeout, 0.02)
             gone = time.monotonic()
@@ -187,7 +198,12 @@ def churn(
         if kernel_count(ns, proto) > left:
             raise RuntimeError(f"{ns.name}: peer B's routes reported gone but still there")
     a.birdc(f"disable {protocol}")
-    return {"flap_ms": wire_ms, "flap_birdc_ms": birdc_ms, "peer_down_s": down_s}
+    return {
+        "flap_ms": wire_ms,
+        "flap_birdc_ms": birdc_ms,
+        "peer_down_s": down_s,
+        "peer_down_cpu_s": down_cpu,
+    }
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -247,8 +263,9 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
                 receiver = Bird(recv, work / f"recv{i}", receiver_conf())
                 try:
                     runs["bird"].append(
-                        churn(pair, recv, BIRD_PROTO, "tobird", n, flaps, timeout, RECV_A)
-                    )
+                        churn(pair, recv, BIRD_PROTO, "tobird", n, flaps, timeout, RECV_A,
+                              lambda: [receiver.proc.pid])
+                    )  # fmt: skip
                 finally:
                     for f in pair:
                         f.birdc("disable tobird")
@@ -261,9 +278,16 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
                 node = NodeRun.start_in(node_ns, work / "node", etcd.endpoint, "/bench")
                 try:
                     node.wait_started()
+
+                    def node_pids() -> list[int]:
+                        assert node.proc is not None
+                        exabgp = node.exabgp_pid()
+                        return [node.proc.pid, exabgp, *descendants(exabgp)]
+
                     runs["meshroute"].append(
-                        churn(pair, node_ns, NODE_PROTO, "tonode", n, flaps, timeout, FEED_A)
-                    )
+                        churn(pair, node_ns, NODE_PROTO, "tonode", n, flaps, timeout, FEED_A,
+                              node_pids)
+                    )  # fmt: skip
                 finally:
                     for f in pair:
                         f.birdc("disable tonode")
@@ -292,6 +316,7 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
             "flap_birdc_to_kernel_ms_p50": pct("flap_birdc_ms", 0.5),
             "flap_birdc_to_kernel_ms_p99": pct("flap_birdc_ms", 0.99),
             "peer_down_to_kernel_s": round(statistics.median(r["peer_down_s"] for r in rs), 3),
+            "peer_down_cpu_s": round(statistics.median(r["peer_down_cpu_s"] for r in rs), 2),
         }
 
     mine, bird = figures("meshroute"), figures("bird")
@@ -299,6 +324,11 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
     result.update({f"bird_{k}": v for k, v in bird.items()})
     result["peer_down_ratio"] = round(
         mine["peer_down_to_kernel_s"] / bird["peer_down_to_kernel_s"], 2
+    )
+    # BIRD's CPU may be under the 10 ms tick: no ratio to nothing
+    bird_cpu = bird["peer_down_cpu_s"]
+    result["peer_down_cpu_ratio"] = (
+        round(mine["peer_down_cpu_s"] / bird_cpu, 2) if bird_cpu >= 0.01 else None
     )
     result["goals"] = {
         "flap_p50_le_20ms": mine["flap_to_kernel_ms_p50"] <= 20,
@@ -313,6 +343,7 @@ def bench(n: int, flaps: int, repeat: int, timeout: float) -> dict[str, Any]:
                 "flap_ms": [round(x, 2) if x == x else None for x in r["flap_ms"]],
                 "flap_birdc_ms": [round(x, 1) for x in r["flap_birdc_ms"]],
                 "peer_down_s": round(r["peer_down_s"], 3),
+                "peer_down_cpu_s": round(r["peer_down_cpu_s"], 2),
             }
             for r in rs
         ]

@@ -355,13 +355,29 @@ class Rib:
             (self._candidates[key],) = found.values()
 
     def _drop_peer(self, peer: IPAddress) -> Changed:
+        """The whole Adj-RIB-In of ``peer`` in one sweep (a peer lost with
+        50k paths): a prefix only it had loses its best route right here,
+        with no best path to run; only prefixes other peers also have go
+        through ``_recompute``."""
         adj = self._adj_in.pop(peer, {})
         self._stale.pop(peer, None)
         self._refused.pop(peer, None)
         self._v6_count.pop(peer, None)
+        candidates, best_map, untaken = self._candidates, self._best, self._untaken
+        gone: list[IPNetwork] = []
+        shared: list[Key] = []
         for key in adj:
-            self._drop_candidate(key, peer)
-        return self._recompute(adj)
+            found = candidates[key]
+            if isinstance(found, dict):
+                self._drop_candidate(key, peer)
+                shared.append(key)
+                continue
+            del candidates[key]
+            old = best_map.pop(key, None)
+            if old is not None:
+                gone.append(old.prefix)
+                untaken[key] = old.prefix
+        return (*gone, *self._recompute(shared))
 
     def _sweep_stale(self, peer: IPAddress) -> Changed:
         stale = self._stale.pop(peer, None)

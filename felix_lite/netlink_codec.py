@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from felix_lite.model import DEFAULT_PROTO, MAIN_TABLE, KernelRoute, NextHop, RouteKind
+from felix_lite.model import (
+    DEFAULT_PROTO,
+    MAIN_TABLE,
+    KernelRoute,
+    NextHop,
+    RouteKind,
+    network_value,
+)
 
 # <linux/netlink.h>
 NLMSG_ERROR = 2
@@ -486,6 +493,7 @@ class RouteEncoder:
         self._hops: dict[tuple[NextHop, ...], tuple[bytes, int, int]] = {}
         self._last_key: tuple[NextHop, ...] | None = None
         self._last: tuple[bytes, int, int] = (b"", 0, RTN_BLACKHOLE)
+        self._delete_heads: dict[tuple[bool, int, int], bytes] = {}  # (v4, plen, table)
 
     def _encode_hops(self, hops: tuple[NextHop, ...]) -> tuple[bytes, int, int]:
         """(attribute bytes, rtm_flags, rtm_type); KeyError for an unknown device."""
@@ -552,20 +560,31 @@ class RouteEncoder:
         return b"".join(parts)
 
     def delete_body(self, route: KernelRoute) -> bytes:
-        """What ``encode_delete_body(wire_from_kernel(route))`` returns."""
+        """What ``encode_delete_body(wire_from_kernel(route))`` returns. All
+        but the destination's address is the same for every prefix of one
+        length in one table, and built once: a peer lost is 50k deletes."""
         dst = route.dst
         v4 = dst.version == 4
         plen = dst.prefixlen
-        table = route.table
+        head = self._delete_heads.get((v4, plen, route.table))
+        if head is None:
+            head = self._delete_head(v4, plen, route.table)
+        if not plen:
+            return head
+        # network_value, not dst.first: netaddr's property costs several calls
+        return head + network_value(dst).to_bytes(4 if v4 else 16, "big")
+
+    def _delete_head(self, v4: bool, plen: int, table: int) -> bytes:
+        """The rtmsg, the table attribute if needed, and the destination
+        attribute's header (none for a default route, which has no address)."""
         head = _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
                            self.proto, RT_SCOPE_NOWHERE, RTN_UNSPEC, 0)  # fmt: skip
         if table >= 256:
             head += _RTA_U32.pack(8, RTA_TABLE, table)
-        if not plen:
-            return head
-        if v4:
-            return head + _RTA_DST4 + dst.first.to_bytes(4, "big")
-        return head + _RTA_DST6 + dst.first.to_bytes(16, "big")
+        if plen:
+            head += _RTA_DST4 if v4 else _RTA_DST6
+        self._delete_heads[(v4, plen, table)] = head
+        return head
 
 
 _FAST_V4 = struct.Struct("=BBBBBBBBIHHIHH4sHH4sHHI")

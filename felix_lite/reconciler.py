@@ -25,6 +25,10 @@ applies the difference through the ports.
   pass goes on. A changed desire for that key cancels its backoff.
 - Every kernel call goes through the async ports, and diffs of big tables
   run in a worker thread, so the event loop never stalls on this.
+  Upserts go to the port ``batch_size`` at a time, deletes in far bigger
+  batches (``delete_batch_size``): a lost peer's tens of thousands of them
+  cost one or two round trips to the netlink thread, in the order their
+  keys changed.
 """
 
 from __future__ import annotations
@@ -151,6 +155,7 @@ class Reconciler:
         table: int = MAIN_TABLE,
         resync_interval: float = 90.0,
         batch_size: int = 1000,
+        delete_batch_size: int = 32768,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         vxlan_devices: Iterable[str] = (VXLAN_DEVICE,),
@@ -161,6 +166,7 @@ class Reconciler:
         self.table = table
         self.resync_interval = resync_interval
         self.batch_size = batch_size
+        self.delete_batch_size = delete_batch_size
         self.backoff = backoff or Backoff()
         self._clock = clock
         # Devices whose permanent neighbours and FDB entries are ours, read
@@ -173,7 +179,9 @@ class Reconciler:
         self._desired: KernelState | None = None
         self._desired_routes: dict[RouteKey, KernelRoute] = {}
         self._pending: list[DesiredChange] = []
-        self._changed_keys: set[RouteKey] = set()
+        # a dict, not a set: the keys keep the order they changed in, so a
+        # pass's deletes need no sort to come out the same every run
+        self._changed_keys: dict[RouteKey, None] = {}
         self._all_changed = True
         self._whole = False  # set_desired came: passes may sweep
         self._generation = 0  # counts every change of the desired state
@@ -235,13 +243,13 @@ class Reconciler:
         for change in pending:
             for key in change.removes:
                 routes.pop(key, None)
-                keys.add(key)
+                keys[key] = None
             for r in change.upserts:
                 if r.table != self.table:
                     log.warning("ignoring a desired route in table %d", r.table)
                     continue
                 routes[r.key] = r
-                keys.add(r.key)
+                keys[r.key] = None
             self._desired = change.base
 
     def request_resync(self) -> None:
@@ -310,7 +318,7 @@ class Reconciler:
         all_changed = whole and (self._all_changed or full)
         if whole:
             self._all_changed = False
-        keys, self._changed_keys = self._changed_keys, set()
+        keys, self._changed_keys = self._changed_keys, {}
         counts: Counter[str] = Counter()
         started = time.perf_counter()
 
@@ -332,7 +340,7 @@ class Reconciler:
         else:
             for k in self.retries:
                 if isinstance(k, tuple) and k[0] == "route":
-                    keys.add(k[1])
+                    keys[k[1]] = None
             delta = self._plan_keys(desired, keys)
             if not whole:  # what was not given yet may still be wanted
                 delta = dataclasses.replace(delta, neighbor_deletes=(), fdb_deletes=())
@@ -344,8 +352,8 @@ class Reconciler:
         # A big write allocates per route too (messages, tuples): no cyclic
         # collection until it is over, which the socket's timeout bounds.
         with gc_paused() if big else contextlib.nullcontext():
-            await self._apply_routes(delta.route_upserts, counts)
-            await self._apply_routes(delta.route_deletes, counts)
+            await self._apply_routes(delta.route_upserts, counts, self.batch_size)
+            await self._apply_routes(delta.route_deletes, counts, self.delete_batch_size)
         await self._apply_neighbors(delta.neighbor_deletes, counts)
 
         report = PassReport(
@@ -386,7 +394,7 @@ class Reconciler:
                 self._actual_fdb,
             )
 
-    def _plan_keys(self, desired: KernelState, keys: set[RouteKey]) -> KernelDelta:
+    def _plan_keys(self, desired: KernelState, keys: Iterable[RouteKey]) -> KernelDelta:
         r_up, r_del = plan_route_ops_for(keys, self._desired_routes, self._actual_routes)
         small = self._plan(desired, {}, {})
         return dataclasses.replace(small, route_upserts=tuple(r_up), route_deletes=tuple(r_del))
@@ -474,9 +482,16 @@ class Reconciler:
 
     # --- applying --------------------------------------------------------
 
-    async def _apply_routes(self, ops: Sequence[RouteOp], counts: Counter[str]) -> None:
+    async def _apply_routes(
+        self, ops: Sequence[RouteOp], counts: Counter[str], batch_size: int
+    ) -> None:
+        # Deletes go in far bigger batches than upserts: a peer gone is tens
+        # of thousands of them, and each batch is a round trip to the netlink
+        # worker thread, which a loaded machine may take milliseconds to
+        # schedule (the netlink layer still frames them into sends of a few
+        # thousand messages).
         ready = self._ready_ops(ops, counts)
-        size = self.batch_size
+        size = batch_size
         # One batch ahead: the adapter writes batch i+1 while this thread
         # settles batch i (the kernel's share runs without the GIL), and the
         # adapter never waits for this thread to wake up between batches.

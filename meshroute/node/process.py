@@ -84,6 +84,7 @@ from meshroute.node.readiness import decide_readiness
 from meshroute.node.view import ClusterView, load_view
 from meshroute.peering import PeerPlan, decide_node_as, plan_peers
 from meshroute.registry import NodeRecord, Registry
+from meshroute.runtime.heap import settle_long_lived
 from meshroute.runtime.http import Endpoints, Health, serve_http
 from meshroute.runtime.long_tasks import LongTasks
 from meshroute.runtime.metrics import render_metrics
@@ -94,6 +95,7 @@ log = logging.getLogger("meshroute.node")
 
 LEASE_TTL_S = 30
 DEBOUNCE_S = 0.02
+SETTLE_WAIT_S = 60.0
 
 
 def exabgp_argv(name: str) -> tuple[str, ...]:
@@ -495,6 +497,7 @@ class NodeProcess:
         if synced and (fresh or not self._whole_handed.is_set()):
             self.reconciler.set_desired(self.planner.state())
             self._whole_handed.set()
+            self._side_task(self._settle_heap())
         elif fresh:  # before the sync: what is planned so far, nothing swept
             state = self.planner.state()
             so_far = DesiredChange(
@@ -503,6 +506,19 @@ class NodeProcess:
             self.reconciler.apply_change(so_far)
         for u in self.planner.take_new_unroutable():
             log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
+
+    async def _settle_heap(self) -> None:
+        """Once the whole table is in the kernel (or a minute on), freeze
+        what the node holds (``meshroute.runtime.heap``): after the install,
+        not before, whose clock the full collection would lengthen."""
+        assert self.reconciler is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reconciler.wait_converged(), SETTLE_WAIT_S)
+        t0 = time.perf_counter()
+        frozen = settle_long_lived()
+        log.info(
+            "heap settled: %d objects frozen in %.0f ms", frozen, 1000 * (time.perf_counter() - t0)
+        )
 
     # ---- operator-facing state -------------------------------------------
 

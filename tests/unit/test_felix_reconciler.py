@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+from collections.abc import Sequence
 
 import pytest
 from netaddr import IPAddress, IPNetwork
@@ -25,6 +26,7 @@ from felix_lite.model import (
     RouteKind,
     VxlanDevice,
 )
+from felix_lite.ports import Op, OpFailure, RouteOp
 from felix_lite.reconciler import Backoff, Reconciler
 from tests.harness import virtual_time
 
@@ -266,6 +268,43 @@ def test_a_big_write_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> No
         rec.set_desired(state(*many(6001)))
         await rec.sync_once(full=False)
         assert table.gc_on == [True]
+
+
+class BatchSpy(FakeRouteTable):
+    """The fake table, keeping each batch the reconciler hands it."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        super().__init__(kernel)
+        self.batches: list[list[RouteOp]] = []
+
+    async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
+        self.batches.append(list(ops))
+        return await super().apply_routes(ops, proto)
+
+
+def test_deletes_go_in_big_batches_in_the_order_their_keys_changed() -> None:
+    """A peer lost is tens of thousands of deletes: they go in batches of
+    ``delete_batch_size``, not of the upserts' ``batch_size``, in the order
+    the changes removed them (no sort, and the same every run)."""
+
+    async def go() -> None:
+        k = FakeKernel()
+        spy = BatchSpy(k)
+        rec = Reconciler(spy, batch_size=4, delete_batch_size=6)
+        rec.set_desired(state(*(route(i) for i in range(10))))
+        await rec.sync_once(full=True)
+        assert [len(b) for b in spy.batches] == [4, 4, 2]
+        spy.batches.clear()
+        order = [7, 2, 9, 0, 5, 3, 8, 1]
+        rec.apply_change(DesiredChange(removes=tuple(route(i).key for i in order[:3])))
+        rec.apply_change(DesiredChange(removes=tuple(route(i).key for i in order[3:])))
+        rep = await rec.sync_once(full=False)
+        assert rep.route_deletes == 8 and k.owned(PROTO) == {route(4), route(6)}
+        assert [[op.route.key for op in b] for b in spy.batches] == [
+            [route(i).key for i in order[:6]],
+            [route(i).key for i in order[6:]],
+        ]
+        assert all(op.op is Op.DELETE for b in spy.batches for op in b)
 
     asyncio.run(go())
 

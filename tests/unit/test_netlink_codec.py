@@ -353,6 +353,18 @@ def test_route_encoder_writes_the_same_bytes_as_the_wire_route_path(
     assert enc.new_body(route) == nc.encode_route_body(wire)  # from its cache
 
 
+@given(st.lists(kernel_routes(), min_size=1, max_size=12), st.integers(1, 255))
+def test_one_encoder_deletes_many_routes_as_the_wire_route_path(
+    routes: list[KernelRoute], proto: int
+) -> None:
+    """Its delete headers are cached by family, length and table: a route
+    of another shape after the first must not get the first one's."""
+    enc = nc.RouteEncoder(IDX, proto)
+    for route in routes + routes:
+        wire = nc.wire_from_kernel(route, IDX, proto=proto)
+        assert enc.delete_body(route) == nc.encode_delete_body(wire)
+
+
 @given(kernel_routes(), st.integers(1, 255))
 def test_route_decoder_reads_the_same_route_as_the_wire_route_path(
     route: KernelRoute, proto: int
