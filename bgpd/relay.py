@@ -106,8 +106,10 @@ class RelayState:
         if is_ack(line):
             return None  # nobody is waiting for it
         if len(self.buffer) >= self.max_lines:
-            self.buffer.popleft()
             self.dropped += 1
+            if not self.buffer:  # --buffer 0: nothing is kept while the node is away
+                return None
+            self.buffer.popleft()
         self.buffer.append(line)
         return None
 

@@ -119,7 +119,8 @@ def lab_up(
     """Build the whole lab; on any failure everything is torn down again.
     Before the ping matrix, the routers' sessions among themselves get up
     to 20 s, then ``converge`` (default: every BIRD session Established,
-    those with the nodes too, and every node's ``/readiness``) is polled up
+    those with the nodes too, every node's ``/readiness``, and on every node
+    a route to every other node's pods) is polled up
     to ``converge_timeout`` s. ``slowness`` multiplies every other wait
     (daemons and nodes coming up): more than 1 under CPU emulation, where
     importing a node alone takes tens of seconds."""

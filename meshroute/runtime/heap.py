@@ -7,7 +7,10 @@ only what is young.
 Measured at 100k routes: one full collection during a 50k-route peer loss
 cost 130-630 ms of a pass otherwise ~450 ms; with the table frozen, 15 ms.
 Frozen objects are still freed by reference counting as usual; only a
-cycle that is frozen and dies waits for the next ``settle_long_lived``.
+cycle that is frozen and dies waits for the next ``settle_long_lived``, and
+so does cyclic garbage not yet collected when the first call freezes (the
+first call does not collect, and the install before it ran with the
+collector paused): both are freed by the next call, after a rebuild.
 """
 
 from __future__ import annotations

@@ -48,6 +48,14 @@ def test_relay_buffers_bounded_and_counts_drops() -> None:
     assert json.loads(s.on_node_connected()[-1])["dropped"] == 0
 
 
+def test_relay_without_a_buffer_keeps_nothing_and_counts_every_drop() -> None:
+    s = RelayState(max_lines=0)
+    for i in range(2):
+        assert s.on_exabgp_line(f'{{"n": {i}}}\n'.encode(), node_connected=False) is None
+    (mark,) = s.on_node_connected()
+    assert json.loads(mark) == {"relay": "synced", "replayed": 0, "buffered": 0, "dropped": 2}
+
+
 def test_lines_split_across_chunks_and_an_over_long_one_skipped_whole() -> None:
     s = LineSplitter(limit=8)
     assert s.feed(b"ab") == []

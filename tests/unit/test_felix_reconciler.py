@@ -269,6 +269,12 @@ def test_a_big_write_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> No
         await rec.sync_once(full=False)
         assert table.gc_on == [True]
 
+    was = gc.isenabled()
+    try:
+        asyncio.run(go())
+    finally:
+        (gc.enable if was else gc.disable)()
+
 
 class BatchSpy(FakeRouteTable):
     """The fake table, keeping each batch the reconciler hands it."""
