@@ -145,6 +145,23 @@ def pod_routes_missing(lab: Lab) -> list[tuple[str, str]]:
     return unrouted_pods(routes, lab.state.pods)
 
 
+def tentative_addresses(lab: Lab) -> list[tuple[str, str]]:
+    """(namespace, address) of every IPv6 address still in duplicate address
+    detection in a node's or a pod's namespace: Debian's bridge plugin gives
+    the L2-segment pods and the node's bridge addresses with DAD on, and a
+    tentative address answers nothing for a second or two."""
+    if not lab.plan.params.dual_stack:
+        return []
+    namespaces = [lab.state.ns(n.ns) for n in lab.plan.nodes] + [p.netns for p in lab.state.pods]
+    found = []
+    for ns in namespaces:
+        out = run(["ip", "-n", ns, "-6", "-j", "addr", "show", "tentative"], check=False)
+        for link in json.loads(out) if out.strip() else []:
+            # ip -j lists a link's other addresses as empty objects
+            found += [(ns, str(a["local"])) for a in link.get("addr_info", []) if "local" in a]
+    return found
+
+
 def format_routes(routes_by_node: Mapping[str, Iterable[NodeRoute]]) -> str:
     rows = []
     by_node = {node: sorted(routes, key=lambda r: r.dst) for node, routes in routes_by_node.items()}

@@ -33,7 +33,13 @@ from lab.build import (
 from lab.dual_homed import plan_topology
 from lab.pods import CNI_TIMEOUT_S, PingMatrix, create_pods, ping_matrix, pod_endpoints
 from lab.state import PodRecord, load_state
-from lab.status import bird_protocols, frr_sessions, node_ready, pod_routes_missing
+from lab.status import (
+    bird_protocols,
+    frr_sessions,
+    node_ready,
+    pod_routes_missing,
+    tentative_addresses,
+)
 from lab.topology import LabParams
 
 # BIRD protocols towards nodes: the routers' (lab plan) and the
@@ -85,13 +91,15 @@ def wait_fabric(lab: Lab, timeout: float = 20.0, *, nodes_too: bool = False) -> 
 
 def converged(lab: Lab) -> bool:
     """Every BIRD session Established (those with the nodes too), every
-    node's ``/readiness`` 200, and on every node a route towards every other
-    node's pods, both families: readiness alone says the sessions are up,
-    not that the blocks the pods were just given a moment ago have arrived."""
+    node's ``/readiness`` 200, on every node a route towards every other
+    node's pods, both families (readiness alone says the sessions are up,
+    not that the blocks the pods were just given a moment ago have arrived),
+    and no IPv6 address of a node or pod still tentative (L2-segment pods)."""
     return (
         wait_fabric(lab, timeout=0, nodes_too=True)
         and all(node_ready(lab, n) for n in lab.plan.nodes)
         and not pod_routes_missing(lab)
+        and not tentative_addresses(lab)
     )
 
 
@@ -119,8 +127,8 @@ def lab_up(
     """Build the whole lab; on any failure everything is torn down again.
     Before the ping matrix, the routers' sessions among themselves get up
     to 20 s, then ``converge`` (default: every BIRD session Established,
-    those with the nodes too, every node's ``/readiness``, and on every node
-    a route to every other node's pods) is polled up
+    those with the nodes too, every node's ``/readiness``, on every node a
+    route to every other node's pods, no tentative IPv6 address) is polled up
     to ``converge_timeout`` s. ``slowness`` multiplies every other wait
     (daemons and nodes coming up): more than 1 under CPU emulation, where
     importing a node alone takes tens of seconds."""

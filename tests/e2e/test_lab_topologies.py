@@ -19,7 +19,13 @@ import pytest
 
 from lab.build import start_meshroute_node
 from lab.netns import run
-from lab.status import NodeRoute, node_routes, node_sessions, pod_routes_missing
+from lab.status import (
+    NodeRoute,
+    node_routes,
+    node_sessions,
+    pod_routes_missing,
+    tentative_addresses,
+)
 from lab.topology import LabParams, NodePlan
 from lab.up import lab_down, lab_up
 
@@ -62,7 +68,12 @@ def test_every_pod_reaches_every_pod(
         for family, matrix in (("IPv4", res.matrix), ("IPv6", res.matrix6)):
             assert matrix is not None
             assert len(matrix.labels) == 8
-            assert matrix.all_ok, (family, matrix.failures, pod_routes_missing(res.lab))
+            assert matrix.all_ok, (
+                family,
+                matrix.failures,
+                pod_routes_missing(res.lab),
+                tentative_addresses(res.lab),
+            )
         for pod in res.lab.state.pods:
             own = run(["ip", "-n", pod.netns, "addr", "show", "dev", "eth0"])
             default = run(["ip", "-n", pod.netns, "-4", "route", "show", "default"])
