@@ -23,7 +23,7 @@ from netaddr import IPAddress
 
 from bgpd.bfd.packet import ControlPacket, Diag, Reason, State, encode
 from bgpd.bfd.session import Timers
-from bgpd.bfd.speaker import BfdChange, BfdSpeaker, PeerSpec
+from bgpd.bfd.speaker import BfdChange, BfdSpeaker, PeerSpec, went_down
 from lab.netns import Netns, NetnsFactory, veth
 from tests.harness.bgp_peers import Bird, BirdSpec, start_bird
 from tests.harness.frr import FrrDaemons
@@ -56,6 +56,23 @@ class Rig:
                 return got
             await asyncio.sleep(0.01)
         raise TimeoutError(f"timed out after {within:.0f} s waiting for {what}")
+
+    async def until_went_down(
+        self, what: str, since: int, within: float
+    ) -> tuple[float, BfdChange]:
+        """The first change from ``changes[since]`` on that took our session
+        Up -> Down, and when. An event, not a level: a peer that goes on
+        sending Down takes us on to Init at its next packet (RFC 5880
+        §6.8.6; bfdd sends its second Down some 200 ms after the first),
+        and a loaded loop may read both at once, so polling for Down can
+        miss it."""
+        got = await self.until(
+            what,
+            lambda: next((tc for tc in self.changes[since:] if went_down(tc[1])), None),
+            within,
+        )
+        assert isinstance(got, tuple)
+        return got
 
     def ours(self) -> State | None:
         return self.speaker.state_of(IPAddress(R_IP), multihop=self.multihop)
@@ -178,10 +195,10 @@ async def test_frr_blackhole_detected_both_ways_within_detection_time(rig: Rig) 
         await asyncio.sleep(1.0)  # the Poll Sequence to fast timers is over
 
         # we stop hearing bfdd: our detection time expires
+        mark = len(rig.changes)
         await asyncio.to_thread(rig.blackhole, "output")
         t0 = rig.now()
-        await rig.until("our session Down", lambda: rig.ours() is State.DOWN, 5)
-        t_down, c = rig.changes[-1]
+        t_down, c = await rig.until_went_down("our session Down", mark, 5)
         assert c.diag == Diag.CONTROL_DETECTION_TIME_EXPIRED
         assert t_down - t0 <= 0.9 + SLACK_S, f"detected after {t_down - t0:.3f} s"
         await asyncio.to_thread(rig.heal)
@@ -189,10 +206,10 @@ async def test_frr_blackhole_detected_both_ways_within_detection_time(rig: Rig) 
         await asyncio.sleep(1.0)
 
         # bfdd stops hearing us: it detects, and tells us so
+        mark = len(rig.changes)
         await asyncio.to_thread(rig.blackhole, "input")
         t0 = rig.now()
-        await rig.until("our session Down", lambda: rig.ours() is State.DOWN, 5)
-        t_down, c = rig.changes[-1]
+        t_down, c = await rig.until_went_down("our session Down", mark, 5)
         assert c.diag == Diag.NEIGHBOR_SIGNALED_DOWN
         assert c.remote_diag == Diag.CONTROL_DETECTION_TIME_EXPIRED
         assert t_down - t0 <= 0.9 + SLACK_S, f"bfdd detected after {t_down - t0:.3f} s"
@@ -327,20 +344,20 @@ async def test_bird_session_up_timers_and_blackhole_both_ways(rig: Rig, tmp_path
         )
         await asyncio.sleep(1.0)
 
+        mark = len(rig.changes)
         await asyncio.to_thread(rig.blackhole, "output")
         t0 = rig.now()
-        await rig.until("our session Down", lambda: rig.ours() is State.DOWN, 5)
-        t_down, c = rig.changes[-1]
+        t_down, c = await rig.until_went_down("our session Down", mark, 5)
         assert c.diag == Diag.CONTROL_DETECTION_TIME_EXPIRED
         assert t_down - t0 <= 0.9 + SLACK_S, f"detected after {t_down - t0:.3f} s"
         await asyncio.to_thread(rig.heal)
         await rig.until("Up again", lambda: rig.ours() is State.UP, 10)
         await asyncio.sleep(1.0)
 
+        mark = len(rig.changes)
         await asyncio.to_thread(rig.blackhole, "input")
         t0 = rig.now()
-        await rig.until("our session Down", lambda: rig.ours() is State.DOWN, 5)
-        t_down, c = rig.changes[-1]
+        t_down, c = await rig.until_went_down("our session Down", mark, 5)
         assert c.remote_diag == Diag.CONTROL_DETECTION_TIME_EXPIRED
         assert t_down - t0 <= 0.9 + SLACK_S, f"BIRD detected after {t_down - t0:.3f} s"
         assert rig.ups_and_downs() == [State.UP, State.DOWN, State.UP, State.DOWN]
