@@ -211,7 +211,8 @@ class NetlinkHost:
         while True:
             timeout = max(0.0, next_full - self._clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(readable.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await readable.wait()
             if self._clock() >= next_full:
                 await self._full_read(sock, on_change)
                 next_full = self._clock() + self.resync_interval

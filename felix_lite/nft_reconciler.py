@@ -147,7 +147,8 @@ class PolicyReconciler:
         while True:
             timeout = max(0.0, self._next_full - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout if self.known else None)
+                async with asyncio.timeout(timeout if self.known else None):
+                    await self._dirty.wait()
             self._dirty.clear()
             if self.desired is None:
                 continue

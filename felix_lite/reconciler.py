@@ -298,7 +298,8 @@ class Reconciler:
         deadlines += [r.not_before for r in self.retries.values()]
         timeout = max(0.0, min(deadlines) - self._clock())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dirty.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._dirty.wait()
         self._dirty.clear()
 
     # --- one pass --------------------------------------------------------

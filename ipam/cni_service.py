@@ -595,7 +595,8 @@ async def serve(
             ready()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), housekeeping_s)
+                async with asyncio.timeout(housekeeping_s):
+                    await stop.wait()
             if not stop.is_set():
                 await service.housekeeping()
     finally:

@@ -448,7 +448,8 @@ class NodeProcess:
         rebuild_at = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._felix_dirty.wait(), rebuild_at - loop.time())
+                async with asyncio.timeout(rebuild_at - loop.time()):
+                    await self._felix_dirty.wait()
             # No debounce: a pass costs the size of its change, so a flap goes
             # straight through; one turn of the loop lets the lines already
             # read reach the RIB first, which is all the batching needed.

@@ -395,3 +395,29 @@ def test_run_loop_waits_for_desired_resyncs_and_on_request() -> None:
             await task
 
     virtual_time.run(go())
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
+def test_run_ends_when_cancelled_in_the_moment_it_is_woken(steps: int) -> None:
+    """Python 3.11's ``wait_for`` returns the inner result when the
+    cancellation meets a wait that has just completed: the loop went on and
+    a node's shutdown hung (the netlink host reader, whose loop is built
+    alike, hung a test for 10 minutes). However many loop steps separate the
+    wake-up from the cancellation, ``run`` ends."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        rec = Reconciler(FakeRouteTable(FakeKernel()), resync_interval=90.0, clock=loop.time)
+        rec.set_desired(state(route(1)))
+        task = asyncio.create_task(rec.run())
+        await asyncio.wait_for(rec.wait_converged(), 2)
+        for _ in range(5):
+            await asyncio.sleep(0)  # run() is back waiting for work
+        rec.request_resync()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done and task.cancelled()
+
+    asyncio.run(go())
