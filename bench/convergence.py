@@ -119,7 +119,8 @@ async def etcd_watch_latency(endpoint: str, n: int) -> list[float]:
         for i in range(n):
             t0 = time.perf_counter()
             await store.txn([], [Put(key, str(i).encode())])
-            out.append(await asyncio.wait_for(got.get(), 10) - t0)
+            async with asyncio.timeout(10):
+                out.append(await got.get() - t0)
             await asyncio.sleep(0.05)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

@@ -66,7 +66,8 @@ async def bird_command(socket_path: str, command: str, limit_s: float = 10.0) ->
             writer.close()
 
     try:
-        reply = await asyncio.wait_for(talk(), limit_s)
+        async with asyncio.timeout(limit_s):
+            reply = await talk()
     except (OSError, TimeoutError) as e:
         raise BirdCtlError(f"{socket_path}: {e or 'timed out'}") from e
     if reply.code[:1] in ("8", "9"):

@@ -223,7 +223,8 @@ class BirdSupervisor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(self._wait_exit(), grace_s)
+            async with asyncio.timeout(grace_s):
+                await self._wait_exit()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)

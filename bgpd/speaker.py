@@ -276,7 +276,8 @@ class Speaker:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
 
     async def _terminate_exabgp(self) -> None:
         p = self.proc

@@ -206,7 +206,8 @@ class SecureClient(aetcd.Client):
         if self._connected.is_set():
             return
         if self._is_connecting:  # type: ignore[has-type]  # set by aetcd's __init__
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            async with asyncio.timeout(self._connect_wait_timeout):
+                await self._connected.wait()
             return
         try:
             self._is_connecting = True

@@ -304,7 +304,8 @@ class NodeProcess:
 
     async def _become_ready(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._programmed(), 30)
+            async with asyncio.timeout(30):
+                await self._programmed()
         self._ready.set()
         self.notifier.notify("READY=1", f"STATUS=serving {len(self.peers)} BGP peers")
 
@@ -514,7 +515,8 @@ class NodeProcess:
         not before, whose clock the full collection would lengthen."""
         assert self.reconciler is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reconciler.wait_converged(), SETTLE_WAIT_S)
+            async with asyncio.timeout(SETTLE_WAIT_S):
+                await self.reconciler.wait_converged()
         t0 = time.perf_counter()
         frozen = settle_long_lived()
         log.info(

@@ -34,6 +34,7 @@ class Endpoints:
 
 
 FRESH_PATHS = ("/status", "/metrics")
+HEADER_WAIT_S = 5.0  # a client that has not sent its request head by then is dropped
 
 
 def _response(code: int, body: bytes, ctype: str) -> bytes:
@@ -65,9 +66,10 @@ async def serve_http(endpoints: Endpoints, listen: str) -> asyncio.Server:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            async with asyncio.timeout(HEADER_WAIT_S):  # the whole head, not each line
+                line = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
             parts = line.decode("latin-1").split()
             fresh = len(parts) >= 2 and parts[1].split("?", 1)[0] in FRESH_PATHS
             if endpoints.refresh is not None and fresh:

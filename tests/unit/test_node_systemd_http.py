@@ -8,9 +8,11 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 from netaddr import IPAddress
 
 from meshroute.node.readiness import decide_readiness
+from meshroute.runtime import http
 from meshroute.runtime.http import Endpoints, Health, route, serve_http
 from meshroute.runtime.systemd import Notifier
 
@@ -116,3 +118,53 @@ async def test_status_and_metrics_are_read_fresh_liveness_is_not() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_request_head_trickled_line_by_line_is_dropped_on_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The head has one deadline in all, not one per line: a client sending
+    a header line every 50 ms, each well within the deadline, is cut off
+    once the head as a whole is late, and the server answers others."""
+    monkeypatch.setattr(http, "HEADER_WAIT_S", 0.3)
+    ep = Endpoints(
+        liveness=lambda: Health(True, "alive"),
+        readiness=lambda: Health(True, "ready"),
+        metrics=lambda: b"",
+        status=lambda: {},
+    )
+    server = await serve_http(ep, "127.0.0.1:0")
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /liveness HTTP/1.0\r\n")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        closed = None
+        while loop.time() - t0 < 3:
+            try:
+                writer.write(b"X-Slow: 1\r\n")
+                await writer.drain()
+            except ConnectionError:
+                closed = loop.time() - t0
+                break
+            if reader.at_eof() or await _eof_within(reader, 0.05):
+                closed = loop.time() - t0
+                break
+        assert closed is not None and closed < 1.5, f"the trickling client was kept {closed}"
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        w2.write(b"GET /liveness HTTP/1.0\r\n\r\n")
+        assert (await r2.read()).endswith(b"alive\n")
+        w2.close()
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _eof_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            return await reader.read(1) == b""
+    except TimeoutError:
+        return False
