@@ -234,15 +234,6 @@ def encode_dump_request(family: int, seq: int, *, proto: int = 0, table: int = 0
     return frame(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
-def set_ack(buf: bytearray, offset: int) -> None:
-    """Turn on NLM_F_ACK in the message framed at ``offset`` of ``buf``."""
-    (flags,) = struct.unpack_from("=H", buf, offset + 6)
-    struct.pack_into("=H", buf, offset + 6, flags | NLM_F_ACK)
-
-
-# ----------------------------------------------------------------- parsing
-
-
 def iter_messages(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, int, int, int]]:
     """(type, flags, seq, payload_start, payload_end) for each nlmsghdr in
     ``buf``; offsets index ``buf`` so nothing is copied."""

@@ -7,9 +7,10 @@ the few neighbour, FDB and link operations through pyroute2.
 
 All netlink I/O runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
-by two threads at once. Route batches are encoded on the caller's thread
-(about a millisecond per thousand routes), so encoding one batch overlaps
-the kernel's work on the one before. (The host's links and addresses are read by
+by two threads at once. Route batches are encoded and framed on the
+caller's thread (about two milliseconds per thousand routes), so encoding
+one batch overlaps the kernel's work on the one before, and the worker
+holds the GIL only between its sends. (The host's links and addresses are read by
 ``felix_lite.netlink_host``.)
 
 A namespace name (``netns``) makes every socket live in that namespace
@@ -38,6 +39,7 @@ from felix_lite.netlink_bulk import (
     OP_DELETE,
     OP_REPLACE,
     BulkRoutes,
+    Frames,
 )
 from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
 
@@ -49,8 +51,8 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 LINKS_MAX_AGE = 1.0
 
-# A batch encoded: (messages, the ops they are, failures so far).
-_Encoded = tuple[list[tuple[int, bytes]], list[RouteOp], list[OpFailure[RouteOp]]]
+# A batch encoded: (its messages framed, the ops they are, failures so far).
+_Encoded = tuple[list[Frames], list[RouteOp], list[OpFailure[RouteOp]]]
 
 
 def _open_ipr(netns: str | None) -> Any:
@@ -156,7 +158,7 @@ class NetlinkRouteTable:
         return int(found[0]) if found else None
 
     def _encode_routes(self, ops: Sequence[RouteOp], proto: int, fresh: bool) -> _Encoded:
-        """(messages, the ops they are, failures so far). A device name
+        """(messages framed, the ops they are, failures so far). A device name
         not in the links read raises KeyError, unless they were just read
         (``fresh``): then it is that route's ENODEV."""
         failures: list[OpFailure[RouteOp]] = []
@@ -178,11 +180,11 @@ class NetlinkRouteTable:
                 continue
             items.append(item)
             sent.append(op)
-        return items, sent, failures
+        return self._bulk.frame(items), sent, failures
 
     def _send_routes(self, encoded: _Encoded) -> list[OpFailure[RouteOp]]:
-        items, sent, failures = encoded
-        for f in self._bulk.apply_encoded(items):
+        frames, sent, failures = encoded
+        for f in self._bulk.send_frames(frames):
             failures.append(OpFailure(sent[f.index], f.errno, f.message or _strerror(f.errno)))
         return failures
 
@@ -289,7 +291,8 @@ class NetlinkRouteTable:
             await self._worker.run(chunks.close)
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
-        # Encoded here, on the caller's thread; only the send is the worker's.
+        # Encoded and framed here, on the caller's thread; only the send is
+        # the worker's.
         # The reconciler keeps a batch ahead, so this one is encoded while
         # the kernel works on the last (a send releases the GIL). The links
         # are read at most once a second for a batch that writes (deletes
