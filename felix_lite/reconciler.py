@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 from felix_lite.delta import (
@@ -129,6 +129,11 @@ class PassReport:
             + self.fdb_ops
             + self.device_ops
         )
+
+
+_op_kind = itemgetter(0)
+_op_route = itemgetter(1)
+_route_key = attrgetter("key")
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -519,18 +524,18 @@ class Reconciler:
         actual = self._actual_routes
         if failed:  # the rare case: only then is an op looked up
             batch = [op for op in batch if op not in failed]
-        adds = replaces = deletes = 0
-        add, delete = Op.ADD, Op.DELETE
-        for kind, route in batch:
-            if kind is delete:
-                actual.pop(route.key, None)
-                deletes += 1
-            else:
-                actual[route.key] = route
-                if kind is add:
-                    adds += 1
-                else:
-                    replaces += 1
+        # Counted and stored by C loops (list.count matches by identity
+        # first). A batch is all upserts or all deletes: a pass sends them apart.
+        kinds = list(map(_op_kind, batch))
+        adds, deletes = kinds.count(Op.ADD), kinds.count(Op.DELETE)
+        replaces = len(kinds) - adds - deletes
+        routes = list(map(_op_route, batch))
+        if not deletes:
+            actual.update(zip(map(_route_key, routes), routes, strict=True))
+        else:
+            assert deletes == len(kinds), "a batch mixes upserts and deletes"
+            for key in map(_route_key, routes):
+                actual.pop(key, None)
         counts["route_add"] += adds
         counts["route_replace"] += replaces
         counts["route_delete"] += deletes
