@@ -213,15 +213,16 @@ class BulkRoutes:
     def apply_encoded(self, items: Sequence[tuple[int, bytes]]) -> list[BulkFailure]:
         """``apply`` for message bodies already encoded (rtmsg + attributes,
         see ``netlink_codec.RouteEncoder``)."""
-        return self.send_frames(self.frame(items))
+        return self.send_frames(self.frame([op for op, _ in items], [b for _, b in items]))
 
-    def frame(self, items: Sequence[tuple[int, bytes]]) -> list[Frames]:
-        """Frame ``(OP_*, body)`` items into sends (for ``send_frames``).
+    def frame(self, ops: Sequence[int], bodies: Sequence[bytes]) -> list[Frames]:
+        """Frame items (``ops[i]``, one of OP_*, with message body
+        ``bodies[i]``) into sends (for ``send_frames``).
         Needs no socket, so any thread may call it: a caller that frames
         the next batch while the socket's thread sends the last one keeps
         the kernel busy, and that thread needs the GIL only between sends."""
         frames: list[Frames] = []
-        n = len(items)
+        n = len(bodies)
         i = 0
         kinds = {
             OP_ADD: (nc.RTM_NEWROUTE, nc.ADD_ROUTE_FLAGS),
@@ -241,8 +242,8 @@ class BulkRoutes:
             size = 0
             mtype = flags = 0
             while i < limit and size < batch_bytes:
-                op, body = items[i]
-                mtype, flags = kinds[op]
+                body = bodies[i]
+                mtype, flags = kinds[ops[i]]
                 blen = len(body)
                 if blen & 3:  # route bodies never need it; keep the next header aligned
                     body += bytes(4 - (blen & 3))

@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from netaddr import IPAddress
@@ -45,6 +46,8 @@ from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
 
 T = TypeVar("T")
 Op_ = TypeVar("Op_", NeighborOp, FdbOp)
+_op_kind = itemgetter(0)
+_op_route = itemgetter(1)
 
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
@@ -161,26 +164,43 @@ class NetlinkRouteTable:
         """(messages framed, the ops they are, failures so far). A device name
         not in the links read raises KeyError, unless they were just read
         (``fresh``): then it is that route's ENODEV."""
-        failures: list[OpFailure[RouteOp]] = []
-        items: list[tuple[int, bytes]] = []
-        sent: list[RouteOp] = []
         enc = self._encoder(proto)
-        add, delete = Op.ADD, Op.DELETE
+        # A batch of one kind (the reconciler's are: upserts or deletes of
+        # one pass) is encoded by a C loop; list.count matches by identity.
+        kinds = list(map(_op_kind, ops))
+        for kind, code, body in (
+            (Op.ADD, OP_ADD, enc.new_body),
+            (Op.REPLACE, OP_REPLACE, enc.new_body),
+            (Op.DELETE, OP_DELETE, enc.delete_body),
+        ):
+            if kinds.count(kind) == len(kinds):
+                try:
+                    bodies = list(map(body, map(_op_route, ops)))
+                except KeyError:
+                    if not fresh:
+                        raise
+                    break  # op by op below, to name the route with no device
+                return self._bulk.frame([code] * len(bodies), bodies), list(ops), []
+        failures: list[OpFailure[RouteOp]] = []
+        codes: list[int] = []
+        bodies = []
+        sent: list[RouteOp] = []
         for op in ops:
             kind, route = op
             try:
-                if kind is delete:
-                    item = (OP_DELETE, enc.delete_body(route))
+                if kind is Op.DELETE:
+                    code, msg = OP_DELETE, enc.delete_body(route)
                 else:
-                    item = (OP_ADD if kind is add else OP_REPLACE, enc.new_body(route))
+                    code, msg = OP_ADD if kind is Op.ADD else OP_REPLACE, enc.new_body(route)
             except KeyError as e:
                 if not fresh:
                     raise
                 failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
                 continue
-            items.append(item)
+            codes.append(code)
+            bodies.append(msg)
             sent.append(op)
-        return self._bulk.frame(items), sent, failures
+        return self._bulk.frame(codes, bodies), sent, failures
 
     def _send_routes(self, encoded: _Encoded) -> list[OpFailure[RouteOp]]:
         frames, sent, failures = encoded

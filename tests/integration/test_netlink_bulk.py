@@ -169,8 +169,9 @@ def test_frames_are_the_messages_back_to_back_acked_only_at_each_end(netns):
     items = [(OP_ADD, nc.encode_route_body(r)) for r in routes[:7]]
     items.append((OP_DELETE, nc.encode_delete_body(routes[0])))
     items.append((OP_REPLACE, nc.encode_route_body(routes[1])))
+    ops, bodies = [op for op, _ in items], [b for _, b in items]
     with BulkRoutes(ns.name, batch_msgs=4, batch_bytes=10_000) as bulk:
-        frames = bulk.frame(items)
+        frames = bulk.frame(ops, bodies)
     assert [(f.first, f.count) for f in frames] == [(0, 4), (4, 4), (8, 1)]
     for f in frames:
         assert f.base > 0  # each frame's own block: seqs never repeat
@@ -187,7 +188,7 @@ def test_frames_are_the_messages_back_to_back_acked_only_at_each_end(netns):
         assert f.data == b"".join(expect)
     # a batch closes once it holds batch_bytes, whatever batch_msgs allows
     with BulkRoutes(ns.name, batch_bytes=1) as bulk:
-        assert [(f.first, f.count) for f in bulk.frame(items)] == [(i, 1) for i in range(9)]
+        assert [(f.first, f.count) for f in bulk.frame(ops, bodies)] == [(i, 1) for i in range(9)]
 
 
 def test_one_bad_route_in_a_batch_fails_alone_with_its_own_errno(netns):
