@@ -325,6 +325,32 @@ class Reconciler:
         if whole:
             self._all_changed = False
         keys, self._changed_keys = self._changed_keys, {}
+        if not all_changed:
+            for k in self.retries:
+                if isinstance(k, tuple) and k[0] == "route":
+                    keys[k[1]] = None
+        size = len(desired_routes) + len(self._actual_routes) if all_changed else len(keys)
+        # A pass over many routes allocates per route (the read, the ops,
+        # the messages), and the tables it walks were just built: no cyclic
+        # collection from end to end (its I/O is bounded by the socket's
+        # timeout). At 100k routes the collections it spared cost ~0.1 s of
+        # a 1 s start and freed nothing; the node then freezes what it holds
+        # (meshroute.runtime.heap), so most never run.
+        with gc_paused() if size > _THREAD_DIFF_ABOVE else contextlib.nullcontext():
+            return await self._pass(
+                desired, generation, desired_routes, whole, all_changed, keys, full
+            )
+
+    async def _pass(
+        self,
+        desired: KernelState,
+        generation: int,
+        desired_routes: dict[RouteKey, KernelRoute],
+        whole: bool,
+        all_changed: bool,
+        keys: dict[RouteKey, None],
+        full: bool,
+    ) -> PassReport:
         counts: Counter[str] = Counter()
         started = time.perf_counter()
 
@@ -344,9 +370,6 @@ class Reconciler:
             else:
                 delta = self._plan(desired, desired_routes)
         else:
-            for k in self.retries:
-                if isinstance(k, tuple) and k[0] == "route":
-                    keys[k[1]] = None
             delta = self._plan_keys(desired, keys)
             if not whole:  # what was not given yet may still be wanted
                 delta = dataclasses.replace(delta, neighbor_deletes=(), fdb_deletes=())
@@ -354,12 +377,8 @@ class Reconciler:
         await self._apply_fdb(delta.fdb_deletes, counts)
         await self._apply_neighbors(delta.neighbor_upserts, counts)
         await self._apply_fdb(delta.fdb_upserts, counts)
-        big = len(delta.route_upserts) + len(delta.route_deletes) > _THREAD_DIFF_ABOVE
-        # A big write allocates per route too (messages, tuples): no cyclic
-        # collection until it is over, which the socket's timeout bounds.
-        with gc_paused() if big else contextlib.nullcontext():
-            await self._apply_routes(delta.route_upserts, counts, self.batch_size)
-            await self._apply_routes(delta.route_deletes, counts, self.delete_batch_size)
+        await self._apply_routes(delta.route_upserts, counts, self.batch_size)
+        await self._apply_routes(delta.route_deletes, counts, self.delete_batch_size)
         await self._apply_neighbors(delta.neighbor_deletes, counts)
 
         report = PassReport(
