@@ -312,9 +312,9 @@ class NetlinkRouteTable:
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
         # Encoded and framed here, on the caller's thread; only the send is
-        # the worker's.
-        # The reconciler keeps a batch ahead, so this one is encoded while
-        # the kernel works on the last (a send releases the GIL). The links
+        # the worker's. The reconciler keeps batches ahead, so this one is
+        # encoded while the kernel works on those before (a send releases
+        # the GIL). The links
         # are read at most once a second for a batch that writes (deletes
         # name no device: a peer's routes go without waiting for them), and
         # at once when a name is unknown.

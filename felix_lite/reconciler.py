@@ -28,7 +28,9 @@ applies the difference through the ports.
   Upserts go to the port ``batch_size`` at a time, deletes in far bigger
   batches (``delete_batch_size``): a lost peer's tens of thousands of them
   cost one or two round trips to the netlink thread, in the order their
-  keys changed.
+  keys changed. Up to ``batches_ahead`` batches go out before the oldest is
+  answered (and settled, in order), so the netlink thread never waits for
+  this one between batches.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import errno
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
@@ -161,6 +163,7 @@ class Reconciler:
         resync_interval: float = 90.0,
         batch_size: int = 1000,
         delete_batch_size: int = 32768,
+        batches_ahead: int = 1,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         vxlan_devices: Iterable[str] = (VXLAN_DEVICE,),
@@ -172,6 +175,7 @@ class Reconciler:
         self.resync_interval = resync_interval
         self.batch_size = batch_size
         self.delete_batch_size = delete_batch_size
+        self.batches_ahead = batches_ahead
         self.backoff = backoff or Backoff()
         self._clock = clock
         # Devices whose permanent neighbours and FDB entries are ours, read
@@ -516,25 +520,30 @@ class Reconciler:
         # schedule (the netlink layer still frames them into sends of a few
         # thousand messages).
         ready = self._ready_ops(ops, counts)
-        size = batch_size
-        # One batch ahead: the adapter writes batch i+1 while this thread
-        # settles batch i (the kernel's share runs without the GIL), and the
-        # adapter never waits for this thread to wake up between batches.
-        ahead: asyncio.Future[list[OpFailure[RouteOp]]] | None = None
+        batches = [ready[i : i + batch_size] for i in range(0, len(ready), batch_size)]
+        # Batches ahead: the adapter writes the next ones while this thread
+        # settles one (the kernel's share runs without the GIL), so it never
+        # waits for this thread to wake up between batches, nor runs dry
+        # when a loaded machine leaves this thread unscheduled for a while.
+        # Settled in order, each once answered.
+        Sent = tuple[list[RouteOp], asyncio.Future[list[OpFailure[RouteOp]]]]
+
+        def send(batch: list[RouteOp]) -> Sent:
+            return batch, asyncio.ensure_future(self._routes.apply_routes(batch, self.proto))
+
+        sent: deque[Sent] = deque()
+        started = 0
         try:
-            for start in range(0, len(ready), size):
-                batch = ready[start : start + size]
-                if ahead is None:
-                    ahead = asyncio.ensure_future(self._routes.apply_routes(batch, self.proto))
-                sent, ahead = ahead, None
-                if start + size < len(ready):
-                    nxt = ready[start + size : start + 2 * size]
-                    ahead = asyncio.ensure_future(self._routes.apply_routes(nxt, self.proto))
-                self._settle_routes(batch, await sent, counts)
+            while sent or started < len(batches):
+                while started < len(batches) and len(sent) <= self.batches_ahead:
+                    sent.append(send(batches[started]))
+                    started += 1
+                done, answer = sent.popleft()
+                self._settle_routes(done, await answer, counts)
         finally:
-            if ahead is not None:  # a broken channel: the pass ends here
-                ahead.cancel()
-                ahead.add_done_callback(_retrieve)
+            for _, left in sent:  # a broken channel: the pass ends here
+                left.cancel()
+                left.add_done_callback(_retrieve)
 
     def _settle_routes(
         self, batch: Sequence[RouteOp], failures: Sequence[OpFailure[RouteOp]], counts: Counter[str]

@@ -327,6 +327,42 @@ def test_deletes_go_in_big_batches_in_the_order_their_keys_changed() -> None:
     asyncio.run(go())
 
 
+class HeldBatches(FakeRouteTable):
+    """The fake table, answering each batch only when the test lets it."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        super().__init__(kernel)
+        self.waiting: list[asyncio.Future[None]] = []
+        self.most_in_flight = 0
+
+    async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
+        gate = asyncio.get_running_loop().create_future()
+        self.waiting.append(gate)
+        self.most_in_flight = max(self.most_in_flight, len(self.waiting))
+        await gate
+        return await super().apply_routes(ops, proto)
+
+
+def test_batches_go_ahead_as_far_as_allowed_and_settle_in_order() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        table = HeldBatches(k)
+        rec = Reconciler(table, batch_size=2, batches_ahead=3)
+        rec.set_desired(state(*(route(i) for i in range(20))))
+        task = asyncio.ensure_future(rec.sync_once(full=True))
+        for answered in range(10):
+            for _ in range(20):  # loop turns enough for all it may send; no fifth goes
+                await asyncio.sleep(0)
+            assert len(table.waiting) == min(4, 10 - answered)
+            assert len(rec.actual_routes) == 2 * answered  # settled in order
+            table.waiting.pop(0).set_result(None)
+        rep = await task
+        assert rep.route_adds == 20 and table.most_in_flight == 4
+        assert k.owned(PROTO) == {route(i) for i in range(20)}
+
+    asyncio.run(go())
+
+
 def test_vxlan_neighbors_and_fdb_are_reconciled() -> None:
     async def go() -> None:
         k = FakeKernel()
