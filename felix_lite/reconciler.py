@@ -526,10 +526,17 @@ class Reconciler:
         # waits for this thread to wake up between batches, nor runs dry
         # when a loaded machine leaves this thread unscheduled for a while.
         # Settled in order, each once answered.
-        Sent = tuple[list[RouteOp], asyncio.Future[list[OpFailure[RouteOp]]]]
+        Sent = tuple[
+            list[RouteOp], dict[RouteKey, KernelRoute], asyncio.Future[list[OpFailure[RouteOp]]]
+        ]
 
         def send(batch: list[RouteOp]) -> Sent:
-            return batch, asyncio.ensure_future(self._routes.apply_routes(batch, self.proto))
+            # Indexed now, while the encoder is about to read the same routes:
+            # settling then merges a dict (its hashes stored) and touches no
+            # route again, long after the cache forgot them.
+            routes = list(map(_op_route, batch))
+            index = dict(zip(map(_route_key, routes), routes, strict=True))
+            return batch, index, asyncio.ensure_future(self._routes.apply_routes(batch, self.proto))
 
         sent: deque[Sent] = deque()
         started = 0
@@ -538,31 +545,37 @@ class Reconciler:
                 while started < len(batches) and len(sent) <= self.batches_ahead:
                     sent.append(send(batches[started]))
                     started += 1
-                done, answer = sent.popleft()
-                self._settle_routes(done, await answer, counts)
+                done, index, answer = sent.popleft()
+                self._settle_routes(done, index, await answer, counts)
         finally:
-            for _, left in sent:  # a broken channel: the pass ends here
+            for _, _, left in sent:  # a broken channel: the pass ends here
                 left.cancel()
                 left.add_done_callback(_retrieve)
 
     def _settle_routes(
-        self, batch: Sequence[RouteOp], failures: Sequence[OpFailure[RouteOp]], counts: Counter[str]
+        self,
+        batch: Sequence[RouteOp],
+        index: dict[RouteKey, KernelRoute],
+        failures: Sequence[OpFailure[RouteOp]],
+        counts: Counter[str],
     ) -> None:
+        """Store what ``batch`` (its routes by key in ``index``) did."""
         failed = self._record(batch, failures, counts)
         actual = self._actual_routes
         if failed:  # the rare case: only then is an op looked up
             batch = [op for op in batch if op not in failed]
+            for op in failed:
+                index.pop(op.route.key, None)  # a pass has one op a key
         # Counted and stored by C loops (list.count matches by identity
         # first). A batch is all upserts or all deletes: a pass sends them apart.
         kinds = list(map(_op_kind, batch))
         adds, deletes = kinds.count(Op.ADD), kinds.count(Op.DELETE)
         replaces = len(kinds) - adds - deletes
-        routes = list(map(_op_route, batch))
         if not deletes:
-            actual.update(zip(map(_route_key, routes), routes, strict=True))
+            actual.update(index)
         else:
             assert deletes == len(kinds), "a batch mixes upserts and deletes"
-            for key in map(_route_key, routes):
+            for key in index:
                 actual.pop(key, None)
         counts["route_add"] += adds
         counts["route_replace"] += replaces
