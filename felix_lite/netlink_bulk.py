@@ -266,8 +266,8 @@ class BulkRoutes:
 
     def _frame_alike(self, op: int, bodies: Sequence[bytes]) -> list[Frames]:
         """``frame`` for items of one kind whose bodies have one aligned
-        length (one shape of route: nearly every batch), cut where ``frame`` cuts, the
-        headers packed and interleaved with the bodies by C loops."""
+        length (one shape of route: nearly every batch), cut where ``frame``
+        cuts, the headers packed and interleaved with the bodies by C loops."""
         mtype, flags = _KINDS[op]
         mlen = nc.HDR_LEN + len(bodies[0])
         per = min(self.batch_msgs, -(-self.batch_bytes // mlen))

@@ -8,7 +8,7 @@ the few neighbour, FDB and link operations through pyroute2.
 All netlink I/O runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
 by two threads at once. Route batches are encoded and framed on the
-caller's thread (about two milliseconds per thousand routes), so encoding
+caller's thread (a millisecond or two per thousand routes), so encoding
 one batch overlaps the kernel's work on the one before, and the worker
 holds the GIL only between its sends. (The host's links and addresses are read by
 ``felix_lite.netlink_host``.)
