@@ -163,7 +163,7 @@ class Reconciler:
         resync_interval: float = 90.0,
         batch_size: int = 1000,
         delete_batch_size: int = 32768,
-        batches_ahead: int = 1,
+        batches_ahead: int = 3,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         vxlan_devices: Iterable[str] = (VXLAN_DEVICE,),
