@@ -4,7 +4,7 @@ same sockets and packet rates with no BFD at all, from Python.
 Between two namespaces, 100 sessions send a 24-byte payload each way at
 the daemon's mean rate (one per 50 ms x 0.875, the middle of the jitter
 range), each side from one asyncio timer every 5 ms as the daemon's
-batched wakeups do, its receiver (opened as the daemon's is: TTL and
+batched wakeups do (``--wakeup-ms``), its receiver (opened as the daemon's is: TTL and
 kernel receive time in ancillary data) read to empty on each wakeup. The
 measured side runs on the calling thread, the other on a thread of its own
 with its own event loop, and only the calling thread's CPU and its own
@@ -167,8 +167,10 @@ def _idle(netns: str, pairs: list[tuple[str, str]]) -> _Side:
 SIDES = {"per_packet": _per_packet, "mmsg": _mmsg, "idle": _idle}
 
 
-def _drive(side: _Side, sessions: int, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """Wake ``side`` every ``WAKEUP_S`` on ``loop``: send what is due, read
+def _drive(
+    side: _Side, sessions: int, loop: asyncio.AbstractEventLoop, wakeup_s: float
+) -> Callable[[], None]:
+    """Wake ``side`` every ``wakeup_s`` on ``loop``: send what is due, read
     what came; the function returned stops it."""
     start = loop.time()
     # spread over one interval, as jittered sessions are
@@ -181,7 +183,7 @@ def _drive(side: _Side, sessions: int, loop: asyncio.AbstractEventLoop) -> Calla
         for i in ready:
             due[i] += INTERVAL_S
         side.counted += side.send(ready) + side.drain()
-        timer[:] = [loop.call_at(now + WAKEUP_S, wake)]
+        timer[:] = [loop.call_at(now + wakeup_s, wake)]
 
     def stop() -> None:
         for h in timer:
@@ -200,7 +202,12 @@ def _thread_cpu_s() -> tuple[float, float]:
 
 
 async def measure(
-    ns_a: str, ns_b: str, pairs: list[tuple[str, str]], seconds: float, way: str = "per_packet"
+    ns_a: str,
+    ns_b: str,
+    pairs: list[tuple[str, str]],
+    seconds: float,
+    way: str = "per_packet",
+    wakeup_s: float = WAKEUP_S,
 ) -> Floor:
     """``pairs`` are (address in ``ns_a``, address in ``ns_b``); the side in
     ``ns_a`` is measured."""
@@ -209,14 +216,14 @@ async def measure(
     done = threading.Event()
 
     async def peer() -> None:
-        stop = _drive(theirs, len(pairs), asyncio.get_running_loop())
+        stop = _drive(theirs, len(pairs), asyncio.get_running_loop(), wakeup_s)
         await asyncio.to_thread(done.wait)
         stop()
 
     peer_thread = threading.Thread(target=asyncio.run, args=(peer(),), name="bfd-floor-peer")
     peer_thread.start()
     loop = asyncio.get_running_loop()
-    stop = _drive(ours, len(pairs), loop)
+    stop = _drive(ours, len(pairs), loop, wakeup_s)
     try:
         await asyncio.sleep(1.0)  # settled
         (c0, s0), n0, t0 = _thread_cpu_s(), ours.counted, loop.time()
@@ -235,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each way")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured per run")
+    ap.add_argument("--wakeup-ms", type=float, default=WAKEUP_S * 1000, help="the timer's period")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
     require_root("bench.bfd_floor")
@@ -245,11 +253,12 @@ def main(argv: list[str] | None = None) -> None:
         a, b, pairs = address_pairs(netns)
         for i in range(args.repeat):
             for way in WAYS[i % len(WAYS) :] + WAYS[: i % len(WAYS)]:
-                samples[way].append(asyncio.run(measure(a.name, b.name, pairs, args.seconds, way)))
+                floor = measure(a.name, b.name, pairs, args.seconds, way, args.wakeup_ms / 1000)
+                samples[way].append(asyncio.run(floor))
     finally:
         netns.cleanup()
     load.append(round(os.getloadavg()[0], 2))
-    result: dict[str, Any] = {"loadavg_1m": load}
+    result: dict[str, Any] = {"wakeup_ms": args.wakeup_ms, "loadavg_1m": load}
     for way, floors in samples.items():
         result[f"{way}_cpu_pct"] = round(statistics.median(f.cpu_pct for f in floors), 2)
         if way != "idle":

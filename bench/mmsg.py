@@ -94,6 +94,37 @@ def _errno_of(n: int) -> int:
     return ctypes.get_errno() if n < 0 else 0
 
 
+class _Vector:
+    """``capacity`` messages of one iovec each, every message's name,
+    control data and data in its own ``slot`` bytes of one buffer, at the
+    (offset, length) given for each."""
+
+    def __init__(
+        self,
+        capacity: int,
+        slot: int,
+        *,
+        name: tuple[int, int],
+        control: tuple[int, int],
+        data: tuple[int, int],
+    ) -> None:
+        self.hdrs = (mmsghdr * capacity)()
+        self.iovs = (iovec * capacity)()
+        self.buf = (ctypes.c_char * (slot * capacity))()
+        base = ctypes.addressof(self.buf)
+        for i in range(capacity):
+            o = base + i * slot
+            self.iovs[i].iov_base, self.iovs[i].iov_len = o + data[0], data[1]
+            h = self.hdrs[i].msg_hdr
+            h.msg_name, h.msg_namelen = o + name[0], name[1]
+            h.msg_control, h.msg_controllen = o + control[0], control[1]
+            h.msg_iov, h.msg_iovlen = ctypes.addressof(self.iovs[i]), 1
+        self.addr = ctypes.addressof(self.hdrs)
+        self.hdr_view = memoryview(self.hdrs).cast("B")
+        self.iov_view = memoryview(self.iovs).cast("B")
+        self.view = memoryview(self.buf).cast("B")
+
+
 class RecvBatch:
     """Up to ``capacity`` datagrams per ``recvmmsg`` call from a socket of
     ``family`` opened by ``sockets.open_receiver``."""
@@ -105,20 +136,15 @@ class RecvBatch:
         self._ttl_kind = TTL_CMSG[family]
         self._source = _SOURCE[family]
         self._slot = CONTROL_SPACE + NAME_SPACE + size
-        self._hdrs = (mmsghdr * capacity)()
-        self._iovs = (iovec * capacity)()
-        self._buf = (ctypes.c_char * (self._slot * capacity))()
-        base = ctypes.addressof(self._buf)
-        for i in range(capacity):
-            o = base + i * self._slot
-            self._iovs[i].iov_base, self._iovs[i].iov_len = o + CONTROL_SPACE + NAME_SPACE, size
-            h = self._hdrs[i].msg_hdr
-            h.msg_control, h.msg_controllen = o, CONTROL_SPACE
-            h.msg_name, h.msg_namelen = o + CONTROL_SPACE, NAME_SPACE
-            h.msg_iov, h.msg_iovlen = ctypes.addressof(self._iovs[i]), 1
-        self._hdrs_addr = ctypes.addressof(self._hdrs)
-        self._hdr_view = memoryview(self._hdrs).cast("B")
-        self._view = memoryview(self._buf).cast("B")
+        self._vec = _Vector(
+            capacity,
+            self._slot,
+            name=(CONTROL_SPACE, NAME_SPACE),
+            control=(0, CONTROL_SPACE),
+            data=(CONTROL_SPACE + NAME_SPACE, size),
+        )
+        self._hdr_view = self._vec.hdr_view
+        self._view = self._vec.view
         # the kernel writes back the name and control lengths: restored from this
         self._pristine = memoryview(bytes(self._hdr_view))
         self._used = 0
@@ -132,7 +158,7 @@ class RecvBatch:
         than EAGAIN/EINTR."""
         used = self._used * HDR_SIZE
         self._hdr_view[:used] = self._pristine[:used]
-        n = _recvmmsg(fd, self._hdrs_addr, self.capacity, socket.MSG_DONTWAIT, None)
+        n = _recvmmsg(fd, self._vec.addr, self.capacity, socket.MSG_DONTWAIT, None)
         if n <= 0:
             self._used = 0
             err = _errno_of(n)
@@ -217,20 +243,15 @@ class SendBatch:
         self._controllen = len(pktinfo(family, None))
         self._head = NAME_SPACE + self._controllen
         self._slot = self._head + size
-        self._hdrs = (mmsghdr * capacity)()
-        self._iovs = (iovec * capacity)()
-        self._buf = (ctypes.c_char * (self._slot * capacity))()
-        base = ctypes.addressof(self._buf)
-        for i in range(capacity):
-            o = base + i * self._slot
-            self._iovs[i].iov_base, self._iovs[i].iov_len = o + self._head, 0
-            h = self._hdrs[i].msg_hdr
-            h.msg_name, h.msg_namelen = o, self._namelen
-            h.msg_control, h.msg_controllen = o + NAME_SPACE, self._controllen
-            h.msg_iov, h.msg_iovlen = ctypes.addressof(self._iovs[i]), 1
-        self._hdrs_addr = ctypes.addressof(self._hdrs)
-        self._view = memoryview(self._buf).cast("B")
-        self._iov_view = memoryview(self._iovs).cast("B")
+        self._vec = _Vector(
+            capacity,
+            self._slot,
+            name=(0, self._namelen),
+            control=(NAME_SPACE, self._controllen),
+            data=(self._head, 0),  # each datagram's length is set by add
+        )
+        self._view = self._vec.view
+        self._iov_view = self._vec.iov_view
         self._lens = [0] * capacity
         self.queued = 0
 
@@ -268,7 +289,7 @@ class SendBatch:
         done, n = 0, self.queued
         self.queued = 0
         while done < n:
-            sent = _sendmmsg(fd, self._hdrs_addr + done * HDR_SIZE, n - done, socket.MSG_DONTWAIT)
+            sent = _sendmmsg(fd, self._vec.addr + done * HDR_SIZE, n - done, socket.MSG_DONTWAIT)
             if sent > 0:
                 done += sent
                 continue
