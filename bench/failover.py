@@ -27,9 +27,12 @@ end, for reference), ``cpu_us_per_packet`` and ``bird_cpu_us_per_packet``
 (those CPU seconds over the packets the daemon sent and received, less
 sensitive to a loaded machine), ``cpu_sys_pct_100_sessions`` (the kernel's
 part of the daemon's), ``packets_per_s``; ``floor_cpu_us_per_packet``,
-``floor_sys_us_per_packet`` and ``floor_cpu_pct_100_sessions`` (that per
-packet at the daemon's packet rate): the same sockets and rates without BFD,
-from Python (``bench.bfd_floor``), run right after in the same namespaces;
+``floor_sys_us_per_packet`` and ``floor_cpu_pct_100_sessions``: one end of
+the same sockets and rates without BFD, from Python, one system call per
+packet (``bench.bfd_floor``), run right after in the same namespaces;
+``floor_mmsg_cpu_us_per_packet`` and ``floor_mmsg_cpu_pct_100_sessions``:
+the same with ``sendmmsg``/``recvmmsg``, one call per wakeup;
+``floor_idle_cpu_pct``: its 5 ms timer alone, no packets;
 ``sessions_up_before`` and ``sessions_up_after`` say how many of the 100 were
 Up around it. p99 of few samples is their maximum.
 ``--only failover|cpu`` runs one half. The last line is one JSON object.
@@ -229,12 +232,7 @@ def failover(repeat: int, tmp: Path, netns: NetnsFactory) -> dict[str, Any]:
 def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str, float]:
     """Our BFD daemon with 100 single-hop sessions at 50 ms to one BIRD:
     100 address pairs on one link (both key sessions by address)."""
-    a, b = netns.new("bfda"), netns.new("bfdb")
-    veth(a, "eth0", b, "eth0")
-    pairs = [(f"198.18.0.{i}", f"198.18.1.{i}") for i in range(1, 101)]
-    for ours, theirs in pairs:
-        a.ip("addr", "add", f"{ours}/16", "dev", "eth0")
-        b.ip("addr", "add", f"{theirs}/16", "dev", "eth0")
+    a, b, pairs = bfd_floor.address_pairs(netns)
     neighbors = "\n".join(f"  neighbor {o} local {t};" for o, t in pairs)
     conf = (
         "router id 198.18.1.1;\nprotocol device {}\nprotocol bfd {\n"
@@ -286,10 +284,17 @@ def cpu_100_sessions(seconds: float, tmp: Path, netns: NetnsFactory) -> dict[str
         out = asyncio.run(run())
     finally:
         bird.stop()
-    floor = asyncio.run(bfd_floor.measure(a.name, b.name, pairs, seconds))
+    floors = {
+        way: asyncio.run(bfd_floor.measure(a.name, b.name, pairs, seconds, way))
+        for way in bfd_floor.WAYS
+    }
+    floor = floors["per_packet"]
     out["floor_cpu_us_per_packet"] = round(floor.us_per_packet, 2)
     out["floor_sys_us_per_packet"] = round(floor.sys_us_per_packet, 2)
-    out["floor_cpu_pct_100_sessions"] = round(floor.us_per_packet * out["packets_per_s"] / 1e4, 2)
+    out["floor_cpu_pct_100_sessions"] = round(floor.cpu_pct, 2)
+    out["floor_mmsg_cpu_us_per_packet"] = round(floors["mmsg"].us_per_packet, 2)
+    out["floor_mmsg_cpu_pct_100_sessions"] = round(floors["mmsg"].cpu_pct, 2)
+    out["floor_idle_cpu_pct"] = round(floors["idle"].cpu_pct, 2)
     return out
 
 
