@@ -55,6 +55,7 @@ class Reason(enum.Enum):
     AUTH_UNEXPECTED = "auth_unexpected"
     BAD_TTL = "bad_ttl"
     NO_SESSION = "no_session"
+    QUEUE_FULL = "queue_full"  # the engine's queue to the state machine was full
 
 
 class Malformed(ValueError):

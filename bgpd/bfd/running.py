@@ -8,6 +8,11 @@ the two packets nearly every cycle is made of cost no new ``Session``:
 - a periodic packet goes out as the bytes encoded once, and the next one is
   planned with ``Cadence.next_tx``: what ``session.tick`` would do.
 
+The speaker hands both paths to its compiled engine, which runs them on
+these fields and gives the session back for anything else; ``heard_quiet``
+and ``tick`` are their Python twins (``tests/integration/test_bfd_engine.py``
+holds the engine to them; ``tick`` also runs each expiry).
+
 The two times those paths move (``next_tx``, ``detect_at``) live here;
 ``value()`` is the session with them, and every other event goes through
 the state machine on that value (``step``), after which the shortcuts are

@@ -4,26 +4,20 @@
 (``PeerSpec``), starts what is new, stops what is gone and reconfigures
 what changed (a live change keeps the session Up; RFC 5880 Poll Sequence).
 Everything a session decides comes from ``bgpd.bfd.session``; this module
-only moves datagrams, keeps time, demultiplexes received packets (by Your
+opens the sockets, demultiplexes the packets that reach it (by Your
 Discriminator, else by source address) and counts what it drops. A packet
 that fails any check is dropped and counted under its reason; it never
-raises past the socket callback and never touches a session.
+raises past the event callback and never touches a session.
 
-Cost is per wakeup more than per packet, so the speaker batches them:
-- one timer for all sessions (``Deadlines``): a periodic packet may leave
-  up to ``BATCH_S`` late, or half its jitter range if that is less (the
-  session plans it that much early, within the range), so packets due close
-  together share a wakeup; a detection time is never late;
-- a receive socket that had traffic is read from that timer every
-  ``BATCH_S`` until it falls quiet, then handed back to epoll; the kernel's
-  receive timestamp keeps the detection time exact, and every socket is
-  read before a detection time is declared expired;
-- a session's periodic packet is encoded once per session value
-  (``bgpd.bfd.running``), and its socket is connected to the peer;
-- a received payload equal to the last one that told its session nothing
-  new is looked up whole (``_quiet``) and only moves the detection time,
-  without decoding or a new session value; any other well-formed payload
-  is decoded once (``_decoded``) and goes through the state machine.
+The per-packet work runs in the compiled engine (``bgpd.bfd.engine``): it
+keeps every session's clock, sends the periodic packets, reads the receive
+sockets and takes a session's quiet payload by itself (nearly every packet).
+What it cannot take (any packet that may tell a session something new, an
+expired detection time) it queues here; the speaker holds the session, runs
+the state machine on its value, and hands it back with what the new value
+says (``bgpd.bfd.running``). A periodic packet may leave up to ``BATCH_S``
+late, or half its jitter range if that is less, so that packets due close
+together share a wakeup; a detection time is never late.
 """
 
 from __future__ import annotations
@@ -40,32 +34,24 @@ from dataclasses import dataclass, field, replace
 from netaddr import IPAddress
 
 from bgpd.bfd import session as sm
-from bgpd.bfd.deadlines import Deadlines
+from bgpd.bfd.engine import Engine, Packet, Route
 from bgpd.bfd.packet import ControlPacket, Malformed, Reason, State, decode, encode
 from bgpd.bfd.running import Running
 from bgpd.bfd.sockets import (
-    ANC_SPACE,
     MULTIHOP_PORT,
     SINGLE_HOP_PORT,
-    SO_TIMESTAMPNS,
-    TIMESPEC,
     TTL,
-    TTL_255,
-    TTL_CMSG,
     close_quietly,
     connect_if_routed,
     family_of,
     in_netns,
     open_receiver,
     open_sender,
-    received_meta,
 )
 
 log = logging.getLogger("bgpd.bfd")
-MAX_BATCH = 256  # datagrams read from one socket per wakeup
-BATCH_S = 0.005  # how late a periodic packet or a read may be, to share a wakeup
+BATCH_S = 0.005  # how late a periodic packet may be, to share a wakeup (engine.c's too)
 DECODED_MAX = 4096  # distinct well-formed packets remembered
-STAMP_TRUST_S = 1.0  # a receive time further back than this is a clock step: use now
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,33 +77,20 @@ class BfdChange:
     remote_diag: int  # the peer's last diagnostic
 
 
-@dataclass(eq=False, slots=True)  # by identity: a key of the deadlines
+@dataclass(eq=False, slots=True)
 class _Live:
     spec: PeerSpec
     run: Running
-    sock: socket.socket
+    route: Route
     peer_text: str  # the peer as recvmsg reports a source address
     dest: tuple[str, int]
-    connected: bool
     alive: bool = True
-    quiet_rx: bytes | None = None  # its key in BfdSpeaker._quiet
     since: float = field(default_factory=time.time)
     sent: int = 0
     received: int = 0
     send_errors: int = 0
     last_down_diag: int | None = None
     last_down_at: float | None = None
-
-
-@dataclass(eq=False, slots=True)
-class _Receiver:
-    sock: socket.socket
-    multihop: bool
-    polling: bool = False  # read from the timer rather than from epoll
-
-    @property
-    def ttl_cmsg(self) -> tuple[int, int]:
-        return TTL_CMSG[self.sock.family]
 
 
 def went_down(c: BfdChange) -> bool:
@@ -170,18 +143,22 @@ class BfdSpeaker:
         self.on_change = on_change or (lambda c: None)
         self.rng = rng or random.Random()
         self.ports = ports
-        self.drops: Counter[Reason] = Counter()
+        self._drops: Counter[Reason] = Counter()
         self._sessions: dict[tuple[IPAddress, bool], _Live] = {}
         self._by_disc: dict[int, _Live] = {}
         self._by_source: dict[tuple[str, bool], _Live] = {}
         self._decoded: dict[bytes, ControlPacket] = {}  # decode is pure; peers repeat
-        self._quiet: dict[bytes, _Live] = {}  # Running.quiet_rx of each session
-        self._receivers: list[_Receiver] = []
-        self._polling: list[_Receiver] = []
-        self._deadlines: Deadlines[_Live] = Deadlines()
-        self._timer: asyncio.TimerHandle | None = None
-        self._waking = False  # in _wake: it arms the timer once at the end
+        self._receivers: list[socket.socket] = []
+        self._engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def drops(self) -> Counter[Reason]:
+        """Packets dropped, by reason."""
+        out = self._drops.copy()
+        if self._engine is not None and (full := self._engine.overflow()):
+            out[Reason.QUEUE_FULL] = full
+        return out
 
     # ---- lifecycle ----
 
@@ -202,22 +179,24 @@ class BfdSpeaker:
                         raise
             return out
 
-        for s, multihop in await asyncio.to_thread(in_netns, self.netns, open_all):
-            r = _Receiver(s, multihop)
-            self._receivers.append(r)
-            self._loop.add_reader(s.fileno(), self._on_readable, r)
+        opened = await asyncio.to_thread(in_netns, self.netns, open_all)
+        self._receivers = [s for s, _ in opened]
+        engine = self._engine = Engine()
+        for s, multihop in opened:
+            engine.add_receiver(s, multihop)
+        engine.start()
+        self._loop.add_reader(engine.fileno(), self._on_events)
 
     async def stop(self) -> None:
         self.set_sessions(())
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for r in self._receivers:
-            if self._loop is not None and not r.polling:
-                self._loop.remove_reader(r.sock.fileno())
-            close_quietly(r.sock)
+        if self._engine is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._engine.fileno())
+            self._engine.close()
+            self._engine = None
+        for s in self._receivers:
+            close_quietly(s)
         self._receivers.clear()
-        self._polling.clear()
 
     # ---- desired sessions ----
 
@@ -241,35 +220,41 @@ class BfdSpeaker:
         assert self._loop is not None, "start() first"
         return self._loop.time()
 
+    def _engine_(self) -> Engine:
+        assert self._engine is not None, "start() first"
+        return self._engine
+
     def _add(self, spec: PeerSpec, sock: socket.socket) -> None:
         disc = self.rng.randrange(1, 0xFFFFFFFF)
         while disc in self._by_disc:
             disc = self.rng.randrange(1, 0xFFFFFFFF)
         family = family_of(spec.peer)
-        text = socket.inet_ntop(family, socket.inet_pton(family, str(spec.peer)))
+        packed = socket.inet_pton(family, str(spec.peer))
+        text = socket.inet_ntop(family, packed)
         dest = (text, self.ports[1] if spec.multihop else self.ports[0])
-        live = _Live(
-            spec,
-            Running(sm.new_session(disc, spec.timers, self._now()), BATCH_S),
+        route = Route(
+            disc,
             sock,
-            text,
-            dest,
             connect_if_routed(sock, *dest),
+            packed,
+            dest[1],
+            spec.multihop,
+            spec.minimum_ttl,
         )
+        run = Running(sm.new_session(disc, spec.timers, self._now()), BATCH_S)
+        live = _Live(spec, run, route, text, dest)
         self._sessions[spec.key] = live
         self._by_disc[disc] = live
         self._by_source[(text, spec.multihop)] = live
-        self._plan(live)
+        self._engine_().put(route, live.run)
 
     def _remove(self, live: _Live) -> None:
         live.alive = False
-        self._deadlines.discard(live)
         self._sessions.pop(live.spec.key, None)
-        self._by_disc.pop(live.run.value().local_disc, None)
-        if live.quiet_rx is not None:
-            self._quiet.pop(live.quiet_rx, None)
+        self._by_disc.pop(live.route.disc, None)
         self._by_source.pop((live.peer_text, live.spec.multihop), None)
-        close_quietly(live.sock)
+        self._engine_().drop(live.route.disc)  # before the socket closes
+        close_quietly(live.route.sock)
 
     def _change(self, live: _Live, spec: PeerSpec) -> None:
         if spec.local != live.spec.local:
@@ -278,22 +263,24 @@ class BfdSpeaker:
             sock = in_netns(self.netns, lambda: open_sender(spec.local, family_of(spec.peer)))
             self._add(spec, sock)
             return
+        self._hold(live)
         live.spec = spec
+        live.route = replace(live.route, minimum_ttl=spec.minimum_ttl)
         self._step(live, live.run.step(sm.reconfigure, spec.timers, self._now()))
 
-    # ---- timers and packets ----
+    # ---- what the engine hands over ----
+
+    def _hold(self, live: _Live) -> None:
+        """The session back from the engine, with the times it kept."""
+        t = self._engine_().hold(live.route.disc)
+        if t is not None:
+            live.run.next_tx, live.run.detect_at = t.next_tx, t.detect_at
 
     def _step(self, live: _Live, step: sm.Step) -> None:
-        """What a transition ``live.run`` has taken says to do."""
+        """What a transition of ``live.run`` (held) says to do; then the
+        session goes back to the engine."""
         for p in step.send:
             self._send(live, encode(p))
-        q = live.run.quiet_rx
-        if q != live.quiet_rx:
-            if live.quiet_rx is not None:
-                self._quiet.pop(live.quiet_rx, None)
-            if q is not None and live.alive:
-                self._quiet[q] = live
-            live.quiet_rx = q
         if step.change is not None:
             c = step.change
             live.since = time.time()
@@ -308,191 +295,80 @@ class BfdSpeaker:
             except Exception:  # the sessions run on whatever a user does with it
                 log.exception("BFD change handler failed on %s", change)
         if live.alive:
-            self._plan(live)
-
-    def _plan(self, live: _Live) -> None:
-        when = live.run.next_wakeup()
-        if when is None or not self._deadlines.set(live, when) or self._waking:
-            return
-        t = self._timer
-        if t is None or when < t.when():
-            self._arm()
-
-    def _arm(self) -> None:
-        """One timer, at the earliest deadline (or the next read of a busy
-        receive socket)."""
-        assert self._loop is not None
-        when = self._deadlines.earliest()
-        if self._polling:
-            poll_at = self._loop.time() + BATCH_S
-            when = poll_at if when is None else min(when, poll_at)
-        t = self._timer
-        if t is not None:
-            if when is not None and t.when() <= when:
-                return  # it fires first; _wake then arms for the rest
-            t.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._wake)
-
-    def _wake(self) -> None:
-        self._timer = None
-        now = self._now()
-        self._waking = True
-        random, deadlines = self.rng.random, self._deadlines
-        try:
-            self._poll(now)
-            drained = False
-            for live in deadlines.pop_due(now + BATCH_S):
-                if not live.alive:
-                    continue
-                run = live.run
-                if not drained and run.detect_at is not None and run.detect_at <= now:
-                    # a packet still in a socket may save the session
-                    drained = True
-                    for r in self._receivers:
-                        self._drain(r, now)
-                    if not live.alive:
-                        continue
-                periodic, step = run.tick(now, random())
-                if step is not None:
-                    self._step(live, step)
-                    continue
-                if periodic is not None:
-                    self._send(live, periodic)
-                when = run.next_wakeup()  # _plan, which arms no timer while waking
-                if when is not None:
-                    deadlines.set(live, when)
-        finally:
-            self._waking = False
-            self._arm()
+            self._engine_().put(live.route, live.run)
 
     def _send(self, live: _Live, data: bytes) -> None:
         # A connected socket reports an earlier ICMP error on the next send,
         # which then did not go out: that one is worth a second try.
-        for _ in range(2 if live.connected else 1):
+        route = live.route
+        for _ in range(2 if route.connected else 1):
             try:
-                if live.connected:
-                    live.sock.send(data)
+                if route.connected:
+                    route.sock.send(data)
                 else:
-                    live.sock.sendto(data, live.dest)
+                    route.sock.sendto(data, live.dest)
                 live.sent += 1
                 return
             except OSError as e:  # no route, a full buffer: the timers cope
                 log.debug("BFD send to %s: %s", live.spec.peer, e)
         live.send_errors += 1
 
-    # ---- receiving ----
-
-    def _on_readable(self, r: _Receiver) -> None:
-        assert self._loop is not None
-        if self._drain(r, self._now()) and not r.polling:
-            # traffic: read it from the timer until it falls quiet
-            self._loop.remove_reader(r.sock.fileno())
-            r.polling = True
-            self._polling.append(r)
-            self._arm()
-
-    def _poll(self, now: float) -> None:
-        if not self._polling:
-            return
-        assert self._loop is not None
-        busy = []
-        for r in self._polling:
-            if self._drain(r, now):
-                busy.append(r)
-            else:
-                r.polling = False
-                self._loop.add_reader(r.sock.fileno(), self._on_readable, r)
-        self._polling = busy
-
-    def _drain(self, r: _Receiver, now: float) -> int:
-        offset = time.time() - now  # from the kernel's receive time to the loop's clock
-        earliest = now - STAMP_TRUST_S
-        recv, multihop, quiet = r.sock.recvmsg, r.multihop, self._quiet
-        ttl_level, ttl_type = r.ttl_cmsg
-        n = 0
-        while n < MAX_BATCH:
-            try:
-                data, anc, _flags, addr = recv(512, ANC_SPACE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:  # ICMP errors surface here; nothing to read
-                log.debug("BFD receive: %s", e)
-                break
-            n += 1
-            live = quiet.get(data)
-            if live is not None and not multihop and len(anc) == 2 and addr[0] == live.peer_text:
-                # Nearly every packet: what follows, for a single-hop packet
-                # with TTL 255, in the order the kernel writes the ancillary
-                # data (the receive time, then the TTL).
-                (l0, t0, d0), (l1, t1, d1) = anc
-                if (
-                    t0 == SO_TIMESTAMPNS
-                    and l0 == socket.SOL_SOCKET
-                    and t1 == ttl_type
-                    and l1 == ttl_level
-                    and d1 == TTL_255
-                    and len(d0) == TIMESPEC.size
-                    and not live.spec.multihop
-                ):
-                    sec, nsec = TIMESPEC.unpack(d0)
-                    at = sec + nsec * 1e-9 - offset
-                    live.received += 1
-                    live.run.heard_quiet(now if at > now else earliest if at < earliest else at)
-                    continue
-            ttl, stamp = received_meta(anc)
-            at = now if stamp is None else min(now, max(stamp - offset, earliest))
-            live = quiet.get(data)
-            if (
-                live is not None
-                and addr[0] == live.peer_text
-                and live.spec.multihop == multihop
-                and (ttl == TTL or (multihop and ttl is not None and ttl >= live.spec.minimum_ttl))
-            ):
-                live.received += 1
-                live.run.heard_quiet(at)
+    def _on_events(self) -> None:
+        engine = self._engine_()
+        engine.clear()
+        for event in engine.take():
+            if isinstance(event, Packet):
+                self._on_datagram(event)
                 continue
-            self._on_datagram(data, ttl, addr[0], multihop, at)
-        return n
+            live = self._by_disc.get(event.disc)
+            if live is None:
+                continue  # removed since
+            self._hold(live)
+            periodic, step = live.run.tick(self._now(), self.rng.random())
+            if periodic is not None:
+                self._send(live, periodic)
+            if step is not None:
+                self._step(live, step)
+            else:
+                engine.put(live.route, live.run)
 
-    def _on_datagram(
-        self, data: bytes, ttl: int | None, src: str, multihop: bool, at: float
-    ) -> None:
+    def _on_datagram(self, pkt: Packet) -> None:
+        data, ttl, src, multihop = pkt.data, pkt.ttl, pkt.source, pkt.multihop
         if not multihop and ttl != TTL:
-            self.drops[Reason.BAD_TTL] += 1  # RFC 5881 §5: GTSM
+            self._drops[Reason.BAD_TTL] += 1  # RFC 5881 §5: GTSM
             return
         p = self._decoded.get(data)
         if p is None:
             try:
                 p = decode(data)
             except Malformed as e:
-                self.drops[e.reason] += 1
+                self._drops[e.reason] += 1
                 return
             if len(self._decoded) >= DECODED_MAX:
                 self._decoded.clear()
             self._decoded[data] = p
-        if "%" in src:
-            src = src.split("%", 1)[0]  # a link-local source's scope
         if p.your_disc:
             live = self._by_disc.get(p.your_disc)
         else:
             live = self._by_source.get((src, multihop))
         if live is None or live.peer_text != src or live.spec.multihop != multihop:
-            self.drops[Reason.NO_SESSION] += 1
+            self._drops[Reason.NO_SESSION] += 1
             return
         if multihop and (ttl is None or ttl < live.spec.minimum_ttl):
-            self.drops[Reason.BAD_TTL] += 1
+            self._drops[Reason.BAD_TTL] += 1
             return
         live.received += 1
-        self._step(live, live.run.receive(data, p, at))
+        self._hold(live)
+        self._step(live, live.run.receive(data, p, pkt.at))
 
     # ---- what operators see ----
 
     def status(self) -> list[SessionStatus]:
         out = []
+        engine = self._engine
         for live in self._sessions.values():
             s = live.run.value()
+            c = engine.counters(live.route.disc) if engine is not None else None
             out.append(
                 SessionStatus(
                     peer=live.spec.peer,
@@ -504,8 +380,8 @@ class BfdSpeaker:
                     tx_interval_ms=sm.tx_interval_us(s) / 1000,
                     detect_time_ms=sm.detection_time_us(s) / 1000,
                     remote_cpi=s.remote_cpi,
-                    sent=live.sent,
-                    received=live.received,
+                    sent=live.sent + (c.sent if c else 0),
+                    received=live.received + (c.received if c else 0),
                     last_down_diag=live.last_down_diag,
                     last_down_at=live.last_down_at,
                 )

@@ -407,6 +407,17 @@ def node_sessions(c: Container) -> dict[str, str]:
     return {p["peer"]: p["state"] for p in c.status().get("peers", [])}
 
 
+def test_the_node_image_runs_bfds_compiled_path(images: dict[str, str]) -> None:
+    """The BFD daemon's engine (bgpd/bfd/engine.c) is built in the build
+    stage, which alone has a compiler: the node image must load and run it."""
+    code = "from bgpd.bfd.engine import Engine; e = Engine(); e.start(); e.close(); print('ran')"
+    p = podman(
+        "run", "--rm", "--network=none", "--entrypoint", "/opt/meshroute/bin/python",
+        images["node"], "-c", code,
+    )  # fmt: skip
+    assert (p.returncode, p.stdout.strip()) == (0, "ran"), p.stderr[-2000:]
+
+
 def test_reflector_and_node_images_in_a_lab(images: dict[str, str], lab: Lab) -> None:
     cni = lab.tmp / "opt-cni"
     rr = lab.unit(
