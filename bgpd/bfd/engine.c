@@ -110,7 +110,8 @@ struct slot {
 struct receiver {
     int fd;
     int multihop;
-    int polling; /* read from the timer rather than from epoll */
+    int polling;    /* read from the timer rather than from epoll */
+    double poll_at; /* while polling: its next read */
 };
 
 struct mr_engine {
@@ -353,16 +354,27 @@ static void watch(struct mr_engine *e, int i, uint32_t events)
     epoll_ctl(e->epfd, EPOLL_CTL_MOD, e->rx[i].fd, &ev);
 }
 
-/* The busy sockets, read from the timer; a quiet one goes back to epoll. */
-static void poll_busy(struct mr_engine *e, double now)
+/* The busy sockets whose read is due, read from the timer (a quiet one goes
+ * back to epoll); when the next read is due. */
+static double poll_busy(struct mr_engine *e, double now)
 {
+    double wake = INFINITY;
     for (int i = 0; i < e->nrx; i++) {
         struct receiver *r = &e->rx[i];
-        if (r->polling && drain(e, r, now) == 0) {
-            r->polling = 0;
-            watch(e, i, EPOLLIN);
+        if (!r->polling)
+            continue;
+        if (r->poll_at <= now) {
+            if (drain(e, r, now) == 0) {
+                r->polling = 0;
+                watch(e, i, EPOLLIN);
+                continue;
+            }
+            r->poll_at = now + BATCH_S;
         }
+        if (r->poll_at < wake)
+            wake = r->poll_at;
     }
+    return wake;
 }
 
 static void readable(struct mr_engine *e, int i, double now)
@@ -370,6 +382,7 @@ static void readable(struct mr_engine *e, int i, double now)
     struct receiver *r = &e->rx[i];
     if (!r->polling && drain(e, r, now) > 0) {
         r->polling = 1;
+        r->poll_at = now + BATCH_S;
         watch(e, i, 0);
     }
 }
@@ -469,11 +482,9 @@ static void *run(void *arg)
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
         double now = mono();
-        poll_busy(e, now);
-        double wake = due(e, now);
-        for (int i = 0; i < e->nrx; i++)
-            if (e->rx[i].polling && now + BATCH_S < wake)
-                wake = now + BATCH_S;
+        double wake = poll_busy(e, now), timers = due(e, now);
+        if (timers < wake)
+            wake = timers;
         pthread_mutex_unlock(&e->mu);
         struct timespec timeout, *t = NULL;
         if (wake != INFINITY) {
@@ -558,7 +569,7 @@ int mr_add_receiver(struct mr_engine *e, int fd, int multihop)
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)e->nrx};
     if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
         return -errno;
-    e->rx[e->nrx++] = (struct receiver){fd, multihop, 0};
+    e->rx[e->nrx++] = (struct receiver){.fd = fd, .multihop = multihop};
     return 0;
 }
 
