@@ -83,6 +83,7 @@ struct mr_times {
     double next_tx;
     int32_t has_detect;
     double detect_at;
+    double last_quiet; /* when the last quiet payload came; 0: none yet */
     uint64_t sent;
     uint64_t received;
     uint64_t send_errors;
@@ -103,6 +104,7 @@ struct mr_event {
 struct slot {
     struct mr_session s;
     int held;
+    double last_quiet;
     size_t dense; /* index in engine.dense */
     uint64_t sent, received, send_errors;
 };
@@ -322,6 +324,7 @@ static int drain(struct mr_engine *e, struct receiver *r, double now)
             if (s != NULL && !s->held && s->s.rx_len == len && ttl_ok(&s->s, r, ttl) &&
                 memcmp(buf, s->s.rx, (size_t)len) == 0 && same_source(&s->s, &from)) {
                 s->received++;
+                s->last_quiet = at;
                 s->s.detect_at = at + s->s.detect_s;
                 continue;
             }
@@ -634,6 +637,7 @@ static void times_of(const struct slot *s, struct mr_times *out)
     out->next_tx = s->s.next_tx;
     out->has_detect = s->s.has_detect;
     out->detect_at = s->s.detect_at;
+    out->last_quiet = s->last_quiet;
     out->sent = s->sent;
     out->received = s->received;
     out->send_errors = s->send_errors;

@@ -59,6 +59,7 @@ class _Times(ctypes.Structure):
         ("next_tx", ctypes.c_double),
         ("has_detect", ctypes.c_int32),
         ("detect_at", ctypes.c_double),
+        ("last_quiet", ctypes.c_double),
         ("sent", ctypes.c_uint64),
         ("received", ctypes.c_uint64),
         ("send_errors", ctypes.c_uint64),
@@ -103,6 +104,7 @@ class Counters:
 class Times:
     next_tx: float
     detect_at: float | None
+    last_quiet: float | None  # when the engine last took a quiet payload
     counters: Counters
 
 
@@ -230,6 +232,7 @@ class Engine:
         return Times(
             t.next_tx,
             t.detect_at if t.has_detect else None,
+            t.last_quiet or None,
             Counters(t.sent, t.received, t.send_errors),
         )
 

@@ -270,11 +270,14 @@ class BfdSpeaker:
 
     # ---- what the engine hands over ----
 
-    def _hold(self, live: _Live) -> None:
-        """The session back from the engine, with the times it kept."""
+    def _hold(self, live: _Live) -> float | None:
+        """The session back from the engine, with the times it kept; when
+        the engine last heard the peer."""
         t = self._engine_().hold(live.route.disc)
-        if t is not None:
-            live.run.next_tx, live.run.detect_at = t.next_tx, t.detect_at
+        if t is None:
+            return None
+        live.run.next_tx, live.run.detect_at = t.next_tx, t.detect_at
+        return t.last_quiet
 
     def _step(self, live: _Live, step: sm.Step) -> None:
         """What a transition of ``live.run`` (held) says to do; then the
@@ -358,8 +361,12 @@ class BfdSpeaker:
             self._drops[Reason.BAD_TTL] += 1
             return
         live.received += 1
-        self._hold(live)
-        self._step(live, live.run.receive(data, p, pkt.at))
+        # The engine went on taking quiet payloads while this packet waited
+        # in its queue: the detection time runs from the latest of them,
+        # never back to when this one came.
+        heard = self._hold(live)
+        at = pkt.at if heard is None else max(pkt.at, heard)
+        self._step(live, live.run.receive(data, p, at))
 
     # ---- what operators see ----
 
