@@ -37,4 +37,4 @@ image:
 	@docker/build.sh
 
 clean:
-	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info build bgpd/bfd/_engine.*.so
