@@ -726,13 +726,16 @@ class Speaker:
                     continue
             ok = await self.reconcile()
             up = SessionState.ESTABLISHED
-            for p in sorted(x for x in self._full_due if self.peer_state.get(x) is up):
+            # Taken whole before the first send: a peer that comes up while
+            # another gets its copies (a new node's IPv6 session beside its
+            # IPv4 one) stays due for the next turn, not cleared unserved.
+            full_due, self._full_due = self._full_due, set()
+            for p in sorted(x for x in full_due if self.peer_state.get(x) is up):
                 copies = [
                     replace(a, neighbor=p) for a in self.announced.values() if a.neighbor is None
                 ]
                 if all(a.ok for a in await self.send(copies)):
                     self._needs_full.discard(p)
-            self._full_due.clear()
             if not self._desired_given:
                 continue  # End-of-RIB waits for the user's first desired set
             due = sorted(p for p in self._eor_due if self.peer_state.get(p) is up)

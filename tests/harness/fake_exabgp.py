@@ -11,7 +11,10 @@ removed goes down), and ``show neighbor summary`` answers as ExaBGP's does
 
 Env: FAKE_EXABGP_EXIT_AFTER=seconds makes it exit (code 3) after that long;
 FAKE_EXABGP_DROP_RELOADS=n makes it drop the first n reloads, as ExaBGP
-5.0.15 drops one that finds updates still queued for a peer.
+5.0.15 drops one that finds updates still queued for a peer;
+FAKE_EXABGP_STAGGER_UP=1 brings the peers a reload adds up one at a time,
+each next one as a command for the one before arrives (as the lab's IPv6
+session to a new node came up while its IPv4 session got its routes).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def main() -> int:
     reloads: list[int] = []
     signal.signal(signal.SIGUSR1, lambda _n, _f: reloads.append(1))
     drop_reloads = int(os.environ.get("FAKE_EXABGP_DROP_RELOADS", "0") or 0)
+    stagger = os.environ.get("FAKE_EXABGP_STAGGER_UP") == "1"
+    coming: list[str] = []  # added by a reload, not up yet (stagger)
     relay = subprocess.Popen(run.group(1).split(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert relay.stdin is not None and relay.stdout is not None
     out, inp = relay.stdin, relay.stdout
@@ -85,9 +90,11 @@ def main() -> int:
                 for p in peers:
                     if p not in new:
                         out.write((state_line(p, "192.0.2.1", "down") + "\n").encode())
-                for p in new:
-                    if p not in peers:
-                        out.write((state_line(p, "192.0.2.1", "up") + "\n").encode())
+                added = [p for p in new if p not in peers]
+                if stagger:
+                    added, coming = added[:1], added[1:]
+                for p in added:
+                    out.write((state_line(p, "192.0.2.1", "up") + "\n").encode())
                 out.flush()
                 peers = new
         r, _, _ = select.select([inp], [], [], 0.02)
@@ -111,6 +118,11 @@ def main() -> int:
         for ln in lines:
             cmd = ln.decode()
             seen["commands"].append(cmd)  # type: ignore[attr-defined]
+            if coming and cmd.startswith("neighbor ") and cmd.split()[1] not in coming:
+                # a command for a peer up already: the next one comes up now,
+                # before that command is acked
+                out.write((state_line(coming.pop(0), "192.0.2.1", "up") + "\n").encode())
+                out.flush()
             if cmd == "show neighbor summary":
                 acks += [SUMMARY_HEADER, *map(summary_line, peers), "done"]
             else:

@@ -131,3 +131,31 @@ async def test_a_dropped_reload_is_asked_for_again(
         assert await sp.running_peers() == {*PEERS, added}
     finally:
         await sp.stop()
+
+
+async def test_peers_up_while_another_gets_its_copies_get_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two peers added by one reload (a new node's IPv4 and IPv6
+    sessions), the second coming up while the first is sent its copies of
+    our routes: the second gets them too, or it never learns our routes
+    (issue #9: a node's IPv6 block missing on the node added after it)."""
+    monkeypatch.setenv("FAKE_EXABGP_STAGGER_UP", "1")
+    sp = Speaker(CFG, SpeakerSettings(tmp_path, exabgp=(sys.executable, "-m", FAKE)))
+    await sp.start()
+    try:
+        await asyncio.wait_for(sp.wait_synced(), 10)
+        sp.set_desired(many(3))
+        await until(lambda: len(sp.announced) == 3, 10, "announced")
+        x, y = IPAddress("192.0.2.4"), IPAddress("192.0.2.5")
+        more = (NeighborConfig(x, 64513), NeighborConfig(y, 64513))
+        await sp.apply_config(replace(CFG, neighbors=(*CFG.neighbors, *more)))
+
+        def copied(peer: IPAddress) -> bool:
+            heads = (f"neighbor {peer} announce route", f"neighbor {peer} announce attributes")
+            return any(c.startswith(heads) for c in seen(sp)["commands"])
+
+        await until(lambda: copied(x), 10, "the first added peer's copies")
+        await until(lambda: copied(y), 10, "the second added peer's copies")
+    finally:
+        await sp.stop()
