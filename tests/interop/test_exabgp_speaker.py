@@ -368,7 +368,7 @@ async def test_peer_added_while_exabgp_sends_routes_comes_up(lab: Lab) -> None:
         many[p] = Announce(p, None)
     sp.set_desired(many)
     # the reload lands while ExaBGP still has updates queued for peer a
-    await until(lambda: len(sp.announced) >= 2000, 30, "announcing")
+    await until(lambda: len(sp.announced) >= 2000, 120, "announcing")
     await sp.apply_config(cfg_for(na, nb))
     await until(lambda: sp.peer_state.get(b_addr) is up, 30, "the added peer comes up")
 
