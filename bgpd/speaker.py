@@ -14,6 +14,11 @@ Lifecycle facts it relies on (see /work/shared/notes/exabgp.md):
   peer replaces its stale routes without a flap.
 - After the node (or the relay) reconnects to a running ExaBGP, learned
   routes are recovered by asking every established peer for a route refresh.
+- ExaBGP 5.0.15 drops a reload (SIGUSR1 or the API's ``reload``) that
+  finds updates still queued for a peer: ``Reactor.run`` clears the signal,
+  then goes on without reloading while ``_pending_adjribout()``. So every
+  reload is checked: its peers are read back (``show neighbor summary``)
+  until they are the config's (``decide_reload_missed``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from netaddr import IPAddress, IPNetwork
+from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from bgpd.codec import BULK_CHUNK, decode_line, encode_batches, encode_command
 from bgpd.exabgp_config import ExabgpConfig, render, render_env
@@ -57,6 +62,10 @@ MAX_IN_FLIGHT = 200
 STABLE_AFTER_S = 60.0  # an ExaBGP that lived this long resets the backoff
 RELAY_MARK = b'{"relay"'
 RELAY = Path(__file__).with_name("relay.py")
+# A reload is checked this long after it was asked for, then again after
+# twice as long while ExaBGP runs another peer set, up to the cap.
+RELOAD_CHECK_S = 0.2
+RELOAD_CHECK_CAP_S = 5.0
 
 
 # ---- pure decisions ------------------------------------------------------------
@@ -129,6 +138,24 @@ def families_of(cfg: ExabgpConfig) -> dict[IPAddress, tuple[str, ...]]:
     }
 
 
+def parse_neighbor_summary(lines: Sequence[str]) -> frozenset[IPAddress]:
+    """The peers ExaBGP runs, from its text answer to ``show neighbor
+    summary``: a header, then a line a peer that starts with its address."""
+    peers: set[IPAddress] = set()
+    for line in lines:
+        words = line.split(None, 1)
+        if words and words[0] != "Peer":
+            with contextlib.suppress(AddrFormatError, ValueError, TypeError):
+                peers.add(IPAddress(words[0]))
+    return frozenset(peers)
+
+
+def decide_reload_missed(cfg: ExabgpConfig, running: frozenset[IPAddress]) -> bool:
+    """Whether ExaBGP runs another peer set than ``cfg``'s: a reload it
+    dropped (or has yet to make), to be asked for again."""
+    return running != frozenset(n.address for n in cfg.neighbors)
+
+
 # ---- the speaker ---------------------------------------------------------------
 
 
@@ -161,9 +188,18 @@ class SpeakerStats:
 
 
 @dataclass
+class _Waiting:
+    """A command sent, awaiting its ack; ``text`` gathers the plain-text
+    lines ExaBGP answers it with before the ack (None: it has none)."""
+
+    fut: asyncio.Future[AckEvent]
+    text: list[str] | None = None
+
+
+@dataclass
 class _Conn:
     writer: asyncio.StreamWriter
-    pending: collections.deque[asyncio.Future[AckEvent]] = field(default_factory=collections.deque)
+    pending: collections.deque[_Waiting] = field(default_factory=collections.deque)
     synced: bool = False
 
 
@@ -207,6 +243,7 @@ class Speaker:
         self._restart_requested = False
         self._synced_waiters: list[asyncio.Future[None]] = []
         self._reload_due = False  # config rewritten before ExaBGP could take a signal
+        self._reload_check: asyncio.Task[None] | None = None
 
     # ---- paths ----
 
@@ -255,6 +292,8 @@ class Speaker:
     async def stop(self, *, terminate_exabgp: bool = True) -> None:
         self._stopping = True
         tasks = [*self._tasks, *self._background]
+        if self._reload_check is not None:
+            tasks.append(self._reload_check)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -385,12 +424,8 @@ class Speaker:
         if p is None or p.poll() is not None:
             return  # the supervisor starts it with the new file
         if self.settings.reload_with_signal:
-            if self._connections_this_process:
-                p.send_signal(signal.SIGUSR1)
-            else:
-                # SIGUSR1 kills a Python that has not installed ExaBGP's
-                # handlers yet; its API process connecting says it has
-                self._reload_due = True
+            self._signal_reload(p)
+            self._check_reload()
             # removed peers: forget them (ExaBGP closes their sessions)
             keep = {n.address for n in cfg.neighbors}
             self._needs_full |= keep - set(self.peer_state) - self._known_peers
@@ -403,6 +438,42 @@ class Speaker:
         else:
             self._restart_requested = True
             p.terminate()  # the supervisor starts the new one at once
+
+    def _signal_reload(self, p: subprocess.Popen[bytes]) -> None:
+        if self._connections_this_process:
+            p.send_signal(signal.SIGUSR1)
+        else:
+            # SIGUSR1 kills a Python that has not installed ExaBGP's
+            # handlers yet; its API process connecting says it has
+            self._reload_due = True
+
+    def _check_reload(self) -> None:
+        """Make sure the reload just asked for happens (see the module
+        docstring); one check at a time, which reads the latest config."""
+        if self._reload_check is None or self._reload_check.done():
+            self._reload_check = asyncio.get_running_loop().create_task(
+                self._reload_until_loaded(), name="exabgp-reload-check"
+            )
+
+    async def _reload_until_loaded(self) -> None:
+        delay = RELOAD_CHECK_S
+        while True:
+            await asyncio.sleep(delay)
+            # (no answer, a lost connection: the ExaBGP that answers next,
+            # a restarted one or the same, is checked again)
+            running = await self.running_peers()
+            if running is not None:
+                if not decide_reload_missed(self.cfg, running):
+                    return
+                log.info(
+                    "ExaBGP runs peers %s, the config names %s: reloading again",
+                    sorted(map(str, running)),
+                    sorted(str(n.address) for n in self.cfg.neighbors),
+                )
+            p = self.proc
+            if p is not None and p.poll() is None:
+                self._signal_reload(p)
+            delay = min(RELOAD_CHECK_CAP_S, delay * 2)
 
     async def _remove_first(self, new: ExabgpConfig, woken: frozenset[IPAddress]) -> None:
         """Reload ExaBGP without the ``woken`` neighbours and wait until it
@@ -418,11 +489,21 @@ class Speaker:
         self._write_conf(interim)
         # a bare "#": ExaBGP 5.0.15 runs the first command whose name followed
         # by a space occurs anywhere in the line ("# reload barrier" reloads)
-        for line in ("reload", "#"):
-            (ack,) = await self.send_lines([line])
-            if not ack.ok:
-                log.warning("ExaBGP did not acknowledge %r (%s)", line, ack.text)
+        delay = RELOAD_CHECK_S
+        while True:
+            for line in ("reload", "#"):
+                (ack,) = await self.send_lines([line])
+                if not ack.ok:
+                    log.warning("ExaBGP did not acknowledge %r (%s)", line, ack.text)
+                    return
+            # the reload may have been dropped (see the module docstring)
+            running = await self.running_peers()
+            if running is None:
                 return
+            if not decide_reload_missed(interim, running):
+                break
+            await asyncio.sleep(delay)
+            delay = min(RELOAD_CHECK_CAP_S, delay * 2)
         for peer in woken:
             self.peer_state.pop(peer, None)
         log.info("re-added %s as active peers", ", ".join(sorted(map(str, woken))))
@@ -442,6 +523,7 @@ class Speaker:
         if self._reload_due and p is not None and p.poll() is None:
             self._reload_due = False
             p.send_signal(signal.SIGUSR1)
+            self._check_reload()
         self._connected.set()
         task = asyncio.current_task()
         if task is not None:
@@ -479,9 +561,18 @@ class Speaker:
             if conn.pending:
                 self._in_flight -= 1
                 self._slots.release()
-                fut = conn.pending.popleft()
+                fut = conn.pending.popleft().fut
                 if not fut.done():
                     fut.set_result(ev)
+            return
+        head = conn.pending[0] if conn.pending else None
+        if (
+            head is not None
+            and head.text is not None
+            and isinstance(ev, MalformedLine)
+            and not line.lstrip().startswith(b"{")  # an answer, not a broken event
+        ):
+            head.text.append(line.decode("utf-8", "replace").rstrip("\r\n"))
             return
         if isinstance(ev, ExabgpNotice):
             log.info("ExaBGP says: %s", ev.text)
@@ -535,7 +626,7 @@ class Speaker:
             self._conn = None
             self._connected.clear()
         while conn.pending:
-            fut = conn.pending.popleft()
+            fut = conn.pending.popleft().fut
             self._in_flight -= 1
             self._slots.release()
             if not fut.done():
@@ -547,9 +638,23 @@ class Speaker:
         """Send API lines with at most ``max_in_flight`` awaiting acks; returns
         the ack of each line, in order (``ok=False, "connection lost"`` for
         lines whose connection went away)."""
+        return await self._send_lines(lines, None)
+
+    async def running_peers(self) -> frozenset[IPAddress] | None:
+        """The peers ExaBGP runs now (``show neighbor summary``: those of
+        the last config it loaded); None if it did not answer."""
+        text: list[str] = []
+        (ack,) = await self._send_lines(["show neighbor summary"], text)
+        if not ack.ok:
+            if ack.text != "connection lost":
+                log.warning("ExaBGP did not answer show neighbor summary (%s)", ack.text)
+            return None
+        return parse_neighbor_summary(text)
+
+    async def _send_lines(self, lines: Sequence[str], text: list[str] | None) -> list[AckEvent]:
         futs: list[asyncio.Future[AckEvent]] = []
         loop = asyncio.get_running_loop()
-        for i, text in enumerate(lines):
+        for i, line in enumerate(lines):
             await self._slots.acquire()
             conn = self._conn
             while conn is None:
@@ -558,10 +663,10 @@ class Speaker:
                 await self._slots.acquire()
                 conn = self._conn
             fut: asyncio.Future[AckEvent] = loop.create_future()
-            conn.pending.append(fut)
+            conn.pending.append(_Waiting(fut, text))
             self._in_flight += 1
             self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self._in_flight)
-            conn.writer.write(text.encode() + b"\n")
+            conn.writer.write(line.encode() + b"\n")
             futs.append(fut)
             if i % 64 == 63:
                 with contextlib.suppress(ConnectionError):
@@ -621,13 +726,16 @@ class Speaker:
                     continue
             ok = await self.reconcile()
             up = SessionState.ESTABLISHED
-            for p in sorted(x for x in self._full_due if self.peer_state.get(x) is up):
+            # Taken whole before the first send: a peer that comes up while
+            # another gets its copies (a new node's IPv6 session beside its
+            # IPv4 one) stays due for the next turn, not cleared unserved.
+            full_due, self._full_due = self._full_due, set()
+            for p in sorted(x for x in full_due if self.peer_state.get(x) is up):
                 copies = [
                     replace(a, neighbor=p) for a in self.announced.values() if a.neighbor is None
                 ]
                 if all(a.ok for a in await self.send(copies)):
                     self._needs_full.discard(p)
-            self._full_due.clear()
             if not self._desired_given:
                 continue  # End-of-RIB waits for the user's first desired set
             due = sorted(p for p in self._eor_due if self.peer_state.get(p) is up)

@@ -11,8 +11,11 @@ which is what lets a restarted process converge without touching traffic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
+from typing import cast
 
 from felix_lite.model import FdbEntry, KernelRoute, NeighborEntry, RouteKind
 from felix_lite.ports import FdbOp, NeighborOp, Op, RouteOp
@@ -99,6 +102,8 @@ def plan_route_ops(
     """(adds and replaces, deletes), in the order of the mappings: no route
     of ours depends on another being written first, and sorting a 100k-route
     start cost more than planning it."""
+    if not actual:  # a start on an empty table: every route is an ADD
+        return route_ops(Op.ADD, desired.values()), []
     upserts: list[RouteOp] = []
     for key, want in desired.items():
         have = actual.get(key)
@@ -110,6 +115,16 @@ def plan_route_ops(
             upserts.append(RouteOp(Op.REPLACE, want))
     deletes = [RouteOp(Op.DELETE, have) for key, have in actual.items() if key not in desired]
     return upserts, deletes
+
+
+# RouteOp's own __new__ is a Python function; tuple.__new__ of the class,
+# mapped, builds a whole table's ops in C (a third of the time).
+_route_op = cast(Callable[[tuple[Op, KernelRoute]], RouteOp], partial(tuple.__new__, RouteOp))
+
+
+def route_ops(op: Op, routes: Iterable[KernelRoute]) -> list[RouteOp]:
+    """``[RouteOp(op, r) for r in routes]``, built in C."""
+    return list(map(_route_op, zip(repeat(op), routes)))
 
 
 def plan_route_ops_for(

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Hashable, Iterable
-from typing import TypeVar
+from collections.abc import Hashable, Iterable, Iterator
+from typing import TypeVar, cast
 
 from netaddr import IPNetwork
 
@@ -49,13 +49,19 @@ _Planned = tuple[KernelRoute | None, tuple[PlannedHop, ...], tuple[Unroutable, .
 _NOTHING: _Planned = (None, (), ())
 
 
+def _alone(hops: Iterable[PlannedHop]) -> bool:
+    """Whether a route through ``hops`` is held as the route alone: none
+    of them brings a neighbour or FDB entry to count."""
+    for h in hops:  # noqa: SIM110 - not all(genexpr): this runs for every route planned
+        if h.neighbor is not None or h.fdb is not None:
+            return False
+    return True
+
+
 def _held(planned: _Planned) -> KernelRoute | _Planned:
     route, hops, problems = planned
-    if route is None or problems:
+    if route is None or problems or not _alone(hops):
         return planned
-    for h in hops:  # a loop, not all(genexpr): this runs for every route planned
-        if h.neighbor is not None or h.fdb is not None:
-            return planned
     return route
 
 
@@ -116,10 +122,14 @@ class IncrementalPlanner:
         # one replan a prefix, of its last pair: a route planned and gone
         # again in one change must not leave as both an upsert and a remove
         last = {prefix_text(prefix): best for prefix, best in changes}
-        planned, blackholes = self._planned, self._ctx.blackholes
+        planned, blackholes, ctx = self._planned, self._ctx.blackholes, self._ctx
+        # A planner's first table (a node's start, every route at once): all
+        # is new, and ``last`` less its withdrawals becomes what is held, not
+        # copied into it pair by pair.
+        fresh = not self._best
         for text, best in last.items():
             if best is None:
-                if self._best.pop(text, None) is None:
+                if fresh or self._best.pop(text, None) is None:
                     continue
                 held = planned.get(text)
                 if isinstance(held, KernelRoute):
@@ -130,9 +140,24 @@ class IncrementalPlanner:
                         removes.append(held.key)
                 else:
                     self._replan(text, None, upserts, removes)
-            else:
+                continue
+            if not fresh:
                 self._best[text] = best
+            if text in planned:
                 self._replan(text, best, upserts, removes)
+                continue
+            route, hops, problems = plan_one(ctx, best, text)
+            if route is not None and not problems and _alone(hops):
+                # A new prefix planned into a route alone (a node's start:
+                # every route): nothing to count, forget or remove.
+                planned[text] = route
+                upserts.append(route)
+            else:
+                self._settle(text, None, (route, tuple(hops), tuple(problems)), upserts, removes)
+        if fresh:
+            for text in [t for t, b in last.items() if b is None]:
+                del last[text]
+            self._best = cast(dict[str, BestRoute], last)  # no None left
         return DesiredChange(tuple(upserts), tuple(removes), self._base())
 
     # ---- the whole picture ------------------------------------------------
@@ -179,14 +204,18 @@ class IncrementalPlanner:
         else:
             route, hops, problems = plan_one(self._ctx, best, text)
             new = (route, tuple(hops), tuple(problems))
-            if held is None and route is not None:
-                kept = _held(new)
-                if kept is route:
-                    # A new prefix planned into a route alone (a node's start:
-                    # every route): nothing to count, forget or remove.
-                    self._planned[text] = route
-                    upserts.append(route)
-                    return
+        self._settle(text, held, new, upserts, removes)
+
+    def _settle(
+        self,
+        text: str,
+        held: KernelRoute | _Planned | None,
+        new: _Planned,
+        upserts: list[KernelRoute],
+        removes: list[tuple[int, str]],
+    ) -> None:
+        """Hold ``new`` for ``text`` in place of ``held``: counts, problems,
+        and the upsert or remove that takes the desired state there."""
         old = _NOTHING if held is None else _unheld(held)
         if new[0] is None and new[2] == ():
             self._planned.pop(text, None)
@@ -243,6 +272,8 @@ def _host_only(inp: PlanInput) -> PlanInput:
     return inp if not inp.routes else dataclasses.replace(inp, routes=())
 
 
-def best_changes(routes: Iterable[BestRoute]) -> list[tuple[IPNetwork, BestRoute | None]]:
-    """A whole table as changes, for a planner that starts empty."""
-    return [(b.prefix, b) for b in routes]
+def best_changes(routes: Iterable[BestRoute]) -> Iterator[tuple[IPNetwork, BestRoute | None]]:
+    """A whole table as changes, for a planner that starts empty. Lazy, so
+    that its pairs are made inside the planner's collector pause: a list of
+    100k made before it cost a collection that freed nothing."""
+    return ((b.prefix, b) for b in routes)

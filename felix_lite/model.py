@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 
 from netaddr import IPAddress, IPNetwork
 
@@ -33,21 +33,29 @@ class RouteKind(enum.Enum):
     BLACKHOLE = "blackhole"  # one of this host's own blocks
 
 
+def net_fields(net: IPNetwork) -> tuple[int, int, int]:
+    """(IP version, prefix length, value) of ``net``, read from netaddr's
+    slots: its public properties are Python-level calls (~0.15 us each),
+    and planning, keying and encoding 100k routes read them a few times a
+    route. netaddr is pinned below 2 (setup.cfg), and
+    tests/unit/test_felix_model.py checks these equal the public ones."""
+    return net._module.version, net._prefixlen, net._value
+
+
 def network_value(net: IPNetwork) -> int:
-    """``net.first`` (the address with the host bits cleared) in three plain
-    attribute reads: netaddr's ``first`` costs several property calls, and
-    planning 100k routes asks for it a few times per route."""
-    host_bits = (32 if net.version == 4 else 128) - net.prefixlen
-    return net.value >> host_bits << host_bits
+    """``net.first`` (the address with the host bits cleared), without
+    netaddr's properties."""
+    version, plen, value = net_fields(net)
+    host_bits = (32 if version == 4 else 128) - plen
+    return value >> host_bits << host_bits
 
 
 def prefix_text(net: IPNetwork) -> str:
     """``str(net.cidr)``, without building a second IPNetwork."""
-    plen = net.prefixlen
-    if net.version == 4:
-        # Each netaddr property read once, the dotted quad by arithmetic:
-        # every route planned is spelled once (its key).
-        v = net.value >> (32 - plen) << (32 - plen)
+    version, plen, value = net_fields(net)
+    if version == 4:
+        # The dotted quad by arithmetic: every route planned is spelled once (its key).
+        v = value >> (32 - plen) << (32 - plen)
         return f"{v >> 24}.{v >> 16 & 255}.{v >> 8 & 255}.{v & 255}/{plen}"
     text = socket.inet_ntop(socket.AF_INET6, network_value(net).to_bytes(16, "big"))
     return f"{text}/{plen}"
@@ -61,7 +69,7 @@ class NextHop:
     weight: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class KernelRoute:
     """One route in the table felix_lite owns. ``nexthops`` is empty for a
     blackhole, holds one entry for a plain route and several for ECMP."""
@@ -71,18 +79,32 @@ class KernelRoute:
     nexthops: tuple[NextHop, ...] = ()
     mtu: int | None = None
     table: int = MAIN_TABLE
-    # ``prefix_text(dst)`` when the caller has spelled it already (the
-    # planner spells each prefix once, for its own index); not stored.
-    text: InitVar[str | None] = None
-
     # Identity in the kernel: one owned route per (table, prefix), the prefix
-    # spelled ``network/len`` (as ``str(dst.cidr)`` would). Computed once in
-    # __post_init__ and held in a slot, not a property: a 100k-route pass
+    # spelled ``network/len`` (as ``str(dst.cidr)`` would). Computed once
+    # when built and held in a slot, not a property: a 100k-route pass
     # reads it several times per route.
     key: tuple[int, str] = field(init=False, repr=False, compare=False, hash=False)
 
-    def __post_init__(self, text: str | None) -> None:
-        object.__setattr__(self, "key", (self.table, text or prefix_text(self.dst)))
+    def __init__(
+        self,
+        dst: IPNetwork,
+        kind: RouteKind,
+        nexthops: tuple[NextHop, ...] = (),
+        mtu: int | None = None,
+        table: int = MAIN_TABLE,
+        text: str | None = None,
+    ) -> None:
+        """``text``: ``prefix_text(dst)`` when the caller has spelled it
+        already (the planner spells each prefix once, for its own index).
+        Written straight into the slots: the generated init of a frozen
+        dataclass calls object.__setattr__ per field, which cost about a
+        third of planning one route."""
+        _set_dst(self, dst)
+        _set_kind(self, kind)
+        _set_nexthops(self, nexthops)
+        _set_mtu(self, mtu)
+        _set_table(self, table)
+        _set_key(self, (table, text or prefix_text(dst)))
 
     def __hash__(self) -> int:
         # Equal routes have equal keys, and the key's hash is nearly free:
@@ -90,6 +112,12 @@ class KernelRoute:
         # (Python-level hashes), which dominated building a 100k-route
         # frozenset. Routes that differ only in content share a bucket.
         return hash(self.key)
+
+
+# the slots' own setters, which a frozen dataclass's __setattr__ does not guard
+_set_dst, _set_kind, _set_nexthops, _set_mtu, _set_table, _set_key = (
+    vars(KernelRoute)[name].__set__ for name in ("dst", "kind", "nexthops", "mtu", "table", "key")
+)
 
 
 @dataclass(frozen=True, order=True)

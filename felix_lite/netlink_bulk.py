@@ -39,6 +39,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 from typing import TypeVar
 
 from felix_lite import netlink_codec as nc
@@ -55,6 +57,11 @@ T = TypeVar("T")
 OP_ADD = 0  # create only: EEXIST if the key is taken (by anyone)
 OP_REPLACE = 1  # create or replace
 OP_DELETE = 2  # delete our route (the protocol number must match)
+_KINDS = {  # message type and flags of each
+    OP_ADD: (nc.RTM_NEWROUTE, nc.ADD_ROUTE_FLAGS),
+    OP_REPLACE: (nc.RTM_NEWROUTE, nc.REPLACE_ROUTE_FLAGS),
+    OP_DELETE: (nc.RTM_DELROUTE, nc.DEL_ROUTE_FLAGS),
+}
 
 DEFAULT_BATCH_BYTES = 256 * 1024
 # Bounded so that a batch in which every message fails still fits in the
@@ -64,6 +71,18 @@ SNDBUF = 4 * 1024 * 1024
 RCVBUF = 16 * 1024 * 1024
 RECV_SIZE = 256 * 1024
 _SEQ_LIMIT = 2**32 - 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """Route messages framed back to back for one ``send()``: sequence
+    numbers ``base`` .. ``base + count - 1`` for items ``first`` ..
+    ``first + count - 1`` of what was framed; only the last asks for an ACK."""
+
+    data: bytes
+    base: int
+    first: int
+    count: int
 
 
 class NetlinkChannelError(OSError):
@@ -166,6 +185,7 @@ class BulkRoutes:
         self._sock.settimeout(timeout)
         tune_bulk_socket(self._sock)
         self._seq = 0
+        self._seq_lock = threading.Lock()  # frame() runs on any thread
         self._rbuf = bytearray(RECV_SIZE)
         self.batches_sent = 0
 
@@ -181,11 +201,12 @@ class BulkRoutes:
     # ------------------------------------------------------------- writes
 
     def _next_seq_block(self, n: int) -> int:
-        if self._seq + n >= _SEQ_LIMIT:
-            self._seq = 0
-        base = self._seq + 1
-        self._seq += n
-        return base
+        with self._seq_lock:
+            if self._seq + n >= _SEQ_LIMIT:
+                self._seq = 0
+            base = self._seq + 1
+            self._seq += n
+            return base
 
     def apply(self, ops: Sequence[tuple[int, nc.WireRoute]]) -> list[BulkFailure]:
         """Apply ``(OP_*, route)`` items in order; return one failure per item
@@ -199,53 +220,82 @@ class BulkRoutes:
     def apply_encoded(self, items: Sequence[tuple[int, bytes]]) -> list[BulkFailure]:
         """``apply`` for message bodies already encoded (rtmsg + attributes,
         see ``netlink_codec.RouteEncoder``)."""
-        failures: list[BulkFailure] = []
-        n = len(items)
-        i = 0
-        while i < n:
-            i = self._send_batch(items, i, failures)
-        return failures
+        return self.send_frames(self.frame([op for op, _ in items], [b for _, b in items]))
 
-    def _send_batch(
-        self, items: Sequence[tuple[int, bytes]], first: int, failures: list[BulkFailure]
-    ) -> int:
-        """Frame, send and account for one batch starting at ``first``;
-        returns the index after its last item."""
-        limit = min(len(items), first + self.batch_msgs)
-        base = self._next_seq_block(limit - first)
-        buf = bytearray()
+    def frame(self, ops: Sequence[int], bodies: Sequence[bytes]) -> list[Frames]:
+        """Frame items (``ops[i]``, one of OP_*, with message body
+        ``bodies[i]``) into sends (for ``send_frames``).
+        Needs no socket, so any thread may call it: a caller that frames
+        the next batch while the socket's thread sends the last one keeps
+        the kernel busy, and that thread needs the GIL only between sends."""
+        lengths = set(map(len, bodies))
+        if len(lengths) == 1 and len(set(ops)) == 1 and not lengths.pop() & 3:
+            return self._frame_alike(ops[0], bodies)
+        frames: list[Frames] = []
+        n = len(bodies)
+        i = 0
+        kinds = _KINDS
         pack_hdr = nc._HDR.pack
         hdr_len = nc.HDR_LEN
-        kinds = {
-            OP_ADD: (nc.RTM_NEWROUTE, nc.ADD_ROUTE_FLAGS),
-            OP_REPLACE: (nc.RTM_NEWROUTE, nc.REPLACE_ROUTE_FLAGS),
-            OP_DELETE: (nc.RTM_DELROUTE, nc.DEL_ROUTE_FLAGS),
-        }
         batch_bytes = self.batch_bytes
-        i = first
-        last_off = 0
-        seq = base
-        size = 0
-        while i < limit and size < batch_bytes:
-            op, body = items[i]
-            mtype, flags = kinds[op]
-            last_off = size
-            blen = len(body)
-            if blen & 3:  # route bodies never need it; keep the next header aligned
-                body += bytes(4 - (blen & 3))
-            buf += pack_hdr(hdr_len + blen, mtype, flags, seq, 0) + body
-            size += hdr_len + len(body)
-            i += 1
-            seq += 1
-        nc.set_ack(buf, last_off)
-        last_seq = seq - 1
-        try:
-            self._sock.send(buf)
-        except OSError as e:
-            raise NetlinkChannelError(e.errno, f"netlink send: {e.strerror}") from e
-        self.batches_sent += 1
-        self._collect(base, last_seq, first, failures)
-        return i
+        while i < n:
+            first = i
+            limit = min(n, first + self.batch_msgs)
+            # a block as big as the batch may be: seqs a batch leaves unused
+            # are only a gap
+            base = seq = self._next_seq_block(limit - first)
+            parts: list[bytes] = []
+            size = 0
+            mtype = flags = 0
+            while i < limit and size < batch_bytes:
+                body = bodies[i]
+                mtype, flags = kinds[ops[i]]
+                blen = len(body)
+                if blen & 3:  # route bodies never need it; keep the next header aligned
+                    body += bytes(4 - (blen & 3))
+                    blen = len(body)
+                parts += (pack_hdr(hdr_len + blen, mtype, flags, seq, 0), body)
+                size += hdr_len + blen
+                i += 1
+                seq += 1
+            # only the last message asks for an ACK (see the module docstring)
+            last_len = hdr_len + len(parts[-1])
+            parts[-2] = pack_hdr(last_len, mtype, flags | nc.NLM_F_ACK, seq - 1, 0)
+            frames.append(Frames(b"".join(parts), base, first, i - first))
+        return frames
+
+    def _frame_alike(self, op: int, bodies: Sequence[bytes]) -> list[Frames]:
+        """``frame`` for items of one kind whose bodies have one aligned
+        length (one shape of route: nearly every batch), cut where ``frame``
+        cuts, the headers packed and interleaved with the bodies by C loops."""
+        mtype, flags = _KINDS[op]
+        mlen = nc.HDR_LEN + len(bodies[0])
+        per = min(self.batch_msgs, -(-self.batch_bytes // mlen))
+        header = partial(nc._HDR.pack, mlen, mtype, flags)
+        frames: list[Frames] = []
+        for first in range(0, len(bodies), per):
+            count = min(per, len(bodies) - first)
+            base = self._next_seq_block(count)
+            parts = [b""] * (2 * count)
+            parts[0::2] = map(header, range(base, base + count), repeat(0, count))
+            parts[-2] = nc._HDR.pack(mlen, mtype, flags | nc.NLM_F_ACK, base + count - 1, 0)
+            parts[1::2] = bodies[first : first + count]
+            frames.append(Frames(b"".join(parts), base, first, count))
+        return frames
+
+    def send_frames(self, frames: Sequence[Frames]) -> list[BulkFailure]:
+        """Send what ``frame`` made, one ``send()`` a frame, in order; return
+        one failure per item the kernel refused (its index in the items
+        framed)."""
+        failures: list[BulkFailure] = []
+        for f in frames:
+            try:
+                self._sock.send(f.data)
+            except OSError as e:
+                raise NetlinkChannelError(e.errno, f"netlink send: {e.strerror}") from e
+            self.batches_sent += 1
+            self._collect(f.base, f.base + f.count - 1, f.first, failures)
+        return failures
 
     def _collect(self, base: int, last_seq: int, first: int, failures: list[BulkFailure]) -> None:
         """Read replies until the ACK of ``last_seq``; record every error."""

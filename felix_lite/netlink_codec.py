@@ -27,6 +27,7 @@ from felix_lite.model import (
     KernelRoute,
     NextHop,
     RouteKind,
+    net_fields,
     network_value,
 )
 
@@ -232,15 +233,6 @@ def encode_dump_request(family: int, seq: int, *, proto: int = 0, table: int = 0
     rt_table, table_attr = _table_fields(table)
     body = _RTMSG.pack(family, 0, 0, 0, rt_table, proto, 0, 0, 0) + table_attr
     return frame(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
-
-
-def set_ack(buf: bytearray, offset: int) -> None:
-    """Turn on NLM_F_ACK in the message framed at ``offset`` of ``buf``."""
-    (flags,) = struct.unpack_from("=H", buf, offset + 6)
-    struct.pack_into("=H", buf, offset + 6, flags | NLM_F_ACK)
-
-
-# ----------------------------------------------------------------- parsing
 
 
 def iter_messages(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, int, int, int]]:
@@ -530,19 +522,19 @@ class RouteEncoder:
     def new_body(self, route: KernelRoute) -> bytes:
         """What ``encode_route_body(wire_from_kernel(route))`` returns."""
         dst = route.dst
-        plen = dst.prefixlen
+        version, plen, value = net_fields(dst)
         table = route.table
         attrs, flags, rtype = self._hops_of(route)
-        if dst.version == 4 and plen > 0 and table < 256:
+        if version == 4 and plen > 0 and table < 256:
             # The common case in one pack: rtmsg + RTA_DST.
-            net = (dst.value & (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF).to_bytes(4, "big")
+            net = (value & (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF).to_bytes(4, "big")
             head = _V4_HEAD.pack(AF_INET, plen, 0, 0, table, self.proto, RT_SCOPE_UNIVERSE,
                                  rtype, flags, 8, RTA_DST, net)  # fmt: skip
             body = head + attrs
             if route.mtu is None:
                 return body
             return body + _RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu)
-        v4 = dst.version == 4
+        v4 = version == 4
         parts = [
             _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
                         self.proto, RT_SCOPE_UNIVERSE, rtype, flags),
@@ -551,9 +543,9 @@ class RouteEncoder:
             parts.append(_RTA_U32.pack(8, RTA_TABLE, table))
         if plen:
             if v4:
-                parts.append(_RTA_DST4 + dst.first.to_bytes(4, "big"))
+                parts.append(_RTA_DST4 + network_value(dst).to_bytes(4, "big"))
             else:
-                parts.append(_RTA_DST6 + dst.first.to_bytes(16, "big"))
+                parts.append(_RTA_DST6 + network_value(dst).to_bytes(16, "big"))
         parts.append(attrs)
         if route.mtu is not None:
             parts.append(_RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu))
@@ -563,16 +555,15 @@ class RouteEncoder:
         """What ``encode_delete_body(wire_from_kernel(route))`` returns. All
         but the destination's address is the same for every prefix of one
         length in one table, and built once: a peer lost is 50k deletes."""
-        dst = route.dst
-        v4 = dst.version == 4
-        plen = dst.prefixlen
+        version, plen, value = net_fields(route.dst)
+        v4 = version == 4
         head = self._delete_heads.get((v4, plen, route.table))
         if head is None:
             head = self._delete_head(v4, plen, route.table)
         if not plen:
             return head
-        # network_value, not dst.first: netaddr's property costs several calls
-        return head + network_value(dst).to_bytes(4 if v4 else 16, "big")
+        host_bits = (32 if v4 else 128) - plen
+        return head + (value >> host_bits << host_bits).to_bytes(4 if v4 else 16, "big")
 
     def _delete_head(self, v4: bool, plen: int, table: int) -> bytes:
         """The rtmsg, the table attribute if needed, and the destination

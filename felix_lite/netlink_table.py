@@ -7,9 +7,10 @@ the few neighbour, FDB and link operations through pyroute2.
 
 All netlink I/O runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
-by two threads at once. Route batches are encoded on the caller's thread
-(about a millisecond per thousand routes), so encoding one batch overlaps
-the kernel's work on the one before. (The host's links and addresses are read by
+by two threads at once. Route batches are encoded and framed on the
+caller's thread (a millisecond or two per thousand routes), so encoding
+one batch overlaps the kernel's work on the one before, and the worker
+holds the GIL only between its sends. (The host's links and addresses are read by
 ``felix_lite.netlink_host``.)
 
 A namespace name (``netns``) makes every socket live in that namespace
@@ -26,6 +27,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from netaddr import IPAddress
@@ -38,19 +40,22 @@ from felix_lite.netlink_bulk import (
     OP_DELETE,
     OP_REPLACE,
     BulkRoutes,
+    Frames,
 )
 from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
 
 T = TypeVar("T")
 Op_ = TypeVar("Op_", NeighborOp, FdbOp)
+_op_kind = itemgetter(0)
+_op_route = itemgetter(1)
 
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 LINKS_MAX_AGE = 1.0
 
-# A batch encoded: (messages, the ops they are, failures so far).
-_Encoded = tuple[list[tuple[int, bytes]], list[RouteOp], list[OpFailure[RouteOp]]]
+# A batch encoded: (its messages framed, the ops they are, failures so far).
+_Encoded = tuple[list[Frames], list[RouteOp], list[OpFailure[RouteOp]]]
 
 
 def _open_ipr(netns: str | None) -> Any:
@@ -156,33 +161,50 @@ class NetlinkRouteTable:
         return int(found[0]) if found else None
 
     def _encode_routes(self, ops: Sequence[RouteOp], proto: int, fresh: bool) -> _Encoded:
-        """(messages, the ops they are, failures so far). A device name
+        """(messages framed, the ops they are, failures so far). A device name
         not in the links read raises KeyError, unless they were just read
         (``fresh``): then it is that route's ENODEV."""
-        failures: list[OpFailure[RouteOp]] = []
-        items: list[tuple[int, bytes]] = []
-        sent: list[RouteOp] = []
         enc = self._encoder(proto)
-        add, delete = Op.ADD, Op.DELETE
+        # A batch of one kind (the reconciler's are: upserts or deletes of
+        # one pass) is encoded by a C loop; list.count matches by identity.
+        kinds = list(map(_op_kind, ops))
+        for kind, code, body in (
+            (Op.ADD, OP_ADD, enc.new_body),
+            (Op.REPLACE, OP_REPLACE, enc.new_body),
+            (Op.DELETE, OP_DELETE, enc.delete_body),
+        ):
+            if kinds.count(kind) == len(kinds):
+                try:
+                    bodies = list(map(body, map(_op_route, ops)))
+                except KeyError:
+                    if not fresh:
+                        raise
+                    break  # op by op below, to name the route with no device
+                return self._bulk.frame([code] * len(bodies), bodies), list(ops), []
+        failures: list[OpFailure[RouteOp]] = []
+        codes: list[int] = []
+        bodies = []
+        sent: list[RouteOp] = []
         for op in ops:
             kind, route = op
             try:
-                if kind is delete:
-                    item = (OP_DELETE, enc.delete_body(route))
+                if kind is Op.DELETE:
+                    code, msg = OP_DELETE, enc.delete_body(route)
                 else:
-                    item = (OP_ADD if kind is add else OP_REPLACE, enc.new_body(route))
+                    code, msg = OP_ADD if kind is Op.ADD else OP_REPLACE, enc.new_body(route)
             except KeyError as e:
                 if not fresh:
                     raise
                 failures.append(OpFailure(op, errno.ENODEV, f"no such device: {e.args[0]}"))
                 continue
-            items.append(item)
+            codes.append(code)
+            bodies.append(msg)
             sent.append(op)
-        return items, sent, failures
+        return self._bulk.frame(codes, bodies), sent, failures
 
     def _send_routes(self, encoded: _Encoded) -> list[OpFailure[RouteOp]]:
-        items, sent, failures = encoded
-        for f in self._bulk.apply_encoded(items):
+        frames, sent, failures = encoded
+        for f in self._bulk.send_frames(frames):
             failures.append(OpFailure(sent[f.index], f.errno, f.message or _strerror(f.errno)))
         return failures
 
@@ -289,9 +311,10 @@ class NetlinkRouteTable:
             await self._worker.run(chunks.close)
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
-        # Encoded here, on the caller's thread; only the send is the worker's.
-        # The reconciler keeps a batch ahead, so this one is encoded while
-        # the kernel works on the last (a send releases the GIL). The links
+        # Encoded and framed here, on the caller's thread; only the send is
+        # the worker's. The reconciler keeps batches ahead, so this one is
+        # encoded while the kernel works on those before (a send releases
+        # the GIL). The links
         # are read at most once a second for a batch that writes (deletes
         # name no device: a peer's routes go without waiting for them), and
         # at once when a name is unknown.

@@ -72,6 +72,7 @@ from felix_lite.model import (
     NextHop,
     RouteKind,
     VxlanDevice,
+    net_fields,
     prefix_text,
 )
 
@@ -268,6 +269,15 @@ def _decide_hop(ctx: PlanContext, nh: IPAddress, pool: Pool | None) -> PlannedHo
     return hop
 
 
+def _hop_for(ctx: PlanContext, nh: IPAddress, pool: Pool | None) -> PlannedHop | str:
+    last = ctx.last_hop
+    if last is not None and last[0] is nh and last[1] is pool:
+        return last[2]
+    hop = _decide_hop(ctx, nh, pool)
+    ctx.last_hop = (nh, pool, hop)
+    return hop
+
+
 def plan_route(
     ctx: PlanContext, best: BestRoute, text: str | None = None
 ) -> tuple[KernelRoute | None, list[PlannedHop], list[Unroutable]]:
@@ -275,31 +285,28 @@ def plan_route(
     routes of one plan: a table of 100k prefixes has a handful of next hops.
     ``text`` is ``prefix_text(best.prefix)`` if the caller has it."""
     prefix = best.prefix
-    # Each netaddr property read once (they are Python calls): this runs
-    # for every route planned.
-    version, plen, value = prefix.version, prefix.prefixlen, prefix.value
+    version, plen, value = net_fields(prefix)  # this runs for every route planned
     pool = _pool_of(version, plen, value, ctx.pool_bounds)
-    hops: list[PlannedHop] = []
     problems: list[Unroutable] = []
-    nexthop_set = best.nexthops if len(best.nexthops) == 1 else sorted(set(best.nexthops))
-    for nh in nexthop_set:
-        last = ctx.last_hop
-        if last is not None and last[0] is nh and last[1] is pool:
-            hop = last[2]
-        else:
-            hop = _decide_hop(ctx, nh, pool)
-            ctx.last_hop = (nh, pool, hop)
+    if len(best.nexthops) == 1:  # nearly every route: no set, sort or rank
+        nh = best.nexthops[0]
+        hop = _hop_for(ctx, nh, pool)
         if isinstance(hop, str):
-            problems.append(Unroutable(prefix, nh, hop))
-        else:
-            hops.append(hop)
-    if not hops:
-        if not best.nexthops:
-            problems.append(Unroutable(prefix, None, "no next hop"))
-        return None, [], problems
-    if len(hops) == 1:
-        kind, nexthops = hops[0].kind, hops[0].alone
+            return None, [], [Unroutable(prefix, nh, hop)]
+        hops = [hop]
+        kind, nexthops = hop.kind, hop.alone
     else:
+        hops = []
+        for nh in sorted(set(best.nexthops)):
+            hop = _hop_for(ctx, nh, pool)
+            if isinstance(hop, str):
+                problems.append(Unroutable(prefix, nh, hop))
+            else:
+                hops.append(hop)
+        if not hops:
+            if not best.nexthops:
+                problems.append(Unroutable(prefix, None, "no next hop"))
+            return None, [], problems
         kind = min((h.kind for h in hops), key=_KIND_RANK.index)
         for h in hops:
             if h.kind is not kind:
@@ -311,7 +318,7 @@ def plan_route(
                     )
                 )
         hops = [h for h in hops if h.kind is kind]
-        nexthops = tuple(sorted({h.nexthop for h in hops}))
+        nexthops = hops[0].alone if len(hops) == 1 else tuple(sorted({h.nexthop for h in hops}))
     # .cidr builds a new network; most prefixes already have no host bits.
     host_bits = (32 if version == 4 else 128) - plen
     dst = prefix if value >> host_bits << host_bits == value else prefix.cidr

@@ -97,9 +97,9 @@ class RouteTable(Protocol):
 
     async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
         """Apply a batch: ``batch_size`` upserts or up to ``delete_batch_size``
-        (32k) deletes. The reconciler keeps one batch ahead, so two calls of
-        one pass may be in flight at once and may reach the kernel in either
-        order (no two ops of a pass share a key)."""
+        (32k) deletes. The reconciler keeps ``batches_ahead`` batches ahead,
+        so several calls of one pass may be in flight at once and may reach
+        the kernel in any order (no two ops of a pass share a key)."""
         ...
 
     async def dump_neighbors(self, ifname: str) -> list[NeighborEntry]:

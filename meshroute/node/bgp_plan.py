@@ -13,6 +13,7 @@ from bgpd.model import Announce
 from bgpd.model import BestRoute as BgpBest
 from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule
 from bgpd.sessions import SessionPeer
+from felix_lite.gc_pause import gc_paused
 from felix_lite.inputs import BestRoute as FelixBest
 from meshroute.node.config import NodeConfig
 from meshroute.node.plan import own_blocks
@@ -104,8 +105,11 @@ def to_felix_changes(
 ) -> list[tuple[IPNetwork, FelixBest | None]]:
     """bgpd's changed winners as felix_lite's changes; a route without next
     hops has nothing to install, as one that is gone. Pairs, as bgpd hands
-    them over: a dict would hash every IPNetwork (~1.5 us each)."""
-    return [
-        (p, FelixBest(b.prefix, b.next_hops) if b is not None and b.next_hops else None)
-        for p, b in changes
-    ]
+    them over: a dict would hash every IPNetwork (~1.5 us each). Built
+    with the cyclic GC paused: a whole table's worth made a full collection
+    that freed nothing."""
+    with gc_paused():
+        return [
+            (p, FelixBest(b.prefix, b.next_hops) if b is not None and b.next_hops else None)
+            for p, b in changes
+        ]

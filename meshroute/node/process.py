@@ -502,8 +502,10 @@ class NodeProcess:
             self._side_task(self._settle_heap())
         elif fresh:  # before the sync: what is planned so far, nothing swept
             state = self.planner.state()
+            # in memory order, as set_desired takes them (see Reconciler.set_desired)
             so_far = DesiredChange(
-                upserts=tuple(state.routes), base=dataclasses.replace(state, routes=frozenset())
+                upserts=tuple(sorted(state.routes, key=id)),
+                base=dataclasses.replace(state, routes=frozenset()),
             )
             self.reconciler.apply_change(so_far)
         for u in self.planner.take_new_unroutable():

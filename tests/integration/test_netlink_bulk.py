@@ -163,6 +163,62 @@ def test_bulk_install_reads_back_the_same_through_pyroute2_ip_and_our_dump(netns
     assert _ip_view(ns) == _ip_expect(routes)
 
 
+def test_frames_are_the_messages_back_to_back_acked_only_at_each_end(netns):
+    ns, oif = _host(netns)
+    routes = _routes(oif)
+    items = [(OP_ADD, nc.encode_route_body(r)) for r in routes[:7]]
+    items.append((OP_DELETE, nc.encode_delete_body(routes[0])))
+    items.append((OP_REPLACE, nc.encode_route_body(routes[1])))
+    ops, bodies = [op for op, _ in items], [b for _, b in items]
+    with BulkRoutes(ns.name, batch_msgs=4, batch_bytes=10_000) as bulk:
+        frames = bulk.frame(ops, bodies)
+    assert [(f.first, f.count) for f in frames] == [(0, 4), (4, 4), (8, 1)]
+    for f in frames:
+        assert f.base > 0  # each frame's own block: seqs never repeat
+        expect = []
+        for j in range(f.count):
+            op, _body = items[f.first + j]
+            ack = j == f.count - 1
+            seq = f.base + j
+            r = routes[f.first + j] if f.first + j < 7 else routes[f.first + j - 7]
+            if op == OP_DELETE:
+                expect.append(nc.encode_del_route(r, seq, ack=ack))
+            else:
+                expect.append(nc.encode_new_route(r, seq, replace=op == OP_REPLACE, ack=ack))
+        assert f.data == b"".join(expect)
+    # a batch closes once it holds batch_bytes, whatever batch_msgs allows
+    with BulkRoutes(ns.name, batch_bytes=1) as bulk:
+        assert [(f.first, f.count) for f in bulk.frame(ops, bodies)] == [(i, 1) for i in range(9)]
+
+
+def test_a_batch_of_one_shape_is_framed_as_any_other(netns):
+    ns, oif = _host(netns)
+    routes = [
+        nc.WireRoute(nc.AF_INET, f"10.244.{i}.0", 26, gateway="192.0.2.2", oif=oif)
+        for i in range(10)
+    ]
+    bodies = [nc.encode_route_body(r) for r in routes]
+    size = nc.HDR_LEN + len(bodies[0])
+    # cut by count, then by bytes (a frame takes messages while under batch_bytes)
+    for batch_msgs, batch_bytes, cuts in (
+        (4, 10_000, [(0, 4), (4, 4), (8, 2)]),
+        (100, 2 * size + 1, [(0, 3), (3, 3), (6, 3), (9, 1)]),
+    ):
+        with BulkRoutes(ns.name, batch_msgs=batch_msgs, batch_bytes=batch_bytes) as bulk:
+            frames = bulk.frame([OP_REPLACE] * len(bodies), bodies)
+            assert [(f.first, f.count) for f in frames] == cuts
+            for f in frames:
+                assert f.data == b"".join(
+                    nc.encode_new_route(routes[f.first + j], f.base + j, ack=j == f.count - 1)
+                    for j in range(f.count)
+                )
+            assert bulk.send_frames(frames) == []
+            assert set(bulk.dump_all(PROTO)) == set(routes)
+            deletes = [nc.encode_delete_body(r) for r in routes]
+            assert bulk.send_frames(bulk.frame([OP_DELETE] * len(deletes), deletes)) == []
+            assert list(bulk.dump_all(PROTO)) == []
+
+
 def test_one_bad_route_in_a_batch_fails_alone_with_its_own_errno(netns):
     ns, oif = _host(netns)
     good = [

@@ -181,6 +181,34 @@ def test_replace_changes_an_owned_route_in_place(env: Env) -> None:
     asyncio.run(go())
 
 
+def test_a_batch_mixing_adds_replaces_and_deletes_applies_each_in_order(env: Env) -> None:
+    changed = KernelRoute(DIRECT.dst, RouteKind.DIRECT, (NextHop(A("192.0.2.3"), "eth0"),), 1400)
+    bad = KernelRoute(N("10.244.8.0/26"), RouteKind.DIRECT, (NextHop(GW, "nosuch0"),))
+
+    async def go() -> None:
+        assert (
+            await env.table.apply_routes([RouteOp(Op.ADD, r) for r in (DIRECT, ECMP)], PROTO) == []
+        )
+        ops = [
+            RouteOp(Op.REPLACE, changed),
+            RouteOp(Op.ADD, bad),
+            RouteOp(Op.DELETE, ECMP),
+            RouteOp(Op.ADD, BLACKHOLE),
+            RouteOp(Op.ADD, ONLINK),
+            RouteOp(Op.ADD, ONLINK),  # EEXIST: the item before took the key
+        ]
+        failures = await env.table.apply_routes(ops, PROTO)
+        assert [(f.item, f.errno) for f in failures] == [
+            (ops[1], errno.ENODEV),
+            (ops[5], errno.EEXIST),
+        ]
+        got = await dump(env.table)
+        assert set(got) == {str(DIRECT.dst), str(BLACKHOLE.dst), str(ONLINK.dst)}
+        assert decide_route_equal(changed, got[str(DIRECT.dst)])
+
+    asyncio.run(go())
+
+
 def test_unknown_device_fails_that_route_only(env: Env) -> None:
     bad = KernelRoute(N("10.244.8.0/26"), RouteKind.DIRECT, (NextHop(GW, "nosuch0"),))
 

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from bgpd.exabgp_config import ExabgpConfig, NeighborConfig
 from bgpd.model import Announce, SessionState
 from bgpd.speaker import Speaker, SpeakerSettings
 
+FAKE = "tests.harness.fake_exabgp"
 PEERS = (IPAddress("192.0.2.2"), IPAddress("192.0.2.3"))
 CFG = ExabgpConfig(
     router_id=IPAddress("192.0.2.1"),
@@ -46,7 +48,7 @@ async def speaker(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     kw = getattr(request, "param", {})
     sp = Speaker(
         CFG,
-        SpeakerSettings(tmp_path, exabgp=(sys.executable, "-m", "tests.harness.fake_exabgp"), **kw),
+        SpeakerSettings(tmp_path, exabgp=(sys.executable, "-m", FAKE), **kw),
     )
     await sp.start()
     try:
@@ -108,3 +110,52 @@ async def test_exits_are_restarted_with_backoff_and_routes_resent(
     await until(lambda: speaker.stats.exabgp_starts >= 5, 20, "a lasting start")
     await until(lambda: len(speaker.announced) == 10, 10, "re-announced to the new one")
     await until(lambda: any(c.count("/26") == 10 for c in seen(speaker)["commands"]), 10, "resent")
+
+
+async def test_a_dropped_reload_is_asked_for_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ExaBGP 5.0.15 drops a reload that finds updates still queued for a
+    peer (the fake drops the first one): the speaker reads the peers back
+    and reloads again, so the added peer comes up."""
+    monkeypatch.setenv("FAKE_EXABGP_DROP_RELOADS", "1")
+    sp = Speaker(CFG, SpeakerSettings(tmp_path, exabgp=(sys.executable, "-m", FAKE)))
+    await sp.start()
+    try:
+        await asyncio.wait_for(sp.wait_synced(), 10)
+        assert await sp.running_peers() == set(PEERS)
+        added = IPAddress("192.0.2.4")
+        more = replace(CFG, neighbors=(*CFG.neighbors, NeighborConfig(added, 64513)))
+        await sp.apply_config(more)
+        await until(lambda: sp.peer_state.get(added) is SessionState.ESTABLISHED, 10, "added up")
+        assert await sp.running_peers() == {*PEERS, added}
+    finally:
+        await sp.stop()
+
+
+async def test_peers_up_while_another_gets_its_copies_get_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two peers added by one reload (a new node's IPv4 and IPv6
+    sessions), the second coming up while the first is sent its copies of
+    our routes: the second gets them too, or it never learns our routes
+    (issue #9: a node's IPv6 block missing on the node added after it)."""
+    monkeypatch.setenv("FAKE_EXABGP_STAGGER_UP", "1")
+    sp = Speaker(CFG, SpeakerSettings(tmp_path, exabgp=(sys.executable, "-m", FAKE)))
+    await sp.start()
+    try:
+        await asyncio.wait_for(sp.wait_synced(), 10)
+        sp.set_desired(many(3))
+        await until(lambda: len(sp.announced) == 3, 10, "announced")
+        x, y = IPAddress("192.0.2.4"), IPAddress("192.0.2.5")
+        more = (NeighborConfig(x, 64513), NeighborConfig(y, 64513))
+        await sp.apply_config(replace(CFG, neighbors=(*CFG.neighbors, *more)))
+
+        def copied(peer: IPAddress) -> bool:
+            heads = (f"neighbor {peer} announce route", f"neighbor {peer} announce attributes")
+            return any(c.startswith(heads) for c in seen(sp)["commands"])
+
+        await until(lambda: copied(x), 10, "the first added peer's copies")
+        await until(lambda: copied(y), 10, "the second added peer's copies")
+    finally:
+        await sp.stop()

@@ -326,6 +326,8 @@ async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: La
     await until(lambda: sp.peer_state.get(b_addr) is up, 30, "added peer comes up")
     await bird_until(bird_b, lambda b: want <= b.routes_from("exa"), 30, "routes at the new peer")
     assert rec.states(a_addr).count(SessionState.DOWN) == 0, "adding a peer reset another"
+    # the contract tests/harness/fake_exabgp.py keeps too: the peers read back
+    assert await sp.running_peers() == {a_addr, b_addr}
     # a changed neighbour is reset by the reload and comes back with our routes
     b_ups = rec.states(b_addr).count(up)
     nb = replace(nb, hold_time=60)
@@ -337,9 +339,38 @@ async def test_reload_adds_and_removes_peers_without_touching_the_others(lab: La
     await sp.apply_config(cfg_for(nb))
     await bird_until(bird_a, lambda b: not b.established("exa"), 30, "removed peer goes down")
     await asyncio.sleep(2)
+    assert await sp.running_peers() == {b_addr}
     assert sp.exabgp_pid == pid
     assert rec.states(b_addr).count(SessionState.DOWN) == b_downs, "removing a peer reset another"
     assert want <= await asyncio.to_thread(bird_b.routes_from, "exa")
+
+
+async def test_peer_added_while_exabgp_sends_routes_comes_up(lab: Lab) -> None:
+    """ExaBGP 5.0.15 drops a reload signal that finds updates still queued
+    for a peer (``Reactor.run``: the signal is cleared, then the loop goes
+    on while ``_pending_adjribout()``): the speaker must see that the
+    peer set did not change and reload again, or the added peer never
+    comes up (the lab's mesh under load: a node that never peered with
+    another)."""
+    ans, a_ours, a_addr = lab.peer_ns("birda")
+    bns, b_ours, b_addr = lab.peer_ns("birdb")
+    await asyncio.to_thread(start_bird, ans, lab.tmp / "a", bird_spec(a_ours, a_addr))
+    await asyncio.to_thread(start_bird, bns, lab.tmp / "b", bird_spec(b_ours, b_addr))
+    na, nb = NeighborConfig(a_addr, BIRD_AS, a_ours), NeighborConfig(b_addr, BIRD_AS, b_ours)
+    # one prefix a line: a steady stream, so updates are queued most of the time
+    sp = await lab.speaker(cfg_for(na), Recorder(), bulk_chunk=1)
+    up = SessionState.ESTABLISHED
+    await until(lambda: sp.peer_state.get(a_addr) is up, 30, "first peer up")
+    base = int(IPAddress("10.128.0.0"))
+    many = {}
+    for i in range(20000):
+        p = IPNetwork(f"{IPAddress(base + 64 * i)}/26")
+        many[p] = Announce(p, None)
+    sp.set_desired(many)
+    # the reload lands while ExaBGP still has updates queued for peer a
+    await until(lambda: len(sp.announced) >= 2000, 120, "announcing")
+    await sp.apply_config(cfg_for(na, nb))
+    await until(lambda: sp.peer_state.get(b_addr) is up, 30, "the added peer comes up")
 
 
 async def test_ttl_security_enforced_and_passive_with_listener(lab: Lab) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ from bgpd.relay import LineSplitter, RelayState, parse_args
 from bgpd.speaker import (
     RELAY,
     decide_refresh,
+    decide_reload_missed,
     decide_restart_delay,
+    parse_neighbor_summary,
     plan_commands,
     plan_reactivated,
     plan_refamilied,
@@ -130,6 +133,29 @@ def test_refamilied_are_the_peers_whose_families_change() -> None:
     )
     assert plan_refamilied(old, new) == {a}
     assert plan_refamilied(new, new) == frozenset()
+
+
+def test_summary_read_back_and_a_reload_missed_when_the_peers_differ() -> None:
+    # ExaBGP 5.0.15's answer to "show neighbor summary", as the relay hands it over
+    text = [
+        "Peer            AS        up/down state       |     #sent     #recvd",
+        "192.0.2.11      64512     0:00:03 established          2          1",
+        "2001:db8:1:1::b 64512        down connect               0          0",
+    ]
+    a, b = IPAddress("192.0.2.11"), IPAddress("2001:db8:1:1::b")
+    running = parse_neighbor_summary(text)
+    assert running == {a, b}
+    assert parse_neighbor_summary(text[:1]) == frozenset()
+    cfg = ExabgpConfig(
+        router_id=IPAddress("192.0.2.10"),
+        local_as=64512,
+        neighbors=(NeighborConfig(a, 64512), NeighborConfig(b, 64512)),
+        api_run=("x",),
+    )
+    assert not decide_reload_missed(cfg, running)
+    added = replace(cfg, neighbors=(*cfg.neighbors, NeighborConfig(IPAddress("192.0.2.74"), 64512)))
+    assert decide_reload_missed(added, running)  # the reload that adds it was dropped
+    assert decide_reload_missed(replace(cfg, neighbors=cfg.neighbors[:1]), running)
 
 
 def test_restart_delay_grows_and_is_capped() -> None:

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 from netaddr import IPAddress, IPNetwork
 
-from felix_lite.delta import decide_route_equal, index_routes, plan_delta
+from felix_lite.delta import decide_route_equal, index_routes, plan_delta, route_ops
 from felix_lite.model import FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
-from felix_lite.ports import Op
+from felix_lite.ports import Op, RouteOp
 
 A = IPAddress
 N = IPNetwork
@@ -52,6 +52,15 @@ def test_delta_adds_missing_replaces_changed_deletes_stale_and_skips_equal() -> 
     ]
     assert [(o.op, o.route) for o in d.route_deletes] == [(Op.DELETE, stale)]
     assert plan_delta(index_routes([keep]), index_routes([keep])).empty
+
+
+def test_an_empty_table_gets_every_route_as_an_add_built_as_route_ops() -> None:
+    routes = [R, KernelRoute(N("10.244.3.0/26"), RouteKind.BLACKHOLE)]
+    d = plan_delta(index_routes(routes), {})
+    assert d.route_upserts == (RouteOp(Op.ADD, routes[0]), RouteOp(Op.ADD, routes[1]))
+    assert all(type(o) is RouteOp for o in d.route_upserts) and d.route_deletes == ()
+    ops = route_ops(Op.DELETE, routes)
+    assert [(o.op, o.route) for o in ops] == [(Op.DELETE, R), (Op.DELETE, routes[1])]
 
 
 def test_neighbor_with_new_mac_is_one_upsert_and_unwanted_ones_are_deleted() -> None:

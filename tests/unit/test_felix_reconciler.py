@@ -235,18 +235,24 @@ def test_a_channel_broken_mid_pass_settles_only_answered_batches_and_a_full_pass
 
 
 class WatchesGc(FakeRouteTable):
-    """Records whether the cyclic GC was on during each batch written."""
+    """Records whether the cyclic GC was on during each read and each
+    batch written."""
 
     def __init__(self, kernel: FakeKernel) -> None:
         super().__init__(kernel)
-        self.gc_on: list[bool] = []
+        self.gc_on: list[tuple[str, bool]] = []
+
+    async def dump_owned(self, proto, table, known=None):  # type: ignore[no-untyped-def]
+        self.gc_on.append(("read", gc.isenabled()))
+        async for r in super().dump_owned(proto, table, known):
+            yield r
 
     async def apply_routes(self, ops, proto):  # type: ignore[no-untyped-def]
-        self.gc_on.append(gc.isenabled())
+        self.gc_on.append(("write", gc.isenabled()))
         return await super().apply_routes(ops, proto)
 
 
-def test_a_big_write_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> None:
+def test_a_pass_over_many_routes_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> None:
     def many(n: int) -> list[KernelRoute]:
         return [
             KernelRoute(
@@ -261,13 +267,19 @@ def test_a_big_write_runs_with_the_cyclic_gc_paused_a_small_one_does_not() -> No
         gc.enable()
         table = WatchesGc(FakeKernel())
         rec = Reconciler(table)
-        rec.set_desired(state(*many(6000)))
-        await rec.sync_once(full=True)
-        assert table.gc_on and not any(table.gc_on) and gc.isenabled()
+        routes = many(6001)
+        rec.set_desired(state(*routes[:6000]))
+        await rec.sync_once(full=True)  # the read included: the tables are young
+        assert table.gc_on[0] == ("read", False) and gc.isenabled()
+        assert {on for _, on in table.gc_on} == {False}
         table.gc_on.clear()
-        rec.set_desired(state(*many(6001)))
+        rec.apply_change(DesiredChange(upserts=(routes[6000],)))
         await rec.sync_once(full=False)
-        assert table.gc_on == [True]
+        assert table.gc_on == [("write", True)]
+        table.gc_on.clear()
+        rec.apply_change(DesiredChange(removes=tuple(r.key for r in routes[:5001])))
+        await rec.sync_once(full=False)  # a peer's routes going: many keys
+        assert table.gc_on and {on for _, on in table.gc_on} == {False} and gc.isenabled()
 
     was = gc.isenabled()
     try:
@@ -311,6 +323,42 @@ def test_deletes_go_in_big_batches_in_the_order_their_keys_changed() -> None:
             [route(i).key for i in order[6:]],
         ]
         assert all(op.op is Op.DELETE for b in spy.batches for op in b)
+
+    asyncio.run(go())
+
+
+class HeldBatches(FakeRouteTable):
+    """The fake table, answering each batch only when the test lets it."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        super().__init__(kernel)
+        self.waiting: list[asyncio.Future[None]] = []
+        self.most_in_flight = 0
+
+    async def apply_routes(self, ops: Sequence[RouteOp], proto: int) -> list[OpFailure[RouteOp]]:
+        gate = asyncio.get_running_loop().create_future()
+        self.waiting.append(gate)
+        self.most_in_flight = max(self.most_in_flight, len(self.waiting))
+        await gate
+        return await super().apply_routes(ops, proto)
+
+
+def test_batches_go_ahead_as_far_as_allowed_and_settle_in_order() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        table = HeldBatches(k)
+        rec = Reconciler(table, batch_size=2, batches_ahead=3)
+        rec.set_desired(state(*(route(i) for i in range(20))))
+        task = asyncio.ensure_future(rec.sync_once(full=True))
+        for answered in range(10):
+            for _ in range(20):  # loop turns enough for all it may send; no fifth goes
+                await asyncio.sleep(0)
+            assert len(table.waiting) == min(4, 10 - answered)
+            assert len(rec.actual_routes) == 2 * answered  # settled in order
+            table.waiting.pop(0).set_result(None)
+        rep = await task
+        assert rep.route_adds == 20 and table.most_in_flight == 4
+        assert k.owned(PROTO) == {route(i) for i in range(20)}
 
     asyncio.run(go())
 

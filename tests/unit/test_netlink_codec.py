@@ -246,15 +246,6 @@ def test_error_and_ack_parse_with_extended_ack_message() -> None:
     ]
 
 
-def test_set_ack_patches_only_the_flags_of_the_framed_message() -> None:
-    r = nc.WireRoute(nc.AF_INET, "10.0.0.0", 8, type=nc.RTN_BLACKHOLE)
-    a = nc.encode_new_route(r, 1, ack=False)
-    b = nc.encode_new_route(r, 2, ack=False)
-    buf = bytearray(a + b)
-    nc.set_ack(buf, len(a))
-    assert bytes(buf) == a + nc.encode_new_route(r, 2, ack=True)
-
-
 def test_truncated_buffer_is_refused() -> None:
     data = nc.encode_new_route(nc.WireRoute(nc.AF_INET, "10.0.0.0", 8), 1)
     try:
