@@ -109,6 +109,15 @@ struct slot {
     uint64_t sent, received, send_errors;
 };
 
+/* When the timer must look at a session at the earliest, and when it must wake
+ * for it at the latest: a periodic packet leaves once it is due, in any wakeup
+ * up to ``late`` after. Both are lower bounds: a quiet packet only moves a
+ * detection time later, and the session is looked at, and its times worked
+ * out again, when the earlier one comes. */
+struct due {
+    double look, wake;
+};
+
 struct receiver {
     int fd;
     int multihop;
@@ -124,6 +133,8 @@ struct mr_engine {
     struct receiver rx[MR_MAX_RECEIVERS];
     int nrx;
     struct slot **dense; /* every session, for the timer's pass */
+    struct due *due;     /* by dense index, so that a pass reads this array
+                          * rather than every slot */
     size_t n, dense_cap;
     struct slot **table; /* open addressing by id; NULL empty, TOMB removed */
     size_t table_cap, table_used;
@@ -208,6 +219,10 @@ static struct slot *insert(struct mr_engine *e, uint32_t id)
         if (d == NULL)
             return NULL;
         e->dense = d;
+        struct due *due = realloc(e->due, cap * sizeof *due);
+        if (due == NULL)
+            return NULL;
+        e->due = due;
         e->dense_cap = cap;
     }
     if (2 * (e->table_used + 1) > e->table_cap) { /* at most half full, tombstones counted */
@@ -228,6 +243,7 @@ static struct slot *insert(struct mr_engine *e, uint32_t id)
         e->table_used++;
     e->table[i] = s;
     s->dense = e->n;
+    e->due[e->n] = (struct due){INFINITY, INFINITY};
     e->dense[e->n++] = s;
     return s;
 }
@@ -238,6 +254,7 @@ static void erase(struct mr_engine *e, struct slot **p)
     *p = TOMB;
     struct slot *last = e->dense[--e->n];
     e->dense[s->dense] = last;
+    e->due[s->dense] = e->due[e->n];
     last->dense = s->dense;
     free(s);
 }
@@ -440,8 +457,15 @@ static double due(struct mr_engine *e, double now)
     double wake = INFINITY;
     int drained = 0;
     for (size_t k = 0; k < e->n; k++) {
+        struct due *d = &e->due[k];
+        if (d->look > now) {
+            if (d->wake < wake)
+                wake = d->wake;
+            continue;
+        }
         struct slot *s = e->dense[k];
         struct mr_session *p = &s->s;
+        *d = (struct due){INFINITY, INFINITY};
         if (s->held)
             continue;
         if (p->has_detect && p->detect_at <= now && !drained) {
@@ -453,8 +477,9 @@ static double due(struct mr_engine *e, double now)
         if (p->has_detect && p->detect_at <= now) {
             struct mr_event *ev = push(e);
             if (ev == NULL) {
-                if (now + QUEUE_RETRY_S < wake)
-                    wake = now + QUEUE_RETRY_S;
+                d->look = d->wake = now + QUEUE_RETRY_S;
+                if (d->wake < wake)
+                    wake = d->wake;
                 continue;
             }
             memset(ev, 0, offsetof(struct mr_event, data));
@@ -469,11 +494,14 @@ static double due(struct mr_engine *e, double now)
                 send_periodic(s);
                 p->next_tx = next_tx(e, p, now);
             }
-            if (p->next_tx + p->late < wake)
-                wake = p->next_tx + p->late;
+            *d = (struct due){p->next_tx, p->next_tx + p->late};
         }
-        if (p->has_detect && p->detect_at < wake)
-            wake = p->detect_at;
+        if (p->has_detect && p->detect_at < d->wake)
+            d->wake = p->detect_at;
+        if (p->has_detect && p->detect_at < d->look)
+            d->look = p->detect_at;
+        if (d->wake < wake)
+            wake = d->wake;
     }
     return wake;
 }
@@ -533,6 +561,7 @@ struct mr_engine *mr_new(uint32_t queue)
     e->ring = calloc(queue, sizeof *e->ring);
     e->dense_cap = 16;
     e->dense = calloc(e->dense_cap, sizeof *e->dense);
+    e->due = calloc(e->dense_cap, sizeof *e->due);
     e->table_cap = 32;
     e->table = calloc(e->table_cap, sizeof *e->table);
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -542,10 +571,12 @@ struct mr_engine *mr_new(uint32_t queue)
     if (getrandom(&e->rng, sizeof e->rng, 0) != sizeof e->rng)
         e->rng = (uint64_t)realtime();
     e->rng |= 1;
-    if (e->ring == NULL || e->dense == NULL || e->table == NULL || e->epfd < 0 ||
-        e->wakefd < 0 || e->eventfd < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) != 0) {
+    if (e->ring == NULL || e->dense == NULL || e->due == NULL || e->table == NULL ||
+        e->epfd < 0 || e->wakefd < 0 || e->eventfd < 0 ||
+        epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) != 0) {
         free(e->ring);
         free(e->dense);
+        free(e->due);
         free(e->table);
         int fds[] = {e->epfd, e->wakefd, e->eventfd};
         for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
@@ -602,6 +633,7 @@ void mr_free(struct mr_engine *e)
     for (size_t k = 0; k < e->n; k++)
         free(e->dense[k]);
     free(e->dense);
+    free(e->due);
     free(e->table);
     free(e->ring);
     close(e->epfd);
@@ -624,6 +656,7 @@ int mr_put(struct mr_engine *e, const struct mr_session *p)
     if (s != NULL) {
         s->s = *p;
         s->held = 0;
+        e->due[s->dense] = (struct due){0, 0}; /* its times are worked out at once */
     }
     pthread_mutex_unlock(&e->mu);
     if (s == NULL)
