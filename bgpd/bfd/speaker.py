@@ -50,7 +50,9 @@ from bgpd.bfd.sockets import (
 )
 
 log = logging.getLogger("bgpd.bfd")
-BATCH_S = 0.005  # how late a periodic packet may be, to share a wakeup (engine.c's too)
+# how late a periodic packet may leave, to share a wakeup (engine.c reads a
+# busy socket at the same pace)
+BATCH_S = 0.005
 DECODED_MAX = 4096  # distinct well-formed packets remembered
 
 
@@ -220,7 +222,7 @@ class BfdSpeaker:
         assert self._loop is not None, "start() first"
         return self._loop.time()
 
-    def _engine_(self) -> Engine:
+    def _running_engine(self) -> Engine:
         assert self._engine is not None, "start() first"
         return self._engine
 
@@ -246,14 +248,14 @@ class BfdSpeaker:
         self._sessions[spec.key] = live
         self._by_disc[disc] = live
         self._by_source[(text, spec.multihop)] = live
-        self._engine_().put(route, live.run)
+        self._running_engine().put(route, live.run)
 
     def _remove(self, live: _Live) -> None:
         live.alive = False
         self._sessions.pop(live.spec.key, None)
         self._by_disc.pop(live.route.disc, None)
         self._by_source.pop((live.peer_text, live.spec.multihop), None)
-        self._engine_().drop(live.route.disc)  # before the socket closes
+        self._running_engine().drop(live.route.disc)  # before the socket closes
         close_quietly(live.route.sock)
 
     def _change(self, live: _Live, spec: PeerSpec) -> None:
@@ -273,7 +275,7 @@ class BfdSpeaker:
     def _hold(self, live: _Live) -> float | None:
         """The session back from the engine, with the times it kept; when
         the engine last heard the peer."""
-        t = self._engine_().hold(live.route.disc)
+        t = self._running_engine().hold(live.route.disc)
         if t is None:
             return None
         live.run.next_tx, live.run.detect_at = t.next_tx, t.detect_at
@@ -298,7 +300,7 @@ class BfdSpeaker:
             except Exception:  # the sessions run on whatever a user does with it
                 log.exception("BFD change handler failed on %s", change)
         if live.alive:
-            self._engine_().put(live.route, live.run)
+            self._running_engine().put(live.route, live.run)
 
     def _send(self, live: _Live, data: bytes) -> None:
         # A connected socket reports an earlier ICMP error on the next send,
@@ -317,7 +319,7 @@ class BfdSpeaker:
         live.send_errors += 1
 
     def _on_events(self) -> None:
-        engine = self._engine_()
+        engine = self._running_engine()
         engine.clear()
         for event in engine.take():
             if isinstance(event, Packet):

@@ -128,6 +128,13 @@ def cfg_for(*neighbors: NeighborConfig) -> ExabgpConfig:
     return ExabgpConfig(router_id=SELF, local_as=EXA_AS, neighbors=neighbors, api_run=("x",))
 
 
+def blocks(n: int) -> dict[IPNetwork, Announce]:
+    """``n`` consecutive /26 from 10.128.0.0, to announce."""
+    base = int(IPAddress("10.128.0.0"))
+    nets = (IPNetwork(f"{IPAddress(base + 64 * i)}/26") for i in range(n))
+    return {p: Announce(p, None) for p in nets}
+
+
 def bird_spec(exa_addr: IPAddress, router_id: IPAddress, **kw: object) -> BirdSpec:
     return BirdSpec(
         router_id=str(router_id),
@@ -254,11 +261,7 @@ async def test_flow_control_5000_prefixes_reach_bird_then_withdraw_all(
     sp = await lab.speaker(cfg_for(NeighborConfig(b_addr, BIRD_AS, b_ours)), rec, bulk_chunk=chunk)
     up = SessionState.ESTABLISHED
     await until(lambda: sp.peer_state.get(b_addr) is up, 30, "session up")
-    base = int(IPAddress("10.128.0.0"))
-    desired = {}
-    for i in range(5000):
-        p = IPNetwork(f"{IPAddress(base + 64 * i)}/26")
-        desired[p] = Announce(p, None)
+    desired = blocks(5000)
     t0 = time.monotonic()
     sp.set_desired(desired)
     await until(lambda: len(sp.announced) == 5000, 120, "5000 acks")
@@ -361,11 +364,7 @@ async def test_peer_added_while_exabgp_sends_routes_comes_up(lab: Lab) -> None:
     sp = await lab.speaker(cfg_for(na), Recorder(), bulk_chunk=1)
     up = SessionState.ESTABLISHED
     await until(lambda: sp.peer_state.get(a_addr) is up, 30, "first peer up")
-    base = int(IPAddress("10.128.0.0"))
-    many = {}
-    for i in range(20000):
-        p = IPNetwork(f"{IPAddress(base + 64 * i)}/26")
-        many[p] = Announce(p, None)
+    many = blocks(20000)
     sp.set_desired(many)
     # the reload lands while ExaBGP still has updates queued for peer a
     await until(lambda: len(sp.announced) >= 2000, 120, "announcing")
