@@ -98,8 +98,18 @@ class BulkFailure:
     message: str = ""
 
 
-def _netns_path(netns: str) -> str:
+def netns_path(netns: str) -> str:
+    """A namespace name's file under /var/run/netns; a path stays as it is."""
     return netns if "/" in netns else f"/var/run/netns/{netns}"
+
+
+def setns(fd: int, name: str) -> None:
+    """Move the calling thread (only it) into the network namespace open as
+    ``fd`` (``name`` says which, for the error)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns into {name}: {os.strerror(err)}")
 
 
 def netlink_socket(netns: str | None = None, *, groups: int = 0) -> socket.socket:
@@ -107,15 +117,12 @@ def netlink_socket(netns: str | None = None, *, groups: int = 0) -> socket.socke
     or a path; None: the caller's namespace)."""
     if netns is None:
         return _new_socket(groups)
-    fd = os.open(_netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     result: list[socket.socket | BaseException] = []
 
     def enter_and_open() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+            setns(fd, netns)
             result.append(_new_socket(groups))
         except BaseException as e:  # handed to the caller's thread
             result.append(e)

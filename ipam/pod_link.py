@@ -27,21 +27,26 @@ import contextlib
 import errno
 import hashlib
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from netaddr import IPAddress
-from pyroute2 import IPRoute, NetlinkError
-from pyroute2.netns import setns
+
+from felix_lite import netlink_attrs as na
+from felix_lite import netlink_links as nl
+from felix_lite.netlink_bulk import netns_path, setns
+from felix_lite.netlink_client import RtnlClient
+from felix_lite.netlink_codec import WireRoute
 
 HOST_IFACE_PREFIX = "mr"
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 DEFAULT_MTU = 1500
-IFA_F_NODAD = 0x02
-NUD_PERMANENT = 0x80
-RT_SCOPE_LINK = 253
+# The pod's routes are the administrator's kind ("proto static"), as ``ip
+# route`` makes them: never felix_lite's protocol, whose routes it removes.
+RTPROT_STATIC = 4
 
 
 class PodLinkError(Exception):
@@ -83,16 +88,20 @@ def _entered(netns: str | None) -> Iterator[None]:
     if netns is None:
         yield
         return
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            setns(netns, flags=0)
+            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd, netns)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise PodLinkError(f"cannot enter network namespace {netns}: {e}") from e
         try:
             yield
         finally:
-            setns(back, flags=0)
+            setns(back, "the thread's own")
     finally:
         os.close(back)
 
@@ -102,13 +111,16 @@ def _sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
+def _mac(rtnl: RtnlClient, name: str) -> str:
+    link = rtnl.link(name)
+    if link is None or link.mac is None:
+        raise PodLinkError(f"{name} vanished while being set up")
+    return link.mac
 
 
-def _mac(ipr: IPRoute, index: int) -> str:
-    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+def _route(dst: IPAddress, plen: int, index: int, gateway: str | None = None) -> WireRoute:
+    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    return WireRoute(family, str(dst), plen, gateway=gateway, oif=index, proto=RTPROT_STATIC)
 
 
 def apply_pod_link(link: PodLink, host_netns: str | None) -> LinkInfo:
@@ -124,11 +136,9 @@ def apply_pod_link(link: PodLink, host_netns: str | None) -> LinkInfo:
             host_mac = _add_host_end(link, host_netns, fd)
             pod_mac = _configure_pod_end(link)
         except BaseException:
-            with contextlib.suppress(PodLinkError, OSError, NetlinkError):
+            with contextlib.suppress(PodLinkError, OSError):
                 remove_pod_link(link.host_iface, host_netns)
             raise
-    except NetlinkError as e:
-        raise PodLinkError(f"netlink: {e}") from e
     except OSError as e:
         raise PodLinkError(str(e)) from e
     finally:
@@ -137,24 +147,20 @@ def apply_pod_link(link: PodLink, host_netns: str | None) -> LinkInfo:
 
 
 def _add_host_end(link: PodLink, host_netns: str | None, pod_fd: int) -> str:
-    with _entered(host_netns), IPRoute() as ipr:
-        old = _index(ipr, link.host_iface)
+    with _entered(host_netns), RtnlClient() as rtnl:
+        old = rtnl.link_index(link.host_iface)
         if old is not None:
-            ipr.link("del", index=old)
+            rtnl.link_delete(old)
+        body = nl.veth_body(
+            link.host_iface, link.ifname, mtu=link.mtu, peer_netns_fd=pod_fd, address=HOST_MAC
+        )
         try:
-            ipr.link(
-                "add",
-                ifname=link.host_iface,
-                kind="veth",
-                address=HOST_MAC,
-                mtu=link.mtu,
-                peer={"ifname": link.ifname, "mtu": link.mtu, "net_ns_fd": pod_fd},
-            )
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
+            rtnl.link_create(body, f"veth {link.host_iface} peer {link.ifname}")
+        except OSError as e:
+            if e.errno == errno.EEXIST:
                 raise PodLinkError(f"the pod already has an interface named {link.ifname}") from e
             raise
-        index = _index(ipr, link.host_iface)
+        index = rtnl.link_index(link.host_iface)
         assert index is not None
         iface = link.host_iface
         _sysctl(f"net/ipv4/conf/{iface}/proxy_arp", "1")
@@ -162,65 +168,60 @@ def _add_host_end(link: PodLink, host_netns: str | None, pod_fd: int) -> str:
         if any(ip.version == 6 for ip in link.ips):
             _sysctl(f"net/ipv6/conf/{iface}/accept_dad", "0")
             _sysctl(f"net/ipv6/conf/{iface}/accept_ra", "0")
-        ipr.link("set", index=index, state="up")
+        rtnl.link_set_up(index, True)
         for ip in link.ips:
-            plen = 32 if ip.version == 4 else 128
-            ipr.route("replace", dst=f"{ip}/{plen}", oif=index, scope=RT_SCOPE_LINK)
-        return _mac(ipr, index)
+            rtnl.route_replace(_route(ip, 32 if ip.version == 4 else 128, index))
+        return _mac(rtnl, iface)
 
 
 def _configure_pod_end(link: PodLink) -> str:
-    with _entered(link.netns), IPRoute() as ipr:
-        index = _index(ipr, link.ifname)
+    with _entered(link.netns), RtnlClient() as rtnl:
+        index = rtnl.link_index(link.ifname)
         if index is None:
             raise PodLinkError(f"{link.ifname} did not appear in the pod")
-        lo = _index(ipr, "lo")
+        lo = rtnl.link_index("lo")
         if lo is not None:
-            ipr.link("set", index=lo, state="up")
+            rtnl.link_set_up(lo, True)
         v6 = any(ip.version == 6 for ip in link.ips)
         if v6:
             _sysctl(f"net/ipv6/conf/{link.ifname}/accept_dad", "0")
         for ip in link.ips:
             if ip.version == 4:
-                ipr.addr("add", index=index, address=str(ip), prefixlen=32)
+                rtnl.addr_add(index, str(ip), 32)
             else:
-                ipr.addr("add", index=index, address=str(ip), prefixlen=128, flags=IFA_F_NODAD)
-        ipr.link("set", index=index, state="up")
+                rtnl.addr_add(index, str(ip), 128, flags=na.IFA_F_NODAD)
+        rtnl.link_set_up(index, True)
         if any(ip.version == 4 for ip in link.ips):
-            ipr.route("replace", dst=f"{GATEWAY_V4}/32", oif=index, scope=RT_SCOPE_LINK)
-            ipr.neigh(
-                "replace", ifindex=index, dst=GATEWAY_V4, lladdr=HOST_MAC, state=NUD_PERMANENT
-            )
-            ipr.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=index)
+            rtnl.route_replace(_route(IPAddress(GATEWAY_V4), 32, index))
+            _permanent_neighbour(rtnl, index, GATEWAY_V4)
+            rtnl.route_replace(_route(IPAddress("0.0.0.0"), 0, index, GATEWAY_V4))
         if v6:
-            ipr.neigh(
-                "replace",
-                ifindex=index,
-                dst=GATEWAY_V6,
-                lladdr=HOST_MAC,
-                state=NUD_PERMANENT,
-                family=10,
-            )
-            ipr.route("replace", dst="::/0", gateway=GATEWAY_V6, oif=index, family=10)
-        return _mac(ipr, index)
+            _permanent_neighbour(rtnl, index, GATEWAY_V6)
+            rtnl.route_replace(_route(IPAddress("::"), 0, index, GATEWAY_V6))
+        return _mac(rtnl, link.ifname)
+
+
+def _permanent_neighbour(rtnl: RtnlClient, index: int, ip: str) -> None:
+    body = na.neigh_body(index, dst=ip, lladdr=HOST_MAC, state=na.NUD_PERMANENT)
+    rtnl.neigh_replace(body, f"neigh replace {ip}")
 
 
 def remove_pod_link(host_iface: str, host_netns: str | None) -> bool:
     """Delete the pod's veth by its host end (the pod end goes with it);
     False when it was not there."""
     try:
-        with _entered(host_netns), IPRoute() as ipr:
-            index = _index(ipr, host_iface)
+        with _entered(host_netns), RtnlClient() as rtnl:
+            index = rtnl.link_index(host_iface)
             if index is None:
                 return False
             try:
-                ipr.link("del", index=index)
-            except NetlinkError as e:
-                if e.code == errno.ENODEV:
+                rtnl.link_delete(index)
+            except OSError as e:
+                if e.errno == errno.ENODEV:
                     return False
                 raise
             return True
-    except NetlinkError as e:
+    except OSError as e:
         raise PodLinkError(f"netlink: {e}") from e
 
 
@@ -228,38 +229,38 @@ def check_pod_link(link: PodLink, host_netns: str | None) -> list[str]:
     """What differs from what ``apply_pod_link`` made ([] when nothing)."""
     problems: list[str] = []
     try:
-        with _entered(host_netns), IPRoute() as ipr:
-            index = _index(ipr, link.host_iface)
+        with _entered(host_netns), RtnlClient() as rtnl:
+            index = rtnl.link_index(link.host_iface)
             if index is None:
                 return [f"host interface {link.host_iface} is missing"]
             routed = {
-                str(r.get_attr("RTA_DST"))
-                for family in (2, 10)
-                for r in ipr.get_routes(family=family, oif=index)
-                if r.get_attr("RTA_DST") is not None
+                r.dst
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for r in rtnl.routes(family)
+                if r.oif == index and r.dst_len
             }
             problems += [
                 f"no route to {ip} via {link.host_iface}"
                 for ip in link.ips
                 if str(ip) not in routed
             ]
-        with _entered(link.netns), IPRoute() as ipr:
-            index = _index(ipr, link.ifname)
+        with _entered(link.netns), RtnlClient() as rtnl:
+            index = rtnl.link_index(link.ifname)
             if index is None:
                 return [*problems, f"{link.ifname} is missing in the pod"]
-            have = {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index)}
+            have = {a.address for a in rtnl.addresses() if a.index == index}
             problems += [
                 f"{ip} is not on the pod's {link.ifname}" for ip in link.ips if str(ip) not in have
             ]
-    except NetlinkError as e:
+    except OSError as e:
         raise PodLinkError(f"netlink: {e}") from e
     return problems
 
 
 def list_host_ifaces(host_netns: str | None) -> list[str]:
     """The names of this module's veth host ends in the node's namespace."""
-    with _entered(host_netns), IPRoute() as ipr:
-        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    with _entered(host_netns), RtnlClient() as rtnl:
+        names = [link.name for link in rtnl.links()]
     return [n for n in names if is_host_iface_name(n)]
 
 
