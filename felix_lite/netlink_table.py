@@ -3,7 +3,7 @@
 This module owns the translation between the ports' named, typed values and
 the kernel: interface names resolved to indexes (and back) at this edge,
 routes written and streamed through ``netlink_bulk`` (the fast path), and
-the few neighbour, FDB and link operations through pyroute2.
+the few neighbour, FDB and link operations through ``netlink_client``.
 
 All netlink I/O runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
@@ -14,8 +14,8 @@ holds the GIL only between its sends. (The host's links and addresses are read b
 ``felix_lite.netlink_host``.)
 
 A namespace name (``netns``) makes every socket live in that namespace
-(see ``netlink_bulk.netlink_socket``; pyroute2 is opened with its own
-``netns`` support). The process itself stays where it is.
+(see ``netlink_bulk.netlink_socket``). The process itself stays where it
+is.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import asyncio
 import errno
 import math
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 from netaddr import IPAddress
 
+from felix_lite import netlink_attrs as na
 from felix_lite import netlink_codec as nc
 from felix_lite.inputs import IPIP_DEVICE, VXLAN_DEVICE
 from felix_lite.model import FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
@@ -42,6 +44,7 @@ from felix_lite.netlink_bulk import (
     BulkRoutes,
     Frames,
 )
+from felix_lite.netlink_client import RtnlClient
 from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
 
 T = TypeVar("T")
@@ -49,28 +52,10 @@ Op_ = TypeVar("Op_", NeighborOp, FdbOp)
 _op_kind = itemgetter(0)
 _op_route = itemgetter(1)
 
-NUD_NOARP = 0x40
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
 LINKS_MAX_AGE = 1.0
 
 # A batch encoded: (its messages framed, the ops they are, failures so far).
 _Encoded = tuple[list[Frames], list[RouteOp], list[OpFailure[RouteOp]]]
-
-
-def _open_ipr(netns: str | None) -> Any:
-    from pyroute2 import IPRoute
-
-    if netns is None:
-        return IPRoute()
-    return IPRoute(netns=netns, flags=0)  # flags=0: never create the namespace
-
-
-def _netlink_errno(e: BaseException) -> int:
-    code = getattr(e, "code", None)
-    if isinstance(code, int) and code > 0:
-        return code
-    return getattr(e, "errno", None) or errno.EIO
 
 
 class _Worker:
@@ -124,13 +109,13 @@ class NetlinkRouteTable:
         self._index: dict[str, int] = {}
         self._encoders: dict[int, nc.RouteEncoder] = {}  # per protocol
         self._bulk: BulkRoutes = self._worker.call(BulkRoutes, netns)
-        self._ipr: Any = self._worker.call(_open_ipr, netns)
+        self._rtnl = self._worker.call(RtnlClient, netns)
         self._links_read_at = -math.inf
 
     def close(self) -> None:
         def shut() -> None:
             self._bulk.close()
-            self._ipr.close()
+            self._rtnl.close()
 
         self._worker.call(shut)
         self._worker.shutdown()
@@ -150,15 +135,14 @@ class NetlinkRouteTable:
         now = time.monotonic()
         if now - self._links_read_at < max_age:
             return False
-        index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in self._ipr.get_links()}
+        index = {link.name: link.index for link in self._rtnl.links()}
         if index != self._index:
             self._index = index  # encoders made with the old one are replaced on use
         self._links_read_at = now
         return True
 
     def _ifindex(self, ifname: str) -> int | None:
-        found = self._ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else None
+        return self._rtnl.link_index(ifname)
 
     def _encode_routes(self, ops: Sequence[RouteOp], proto: int, fresh: bool) -> _Encoded:
         """(messages framed, the ops they are, failures so far). A device name
@@ -233,12 +217,11 @@ class NetlinkRouteTable:
         idx = self._ifindex(ifname)
         if idx is None:
             return []
-        out = []
-        for m in self._ipr.get_neighbours(ifindex=idx):
-            dst, lladdr = m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR")
-            if m["state"] & NUD_PERMANENT and dst and lladdr:
-                out.append(NeighborEntry(ifname, IPAddress(dst), lladdr))
-        return out
+        return [
+            NeighborEntry(ifname, IPAddress(m.dst), m.lladdr)
+            for m in self._rtnl.neighbours(socket.AF_UNSPEC)
+            if m.ifindex == idx and m.state & na.NUD_PERMANENT and m.dst and m.lladdr
+        ]
 
     def _apply_each(
         self, ops: Sequence[Op_], ifname: Callable[[Op_], str], apply: Callable[[Op_, int], None]
@@ -253,18 +236,19 @@ class NetlinkRouteTable:
                 continue
             try:
                 apply(op, idx)
-            except Exception as exc:  # pyroute2's NetlinkError carries the errno
-                failures.append(OpFailure(op, _netlink_errno(exc), str(exc)))
+            except OSError as exc:  # the kernel's refusal, with its errno
+                failures.append(OpFailure(op, exc.errno or errno.EIO, str(exc)))
         return failures
 
     def _apply_neighbors(self, ops: Sequence[NeighborOp]) -> list[OpFailure[NeighborOp]]:
         def apply(op: NeighborOp, idx: int) -> None:
             e = op.entry
+            what = f"neigh {op.op.name.lower()} {e.ip} dev {e.ifname}"
             if op.op is Op.DELETE:
-                self._ipr.neigh("del", dst=str(e.ip), ifindex=idx)
+                self._rtnl.neigh_delete(na.neigh_body(idx, dst=str(e.ip)), what)
             else:
-                self._ipr.neigh("replace", dst=str(e.ip), lladdr=e.lladdr, ifindex=idx,
-                                state=NUD_PERMANENT)  # fmt: skip
+                body = na.neigh_body(idx, dst=str(e.ip), lladdr=e.lladdr, state=na.NUD_PERMANENT)
+                self._rtnl.neigh_replace(body, what)
 
         return self._apply_each(ops, lambda op: op.entry.ifname, apply)
 
@@ -272,23 +256,30 @@ class NetlinkRouteTable:
         idx = self._ifindex(ifname)
         if idx is None:
             return []
-        out = []
-        for m in self._ipr.fdb("dump", ifindex=idx):
-            dst, lladdr = m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR")
-            if dst and lladdr and m["ifindex"] == idx:
-                out.append(FdbEntry(ifname, lladdr, IPAddress(dst)))
-        return out
+        return [
+            FdbEntry(ifname, m.lladdr, IPAddress(m.dst))
+            for m in self._rtnl.neighbours(na.AF_BRIDGE)
+            if m.ifindex == idx and m.dst and m.lladdr
+        ]
 
     def _apply_fdb(self, ops: Sequence[FdbOp]) -> list[OpFailure[FdbOp]]:
         def apply(op: FdbOp, idx: int) -> None:
             e = op.entry
+            what = f"fdb {op.op.name.lower()} {e.lladdr} dst {e.dst} dev {e.ifname}"
+            # The device's own FDB (NTF_SELF), permanent: vxlan refuses
+            # (EOPNOTSUPP) an entry that is neither.
+            body = na.neigh_body(
+                idx,
+                dst=str(e.dst),
+                lladdr=e.lladdr,
+                state=na.NUD_PERMANENT | na.NUD_NOARP,
+                flags=na.NTF_SELF,
+                family=na.AF_BRIDGE,
+            )
             if op.op is Op.DELETE:
-                self._ipr.fdb("del", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst))
+                self._rtnl.neigh_delete(body, what)
             else:
-                # pyroute2's defaults for "replace" are refused (EOPNOTSUPP)
-                # by vxlan: say permanent, noarp, self explicitly.
-                self._ipr.fdb("replace", ifindex=idx, lladdr=e.lladdr, dst=str(e.dst),
-                              state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)  # fmt: skip
+                self._rtnl.neigh_replace(body, what)
 
         return self._apply_each(ops, lambda op: op.entry.ifname, apply)
 

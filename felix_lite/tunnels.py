@@ -4,7 +4,8 @@ This module owns creating, configuring and removing them. The decision is
 pure: ``plan_tunnel_changes(desired, links)`` compares what meshroute wants
 with the devices found and returns the few steps that close the gap
 (nothing when they agree). ``NetlinkTunnels`` (the ``ports.TunnelDevices``
-adapter) observes, plans and applies those steps with pyroute2.
+adapter) observes, plans and applies those steps over rtnetlink
+(``netlink_client``).
 
 Ownership survives restarts without memory: every device meshroute creates
 or adopts carries the ifalias ``OWNER_ALIAS``. Turning a mode off removes
@@ -32,7 +33,9 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
+from felix_lite import netlink_links as nl
 from felix_lite.model import IpipDevice, VxlanDevice
+from felix_lite.netlink_client import RtnlClient
 
 OWNER_ALIAS = "meshroute:felix_lite"
 IPIP_MODULE = "ipip"
@@ -264,11 +267,6 @@ def plan_tunnel_changes(
 # ------------------------------------------------------------- the adapter
 
 
-def _netlink_code(e: BaseException) -> int | None:
-    code = getattr(e, "code", None)
-    return code if isinstance(code, int) else None
-
-
 def _default_load_module(name: str) -> str | None:
     """Load a kernel module; None on success, else why it failed."""
     try:
@@ -286,15 +284,10 @@ class NetlinkTunnels:
         self.netns = netns
         self._load_module = load_module or _default_load_module
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="felix-tunnels")
-        self._ipr: Any = self._pool.submit(self._open).result()
-
-    def _open(self) -> Any:
-        from pyroute2 import IPRoute
-
-        return IPRoute() if self.netns is None else IPRoute(netns=self.netns, flags=0)
+        self._rtnl = self._pool.submit(RtnlClient, netns).result()
 
     def close(self) -> None:
-        self._pool.submit(self._ipr.close).result()
+        self._pool.submit(self._rtnl.close).result()
         self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -314,44 +307,28 @@ class NetlinkTunnels:
     def observe(self) -> list[ObservedLink]:
         """Tunnel-kind links and every link carrying our alias."""
         addrs: dict[int, list[IPNetwork]] = {}
-        for a in self._ipr.get_addr():
-            ip = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if ip:
-                addrs.setdefault(a["index"], []).append(IPNetwork(f"{ip}/{a['prefixlen']}"))
-        links = self._ipr.get_links()
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
-        out = []
-        for link in links:
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else None
-            alias = link.get_attr("IFLA_IFALIAS")
-            if kind not in ("ipip", "vxlan") and alias != OWNER_ALIAS:
-                continue
-            fields: dict[str, Any] = {}
-            data = info.get_attr("IFLA_INFO_DATA") if info else None
-            if kind == "vxlan" and data is not None:
-                local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
-                parent = data.get_attr("IFLA_VXLAN_LINK")
-                fields = {
-                    "vni": data.get_attr("IFLA_VXLAN_ID"),
-                    "port": data.get_attr("IFLA_VXLAN_PORT"),
-                    "local": IPAddress(local) if local else None,
-                    "parent": names.get(parent) if parent else None,
-                    "learning": bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-                }
-            out.append(
-                ObservedLink(
-                    name=link.get_attr("IFLA_IFNAME"),
-                    kind=kind,
-                    up=bool(link["flags"] & 1),
-                    mtu=int(link.get_attr("IFLA_MTU") or 0),
-                    alias=alias,
-                    mac=link.get_attr("IFLA_ADDRESS"),
-                    addresses=tuple(addrs.get(link["index"], ())),
-                    **fields,
-                )
+        for a in self._rtnl.addresses():
+            addrs.setdefault(a.index, []).append(IPNetwork(f"{a.address}/{a.prefixlen}"))
+        links = self._rtnl.links()
+        names = {link.index: link.name for link in links}
+        return [
+            ObservedLink(
+                name=link.name,
+                kind=link.kind,
+                up=link.up,
+                mtu=link.mtu,
+                alias=link.alias,
+                mac=link.mac,
+                addresses=tuple(addrs.get(link.index, ())),
+                vni=link.vni,
+                port=link.port,
+                local=IPAddress(link.local) if link.local else None,
+                parent=names.get(link.parent) if link.parent else None,
+                learning=link.learning,
             )
-        return out
+            for link in links
+            if link.kind in ("ipip", "vxlan") or link.alias == OWNER_ALIAS
+        ]
 
     def _apply(self, desired: IpipDevice | VxlanDevice | None, kind: str) -> None:
         for step in plan_tunnel_changes(desired, self.observe(), kind=kind):
@@ -363,51 +340,48 @@ class NetlinkTunnels:
                 raise TunnelError(f"{step}: {e}") from e
 
     def _index(self, name: str) -> int:
-        found = self._ipr.link_lookup(ifname=name)
-        if not found:
+        found = self._rtnl.link_index(name)
+        if found is None:
             raise TunnelError(f"no such device: {name}")
-        return int(found[0])
+        return found
 
     def _step(self, step: TunnelChange) -> None:
-        ipr = self._ipr
+        rtnl = self._rtnl
         match step:
             case CreateIpip(name):
                 self._create_ipip(name)
             case CreateVxlan(spec):
-                kw: dict[str, Any] = {
-                    "ifname": spec.name,
-                    "kind": "vxlan",
-                    "vxlan_id": spec.vni,
-                    "vxlan_port": spec.port,
-                    "vxlan_learning": 0,
-                }
-                kw["vxlan_local" if spec.local.version == 4 else "vxlan_local6"] = str(spec.local)
-                if spec.parent is not None:
-                    kw["vxlan_link"] = self._index(spec.parent)
-                ipr.link("add", **kw)
+                parent = self._index(spec.parent) if spec.parent is not None else None
+                body = nl.vxlan_body(
+                    spec.name,
+                    vni=spec.vni,
+                    port=spec.port,
+                    local=str(spec.local),
+                    parent_index=parent,
+                    learning=False,
+                )
+                rtnl.link_create(body, f"vxlan {spec.name}")
             case DeleteLink(name, _reason):
-                ipr.link("del", index=self._index(name))
+                rtnl.link_delete(self._index(name))
             case SetAlias(name, alias):
-                ipr.link("set", index=self._index(name), ifalias=alias)
+                rtnl.link_set_alias(self._index(name), alias)
             case SetMtu(name, mtu):
-                ipr.link("set", index=self._index(name), mtu=mtu)
+                rtnl.link_set_mtu(self._index(name), mtu)
             case SetMac(name, mac):
                 idx = self._index(name)
                 try:
-                    ipr.link("set", index=idx, address=mac)
-                except Exception as e:  # some devices refuse while up
-                    if _netlink_code(e) != errno.EBUSY:
+                    rtnl.link_set_address(idx, mac)
+                except OSError as e:  # some devices refuse while up
+                    if e.errno != errno.EBUSY:
                         raise
-                    ipr.link("set", index=idx, state="down")
-                    ipr.link("set", index=idx, address=mac)
+                    rtnl.link_set_up(idx, False)
+                    rtnl.link_set_address(idx, mac)
             case SetUp(name, up):
-                ipr.link("set", index=self._index(name), state="up" if up else "down")
+                rtnl.link_set_up(self._index(name), up)
             case AddAddress(name, net):
-                ipr.addr("add", index=self._index(name), address=str(net.ip),
-                         prefixlen=net.prefixlen)  # fmt: skip
+                rtnl.addr_add(self._index(name), str(net.ip), net.prefixlen)
             case DelAddress(name, net):
-                ipr.addr("del", index=self._index(name), address=str(net.ip),
-                         prefixlen=net.prefixlen)  # fmt: skip
+                rtnl.addr_delete(self._index(name), str(net.ip), net.prefixlen)
 
     def _create_ipip(self, name: str) -> None:
         """tunl0 appears by itself in every namespace once the ``ipip``
@@ -420,12 +394,12 @@ class NetlinkTunnels:
                     f"on kernel {platform.release()}: {why}. Use VXLAN, or a kernel with "
                     "CONFIG_NET_IPIP."
                 )
-        if self._ipr.link_lookup(ifname=name):
+        if self._rtnl.link_index(name) is not None:
             return
         try:
             # fb_tunnels_only_for_init_net: no fallback here; make one of our own.
-            self._ipr.link("add", ifname=name, kind="ipip")
-        except Exception as e:
+            self._rtnl.link_create(nl.ipip_body(name), f"ipip {name}")
+        except OSError as e:
             raise TunnelError(
                 f"cannot create {name} (kernel module '{IPIP_MODULE}' loaded?): {e}"
             ) from e
