@@ -10,7 +10,6 @@ from netaddr import IPAddress, IPNetwork
 
 from felix_lite.delta import decide_route_equal
 from felix_lite.model import DEFAULT_PROTO, FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
-from felix_lite.netlink_links import LinkDetail
 from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.ports import FdbOp, NeighborOp, Op, RouteOp
 from lab.netns import Netns, NetnsFactory
@@ -124,10 +123,10 @@ def test_a_batch_of_deletes_does_not_wait_for_the_links(netns):
             assert await t.apply_routes([RouteOp(Op.ADD, r) for r in ROUTES], PROTO) == []
             t._links_read_at = float("-inf")  # due for a read
 
-            def broken() -> list[LinkDetail]:
+            def broken() -> list[object]:
                 raise OSError(errno.EIO, "links not readable")
 
-            t._rtnl.links = broken  # type: ignore[method-assign]
+            t._rtnl.links = broken
             deletes = [RouteOp(Op.DELETE, r) for r in ROUTES]
             assert await t.apply_routes(deletes, PROTO) == []
             assert ns.ip("route", "show", "proto", str(PROTO)) == ""
