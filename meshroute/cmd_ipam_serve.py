@@ -79,13 +79,10 @@ def add_serve_parser(ipam_subparsers: argparse._SubParsersAction[argparse.Argume
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    # Loaded only to serve: the service makes routed pods' veths with
-    # pyroute2, which the command line does not need and the reflector's
-    # image leaves out.
-    try:
-        from ipam.cni_service import HostIdentity, serve
-    except ImportError as e:
-        raise ServeError(f"cannot start: {e} (the IPAM service runs on nodes)") from e
+    # Loaded only to serve: the command line does not need the service (nor
+    # the netlink code it makes routed pods' veths with).
+    from ipam.cni_service import HostIdentity, serve
+
     try:
         store = store_from_args(args)
     except StoreError as e:

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 
 log = logging.getLogger(__name__)
 
 
 def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """SIGTERM/SIGINT stop the process. Not through loop.add_signal_handler: its
-    wakeup fd is inherited by children that pyroute2 forks to reach a network
-    namespace, and the SIGTERM pyroute2 ends them with would arrive here as
-    ours. A forked child that gets the signal dies of it as it should."""
-    me = os.getpid()
+    """SIGTERM/SIGINT stop the process, through the loop's own signal
+    handling. (Its wakeup fd would be inherited by a child forked without
+    exec, which would then take a signal meant for it as ours; meshroute forks
+    none: its children, ExaBGP and the tools it runs, exec, and its netlink
+    sockets reach other namespaces from a thread, not a forked helper.)"""
 
-    def handler(sig: int, frame: object) -> None:
-        if os.getpid() != me:
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-            return
-        log.info("received %s: stopping", signal.Signals(sig).name)
-        loop.call_soon_threadsafe(stop.set)
+    def handler(sig: signal.Signals) -> None:
+        log.info("received %s: stopping", sig.name)
+        stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
+        loop.add_signal_handler(sig, handler, sig)
