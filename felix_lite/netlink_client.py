@@ -32,6 +32,7 @@ from felix_lite import netlink_links as nl
 from felix_lite.netlink_bulk import (
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
+    NETLINK_GET_STRICT_CHK,
     SOL_NETLINK,
     netlink_socket,
 )
@@ -56,8 +57,9 @@ class RtnlClient:
     def __init__(self, netns: str | None = None, *, timeout: float = 30.0) -> None:
         self._sock = netlink_socket(netns)
         self._sock.settimeout(timeout)
-        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
-            # older kernels: full echoes, errors without a reason
+        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            # older kernels: full echoes, errors without a reason, dumps
+            # unfiltered (``routes`` filters again)
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(SOL_NETLINK, opt, 1)
         self._seq = 0
@@ -204,14 +206,13 @@ class RtnlClient:
             f"route replace {route.dst}/{route.dst_len}",
         )
 
-    def routes(self, family: int) -> list[nc.WireRoute]:
-        """Every route of ``family``, of every table and protocol."""
-        return self._dump(
-            nc.RTM_GETROUTE,
-            _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0),
-            "route dump",
-            nc.parse_route,
-        )
+    def routes(self, family: int, oif: int) -> list[nc.WireRoute]:
+        """The routes of ``family`` out of link ``oif``, of every table and
+        protocol. The kernel filters by device (a node's table holds its
+        peers' 100k routes too); where it cannot, this does."""
+        body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + na.attr_u32(nc.RTA_OIF, oif)
+        found = self._dump(nc.RTM_GETROUTE, body, "route dump", nc.parse_route)
+        return [r for r in found if r.oif == oif]
 
 
 def _refusal(err: int, reason: str, what: str) -> OSError:

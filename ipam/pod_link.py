@@ -236,8 +236,8 @@ def check_pod_link(link: PodLink, host_netns: str | None) -> list[str]:
             routed = {
                 r.dst
                 for family in (socket.AF_INET, socket.AF_INET6)
-                for r in rtnl.routes(family)
-                if r.oif == index and r.dst_len
+                for r in rtnl.routes(family, index)
+                if r.dst_len
             }
             problems += [
                 f"no route to {ip} via {link.host_iface}"

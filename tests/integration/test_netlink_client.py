@@ -194,10 +194,16 @@ def test_addresses_neighbours_and_routes(netns: NetnsFactory) -> None:
         } <= routes
         mine_routes = {
             (r.dst, r.dst_len, r.gateway)
-            for r in rtnl.routes(socket.AF_INET)
-            if r.oif == index and r.table == 254
+            for r in rtnl.routes(socket.AF_INET, index)
+            if r.table == 254
         }
         assert {("169.254.1.1", 32, None), ("0.0.0.0", 0, "169.254.1.1")} <= mine_routes
+        ns.ip("link", "set", "a1", "up")
+        ns.ip("route", "add", "10.8.0.0/24", "dev", "a1")
+        assert "10.8.0.0" not in {r.dst for r in rtnl.routes(socket.AF_INET, index)}
+        a1 = rtnl.link_index("a1")
+        assert a1 is not None
+        assert ("10.8.0.0", 24) in {(r.dst, r.dst_len) for r in rtnl.routes(socket.AF_INET, a1)}
 
         rtnl.neigh_delete(na.neigh_body(index, dst="169.254.1.1"), "neigh del")
         assert _ip_json(ns, "neigh", "show", "dev", "a0", "169.254.1.1") == []
