@@ -1,75 +1,51 @@
-"""The etcd KvStore on aetcd. It rotates over the configured endpoints when
-one cannot be reached, and turns client errors into ``StoreError`` at once
-(puts while etcd is down fail fast; nothing here blocks for long). TLS and
-etcd users come from ``etcd_tls``; the TLS files are re-read on every
-reconnection, so renewed certificates are taken up without a restart."""
+"""The etcd KvStore, over etcd's JSON gateway (HTTP/1.1 from ``etcd_http``,
+the messages from ``etcd_codec``): no gRPC. It rotates over the configured
+endpoints when one cannot be reached, and turns every failure into a
+``StoreError`` at once (puts while etcd is down fail fast; a call has
+``timeout`` seconds in all, nothing here blocks for long). Calls share a few
+kept-alive connections; each watch holds one of its own. TLS and etcd users
+come from ``etcd_tls``: the TLS files are read again whenever the store
+reconnects after a failure or ``close``, so renewed certificates are taken up
+without a restart, and a token etcd refuses is replaced by logging in again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
-import aetcd
-import aetcd.exceptions
-import grpc.aio
-
-from datastore.etcd_tls import (
-    EtcdSecurity,
-    SecureClient,
-    explain,
-    load_credentials,
-    parse_endpoints,
+from datastore.etcd_codec import (
+    Refused,
+    Verdict,
+    WatchMessage,
+    answer,
+    authenticate_request,
+    encode,
+    kvs,
+    lease_granted,
+    lease_request,
+    lease_ttl,
+    range_request,
+    refusal,
+    revision,
+    stream_message,
+    token,
+    txn_request,
+    txn_revision,
+    watch_message,
+    watch_request,
 )
-from datastore.port import (
-    Compare,
-    Condition,
-    Delete,
-    Listing,
-    Op,
-    Put,
-    RequestTooLarge,
-    StoreError,
-    Versioned,
-)
+from datastore.etcd_http import Broken, Connection
+from datastore.etcd_tls import EtcdSecurity, explain, load_credentials, parse_endpoints
+from datastore.port import Condition, Listing, Op, RequestTooLarge, StoreError, Versioned
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-_RETRYABLE = (
-    aetcd.exceptions.ConnectionFailedError,
-    aetcd.exceptions.ConnectionTimeoutError,
-    aetcd.exceptions.InternalError,
-)
-# How a call ends when another task rotated (closed) the client it shares,
-# e.g. a lease refresh timing out while etcd hangs: grpc cancels the calls
-# in flight on a closed channel, and refuses new ones with UsageError. The
-# call is retried on the next client, without rotating again (which would
-# close that one under the others).
-_CLOSED_UNDER_US = (grpc.aio.UsageError, asyncio.CancelledError)
-_CLOSED_RETRIES = 3
-
-
-def _closed_under_us(e: BaseException) -> bool:
-    """Not a cancellation of this task: grpc's, from a channel closed by another."""
-    if not isinstance(e, asyncio.CancelledError):
-        return True
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() == 0
-
-
-# What etcd says when a request passes its --max-request-bytes or --max-txn-ops.
-_TOO_LARGE = ("request is too large", "too many operations in txn request")
-
-
-def _revision_of(responses: Sequence[Any]) -> int:
-    """The revision a successful transaction produced, from the header of
-    its first response (aetcd does not return the transaction's header)."""
-    for r in responses:
-        kind = r.WhichOneof("response")
-        if kind:
-            return int(getattr(r, kind).header.revision)
-    return 1  # no ops: nothing was written; any true value will do
+MAX_IDLE = 8  # kept-alive connections; more concurrent calls open (and close) their own
 
 
 class EtcdStore:
@@ -83,149 +59,205 @@ class EtcdStore:
         """Raises ``StoreError`` naming the endpoint or file at fault."""
         self._security = security or EtcdSecurity()
         self._tls, self._endpoints = parse_endpoints(endpoints, self._security)
-        self._credentials = load_credentials(self._security) if self._tls else None
+        self._context = load_credentials(self._security) if self._tls else None
+        self._reread_tls = False
         self._timeout = timeout
         self._current = 0
-        self._client: aetcd.Client | None = None
+        # a connection goes back to the pool only if no rotate or close came
+        # since it was opened (it may reach the endpoint left behind)
+        self._generation = 0
+        self._idle: list[Connection] = []
+        self._watching: set[Connection] = set()
+        self._token: str | None = None
 
-    def _open(self) -> aetcd.Client:
-        if self._client is None:
-            if self._tls:
-                try:
-                    self._credentials = load_credentials(self._security)
-                except StoreError as e:
-                    log.warning("%s; keeping the TLS files read before", e)
-            s = self._security
-            self._client = SecureClient(
-                self._endpoints[self._current],
-                self._credentials,
-                username=s.username,
-                password=s.password,
-                timeout=int(self._timeout) or 1,
-            )
-        return self._client
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self._tls and self._reread_tls:
+            self._reread_tls = False
+            try:
+                self._context = load_credentials(self._security)
+            except StoreError as e:
+                log.warning("%s; keeping the TLS files read before", e)
+        return self._context
 
-    async def _rotate(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    async def _connect(self) -> Connection:
+        e = self._endpoints[self._current]
+        return await Connection.open(e.host, e.port, self._tls_context())
+
+    def _reset(self) -> None:
+        """New connections from here on, with the TLS files read again."""
+        self._generation += 1
+        self._reread_tls = True
+        while self._idle:
+            self._idle.pop().close()
+
+    def _rotate(self) -> None:
+        """The next endpoint, for the calls that start from now on."""
+        self._reset()
         self._current = (self._current + 1) % len(self._endpoints)
 
-    def _forget(self, client: aetcd.Client) -> None:
-        """Drop a client whose channel is already closed (by another task's
-        rotate, which usually dropped it already)."""
-        if self._client is client:
-            self._client = None
-
-    async def _call(self, what: str, fn: Any) -> Any:
-        last: BaseException | None = None
-        rotations = closed = 0
-        while rotations < len(self._endpoints) and closed <= _CLOSED_RETRIES:
-            client = self._open()
+    async def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """One request, on an idle connection when there is one. A kept-alive
+        connection that etcd closed meanwhile fails before any answer: the
+        request goes again on the next one (or a new one)."""
+        generation = self._generation
+        while True:
+            conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
             try:
-                return await fn(client)
-            except _RETRYABLE as e:
+                if reused and conn.stale:
+                    raise Broken("closed while idle", before_response=True)
+                head = await conn.send(path, body, headers)
+                data = await conn.read_body(head)
+            except Broken as e:
+                conn.close()
+                if reused and e.before_response:
+                    continue
+                raise
+            except BaseException:  # a timeout or cancellation mid-answer
+                conn.close()
+                raise
+            if conn.reusable and generation == self._generation and len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+            else:
+                conn.close()
+            return answer(head.status, data)
+
+    async def _headers(self) -> dict[str, str]:
+        s = self._security
+        if not s.username:
+            return {}
+        if self._token is None:
+            body = encode(authenticate_request(s.username, s.password or ""))
+            try:
+                self._token = token(await self._exchange("/v3/auth/authenticate", body, {}))
+            except Refused as e:
+                raise Refused(f"logging in as {s.username}: {e}", e.code, e.status) from e
+        return {"Authorization": self._token}
+
+    async def _call(
+        self, what: str, path: str, request: dict[str, Any], decode: Callable[[dict[str, Any]], T]
+    ) -> T:
+        body = encode(request)
+        last: BaseException | None = None
+        tries = 0
+        logged_in_again = False
+        while tries < len(self._endpoints):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return decode(await self._exchange(path, body, await self._headers()))
+            except Refused as e:
                 last = e
-                rotations += 1
-                await self._rotate()
-            except _CLOSED_UNDER_US as e:
-                if not _closed_under_us(e):
-                    raise
-                last = e
-                closed += 1
-                self._forget(client)
-            except aetcd.exceptions.UnauthenticatedError as e:
-                # etcd's auth token lapsed (simple tokens live 5 min): log in anew
-                last = e
-                rotations += 1
-                await self._rotate()
-            except aetcd.exceptions.ClientError as e:
-                if any(m in str(e) for m in _TOO_LARGE):
+                if e.verdict is Verdict.TOO_LARGE:
                     raise RequestTooLarge(f"etcd refused the {what} as too large: {e}") from e
-                raise StoreError(f"etcd {what}: {self._explain(e)}") from e
+                if e.verdict is Verdict.LOG_IN and self._token and not logged_in_again:
+                    # the token lapsed (simple tokens live 5 min): log in anew
+                    self._token = None
+                    logged_in_again = True
+                    continue
+                if e.verdict is not Verdict.ELSEWHERE:
+                    raise StoreError(f"etcd {what}: {self._explain(e)}") from e
+            except (Broken, TimeoutError) as e:
+                last = e
+            tries += 1
+            self._rotate()
         endpoints = ", ".join(map(str, self._endpoints))
         why = self._explain(last) if last else "no endpoint"
         raise StoreError(f"etcd unreachable at {endpoints} ({what}): {why}") from last
 
     def _explain(self, e: BaseException) -> str:
+        if isinstance(e, TimeoutError):
+            return f"no answer within {self._timeout:g} s"
         return explain(str(e), self._tls, self._security)
 
     async def get(self, key: bytes) -> Versioned | None:
-        r = await self._call("get", lambda c: c.get(key))
-        return None if r is None else Versioned(r.value, r.mod_revision)
+        found = await self._call("get", "/v3/kv/range", range_request(key), kvs)
+        return found.get(key)
 
     async def list(self, prefix: bytes) -> Listing:
-        r = await self._call("list", lambda c: c.get_prefix(prefix))
-        items = {kv.key: Versioned(kv.value, kv.mod_revision) for kv in r}
-        return Listing(items, int(r.header.revision))
+        def listing(resp: dict[str, Any]) -> Listing:
+            return Listing(kvs(resp), revision(resp))
+
+        return await self._call("list", "/v3/kv/range", range_request(prefix, prefix=True), listing)
 
     async def txn(self, compares: Sequence[Condition], ops: Sequence[Op]) -> int:
-        async def run(c: aetcd.Client) -> int:
-            t = c.transactions
-            cmp = [
-                t.mod(x.key) == x.mod_revision
-                if isinstance(x, Compare)
-                # every key of the range: etcd holds an empty range true
-                else t.mod(x.prefix, range_end=aetcd.utils.prefix_range_end(x.prefix))
-                < x.revision + 1
-                for x in compares
-            ]
-            success = []
-            for op in ops:
-                if isinstance(op, Put):
-                    success.append(t.put(op.key, op.value, lease=op.lease))
-                elif isinstance(op, Delete):
-                    success.append(t.delete(op.key))
-            ok, responses = await c.transaction(compare=cmp, success=success, failure=[])
-            if not ok:
-                return 0
-            return _revision_of(responses)
-
-        return int(await self._call("transaction", run))
+        request = txn_request(compares, ops)
+        return await self._call("transaction", "/v3/kv/txn", request, txn_revision)
 
     async def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
         """etcd ends a watch when the member goes away: re-watch from the last
-        revision seen (a compacted one means "re-read everything", which the
-        caller does on the revision yielded right after reconnecting)."""
+        revision seen. A compacted one means "re-read everything": the
+        revision of a fresh listing is yielded, and watched from."""
         last = after_revision
         failures = 0
+        relist = False
         while True:
             try:
-                client = self._open()
-                watch = await client.watch_prefix(prefix, start_revision=last + 1)
-                if failures:
-                    failures = 0
-                    yield last  # whatever happened while we were away: re-read
-                async for event in watch:
-                    last = max(last, int(event.kv.mod_revision))
+                if relist:
+                    last = (await self.list(prefix)).revision
+                    relist = False
                     yield last
-            except aetcd.exceptions.RevisionCompactedError:
-                last = (await self.list(prefix)).revision
-                yield last
-            except (*_RETRYABLE, aetcd.exceptions.WatchTimeoutError) as e:
+                async with contextlib.aclosing(self._watch(prefix, last + 1)) as messages:
+                    async with asyncio.timeout(self._timeout):
+                        created = await anext(messages, None)
+                    if created is None or created.canceled or not created.created:
+                        why = created.cancel_reason if created else "the stream ended"
+                        raise Broken(f"etcd did not start the watch: {why}")
+                    if failures:
+                        failures = 0
+                        yield last  # whatever happened while we were away: re-read
+                    async for m in messages:
+                        if m.compact_revision:
+                            relist = True
+                            break
+                        if m.canceled:
+                            raise Broken(f"etcd canceled the watch: {m.cancel_reason}")
+                        if m.last_revision > last:
+                            last = m.last_revision
+                            yield last
+                    else:
+                        raise Broken("etcd ended the watch")
+            except (StoreError, TimeoutError) as e:
                 failures += 1
-                log.info("etcd watch on %s broke (%s); resuming", prefix.decode(), self._explain(e))
-                await self._rotate()
+                why = self._explain(e)
+                log.info("etcd watch on %r broke (%s); resuming", prefix, why)
+                self._token = None  # an expired one cancels a watch; logging in is cheap
+                self._rotate()
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
-            except _CLOSED_UNDER_US as e:
-                if not _closed_under_us(e):
-                    raise
-                failures += 1
-                log.info("etcd watch on %s: client closed under it; resuming", prefix.decode())
-                self._forget(client)
-                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+
+    async def _watch(self, prefix: bytes, start: int) -> AsyncGenerator[WatchMessage, None]:
+        """The watch's messages, on a connection of its own (``close`` ends it)."""
+        body = encode(watch_request(prefix, start))
+        headers = await self._headers()
+        conn = await self._connect()
+        self._watching.add(conn)
+        try:
+            head = await conn.send("/v3/watch", body, headers)
+            if head.status != 200:
+                raise refusal(head.status, await conn.read_body(head))
+            async with contextlib.aclosing(conn.lines(head)) as lines:
+                async for line in lines:
+                    yield watch_message(stream_message(line))
+        finally:
+            self._watching.discard(conn)
+            conn.close()
 
     async def grant_lease(self, ttl: int) -> int:
-        lease = await self._call("lease", lambda c: c.lease(ttl))
-        return int(lease.id)
+        return await self._call("lease", "/v3/lease/grant", {"TTL": str(ttl)}, lease_granted)
 
     async def refresh_lease(self, lease: int) -> None:
-        await self._call("lease refresh", lambda c: c.refresh_lease(lease))
+        request = lease_request(lease)
+        ttl = await self._call("lease refresh", "/v3/lease/keepalive", request, lease_ttl)
+        if ttl <= 0:
+            raise StoreError(f"etcd lease refresh: lease {lease:x} not found (expired or revoked)")
 
     async def revoke_lease(self, lease: int) -> None:
-        await self._call("lease revoke", lambda c: c.revoke_lease(lease))
+        await self._call("lease revoke", "/v3/lease/revoke", lease_request(lease), lambda r: None)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        """Closes every connection, a watch's too (which resumes on a new one
+        if its consumer goes on). The store stays usable."""
+        self._reset()
+        for conn in list(self._watching):
+            conn.close()

@@ -2,27 +2,27 @@
 TLS files and etcd's username/password. Every file is checked before the
 first connection, so a missing, unreadable, expired or mismatched one is
 named at start; a refused handshake is explained in words that name the file
-to look at. aetcd 1.0 only opens plaintext channels, so ``SecureClient`` opens
-the gRPC channel itself."""
+to look at."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aetcd
-import aetcd.exceptions
-import grpc
-from aetcd import rpc, watcher
-
 from datastore.port import StoreError
 from datastore.x509_validity import NotACertificate, Validity, validity_of_pem
 
 MAX_PEM_BYTES = 1 << 20  # a CA bundle is ~200 KB; more is not a PEM file
+# OpenSSL's alerts when etcd (--client-cert-auth) refuses our certificate or its absence
+_CLIENT_CERTIFICATE_REFUSED = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA")
+# what etcd's gateway answers when etcd refuses its own server certificate as a
+# client certificate (the gateway presents it to etcd's gRPC server)
+_GATEWAY_SHUT_OUT = "connection closed"
+# what a TLS handshake meets when the port speaks plain HTTP
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "closed the connection during the TLS handshake")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        """gRPC's target: an IPv6 address in brackets."""
+        """host:port, an IPv6 address in brackets."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -114,11 +114,10 @@ def _check_validity(what: str, path: str, v: Validity, now: dt.datetime) -> None
         )
 
 
-def _check_pair(cert_file: str, key_file: str, key_pem: bytes) -> None:
+def _load_pair(ctx: ssl.SSLContext, cert_file: str, key_file: str, key_pem: bytes) -> None:
     """OpenSSL's word on the key: PEM, unencrypted, the certificate's."""
     if b"ENCRYPTED" in key_pem:
         raise StoreError(f"etcd keyFile {key_file}: encrypted keys are not supported")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         # a password callback, so that OpenSSL never prompts on a terminal
         ctx.load_cert_chain(cert_file, key_file, password=lambda: b"")
@@ -132,43 +131,49 @@ def _check_pair(cert_file: str, key_file: str, key_pem: bytes) -> None:
         raise StoreError(f"etcd keyFile {key_file}: cannot read: {e.strerror}") from e
 
 
-def load_credentials(
-    security: EtcdSecurity, now: dt.datetime | None = None
-) -> grpc.ChannelCredentials:
-    """gRPC channel credentials from the TLS files, each checked first."""
+def load_credentials(security: EtcdSecurity, now: dt.datetime | None = None) -> ssl.SSLContext:
+    """The TLS context for etcd from the files, each checked first: the
+    server is verified against caFile (the system's CAs without one), for
+    the host in the endpoint; the client certificate is shown when given."""
     now = now or dt.datetime.now(dt.UTC)
-    root = None
+    cadata = None
     if security.ca_file:
         root = _read_pem("caFile", security.ca_file)
         windows = _windows("caFile", security.ca_file, root)
         # a bundle may hold a stale CA next to the current one
         if all(w.not_after < now for w in windows):
             _check_validity("caFile", security.ca_file, windows[0], now)
+        cadata = root.decode("latin-1")
+    try:
+        # the bytes checked above, not the file again (it may be mid-renewal)
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=cadata)
+    except ssl.SSLError as e:
+        raise StoreError(f"etcd caFile {security.ca_file}: OpenSSL refuses it ({e.reason})") from e
+    ctx.set_alpn_protocols(["http/1.1"])
     if bool(security.cert_file) != bool(security.key_file):
         raise StoreError("etcd certFile and keyFile go together: set both or neither")
     if not (security.cert_file and security.key_file):
-        return grpc.ssl_channel_credentials(root_certificates=root)
+        return ctx
     chain = _read_pem("certFile", security.cert_file)
     leaf = _windows("certFile", security.cert_file, chain)[0]
     _check_validity("certFile", security.cert_file, leaf, now)
     key_pem = _read_pem("keyFile", security.key_file)
-    _check_pair(security.cert_file, security.key_file, key_pem)
-    return grpc.ssl_channel_credentials(
-        root_certificates=root, private_key=key_pem, certificate_chain=chain
-    )
+    _load_pair(ctx, security.cert_file, security.key_file, key_pem)
+    return ctx
 
 
 def explain(details: str, tls: bool, security: EtcdSecurity) -> str:
-    """A failed connection's gRPC details in an operator's words, naming the
-    file to look at; the raw reason follows for the rest."""
+    """A failed exchange's reason (OpenSSL's, the socket's, etcd's) in an
+    operator's words, naming the file to look at; the raw reason follows for
+    the rest."""
     if "CERTIFICATE_VERIFY_FAILED" in details:
-        reason = details.rpartition("CERTIFICATE_VERIFY_FAILED:")[2].strip(" :OK")[:120]
+        reason = details.partition("certificate verify failed:")[2].partition("(_ssl")[0]
         ca = f"caFile {security.ca_file}" if security.ca_file else "the system's CAs (no caFile)"
         return (
-            f"etcd's server certificate is not trusted by {ca} ({reason}); caFile must hold"
-            " the CA that signed etcd's --cert-file, for the host name in the endpoint"
+            f"etcd's server certificate is not trusted by {ca} ({reason.strip()[:120]}); caFile"
+            " must hold the CA that signed etcd's --cert-file, for the host name in the endpoint"
         )
-    if tls and ("TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details):
+    if tls and any(a in details for a in _CLIENT_CERTIFICATE_REFUSED):
         if not security.cert_file:
             return (
                 "etcd demands a client certificate (--client-cert-auth): set certFile and keyFile"
@@ -177,60 +182,20 @@ def explain(details: str, tls: bool, security: EtcdSecurity) -> str:
             f"etcd refused the client certificate certFile {security.cert_file}: it is not"
             " signed by a CA in etcd's --trusted-ca-file"
         )
-    if tls and ("WRONG_VERSION_NUMBER" in details or "Handshake read failed" in details):
+    if tls and any(a in details for a in _NOT_TLS):
         return (
             "etcd closed the TLS handshake: if it serves plain http there, use an http://"
             " endpoint without TLS files"
         )
-    if not tls and "Socket closed" in details:
+    if tls and details == _GATEWAY_SHUT_OUT:
+        return (
+            "etcd's JSON gateway could not reach etcd's own gRPC server (connection closed):"
+            " under --client-cert-auth, etcd's --cert-file must also allow client"
+            " authentication (extendedKeyUsage clientAuth next to serverAuth)"
+        )
+    if not tls and "closed the connection without answering" in details:
         return (
             "etcd closed the connection at once: if it serves TLS, use an https:// endpoint"
             " with caFile (and certFile/keyFile if it demands client certificates)"
         )
     return details
-
-
-class SecureClient(aetcd.Client):
-    """aetcd's client on a channel we open: TLS credentials when given. The
-    body follows aetcd 1.0.0's ``connect`` (pinned in setup.cfg), whose
-    channel is hard-wired to plaintext."""
-
-    def __init__(
-        self, endpoint: Endpoint, credentials: grpc.ChannelCredentials | None, **kw: object
-    ) -> None:
-        super().__init__(host=endpoint.host, port=endpoint.port, **kw)
-        self._target = str(endpoint)
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        if self._is_connecting:  # type: ignore[has-type]  # set by aetcd's __init__
-            async with asyncio.timeout(self._connect_wait_timeout):
-                await self._connected.wait()
-            return
-        try:
-            self._is_connecting = True
-            options = list(self._options.items())
-            self.channel = (
-                grpc.aio.secure_channel(self._target, self._credentials, options=options)
-                if self._credentials is not None
-                else grpc.aio.insecure_channel(self._target, options=options)
-            )
-            if self._username is not None and self._password is not None:
-                self.auth_stub = rpc.AuthStub(self.channel)
-                request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-                resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
-                self.metadata = (("token", resp.token),)
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self._watcher = watcher.Watcher(
-                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
-            )
-            self._connected.set()
-        except grpc.aio.AioRpcError as e:
-            aetcd.exceptions._handle_exception(e)
-        finally:
-            self._is_connecting = False

@@ -81,7 +81,12 @@ class Ca:
             if expired
             else (now - dt.timedelta(days=1), now + dt.timedelta(days=30))
         )
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        # etcd's JSON gateway reaches etcd's own gRPC server with the server
+        # certificate as its client certificate: under --client-cert-auth it
+        # must allow both (as kubeadm's etcd server certificates do)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server:
+            usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(name))
@@ -90,7 +95,7 @@ class Ca:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server:
             builder = builder.add_extension(
