@@ -224,6 +224,41 @@ def test_username_and_password(auth_etcd: EtcdCluster, tmp_path: Path) -> None:
     assert "wrong" not in p.stderr and took < FAIL_FAST_S
 
 
+def test_a_refused_token_is_replaced_by_logging_in_again(auth_etcd: EtcdCluster) -> None:
+    """etcd forgets simple tokens after 5 idle minutes: a call, and a watch,
+    refused for the token log in again. The stand-in for an expired token is
+    one etcd never issued, at an index it has reached (a later index makes
+    etcd wait for it instead of refusing)."""
+
+    async def main() -> None:
+        store = EtcdStore(
+            [auth_etcd.endpoint], security=EtcdSecurity(username="root", password="s3cret")
+        )
+        try:
+            start = await store.txn([], [Put(b"/auth/t", b"1")])
+            issued = store._token
+            assert issued is not None
+            expired = "x" * len(issued.partition(".")[0]) + "." + issued.partition(".")[2]
+            store._token = expired
+            got = await store.get(b"/auth/t")
+            assert got is not None and got.value == b"1"
+            assert store._token not in (None, expired)
+
+            store._token = expired
+            stream = store.changes(b"/auth/", start)
+            nxt = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.5)
+            rev = await store.txn([], [Put(b"/auth/t", b"2")])
+            seen = await asyncio.wait_for(nxt, 15)
+            while seen < rev:  # the resume tick comes first; the change follows
+                seen = await asyncio.wait_for(anext(stream), 15)
+            await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_ipam_serve_over_mtls_and_refused_without_a_certificate(
     tls_etcd: TlsEtcd, etcd_prefix: str, tmp_path: Path
 ) -> None:

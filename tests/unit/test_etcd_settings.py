@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datastore.etcd_tls import EtcdSecurity, load_credentials, parse_endpoints
+from datastore.etcd_tls import EtcdSecurity, explain, load_credentials, parse_endpoints
 from datastore.port import StoreError
 from meshroute.etcd_options import security_of, with_environment
 from meshroute.reflector.config import ReflectorConfig
@@ -99,3 +99,12 @@ def test_tls_files_checked_before_connecting(tmp_path: Path) -> None:
     earlier = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
     with pytest.raises(StoreError, match="is not valid before"):
         load_credentials(ok, now=earlier)
+
+
+def test_a_gateway_shut_out_by_etcd_names_the_server_certificate() -> None:
+    """etcd's JSON gateway presents etcd's own server certificate to etcd's
+    gRPC server; under --client-cert-auth a certificate without clientAuth
+    is refused, and all the gateway says is "connection closed"."""
+    words = explain("connection closed", True, EtcdSecurity(ca_file="/ca"))
+    assert "--cert-file" in words and "clientAuth" in words
+    assert explain("connection closed", False, EtcdSecurity()) == "connection closed"
