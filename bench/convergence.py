@@ -18,7 +18,7 @@ the IPAM call alone (the claim is committed inside it).
 
 Anchor, in the same lab and run: ``etcd_watch_p50_ms`` / ``_p99_ms``, the
 time from a put in the lab's etcd to a watcher on that key receiving it,
-through the same client library (aetcd) the nodes use. That is the floor of
+through the same client (``datastore.etcd``) the nodes use. That is the floor of
 this path: a node learns of its new block only through its etcd watch; the
 rest is its view reload, ExaBGP's announcement, the peers' RIB, felix_lite
 and the kernel write. The last line of output is one JSON object.
@@ -185,7 +185,7 @@ def measure(lab: Lab, claims: int, timeout: float) -> dict[str, Any]:
         "samples_ms": [ms(x) for x in samples],
         "slowest_node": slowest_node,
         "etcd_watch_samples_ms": [ms(x) for x in watch],
-        "anchor": "etcd put -> watch event on the lab's etcd (aetcd, as the nodes use it)",
+        "anchor": "etcd put -> watch event on the lab's etcd (datastore.etcd, as the nodes use it)",
         "topology": "mesh, 2 racks x 2 nodes, VXLAN CrossSubnet",
     }
 

@@ -1,6 +1,8 @@
 """IPAM benchmark: allocation rate and latency on a real etcd, next to the
 raw compare-and-swap rate of the same etcd in the same run (the anchor), and
-the CNI plugin's figures from ``bench.ipam_cni``.
+the CNI plugin's figures from ``bench.ipam_cni``. The anchor's transactions
+go through etcd's JSON gateway as the store's do, on one kept-alive
+connection, without the store's retries or IPAM's reads.
 
 ``.venv/bin/python -m bench.ipam --json`` prints one JSON object on its last
 line. Goals (issue 2): one host at least half the raw CAS rate;
@@ -18,11 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aetcd
 from netaddr import IPNetwork
 
 from bench.ipam_cni import run_cni_bench
 from datastore.etcd import EtcdStore
+from datastore.etcd_codec import answer, encode, txn_request, txn_revision
+from datastore.etcd_http import Connection
+from datastore.port import Compare, Condition, Put
 from ipam.ipam import AssignRequest, Ipam
 from ipam.model import Pool
 from lab.etcd import EtcdCluster, start_etcd
@@ -32,20 +36,22 @@ async def raw_cas_rate(endpoint: str, n: int) -> float:
     """Sequential compare-and-swap transactions on one key, each comparing
     the mod_revision the previous one produced: etcd's floor for IPAM."""
     host, port = endpoint.split(":")
-    async with aetcd.Client(host=host, port=int(port)) as c:
+    conn = await Connection.open(host, int(port), None)
+
+    async def txn(compares: list[Condition], put: Put) -> int:
+        head = await conn.send("/v3/kv/txn", encode(txn_request(compares, [put])), {})
+        return txn_revision(answer(head.status, await conn.read_body(head)))
+
+    try:
         key = b"/bench/cas"
-        await c.put(key, b"0")
-        rev = (await c.get(key)).mod_revision
+        rev = await txn([], Put(key, b"0"))
         t = time.perf_counter()
         for i in range(n):
-            ok, resp = await c.transaction(
-                compare=[c.transactions.mod(key) == rev],
-                success=[c.transactions.put(key, str(i).encode())],
-                failure=[],
-            )
-            assert ok
-            rev = resp[0].response_put.header.revision
+            rev = await txn([Compare(key, rev)], Put(key, str(i).encode()))
+            assert rev
         return n / (time.perf_counter() - t)
+    finally:
+        conn.close()
 
 
 async def one_host(endpoint: str, prefix: str, n: int) -> tuple[float, list[float], list[str]]:

@@ -50,10 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before gRPC (etcd's client) loads: the node forks helpers (ExaBGP, the
-    # tools it runs) and gRPC's fork handlers only log about skipping them.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

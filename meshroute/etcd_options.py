@@ -11,16 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
+from datastore.etcd import EtcdStore
+from datastore.etcd_tls import EtcdSecurity
 from datastore.port import StoreError
 from meshroute.runtime.config import EtcdSection
-
-if TYPE_CHECKING:
-    # gRPC (under the etcd client) reads GRPC_* from the environment when it
-    # loads, which ``meshroute.cli.main`` sets first: load it only when used
-    from datastore.etcd import EtcdStore
-    from datastore.etcd_tls import EtcdSecurity
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2379"
 DEFAULT_PREFIX = "/meshroute"
@@ -133,8 +128,6 @@ def _password(password_file: str | None, environ: Mapping[str, str]) -> str | No
 
 
 def security_of(section: EtcdSection, environ: Mapping[str, str]) -> EtcdSecurity:
-    from datastore.etcd_tls import EtcdSecurity
-
     return EtcdSecurity(
         ca_file=section.ca_file,
         cert_file=section.cert_file,
@@ -147,8 +140,6 @@ def security_of(section: EtcdSection, environ: Mapping[str, str]) -> EtcdSecurit
 def open_store(section: EtcdSection, environ: Mapping[str, str] | None = None) -> EtcdStore:
     """The store a process's etcd section names. Raises ``StoreError``
     naming the endpoint or file at fault."""
-    from datastore.etcd import EtcdStore
-
     environ = os.environ if environ is None else environ
     return EtcdStore(
         section.endpoints,
@@ -159,9 +150,6 @@ def open_store(section: EtcdSection, environ: Mapping[str, str] | None = None) -
 
 def store_from_args(args: argparse.Namespace, timeout: float = 5.0) -> EtcdStore:
     """Raises ``StoreError`` naming the endpoint or file at fault."""
-    from datastore.etcd import EtcdStore
-    from datastore.etcd_tls import EtcdSecurity
-
     security = EtcdSecurity(
         ca_file=args.etcd_ca_file or None,
         cert_file=args.etcd_cert_file or None,
