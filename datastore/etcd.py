@@ -64,7 +64,7 @@ class EtcdStore:
         self._timeout = timeout
         self._current = 0
         # a connection goes back to the pool only if no rotate or close came
-        # since it was opened (it may reach the endpoint left behind)
+        # while its request ran (it may reach the endpoint left behind)
         self._generation = 0
         self._idle: list[Connection] = []
         self._watching: set[Connection] = set()
@@ -220,8 +220,8 @@ class EtcdStore:
                         raise Broken("etcd ended the watch")
             except (StoreError, TimeoutError) as e:
                 failures += 1
-                why = self._explain(e)
-                log.info("etcd watch on %r broke (%s); resuming", prefix, why)
+                where = prefix.decode(errors="replace")
+                log.info("etcd watch on %s broke (%s); resuming", where, self._explain(e))
                 self._token = None  # an expired one cancels a watch; logging in is cheap
                 self._rotate()
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))

@@ -8,7 +8,6 @@ client does about it."""
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import json
 from collections.abc import Sequence
@@ -162,7 +161,7 @@ def _bytes(obj: dict[str, Any], name: str) -> bytes:
     value = _field(obj, name, str) or ""
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a character outside ASCII
         raise Broken(f"etcd sent {name} that is not base64") from e
 
 

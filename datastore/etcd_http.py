@@ -156,8 +156,8 @@ def _keepalive(sock: socket.socket | None) -> None:
 class Connection:
     """One HTTP/1.1 connection to one etcd member."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str):
-        self._reader, self._writer, self._host = reader, writer, host
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str):
+        self._reader, self._writer, self._host = reader, writer, where  # host:port
         self.reusable = False  # set when a response was read to its end
 
     @classmethod

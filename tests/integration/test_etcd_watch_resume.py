@@ -71,8 +71,6 @@ async def test_watch_survives_its_connection_closed_under_it(tmp_path: Path) -> 
         nxt = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.5)  # the watch is established
         await watcher.close()
-        await asyncio.sleep(0.1)
-        assert not nxt.done(), nxt.exception() or nxt.result()
         r1 = await writer.txn([], [Put(b"/w/a", b"1")])
         got = await asyncio.wait_for(nxt, 15)
         while got < r1:  # the resume tick comes first; the change follows

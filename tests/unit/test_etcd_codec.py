@@ -207,6 +207,7 @@ def test_watch_messages() -> None:
         (b'{"header":{"revision":true}}', "revision as bool"),
         (b'{"header":{"revision":1.5}}', "revision as float"),
         (b'{"kvs":[{"key":"!!!","mod_revision":"1"}]}', "not base64"),
+        ('{"kvs":[{"key":"\u00e9t\u00e9","mod_revision":"1"}]}'.encode(), "not base64"),
         (b'{"kvs":[7]}', "not an object"),
         (b'{"kvs":{"key":"a"}}', "kvs as dict"),
         (b'{"token":"a\\nb"}', "no usable token"),

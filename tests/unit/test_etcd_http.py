@@ -37,6 +37,7 @@ def test_head_parsed_and_framing_decided() -> None:
     assert until_close.length is None and not until_close.keeps_alive
     closing = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     assert not closing.keeps_alive
+    assert parse_head(b"HTTP/1.1 204 No Content\r\n\r\n").length == 0  # no body by rule
 
 
 @pytest.mark.parametrize(
