@@ -193,6 +193,11 @@ def explain(details: str, tls: bool, security: EtcdSecurity) -> str:
             " under --client-cert-auth, etcd's --cert-file must also allow client"
             " authentication (extendedKeyUsage clientAuth next to serverAuth)"
         )
+    if details.startswith("HTTP 404"):
+        return (
+            f"{details}: this is not etcd 3.4 or later (whose client port serves the"
+            " /v3 JSON gateway the client speaks)"
+        )
     if not tls and "closed the connection without answering" in details:
         return (
             "etcd closed the connection at once: if it serves TLS, use an https:// endpoint"

@@ -108,3 +108,8 @@ def test_a_gateway_shut_out_by_etcd_names_the_server_certificate() -> None:
     words = explain("connection closed", True, EtcdSecurity(ca_file="/ca"))
     assert "--cert-file" in words and "clientAuth" in words
     assert explain("connection closed", False, EtcdSecurity()) == "connection closed"
+
+
+def test_an_etcd_without_the_v3_gateway_is_named() -> None:
+    words = explain("HTTP 404: 404 page not found", False, EtcdSecurity())
+    assert words.startswith("HTTP 404: 404 page not found") and "etcd 3.4 or later" in words
