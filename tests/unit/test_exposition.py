@@ -2,11 +2,14 @@
 no longer imports but the tests keep as the reference: for any families,
 the text is byte for byte what its ``generate_latest`` wrote, and its parser
 reads the text back to the same families and samples, hostile label values
-included. And the renderer's own rules."""
+included. And the renderer's own rules, and that the processes' import path
+is free of that library."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -291,3 +294,12 @@ def test_a_family_keeps_the_order_it_was_given() -> None:
 def test_a_lone_surrogate_costs_one_character_not_the_scrape() -> None:
     g = GaugeFamily("g", "h\ud800", ("pool",), (Sample(("a\udcffb",), 1),))
     assert render([g]) == b'# HELP g h?\n# TYPE g gauge\ng{pool="a?b"} 1.0\n'
+
+
+def test_the_processes_import_path_is_free_of_prometheus_client() -> None:
+    code = (
+        "import sys, meshroute.cli, meshroute.node.process, meshroute.reflector.process\n"
+        "print('prometheus_client' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "False\n"
