@@ -167,8 +167,10 @@ def test_prometheus_clients_parser_reads_back_the_same_samples(scrape: list[Fami
 
 
 def test_the_text_of_a_scrape() -> None:
-    """Written out once by prometheus_client 0.26's collector families and
-    generate_latest (the product's renderer before this module)."""
+    """Families like the node's, and the odd cases, with the bytes expected
+    written out: what prometheus_client 0.26's collector families and
+    generate_latest (the product's renderer before this module) write for
+    them, as the last line checks."""
     scrape: list[Family] = [
         GaugeFamily(
             "meshroute_bgp_peers",
