@@ -5,7 +5,7 @@ Prometheus exposition format 0.0.4, with the content type it is served as.
 The text is byte for byte what prometheus_client's ``generate_latest`` wrote
 for the same families before this module replaced it (importing that
 library, and the HTTP, email and WSGI modules it pulls in, cost the node
-process 2.7-2.9 MB of resident memory; issue 9): a counter's samples and
+process 2-3 MB of resident memory; issue 9): a counter's samples and
 HELP/TYPE lines are named with ``_total``, labels appear sorted by name, and
 values are written the way it writes them (``1.0``, ``+Inf``,
 ``1.234567e+06``), so what dashboards and alerts scrape does not change.
