@@ -71,7 +71,7 @@ from meshroute.node.bgp_plan import (
     to_felix_changes,
 )
 from meshroute.node.config import NodeConfig
-from meshroute.node.metrics import NodeCollector
+from meshroute.node.metrics import node_metrics
 from meshroute.node.plan import (
     decide_encap_in_use,
     decide_vtep_mac,
@@ -84,10 +84,10 @@ from meshroute.node.readiness import decide_readiness
 from meshroute.node.view import ClusterView, load_view
 from meshroute.peering import PeerPlan, decide_node_as, plan_peers
 from meshroute.registry import NodeRecord, Registry
+from meshroute.runtime.exposition import render
 from meshroute.runtime.heap import settle_long_lived
 from meshroute.runtime.http import Endpoints, Health, serve_http
 from meshroute.runtime.long_tasks import LongTasks
-from meshroute.runtime.metrics import render_metrics
 from meshroute.runtime.systemd import Notifier
 from meshroute.service_store import ServiceStore
 
@@ -584,4 +584,4 @@ class NodeProcess:
         }
 
     def metrics(self) -> bytes:
-        return render_metrics(NodeCollector(self))
+        return render(node_metrics(self))

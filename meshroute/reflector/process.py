@@ -32,7 +32,7 @@ from meshroute.bgp_store import BgpStore
 from meshroute.etcd_options import open_store
 from meshroute.peering import decide_node_as
 from meshroute.reflector.config import ReflectorConfig
-from meshroute.reflector.metrics import ReflectorCollector
+from meshroute.reflector.metrics import reflector_metrics
 from meshroute.reflector.plan import (
     CLUSTER_ID_LABEL,
     REFLECTOR_LABEL,
@@ -44,9 +44,9 @@ from meshroute.reflector.plan import (
 )
 from meshroute.reflector.view import ReflectorView, ResourceRefused, load_reflector_view
 from meshroute.registry import NodeRecord, Registry
+from meshroute.runtime.exposition import render
 from meshroute.runtime.http import Endpoints, Health, serve_http
 from meshroute.runtime.long_tasks import LongTasks
-from meshroute.runtime.metrics import render_metrics
 from meshroute.runtime.systemd import Notifier
 
 log = logging.getLogger("meshroute.reflector")
@@ -316,4 +316,4 @@ class ReflectorProcess:
         }
 
     def metrics(self) -> bytes:
-        return render_metrics(ReflectorCollector(self))
+        return render(reflector_metrics(self))

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshroute.runtime.exposition import CONTENT_TYPE
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,7 @@ def route(endpoints: Endpoints, method: str, path: str) -> bytes:
         h = (endpoints.liveness if path == "/liveness" else endpoints.readiness)()
         return _response(200 if h.ok else 503, (h.reason + "\n").encode(), "text/plain")
     if path == "/metrics":
-        return _response(200, endpoints.metrics(), "text/plain; version=0.0.4")
+        return _response(200, endpoints.metrics(), CONTENT_TYPE)
     if path == "/status":
         return _response(200, json.dumps(endpoints.status()).encode(), "application/json")
     return _response(404, b"not found\n", "text/plain")

@@ -176,7 +176,7 @@ def test_the_reader_sees_the_real_imports(graph: dict[str, list[Import]]) -> Non
     assert {"bgpd.speaker", "felix_lite.reconciler", "meshroute.etcd_options"} <= process
     assert next(i for i in graph[LAB_ENTRY] if i.target == "lab.cli").lazy
     # type-checking-only imports are no edges (node.metrics names the process
-    # for its annotations; the process builds the collector)
+    # for its annotations; the process renders what node.metrics computes)
     assert "meshroute.node.process" not in {i.target for i in graph["meshroute.node.metrics"]}
 
 

@@ -63,7 +63,9 @@ def test_http_routes() -> None:
     assert route(ep, "GET", "/liveness").startswith(b"HTTP/1.0 200 OK")
     ready = route(ep, "GET", "/readiness")
     assert ready.startswith(b"HTTP/1.0 503") and ready.endswith(b"not established\n")
-    assert route(ep, "GET", "/metrics").endswith(b"meshroute_up 1\n")
+    metrics = route(ep, "GET", "/metrics")
+    assert b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n" in metrics
+    assert metrics.endswith(b"meshroute_up 1\n")
     assert route(ep, "GET", "/status?x=1").endswith(b'{"peers": []}')
     assert route(ep, "POST", "/liveness").startswith(b"HTTP/1.0 405")
     assert route(ep, "GET", "/nope").startswith(b"HTTP/1.0 404")
