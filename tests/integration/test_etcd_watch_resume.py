@@ -4,7 +4,9 @@ revision it saw and reports what changed while etcd was down."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,27 @@ async def test_watch_survives_its_connection_closed_under_it(tmp_path: Path) -> 
         etcd.stop()
 
 
+def freeze(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it has stopped. The
+    stop is not instant: a request sent at once can still be answered (the
+    gateway client sends on the loop's next turn; the gRPC one was slower)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not all(_stopped(pid, tid) for tid in os.listdir(f"/proc/{pid}/task")):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} has threads still running {timeout} s after SIGSTOP")
+        time.sleep(0.001)
+
+
+def _stopped(pid: int, tid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:  # the thread ended meanwhile
+        return True
+    return state in ("T", "t", "Z", "X")
+
+
 async def test_call_in_flight_survives_another_task_rotating(tmp_path: Path) -> None:
     """Found by the soak (on the gRPC client): while etcd hung, one task's
     timeout rotated the shared client, which cancelled the calls in flight,
@@ -94,7 +117,7 @@ async def test_call_in_flight_survives_another_task_rotating(tmp_path: Path) -> 
     assert proc is not None
     try:
         await store.txn([], [Put(b"/c/a", b"1")])
-        proc.send_signal(signal.SIGSTOP)
+        freeze(proc.pid)
         pending = asyncio.ensure_future(store.get(b"/c/a"))
         await asyncio.sleep(0.5)
         assert not pending.done(), pending.exception() or pending.result()  # etcd hangs
@@ -115,7 +138,7 @@ async def test_a_real_cancellation_still_cancels(tmp_path: Path) -> None:
     proc = etcd.members[0].proc
     assert proc is not None
     try:
-        proc.send_signal(signal.SIGSTOP)
+        freeze(proc.pid)
         pending = asyncio.ensure_future(store.get(b"/c/a"))
         await asyncio.sleep(0.3)
         pending.cancel()
