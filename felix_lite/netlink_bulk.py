@@ -45,13 +45,6 @@ from typing import TypeVar
 
 from felix_lite import netlink_codec as nc
 
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 OP_ADD = 0  # create only: EEXIST if the key is taken (by anyone)
@@ -96,58 +89,6 @@ class BulkFailure:
     index: int
     errno: int
     message: str = ""
-
-
-def netns_path(netns: str) -> str:
-    """A namespace name's file under /var/run/netns; a path stays as it is."""
-    return netns if "/" in netns else f"/var/run/netns/{netns}"
-
-
-def setns(fd: int, name: str) -> None:
-    """Move the calling thread (only it) into the network namespace open as
-    ``fd`` (``name`` says which, for the error)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-
-
-def netlink_socket(netns: str | None = None, *, groups: int = 0) -> socket.socket:
-    """A bound NETLINK_ROUTE socket in ``netns`` (a name under /var/run/netns
-    or a path; None: the caller's namespace)."""
-    if netns is None:
-        return _new_socket(groups)
-    fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    result: list[socket.socket | BaseException] = []
-
-    def enter_and_open() -> None:
-        try:
-            setns(fd, netns)
-            result.append(_new_socket(groups))
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
-
-    try:
-        # This thread ends inside the namespace; nothing else ever runs in it.
-        t = threading.Thread(target=enter_and_open, name=f"netns-{netns}")
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
-    got = result[0]
-    if isinstance(got, BaseException):
-        raise got
-    return got
-
-
-def _new_socket(groups: int) -> socket.socket:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
-    try:
-        s.bind((0, groups))
-    except OSError:
-        s.close()
-        raise
-    return s
 
 
 def _force_buffer(s: socket.socket, force_opt: int, opt: int, size: int) -> None:
