@@ -189,14 +189,17 @@ async def _child_table(n: int, batch: int) -> dict[str, Any]:
 
 
 def _child_bulk(n: int) -> dict[str, Any]:
-    from felix_lite import netlink_codec as nc
     from felix_lite.netlink_bulk import OP_DELETE, OP_REPLACE, BulkRoutes
+    from rtnetlink import routes as nr
+    from rtnetlink import wire as nw
 
     oif = socket_ifindex(DEV)
     routes = []
     for p in _prefixes(n):
         dst, plen = p.split("/")
-        routes.append(nc.WireRoute(nc.AF_INET, dst, int(plen), gateway=GATEWAY, oif=oif))
+        routes.append(
+            nr.WireRoute(nw.AF_INET, dst, int(plen), gateway=GATEWAY, oif=oif, proto=PROTO)
+        )
     with BulkRoutes() as bulk:
         t0 = time.perf_counter()
         failures = bulk.apply([(OP_REPLACE, r) for r in routes])

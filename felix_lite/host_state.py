@@ -18,14 +18,15 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from felix_lite import netlink_codec as nc
 from felix_lite.inputs import HostInterface, UnderlayRoute
+from rtnetlink import routes as nr
+from rtnetlink import wire as nw
 
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
-_NEW = {nc.RTM_NEWLINK, nc.RTM_NEWADDR, nc.RTM_NEWROUTE}
-_ROUTE_MSGS = {nc.RTM_NEWROUTE, nc.RTM_DELROUTE}
+_NEW = {nw.RTM_NEWLINK, nw.RTM_NEWADDR, nr.RTM_NEWROUTE}
+_ROUTE_MSGS = {nr.RTM_NEWROUTE, nr.RTM_DELROUTE}
 
 
 class HostChange(enum.Enum):
@@ -43,7 +44,7 @@ class HostState:
     def __init__(self, own_proto: int, table: int) -> None:
         self.own_proto = own_proto
         self.table = table
-        self._links: dict[int, nc.WireLink] = {}
+        self._links: dict[int, nw.WireLink] = {}
         self._addrs: dict[tuple[int, int, str, int], IPNetwork] = {}
         self._routes: dict[RouteId, tuple[IPNetwork, IPAddress | None, int]] = {}
 
@@ -52,18 +53,18 @@ class HostState:
     def apply(self, mtype: int, buf: bytes, start: int, end: int) -> HostChange | None:
         """One rtnetlink message's payload; what it changed, or None."""
         new = mtype in _NEW
-        if mtype in (nc.RTM_NEWLINK, nc.RTM_DELLINK):
-            return self._apply_link(nc.parse_link(buf, start, end), new)
-        if mtype in (nc.RTM_NEWADDR, nc.RTM_DELADDR):
-            addr = nc.parse_addr(buf, start, end)
+        if mtype in (nw.RTM_NEWLINK, nw.RTM_DELLINK):
+            return self._apply_link(nw.parse_link(buf, start, end), new)
+        if mtype in (nw.RTM_NEWADDR, nw.RTM_DELADDR):
+            addr = nw.parse_addr(buf, start, end)
             return None if addr is None else self._apply_addr(addr, new)
         if mtype in _ROUTE_MSGS:
-            if nc.route_protocol_at(buf, start) == self.own_proto:
+            if nr.route_protocol_at(buf, start) == self.own_proto:
                 return None  # ours: never underlay, whatever else it is
             return self._apply_route(buf, start, end, new)
         return None
 
-    def _apply_link(self, link: nc.WireLink, new: bool) -> HostChange | None:
+    def _apply_link(self, link: nw.WireLink, new: bool) -> HostChange | None:
         old = self._links.get(link.index)
         if new:
             if old == link:
@@ -77,7 +78,7 @@ class HostState:
                 del self._addrs[k]
         return HostChange.LINKS
 
-    def _apply_addr(self, a: nc.WireAddress, new: bool) -> HostChange | None:
+    def _apply_addr(self, a: nw.WireAddress, new: bool) -> HostChange | None:
         key = (a.index, a.family, a.address, a.prefixlen)
         if new:
             if key in self._addrs:
@@ -148,7 +149,7 @@ def parse_underlay_route(buf: bytes, start: int, end: int) -> _ParsedRoute | Non
         buf, start
     )
     alen_addr = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
-    if alen_addr is None or rflags & nc.RTM_F_CLONED:
+    if alen_addr is None or rflags & nr.RTM_F_CLONED:
         return None
     dst = b"\0" * alen_addr
     gateway: bytes | None = None
@@ -159,20 +160,20 @@ def parse_underlay_route(buf: bytes, start: int, end: int) -> _ParsedRoute | Non
         alen, atype = _RTA.unpack_from(buf, off)
         if alen < 4:
             break
-        if atype == nc.RTA_DST:
+        if atype == nr.RTA_DST:
             dst = bytes(buf[off + 4 : off + 4 + alen_addr])
-        elif atype == nc.RTA_GATEWAY:
+        elif atype == nr.RTA_GATEWAY:
             gateway = bytes(buf[off + 4 : off + 4 + alen_addr])
-        elif atype == nc.RTA_OIF:
+        elif atype == nr.RTA_OIF:
             oif = int(_U32.unpack_from(buf, off + 4)[0])
-        elif atype == nc.RTA_TABLE:
+        elif atype == nr.RTA_TABLE:
             table = int(_U32.unpack_from(buf, off + 4)[0])
-        elif atype == nc.RTA_PRIORITY:
+        elif atype == nr.RTA_PRIORITY:
             priority = int(_U32.unpack_from(buf, off + 4)[0])
         off += (alen + 3) & ~3
     dst_text = socket.inet_ntop(family, dst)
     rid: RouteId = (family, dst_text, dst_len, tos, table, priority)
-    if rtype != nc.RTN_UNICAST or oif is None:
+    if rtype != nr.RTN_UNICAST or oif is None:
         return _ParsedRoute(rid, table, None)
     version = 4 if family == socket.AF_INET else 6
     gw = IPAddress(int.from_bytes(gateway, "big"), version) if gateway else None

@@ -23,16 +23,13 @@ its routes yielded before the next is read, filtered by protocol in the
 kernel (NETLINK_GET_STRICT_CHK) and again here, so memory stays flat however
 many routes there are.
 
-Network namespaces: a socket belongs to the namespace it was created in, for
-life. ``netlink_socket(netns=...)`` creates it in a short-lived thread that
-first ``setns()``-es into the namespace; the calling process and its other
-threads stay where they are. (Running the whole process under
-``ip netns exec`` also works: pass ``netns=None``.)
+The socket is ``rtnetlink.sockets.netlink_socket``'s, in the namespace
+``netns`` names (None: the caller's); the messages ``rtnetlink.routes``'
+(``netlink_routes.RouteEncoder``'s on the hot path).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno as errno_mod
 import os
 import socket
@@ -43,7 +40,17 @@ from functools import partial
 from itertools import repeat
 from typing import TypeVar
 
-from felix_lite import netlink_codec as nc
+from rtnetlink import routes as nr
+from rtnetlink import wire as nw
+from rtnetlink.sockets import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_GET_STRICT_CHK,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
+    SOL_NETLINK,
+    netlink_socket,
+)
 
 T = TypeVar("T")
 
@@ -51,9 +58,9 @@ OP_ADD = 0  # create only: EEXIST if the key is taken (by anyone)
 OP_REPLACE = 1  # create or replace
 OP_DELETE = 2  # delete our route (the protocol number must match)
 _KINDS = {  # message type and flags of each
-    OP_ADD: (nc.RTM_NEWROUTE, nc.ADD_ROUTE_FLAGS),
-    OP_REPLACE: (nc.RTM_NEWROUTE, nc.REPLACE_ROUTE_FLAGS),
-    OP_DELETE: (nc.RTM_DELROUTE, nc.DEL_ROUTE_FLAGS),
+    OP_ADD: (nr.RTM_NEWROUTE, nr.ADD_ROUTE_FLAGS),
+    OP_REPLACE: (nr.RTM_NEWROUTE, nr.REPLACE_ROUTE_FLAGS),
+    OP_DELETE: (nr.RTM_DELROUTE, nr.DEL_ROUTE_FLAGS),
 }
 
 DEFAULT_BATCH_BYTES = 256 * 1024
@@ -156,18 +163,18 @@ class BulkRoutes:
             self._seq += n
             return base
 
-    def apply(self, ops: Sequence[tuple[int, nc.WireRoute]]) -> list[BulkFailure]:
+    def apply(self, ops: Sequence[tuple[int, nr.WireRoute]]) -> list[BulkFailure]:
         """Apply ``(OP_*, route)`` items in order; return one failure per item
         the kernel refused (index into ``ops``). Every other item is applied."""
-        encode_new = nc.encode_route_body
-        encode_del = nc.encode_delete_body
+        encode_new = nr.encode_route_body
+        encode_del = nr.encode_delete_body
         return self.apply_encoded(
             [(op, encode_del(r) if op == OP_DELETE else encode_new(r)) for op, r in ops]
         )
 
     def apply_encoded(self, items: Sequence[tuple[int, bytes]]) -> list[BulkFailure]:
         """``apply`` for message bodies already encoded (rtmsg + attributes,
-        see ``netlink_codec.RouteEncoder``)."""
+        see ``netlink_routes.RouteEncoder``)."""
         return self.send_frames(self.frame([op for op, _ in items], [b for _, b in items]))
 
     def frame(self, ops: Sequence[int], bodies: Sequence[bytes]) -> list[Frames]:
@@ -183,8 +190,8 @@ class BulkRoutes:
         n = len(bodies)
         i = 0
         kinds = _KINDS
-        pack_hdr = nc._HDR.pack
-        hdr_len = nc.HDR_LEN
+        pack_hdr = nw.HDR.pack
+        hdr_len = nw.HDR_LEN
         batch_bytes = self.batch_bytes
         while i < n:
             first = i
@@ -208,7 +215,7 @@ class BulkRoutes:
                 seq += 1
             # only the last message asks for an ACK (see the module docstring)
             last_len = hdr_len + len(parts[-1])
-            parts[-2] = pack_hdr(last_len, mtype, flags | nc.NLM_F_ACK, seq - 1, 0)
+            parts[-2] = pack_hdr(last_len, mtype, flags | nw.NLM_F_ACK, seq - 1, 0)
             frames.append(Frames(b"".join(parts), base, first, i - first))
         return frames
 
@@ -217,16 +224,16 @@ class BulkRoutes:
         length (one shape of route: nearly every batch), cut where ``frame``
         cuts, the headers packed and interleaved with the bodies by C loops."""
         mtype, flags = _KINDS[op]
-        mlen = nc.HDR_LEN + len(bodies[0])
+        mlen = nw.HDR_LEN + len(bodies[0])
         per = min(self.batch_msgs, -(-self.batch_bytes // mlen))
-        header = partial(nc._HDR.pack, mlen, mtype, flags)
+        header = partial(nw.HDR.pack, mlen, mtype, flags)
         frames: list[Frames] = []
         for first in range(0, len(bodies), per):
             count = min(per, len(bodies) - first)
             base = self._next_seq_block(count)
             parts = [b""] * (2 * count)
             parts[0::2] = map(header, range(base, base + count), repeat(0, count))
-            parts[-2] = nc._HDR.pack(mlen, mtype, flags | nc.NLM_F_ACK, base + count - 1, 0)
+            parts[-2] = nw.HDR.pack(mlen, mtype, flags | nw.NLM_F_ACK, base + count - 1, 0)
             parts[1::2] = bodies[first : first + count]
             frames.append(Frames(b"".join(parts), base, first, count))
         return frames
@@ -265,10 +272,10 @@ class BulkRoutes:
                 return
             view = memoryview(rbuf)[:got]
             done = False
-            for mtype, flags, seq, start, end in nc.iter_messages(view):
-                if mtype != nc.NLMSG_ERROR or not base <= seq <= last_seq:
+            for mtype, flags, seq, start, end in nw.iter_messages(view):
+                if mtype != nw.NLMSG_ERROR or not base <= seq <= last_seq:
                     continue  # not ours (a stale reply from an abandoned batch)
-                reply = nc.parse_error(view, seq, flags, start, end)
+                reply = nw.parse_error(view, seq, flags, start, end)
                 answered.add(seq)
                 if reply.error:
                     failures.append(BulkFailure(first + seq - base, reply.error, reply.message))
@@ -294,13 +301,13 @@ class BulkRoutes:
         self,
         proto: int,
         table: int = 0,
-        families: Sequence[int] = (nc.AF_INET, nc.AF_INET6),
-    ) -> Iterator[list[nc.WireRoute]]:
+        families: Sequence[int] = (nw.AF_INET, nw.AF_INET6),
+    ) -> Iterator[list[nr.WireRoute]]:
         """Stream the routes of ``proto`` (in ``table``; 0: every table), one
         list per kernel dump buffer (a few hundred routes)."""
 
-        def parse(buf: bytes, start: int, end: int) -> nc.WireRoute | None:
-            r = nc.parse_route(buf, start, end, proto=proto)
+        def parse(buf: bytes, start: int, end: int) -> nr.WireRoute | None:
+            r = nr.parse_route(buf, start, end, proto=proto)
             return r if r is not None and (not table or r.table == table) else None
 
         return self.dump_parsed(parse, proto, table, families)
@@ -310,7 +317,7 @@ class BulkRoutes:
         parse: Callable[[bytes, int, int], T | None],
         proto: int,
         table: int = 0,
-        families: Sequence[int] = (nc.AF_INET, nc.AF_INET6),
+        families: Sequence[int] = (nw.AF_INET, nw.AF_INET6),
     ) -> Iterator[list[T]]:
         """``dump`` with the caller's parser (``parse(buf, start, end)``, None
         to skip); it must check the protocol and table itself, as ``dump``
@@ -328,23 +335,23 @@ class BulkRoutes:
             _try_opt(s, NETLINK_GET_STRICT_CHK)
             _try_opt(s, NETLINK_EXT_ACK)
             seq = self._next_seq_block(1)
-            s.send(nc.encode_dump_request(family, seq, proto=proto, table=table))
-            newroute = nc.RTM_NEWROUTE
+            s.send(nr.encode_dump_request(family, seq, proto=proto, table=table))
+            newroute = nr.RTM_NEWROUTE
             while True:
                 data = s.recv(RECV_SIZE)
                 batch: list[T] = []
                 finished = False
-                for mtype, flags, mseq, start, end in nc.iter_messages(data):
+                for mtype, flags, mseq, start, end in nw.iter_messages(data):
                     if mseq != seq:
                         continue
                     if mtype == newroute:
                         r = parse(data, start, end)
                         if r is not None:
                             batch.append(r)
-                    elif mtype == nc.NLMSG_DONE:
+                    elif mtype == nw.NLMSG_DONE:
                         finished = True
-                    elif mtype == nc.NLMSG_ERROR:
-                        reply = nc.parse_error(data, mseq, flags, start, end)
+                    elif mtype == nw.NLMSG_ERROR:
+                        reply = nw.parse_error(data, mseq, flags, start, end)
                         if reply.error:
                             raise NetlinkChannelError(
                                 reply.error, f"route dump: {os.strerror(reply.error)}"
@@ -357,7 +364,7 @@ class BulkRoutes:
         finally:
             s.close()
 
-    def dump_all(self, proto: int, table: int = 0) -> Iterator[nc.WireRoute]:
+    def dump_all(self, proto: int, table: int = 0) -> Iterator[nr.WireRoute]:
         """``dump`` flattened to one route at a time (table 0: all tables)."""
         for batch in self.dump(proto, table):
             yield from batch

@@ -32,21 +32,23 @@ import struct
 import time
 from collections.abc import Callable
 
-from felix_lite import netlink_codec as nc
 from felix_lite.host_state import HostChange, HostState
 from felix_lite.inputs import HostInterface, UnderlayRoute
-from felix_lite.netlink_bulk import RCVBUF, SO_RCVBUFFORCE, netlink_socket
+from felix_lite.netlink_bulk import RCVBUF
+from rtnetlink import routes as nr
+from rtnetlink import wire as nw
+from rtnetlink.sockets import SO_RCVBUFFORCE, netlink_socket
 
 log = logging.getLogger(__name__)
 
 SO_ATTACH_FILTER = 26
 RECV_SIZE = 1 << 20
-GROUPS = nc.groups_mask(
-    nc.RTNLGRP_LINK,
-    nc.RTNLGRP_IPV4_IFADDR,
-    nc.RTNLGRP_IPV6_IFADDR,
-    nc.RTNLGRP_IPV4_ROUTE,
-    nc.RTNLGRP_IPV6_ROUTE,
+GROUPS = nw.groups_mask(
+    nw.RTNLGRP_LINK,
+    nw.RTNLGRP_IPV4_IFADDR,
+    nw.RTNLGRP_IPV6_IFADDR,
+    nw.RTNLGRP_IPV4_ROUTE,
+    nw.RTNLGRP_IPV6_ROUTE,
 )
 _FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 
@@ -58,9 +60,9 @@ def own_routes_filter(proto: int) -> bytes:
     ld_b_abs, jeq_k, ret_k = 0x30, 0x15, 0x06
     prog = [
         (ld_b_abs, 0, 0, 4),  # nlmsg_type, low byte (both types are < 256)
-        (jeq_k, 1, 0, nc.RTM_NEWROUTE),
-        (jeq_k, 0, 3, nc.RTM_DELROUTE),
-        (ld_b_abs, 0, 0, nc.ROUTE_PROTOCOL_OFFSET),
+        (jeq_k, 1, 0, nr.RTM_NEWROUTE),
+        (jeq_k, 0, 3, nr.RTM_DELROUTE),
+        (ld_b_abs, 0, 0, nr.ROUTE_PROTOCOL_OFFSET),
         (jeq_k, 0, 1, proto),
         (ret_k, 0, 0, 0),  # drop
         (ret_k, 0, 0, 0xFFFFFFFF),  # pass whole
@@ -95,23 +97,23 @@ def _dump_into(state: HostState, netns: str | None) -> None:
     try:
         sock.settimeout(30)
         requests = (
-            nc.encode_link_dump_request(1),
-            nc.encode_addr_dump_request(2),
-            nc.encode_dump_request(socket.AF_INET, 3, table=state.table),
-            nc.encode_dump_request(socket.AF_INET6, 4, table=state.table),
+            nw.encode_link_dump_request(1),
+            nw.encode_addr_dump_request(2),
+            nr.encode_dump_request(socket.AF_INET, 3, table=state.table),
+            nr.encode_dump_request(socket.AF_INET6, 4, table=state.table),
         )
         for seq, request in enumerate(requests, start=1):
             sock.send(request)
             done = False
             while not done:
                 data = sock.recv(RECV_SIZE)
-                for mtype, flags, mseq, start, end in nc.iter_messages(data):
+                for mtype, flags, mseq, start, end in nw.iter_messages(data):
                     if mseq != seq:
                         continue
-                    if mtype == nc.NLMSG_DONE:
+                    if mtype == nw.NLMSG_DONE:
                         done = True
-                    elif mtype == nc.NLMSG_ERROR:
-                        reply = nc.parse_error(data, mseq, flags, start, end)
+                    elif mtype == nw.NLMSG_ERROR:
+                        reply = nw.parse_error(data, mseq, flags, start, end)
                         if reply.error:
                             raise OSError(reply.error, f"host dump: {reply.message}")
                         done = True
@@ -234,7 +236,7 @@ class NetlinkHost:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 return changed
-            for mtype, _flags, _seq, start, end in nc.iter_messages(data):
+            for mtype, _flags, _seq, start, end in nw.iter_messages(data):
                 self.notifications += 1
                 kind = state.apply(mtype, data, start, end)
                 if kind is not None:

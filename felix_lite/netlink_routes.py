@@ -1,35 +1,61 @@
-"""rtnetlink route messages as bytes, packed and parsed with ``struct``.
+"""felix_lite's KernelRoutes as rtnetlink route messages, and back.
 
-This module owns the wire format felix_lite's fast path speaks: encoding
-RTM_NEWROUTE (create-or-replace) and RTM_DELROUTE for one route, the
-RTM_GETROUTE dump request, and parsing what the kernel sends back (NLMSG_ERROR
-acknowledgements and RTM_NEWROUTE dump entries). It does no I/O.
-
-Routes cross this boundary as ``WireRoute``: a KernelRoute with interface
-indexes instead of names and addresses as text, which is what the kernel
-knows. ``wire_from_kernel`` / ``kernel_from_wire`` translate at the edge.
-pyroute2's message classes can do the same, but cost ~70 us per route to
-encode (see notes/kernel-routes.md); these functions cost a few.
+This module owns the translation between the routes felix_lite plans and
+reconciles (``KernelRoute``, devices by name) and the route messages the
+kernel speaks (``rtnetlink.routes``: ``WireRoute``, interface indexes):
+``wire_from_kernel`` / ``kernel_from_wire`` at the edge, and which kind a
+route read back is (``default_kind_of``; the kernel does not store why a
+route exists), and the hot paths' ``RouteEncoder`` / ``RouteDecoder``,
+which go straight between KernelRoutes and bytes with no WireRoute between
+(the same bytes and routes; the tests check that). It does no I/O.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 from netaddr import IPAddress, IPNetwork
 
 from felix_lite.model import (
     DEFAULT_PROTO,
-    MAIN_TABLE,
     KernelRoute,
     NextHop,
     RouteKind,
     net_fields,
     network_value,
 )
+from rtnetlink.routes import (
+    RT_SCOPE_NOWHERE,
+    RT_SCOPE_UNIVERSE,
+    RTA_DST,
+    RTA_DST4,
+    RTA_DST6,
+    RTA_GATEWAY,
+    RTA_GW4,
+    RTA_GW6,
+    RTA_METRICS,
+    RTA_METRICS_MTU,
+    RTA_MULTIPATH,
+    RTA_OIF,
+    RTA_TABLE,
+    RTA_U32,
+    RTAX_MTU,
+    RTM_F_CLONED,
+    RTMSG,
+    RTMSG_LEN,
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
+    RTN_UNSPEC,
+    RTNH_F_ONLINK,
+    WireNexthop,
+    WireRoute,
+    multipath_attr,
+    parse_mtu,
+    parse_multipath,
+)
+from rtnetlink.wire import AF_INET, AF_INET6, RTA, U32
 
 # ------------------------------------------------- KernelRoute <-> WireRoute
 
@@ -159,15 +185,15 @@ class RouteEncoder:
         family = AF_INET if hops[0].gateway.version == 4 else AF_INET6
         if len(hops) == 1:
             nh = hops[0]
-            gw = (_RTA_GW4 if family == AF_INET else _RTA_GW6) + nh.gateway.packed
-            attrs = gw + _RTA_U32.pack(8, RTA_OIF, self.ifindex[nh.ifname])
+            gw = (RTA_GW4 if family == AF_INET else RTA_GW6) + nh.gateway.packed
+            attrs = gw + RTA_U32.pack(8, RTA_OIF, self.ifindex[nh.ifname])
             return attrs, RTNH_F_ONLINK if nh.onlink else 0, RTN_UNICAST
         wire = tuple(
             WireNexthop(str(nh.gateway), self.ifindex[nh.ifname],
                         RTNH_F_ONLINK if nh.onlink else 0, max(nh.weight, 1) - 1)
             for nh in hops
         )  # fmt: skip
-        return _multipath_attr(family, wire), 0, RTN_UNICAST
+        return multipath_attr(family, wire), 0, RTN_UNICAST
 
     def _hops_of(self, route: KernelRoute) -> tuple[bytes, int, int]:
         hops = route.nexthops
@@ -198,22 +224,22 @@ class RouteEncoder:
             body = head + attrs
             if route.mtu is None:
                 return body
-            return body + _RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu)
+            return body + RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu)
         v4 = version == 4
         parts = [
-            _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
+            RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
                         self.proto, RT_SCOPE_UNIVERSE, rtype, flags),
         ]  # fmt: skip
         if table >= 256:
-            parts.append(_RTA_U32.pack(8, RTA_TABLE, table))
+            parts.append(RTA_U32.pack(8, RTA_TABLE, table))
         if plen:
             if v4:
-                parts.append(_RTA_DST4 + network_value(dst).to_bytes(4, "big"))
+                parts.append(RTA_DST4 + network_value(dst).to_bytes(4, "big"))
             else:
-                parts.append(_RTA_DST6 + network_value(dst).to_bytes(16, "big"))
+                parts.append(RTA_DST6 + network_value(dst).to_bytes(16, "big"))
         parts.append(attrs)
         if route.mtu is not None:
-            parts.append(_RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu))
+            parts.append(RTA_METRICS_MTU.pack(12, RTA_METRICS, 8, RTAX_MTU, route.mtu))
         return b"".join(parts)
 
     def delete_body(self, route: KernelRoute) -> bytes:
@@ -233,12 +259,12 @@ class RouteEncoder:
     def _delete_head(self, v4: bool, plen: int, table: int) -> bytes:
         """The rtmsg, the table attribute if needed, and the destination
         attribute's header (none for a default route, which has no address)."""
-        head = _RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
+        head = RTMSG.pack(AF_INET if v4 else AF_INET6, plen, 0, 0, table if table < 256 else 0,
                            self.proto, RT_SCOPE_NOWHERE, RTN_UNSPEC, 0)  # fmt: skip
         if table >= 256:
-            head += _RTA_U32.pack(8, RTA_TABLE, table)
+            head += RTA_U32.pack(8, RTA_TABLE, table)
         if plen:
-            head += _RTA_DST4 if v4 else _RTA_DST6
+            head += RTA_DST4 if v4 else RTA_DST6
         self._delete_heads[(v4, plen, table)] = head
         return head
 
@@ -360,7 +386,7 @@ class RouteDecoder:
         fast = self._fast_v4(buf, start, end, proto)
         if fast is not None:
             return fast
-        family, dst_len, _s, _t, table, rproto, _sc, rtype, rflags = _RTMSG.unpack_from(buf, start)
+        family, dst_len, _s, _t, table, rproto, _sc, rtype, rflags = RTMSG.unpack_from(buf, start)
         if (proto is not None and rproto != proto) or rflags & RTM_F_CLONED:
             return None
         if family == AF_INET:
@@ -374,8 +400,8 @@ class RouteDecoder:
         oif = 0
         mp: tuple[NextHop, ...] = ()
         mtu: int | None = None
-        off = start + _RTMSG_LEN
-        unpack = _RTA.unpack_from
+        off = start + RTMSG_LEN
+        unpack = RTA.unpack_from
         while off + 4 <= end:
             rlen, atype = unpack(buf, off)
             if rlen < 4:
@@ -385,18 +411,18 @@ class RouteDecoder:
             elif atype == RTA_GATEWAY:
                 gw = buf[off + 4 : off + 4 + alen]
             elif atype == RTA_OIF:
-                oif = _U32.unpack_from(buf, off + 4)[0]
+                oif = U32.unpack_from(buf, off + 4)[0]
             elif atype == RTA_TABLE:
-                table = _U32.unpack_from(buf, off + 4)[0]
+                table = U32.unpack_from(buf, off + 4)[0]
             elif atype == RTA_MULTIPATH:
                 mp = tuple(
                     self._nexthop(family, socket.inet_pton(family, h.gateway), h.oif, h.flags,
                                   h.hops)
-                    for h in _parse_multipath(buf, family, off + 4, off + rlen)
+                    for h in parse_multipath(buf, family, off + 4, off + rlen)
                     if h.gateway is not None
                 )  # fmt: skip
             elif atype == RTA_METRICS:
-                mtu = _parse_mtu(buf, off + 4, off + rlen)
+                mtu = parse_mtu(buf, off + 4, off + rlen)
             off += (rlen + 3) & ~3
         if rtype == RTN_BLACKHOLE:
             nexthops: tuple[NextHop, ...] = ()

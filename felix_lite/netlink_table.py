@@ -3,7 +3,7 @@
 This module owns the translation between the ports' named, typed values and
 the kernel: interface names resolved to indexes (and back) at this edge,
 routes written and streamed through ``netlink_bulk`` (the fast path), and
-the few neighbour, FDB and link operations through ``netlink_client``.
+the few neighbour, FDB and link operations through ``rtnetlink.client``.
 
 All netlink I/O runs on one worker thread per adapter (a single-thread
 executor), so the event loop never blocks and the sockets are never used
@@ -14,7 +14,7 @@ holds the GIL only between its sends. (The host's links and addresses are read b
 ``felix_lite.netlink_host``.)
 
 A namespace name (``netns``) makes every socket live in that namespace
-(see ``netlink_bulk.netlink_socket``). The process itself stays where it
+(see ``rtnetlink.sockets.netlink_socket``). The process itself stays where it
 is.
 """
 
@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 
 from netaddr import IPAddress
 
-from felix_lite import netlink_attrs as na
-from felix_lite import netlink_codec as nc
+from felix_lite import netlink_routes as nc
 from felix_lite.inputs import IPIP_DEVICE, VXLAN_DEVICE
 from felix_lite.model import FdbEntry, KernelRoute, NeighborEntry, NextHop, RouteKind
 from felix_lite.netlink_bulk import (
@@ -44,8 +43,10 @@ from felix_lite.netlink_bulk import (
     BulkRoutes,
     Frames,
 )
-from felix_lite.netlink_client import RtnlClient
 from felix_lite.ports import FdbOp, NeighborOp, Op, OpFailure, RouteOp
+from rtnetlink import attrs as na
+from rtnetlink import routes as nr
+from rtnetlink.client import RtnlClient
 
 T = TypeVar("T")
 Op_ = TypeVar("Op_", NeighborOp, FdbOp)
@@ -82,8 +83,8 @@ class DeviceKinds:
         self.ipip_name = ipip_name
         self.vxlan_name = vxlan_name
 
-    def __call__(self, route: nc.WireRoute, nexthops: tuple[NextHop, ...]) -> RouteKind:
-        if route.type == nc.RTN_BLACKHOLE:
+    def __call__(self, route: nr.WireRoute, nexthops: tuple[NextHop, ...]) -> RouteKind:
+        if route.type == nr.RTN_BLACKHOLE:
             return RouteKind.BLACKHOLE
         devices = {nh.ifname for nh in nexthops}
         if devices == {self.ipip_name}:

@@ -5,7 +5,7 @@ pure: ``plan_tunnel_changes(desired, links)`` compares what meshroute wants
 with the devices found and returns the few steps that close the gap
 (nothing when they agree). ``NetlinkTunnels`` (the ``ports.TunnelDevices``
 adapter) observes, plans and applies those steps over rtnetlink
-(``netlink_client``).
+(``rtnetlink.client``).
 
 Ownership survives restarts without memory: every device meshroute creates
 or adopts carries the ifalias ``OWNER_ALIAS``. Turning a mode off removes
@@ -33,9 +33,9 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
-from felix_lite import netlink_links as nl
 from felix_lite.model import IpipDevice, VxlanDevice
-from felix_lite.netlink_client import RtnlClient
+from rtnetlink import links as nl
+from rtnetlink.client import RtnlClient
 
 OWNER_ALIAS = "meshroute:felix_lite"
 IPIP_MODULE = "ipip"

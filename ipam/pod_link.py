@@ -33,11 +33,11 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress
 
-from felix_lite import netlink_attrs as na
-from felix_lite import netlink_links as nl
-from felix_lite.netlink_bulk import netns_path, setns
-from felix_lite.netlink_client import RtnlClient
-from felix_lite.netlink_codec import WireRoute
+from rtnetlink import attrs as na
+from rtnetlink import links as nl
+from rtnetlink.client import RtnlClient
+from rtnetlink.routes import WireRoute
+from rtnetlink.sockets import netns_path, setns
 
 HOST_IFACE_PREFIX = "mr"
 HOST_MAC = "ee:ee:ee:ee:ee:ee"

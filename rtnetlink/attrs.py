@@ -4,8 +4,8 @@ This module owns the generic attribute encoding every rtnetlink message
 shares (``attr`` and its typed helpers, ``parse_attrs``) and the address
 (RTM_NEWADDR/DELADDR) and neighbour (RTM_NEWNEIGH/DELNEIGH/GETNEIGH, the
 bridge FDB's too) message bodies the node's few non-route operations need.
-Pure functions, no I/O: ``netlink_client`` sends them; routes are
-``netlink_codec``'s and links ``netlink_links``'.
+Pure functions, no I/O: ``client`` sends them; routes are ``routes``' and
+links ``links``'.
 """
 
 from __future__ import annotations

@@ -3,16 +3,16 @@
 This module owns the socket and the exchange for the node's few non-route
 kernel operations (links, addresses, neighbours and FDB entries, and the
 odd single route), which ``ipam.pod_link``, ``felix_lite.tunnels`` and
-``felix_lite.netlink_table`` need. The bytes are ``netlink_links``',
-``netlink_attrs``' and ``netlink_codec``'s. Every request asks for an ACK
+``felix_lite.netlink_table`` need. The bytes are ``links``', ``attrs``',
+``routes``' and ``wire``'s. Every request asks for an ACK
 and waits for the answer to its own sequence number (replies to another
 are dropped), so one call is one kernel operation whose outcome is known;
 a refusal raises ``OSError`` with the kernel's errno and, where the kernel
 gave one, its extended-ack reason. Route programming in bulk is
-``netlink_bulk``'s.
+``felix_lite.netlink_bulk``'s.
 
 The socket lives in the namespace the client was opened in (``netns``:
-see ``netlink_bulk.netlink_socket``; None: the calling thread's). Not
+see ``sockets.netlink_socket``; None: the calling thread's). Not
 thread-safe: one caller at a time.
 """
 
@@ -26,10 +26,11 @@ import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from felix_lite import netlink_attrs as na
-from felix_lite import netlink_codec as nc
-from felix_lite import netlink_links as nl
-from felix_lite.netlink_bulk import (
+from rtnetlink import attrs as na
+from rtnetlink import links as nl
+from rtnetlink import routes as nr
+from rtnetlink import wire as nw
+from rtnetlink.sockets import (
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
     NETLINK_GET_STRICT_CHK,
@@ -45,8 +46,8 @@ _RTMSG = struct.Struct("=BBBBBBBBI")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _ERR = struct.Struct("=i")
 
-CREATE = nc.NLM_F_CREATE | nc.NLM_F_EXCL
-REPLACE = nc.NLM_F_CREATE | nc.NLM_F_REPLACE
+CREATE = nw.NLM_F_CREATE | nw.NLM_F_EXCL
+REPLACE = nw.NLM_F_CREATE | nw.NLM_F_REPLACE
 
 
 def _skip(_mtype: int, _buf: bytes, _start: int, _end: int) -> None:
@@ -88,19 +89,19 @@ class RtnlClient:
         result (None: skip it)."""
         self._seq = self._seq % _SEQ_LIMIT + 1
         seq = self._seq
-        self._sock.send(nc.frame(mtype, flags | nc.NLM_F_REQUEST | nc.NLM_F_ACK, seq, body))
+        self._sock.send(nw.frame(mtype, flags | nw.NLM_F_REQUEST | nw.NLM_F_ACK, seq, body))
         out: list[T] = []
         while True:
             data = self._sock.recv(RECV_SIZE)
-            for rtype, rflags, rseq, start, end in nc.iter_messages(data):
+            for rtype, rflags, rseq, start, end in nw.iter_messages(data):
                 if rseq != seq:
                     continue  # an answer to a request abandoned by an exception
-                if rtype == nc.NLMSG_ERROR:
-                    reply = nc.parse_error(data, rseq, rflags, start, end)
+                if rtype == nw.NLMSG_ERROR:
+                    reply = nw.parse_error(data, rseq, rflags, start, end)
                     if reply.error:
                         raise _refusal(reply.error, reply.message, what)
                     return out
-                if rtype == nc.NLMSG_DONE:
+                if rtype == nw.NLMSG_DONE:
                     (err,) = _ERR.unpack_from(data, start) if end - start >= 4 else (0,)
                     if err < 0:
                         raise _refusal(-err, "", what)
@@ -116,7 +117,7 @@ class RtnlClient:
         self, mtype: int, body: bytes, what: str, parse: Callable[[bytes, int, int], T | None]
     ) -> list[T]:
         return self._exchange(
-            mtype, nc.NLM_F_DUMP, body, what, lambda _t, buf, s, e: parse(buf, s, e)
+            mtype, nw.NLM_F_DUMP, body, what, lambda _t, buf, s, e: parse(buf, s, e)
         )
 
     # -------------------------------------------------------------- links
@@ -147,7 +148,7 @@ class RtnlClient:
         return self._dump(nl.RTM_GETLINK, nl.dump_body(), "link dump", nl.parse_link_detail)
 
     def link_create(self, body: bytes, what: str) -> None:
-        """A link made by one of ``netlink_links``' ``*_body`` functions;
+        """A link made by one of ``links``' ``*_body`` functions;
         EEXIST when the name is taken."""
         self._do(nl.RTM_NEWLINK, CREATE, body, what)
 
@@ -176,15 +177,15 @@ class RtnlClient:
         body = na.addr_body(index, address, prefixlen)
         self._do(na.RTM_DELADDR, 0, body, f"addr del {address}/{prefixlen} dev {index}")
 
-    def addresses(self) -> list[nc.WireAddress]:
+    def addresses(self) -> list[nw.WireAddress]:
         """Every address of every link (of both families)."""
         body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        return self._dump(nc.RTM_GETADDR, body, "address dump", nc.parse_addr)
+        return self._dump(nw.RTM_GETADDR, body, "address dump", nw.parse_addr)
 
     # --------------------------------------------------------- neighbours
 
     def neigh_replace(self, body: bytes, what: str) -> None:
-        """Create or replace a neighbour / FDB entry (``netlink_attrs.neigh_body``)."""
+        """Create or replace a neighbour / FDB entry (``attrs.neigh_body``)."""
         self._do(na.RTM_NEWNEIGH, REPLACE, body, what)
 
     def neigh_delete(self, body: bytes, what: str) -> None:
@@ -198,20 +199,20 @@ class RtnlClient:
 
     # ------------------------------------------------------------- routes
 
-    def route_replace(self, route: nc.WireRoute) -> None:
+    def route_replace(self, route: nr.WireRoute) -> None:
         self._do(
-            nc.RTM_NEWROUTE,
+            nr.RTM_NEWROUTE,
             REPLACE,
-            nc.encode_route_body(route),
+            nr.encode_route_body(route),
             f"route replace {route.dst}/{route.dst_len}",
         )
 
-    def routes(self, family: int, oif: int) -> list[nc.WireRoute]:
+    def routes(self, family: int, oif: int) -> list[nr.WireRoute]:
         """The routes of ``family`` out of link ``oif``, of every table and
         protocol. The kernel filters by device (a node's table holds its
         peers' 100k routes too); where it cannot, this does."""
-        body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + na.attr_u32(nc.RTA_OIF, oif)
-        found = self._dump(nc.RTM_GETROUTE, body, "route dump", nc.parse_route)
+        body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + na.attr_u32(nr.RTA_OIF, oif)
+        found = self._dump(nr.RTM_GETROUTE, body, "route dump", nr.parse_route)
         return [r for r in found if r.oif == oif]
 
 

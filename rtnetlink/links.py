@@ -6,8 +6,8 @@ is created in another network namespace (IFLA_NET_NS_FD), VXLAN and IPIP
 devices (IFLA_LINKINFO with IFLA_INFO_KIND / IFLA_INFO_DATA), the in-place
 changes (up/down, MTU, MAC, ifalias) and the parse of a link as the kernel
 reports it, ``LinkDetail``, with the VXLAN settings tunnels compare. Pure
-functions, no I/O (``netlink_client`` sends them). The short ``WireLink``
-the host reader needs stays in ``netlink_codec``.
+functions, no I/O (``client`` sends them). The short ``WireLink`` the
+host reader needs is ``wire``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from felix_lite.netlink_attrs import (
+from rtnetlink.attrs import (
     attr,
     attr_be16,
     attr_nested,

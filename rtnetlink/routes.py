@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from rtnetlink.wire import (
     ADDR_LEN,
     AF_INET,
-    AF_INET6,
     HDR_LEN,
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -108,8 +107,6 @@ class WireRoute:
         return (self.table, f"{self.dst}/{self.dst_len}")
 
 
-
-
 # ---------------------------------------------------------------- encoding
 
 
@@ -144,9 +141,7 @@ def encode_route_body(route: WireRoute) -> bytes:
     else:
         scope = RT_SCOPE_UNIVERSE
     parts = [
-        RTMSG.pack(
-            family, route.dst_len, 0, 0, table, route.proto, scope, route.type, route.flags
-        ),
+        RTMSG.pack(family, route.dst_len, 0, 0, table, route.proto, scope, route.type, route.flags),
         table_attr,
     ]
     if route.dst_len:
@@ -303,4 +298,3 @@ def route_protocol_at(buf: bytes | bytearray | memoryview, start: int) -> int:
 
 # rtm_protocol's offset in a whole message (nlmsghdr, then rtmsg's sixth byte)
 ROUTE_PROTOCOL_OFFSET = HDR_LEN + 5
-

@@ -42,6 +42,7 @@ U32 = struct.Struct("=I")
 _ERR = struct.Struct("=i")
 ADDR_LEN = {AF_INET: 4, AF_INET6: 16}
 
+
 @dataclass(frozen=True, slots=True)
 class NetlinkReply:
     """An NLMSG_ERROR: ``error`` is 0 for an ACK, else a positive errno."""
@@ -49,7 +50,6 @@ class NetlinkReply:
     seq: int
     error: int
     message: str = ""
-
 
 
 def pad(n: int) -> int:
@@ -60,7 +60,6 @@ def pad(n: int) -> int:
 def frame(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
     """Prefix ``body`` with an nlmsghdr (pid 0: the kernel fills in ours)."""
     return HDR.pack(HDR_LEN + len(body), msg_type, flags, seq, 0) + body
-
 
 
 def iter_messages(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, int, int, int]]:

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from felix_lite import netlink_attrs as na
-from felix_lite import netlink_codec as nc
-from felix_lite import netlink_links as nl
-from felix_lite.netlink_client import RtnlClient
 from lab.netns import Netns, NetnsFactory
+from rtnetlink import attrs as na
+from rtnetlink import links as nl
+from rtnetlink import routes as nr
+from rtnetlink import wire as nw
+from rtnetlink.client import RtnlClient
 
 pytestmark = pytest.mark.netns
 
@@ -180,9 +181,9 @@ def test_addresses_neighbours_and_routes(netns: NetnsFactory) -> None:
             if m.ifindex == index and m.dst == "169.254.1.1"
         ] == [("169.254.1.1", "ee:ee:ee:ee:ee:ee", na.NUD_PERMANENT)]
 
-        rtnl.route_replace(nc.WireRoute(socket.AF_INET, "169.254.1.1", 32, oif=index, proto=4))
+        rtnl.route_replace(nr.WireRoute(socket.AF_INET, "169.254.1.1", 32, oif=index, proto=4))
         rtnl.route_replace(
-            nc.WireRoute(socket.AF_INET, "0.0.0.0", 0, gateway="169.254.1.1", oif=index, proto=4)
+            nr.WireRoute(socket.AF_INET, "0.0.0.0", 0, gateway="169.254.1.1", oif=index, proto=4)
         )
         routes = {
             (r["dst"], r.get("gateway"), r["protocol"], r.get("scope"))
@@ -276,7 +277,7 @@ def test_refusals_carry_the_kernels_errno_and_reason(netns: NetnsFactory) -> Non
         with pytest.raises(OSError) as unreachable:
             # a gateway no route reaches: the kernel says why (extended ACK)
             rtnl.route_replace(
-                nc.WireRoute(socket.AF_INET, "10.9.0.0", 24, gateway="203.0.113.1", oif=index)
+                nr.WireRoute(socket.AF_INET, "10.9.0.0", 24, gateway="203.0.113.1", oif=index)
             )
         assert unreachable.value.errno == errno.ENETUNREACH
         ip_says = subprocess.run(
@@ -307,9 +308,9 @@ def test_a_reply_to_another_request_is_not_taken_for_this_ones(netns: NetnsFacto
         # Requests whose answers nobody reads (as after an exception): a
         # refusal and a link, queued ahead of the next request's replies.
         raw = rtnl._sock
-        flags = nc.NLM_F_REQUEST | nc.NLM_F_ACK
-        raw.send(nc.frame(nl.RTM_DELLINK, flags, 900_001, nl.del_body(1_000_000)))
-        raw.send(nc.frame(nl.RTM_GETLINK, flags, 900_002, nl.get_by_name_body("lo")))
+        flags = nw.NLM_F_REQUEST | nw.NLM_F_ACK
+        raw.send(nw.frame(nl.RTM_DELLINK, flags, 900_001, nl.del_body(1_000_000)))
+        raw.send(nw.frame(nl.RTM_GETLINK, flags, 900_002, nl.get_by_name_body("lo")))
         index = rtnl.link_index("a0")
         assert index is not None and index != 1  # not lo's, not the refusal
         rtnl.link_set_up(index, False)  # not failed by the queued ENODEV

@@ -10,6 +10,9 @@ from netaddr import IPAddress, IPNetwork
 
 from felix_lite import netlink_routes as nc
 from felix_lite.model import KernelRoute, NextHop, RouteKind
+from rtnetlink import routes as nr
+from rtnetlink import wire as nw
+from tests.unit.test_rtnetlink_wire import addresses, networks, to_pyroute2
 
 
 def test_kernel_route_translation_both_ways() -> None:
@@ -62,8 +65,8 @@ NAMES = {v: k for k, v in IDX.items()}
 
 @st.composite
 def kernel_routes(draw: st.DrawFn) -> KernelRoute:
-    family = draw(st.sampled_from([nc.AF_INET, nc.AF_INET6]))
-    dst, plen = draw(_net(family))
+    family = draw(st.sampled_from([nw.AF_INET, nw.AF_INET6]))
+    dst, plen = draw(networks(family))
     shape = draw(st.sampled_from(["one", "ecmp", "blackhole"]))
     mtu = draw(st.none() | st.integers(68, 9000))
     table = draw(st.sampled_from([254, 100, 1000]))
@@ -71,7 +74,7 @@ def kernel_routes(draw: st.DrawFn) -> KernelRoute:
         return KernelRoute(IPNetwork(f"{dst}/{plen}"), RouteKind.BLACKHOLE, mtu=mtu, table=table)
     hop = st.builds(
         NextHop,
-        gateway=_addr(family).map(IPAddress),
+        gateway=addresses(family).map(IPAddress),
         ifname=st.sampled_from(sorted(IDX)),
         onlink=st.booleans(),
         weight=st.just(1) if shape == "one" else st.integers(1, 256),
@@ -88,9 +91,9 @@ def test_route_encoder_writes_the_same_bytes_as_the_wire_route_path(
 ) -> None:
     enc = nc.RouteEncoder(IDX, proto)
     wire = nc.wire_from_kernel(route, IDX, proto=proto)
-    assert enc.new_body(route) == nc.encode_route_body(wire)
-    assert enc.delete_body(route) == nc.encode_delete_body(wire)
-    assert enc.new_body(route) == nc.encode_route_body(wire)  # from its cache
+    assert enc.new_body(route) == nr.encode_route_body(wire)
+    assert enc.delete_body(route) == nr.encode_delete_body(wire)
+    assert enc.new_body(route) == nr.encode_route_body(wire)  # from its cache
 
 
 @given(st.lists(kernel_routes(), min_size=1, max_size=12), st.integers(1, 255))
@@ -102,7 +105,7 @@ def test_one_encoder_deletes_many_routes_as_the_wire_route_path(
     enc = nc.RouteEncoder(IDX, proto)
     for route in routes + routes:
         wire = nc.wire_from_kernel(route, IDX, proto=proto)
-        assert enc.delete_body(route) == nc.encode_delete_body(wire)
+        assert enc.delete_body(route) == nr.encode_delete_body(wire)
 
 
 @given(kernel_routes(), st.integers(1, 255))
@@ -110,10 +113,10 @@ def test_route_decoder_reads_the_same_route_as_the_wire_route_path(
     route: KernelRoute, proto: int
 ) -> None:
     dec = nc.RouteDecoder(NAMES)
-    data = _to_pyroute2(nc.wire_from_kernel(route, IDX, proto=proto))
-    [(_t, _f, _s, start, end)] = list(nc.iter_messages(data))
+    data = to_pyroute2(nc.wire_from_kernel(route, IDX, proto=proto))
+    [(_t, _f, _s, start, end)] = list(nw.iter_messages(data))
     got = dec.parse(data, start, end, proto)
-    assert got == nc.kernel_from_wire(nc.parse_route(data, start, end), NAMES)
+    assert got == nc.kernel_from_wire(nr.parse_route(data, start, end), NAMES)
     assert got is not None and got.key == route.key
     assert got.nexthops == route.nexthops and got.mtu == route.mtu
     assert dec.parse(data, start, end, (proto % 255) + 1) is None
@@ -145,5 +148,5 @@ def test_route_decoder_fast_path_on_the_kernels_own_layout() -> None:
     for data in (with_mtu, onlink):
         assert dec.parse(data, 0, len(data), 81) is None
         assert dec.parse(data, 0, len(data)) == nc.kernel_from_wire(
-            nc.parse_route(data, 0, len(data)), {3: "v0"}
+            nr.parse_route(data, 0, len(data)), {3: "v0"}
         )

@@ -1,10 +1,10 @@
-"""netlink_links and netlink_attrs against pyroute2's own rtnetlink classes:
+"""rtnetlink.links and rtnetlink.attrs against pyroute2's own rtnetlink classes:
 what we encode (veth with a peer in another namespace, VXLAN, IPIP, link
 changes, addresses, neighbours and FDB entries), pyroute2 decodes to the
 same fields; what pyroute2 encodes in the shape of the kernel's replies
 (RTM_NEWLINK with IFLA_LINKINFO, RTM_NEWNEIGH), we parse to the same
 fields. The kernel's side of the contract is tests/integration/
-test_netlink_client.py."""
+test_rtnetlink_client.py."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
-from felix_lite import netlink_attrs as na
-from felix_lite import netlink_codec as nc
-from felix_lite import netlink_links as nl
+from rtnetlink import attrs as na
+from rtnetlink import links as nl
+from rtnetlink import wire as nw
 
 
 def _decode(cls: Any, mtype: int, body: bytes) -> Any:
-    msg = cls(nc.frame(mtype, nc.NLM_F_REQUEST, 7, body))
+    msg = cls(nw.frame(mtype, nw.NLM_F_REQUEST, 7, body))
     msg.decode()
-    assert msg["header"]["length"] == nc.HDR_LEN + len(body)
+    assert msg["header"]["length"] == nw.HDR_LEN + len(body)
     return msg
 
 
@@ -33,7 +33,7 @@ def _encoded(msg: Any) -> tuple[bytes, int, int]:
     msg["header"]["type"] = nl.RTM_NEWLINK
     msg.encode()
     data = bytes(msg.data)
-    return data, nc.HDR_LEN, len(data)
+    return data, nw.HDR_LEN, len(data)
 
 
 def test_veth_with_its_peer_in_another_namespace() -> None:
@@ -249,7 +249,7 @@ def test_parse_a_neighbour_as_the_kernel_reports_it() -> None:
     m["header"]["type"] = na.RTM_NEWNEIGH
     m.encode()
     data = bytes(m.data)
-    assert na.parse_neigh(data, nc.HDR_LEN, len(data)) == na.WireNeighbour(
+    assert na.parse_neigh(data, nw.HDR_LEN, len(data)) == na.WireNeighbour(
         na.AF_BRIDGE, 9, 0xC0, na.NTF_SELF, "192.0.2.2", "66:00:00:00:00:02"
     )
     bare = ndmsg()
@@ -257,6 +257,6 @@ def test_parse_a_neighbour_as_the_kernel_reports_it() -> None:
     bare["attrs"] = [("NDA_DST", "fe80::1")]
     bare.encode()
     data = bytes(bare.data)
-    assert na.parse_neigh(data, nc.HDR_LEN, len(data)) == na.WireNeighbour(
+    assert na.parse_neigh(data, nw.HDR_LEN, len(data)) == na.WireNeighbour(
         socket.AF_INET6, 2, 0, 0, "fe80::1", None
     )
