@@ -2,11 +2,13 @@
 (those inside functions too; those under ``if TYPE_CHECKING:`` are for the
 type checker only and never run, so they are left out).
 
-- ``datastore`` (the KV store port and its adapters) imports no other part.
+- The shared plumbing imports no other part: ``datastore`` (the KV store
+  port and its adapters) and ``rtnetlink`` (the kernel's netlink wire and
+  sockets).
 - The subsystems ``ipam``, ``bgpd`` and ``felix_lite`` import only
-  themselves and ``datastore``: never each other, the root, the lab.
-- The composition root ``meshroute`` imports the subsystems and
-  ``datastore``, never ``bench`` or ``tests``; it names ``lab`` in exactly one
+  themselves and the plumbing: never each other, the root, the lab.
+- The composition root ``meshroute`` imports the subsystems and the
+  plumbing, never ``bench`` or ``tests``; it names ``lab`` in exactly one
   place, ``meshroute.cmd_lab``, and only inside a function (``meshroute lab``
   and ``meshroute demo`` hand their arguments to the lab's command line).
 - The lab is test equipment that drives meshroute from outside, as an
@@ -27,7 +29,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ("datastore", "ipam", "bgpd", "felix_lite", "meshroute", "lab", "bench", "tests")
+PARTS = (
+    "datastore",
+    "rtnetlink",
+    "ipam",
+    "bgpd",
+    "felix_lite",
+    "meshroute",
+    "lab",
+    "bench",
+    "tests",
+)
+PLUMBING = ("datastore", "rtnetlink")
 SUBSYSTEMS = ("ipam", "bgpd", "felix_lite")
 LAB_MAY_USE = ("bgpd.bird_config",)
 LAB_ENTRY = "meshroute.cmd_lab"
@@ -99,10 +112,10 @@ def violations(graph: Mapping[str, list[Import]]) -> list[str]:
             if dst == src:
                 continue
             where = f"{module}:{imp.line} imports {imp.target}"
-            if src == "datastore":
-                found.append(f"{where}: the datastore imports no other part")
-            elif src in SUBSYSTEMS and dst != "datastore":
-                found.append(f"{where}: a subsystem imports only itself and datastore")
+            if src in PLUMBING:
+                found.append(f"{where}: the plumbing ({src}) imports no other part")
+            elif src in SUBSYSTEMS and dst not in PLUMBING:
+                found.append(f"{where}: a subsystem imports only itself and the plumbing")
             elif src == "meshroute" and dst in ("bench", "tests"):
                 found.append(f"{where}: the product never imports {dst}")
             elif src == "meshroute" and dst == "lab" and (module != LAB_ENTRY or not imp.lazy):
@@ -175,6 +188,7 @@ def test_the_reader_sees_the_real_imports(graph: dict[str, list[Import]]) -> Non
     process = {i.target for i in graph["meshroute.node.process"]}
     assert {"bgpd.speaker", "felix_lite.reconciler", "meshroute.etcd_options"} <= process
     assert next(i for i in graph[LAB_ENTRY] if i.target == "lab.cli").lazy
+    assert "rtnetlink.client" in {i.target for i in graph["ipam.pod_link"]}
     # type-checking-only imports are no edges (node.metrics names the process
     # for its annotations; the process renders what node.metrics computes)
     assert "meshroute.node.process" not in {i.target for i in graph["meshroute.node.metrics"]}
@@ -190,9 +204,11 @@ def _graph(**modules: list[tuple[str, bool]]) -> dict[str, list[Import]]:
 def test_the_rules_catch_each_kind_of_breach() -> None:
     bad = _graph(
         datastore__port=[("ipam.model", False)],
+        rtnetlink__client=[("felix_lite.netlink_bulk", False), ("datastore.port", True)],
         bgpd__rib=[("felix_lite.model", False)],
         felix_lite__planner=[("meshroute.node.config", False)],
         ipam__ipam=[("datastore.port", False), ("lab.netns", True)],
+        ipam__pod_link=[("rtnetlink.client", False), ("felix_lite.netlink_routes", False)],
         meshroute__cli=[("lab.cli", True)],
         meshroute__cmd_lab=[("lab.cli", False)],
         meshroute__node__process=[("tests.harness", True)],
@@ -203,9 +219,12 @@ def test_the_rules_catch_each_kind_of_breach() -> None:
     found = violations(bad)
     for culprit in (
         "datastore.port:1 imports ipam.model",
+        "rtnetlink.client:1 imports felix_lite.netlink_bulk",
+        "rtnetlink.client:1 imports datastore.port",
         "bgpd.rib:1 imports felix_lite.model",
         "felix_lite.planner:1 imports meshroute.node.config",
         "ipam.ipam:1 imports lab.netns",
+        "ipam.pod_link:1 imports felix_lite.netlink_routes",
         "meshroute.cli:1 imports lab.cli",
         "meshroute.cmd_lab:1 imports lab.cli",
         "meshroute.node.process:1 imports tests.harness",
@@ -214,8 +233,15 @@ def test_the_rules_catch_each_kind_of_breach() -> None:
         "bench.ipam:1 imports tests.harness.cni",
     ):
         assert any(f.startswith(culprit) for f in found), (culprit, found)
-    assert len(found) == 10, found  # and nothing allowed is flagged
+    assert len(found) == 13, found  # and nothing allowed is flagged
     assert violations(_graph(meshroute__cmd_lab=[("lab.cli", True)])) == []
+    plumbing_users = _graph(
+        felix_lite__netlink_bulk=[("rtnetlink.sockets", False), ("datastore.port", False)],
+        bgpd__speaker=[("rtnetlink.routes", True)],
+        meshroute__node__process=[("rtnetlink.client", False)],
+        bench__routes=[("rtnetlink.wire", True)],
+    )
+    assert violations(plumbing_users) == []
 
 
 def test_circles_are_found() -> None:
