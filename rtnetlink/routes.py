@@ -87,7 +87,10 @@ class WireNexthop:
 @dataclass(frozen=True, slots=True)
 class WireRoute:
     """A route as rtnetlink carries it. ``dst`` is the network address as
-    text; ``flags`` are rtm_flags (RTNH_F_ONLINK for a single-path route)."""
+    text; ``flags`` are rtm_flags (RTNH_F_ONLINK for a single-path route).
+    ``proto`` and ``table`` default to the kernel's own (RTPROT_BOOT, main):
+    the wire knows no owner, so a caller that owns its routes names its
+    protocol."""
 
     family: int
     dst: str
@@ -122,6 +125,8 @@ def _table_fields(table: int) -> tuple[int, bytes]:
 
 
 def multipath_attr(family: int, hops: tuple[WireNexthop, ...]) -> bytes:
+    """RTA_MULTIPATH of ``hops`` (felix_lite's encoder builds its own next
+    hops with it too)."""
     gw_hdr = RTA_GW4 if family == AF_INET else RTA_GW6
     body = []
     for nh in hops:
@@ -200,6 +205,7 @@ def encode_dump_request(family: int, seq: int, *, proto: int = 0, table: int = 0
 def parse_multipath(
     buf: bytes | bytearray | memoryview, family: int, off: int, end: int
 ) -> tuple[WireNexthop, ...]:
+    """The rtnexthops of the RTA_MULTIPATH payload at ``buf[off:end]``."""
     hops = []
     while off + 8 <= end:
         nh_len, nh_flags, nh_hops, ifindex = _RTNH.unpack_from(buf, off)
@@ -220,6 +226,7 @@ def parse_multipath(
 
 
 def parse_mtu(buf: bytes | bytearray | memoryview, off: int, end: int) -> int | None:
+    """RTAX_MTU of the RTA_METRICS payload at ``buf[off:end]``, if there."""
     while off + 4 <= end:
         alen, atype = RTA.unpack_from(buf, off)
         if alen < 4:

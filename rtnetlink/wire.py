@@ -97,6 +97,7 @@ def parse_error(
 
 
 def ntop(family: int, buf: bytes | bytearray | memoryview, off: int, alen: int) -> str:
+    """The address of ``family`` at ``buf[off : off + alen]`` as text."""
     return socket.inet_ntop(family, bytes(buf[off : off + alen]))
 
 
