@@ -152,7 +152,7 @@ async def _one_more(n: int, repeat: int) -> dict[str, object]:
     table = FakeRouteTable()
     rec = Reconciler(table)
     planner.update(_felix(rib.take_all()))
-    rec.set_desired(planner.state())
+    rec.set_whole(planner.whole())
     await rec.sync_once(full=True)
     extra = iter(prefixes[n:])
 

@@ -113,7 +113,7 @@ async def _child_reconciler(n: int) -> dict[str, Any]:
         t0, c0 = time.perf_counter(), time.process_time()
         planner = IncrementalPlanner(host)
         planner.update(best_changes(best))
-        rec.set_desired(planner.state())
+        rec.set_whole(planner.whole())
         first = await rec.sync_once(full=True)
         install_s = time.perf_counter() - t0
         install_cpu_s = time.process_time() - c0
@@ -385,7 +385,7 @@ def bench(n: int, repeat: int, pyroute2_n: int) -> dict[str, Any]:
     result["repeat"] = repeat
     result["samples"] = {k: [round(x, 4) for x in v] for k, v in samples.items()}
     result["paths"] = {
-        "install_routes_per_s": "IncrementalPlanner.update + Reconciler.set_desired + "
+        "install_routes_per_s": "IncrementalPlanner.update + Reconciler.set_whole + "
         "Reconciler.sync_once(full=True) from an empty table",
         "table_routes_per_s": f"NetlinkRouteTable.apply_routes, {TABLE_BATCH} routes per call",
         "install_bulk_routes_per_s": "BulkRoutes.apply, routes already in wire form",

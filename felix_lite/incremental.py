@@ -13,8 +13,8 @@ Pure: no I/O, no clock.
 
 Both return a ``DesiredChange`` for the reconciler, and pause the cyclic
 GC while they plan (``felix_lite.gc_pause``: a whole table's objects make
-no cycles). ``state()`` and
-``unroutable()`` are the whole picture (O(table): for a full resync and for
+no cycles). ``state()`` (and ``whole()``, the same as a change from
+nothing) and ``unroutable()`` are the whole picture (O(table): for a full resync and for
 tests); after any sequence of calls they equal ``plan_kernel`` of the same
 host and routes (tests/unit/test_felix_incremental.py).
 """
@@ -163,12 +163,22 @@ class IncrementalPlanner:
     # ---- the whole picture ------------------------------------------------
 
     def state(self) -> KernelState:
+        return dataclasses.replace(self._base(), routes=frozenset(self._routes()))
+
+    def whole(self) -> DesiredChange:
+        """``state()`` as one change from nothing, for ``Reconciler.set_whole``:
+        every route in the order planned, which is about their order in
+        memory (the order a pass walks them best), with no set to build
+        and sort back into that order; the rest is its base."""
+        return DesiredChange(upserts=tuple(self._routes()), base=self._base())
+
+    def _routes(self) -> list[KernelRoute]:
         routes = list(self._ctx.blackholes.values())
         for held in self._planned.values():
             route = held if isinstance(held, KernelRoute) else held[0]
             if route is not None:
                 routes.append(route)
-        return dataclasses.replace(self._base(), routes=frozenset(routes))
+        return routes
 
     def unroutable(self) -> tuple[Unroutable, ...]:
         return tuple(

@@ -1,7 +1,8 @@
 """The route table reconciler: owns desired and actual kernel state and
 applies the difference through the ports.
 
-- ``set_desired`` (a whole new state) and ``apply_change`` (a
+- ``set_desired`` (a whole new state; ``set_whole``: the same, its routes
+  already in the order to walk them) and ``apply_change`` (a
   ``DesiredChange``: routes by key plus the small rest) only store what
   they are given and mark the reconciler dirty; the loop in ``run`` does the
   work, so a burst of updates costs one pass.
@@ -218,14 +219,24 @@ class Reconciler:
         # routes were made in, not in the set's hash order: the pass then
         # walks memory in order, where the hash order cost a cache miss per
         # object touched (~1.5 us a route of a 100k-route start's pass).
-        routes = index_routes(sorted(state.routes, key=id))
+        routes = tuple(sorted(state.routes, key=id))
+        self.set_whole(DesiredChange(routes, (), dataclasses.replace(state, routes=frozenset())))
+
+    def set_whole(self, whole: DesiredChange) -> None:
+        """``set_desired`` of the state ``whole`` makes from nothing: its
+        upserts are every route, in the order a pass should walk them (a
+        planner's order: see ``IncrementalPlanner.whole``), its base the
+        rest."""
+        if whole.removes or whole.base.routes:
+            raise ValueError("a whole state is its upserts and a base without routes")
+        routes = index_routes(whole.upserts)
         foreign = set(map(itemgetter(0), routes)) - {self.table}  # no Python call per route
         if foreign:
             log.warning("ignoring desired routes in tables %s", sorted(foreign))
             routes = {key: r for key, r in routes.items() if key[0] == self.table}
         # The routes live on in _desired_routes only: a second copy of a
         # 100k-route set is ~4 MB.
-        self._desired = dataclasses.replace(state, routes=frozenset())
+        self._desired = whole.base
         self._desired_routes = routes
         self._pending.clear()
         self._changed_keys.clear()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import shutil
 import subprocess
@@ -52,7 +51,6 @@ from bgpd.sessions import Sessions
 from bgpd.speaker import Speaker, SpeakerSettings
 from felix_lite.host_state import HostChange
 from felix_lite.incremental import IncrementalPlanner
-from felix_lite.model import DesiredChange
 from felix_lite.netlink_host import NetlinkHost
 from felix_lite.netlink_table import NetlinkRouteTable
 from felix_lite.reconciler import Reconciler
@@ -497,17 +495,11 @@ class NodeProcess:
                 self.reconciler.apply_change(self.planner.update(changes))
         assert self.planner is not None
         if synced and (fresh or not self._whole_handed.is_set()):
-            self.reconciler.set_desired(self.planner.state())
+            self.reconciler.set_whole(self.planner.whole())
             self._whole_handed.set()
             self._side_task(self._settle_heap())
         elif fresh:  # before the sync: what is planned so far, nothing swept
-            state = self.planner.state()
-            # in memory order, as set_desired takes them (see Reconciler.set_desired)
-            so_far = DesiredChange(
-                upserts=tuple(sorted(state.routes, key=id)),
-                base=dataclasses.replace(state, routes=frozenset()),
-            )
-            self.reconciler.apply_change(so_far)
+            self.reconciler.apply_change(self.planner.whole())
         for u in self.planner.take_new_unroutable():
             log.info("not installed: %s via %s: %s", u.prefix, u.nexthop, u.reason)
 

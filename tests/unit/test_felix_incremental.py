@@ -129,6 +129,10 @@ def test_incremental_plan_equals_a_plan_from_scratch(
         scratch = plan_kernel(dataclasses.replace(host, routes=tuple(table.values())))
         assert plan.state() == scratch.state
         assert change.base == dataclasses.replace(scratch.state, routes=frozenset())
+        whole = plan.whole()  # the same state, as a change from nothing
+        assert len(whole.upserts) == len(scratch.state.routes)
+        assert frozenset(whole.upserts) == scratch.state.routes
+        assert not whole.removes and whole.base == change.base
         assert set(mirror.values()) == set(scratch.state.routes)
         assert unroutable_set(plan.unroutable()) == unroutable_set(scratch.unroutable)
         assert plan.unroutable_count == len(scratch.unroutable)
@@ -147,7 +151,7 @@ def test_reconciler_fed_changes_ends_where_a_full_resync_does(
         rec = Reconciler(FakeRouteTable(kernel))
         plan = IncrementalPlanner(first)
         host, table = first, {}
-        rec.set_desired(plan.state())
+        rec.set_whole(plan.whole())  # as the node hands its planner's table over
         await rec.sync_once(full=True)
         for kind, arg in steps_:
             if kind == "host":

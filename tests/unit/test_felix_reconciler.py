@@ -87,6 +87,29 @@ def test_stale_owned_swept_changed_replaced_foreign_kept() -> None:
     asyncio.run(go())
 
 
+def test_a_whole_state_as_a_change_is_set_desired_and_nothing_else() -> None:
+    async def go() -> None:
+        k = FakeKernel()
+        k.add_foreign(route(1), PROTO)  # stale, from a previous run
+        rec = Reconciler(FakeRouteTable(k))
+        neighbor = NeighborEntry("vxlan.calico", A("10.244.9.0"), "66:00:00:00:00:01")
+        rec.set_whole(
+            DesiredChange(upserts=(route(3), route(2)), base=state(neighbors=frozenset([neighbor])))
+        )
+        rep = await rec.sync_once(full=True)
+        assert (rep.route_adds, rep.route_deletes) == (2, 1)
+        assert k.owned(PROTO) == {route(2), route(3)}
+        assert set(k.neighbors.values()) == {neighbor}
+        for bad in (
+            DesiredChange(upserts=(route(2),), removes=(route(3).key,)),
+            DesiredChange(base=state(route(2))),
+        ):
+            with pytest.raises(ValueError):
+                rec.set_whole(bad)
+
+    asyncio.run(go())
+
+
 def test_changes_before_the_whole_state_program_routes_but_sweep_nothing() -> None:
     """A restarted node programs what it learns before its peers finished
     sending (``apply_change`` before ``set_desired``): the last run's routes
