@@ -39,7 +39,11 @@ Figures:
   until its prefixes are in every other client's table (BIRD's connect
   delay, 0.75-1 s, is part of it in both);
   ``anchor_config_change_s``: the same by rewriting the hand-written file
-  and ``birdc configure``, measured against the anchor.
+  and ``birdc configure``, measured against the anchor;
+- ``config_applied_s`` / ``anchor_config_applied_s``: from the same write
+  until the reflector's BIRD has the new session past Idle (polled every
+  5 ms): the part of ``config_change_s`` that is the reflector's, before
+  BIRD's connect delay and BGP take over.
 
 Each of the ``--repeat`` rounds runs both reflectors, alternating which one
 goes first; medians are reported with their samples. The last line is one
@@ -165,14 +169,28 @@ def sessions_waiting(birdc: Callable[..., str], n: int) -> Callable[[], bool]:
     return check
 
 
-def wait(pred: Callable[[], bool], timeout: float, what: str) -> float:
+def wait(pred: Callable[[], bool], timeout: float, what: str, poll: float = POLL_S) -> float:
     deadline = time.monotonic() + timeout
     while True:
         if pred():
             return time.monotonic()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(POLL_S)
+        time.sleep(poll)
+
+
+def session_configured(birdc: Callable[..., str], address: str) -> Callable[[], bool]:
+    """True once the reflector's BIRD has a BGP session to ``address``
+    past Idle: the configuration change is in, and BIRD is about to
+    connect (its connect delay running)."""
+
+    def check() -> bool:
+        sessions = parse_show_protocols_all(birdc("show", "protocols", "all"))
+        return any(
+            s.neighbor == address and s.bgp_state not in ("", "Idle", "Down") for s in sessions
+        )
+
+    return check
 
 
 def all_have(
@@ -238,10 +256,12 @@ def sample(
     clients: Sequence[Client],
     late: Client,
     add_late: Callable[[], None],
+    reflector_birdc: Callable[..., str],
     t0: float,
-) -> tuple[float, float, float]:
-    """(sessions up, convergence, config change), in seconds; the first two
-    from ``t0``, the moment the reflector's BIRD started."""
+) -> tuple[float, float, float, float]:
+    """(sessions up, convergence, config change, config applied), in
+    seconds; the first two from ``t0``, the moment the reflector's BIRD
+    started."""
     names = [c.name for c in clients]
     per = len(clients[0].prefixes)
     want = per * (len(clients) - 1)
@@ -254,11 +274,14 @@ def sample(
     bird.birdc("enable", f"{late.name}_rr1")
     t1 = time.monotonic()
     add_late()
+    applied = (
+        wait(session_configured(reflector_birdc, late.address), 60, "the late session", 0.005) - t1
+    )
     change = wait(all_have(bird, names, want + per), 120, "the late client's routes") - t1
     # down before the reflector goes, so a new one starts with no client knocking
     bird.birdc("disable", '"*_rr1"')
     wait(all_have(bird, [*names, late.name], 0), 60, "clients down")
-    return up_at[0] - t0, conv, change
+    return up_at[0] - t0, conv, change, applied
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         register(etcd.endpoint, clients)
-        anchor_s, anchor_change, anchor_up = [], [], []
-        conv_s, change_s, conv_up, launch_s = [], [], [], []
+        anchor_s, anchor_change, anchor_up, anchor_applied = [], [], [], []
+        conv_s, change_s, conv_up, launch_s, applied_s = [], [], [], [], []
 
         def run_anchor(i: int) -> None:
             nonlocal anchor
@@ -301,10 +324,13 @@ def main(argv: list[str] | None = None) -> int:
                 a.conf.write_text(anchor_conf([*clients, late]))
                 a.birdc("configure")
 
-            up, conv, change = sample(bird, clients, late, add_late_by_hand, t0)
+            up, conv, change, applied = sample(
+                bird, clients, late, add_late_by_hand, anchor.birdc, t0
+            )
             anchor_up.append(up)
             anchor_s.append(conv)
             anchor_change.append(change)
+            anchor_applied.append(applied)
             result["anchor_rss_mb"] = round(rss_mb(anchor.proc.pid), 1)
             anchor.stop()
             anchor = None
@@ -343,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 )
 
-            up, conv, change = sample(bird, clients, late, add_late_in_etcd, t0)
+            up, conv, change, applied = sample(bird, clients, late, add_late_in_etcd, rr.birdc, t0)
             conv_up.append(up)
             conv_s.append(conv)
             change_s.append(change)
+            applied_s.append(applied)
             assert rr.proc is not None
             result["bird_rss_mb"] = round(rss_mb(bird_pid), 1)
             result["process_rss_mb"] = round(rss_mb(rr.proc.pid), 1)
@@ -367,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             reflector_rss_mb=round(result["bird_rss_mb"] + result["process_rss_mb"], 1),
             config_change_s=round(statistics.median(change_s), 3),
             anchor_config_change_s=round(statistics.median(anchor_change), 3),
+            config_applied_s=round(statistics.median(applied_s), 3),
+            anchor_config_applied_s=round(statistics.median(anchor_applied), 3),
             sessions_up_s=round(statistics.median(conv_up), 3),
             anchor_sessions_up_s=round(statistics.median(anchor_up), 3),
             launch_to_bird_s=round(statistics.median(launch_s), 3),
@@ -375,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                 "anchor_s": [round(x, 3) for x in anchor_s],
                 "config_change_s": [round(x, 3) for x in change_s],
                 "anchor_config_change_s": [round(x, 3) for x in anchor_change],
+                "config_applied_s": [round(x, 3) for x in applied_s],
+                "anchor_config_applied_s": [round(x, 3) for x in anchor_applied],
                 "sessions_up_s": [round(x, 3) for x in conv_up],
                 "anchor_sessions_up_s": [round(x, 3) for x in anchor_up],
                 "launch_to_bird_s": [round(x, 3) for x in launch_s],
