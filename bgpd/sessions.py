@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from netaddr import IPAddress
+from netaddr import IPAddress, IPNetwork
 
 from bgpd.model import (
     EorEvent,
@@ -50,7 +50,7 @@ from bgpd.model import (
     StateEvent,
     UpdateEvent,
 )
-from bgpd.policy import MaxPrefixAction
+from bgpd.policy import MaxPrefixAction, RejectReason
 from bgpd.rib import PeerInfo, Rib, decide_limit_raised
 
 log = logging.getLogger("bgpd.sessions")
@@ -103,6 +103,10 @@ class Sessions:
         self._bfd_down: set[IPAddress] = set()
         self.down_reason: dict[IPAddress, str] = {}
         self.bfd_downs: Counter[IPAddress] = Counter()
+        # (peer, reason) already logged at info in this session: a peer's
+        # rejected prefixes can be 100k (a ToR's full table), and every node
+        # rejects the others' service addresses; BIRD and FRR log none.
+        self._rejects_told: set[tuple[IPAddress, RejectReason]] = set()
 
     # ---- configuration ----------------------------------------------------
 
@@ -146,6 +150,7 @@ class Sessions:
             self._eor_from.discard(gone)
             self._bfd_down.discard(gone)
             self.down_reason.pop(gone, None)
+            self._forget_rejects_told(gone)
             changed |= bool(self.rib.peer_down(gone))
             timer = self._gr_timers.pop(gone, None)
             if timer is not None:
@@ -218,6 +223,7 @@ class Sessions:
             log.info("peer %s: %s (%s)", e.peer, e.state.value, e.reason or "no reason given")
             if e.peer in self._peers:
                 self._since[e.peer] = self._clock()
+            self._forget_rejects_told(e.peer)
             if e.state is SessionState.DOWN:
                 if e.peer not in self._bfd_down:
                     self.down_reason[e.peer] = f"BGP: {e.reason or 'session closed'}"
@@ -245,11 +251,27 @@ class Sessions:
         self.received[e.peer] += len(e.announced)
         res = self.rib.apply_update(e, self.peer_info(peer))
         for prefix, reason in res.rejected:  # counted by the RIB
-            log.info("rejected %s from %s: %s", prefix, e.peer, reason.value)
+            self._log_rejected(e.peer, prefix, reason)
         if res.close_session:
             self._hold_down(peer)
         if res.changed:
             self._on_routes_changed()
+
+    def _log_rejected(self, peer: IPAddress, prefix: IPNetwork, reason: RejectReason) -> None:
+        """The first rejection of a reason from a peer in a session at info,
+        the rest at debug (meshroute_bgp_prefixes_rejected counts them all)."""
+        if (peer, reason) in self._rejects_told:
+            log.debug("rejected %s from %s: %s", prefix, peer, reason.value)
+            return
+        self._rejects_told.add((peer, reason))
+        log.info(
+            "rejected %s from %s: %s (more for this reason are counted in "
+            "meshroute_bgp_prefixes_rejected and logged at debug)",
+            prefix, peer, reason.value,
+        )  # fmt: skip
+
+    def _forget_rejects_told(self, peer: IPAddress) -> None:
+        self._rejects_told = {told for told in self._rejects_told if told[0] != peer}
 
     def _peer_down(self, address: IPAddress) -> None:
         notified = address in self._notified

@@ -6,8 +6,10 @@ state map."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
+import pytest
 from netaddr import IPAddress, IPNetwork
 
 from bgpd.model import (
@@ -19,7 +21,7 @@ from bgpd.model import (
     StateEvent,
     UpdateEvent,
 )
-from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule
+from bgpd.policy import ImportContext, MaxPrefixAction, PoolRule, RejectReason
 from bgpd.rib import Rib
 from bgpd.sessions import SessionPeer, Sessions
 
@@ -213,4 +215,50 @@ def test_bfd_down_drops_routes_at_once_ignores_updates_until_up_and_says_why() -
         assert not r.s.bfd_up(A.address)  # was not down
         assert not r.s.bfd_down(IPAddress("192.0.2.99"), "unknown peer", tear_down=True)
 
+    asyncio.run(go())
+
+
+def test_rejections_are_told_once_per_peer_and_reason_in_a_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outside = [IPNetwork(f"198.18.0.{i}/32") for i in range(3)]
+
+    def told() -> list[tuple[int, str]]:
+        out = [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records]
+        caplog.clear()
+        return out
+
+    async def go() -> None:
+        r = Rig()
+        r.s.set_peers([A, B])
+        r.state(A, SessionState.ESTABLISHED)
+        r.state(B, SessionState.ESTABLISHED)
+        caplog.clear()
+        r.s.on_event(announce(A, *outside))
+        r.s.on_event(announce(A, IPNetwork("0.0.0.0/0")))
+        r.s.on_event(announce(B, outside[0]))
+        assert told() == [
+            (logging.INFO, "rejected 198.18.0.0/32 from 192.0.2.2: not-in-pool"),
+            (logging.DEBUG, "rejected 198.18.0.1/32 from 192.0.2.2: not-in-pool"),
+            (logging.DEBUG, "rejected 198.18.0.2/32 from 192.0.2.2: not-in-pool"),
+            (logging.INFO, "rejected 0.0.0.0/0 from 192.0.2.2: default-route"),
+            (logging.INFO, "rejected 198.18.0.0/32 from 192.0.2.3: not-in-pool"),
+        ]
+        r.s.on_event(announce(A, outside[1]))
+        assert told() == [(logging.DEBUG, "rejected 198.18.0.1/32 from 192.0.2.2: not-in-pool")]
+        # a new session is told again; the other peer's is not
+        r.state(A, SessionState.DOWN)
+        r.state(A, SessionState.ESTABLISHED)
+        caplog.clear()
+        r.s.on_event(announce(A, outside[2]))
+        r.s.on_event(announce(B, outside[1]))
+        assert told() == [
+            (logging.INFO, "rejected 198.18.0.2/32 from 192.0.2.2: not-in-pool"),
+            (logging.DEBUG, "rejected 198.18.0.1/32 from 192.0.2.3: not-in-pool"),
+        ]
+        # every one is counted all the same
+        assert r.rib.rejects.get(A.address, RejectReason.NOT_IN_POOL) == 5
+        assert r.rib.rejects.get(B.address, RejectReason.NOT_IN_POOL) == 2
+
+    caplog.set_level(logging.DEBUG, logger="bgpd.sessions")
     asyncio.run(go())
