@@ -44,8 +44,9 @@ from netaddr import IPAddress
 
 from bench.mmsg import RecvBatch, SendBatch, pktinfo, sockaddr
 from bench.report import print_result, require_root
-from bgpd.bfd.sockets import ANC_SPACE, close_quietly, in_netns, open_receiver, open_sender
+from bgpd.bfd.sockets import ANC_SPACE, close_quietly, open_receiver, open_sender
 from lab.netns import Netns, NetnsFactory, veth
+from rtnetlink.sockets import in_netns
 
 PORT = 13784  # not BFD's: nothing else in these namespaces answers it
 INTERVAL_S = 0.05 * 0.875

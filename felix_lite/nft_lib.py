@@ -23,15 +23,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from felix_lite.nft_reconciler import LIST_TABLE, NftError, applied, listed
+from rtnetlink.sockets import netns_path, setns
 
 LIBRARY = "libnftables.so.1"
-CLONE_NEWNET = 0x40000000
 _OUTPUT_JSON = 1 << 4
 _OUTPUT_TERSE = 1 << 11
-
-
-def _netns_path(netns: str) -> str:
-    return netns if "/" in netns else f"/var/run/netns/{netns}"
 
 
 def _load(library: str) -> ctypes.CDLL:
@@ -77,14 +73,13 @@ class NftLib:
         if self.netns is not None:
             # The worker never leaves the namespace: it serves this port alone.
             try:
-                fd = os.open(_netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:
                 raise NftError(f"network namespace {self.netns}: {e.strerror}") from e
             try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise NftError(f"setns into {self.netns}: {os.strerror(err)}")
+                setns(fd, self.netns)
+            except OSError as e:
+                raise NftError(str(e)) from e
             finally:
                 os.close(fd)
         ctx = lib.nft_ctx_new(0)

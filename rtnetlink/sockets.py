@@ -2,9 +2,10 @@
 
 This module owns opening a bound rtnetlink socket (``netlink_socket``,
 optionally joined to multicast groups), entering a network namespace on one
-thread (``setns``, ``netns_path``), and the socket option numbers the
-clients set (SOL_NETLINK's NETLINK_*, SO_*BUFFORCE), which Python's
-``socket`` module does not name.
+thread (``setns``, ``netns_path``; ``in_netns`` runs a function there, for
+any socket: BFD's too), and the socket option numbers the clients set
+(SOL_NETLINK's NETLINK_*, SO_*BUFFORCE), which Python's ``socket`` module
+does not name.
 
 Network namespaces: a socket belongs to the namespace it was created in, for
 life. ``netlink_socket(netns=...)`` creates it in a short-lived thread that
@@ -19,6 +20,8 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
@@ -27,6 +30,7 @@ NETLINK_GET_STRICT_CHK = 12
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def netns_path(netns: str) -> str:
@@ -43,32 +47,39 @@ def setns(fd: int, name: str) -> None:
         raise OSError(err, f"setns into {name}: {os.strerror(err)}")
 
 
-def netlink_socket(netns: str | None = None, *, groups: int = 0) -> socket.socket:
-    """A bound NETLINK_ROUTE socket in ``netns`` (a name under /var/run/netns
-    or a path; None: the caller's namespace)."""
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """``fn()`` run in ``netns`` (a name under /var/run/netns or a path;
+    None: here), on a short-lived thread that enters it first and ends
+    there: nothing else ever runs in it. What ``fn`` opens (sockets) stays
+    in that namespace for life; its errors are raised here."""
     if netns is None:
-        return _new_socket(groups)
+        return fn()
     fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    result: list[socket.socket | BaseException] = []
+    box: list[T] = []
+    errors: list[BaseException] = []
 
-    def enter_and_open() -> None:
+    def inside() -> None:
         try:
             setns(fd, netns)
-            result.append(_new_socket(groups))
+            box.append(fn())
         except BaseException as e:  # handed to the caller's thread
-            result.append(e)
+            errors.append(e)
 
     try:
-        # This thread ends inside the namespace; nothing else ever runs in it.
-        t = threading.Thread(target=enter_and_open, name=f"netns-{netns}")
+        t = threading.Thread(target=inside, name=f"netns-{netns}")
         t.start()
         t.join()
     finally:
         os.close(fd)
-    got = result[0]
-    if isinstance(got, BaseException):
-        raise got
-    return got
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def netlink_socket(netns: str | None = None, *, groups: int = 0) -> socket.socket:
+    """A bound NETLINK_ROUTE socket in ``netns`` (a name under /var/run/netns
+    or a path; None: the caller's namespace)."""
+    return in_netns(netns, lambda: _new_socket(groups))
 
 
 def _new_socket(groups: int) -> socket.socket:

@@ -10,14 +10,10 @@ there."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import random
 import socket
 import struct
 import sys
-import threading
-from collections.abc import Callable
 from typing import TypeVar
 
 from netaddr import IPAddress
@@ -37,37 +33,7 @@ TTL_CMSG = {  # the (level, type) of the TTL's control message, by family
 }
 TTL_255 = TTL.to_bytes(4, sys.byteorder)  # that message's data for TTL 255
 _TTL_KINDS = frozenset(TTL_CMSG.values())
-_CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
-
-
-def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """``fn()`` run in ``netns`` (a name under /run/netns) or here when None."""
-    if netns is None:
-        return fn()
-    box: list[T] = []
-    errors: list[BaseException] = []
-
-    def inside() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box.append(fn())
-        except BaseException as e:  # handed to the caller
-            errors.append(e)
-
-    t = threading.Thread(target=inside, name=f"bfd-netns-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
-    return box[0]
 
 
 def family_of(addr: IPAddress) -> socket.AddressFamily:

@@ -44,10 +44,10 @@ from bgpd.bfd.sockets import (
     close_quietly,
     connect_if_routed,
     family_of,
-    in_netns,
     open_receiver,
     open_sender,
 )
+from rtnetlink.sockets import in_netns
 
 log = logging.getLogger("bgpd.bfd")
 # how late a periodic packet may leave, to share a wakeup (engine.c reads a

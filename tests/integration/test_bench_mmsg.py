@@ -24,8 +24,9 @@ from typing import TypeVar
 import pytest
 
 from bench.mmsg import RecvBatch, SendBatch, pktinfo, sockaddr
-from bgpd.bfd.sockets import ANC_SPACE, TTL, in_netns, open_receiver, open_sender, received_meta
+from bgpd.bfd.sockets import ANC_SPACE, TTL, open_receiver, open_sender, received_meta
 from lab.netns import Netns, NetnsFactory, veth
+from rtnetlink.sockets import in_netns
 
 pytestmark = pytest.mark.netns
 PORT = 23784

@@ -23,8 +23,9 @@ from bgpd.bfd import session as sm
 from bgpd.bfd.engine import Engine, Expired, Packet, Route
 from bgpd.bfd.packet import ControlPacket, State, encode
 from bgpd.bfd.running import Running
-from bgpd.bfd.sockets import TTL, close_quietly, in_netns, open_receiver, open_sender
+from bgpd.bfd.sockets import TTL, close_quietly, open_receiver, open_sender
 from lab.netns import Netns, NetnsFactory
+from rtnetlink.sockets import in_netns
 
 pytestmark = pytest.mark.netns
 LO = "127.0.0.1"

@@ -22,9 +22,10 @@ from netaddr import IPAddress
 
 from bgpd.bfd.packet import ControlPacket, State, decode, encode
 from bgpd.bfd.session import Timers
-from bgpd.bfd.sockets import SINGLE_HOP_PORT, TTL, close_quietly, in_netns
+from bgpd.bfd.sockets import SINGLE_HOP_PORT, TTL, close_quietly
 from bgpd.bfd.speaker import BfdChange, BfdSpeaker, PeerSpec
 from lab.netns import Netns, NetnsFactory, veth
+from rtnetlink.sockets import in_netns
 
 pytestmark = pytest.mark.netns
 N_IP, R_IP = "192.0.2.1", "192.0.2.2"
