@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import socket
-import struct
 from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
@@ -22,9 +21,6 @@ from felix_lite.inputs import HostInterface, UnderlayRoute
 from rtnetlink import routes as nr
 from rtnetlink import wire as nw
 
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-_U32 = struct.Struct("=I")
 _NEW = {nw.RTM_NEWLINK, nw.RTM_NEWADDR, nr.RTM_NEWROUTE}
 _ROUTE_MSGS = {nr.RTM_NEWROUTE, nr.RTM_DELROUTE}
 
@@ -145,7 +141,7 @@ def _underlay_order(u: UnderlayRoute) -> tuple[int, int, int, str, str]:
 def parse_underlay_route(buf: bytes, start: int, end: int) -> _ParsedRoute | None:
     """The fields of an RTM_*ROUTE payload that identify it and that an
     underlay route keeps (the metric too: two default routes differ by it)."""
-    family, dst_len, _src, tos, table, _proto, _scope, rtype, rflags = _RTMSG.unpack_from(
+    family, dst_len, _src, tos, table, _proto, _scope, rtype, rflags = nr.RTMSG.unpack_from(
         buf, start
     )
     alen_addr = {socket.AF_INET: 4, socket.AF_INET6: 16}.get(family)
@@ -155,9 +151,9 @@ def parse_underlay_route(buf: bytes, start: int, end: int) -> _ParsedRoute | Non
     gateway: bytes | None = None
     oif: int | None = None
     priority = 0
-    off = start + _RTMSG.size
+    off = start + nr.RTMSG.size
     while off + 4 <= end:
-        alen, atype = _RTA.unpack_from(buf, off)
+        alen, atype = nw.RTA.unpack_from(buf, off)
         if alen < 4:
             break
         if atype == nr.RTA_DST:
@@ -165,11 +161,11 @@ def parse_underlay_route(buf: bytes, start: int, end: int) -> _ParsedRoute | Non
         elif atype == nr.RTA_GATEWAY:
             gateway = bytes(buf[off + 4 : off + 4 + alen_addr])
         elif atype == nr.RTA_OIF:
-            oif = int(_U32.unpack_from(buf, off + 4)[0])
+            oif = int(nw.U32.unpack_from(buf, off + 4)[0])
         elif atype == nr.RTA_TABLE:
-            table = int(_U32.unpack_from(buf, off + 4)[0])
+            table = int(nw.U32.unpack_from(buf, off + 4)[0])
         elif atype == nr.RTA_PRIORITY:
-            priority = int(_U32.unpack_from(buf, off + 4)[0])
+            priority = int(nw.U32.unpack_from(buf, off + 4)[0])
         off += (alen + 3) & ~3
     dst_text = socket.inet_ntop(family, dst)
     rid: RouteId = (family, dst_text, dst_len, tos, table, priority)

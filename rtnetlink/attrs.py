@@ -15,6 +15,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rtnetlink import wire as nw
+
 # <linux/netlink.h>
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 NLA_F_NESTED = 0x8000
@@ -38,10 +40,7 @@ AF_BRIDGE = 7  # the bridge FDB's family (socket.AF_BRIDGE is not everywhere)
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 
-_RTA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
-_U32 = struct.Struct("=I")
-_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, (pad), ifindex, state, flags, type
 
 
@@ -55,7 +54,7 @@ def _pad(n: int) -> int:
 def attr(atype: int, payload: bytes = b"") -> bytes:
     """One attribute, padded to 4 bytes (the length field excludes the pad)."""
     n = 4 + len(payload)
-    return _RTA.pack(n, atype) + payload + bytes(_pad(n) - n)
+    return nw.RTA.pack(n, atype) + payload + bytes(_pad(n) - n)
 
 
 def attr_u8(atype: int, value: int) -> bytes:
@@ -71,7 +70,7 @@ def attr_be16(atype: int, value: int) -> bytes:
 
 
 def attr_u32(atype: int, value: int) -> bytes:
-    return attr(atype, _U32.pack(value))
+    return attr(atype, nw.U32.pack(value))
 
 
 def attr_str(atype: int, value: str) -> bytes:
@@ -89,7 +88,7 @@ def parse_attrs(buf: bytes | bytearray | memoryview, start: int, end: int) -> di
     out: dict[int, bytes] = {}
     off = start
     while off + 4 <= end:
-        alen, atype = _RTA.unpack_from(buf, off)
+        alen, atype = nw.RTA.unpack_from(buf, off)
         if alen < 4 or off + alen > end:
             break
         out[atype & NLA_TYPE_MASK] = bytes(buf[off + 4 : off + alen])
@@ -98,7 +97,7 @@ def parse_attrs(buf: bytes | bytearray | memoryview, start: int, end: int) -> di
 
 
 def u32_of(payload: bytes) -> int:
-    return int(_U32.unpack_from(payload)[0])
+    return int(nw.U32.unpack_from(payload)[0])
 
 
 def u16_of(payload: bytes) -> int:
@@ -135,7 +134,7 @@ def addr_body(index: int, address: str, prefixlen: int, *, flags: int = 0) -> by
     address as IFA_LOCAL and IFA_ADDRESS (as ``ip addr`` sends it: on a
     broadcast link they are equal); IPv6 as IFA_ADDRESS alone."""
     family, packed = ip_bytes(address)
-    body = _IFADDRMSG.pack(family, prefixlen, flags, 0, index)
+    body = nw.IFADDRMSG.pack(family, prefixlen, flags, 0, index)
     if family == socket.AF_INET:
         body += attr(IFA_LOCAL, packed)
     return body + attr(IFA_ADDRESS, packed)

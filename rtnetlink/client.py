@@ -22,7 +22,6 @@ import contextlib
 import errno
 import os
 import socket
-import struct
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -42,9 +41,6 @@ T = TypeVar("T")
 RECV_SIZE = 256 * 1024
 _SEQ_LIMIT = 2**31
 # dump requests: the header with only the family set (AF_UNSPEC: both)
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_IFADDRMSG = struct.Struct("=BBBBI")
-_ERR = struct.Struct("=i")
 
 CREATE = nw.NLM_F_CREATE | nw.NLM_F_EXCL
 REPLACE = nw.NLM_F_CREATE | nw.NLM_F_REPLACE
@@ -102,7 +98,7 @@ class RtnlClient:
                         raise _refusal(reply.error, reply.message, what)
                     return out
                 if rtype == nw.NLMSG_DONE:
-                    (err,) = _ERR.unpack_from(data, start) if end - start >= 4 else (0,)
+                    (err,) = nw.ERRNO.unpack_from(data, start) if end - start >= 4 else (0,)
                     if err < 0:
                         raise _refusal(-err, "", what)
                     return out
@@ -179,7 +175,7 @@ class RtnlClient:
 
     def addresses(self) -> list[nw.WireAddress]:
         """Every address of every link (of both families)."""
-        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        body = nw.IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         return self._dump(nw.RTM_GETADDR, body, "address dump", nw.parse_addr)
 
     # --------------------------------------------------------- neighbours
@@ -211,7 +207,7 @@ class RtnlClient:
         """The routes of ``family`` out of link ``oif``, of every table and
         protocol. The kernel filters by device (a node's table holds its
         peers' 100k routes too); where it cannot, this does."""
-        body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + na.attr_u32(nr.RTA_OIF, oif)
+        body = nr.RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + na.attr_u32(nr.RTA_OIF, oif)
         found = self._dump(nr.RTM_GETROUTE, body, "route dump", nr.parse_route)
         return [r for r in found if r.oif == oif]
 

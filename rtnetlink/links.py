@@ -13,9 +13,9 @@ host reader needs is ``wire``'s.
 from __future__ import annotations
 
 import socket
-import struct
 from dataclasses import dataclass
 
+from rtnetlink import wire as nw
 from rtnetlink.attrs import (
     attr,
     attr_be16,
@@ -53,11 +53,9 @@ IFLA_VXLAN_LEARNING = 7
 IFLA_VXLAN_PORT = 15  # big-endian u16
 IFLA_VXLAN_LOCAL6 = 17
 
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-
 
 def _ifinfo(index: int = 0, *, flags: int = 0, change: int = 0) -> bytes:
-    return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
+    return nw.IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
 
 
 def _linkinfo(kind: str, data: bytes = b"") -> bytes:
@@ -170,8 +168,8 @@ class LinkDetail:
 
 def parse_link_detail(buf: bytes | bytearray | memoryview, start: int, end: int) -> LinkDetail:
     """An RTM_NEWLINK payload."""
-    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, start)
-    attrs = parse_attrs(buf, start + _IFINFOMSG.size, end)
+    _family, _type, index, flags, _change = nw.IFINFOMSG.unpack_from(buf, start)
+    attrs = parse_attrs(buf, start + nw.IFINFOMSG.size, end)
     mac = attrs.get(IFLA_ADDRESS)
     alias = attrs.get(IFLA_IFALIAS)
     mtu = attrs.get(IFLA_MTU)

@@ -39,7 +39,7 @@ HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 HDR_LEN = HDR.size
 RTA = struct.Struct("=HH")  # rtattr: len, type
 U32 = struct.Struct("=I")
-_ERR = struct.Struct("=i")
+ERRNO = struct.Struct("=i")  # NLMSG_ERROR and NLMSG_DONE open with a negated errno
 ADDR_LEN = {AF_INET: 4, AF_INET6: 16}
 
 
@@ -81,7 +81,7 @@ def parse_error(
 ) -> NetlinkReply:
     """An NLMSG_ERROR payload: the negated errno, the request's header (and
     payload unless capped), then extended-ack TLVs if the kernel sent any."""
-    (err,) = _ERR.unpack_from(buf, start)
+    (err,) = ERRNO.unpack_from(buf, start)
     message = ""
     if flags & NLM_F_ACK_TLVS:
         (orig_len,) = U32.unpack_from(buf, start + 4)
@@ -122,8 +122,8 @@ RTNLGRP_IPV4_ROUTE = 7
 RTNLGRP_IPV6_IFADDR = 9
 RTNLGRP_IPV6_ROUTE = 11
 
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 
 
 def groups_mask(*groups: int) -> int:
@@ -134,12 +134,12 @@ def groups_mask(*groups: int) -> int:
 
 
 def encode_link_dump_request(seq: int) -> bytes:
-    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     return frame(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
 def encode_addr_dump_request(seq: int) -> bytes:
-    body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     return frame(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
 
 
@@ -153,9 +153,9 @@ class WireLink:
 
 def parse_link(buf: bytes | bytearray | memoryview, start: int, end: int) -> WireLink:
     """An RTM_NEWLINK / RTM_DELLINK payload."""
-    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, start)
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(buf, start)
     name, mtu = "", 0
-    off = start + _IFINFOMSG.size
+    off = start + IFINFOMSG.size
     while off + 4 <= end:
         alen, atype = RTA.unpack_from(buf, off)
         if alen < 4:
@@ -179,12 +179,12 @@ class WireAddress:
 def parse_addr(buf: bytes | bytearray | memoryview, start: int, end: int) -> WireAddress | None:
     """An RTM_NEWADDR / RTM_DELADDR payload; IFA_LOCAL (ours on a
     point-to-point link) wins over IFA_ADDRESS (the peer's there)."""
-    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, start)
+    family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(buf, start)
     alen_addr = ADDR_LEN.get(family)
     if alen_addr is None:
         return None
     address = local = None
-    off = start + _IFADDRMSG.size
+    off = start + IFADDRMSG.size
     while off + 4 <= end:
         alen, atype = RTA.unpack_from(buf, off)
         if alen < 4:
