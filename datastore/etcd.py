@@ -40,7 +40,18 @@ from datastore.etcd_codec import (
 )
 from datastore.etcd_http import Broken, Connection
 from datastore.etcd_tls import EtcdSecurity, explain, load_credentials, parse_endpoints
-from datastore.port import Condition, Listing, Op, RequestTooLarge, StoreError, Versioned
+from datastore.port import (
+    Changed,
+    Condition,
+    KeyChange,
+    Listing,
+    Op,
+    Relisted,
+    RequestTooLarge,
+    StoreError,
+    Versioned,
+    WatchEvent,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,40 +197,49 @@ class EtcdStore:
         return await self._call("transaction", "/v3/kv/txn", request, txn_revision)
 
     async def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
-        """etcd ends a watch when the member goes away: re-watch from the last
-        revision seen. A compacted one means "re-read everything": the
-        revision of a fresh listing is yielded, and watched from."""
+        async with contextlib.aclosing(self.watch(prefix, after_revision)) as events:
+            async for event in events:
+                yield event.revision if isinstance(event, Changed) else event.listing.revision
+
+    async def watch(self, prefix: bytes, after_revision: int) -> AsyncGenerator[WatchEvent, None]:
+        """etcd ends a watch when the member goes away, and cannot resume one
+        from compacted history: either way the prefix is listed again (which
+        also catches an etcd restored from a backup), and watched from the
+        listing's revision. A transaction etcd sends in fragments is yielded
+        whole."""
         last = after_revision
         failures = 0
         relist = False
         while True:
             try:
                 if relist:
-                    last = (await self.list(prefix)).revision
-                    relist = False
-                    yield last
+                    listing = await self.list(prefix)
+                    last, relist = listing.revision, False
+                    yield Relisted(listing)
                 async with contextlib.aclosing(self._watch(prefix, last + 1)) as messages:
                     async with asyncio.timeout(self._timeout):
                         created = await anext(messages, None)
                     if created is None or created.canceled or not created.created:
                         why = created.cancel_reason if created else "the stream ended"
                         raise Broken(f"etcd did not start the watch: {why}")
-                    if failures:
-                        failures = 0
-                        yield last  # whatever happened while we were away: re-read
+                    failures = 0
+                    pending: list[KeyChange] = []
                     async for m in messages:
                         if m.compact_revision:
                             relist = True
                             break
                         if m.canceled:
                             raise Broken(f"etcd canceled the watch: {m.cancel_reason}")
-                        if m.last_revision > last:
-                            last = m.last_revision
-                            yield last
+                        pending += m.changes
+                        if pending and not m.fragment:
+                            last = max(last, *(c.revision for c in pending))
+                            yield Changed(last, tuple(pending))
+                            pending = []
                     else:
                         raise Broken("etcd ended the watch")
             except (StoreError, TimeoutError) as e:
                 failures += 1
+                relist = True
                 where = prefix.decode(errors="replace")
                 log.info("etcd watch on %s broke (%s); resuming", where, self._explain(e))
                 self._token = None  # an expired one cancels a watch; logging in is cheap

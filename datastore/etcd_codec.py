@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datastore.etcd_http import Broken
-from datastore.port import Compare, Condition, Delete, Op, StoreError, Versioned
+from datastore.port import Compare, Condition, Delete, KeyChange, Op, StoreError, Versioned
 
 # gRPC status codes, as the gateway reports them
 _DEADLINE_EXCEEDED, _INTERNAL, _UNAVAILABLE, _UNAUTHENTICATED = 4, 13, 14, 16
@@ -244,21 +244,34 @@ def lease_ttl(resp: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class WatchMessage:
-    last_revision: int  # the highest mod_revision among its events; 0: none
+    changes: tuple[KeyChange, ...]  # in etcd's order
     created: bool
     canceled: bool
     compact_revision: int
     cancel_reason: str
+    fragment: bool  # more of the same revision's events follow
+
+    @property
+    def last_revision(self) -> int:
+        """The highest revision among its events; 0: none."""
+        return max((c.revision for c in self.changes), default=0)
+
+
+def _key_change(event: Any) -> KeyChange:
+    kv = _field(event, "kv", dict) or {}
+    kind = _field(event, "type", str) or "PUT"  # the zero value (PUT) is left out
+    if kind not in ("PUT", "DELETE"):
+        raise Broken(f"etcd sent a watch event of type {_printable(kind)}")
+    value = _bytes(kv, "value") if kind == "PUT" else None
+    return KeyChange(_bytes(kv, "key"), value, _int(kv, "mod_revision"))
 
 
 def watch_message(result: dict[str, Any]) -> WatchMessage:
-    last = 0
-    for event in _field(result, "events", list) or []:
-        last = max(last, _int(_field(event, "kv", dict) or {}, "mod_revision"))
     return WatchMessage(
-        last,
+        tuple(_key_change(e) for e in _field(result, "events", list) or []),
         bool(_field(result, "created", bool)),
         bool(_field(result, "canceled", bool)),
         _int(result, "compact_revision"),
         _printable(_field(result, "cancel_reason", str) or ""),
+        bool(_field(result, "fragment", bool)),
     )

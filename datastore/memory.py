@@ -4,19 +4,24 @@ conflicts: a transaction fails as if another writer had won the race."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from datastore.port import (
+    Changed,
     Compare,
     Condition,
     Delete,
+    KeyChange,
     Listing,
     Op,
     Put,
+    Relisted,
     StoreError,
     UnchangedSince,
     Versioned,
+    WatchEvent,
 )
 
 
@@ -35,7 +40,7 @@ class MemoryStore:
         self.rng = rng or random.Random(0)
         self.down = False
         self._leases: dict[int, set[bytes]] = {}
-        self._watchers: list[tuple[bytes, asyncio.Queue[int]]] = []
+        self._watchers: list[tuple[bytes, asyncio.Queue[Changed]]] = []
         self._next_lease = 1
 
     async def _enter(self) -> None:
@@ -63,6 +68,7 @@ class MemoryStore:
                 if isinstance(c, Compare) and (cur := self.data.get(c.key)) is not None:
                     self.revision += 1
                     self.data[c.key] = Versioned(cur.value, self.revision)
+                    self._notify([KeyChange(c.key, cur.value, self.revision)])
             return 0
         for c in compares:
             if isinstance(c, UnchangedSince):
@@ -74,6 +80,7 @@ class MemoryStore:
             if (cur.mod_revision if cur else 0) != c.mod_revision:
                 return 0
         self.revision += 1
+        changes: list[KeyChange] = []
         for op in ops:
             if isinstance(op, Put):
                 if op.lease is not None:
@@ -81,30 +88,37 @@ class MemoryStore:
                         raise StoreError(f"lease {op.lease} not found")
                     self._leases[op.lease].add(op.key)
                 self.data[op.key] = Versioned(op.value, self.revision)
-            elif isinstance(op, Delete):
-                self.data.pop(op.key, None)
-        self._notify([op.key for op in ops])
+                changes.append(KeyChange(op.key, op.value, self.revision))
+            elif isinstance(op, Delete) and self.data.pop(op.key, None) is not None:
+                changes.append(KeyChange(op.key, None, self.revision))
+        self._notify(changes)
         return self.revision
 
-    def _notify(self, keys: Sequence[bytes]) -> None:
+    def _notify(self, changes: Sequence[KeyChange]) -> None:
         for prefix, q in self._watchers:
-            if any(k.startswith(prefix) for k in keys):
-                q.put_nowait(self.revision)
+            if mine := tuple(c for c in changes if c.key.startswith(prefix)):
+                q.put_nowait(Changed(self.revision, mine))
 
-    async def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
-        q: asyncio.Queue[int] = asyncio.Queue()
+    async def watch(self, prefix: bytes, after_revision: int) -> AsyncGenerator[WatchEvent, None]:
+        """No history is kept: a watch from the past starts with a listing."""
+        q: asyncio.Queue[Changed] = asyncio.Queue()
         entry = (prefix, q)
         self._watchers.append(entry)
         try:
-            if any(
-                k.startswith(prefix) and v.mod_revision > after_revision
-                for k, v in self.data.items()
-            ):
-                yield self.revision
+            if after_revision < self.revision:
+                yield Relisted(await self.list(prefix))
             while True:
                 yield await q.get()
         finally:
             self._watchers.remove(entry)
+
+    async def changes(self, prefix: bytes, after_revision: int) -> AsyncIterator[int]:
+        async with contextlib.aclosing(self.watch(prefix, after_revision)) as events:
+            async for event in events:
+                if isinstance(event, Changed):
+                    yield event.revision
+                elif any(v.mod_revision > after_revision for v in event.listing.items.values()):
+                    yield event.listing.revision
 
     async def grant_lease(self, ttl: int) -> int:
         await self._enter()
@@ -120,12 +134,11 @@ class MemoryStore:
 
     async def revoke_lease(self, lease: int) -> None:
         await self._enter()
-        keys = self._leases.pop(lease, set())
-        for key in keys:
+        for key in self._leases.pop(lease, set()):
             if key in self.data:
                 self.revision += 1
                 del self.data[key]
-        self._notify(list(keys))
+                self._notify([KeyChange(key, None, self.revision)])
 
     async def close(self) -> None:
         return None

@@ -1,5 +1,5 @@
 """The datastore port: a key-value store with compare-and-swap transactions,
-prefix listing and leases. etcd is the real one (``datastore.etcd``); the
+prefix listing, watches and leases. etcd is the real one (``datastore.etcd``); the
 memory one (``datastore.memory``) can inject conflicts. Both pass one contract
 suite."""
 
@@ -67,6 +67,34 @@ class Listing:
     revision: int
 
 
+@dataclass(frozen=True)
+class KeyChange:
+    key: bytes
+    value: bytes | None  # None: deleted
+    revision: int  # of the put or the delete
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Keys under a watched prefix changed; ``changes`` in the store's order,
+    whole transactions only, ``revision`` the highest among them."""
+
+    revision: int
+    changes: tuple[KeyChange, ...]
+
+
+@dataclass(frozen=True)
+class Relisted:
+    """The watch could not go on from where it was (its connection broke, or
+    the history it needed was compacted): every key under the prefix now,
+    and the changes after ``listing.revision`` follow."""
+
+    listing: Listing
+
+
+WatchEvent = Changed | Relisted
+
+
 class KvStore(Protocol):
     async def get(self, key: bytes) -> Versioned | None: ...
 
@@ -82,6 +110,11 @@ class KvStore(Protocol):
         """Revisions at which keys under ``prefix`` changed, from
         ``after_revision`` on. Level-triggered use: re-read on each one. After
         a broken connection it resumes and yields once, whatever was missed."""
+        ...
+
+    def watch(self, prefix: bytes, after_revision: int) -> AsyncIterator[WatchEvent]:
+        """What changed under ``prefix`` after ``after_revision``, key by key:
+        the edge-triggered twin of ``changes``, for keeping a copy."""
         ...
 
     async def grant_lease(self, ttl: int) -> int: ...

@@ -5,16 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 
-from datastore.port import Compare, Delete, KvStore, Put, UnchangedSince
+from datastore.etcd import EtcdStore
+from datastore.port import (
+    Changed,
+    Compare,
+    Delete,
+    KeyChange,
+    KvStore,
+    Put,
+    Relisted,
+    UnchangedSince,
+    WatchEvent,
+)
 
 pytestmark = pytest.mark.etcd
 
 
 def _p() -> bytes:
     return f"/contract/{os.urandom(4).hex()}/".encode()
+
+
+async def compact(store: EtcdStore, revision: int) -> None:
+    """Drops etcd's history before ``revision`` (no product code compacts)."""
+    request = {"revision": str(revision), "physical": True}
+    await store._call("compaction", "/v3/kv/compaction", request, lambda _: None)
 
 
 async def test_get_missing_is_none(kv: KvStore) -> None:
@@ -117,3 +135,44 @@ async def test_unchanged_since_guards_a_listing(kv: KvStore) -> None:
     await kv.txn([], [Put(p + b"a", b"2")])  # modified
     assert not await kv.txn([UnchangedSince(p, seen.revision)], [])
     assert (await kv.get(other)).value == b"1"  # type: ignore[union-attr]
+
+
+async def next_event(stream: AsyncIterator[WatchEvent]) -> WatchEvent:
+    return await asyncio.wait_for(anext(stream), 5)
+
+
+async def test_a_watch_reports_each_key_change_in_order(kv: KvStore) -> None:
+    p = _p()
+    w = p + b"watched/"
+    start = (await kv.list(p)).revision
+    stream = kv.watch(w, start)
+    first = asyncio.ensure_future(next_event(stream))
+    await asyncio.sleep(0.1)
+    r1 = await kv.txn([], [Put(w + b"a", b"1"), Put(p + b"other", b"x"), Put(w + b"b", b"")])
+    r2 = await kv.txn([], [Delete(w + b"a")])
+    r3 = await kv.txn([], [Put(w + b"b", b"3")])
+    got = [await first, await next_event(stream), await next_event(stream)]
+    assert got == [
+        Changed(r1, (KeyChange(w + b"a", b"1", r1), KeyChange(w + b"b", b"", r1))),
+        Changed(r2, (KeyChange(w + b"a", None, r2),)),
+        Changed(r3, (KeyChange(w + b"b", b"3", r3),)),
+    ]
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_watch_from_history_the_store_lacks_starts_with_a_listing(kv: KvStore) -> None:
+    """etcd keeps history until compacted; the memory store keeps none."""
+    p = _p()
+    start = (await kv.list(p)).revision
+    await kv.txn([], [Put(p + b"a", b"1")])
+    await kv.txn([], [Put(p + b"a", b"2"), Put(p + b"b", b"1")])
+    now = await kv.txn([], [Delete(p + b"b")])
+    if isinstance(kv, EtcdStore):
+        await compact(kv, now)
+    stream = kv.watch(p, start)
+    got = await next_event(stream)
+    assert isinstance(got, Relisted) and got.listing.revision >= now
+    assert {k: v.value for k, v in got.listing.items.items()} == {p + b"a": b"2"}
+    r = await kv.txn([], [Put(p + b"c", b"1")])
+    assert await next_event(stream) == Changed(r, (KeyChange(p + b"c", b"1", r),))
+    await stream.aclose()  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ from datastore.etcd_codec import (
     watch_message,
     watch_request,
 )
-from datastore.port import Compare, Delete, Put, StoreError, UnchangedSince, Versioned
+from datastore.port import Compare, Delete, KeyChange, Put, StoreError, UnchangedSince, Versioned
 
 
 def b(s: bytes) -> str:
@@ -177,14 +177,24 @@ def test_watch_messages() -> None:
                 "result": {
                     "header": {"revision": "9"},
                     "events": [
-                        {"kv": {"key": b(b"/a"), "mod_revision": "8"}},
+                        {"kv": {"key": b(b"/a"), "value": b(b"1"), "mod_revision": "8"}},
                         {"type": "DELETE", "kv": {"key": b(b"/b"), "mod_revision": "9"}},
+                        {"kv": {"key": b(b"/c"), "mod_revision": "9"}},  # put of b""
                     ],
+                    "fragment": True,
                 }
             }
         ).encode()
     )
-    assert watch_message(events).last_revision == 9
+    got = watch_message(events)
+    assert got.last_revision == 9 and got.fragment
+    assert got.changes == (
+        KeyChange(b"/a", b"1", 8),
+        KeyChange(b"/b", None, 9),
+        KeyChange(b"/c", b"", 9),
+    )
+    with pytest.raises(StoreError, match="of type WEIRD"):
+        watch_message({"events": [{"type": "WEIRD", "kv": {"key": b(b"/a")}}]})
     compacted = watch_message(
         stream_message(b'{"result":{"header":{},"canceled":true,"compact_revision":"3"}}')
     )
