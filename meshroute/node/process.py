@@ -49,6 +49,7 @@ from bgpd.policy import ImportContext
 from bgpd.rib import Rib
 from bgpd.sessions import Sessions
 from bgpd.speaker import Speaker, SpeakerSettings
+from datastore.mirror import StoreMirror
 from felix_lite.host_state import HostChange
 from felix_lite.incremental import IncrementalPlanner
 from felix_lite.netlink_host import NetlinkHost
@@ -57,8 +58,7 @@ from felix_lite.reconciler import Reconciler
 from felix_lite.tunnels import NetlinkTunnels
 from ipam.cni_service import HostIdentity, IpamService
 from ipam.ipam import Ipam
-from meshroute.bgp_secrets import REDACTED, SecretStore, watch_password_files
-from meshroute.bgp_store import BgpStore
+from meshroute.bgp_secrets import REDACTED, watch_password_files
 from meshroute.etcd_options import open_store
 from meshroute.node.bfd_plan import decide_bfd_change, diag_text, plan_bfd_sessions
 from meshroute.node.bgp_plan import (
@@ -79,7 +79,7 @@ from meshroute.node.plan import (
 )
 from meshroute.node.policy import PolicyAgent
 from meshroute.node.readiness import decide_readiness
-from meshroute.node.view import ClusterView, load_view
+from meshroute.node.view import ClusterView, ViewSources, load_view
 from meshroute.peering import PeerPlan, decide_node_as, plan_peers
 from meshroute.registry import NodeRecord, Registry
 from meshroute.runtime.exposition import render
@@ -87,7 +87,6 @@ from meshroute.runtime.heap import settle_long_lived
 from meshroute.runtime.http import Endpoints, Health, serve_http
 from meshroute.runtime.long_tasks import LongTasks
 from meshroute.runtime.systemd import Notifier
-from meshroute.service_store import ServiceStore
 
 log = logging.getLogger("meshroute.node")
 
@@ -113,11 +112,13 @@ class NodeProcess:
         self.notifier = notifier or Notifier()
         self.store = open_store(config.etcd)
         prefix = config.etcd.prefix
+        self.cluster_prefix = (prefix.rstrip("/") + "/").encode()
+        # writers (the node's record, its tunnel addresses, CNI) use the
+        # store; the view and the policy read the copy the watch keeps
+        self.mirror = StoreMirror(self.store, [self.cluster_prefix])
+        self.sources = ViewSources.over(self.mirror, prefix, l2_segment=config.ipam.l2_segment)
         self.ipam = Ipam(self.store, prefix=prefix, l2_segment=config.ipam.l2_segment)
         self.registry = Registry(self.store, prefix)
-        self.bgp_store = BgpStore(self.store, prefix)
-        self.secrets = SecretStore(self.store, prefix)
-        self.services = ServiceStore(self.store, prefix)
         self.started = time.monotonic()
         self.view: ClusterView | None = None
         self.tunnel_address: IPAddress | None = None
@@ -143,8 +144,8 @@ class NodeProcess:
         self._gtsm_desired: frozenset[GtsmRule] = frozenset()
         self.service: IpamService | None = None
         self.policy = PolicyAgent(
-            self.store,
-            self.ipam,
+            self.mirror,
+            self.sources.ipam,
             prefix,
             config.node_name,
             config.netns,
@@ -161,9 +162,8 @@ class NodeProcess:
     async def run(self, stop: asyncio.Event) -> None:
         c = self.config
         self.notifier.notify("STATUS=connecting to etcd")
-        view = await load_view(
-            self.ipam, self.registry, self.bgp_store, self.secrets, self.services
-        )  # fails fast
+        await self.mirror.sync()  # fails fast
+        view = await load_view(self.sources)
         await self._register(view)
 
         table = await asyncio.to_thread(NetlinkRouteTable, c.netns)
@@ -212,6 +212,7 @@ class NodeProcess:
         http = await serve_http(
             Endpoints(self.liveness, self.readiness, self.metrics, self.status), c.http.listen
         )
+        self.tasks.spawn("mirror", self.mirror.run())
         self.tasks.spawn("watch", self._watch_etcd(view))
         self.tasks.spawn("view", self._view_loop())
         self.tasks.spawn("felix", self._felix_loop())
@@ -310,8 +311,7 @@ class NodeProcess:
     # ---- etcd -> view ----------------------------------------------------
 
     async def _watch_etcd(self, view: ClusterView) -> None:
-        prefix = (self.config.etcd.prefix.rstrip("/") + "/").encode()
-        async for _ in self.store.changes(prefix, view.ipam.revision):
+        async for _ in self.mirror.changes(self.cluster_prefix, view.ipam.revision):
             self._view_dirty.set()
             self.policy.mark_dirty()
 
@@ -322,9 +322,7 @@ class NodeProcess:
             await asyncio.sleep(DEBOUNCE_S)
             self._view_dirty.clear()
             try:
-                view = await load_view(
-                    self.ipam, self.registry, self.bgp_store, self.secrets, self.services
-                )
+                view = await load_view(self.sources)
                 if (self.tunnel_address is None and any(decide_encap_in_use(view))) or (
                     self.tunnel_address6 is None and decide_vxlan6_in_use(view, self.config)
                 ):

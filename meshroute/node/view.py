@@ -1,13 +1,15 @@
-"""What a node knows of the cluster, read from etcd in one pass: the node
-registry, IP pools and IPAM records (workload endpoints among them), BGP
-resources with their passwords resolved (``bgp_secrets``), ServiceAddresses.
-Re-read whenever etcd reports a change under the cluster prefix, or a
-password file changes (level-triggered)."""
+"""What a node knows of the cluster, read in one pass: the node registry, IP
+pools and IPAM records (workload endpoints among them), BGP resources with
+their passwords resolved (``bgp_secrets``), ServiceAddresses. Read from the
+node's copy of etcd (``datastore.mirror``) again whenever the copy takes a
+change under the cluster prefix, or a password file changes
+(level-triggered)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from datastore.port import KvStore
 from ipam.ipam import Ipam
 from ipam.model import Snapshot
 from meshroute.bgp_secrets import SecretStore, resolve_peer_passwords
@@ -31,19 +33,38 @@ class ClusterView:
     service_problems: tuple[str, ...] = ()
 
 
-async def load_view(
-    ipam: Ipam, registry: Registry, bgp: BgpStore, secrets: SecretStore, services: ServiceStore
-) -> ClusterView:
-    peers = await resolve_peer_passwords(await bgp.peers(), secrets)
-    svc = await services.load()
+@dataclass(frozen=True)
+class ViewSources:
+    """The readers of every part of the view, over one store."""
+
+    ipam: Ipam
+    registry: Registry
+    bgp: BgpStore
+    secrets: SecretStore
+    services: ServiceStore
+
+    @classmethod
+    def over(cls, store: KvStore, prefix: str, *, l2_segment: bool) -> ViewSources:
+        return cls(
+            Ipam(store, prefix=prefix, l2_segment=l2_segment),
+            Registry(store, prefix),
+            BgpStore(store, prefix),
+            SecretStore(store, prefix),
+            ServiceStore(store, prefix),
+        )
+
+
+async def load_view(sources: ViewSources) -> ClusterView:
+    peers = await resolve_peer_passwords(await sources.bgp.peers(), sources.secrets)
+    svc = await sources.services.load()
     return ClusterView(
-        nodes=await registry.nodes(),
-        ipam=await ipam.snapshot(),
-        bgp_config=await bgp.config(),
+        nodes=await sources.registry.nodes(),
+        ipam=await sources.ipam.snapshot(),
+        bgp_config=await sources.bgp.config(),
         bgp_peers=peers.peers,
         peer_problems=peers.problems,
         password_files=peers.files,
-        bfd_profiles=await bgp.bfd_profiles(),
+        bfd_profiles=await sources.bgp.bfd_profiles(),
         services=svc.addresses,
         service_problems=svc.problems,
     )

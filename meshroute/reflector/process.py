@@ -1,6 +1,6 @@
-"""The reflector process: registers itself in etcd, watches the node
-registry and the BGP resources, and keeps BIRD's configuration equal to what
-they ask for (level-triggered: every change re-plans everything; BIRD's
+"""The reflector process: registers itself in etcd, keeps a copy of the
+cluster's keys (``datastore.mirror``), and keeps BIRD's configuration equal
+to what the node registry and the BGP resources in it ask for (level-triggered: every change re-plans everything; BIRD's
 ``configure`` restarts only the protocols whose text changed). A plan that
 cannot be made, or that BIRD refuses, leaves the running configuration in
 place and is reported (log, /status, /readiness, metrics).
@@ -26,6 +26,7 @@ from typing import Any
 from bgpd.bird_config import BirdConfigError, render_bird
 from bgpd.bird_ctl import BgpSessionInfo, BirdCtlError, bgp_sessions
 from bgpd.bird_supervisor import BirdConfigRejected, BirdPaths, BirdSupervisor
+from datastore.mirror import StoreMirror
 from ipam.selector import SelectorError
 from meshroute.bgp_secrets import REDACTED, SecretStore, watch_password_files
 from meshroute.bgp_store import BgpStore
@@ -66,9 +67,13 @@ class ReflectorProcess:
         self.config = config
         self.notifier = notifier or Notifier()
         self.store = open_store(config.etcd)
-        self.registry = Registry(self.store, config.etcd.prefix)
-        self.bgp_store = BgpStore(self.store, config.etcd.prefix)
-        self.secrets = SecretStore(self.store, config.etcd.prefix)
+        prefix = config.etcd.prefix
+        self.registry = Registry(self.store, prefix)  # writes this reflector's record
+        # the view is read from a copy of the cluster's keys, kept by one watch
+        self.mirror = StoreMirror(self.store, [(prefix.rstrip("/") + "/").encode()])
+        self.nodes = Registry(self.mirror, prefix)
+        self.bgp_store = BgpStore(self.mirror, prefix)
+        self.secrets = SecretStore(self.mirror, prefix)
         self.password_files: frozenset[str] = frozenset()
         self.paths = BirdPaths(Path(config.bird.work_dir))
         self.bird = BirdSupervisor(
@@ -139,7 +144,7 @@ class ReflectorProcess:
         """Read etcd, plan, validate, install, reload. False when refused
         (the running configuration stays). etcd errors propagate."""
         try:
-            view = await load_reflector_view(self.registry, self.bgp_store, self.secrets)
+            view = await load_reflector_view(self.nodes, self.bgp_store, self.secrets)
             self.password_files = view.password_files
             me = self.record()
             local_as = decide_node_as(me, view.bgp_config)
@@ -178,7 +183,8 @@ class ReflectorProcess:
         c = self.config
         self.notifier.notify("STATUS=connecting to etcd")
         await self.registry.upsert(self.record())  # fails fast without etcd
-        revision = (await self.store.list(self._watch_prefixes()[0])).revision
+        await self.mirror.sync()
+        revision = (await self.mirror.list(self._watch_prefixes()[0])).revision
 
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
         await self.apply()
@@ -195,6 +201,7 @@ class ReflectorProcess:
             ),
             c.http.listen,
         )
+        self.tasks.spawn("mirror", self.mirror.run())
         for i, prefix in enumerate(self._watch_prefixes()):
             self.tasks.spawn(f"watch{i}", self._watch(prefix, revision))
         self.tasks.spawn("apply", self._apply_loop())
@@ -223,7 +230,7 @@ class ReflectorProcess:
         return [f"{root}/nodes/".encode(), self.bgp_store.watch_prefix, self.secrets.watch_prefix]
 
     async def _watch(self, prefix: bytes, revision: int) -> None:
-        async for _ in self.store.changes(prefix, revision):
+        async for _ in self.mirror.changes(prefix, revision):
             self._dirty.set()
 
     async def _apply_loop(self) -> None:
