@@ -12,6 +12,7 @@ IPv6 too. A node without an IPv6 address has no IPv6 session."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -53,7 +54,13 @@ def decide_node_as(node: NodeRecord, config: BGPConfigurationSpec) -> int:
 
 def node_address(node: NodeRecord, version: int) -> IPAddress | None:
     text = node.ipv4 if version == 4 else node.ipv6
-    return IPNetwork(text).ip if text else None
+    return _address_in(text) if text else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address_in(network: str) -> IPAddress:
+    """Planning for N nodes asks for every node's address about 6N times."""
+    return IPNetwork(network).ip
 
 
 def decide_families(

@@ -1,7 +1,8 @@
 """The reflector process: registers itself in etcd, keeps a copy of the
 cluster's keys (``datastore.mirror``), and keeps BIRD's configuration equal
-to what the node registry and the BGP resources in it ask for (level-triggered: every change re-plans everything; BIRD's
-``configure`` restarts only the protocols whose text changed). A plan that
+to what the node registry and the BGP resources in it ask for
+(level-triggered: every change re-plans everything; BIRD's ``configure``
+restarts only the protocols whose text changed). A plan that
 cannot be made, or that BIRD refuses, leaves the running configuration in
 place and is reported (log, /status, /readiness, metrics).
 
@@ -234,10 +235,12 @@ class ReflectorProcess:
             self._dirty.set()
 
     async def _apply_loop(self) -> None:
+        """A change after a quiet spell is applied at once (a node joining
+        is one write, and the view is read from memory); changes that come
+        meanwhile wait ``DEBOUNCE_S`` after it and go together."""
         failures = 0
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(DEBOUNCE_S)
             self._dirty.clear()
             try:
                 await self.apply()
@@ -247,6 +250,7 @@ class ReflectorProcess:
                 log.warning("cannot apply the configuration (%s); retrying", e)
                 await asyncio.sleep(min(10.0, 0.2 * 2**failures))
                 self._dirty.set()
+            await asyncio.sleep(DEBOUNCE_S)
 
     async def _poll_bird(self) -> None:
         while True:
