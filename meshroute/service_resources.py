@@ -7,8 +7,10 @@ across fields; the node's decisions live in ``meshroute.node.services_plan``."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Literal
 
+from netaddr import IPAddress, IPNetwork
 from pydantic import Field
 
 from meshroute.schema_types import Address
@@ -33,6 +35,28 @@ class ServiceAddressSpec(_Strict):
     address: Address
     ports: tuple[ServicePortSpec, ...] = Field(min_length=1, max_length=MAX_PORTS)
     endpoints: tuple[Address, ...] = Field(default=(), max_length=MAX_ENDPOINTS)
+
+    # Derived once per spec (the node keeps a spec while its stored bytes stay
+    # the same) because planning asks for them for every service on every change.
+
+    @cached_property
+    def host_prefix(self) -> IPNetwork:
+        """The /32 or /128 of the address."""
+        a = self.address
+        return IPNetwork(f"{a}/{32 if a.version == 4 else 128}")
+
+    @cached_property
+    def endpoint_keys(self) -> tuple[AddressKey, ...]:
+        """``address_key`` of each endpoint, in order."""
+        return tuple(address_key(e) for e in self.endpoints)
+
+
+AddressKey = tuple[int, int]
+
+
+def address_key(a: IPAddress) -> AddressKey:
+    """(version, value): hashed in C, where netaddr hashes in Python."""
+    return a.version, int(a)
 
 
 class ServiceMetadata(_Strict):

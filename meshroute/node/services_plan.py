@@ -22,7 +22,7 @@ from netaddr import IPAddress, IPNetwork
 
 from felix_lite.service_nat import ServiceNat, ServicePort
 from meshroute.resources import BGPConfigurationSpec
-from meshroute.service_resources import ServiceAddressSpec
+from meshroute.service_resources import AddressKey, ServiceAddressSpec, address_key
 
 
 def endpoint_addresses(
@@ -36,9 +36,13 @@ def endpoint_addresses(
 
 
 def decide_local_endpoints(
-    spec: ServiceAddressSpec, local: frozenset[IPAddress]
+    spec: ServiceAddressSpec, local: frozenset[AddressKey]
 ) -> tuple[IPAddress, ...]:
-    return tuple(e for e in spec.endpoints if e in local)
+    return tuple(e for e, k in zip(spec.endpoints, spec.endpoint_keys, strict=True) if k in local)
+
+
+def _keys(addresses: frozenset[IPAddress]) -> frozenset[AddressKey]:
+    return frozenset(address_key(a) for a in addresses)
 
 
 def plan_service_prefixes(
@@ -48,12 +52,10 @@ def plan_service_prefixes(
 ) -> list[IPNetwork]:
     """Service ranges, then host routes of the addresses served here, each
     prefix once, in address order."""
+    mine = _keys(local)
     out = {c.cidr for c in config.service_ranges()}
-    for spec in services.values():
-        if decide_local_endpoints(spec, local):
-            a = spec.address
-            out.add(IPNetwork(f"{a}/{32 if a.version == 4 else 128}"))
-    return sorted(out, key=lambda c: (c.version, c.first, c.prefixlen))
+    out.update(s.host_prefix for s in services.values() if not mine.isdisjoint(s.endpoint_keys))
+    return sorted(out, key=lambda c: (c.version, c.value, c.prefixlen))
 
 
 def plan_service_nat(
@@ -63,18 +65,19 @@ def plan_service_nat(
 ) -> tuple[ServiceNat, ...]:
     """``local``: this node's endpoint addresses; ``ready``: every node's.
     A service none of whose endpoints is ready anywhere gets no DNAT."""
+    mine_keys, ready_keys = _keys(local), _keys(ready)
     out = []
-    seen: set[IPAddress] = set()  # apply refuses a second; a stored one is skipped
+    seen: set[AddressKey] = set()  # apply refuses a second; a stored one is skipped
     for _, spec in sorted(services.items()):
-        if spec.address in seen:
+        if (key := address_key(spec.address)) in seen:
             continue
-        seen.add(spec.address)
+        seen.add(key)
         ports = tuple(ServicePort(p.protocol.lower(), p.port, p.target) for p in spec.ports)
-        mine = decide_local_endpoints(spec, local)
+        mine = decide_local_endpoints(spec, mine_keys)
         if mine:
             out.append(ServiceNat(spec.address, ports, mine))
             continue
-        elsewhere = tuple(e for e in spec.endpoints if e in ready)
+        elsewhere = decide_local_endpoints(spec, ready_keys)
         if elsewhere:
             out.append(ServiceNat(spec.address, ports, elsewhere, masquerade=True))
     return tuple(out)

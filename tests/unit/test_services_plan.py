@@ -62,6 +62,8 @@ def test_a_node_advertises_the_addresses_it_has_a_local_endpoint_for() -> None:
     # the last local endpoint gone (or never there): nothing
     assert plan_service_prefixes(config, SERVICES, ips()) == []
     assert plan_service_prefixes(config, SERVICES, ips("10.244.9.9")) == []
+    # the same 32 bits as an IPv6 address are another address
+    assert plan_service_prefixes(config, SERVICES, ips("::10.244.1.5")) == []
 
 
 def test_service_ranges_are_advertised_by_every_node_as_aggregates() -> None:
