@@ -326,31 +326,44 @@ def encode_batches(
     """Lines for many commands, each with the commands it carries. Within a
     run of consecutive announcements, those with equal attributes (and the
     same neighbour and address family) share ``announce attributes ... nlri``
-    lines of up to ``chunk`` prefixes; any other command is one line, in its
-    place, so a withdrawal planned before an announcement stays before it."""
+    lines of up to ``chunk`` prefixes; within a run of consecutive
+    withdrawals, those of one neighbour and family share ``withdraw
+    attributes nlri`` lines (ExaBGP finds a route by its prefix alone, and
+    acknowledges a line once every prefix in it is handled). Any other
+    command is one line, in its place, and runs keep their order, so a
+    withdrawal planned before an announcement stays before it."""
     out: list[tuple[str, tuple[Command, ...]]] = []
-    run: dict[tuple[object, ...], list[Announce]] = {}
+    run: dict[tuple[object, ...], list[Announce | Withdraw]] = {}
+    run_kind: type | None = None
 
     def flush() -> None:
         for group in run.values():
-            a0 = group[0]
-            attrs = _attr_text(a0.next_hop, a0.communities, a0.local_pref)
-            head = f"{_prefix_nb(a0.neighbor)}announce attributes {attrs} nlri"
+            c0 = group[0]
+            if isinstance(c0, Announce):
+                attrs = _attr_text(c0.next_hop, c0.communities, c0.local_pref)
+                head = f"{_prefix_nb(c0.neighbor)}announce attributes {attrs} nlri"
+            else:
+                head = f"{_prefix_nb(c0.neighbor)}withdraw attributes nlri"
             for i in range(0, len(group), chunk):
                 part = group[i : i + chunk]
                 if len(part) == 1:
                     out.append((encode_command(part[0]), (part[0],)))
                 else:
-                    out.append((head + " " + " ".join(str(a.prefix) for a in part), tuple(part)))
+                    out.append((head + " " + " ".join(str(c.prefix) for c in part), tuple(part)))
         run.clear()
 
     for c in cmds:
-        if isinstance(c, Announce):
-            key = (c.neighbor, c.next_hop, c.communities, c.local_pref, c.prefix.version)
-            run.setdefault(key, []).append(c)
-        else:
+        if not isinstance(c, Announce | Withdraw):
             flush()
             out.append((encode_command(c), (c,)))
+            continue
+        if type(c) is not run_kind:
+            flush()
+            run_kind = type(c)
+        key: tuple[object, ...] = (c.neighbor, c.prefix.version)
+        if isinstance(c, Announce):
+            key += (c.next_hop, c.communities, c.local_pref)
+        run.setdefault(key, []).append(c)
     flush()
     return out
 

@@ -5,6 +5,7 @@ BIRD 2 and GoBGP (tests/fixtures/exabgp/, re-captured with
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -336,18 +337,27 @@ def test_command_text_round_trips(cmd: object) -> None:
     assert parse_command(text) == cmd
 
 
+def _carried(lines: list[str], verb: str) -> list[str]:
+    """The prefixes the lines tell ExaBGP to announce, or to withdraw."""
+    out = []
+    for ln in lines:
+        body = ln.split(" ", 2)[2] if ln.startswith("neighbor ") else ln
+        if body.startswith(f"{verb} attributes "):
+            out += body.split(" nlri ")[1].split()
+        elif body.startswith(f"{verb} route "):
+            out.append(str(parse_command(ln).prefix))  # type: ignore[union-attr]
+    return out
+
+
 @given(st.lists(commands, max_size=40), st.integers(1, 7))
 def test_bulk_carries_every_prefix_exactly_once(cmds: list[object], chunk: int) -> None:
     lines = encode_bulk(cmds, chunk=chunk)  # type: ignore[arg-type]
-    bulk = [ln for ln in lines if "announce attributes " in ln]
-    single = [parse_command(ln) for ln in lines if "announce route " in ln]
-    announced = [p for ln in bulk for p in ln.split(" nlri ")[1].split()]
-    announced += [str(c.prefix) for c in single if isinstance(c, Announce)]
-    want = [str(c.prefix) for c in cmds if isinstance(c, Announce)]
-    assert sorted(announced) == sorted(want)
-    others = [ln for ln in lines if "announce attributes" not in ln and "announce route " not in ln]
-    not_ann = [c for c in cmds if not isinstance(c, Announce)]
-    assert others == [encode_command(c) for c in not_ann]  # type: ignore[arg-type]
+    for verb, kind in (("announce", Announce), ("withdraw", Withdraw)):
+        want = [str(c.prefix) for c in cmds if isinstance(c, kind)]  # type: ignore[attr-defined]
+        assert sorted(_carried(lines, verb)) == sorted(want)
+    routes = re.compile(r"(announce|withdraw) (attributes|route) ")
+    others = [ln for ln in lines if not routes.search(ln)]
+    assert others == [encode_command(c) for c in cmds if not isinstance(c, Announce | Withdraw)]  # type: ignore[arg-type]
     for ln in lines:
         if "nlri" in ln:
             assert len(ln.split(" nlri ")[1].split()) <= chunk
@@ -355,16 +365,17 @@ def test_bulk_carries_every_prefix_exactly_once(cmds: list[object], chunk: int) 
 
 @given(st.lists(commands, max_size=40), st.integers(1, 7))
 def test_batches_keep_every_command_once_and_in_its_segment(cmds: list, chunk: int) -> None:
-    """Announcements are only regrouped between two other commands, so a
-    withdrawal planned before an announcement is still sent before it."""
+    """Announcements, and withdrawals, are only regrouped within a run of
+    their own kind, so a withdrawal planned before an announcement is still
+    sent before it; a line carries one neighbour's, one family's."""
     segment: dict[int, int] = {}
     seg = 0
+    last: type | None = None
     for c in cmds:
-        if not isinstance(c, Announce):
+        if not isinstance(c, Announce | Withdraw) or type(c) is not last:
             seg += 1
         segment[id(c)] = seg
-        if not isinstance(c, Announce):
-            seg += 1
+        last = type(c) if isinstance(c, Announce | Withdraw) else None
     batches = encode_batches(cmds, chunk)
     flat = [c for _line, cs in batches for c in cs]
     assert sorted(map(id, flat)) == sorted(map(id, cmds))
@@ -373,6 +384,8 @@ def test_batches_keep_every_command_once_and_in_its_segment(cmds: list, chunk: i
     for line, cs in batches:
         if len(cs) == 1:
             assert line == encode_command(cs[0])
+        else:
+            assert len({(type(c), c.neighbor, c.prefix.version) for c in cs}) == 1
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(0, 32))
