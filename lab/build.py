@@ -290,7 +290,7 @@ def _start_etcd(lab: Lab, timeout: float = 20.0) -> None:
         member = lab_member(workdir, lab.state.ns("mgmt"), host, int(port))
         argv = member.argv()[4:]
     else:
-        member = lab_member(workdir, None, "127.0.0.1", free_ports(1)[0])
+        member = lab_member(workdir, None, "127.0.0.1", free_ports(1, span=2)[0])
         argv = member.argv()
     p = spawn_in_netns(member.netns, argv, member.log_path)
     rec = record_process("etcd", "mgmt" if member.netns else "", p.pid, p.argv)
